@@ -1,0 +1,108 @@
+"""A Lab: one folder holding a research log, candidate objects and run outputs for one task."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import AutolabError
+from .log import ResearchLog
+from .records import Candidate, State, now
+from .task import Task, load_task
+from .workspace import Store, candidate_id, unified_diff
+
+
+class Lab:
+    """``Lab("labs/nano", task="nanochat", preset="cpu-tiny")`` creates or reopens a lab.
+
+    Layout: ``log.db`` (the research log), ``lab.json`` (task and preset), ``objects/``
+    (candidate files by content hash), ``candidates/<id>/`` (materialized files),
+    ``runs/<run id>/`` (executed notebooks and result JSON).
+    """
+
+    def __init__(self, path: str | os.PathLike, task: str | Task | None = None, preset: str | None = None):
+        self.path = Path(path).resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta_file = self.path / "lab.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        if task is None and "task" not in meta:
+            raise AutolabError(f"{self.path} is not a lab yet; pass task=... (e.g. Lab(path, task='nanochat'))")
+        tname = task.name if isinstance(task, Task) else (task or meta["task"])
+        if meta.get("task") and meta["task"] != tname:
+            raise AutolabError(f"lab {self.path} belongs to task {meta['task']!r}, not {tname!r}; use another --lab folder")
+        self.task: Task = task if isinstance(task, Task) else load_task(tname if task is not None else meta.get("task_path", tname))
+        self.preset_name = preset or meta.get("preset") or self.task.default_preset
+        self.task.preset(self.preset_name)  # validates
+        if not meta:
+            meta = {"task": self.task.name, "task_path": str(self.task.path), "preset": self.preset_name, "created_at": now()}
+            meta_file.write_text(json.dumps(meta, indent=2))
+        self.log = ResearchLog(self.path / "log.db")
+        self.log.set_meta("task", self.task.name)
+        self.log.set_meta("metric", self.task.metric.name)
+        self.log.set_meta("direction", self.task.metric.direction)
+        self.store = Store(self.path)
+
+    @property
+    def preset(self):
+        return self.task.preset(self.preset_name)
+
+    # ------------------------------------------------------------------ candidates
+    def candidate(self, id: str) -> Candidate:
+        c = self.log.get("candidate", id)
+        if c is None:
+            raise AutolabError(f"no candidate {id!r} in {self.path}; see lab.log.lineage() for the ids")
+        return c  # type: ignore[return-value]
+
+    def files(self, c: Candidate | str) -> dict[str, str]:
+        """{path: text} of a candidate."""
+        c = self.candidate(c) if isinstance(c, str) else c
+        return self.store.read(c.files)
+
+    def seed_candidate(self) -> Candidate:
+        """The task's seed solution as a candidate (created once, then reused)."""
+        files = self.store.snapshot(self.task.seed_files())
+        cid = candidate_id(files)
+        existing = self.log.get("candidate", cid)
+        if existing is not None:
+            return existing  # type: ignore[return-value]
+        return self.log.append(Candidate(id=cid, task=self.task.name, files=files, parent_id=None, thread="main",
+                                         meta={"origin": "seed"}))  # type: ignore[return-value]
+
+    def add_candidate(self, files: dict[str, str | bytes], parent: Candidate | None, *, idea_id: str | None = None,
+                      thread: str = "main", meta: dict | None = None) -> Candidate:
+        """Snapshot files as a candidate of ``parent``; unknown or protected files are refused."""
+        from .errors import CandidateError
+
+        for rel in files:
+            if not self.task.is_editable(rel):
+                raise CandidateError(f"{rel!r} is not an editable file of task {self.task.name!r} "
+                                     f"(editable: {list(self.task.editable)}); edit only those")
+        merged = dict(self.files(parent)) if parent else {}
+        merged.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in files.items()})
+        digests = self.store.snapshot(merged)
+        cid = candidate_id(digests)
+        existing = self.log.get("candidate", cid)
+        if existing is not None:
+            return existing  # type: ignore[return-value]
+        diff = unified_diff(self.files(parent) if parent else {}, merged)
+        return self.log.append(Candidate(id=cid, task=self.task.name, files=digests, parent_id=parent.id if parent else None,
+                                         idea_id=idea_id, thread=thread, diff=diff, meta=meta or {}))  # type: ignore[return-value]
+
+    def candidate_dir(self, c: Candidate) -> Path:
+        """A materialized copy of the candidate's files (re-written if missing or stale)."""
+        dest = self.path / "candidates" / c.id
+        marker = dest / ".autolab-files.json"
+        want = json.dumps(c.files, sort_keys=True)
+        if not (marker.exists() and marker.read_text() == want):
+            self.store.materialize(c.files, dest)
+            marker.write_text(want)
+        return dest
+
+    def set_state(self, c: Candidate, state: State, **meta) -> Candidate:
+        new = c.with_state(state, meta={**c.meta, **meta})
+        self.log.append(new)
+        return new
+
+    def __repr__(self) -> str:
+        return f"Lab({str(self.path)!r}, task={self.task.name!r}, preset={self.preset_name!r})"

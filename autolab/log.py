@@ -1,0 +1,335 @@
+"""The research log: an append-only SQLite file (WAL mode) and DataFrame views of it.
+
+Every record version is one row appended to ``records``; the latest version of each
+(kind, id) is the record's current state. Appends are single short transactions, so
+many processes can write at once and a ``kill -9`` at any moment loses at most the
+row being written. DataFrames are views, never the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import LogError, SchemaVersionError
+from .records import RECORD_TYPES, Candidate, Idea, Insight, Run, State, Verdict, _Record, now, record_from_dict
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL,
+    ts TEXT NOT NULL, pid INTEGER NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_kind_id ON records(kind, id, seq);
+CREATE TABLE IF NOT EXISTS llm_calls (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT,
+    thread TEXT, idea_id TEXT, ok INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER,
+    cost REAL, latency_s REAL, attempt INTEGER, error TEXT, request TEXT, response TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, pid INTEGER NOT NULL,
+    kind TEXT NOT NULL, body TEXT NOT NULL
+);
+"""
+
+
+class ResearchLog:
+    """Append-only store of records, LLM calls and loop events at ``<lab>/log.db``."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout
+        self._local = threading.local()
+        self._check_schema()
+
+    # ------------------------------------------------------------------ connection
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            try:
+                conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            except sqlite3.Error as e:
+                raise LogError(f"cannot open the research log {self.path}: {e}; check the folder is writable") from e
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _write(self, sql: str, params: Iterable[Any]) -> int:
+        conn = self._conn()
+        for attempt in range(8):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.execute(sql, tuple(params))
+                conn.execute("COMMIT")
+                return int(cur.lastrowid or 0)
+            except sqlite3.OperationalError as e:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise LogError(f"writing to {self.path} failed: {e}") from e
+                time.sleep(0.05 * (attempt + 1))
+        raise LogError(f"{self.path} stayed locked for too long; is another process holding a write transaction?")
+
+    def _check_schema(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(stmt)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (now(),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        found = int(row[0]) if row else SCHEMA_VERSION
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} has schema version {found}, newer than this autolab understands ({SCHEMA_VERSION}); "
+                "upgrade autolab (pip install -U autolab) or open the log with the version that wrote it"
+            )
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ meta
+    def set_meta(self, key: str, value: Any) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except json.JSONDecodeError:
+            return row[0]
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version"))
+
+    # ------------------------------------------------------------------ records
+    def append(self, record: _Record) -> _Record:
+        """Append one record version; returns the record for chaining."""
+        self._write(
+            "INSERT INTO records (kind, id, state, ts, pid, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.kind, record.id, record.state.value, now(), os.getpid(), record.to_json()),
+        )
+        return record
+
+    def get(self, kind: str, id: str) -> _Record | None:
+        row = self._conn().execute(
+            "SELECT body FROM records WHERE kind=? AND id=? ORDER BY seq DESC LIMIT 1", (kind, id)
+        ).fetchone()
+        return record_from_dict(kind, json.loads(row[0])) if row else None
+
+    def latest(self, kind: str) -> list[_Record]:
+        """The latest version of every record of one kind, in order of first appearance."""
+        if kind not in RECORD_TYPES:
+            raise ValueError(f"unknown record kind {kind!r}; known: {sorted(RECORD_TYPES)}")
+        rows = self._conn().execute(
+            """SELECT r.body FROM records r
+               JOIN (SELECT id, MAX(seq) AS mx, MIN(seq) AS mn FROM records WHERE kind=? GROUP BY id) g
+               ON r.seq = g.mx ORDER BY g.mn""",
+            (kind,),
+        ).fetchall()
+        return [record_from_dict(kind, json.loads(b)) for (b,) in rows]
+
+    def history(self, kind: str, id: str) -> list[_Record]:
+        rows = self._conn().execute("SELECT body FROM records WHERE kind=? AND id=? ORDER BY seq", (kind, id)).fetchall()
+        return [record_from_dict(kind, json.loads(b)) for (b,) in rows]
+
+    def ideas_list(self) -> list[Idea]:
+        return self.latest("idea")  # type: ignore[return-value]
+
+    def candidates_list(self) -> list[Candidate]:
+        return self.latest("candidate")  # type: ignore[return-value]
+
+    def runs_list(self) -> list[Run]:
+        return self.latest("run")  # type: ignore[return-value]
+
+    def verdicts_list(self) -> list[Verdict]:
+        return self.latest("verdict")  # type: ignore[return-value]
+
+    def insights_list(self) -> list[Insight]:
+        return self.latest("insight")  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ events and LLM calls
+    def event(self, kind: str, **body: Any) -> None:
+        self._write("INSERT INTO events (ts, pid, kind, body) VALUES (?, ?, ?, ?)",
+                    (now(), os.getpid(), kind, json.dumps(body, default=str)))
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT seq, ts, pid, kind, body FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY seq"
+        rows = self._conn().execute(q, (kind,) if kind else ()).fetchall()
+        return [{"seq": s, "ts": ts, "pid": pid, "kind": k, **json.loads(b)} for s, ts, pid, k, b in rows]
+
+    def log_llm_call(self, *, model: str, ok: bool, purpose: str = "", thread: str | None = None,
+                     idea_id: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
+                     cost: float = 0.0, latency_s: float = 0.0, attempt: int = 1, error: str | None = None,
+                     request: Any = None, response: Any = None) -> None:
+        self._write(
+            """INSERT INTO llm_calls (ts, model, purpose, thread, idea_id, ok, prompt_tokens, completion_tokens,
+               cost, latency_s, attempt, error, request, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+            (now(), model, purpose, thread, idea_id, int(ok), prompt_tokens, completion_tokens, cost, latency_s,
+             attempt, error, json.dumps(request, default=str), json.dumps(response, default=str)),
+        )
+
+    def llm_totals(self) -> dict[str, float]:
+        row = self._conn().execute(
+            "SELECT COUNT(*), COALESCE(SUM(cost),0), COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0) FROM llm_calls"
+        ).fetchone()
+        return {"calls": row[0], "cost": row[1], "prompt_tokens": row[2], "completion_tokens": row[3]}
+
+    # ------------------------------------------------------------------ integrity
+    def integrity_check(self) -> str:
+        return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    # ------------------------------------------------------------------ DataFrame views
+    def runs(self):
+        """One row per run (latest state), MLflow-like columns: params.*, metrics.*, tags.*."""
+        import pandas as pd
+
+        cands = {c.id: c for c in self.candidates_list()}
+        rows = []
+        for r in self.runs_list():
+            c = cands.get(r.candidate_id)
+            row: dict[str, Any] = {
+                "run_id": r.id, "candidate_id": r.candidate_id, "state": r.state.value, "task": r.task,
+                "start_time": r.started_at, "end_time": r.ended_at, "notebook": r.notebook,
+                "params.preset": r.preset, "params.seed": r.seed, "params.purpose": r.purpose,
+                "params.attempt": r.attempt, "tags.thread": c.thread if c else None,
+                "tags.parent_id": c.parent_id if c else None, "tags.idea_id": c.idea_id if c else None,
+                "tags.executor": r.executor, "tags.slot": r.slot,
+                "tags.error": (f"{r.error.get('ename')}: {str(r.error.get('evalue', ''))[:120]}" if r.error else None),
+            }
+            row.update({f"metrics.{k}": v for k, v in r.metrics.items() if isinstance(v, (int, float))})
+            row.update({f"metrics.time.{k}": v for k, v in r.timings.items() if isinstance(v, (int, float))})
+            rows.append(row)
+        return pd.DataFrame(rows, columns=None if rows else ["run_id", "candidate_id", "state", "params.seed"])
+
+    def ideas(self):
+        import pandas as pd
+
+        rows = [{
+            "idea_id": i.id, "state": i.state.value, "title": i.title, "tags.source": i.source,
+            "tags.thread": i.thread, "tags.parent_id": i.parent_id, "hypothesis": i.hypothesis,
+            "plan": i.plan, "params.edit": json.dumps(i.edit) if i.edit else None, "created_at": i.created_at,
+        } for i in self.ideas_list()]
+        return pd.DataFrame(rows, columns=None if rows else ["idea_id", "state", "title"])
+
+    def verdicts(self):
+        import pandas as pd
+
+        rows = [{
+            "verdict_id": v.id, "candidate_id": v.candidate_id, "parent_id": v.parent_id, "state": v.state.value,
+            "metrics.candidate_mean": v.candidate_mean, "metrics.parent_mean": v.parent_mean,
+            "metrics.effect": v.effect, "metrics.p_value": v.p_value, "params.n_candidate": v.n_candidate,
+            "params.n_parent": v.n_parent, "tags.failed_checks": ",".join(c["name"] for c in v.failed_checks),
+            "reason": v.reason, "created_at": v.created_at,
+        } for v in self.verdicts_list()]
+        return pd.DataFrame(rows, columns=None if rows else ["verdict_id", "candidate_id", "state"])
+
+    def llm_calls(self):
+        import pandas as pd
+
+        return pd.read_sql_query("SELECT * FROM llm_calls ORDER BY seq", self._conn())
+
+    def _metric(self) -> tuple[str, str]:
+        return self.get_meta("metric", "metric"), self.get_meta("direction", "minimize")
+
+    def leaderboard(self, preset: str | None = None):
+        """Candidates ranked by their mean metric over complete runs (screening and confirmation)."""
+        import pandas as pd
+
+        metric, direction = self._metric()
+        runs = self.runs()
+        cols = ["candidate_id", "state", "title", "tags.thread", "tags.parent_id", "n", f"metrics.{metric}",
+                f"metrics.{metric}_std", f"metrics.{metric}_best"]
+        key = f"metrics.{metric}"
+        if runs.empty or key not in runs:
+            return pd.DataFrame(columns=cols)
+        ok = runs[(runs["state"] == "COMPLETE") & runs[key].notna()]
+        ok = ok[ok["params.purpose"] != "redteam"]
+        if preset:
+            ok = ok[ok["params.preset"] == preset]
+        if ok.empty:
+            return pd.DataFrame(columns=cols)
+        g = ok.groupby("candidate_id")[key]
+        board = pd.DataFrame({"n": g.count(), key: g.mean(), f"{key}_std": g.std(),
+                              f"{key}_best": g.min() if direction == "minimize" else g.max()}).reset_index()
+        cands = {c.id: c for c in self.candidates_list()}
+        ideas = {i.id: i for i in self.ideas_list()}
+        board["state"] = [cands[c].state.value if c in cands else "" for c in board["candidate_id"]]
+        board["title"] = [(ideas[cands[c].idea_id].title if c in cands and cands[c].idea_id in ideas else
+                           ("seed" if c in cands and cands[c].parent_id is None else "")) for c in board["candidate_id"]]
+        board["tags.thread"] = [cands[c].thread if c in cands else "" for c in board["candidate_id"]]
+        board["tags.parent_id"] = [cands[c].parent_id if c in cands else None for c in board["candidate_id"]]
+        board = board.sort_values(key, ascending=(direction == "minimize")).reset_index(drop=True)
+        return board[cols]
+
+    def lineage(self):
+        """One row per candidate: its parent, idea, thread, depth in the tree and mean metric."""
+        import pandas as pd
+
+        metric, _ = self._metric()
+        cands = self.candidates_list()
+        ideas = {i.id: i for i in self.ideas_list()}
+        board = self.leaderboard()
+        means = dict(zip(board["candidate_id"], board[f"metrics.{metric}"])) if not board.empty else {}
+        by_id = {c.id: c for c in cands}
+
+        def depth(c: Candidate) -> int:
+            d, seen = 0, set()
+            while c.parent_id and c.parent_id in by_id and c.id not in seen:
+                seen.add(c.id)
+                c, d = by_id[c.parent_id], d + 1
+            return d
+
+        rows = [{
+            "candidate_id": c.id, "parent_id": c.parent_id, "idea_id": c.idea_id,
+            "title": ideas[c.idea_id].title if c.idea_id in ideas else ("seed" if c.parent_id is None else ""),
+            "tags.thread": c.thread, "state": c.state.value, "depth": depth(c),
+            "merge_of": ",".join(c.meta.get("merge_of", [])) or None, f"metrics.{metric}": means.get(c.id),
+            "created_at": c.created_at,
+        } for c in cands]
+        return pd.DataFrame(rows, columns=None if rows else ["candidate_id", "parent_id", "state", "depth"])
+
+    def export(self, folder: str | os.PathLike, fmt: str = "parquet") -> list[Path]:
+        """Write every view to ``folder`` as parquet or csv; returns the files written."""
+        if fmt not in ("parquet", "csv"):
+            raise ValueError(f"export format {fmt!r} is not supported; use 'parquet' or 'csv'")
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in ("runs", "ideas", "leaderboard", "lineage", "verdicts", "llm_calls"):
+            df = getattr(self, name)()
+            path = out / f"{name}.{fmt}"
+            if fmt == "parquet":
+                df.to_parquet(path, index=False)
+            else:
+                df.to_csv(path, index=False)
+            written.append(path)
+        return written
+
+    def __repr__(self) -> str:
+        return f"ResearchLog({str(self.path)!r})"

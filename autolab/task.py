@@ -1,0 +1,298 @@
+"""Tasks: ``benchmarks/<name>/task.toml``, validated, discovered through a registry.
+
+A malformed task.toml raises :class:`TaskError` naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import TaskError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIRECTIONS = ("minimize", "maximize")
+TESTS = ("welch", "student", "one_sample_below_target")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    direction: str
+    unit: str = ""
+
+    def better(self, a: float, b: float) -> bool:
+        """True when a is strictly better than b."""
+        return a < b if self.direction == "minimize" else a > b
+
+    def gain(self, new: float, old: float) -> float:
+        """Improvement of new over old in the good direction (positive is better)."""
+        return old - new if self.direction == "minimize" else new - old
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    device: str = "cpu"
+    budget_s: float = 20.0
+    timeout_s: float = 600.0
+    settings: dict[str, Any] = field(default_factory=dict)   # everything else, passed to the harness
+
+    @property
+    def gpus(self) -> int:
+        return int(self.settings.get("gpus", 0 if self.device == "cpu" else 1))
+
+
+@dataclass(frozen=True)
+class SeedsPolicy:
+    screening: int = 1
+    confirmation: int = 3
+    final: int = 3
+
+
+@dataclass(frozen=True)
+class Significance:
+    test: str = "welch"
+    alpha: float = 0.05
+    min_seeds: int = 2
+    target: float | None = None   # for one_sample_below_target
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    path: Path
+    title: str
+    metric: Metric
+    presets: dict[str, Preset]
+    default_preset: str
+    seed_dir: Path
+    editable: tuple[str, ...]
+    protected: tuple[str, ...]
+    seeds: SeedsPolicy
+    significance: Significance
+    probes: tuple[str, ...]
+    notebook: Path
+    brief: Path | None
+    playbook: Path | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def preset(self, name: str | None = None) -> Preset:
+        name = name or self.default_preset
+        try:
+            return self.presets[name]
+        except KeyError:
+            raise TaskError(
+                f"task {self.name!r} has no preset {name!r}; choose one of: {', '.join(self.presets)} "
+                f"(see {self.path / 'task.toml'})"
+            ) from None
+
+    def is_editable(self, rel: str) -> bool:
+        return any(fnmatch.fnmatch(rel, pat) for pat in self.editable)
+
+    def protected_files(self) -> list[Path]:
+        """Every file under the task folder matched by a protected pattern, sorted."""
+        out: set[Path] = set()
+        for pat in self.protected:
+            out.update(p for p in self.path.glob(pat) if p.is_file() and "__pycache__" not in p.parts)
+        return sorted(out)
+
+    def protected_hashes(self) -> dict[str, str]:
+        return {str(p.relative_to(self.path)): _sha256(p) for p in self.protected_files()}
+
+    def seed_files(self) -> dict[str, bytes]:
+        """The seed solution's editable files: {relative path: content}."""
+        files: dict[str, bytes] = {}
+        for p in sorted(self.seed_dir.rglob("*")):
+            rel = str(p.relative_to(self.seed_dir))
+            if p.is_file() and "__pycache__" not in p.parts and self.is_editable(rel):
+                files[rel] = p.read_bytes()
+        if not files:
+            raise TaskError(
+                f"{self.path / 'task.toml'}: files.seed points at {self.seed_dir}, which holds no file matching "
+                f"files.editable {list(self.editable)}; fix the path or the patterns"
+            )
+        return files
+
+    def brief_text(self) -> str:
+        return self.brief.read_text() if self.brief and self.brief.exists() else ""
+
+
+def _sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- parsing
+
+class _Reader:
+    """Reads keys from a parsed toml table and raises errors that name file, key and fix."""
+
+    def __init__(self, file: Path, data: dict[str, Any]):
+        self.file, self.data = file, data
+
+    def fail(self, key: str, problem: str, fix: str) -> TaskError:
+        return TaskError(f"{self.file}: key '{key}' {problem}; fix: {fix}")
+
+    def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., fix: str = "") -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is ...:
+                    raise self.fail(key, "is missing", fix or f"add '{key}' to the file")
+                return default
+            node = node[part]
+        if typ is float and isinstance(node, int) and not isinstance(node, bool):
+            node = float(node)
+        if not isinstance(node, typ) or (isinstance(node, bool) and typ in (int, float)):
+            tname = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            raise self.fail(key, f"must be a {tname}, got {type(node).__name__} {node!r}", fix or f"set '{key}' to a {tname}")
+        return node
+
+
+def load_task_file(toml_path: str | os.PathLike) -> Task:
+    """Parse and validate one task.toml."""
+    file = Path(toml_path).resolve()
+    if not file.exists():
+        raise TaskError(f"{file}: no such file; a task folder needs a task.toml (see docs/ARCHITECTURE.md)")
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TaskError(f"{file}: not valid TOML ({e}); fix the syntax at that line") from None
+    r = _Reader(file, data)
+    root = file.parent
+
+    name = r.get("name", str, fix='add name = "<task name>" at the top')
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise r.fail("name", f"is {name!r}, not a plain identifier", "use letters, digits, '-' or '_'")
+    metric = Metric(
+        name=r.get("metric.name", str, fix='add [metric] with name = "val_bpb" (the result key to optimize)'),
+        direction=r.get("metric.direction", str, fix='add direction = "minimize" or "maximize" under [metric]'),
+        unit=r.get("metric.unit", str, ""),
+    )
+    if metric.direction not in DIRECTIONS:
+        raise r.fail("metric.direction", f"is {metric.direction!r}", 'use "minimize" or "maximize"')
+
+    presets_raw = r.get("presets", dict, fix="add at least one [presets.<name>] table with device and budget_s")
+    if not presets_raw:
+        raise r.fail("presets", "is empty", "add at least one [presets.<name>] table")
+    presets: dict[str, Preset] = {}
+    for pname, ptab in presets_raw.items():
+        key = f"presets.{pname}"
+        if not isinstance(ptab, dict):
+            raise r.fail(key, "must be a table", f"write it as [presets.{pname}]")
+        device = r.get(f"{key}.device", str, "cpu")
+        if device not in ("cpu", "cuda"):
+            raise r.fail(f"{key}.device", f"is {device!r}", 'use "cpu" or "cuda"')
+        budget = r.get(f"{key}.budget_s", float, fix=f"add budget_s = <seconds> under [presets.{pname}]")
+        timeout = r.get(f"{key}.timeout_s", float, max(120.0, budget * 4 + 120))
+        if budget <= 0 or timeout <= budget:
+            raise r.fail(f"{key}.timeout_s", f"({timeout}) must exceed budget_s ({budget}) > 0", "raise timeout_s")
+        settings = {k: v for k, v in ptab.items() if k not in ("device", "budget_s", "timeout_s")}
+        presets[pname] = Preset(pname, device, budget, timeout, settings)
+    default_preset = r.get("default_preset", str, next(iter(presets)))
+    if default_preset not in presets:
+        raise r.fail("default_preset", f"names {default_preset!r}, which is not a preset", f"use one of {list(presets)}")
+
+    seed_rel = r.get("files.seed", str, fix='add [files] with seed = "../../seeds/<task>"')
+    seed_dir = (root / seed_rel).resolve()
+    if not seed_dir.is_dir():
+        raise r.fail("files.seed", f"points at {seed_dir}, which is not a folder", "make it the seed solution's folder, relative to task.toml")
+    editable = r.get("files.editable", list, fix='add editable = ["train.py"] under [files]')
+    protected = r.get("files.protected", list, [])
+    for key, lst in (("files.editable", editable), ("files.protected", protected)):
+        if not all(isinstance(x, str) for x in lst):
+            raise r.fail(key, "must be a list of strings (glob patterns)", 'write e.g. ["train.py"]')
+    if not editable:
+        raise r.fail("files.editable", "is empty", "list the files a candidate may change")
+
+    seeds = SeedsPolicy(
+        screening=r.get("seeds.screening", int, 1),
+        confirmation=r.get("seeds.confirmation", int, 3),
+        final=r.get("seeds.final", int, 3),
+    )
+    if min(seeds.screening, seeds.confirmation, seeds.final) < 1:
+        raise r.fail("seeds", "has a count below 1", "use at least 1 seed for screening, confirmation and final")
+    sig = Significance(
+        test=r.get("significance.test", str, "welch"),
+        alpha=r.get("significance.alpha", float, 0.05),
+        min_seeds=r.get("significance.min_seeds", int, 2),
+        target=r.get("significance.target", float, None) if "target" in data.get("significance", {}) else None,
+    )
+    if sig.test not in TESTS:
+        raise r.fail("significance.test", f"is {sig.test!r}", f"use one of {', '.join(TESTS)}")
+    if not 0 < sig.alpha < 0.5:
+        raise r.fail("significance.alpha", f"is {sig.alpha}", "use a level between 0 and 0.5, e.g. 0.05")
+    if sig.min_seeds < 2:
+        raise r.fail("significance.min_seeds", f"is {sig.min_seeds}", "promotion never rests on one seed: use 2 or more")
+    if seeds.confirmation < sig.min_seeds:
+        raise r.fail("seeds.confirmation", f"({seeds.confirmation}) is below significance.min_seeds ({sig.min_seeds})",
+                     "confirm on at least as many seeds as promotion needs")
+
+    notebook = root / r.get("notebook", str, "benchmark.ipynb")
+    if not notebook.exists():
+        raise r.fail("notebook", f"points at {notebook}, which does not exist", "add the benchmark notebook or fix the name")
+    brief = root / r.get("brief", str, "task.md")
+    playbook_rel = r.get("playbook", str, "playbook")
+    playbook = root / playbook_rel
+    probes = tuple(r.get("audit.probes", list, []))
+
+    return Task(
+        name=name, path=root, title=r.get("title", str, name), metric=metric, presets=presets,
+        default_preset=default_preset, seed_dir=seed_dir, editable=tuple(editable), protected=tuple(protected),
+        seeds=seeds, significance=sig, probes=probes, notebook=notebook,
+        brief=brief if brief.exists() else None, playbook=playbook if playbook.exists() else None, raw=data,
+    )
+
+
+# ---------------------------------------------------------------------------- registry
+
+def _search_roots() -> list[Path]:
+    roots: list[Path] = []
+    env = os.environ.get("AUTOLAB_BENCHMARKS")
+    if env:
+        roots += [Path(p) for p in env.split(os.pathsep) if p]
+    roots.append(REPO_ROOT / "benchmarks")
+    return roots
+
+
+def discover_tasks() -> dict[str, Path]:
+    """Every task folder found: $AUTOLAB_BENCHMARKS, the repo's benchmarks/, and the
+    ``autolab.tasks`` entry-point group (name -> callable returning a folder)."""
+    found: dict[str, Path] = {}
+    for root in _search_roots():
+        if root.is_dir():
+            for toml in sorted(root.glob("*/task.toml")):
+                found.setdefault(toml.parent.name, toml.parent)
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="autolab.tasks"):
+            found.setdefault(ep.name, Path(ep.load()()))
+    except Exception:  # a broken plug-in must not hide the built-in tasks
+        pass
+    return found
+
+
+def load_task(name_or_path: str | os.PathLike) -> Task:
+    """Load a task by registered name (``"nanochat"``) or by folder / task.toml path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml":
+        return load_task_file(p)
+    if p.is_dir() and (p / "task.toml").exists():
+        return load_task_file(p / "task.toml")
+    tasks = discover_tasks()
+    if str(name_or_path) in tasks:
+        return load_task_file(tasks[str(name_or_path)] / "task.toml")
+    known = ", ".join(sorted(tasks)) or "none"
+    raise TaskError(f"no task named {str(name_or_path)!r}; known tasks: {known}. "
+                    "Run `autolab tasks` to list them, or pass a folder that holds a task.toml.")
