@@ -1,0 +1,246 @@
+"""A loopback OpenAI-compatible chat server that replays scripted answers (test fixture).
+
+    with ScriptedServer([error(429), completion("hello", prompt_tokens=12)]) as srv:
+        llm = LLM(LLMConfig("openai/test", api_base=srv.url, api_key="sk-test"))
+
+``srv.url`` is ``http://127.0.0.1:<port>/v1``; both ``POST /v1/chat/completions`` and
+``POST /chat/completions`` are served. Each request takes the next scripted reply; a
+``routes`` dict scripts replies per requested model name (as the server sees it, i.e.
+without litellm's ``openai/`` prefix), falling back to the shared ``script``. An
+exhausted script answers 400 so a test fails fast instead of retrying. Every request
+body is kept in ``srv.requests`` (``{"path", "model", "body", "headers"}``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+
+
+@dataclass
+class Reply:
+    """One scripted HTTP answer."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+def completion(text: str, *, prompt_tokens: int = 11, completion_tokens: int = 7,
+               finish_reason: str = "stop", delay_s: float = 0.0) -> Reply:
+    """A normal chat completion with ``usage``; the ``model`` field echoes the request."""
+    payload = {
+        "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": "{model}",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+    return Reply(200, json.dumps(payload).encode(), {"Content-Type": "application/json"}, delay_s)
+
+
+def error(status: int, message: str = "", *, retry_after: float | None = None) -> Reply:
+    """An OpenAI-style error body with the given HTTP status (429, 500, 401, ...)."""
+    message = message or {429: "Rate limit reached", 500: "Internal server error", 401: "Invalid API key",
+                           404: "The model does not exist", 400: "Bad request", 503: "Overloaded"}.get(status, "error")
+    body = json.dumps({"error": {"message": message, "type": "scripted_error", "code": status}}).encode()
+    headers = {"Content-Type": "application/json"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return Reply(status, body, headers)
+
+
+def malformed(body: bytes = b'{"id": "chatcmpl-broken", "choices": [ {"message": ') -> Reply:
+    """A 200 answer whose body is not valid JSON."""
+    return Reply(200, body, {"Content-Type": "application/json"})
+
+
+class ScriptedServer:
+    """Threaded HTTP server on 127.0.0.1 (random port) replaying scripted replies."""
+
+    def __init__(self, script: Iterable[Reply] = (), *, routes: dict[str, Iterable[Reply]] | None = None):
+        self._queues: dict[str | None, deque[Reply]] = {None: deque(script)}
+        for model, replies in (routes or {}).items():
+            self._queues[model] = deque(replies)
+        self._lock = threading.Lock()
+        self.requests: list[dict[str, Any]] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ scripting
+    def push(self, *replies: Reply, model: str | None = None) -> None:
+        with self._lock:
+            self._queues.setdefault(model, deque()).extend(replies)
+
+    def _next(self, model: str | None) -> Reply:
+        with self._lock:
+            q = self._queues.get(model)
+            if q:
+                return q.popleft()
+            if self._queues[None]:
+                return self._queues[None].popleft()
+        return error(400, f"scripted server: no reply left for model {model!r}")
+
+    def count(self, model: str | None = None) -> int:
+        """Requests received (for one model, or all)."""
+        return sum(1 for r in self.requests if model is None or r["model"] == model)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "ScriptedServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # answer in one segment: without this, Nagle + delayed ACK add ~40 ms per reply
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, reply: Reply, model: str) -> None:
+                body = reply.body.replace(b'"{model}"', json.dumps(model).encode())
+                self.send_response(reply.status)
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    body = {"_raw": raw.decode(errors="replace")}
+                path = self.path.split("?")[0].rstrip("/")
+                model = body.get("model") if isinstance(body, dict) else None
+                with server._lock:
+                    server.requests.append({"path": path, "model": model, "body": body, "headers": dict(self.headers)})
+                if path not in ("/v1/chat/completions", "/chat/completions"):
+                    self._send(error(404, f"no route {path}"), model or "")
+                    return
+                reply = server._next(model)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                self._send(reply, model or "")
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._send(error(404, f"no route {self.path}"), "")
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="scripted-llm-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "ScriptedServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------- a tiny task for LLM tests
+
+SEED_TRAIN = '''\
+"""A tiny training script (test seed)."""
+import math
+
+# ---
+LEARNING_RATE = 0.01   # step size
+STEPS = 10             # optimization steps
+WIDTH = 8
+
+
+def model(x, w):
+    return [w * v for v in x]
+
+
+def train():
+    w = 0.0
+    for step in range(STEPS):
+        grad = 2 * (w - 1.0)
+        w -= LEARNING_RATE * grad
+    return w
+
+
+if __name__ == "__main__":
+    w = train()
+    print("---")
+    print(f"loss: {(w - 1.0) ** 2:.6f}")
+'''
+
+
+def make_tiny_task(root, *, allow_new_files: bool = False, brief: str = "Minimize the loss of a toy model.\n"):
+    """A minimal valid task folder under ``root`` (task.toml, task.md, benchmark.ipynb, harness, seed)."""
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(root)
+    task = root / "tinytask"
+    (task / "harness").mkdir(parents=True, exist_ok=True)
+    (task / "seed").mkdir(exist_ok=True)
+    (task / "seed" / "train.py").write_text(SEED_TRAIN)
+    (task / "harness" / "metric.py").write_text("def score(loss):\n    return loss\n")
+    (task / "task.md").write_text(brief)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("candidate_dir = None\nseed = 0\npreset = 'cpu-tiny'\nresult_path = None",
+                                          metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, str(task / "benchmark.ipynb"))
+    (task / "task.toml").write_text(f'''\
+name = "tinytask"
+title = "Tiny test task"
+default_preset = "cpu-tiny"
+
+[metric]
+name = "loss"
+direction = "minimize"
+unit = "nats"
+
+[files]
+seed = "seed"
+editable = ["*.py"]
+protected = ["harness/*.py", "benchmark.ipynb", "task.toml"]
+allow_new_files = {"true" if allow_new_files else "false"}
+
+[presets.cpu-tiny]
+device = "cpu"
+budget_s = 5
+timeout_s = 60
+''')
+    return task
+
+
+def make_lab(tmp_path, **task_kw):
+    """A real Lab on the tiny task: ``(lab, seed_candidate)``."""
+    from autolab.lab import Lab
+
+    task = make_tiny_task(tmp_path, **task_kw)
+    lab = Lab(tmp_path / "lab", task=str(task))
+    return lab, lab.seed_candidate()
