@@ -1,0 +1,194 @@
+"""The nanochat harness: what a candidate's ``train.py`` may use (``import nanochat_harness as H``).
+
+The harness, not the candidate, owns the data split, the clock and the metric. The runner
+(``nanochat_harness.runner``) starts ``python train.py`` in a sandbox with ``$AUTOLAB_RUN_CONFIG``
+naming a JSON file; everything below reads it. Importing this package is cheap: no torch, no
+data is read until a function asks for it.
+
+API
+---
+``config() -> dict``
+    The preset's settings plus the run's facts. Keys always present:
+
+    ========================  ==================================================================
+    ``seed``                  int, the run seed (seed torch with it)
+    ``device``                ``"cpu"`` or ``"cuda"``
+    ``budget_s``              training seconds (see the time rule in task.md)
+    ``allowance_s``           declared start-up seconds (imports, data, compile) on top of it
+    ``vocab_size``            tokenizer vocabulary; logits must have exactly this last dimension
+    ``seq_len``               evaluation row length T; the train loader's default
+    ``bos_id``                id of ``<|bos|>``, which starts every document and every row
+    ``preset``, ``task``      names
+    ========================  ==================================================================
+
+    Model-size hints from the preset (the seed reads them; a candidate may ignore them):
+    ``depth`` (transformer blocks), ``n_embd`` (width), ``n_head`` (attention heads),
+    ``batch_size`` (rows per device step), ``total_batch_size`` (tokens per optimizer step;
+    a multiple of batch_size * seq_len, 0 or absent: one step per batch), ``threads`` (CPU
+    threads on cpu presets). Other preset keys pass through unchanged.
+
+``train_loader(batch_size=None, seq_len=None, device=None) -> iterator of (x, y)``
+    int64 tensors of shape (B, T) on ``device``, forever; ``y`` is ``x`` shifted by one. Rows
+    are best-fit packed from train-split documents, each document prefixed with BOS, every row
+    starting with BOS, no padding; epochs reshuffle from the run seed. The loader's ``epoch``
+    and ``batches`` attributes count progress. Drawing the first batch starts the clock.
+
+``start_clock()``, ``elapsed() -> float``, ``time_left() -> float``
+    The training clock. It starts at the first of: ``start_clock()``, ``elapsed()``,
+    ``time_left()`` or the first batch drawn from a train loader. ``time_left()`` is
+    ``budget_s - elapsed()``, but never more than what the process has left before the
+    harness's hard limit (budget + allowance since launch, less a reserve for ``finish``); it
+    is never negative. Train while ``time_left() > 0``.
+
+``log(step, loss, **extra)``
+    One point of the live training curve (appended as a JSON line to the run's events file).
+
+``token_bytes(device="cpu") -> LongTensor``
+    UTF-8 byte length of each token id (0 for ``<|bos|>``), the weights of bits-per-byte.
+
+``finish(model)``
+    Save the trained model for evaluation (``model.pt`` in the working directory: the whole
+    module, unwrapped from ``torch.compile``, on CPU, plus its state_dict). Call it last, then
+    print the closing ``---`` block of ``key: value`` lines and exit.
+
+The evaluation imports ``train.py`` as a module (its training must sit under
+``if __name__ == "__main__":``), unpickles the model, and calls ``model(idx)`` with ``idx`` of
+shape (B, T) int64; it must return logits of shape (B, T, vocab_size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+__all__ = ["config", "train_loader", "start_clock", "elapsed", "time_left", "log", "token_bytes", "finish"]
+
+_IMPORT_T = time.monotonic()
+_T0: float | None = None
+_CONFIG: dict[str, Any] | None = None
+_EVENTS = None
+_LOADERS: list = []
+
+
+def config() -> dict[str, Any]:
+    """The run's configuration (a copy); see the module docstring for the keys."""
+    global _CONFIG
+    if _CONFIG is None:
+        path = os.environ.get("AUTOLAB_RUN_CONFIG")
+        if not path:
+            raise RuntimeError(
+                "nanochat_harness: $AUTOLAB_RUN_CONFIG is not set, so there is no run configuration; "
+                "run the script through the harness: `python -m nanochat_harness.runner --candidate DIR` "
+                "(from benchmarks/nanochat) or the benchmark notebook")
+        try:
+            with open(path) as fh:
+                _CONFIG = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"nanochat_harness: cannot read the run configuration {path} ({e}); "
+                               f"start the run through nanochat_harness.runner") from None
+    return json.loads(json.dumps(_CONFIG))
+
+
+def _cfg() -> dict[str, Any]:
+    if _CONFIG is None:
+        config()
+    return _CONFIG  # type: ignore[return-value]
+
+
+def start_clock() -> None:
+    """Start the training clock now (no effect once started)."""
+    global _T0
+    if _T0 is None:
+        _T0 = time.monotonic()
+
+
+def elapsed() -> float:
+    """Seconds since the training clock started (starting it if needed)."""
+    start_clock()
+    return time.monotonic() - _T0  # type: ignore[operator]
+
+
+def time_left() -> float:
+    """Training seconds left: budget minus elapsed, capped by the harness's hard deadline."""
+    cfg = _cfg()
+    left = float(cfg["budget_s"]) - elapsed()
+    deadline = cfg.get("deadline")
+    if deadline:
+        left = min(left, float(deadline) - time.time() - float(cfg.get("finish_reserve_s", 2.0)))
+    return max(0.0, left)
+
+
+def train_loader(batch_size: int | None = None, seq_len: int | None = None, device: str | None = None):
+    """Batches (x, y) of packed train-split rows, forever; see the module docstring."""
+    from . import loader as _loader
+    from .data import load_split
+
+    cfg = _cfg()
+    data = cfg.get("data") or {}
+    if "train" not in data:
+        raise RuntimeError("nanochat_harness: the run configuration names no train data; start the run "
+                           "through nanochat_harness.runner")
+    tokens, offsets = load_split(data["train"])
+    it = _loader.TrainLoader(
+        tokens, offsets, batch_size=int(batch_size or cfg.get("batch_size", 8)), seq_len=int(seq_len or cfg["seq_len"]),
+        bos_id=int(cfg["bos_id"]), device=device or cfg.get("device", "cpu"), seed=int(cfg.get("seed", 0)),
+        chunk_tokens=int(cfg.get("doc_chunk_tokens", 0) or 0), buffer_docs=int(cfg.get("pack_buffer", 256)),
+        prefetch=int(cfg.get("prefetch", 4)), on_first_batch=start_clock)
+    _LOADERS.append(it)
+    return it
+
+
+def token_bytes(device: str = "cpu"):
+    """LongTensor (vocab_size,): UTF-8 bytes of each token; 0 for special tokens."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.load(_cfg()["data"]["token_bytes"]).astype(np.int64)).to(device)
+
+
+def _event(obj: dict[str, Any]) -> None:
+    global _EVENTS
+    if _EVENTS is None:
+        path = _cfg().get("events_path") or "events.jsonl"
+        _EVENTS = open(path, "a", buffering=1)
+    _EVENTS.write(json.dumps(obj) + "\n")
+
+
+def _num(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item):
+        v = v.item()
+    return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+
+
+def log(step: int, loss: float, **extra: Any) -> None:
+    """Append one curve point {step, t, loss, **extra} to the run's events file."""
+    _event({"step": int(step), "t": round(elapsed(), 4), "loss": float(_num(loss)),
+            **{k: _num(v) for k, v in extra.items()}})
+
+
+def finish(model, path: str = "model.pt") -> str:
+    """Save the model for the harness's evaluation; returns the file's path."""
+    import torch
+
+    t_train = elapsed()
+    m = getattr(model, "_orig_mod", model)         # unwrap torch.compile
+    m = m.to("cpu")
+    tmp = f".{path}.tmp-{os.getpid()}"
+    try:
+        torch.save({"model": m, "state_dict": m.state_dict(), "format": 1}, tmp)
+    except Exception as e:
+        raise RuntimeError(f"nanochat_harness.finish: could not save the model ({type(e).__name__}: {e}); the "
+                           f"whole nn.Module is pickled, so it must not hold lambdas, open files or compiled "
+                           f"callables; keep those outside the module") from e
+    os.replace(tmp, path)
+    for it in _LOADERS:
+        it.close()
+    info = {"training_s": round(t_train, 4), "since_import_s": round(time.monotonic() - _IMPORT_T, 4),
+            "batches": sum(it.batches for it in _LOADERS), "epoch": max((it.epoch for it in _LOADERS), default=0)}
+    with open("finish.json", "w") as fh:
+        json.dump(info, fh)
+    if _EVENTS is not None:
+        _EVENTS.flush()
+    return os.path.abspath(path)

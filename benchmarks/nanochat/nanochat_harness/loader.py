@@ -1,0 +1,174 @@
+"""Best-fit packing of documents into rows, and the prefetching train loader.
+
+Rules (the same for training and evaluation):
+
+* every document is prefixed with BOS; a row holds ``T + 1`` tokens (inputs and targets
+  overlap by one) and starts with BOS;
+* to fill a row, take from a buffer of documents the longest one that fits in the room left;
+  when none fits, take the shortest and crop it to the room left (its rest is dropped); no
+  padding, ever;
+* ``doc_chunk_tokens`` > 0 first cuts longer documents into consecutive pieces of at most that
+  many tokens (each piece is a document of its own), so that presets with short rows still read
+  whole documents instead of only their first ``T`` tokens;
+* training reads documents in an order reshuffled every epoch from the run seed; evaluation
+  reads them in file order, once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import queue
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+def document_spans(offsets: np.ndarray, chunk_tokens: int = 0) -> np.ndarray:
+    """(n, 2) int64 array of [start, end) token ranges, one per document (or document piece)."""
+    starts, ends = offsets[:-1].astype(np.int64), offsets[1:].astype(np.int64)
+    keep = ends > starts                                     # empty documents carry nothing
+    starts, ends = starts[keep], ends[keep]
+    if chunk_tokens and chunk_tokens > 0:
+        pieces = (ends - starts + chunk_tokens - 1) // chunk_tokens
+        doc = np.repeat(np.arange(len(starts)), pieces)
+        first = np.repeat(np.cumsum(pieces) - pieces, pieces)
+        k = np.arange(len(doc)) - first                      # piece number within its document
+        s = starts[doc] + k * chunk_tokens
+        e = np.minimum(s + chunk_tokens, ends[doc])
+        return np.stack([s, e], axis=1)
+    return np.stack([starts, ends], axis=1)
+
+
+class Packer:
+    """Fills rows of ``row_len`` tokens from documents by best-fit packing (see module doc)."""
+
+    def __init__(self, tokens: np.ndarray, spans: np.ndarray, row_len: int, bos_id: int, seed: int = 0,
+                 buffer_docs: int = 256, shuffle: bool = True, epochs: int | None = None):
+        if len(spans) == 0:
+            raise ValueError("no documents to pack")
+        self.tokens, self.spans, self.row_len, self.bos = tokens, spans, int(row_len), int(bos_id)
+        self.seed, self.buffer_docs, self.shuffle, self.epochs = int(seed), max(1, int(buffer_docs)), shuffle, epochs
+        self.epoch = 0
+        self._lens: list[int] = []          # buffered documents' lengths (with BOS), sorted
+        self._ids: list[int] = []           # their span indices, aligned with _lens
+        self._stream = self._documents()
+
+    def _documents(self) -> Iterator[int]:
+        n, e = len(self.spans), 0
+        while self.epochs is None or e < self.epochs:
+            self.epoch = e
+            order = np.random.default_rng([self.seed, e]).permutation(n) if self.shuffle else np.arange(n)
+            yield from order.tolist()
+            e += 1
+
+    def _refill(self) -> None:
+        while len(self._lens) < self.buffer_docs:
+            i = next(self._stream, None)
+            if i is None:
+                return
+            n = int(self.spans[i, 1] - self.spans[i, 0]) + 1
+            k = bisect.bisect_left(self._lens, n)
+            self._lens.insert(k, n)
+            self._ids.insert(k, i)
+
+    def fill_row(self, out: np.ndarray, segments: list | None = None) -> bool:
+        """Write one row into ``out`` (length row_len). ``segments``, if given, gets one
+        (document index, position in row, tokens taken incl. BOS) per piece. False when the
+        documents ran out (only with a finite number of epochs); the row is then incomplete."""
+        pos, R = 0, self.row_len
+        while pos < R:
+            self._refill()
+            if not self._lens:
+                return False
+            room = R - pos
+            k = bisect.bisect_right(self._lens, room) - 1    # the longest document that fits
+            if k < 0:
+                k = 0                                        # none fits: crop the shortest
+            n = min(self._lens.pop(k), room)
+            i = self._ids.pop(k)
+            s = int(self.spans[i, 0])
+            out[pos] = self.bos
+            out[pos + 1:pos + n] = self.tokens[s:s + n - 1]
+            if segments is not None:
+                segments.append((i, pos, n))
+            pos += n
+        return True
+
+    def rows(self, n_rows: int) -> np.ndarray | None:
+        """A (n_rows, row_len) int64 array, or None when the documents ran out."""
+        out = np.empty((n_rows, self.row_len), dtype=np.int64)
+        for r in range(n_rows):
+            if not self.fill_row(out[r]):
+                return None
+        return out
+
+
+def eval_rows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int, n_rows: int, bos_id: int,
+              chunk_tokens: int = 0, buffer_docs: int = 256) -> np.ndarray | None:
+    """The fixed evaluation rows: (n_rows, seq_len + 1), packed from the split in file order,
+    one pass. None when the split holds fewer rows than asked."""
+    packer = Packer(tokens, document_spans(offsets, chunk_tokens), seq_len + 1, bos_id,
+                    buffer_docs=buffer_docs, shuffle=False, epochs=1)
+    return packer.rows(n_rows)
+
+
+class TrainLoader:
+    """Iterator of (x, y) int64 tensors of shape (B, T), forever. Batches are packed in a
+    background thread into a small queue (pinned memory and non-blocking copies on CUDA), so a
+    training step never waits for data, not at an epoch boundary either."""
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, batch_size: int, seq_len: int, bos_id: int,
+                 device: str = "cpu", seed: int = 0, chunk_tokens: int = 0, buffer_docs: int = 256,
+                 prefetch: int = 4, on_first_batch: Callable[[], None] | None = None):
+        import torch
+
+        self.B, self.T, self.device = int(batch_size), int(seq_len), torch.device(device)
+        self.packer = Packer(tokens, document_spans(offsets, chunk_tokens), self.T + 1, bos_id, seed=seed,
+                             buffer_docs=buffer_docs, shuffle=True)
+        self._pin = self.device.type == "cuda"
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, int(prefetch)))
+        self._stop = threading.Event()
+        self._on_first = on_first_batch
+        self.batches = 0                      # batches handed out
+        self.epoch = 0                        # epoch of the packer when the last batch was built
+        self._thread = threading.Thread(target=self._work, name="nanochat-loader", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        import torch
+
+        try:
+            while not self._stop.is_set():
+                rows = self.packer.rows(self.B)
+                x = torch.from_numpy(np.ascontiguousarray(rows[:, :-1]))
+                y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
+                if self._pin:
+                    x, y = x.pin_memory(), y.pin_memory()
+                item = (x, y, self.packer.epoch)
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._q.put(e)
+
+    def __iter__(self) -> "TrainLoader":
+        return self
+
+    def __next__(self):
+        if self.batches == 0 and self._on_first is not None:
+            self._on_first()
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError("the nanochat train loader's packing thread failed") from item
+        x, y, self.epoch = item
+        self.batches += 1
+        if self.device.type != "cpu":
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x, y
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,373 @@
+"""One benchmark run: prepare data, train the candidate in a sandbox, evaluate it in another,
+write the result JSON (the schema of docs/ARCHITECTURE.md, "A run").
+
+Layout next to ``result_path`` (say ``R = result.json``)::
+
+    result.work/        the candidate's private working copy: train.py, events.jsonl, model.pt
+    result.harness/     run_config.json, eval_config.json, eval.json, train.log, eval.log
+
+The time rule: the harness measures the train process's wall time from the outside
+(``train_s``). It may spend ``allowance_s`` (declared per preset) on start-up (interpreter,
+imports, data, compile) on top of ``budget_s`` of training; a train process still alive at
+``budget_s + allowance_s`` (+ ``kill_grace_s`` for the kill itself) is killed and the run is
+recorded as ``killed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
+
+EventFn = Callable[[dict], None]
+_SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-/ ]*?):\s*(.*)$")
+_METRIC_KEYS = ("steps", "tokens", "tokens_per_s", "mfu", "peak_mem_mb", "num_params", "training_seconds",
+                "epochs", "train_loss", "final_loss")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def parse_summary(text: str) -> dict[str, Any]:
+    """The script's closing block: the ``key: value`` lines after the last line that is ``---``.
+    Numbers become int/float; anything else stays a string."""
+    lines = text.splitlines()
+    idx = max((i for i, ln in enumerate(lines) if ln.strip() == "---"), default=None)
+    if idx is None:
+        return {}
+    out: dict[str, Any] = {}
+    for ln in lines[idx + 1:]:
+        m = _SUMMARY_LINE.match(ln.strip())
+        if not m:
+            continue
+        key, raw = m.group(1).strip(), m.group(2).strip()
+        out[key] = _number(raw)
+    return out
+
+
+def _number(raw: str) -> Any:
+    s = raw.replace(",", "").replace("_", "")
+    s = s[:-1] if s.endswith("%") else s
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return raw
+
+
+def read_curve(events: Path) -> list[dict[str, Any]]:
+    out = []
+    if events.exists():
+        for line in events.read_text(errors="replace").splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and "loss" in ev and "step" in ev:
+                out.append(ev)
+    return out
+
+
+class _Tail(threading.Thread):
+    """Follows events.jsonl while the train process runs and calls on_event for each point."""
+
+    def __init__(self, path: Path, on_event: EventFn):
+        super().__init__(daemon=True, name="nanochat-events")
+        self.path, self.on_event, self.stop = path, on_event, threading.Event()
+        self.pos = 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.pos)
+                for line in fh:
+                    if not line.endswith(b"\n"):
+                        break
+                    self.pos += len(line)
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(ev, dict):
+                        try:
+                            self.on_event({"type": "curve", **ev})
+                        except Exception:  # noqa: BLE001 - a broken UI callback must not stop the run
+                            pass
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.poll()
+        self.poll()
+
+
+# ----------------------------------------------------------------------------- the sandbox
+
+def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
+               write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
+               echo: bool) -> dict[str, Any]:
+    """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
+    echo) and to log_path. Returns {returncode, killed, kill_reason, state, violations, wall_s,
+    output, peak_memory_mb, isolation}."""
+    from autolab.sandbox import Limits, Policy, run_sandboxed
+
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if echo:
+            print(line, flush=True)
+
+    kw = {"memory_mb": int(mem_mb)} if mem_mb else {}
+    res = run_sandboxed(argv, cwd=cwd, env=env, on_line=on_line, log_path=log_path,
+                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow)),
+                        limits=Limits(wall_s=float(wall_s), **kw))
+    killed = res.state == "killed" and res.reason in ("timeout", "memory", "nproc", "cpu")
+    return {
+        "returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
+        "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s),
+        "output": "\n".join(lines) if lines else res.stdout_tail,
+        "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _resolve_candidate(candidate_dir: str | os.PathLike | None, task) -> Path:
+    return Path(candidate_dir).resolve() if candidate_dir else task.seed_dir
+
+
+def _copy_editable(task, src: Path, dst: Path) -> list[str]:
+    copied = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src).as_posix()
+        if p.is_file() and "__pycache__" not in p.parts and task.is_editable(rel):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst / rel)
+            copied.append(rel)
+    return copied
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: str | None,
+                  result_path: str | os.PathLike, task_dir: str | os.PathLike | None = None,
+                  on_event: EventFn | None = None, overrides: dict[str, Any] | None = None,
+                  source: str | None = None, echo: bool = True) -> dict[str, Any]:
+    """Run one candidate for one seed on one preset; write and return the result dict.
+
+    ``candidate_dir``: folder with the candidate's editable files (None: the task's seed).
+    ``overrides``: preset keys to replace for this run (e.g. ``{"budget_s": 5}`` in tests).
+    ``source``: corpus folder (default: $AUTOLAB_DATA or the shared techtext corpus).
+    Never raises for a failing candidate: that is ``status: "failed"`` / ``"killed"``."""
+    from autolab.errors import AutolabError
+    from autolab.task import load_task
+
+    t_start = time.monotonic()
+    task = load_task(Path(task_dir) if task_dir else TASK_DIR)
+    p = task.preset(preset)
+    ov = dict(overrides or {})
+    settings = {**p.settings, **{k: v for k, v in ov.items() if k not in ("device", "budget_s", "timeout_s")}}
+    device = str(ov.get("device", p.device))
+    budget_s = float(ov.get("budget_s", p.budget_s))
+    allowance_s = float(settings.get("allowance_s", 15.0))
+    grace_s = float(settings.get("kill_grace_s", 2.0))
+    result_path = Path(result_path).resolve()
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    cand = _resolve_candidate(candidate_dir, task)
+    result: dict[str, Any] = {
+        "task": task.name, "preset": p.name, "seed": int(seed), "candidate_dir": str(cand),
+        "status": "failed", "reason": "", "metrics": {}, "summary": {}, "curve": [], "violations": [], "probes": {},
+        "timings": {"budget_s": budget_s, "allowance_s": allowance_s}, "corpus": {},
+    }
+
+    def event(**kw: Any) -> None:
+        if on_event:
+            try:
+                on_event(kw)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def done(status: str, reason: str = "") -> dict[str, Any]:
+        result["status"], result["reason"] = status, reason
+        result["timings"]["total_s"] = round(time.monotonic() - t_start, 3)
+        atomic_write_json(result_path, result)
+        event(type="phase", phase="done", status=status, reason=reason)
+        if echo:
+            print(f"[nanochat] {status}" + (f": {reason}" if reason else ""), flush=True)
+        return result
+
+    # --- data (cached after the first time)
+    event(type="phase", phase="data")
+    t0 = time.monotonic()
+    try:
+        data = prepare_data({**settings, "device": device}, source=source or settings.get("source"), progress=echo)
+    except AutolabError as e:
+        return done("failed", f"data preparation failed: {e}")
+    result["timings"]["data_s"] = round(time.monotonic() - t0, 3)
+    result["corpus"] = {"name": data["corpus"]["name"], "train_sha256": data["corpus"]["train_sha256"]}
+
+    # --- private working copy and configs
+    workdir = result_path.parent / (result_path.stem + ".work")
+    hdir = result_path.parent / (result_path.stem + ".harness")
+    for d in (workdir, hdir):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    if not cand.is_dir():
+        return done("failed", f"candidate folder {cand} does not exist; pass candidate_dir=<folder with train.py>")
+    copied = _copy_editable(task, cand, workdir)
+    if "train.py" not in copied:
+        return done("failed", f"{cand} has no train.py (editable files found: {copied or 'none'}); "
+                              f"a nanochat candidate is a folder with train.py")
+    result["files"] = copied
+    events_path = workdir / "events.jsonl"
+    seq_len = int(settings.get("seq_len", 256))
+    common = {**settings, "task": task.name, "preset": p.name, "seed": int(seed), "device": device,
+              "budget_s": budget_s, "allowance_s": allowance_s, "vocab_size": data["vocab_size"],
+              "seq_len": seq_len, "bos_id": data["bos_id"], "corpus": result["corpus"]}
+    run_cfg_path = hdir / "run_config.json"
+    launch = time.time()
+    run_cfg = {**common, "events_path": str(events_path),
+               "data": {"train": data["splits"]["train"], "token_bytes": data["token_bytes"],
+                        "tokenizer": data["tokenizer"]},
+               "launch_time": launch, "deadline": launch + budget_s + allowance_s,
+               "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0))}
+    atomic_write_json(run_cfg_path, run_cfg)
+
+    denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
+    denied.append(data["corpus"]["root"])
+    import autolab
+
+    pypath = os.pathsep.join(dict.fromkeys([str(HARNESS_DIR.parent), str(Path(autolab.__file__).resolve().parent.parent)]))
+    env = {
+        "PYTHONPATH": pypath, "AUTOLAB_RUN_CONFIG": str(run_cfg_path), "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if device == "cpu":
+        threads = str(int(settings.get("threads", 2)))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="")
+    elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
+
+    # --- train
+    event(type="phase", phase="train", budget_s=budget_s, allowance_s=allowance_s)
+    if echo:
+        print(f"[nanochat] training {cand.name}/train.py, seed {seed}, preset {p.name}: budget {budget_s:g}s "
+              f"+ allowance {allowance_s:g}s", flush=True)
+    tail = _Tail(events_path, on_event) if on_event else None
+    if tail:
+        tail.start()
+    try:
+        tr = _sandboxed([sys.executable, "train.py"], cwd=workdir, env=env, read_deny=tuple(denied),
+                        write_allow=(str(workdir),), wall_s=budget_s + allowance_s + grace_s, mem_mb=mem_mb,
+                        log_path=hdir / "train.log", echo=echo)
+    finally:
+        if tail:
+            tail.stop.set()
+            tail.join(timeout=5)
+    result["timings"]["train_s"] = round(tr["wall_s"], 3)
+    result["violations"] = list(tr["violations"])
+    result["sandbox"] = {"train": {"isolation": tr["isolation"], "peak_memory_mb": tr["peak_memory_mb"],
+                                   "state": tr["state"], "reason": tr["kill_reason"]}}
+    result["summary"] = parse_summary(tr["output"])
+    result["curve"] = read_curve(events_path)
+    try:
+        result["finish"] = json.loads((workdir / "finish.json").read_text())
+    except (OSError, ValueError):
+        pass
+    for k in _METRIC_KEYS:
+        if _finite(result["summary"].get(k)):
+            result["metrics"][k] = result["summary"][k]
+    if _finite(result["summary"].get("training_seconds")):
+        result["timings"]["script_train_s"] = float(result["summary"]["training_seconds"])
+    limit = budget_s + allowance_s
+    if tr["killed"]:
+        why = {"timeout": f"timeout: the train process ran past budget_s + allowance_s = {limit:g}s (budget "
+                          f"{budget_s:g}s, allowance {allowance_s:g}s) and was killed",
+               "memory": f"memory: the train process tree used more than mem_mb = {mem_mb} MB and was killed",
+               "nproc": "nproc: the train process started too many processes and was killed",
+               "cpu": "cpu: the train process hit its CPU-time limit and was killed"}.get(tr["kill_reason"],
+                                                                                        tr["kill_reason"])
+        return done("killed", why)
+    if tr["wall_s"] > limit + grace_s:
+        return done("killed", f"timeout: the train process lived {tr['wall_s']:.1f}s, past budget_s + allowance_s "
+                              f"= {limit:g}s")
+    if tr["returncode"] != 0:
+        tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
+        how = tr["kill_reason"] or f"exit code {tr['returncode']}"
+        return done("failed", f"train.py ended with {how}:\n{tail_txt}")
+    if not (workdir / "model.pt").exists():
+        return done("failed", "train.py finished without saving a model; call H.finish(model) at the end of training")
+
+    # --- evaluate
+    event(type="phase", phase="eval")
+    eval_cfg_path, eval_out = hdir / "eval_config.json", hdir / "eval.json"
+    atomic_write_json(eval_cfg_path, {**common, "run_config": str(run_cfg_path),
+                                      "data": {"val": data["splits"]["val"], "hidden_val": data["splits"]["hidden_val"],
+                                               "token_bytes": data["token_bytes"]},
+                                      "deny_after_load": [data["corpus"]["root"]]})
+    eval_env = {**env, "AUTOLAB_RUN_CONFIG": str(run_cfg_path)}
+    ev = _sandboxed([sys.executable, "-m", "nanochat_harness.evaluate", "--workdir", str(workdir),
+                     "--config", str(eval_cfg_path), "--out", str(eval_out)],
+                    cwd=workdir, env=eval_env, read_deny=(data["corpus"]["root"],),
+                    write_allow=(str(workdir), str(hdir)), wall_s=float(settings.get("eval_timeout_s", 300)),
+                    mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo)
+    result["timings"]["eval_s"] = round(ev["wall_s"], 3)
+    result["violations"] += [{**v, "phase": "eval"} for v in ev["violations"]]
+    result["sandbox"]["eval"] = {"isolation": ev["isolation"], "peak_memory_mb": ev["peak_memory_mb"],
+                                 "state": ev["state"], "reason": ev["kill_reason"]}
+    try:
+        er = json.loads(eval_out.read_text())
+    except (OSError, ValueError):
+        er = {"ok": False, "error": "the evaluation wrote no result"}
+    if ev["killed"]:
+        return done("failed", f"evaluation was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
+                              f"{settings.get('eval_timeout_s', 300)}s")
+    if not er.get("ok"):
+        return done("failed", f"evaluation failed: {er.get('error', 'exit code ' + str(ev['returncode']))}")
+    result["probes"] = er.get("probes", {})
+    for k in ("val_bpb", "hidden_val_bpb"):
+        if _finite(er.get(k)):
+            result["metrics"][k] = float(er[k])
+    if "num_params" not in result["metrics"] and _finite(er.get("num_params")):
+        result["metrics"]["num_params"] = er["num_params"]
+    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "eval_rows", "seq_len", "timings") if k in er}
+    if not _finite(er.get("val_bpb")):
+        return done("failed", f"val_bpb is not finite ({er.get('val_bpb')}): the model's logits overflowed or are NaN")
+    return done("ok")
+
+
+# ----------------------------------------------------------------------------- by hand
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m nanochat_harness.runner", description="one nanochat benchmark run")
+    ap.add_argument("--candidate", default=None, help="folder with train.py (default: the seed)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--out", default="result.json")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
+    a = ap.parse_args(argv)
+    ov = {k: _number(v) for k, v in (s.split("=", 1) for s in a.set)}
+    res = run_benchmark(a.candidate, a.seed, a.preset, a.out, overrides=ov)
+    print(json.dumps({k: res[k] for k in ("status", "reason", "metrics", "timings")}, indent=2))
+    return 0 if res["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""nanochat harness, run side: the metric, the probes, the candidate API, and real end-to-end
+runs of a tiny throwaway candidate on cpu-tiny. GPU variants are marked ``gpu``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TASK_DIR = REPO / "benchmarks" / "nanochat"
+sys.path.insert(0, str(TASK_DIR))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import nanochat_harness as H  # noqa: E402
+from nanochat_harness import evaluate as E  # noqa: E402
+from nanochat_harness import runner as R  # noqa: E402
+
+torch.set_num_threads(1)
+SHARED_CACHE = REPO / ".cache" / "autolab-tests"      # reused between tests and sessions (gitignored)
+
+# ----------------------------------------------------------------------------- a tiny throwaway candidate
+
+CANDIDATE = '''
+"""A tiny causal GPT, written for the harness tests (not the seed)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nanochat_harness as H
+
+
+class Block(nn.Module):
+    def __init__(self, d, nh, causal=True):
+        super().__init__()
+        self.nh, self.causal = nh, causal
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.nh, C // self.nh).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab, d, nh, depth, T, causal=True):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(T, d)
+        self.blocks = nn.ModuleList(Block(d, nh, causal) for _ in range(depth))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln(x))
+
+
+SNOOP = []  # the tests put evaluation files here: reading them must be denied
+
+
+if __name__ == "__main__":
+    cfg = H.config()
+    import glob, os
+    cache = os.path.dirname(cfg["data"]["train"]["tokens"])
+    for p in SNOOP + (glob.glob(os.path.join(cache, "val-*.tokens.npy")) if SNOOP else []):
+        try:
+            print("SNOOP read", p, len(open(p, "rb").read()))
+        except OSError as e:
+            print("SNOOP denied", p, type(e).__name__)
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    T, B = cfg["seq_len"], 8
+    model = GPT(cfg["vocab_size"], 64, 4, 1, T).to(cfg["device"])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    step = tokens = 0
+    for x, y in H.train_loader(B, T, cfg["device"]):
+        if H.time_left() <= 0:
+            break
+        loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step, tokens = step + 1, tokens + x.numel()
+        H.log(step, loss.item())
+    secs = H.elapsed()
+    H.finish(model)
+    print("---")
+    print(f"steps: {step}")
+    print(f"tokens: {tokens}")
+    print(f"training_seconds: {secs:.3f}")
+    print(f"tokens_per_s: {tokens / max(secs, 1e-9):.0f}")
+    print("note: tiny test candidate")
+'''
+
+
+def _load_candidate_module(tmp_path: Path, src: str = CANDIDATE):
+    d = tmp_path / "cand_mod"
+    d.mkdir(exist_ok=True)
+    (d / "train.py").write_text(src)
+    return E.load_candidate(d)
+
+
+@pytest.fixture(scope="module")
+def gpt_cls(tmp_path_factory):
+    return _load_candidate_module(tmp_path_factory.mktemp("gpt")).GPT
+
+
+# ----------------------------------------------------------------------------- the metric
+
+class Bigram(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.table = nn.Parameter(torch.randn(vocab, vocab, generator=g) * 3)
+
+    def forward(self, idx):
+        return self.table[idx]
+
+
+def _hand_bpb(model, rows: np.ndarray, token_bytes: np.ndarray) -> float:
+    """Σ nats / (ln 2 · Σ bytes), every target one at a time, in float64 numpy."""
+    nats = nbytes = 0.0
+    with torch.no_grad():
+        for row in rows:
+            x = torch.from_numpy(row[:-1][None])
+            logits = model(x)[0].double().numpy()
+            for j, target in enumerate(row[1:]):
+                b = int(token_bytes[target])
+                if b == 0:
+                    continue
+                lv = logits[j]
+                m = lv.max()
+                nats += (m + math.log(np.exp(lv - m).sum())) - lv[target]
+                nbytes += b
+    return nats / (math.log(2) * nbytes)
+
+
+def test_bpb_equals_hand_computation():
+    V = 50
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, V, (6, 21)).astype(np.int64)
+    rows[:, 0] = 0
+    rows[:, 7] = 0                                         # BOS targets inside rows: excluded
+    token_bytes = rng.integers(1, 5, V).astype(np.int64)
+    token_bytes[0] = 0
+    model = Bigram(V).eval()
+    got = E.bits_per_byte(model, rows, torch.from_numpy(token_bytes), torch.device("cpu"), V, batch_rows=4)
+    want = _hand_bpb(model, rows, token_bytes)
+    assert got["finite"] and got["tokens"] == int((token_bytes[rows[:, 1:]] > 0).sum())
+    assert got["bytes"] == int(token_bytes[rows[:, 1:]].sum())
+    assert abs(got["bpb"] - want) < 1e-6 * want
+
+
+def test_logits_probe_checks_shape_and_finiteness():
+    V = 50
+    rows = np.zeros((2, 9), dtype=np.int64)
+    ok = E.logits_probe(Bigram(V), rows, torch.device("cpu"), V)
+    assert ok["passed"] and ok["shape"] == [2, 8, V]
+    short = E.logits_probe(Bigram(V), rows, torch.device("cpu"), V + 1)
+    assert not short["passed"] and "expected (2, 8, 51)" in short["detail"]
+
+    class Nan(Bigram):
+        def forward(self, idx):
+            return super().forward(idx) * float("nan")
+
+    assert not E.logits_probe(Nan(V), rows, torch.device("cpu"), V)["passed"]
+
+
+def test_causality_probe(gpt_cls):
+    torch.manual_seed(0)
+    causal = gpt_cls(97, 32, 4, 2, 64).eval()
+    res = E.causality_probe(causal, torch.device("cpu"), 97, 64)
+    assert res["passed"], res["detail"]
+    leaky = gpt_cls(97, 32, 4, 2, 64, causal=False).eval()      # attends to the future
+    res = E.causality_probe(leaky, torch.device("cpu"), 97, 64)
+    assert not res["passed"] and "sees the future" in res["detail"]
+
+    class NextToken(nn.Module):                               # peeks only at the very next token
+        def __init__(self):
+            super().__init__()
+            self.inner = causal
+
+        def forward(self, idx):
+            out = self.inner(idx)
+            nxt = torch.roll(idx, -1, dims=1)
+            return out + 0.5 * F.one_hot(nxt, 97).float()
+
+    assert not E.causality_probe(NextToken().eval(), torch.device("cpu"), 97, 64)["passed"]
+
+
+def test_harness_intact_detects_replaced_functions(monkeypatch):
+    assert E.harness_intact()["passed"]
+    monkeypatch.setattr(F, "log_softmax", lambda *a, **k: None)
+    res = E.harness_intact()
+    assert not res["passed"] and "torch.nn.functional.log_softmax" in res["detail"]
+    monkeypatch.undo()
+    assert E.harness_intact()["passed"]
+
+
+def test_summary_parsing():
+    out = "step 1\n---\nnot: this\n---\nval_thing: 1.5\nsteps: 1,200\nmfu: 41.5%\nname: seed gpt\n\ntrailing garbage"
+    assert R.parse_summary(out) == {"val_thing": 1.5, "steps": 1200, "mfu": 41.5, "name": "seed gpt"}
+    assert R.parse_summary("no block") == {}
+
+
+# ----------------------------------------------------------------------------- the candidate API
+
+@pytest.fixture()
+def api(tmp_path, monkeypatch):
+    cfg = {"seed": 3, "device": "cpu", "budget_s": 100.0, "seq_len": 16, "vocab_size": 50, "bos_id": 0,
+           "events_path": str(tmp_path / "events.jsonl"), "data": {}}
+    p = tmp_path / "run_config.json"
+    p.write_text(json.dumps(cfg))
+    monkeypatch.setenv("AUTOLAB_RUN_CONFIG", str(p))
+    monkeypatch.chdir(tmp_path)
+    for k, v in (("_CONFIG", None), ("_T0", None), ("_EVENTS", None), ("_LOADERS", [])):
+        monkeypatch.setattr(H, k, v)
+    return cfg, p
+
+
+def test_config_and_clock(api, monkeypatch):
+    cfg, p = api
+    c = H.config()
+    assert c["seed"] == 3 and c["bos_id"] == 0
+    c["seed"] = 99
+    assert H.config()["seed"] == 3                             # a copy
+    assert H._T0 is None                                        # reading the config does not start the clock
+    assert 99 < H.time_left() <= 100 and H._T0 is not None
+    # the hard deadline caps time_left
+    import time as _t
+
+    monkeypatch.setattr(H, "_CONFIG", {**cfg, "deadline": _t.time() + 5, "finish_reserve_s": 2})
+    assert 2.5 < H.time_left() <= 3.0
+    monkeypatch.setattr(H, "_CONFIG", {**cfg, "deadline": _t.time() - 5})
+    assert H.time_left() == 0.0
+
+
+def test_config_without_runner(monkeypatch):
+    monkeypatch.delenv("AUTOLAB_RUN_CONFIG", raising=False)
+    monkeypatch.setattr(H, "_CONFIG", None)
+    with pytest.raises(RuntimeError, match="AUTOLAB_RUN_CONFIG is not set"):
+        H.config()
+
+
+def test_log_and_finish(api, gpt_cls, tmp_path):
+    H.log(1, torch.tensor(2.5), lr=torch.tensor(0.1), note="x")
+    H.log(2, 2.25)
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["loss"]) for e in lines] == [(1, 2.5), (2, 2.25)]
+    assert abs(lines[0]["lr"] - 0.1) < 1e-6 and lines[0]["note"] == "x" and "t" in lines[0]
+
+    class Compiled(nn.Module):                                 # what torch.compile's wrapper looks like
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    model = gpt_cls(50, 32, 4, 1, 16)
+    path = H.finish(Compiled(model))
+    obj = torch.load(path, weights_only=False)
+    assert type(obj["model"]).__name__ == "GPT" and set(obj["state_dict"]) == set(model.state_dict())
+    assert json.loads((tmp_path / "finish.json").read_text())["batches"] == 0
+
+
+def test_import_is_light():
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, %r); import nanochat_harness; "
+            "print(sorted(m for m in ('torch', 'numpy', 'tokenizers', 'pyarrow') if m in sys.modules))") % str(TASK_DIR)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _task_copy(tmp_path: Path, cand: Path) -> Path:
+    """A private copy of task.toml / notebook whose seed is the test candidate."""
+    t = tmp_path / "task"
+    t.mkdir()
+    toml = (TASK_DIR / "task.toml").read_text()
+    toml = re.sub(r'(?m)^seed = ".*"$', f'seed = "{cand}"', toml)
+    (t / "task.toml").write_text(toml)
+    shutil.copy(TASK_DIR / "benchmark.ipynb", t / "benchmark.ipynb")
+    return t
+
+
+def _candidate(tmp_path: Path, src: str, name: str = "cand") -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "train.py").write_text(src)
+    return d
+
+
+@pytest.fixture()
+def shared_cache(monkeypatch):
+    SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("AUTOLAB_CACHE", str(SHARED_CACHE))
+    if not (REPO.parent / "shared" / "data" / "techtext" / "manifest.json").exists() and not os.environ.get("AUTOLAB_DATA"):
+        pytest.skip("no techtext corpus")
+
+
+FAST = {"budget_s": 3, "eval_tokens": 4096}
+
+
+def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
+    corpus_val = REPO.parent / "shared" / "data" / "techtext" / "val.parquet"
+    cand = _candidate(tmp_path, CANDIDATE.replace("SNOOP = []", f"SNOOP = [{str(corpus_val)!r}]"))
+    (cand / "notes.txt").write_text("not an editable file")
+    events: list[dict] = []
+    res_path = tmp_path / "run" / "result.json"
+    res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand),
+                          on_event=events.append, overrides=FAST, echo=False)
+    assert res["status"] == "ok", res["reason"]
+    assert json.loads(res_path.read_text()) == json.loads(json.dumps(res))
+    m, t = res["metrics"], res["timings"]
+    assert 0.5 < m["val_bpb"] < 8 and 0.5 < m["hidden_val_bpb"] < 8
+    assert m["steps"] >= 1 and m["tokens"] == res["summary"]["tokens"]
+    assert res["summary"]["note"] == "tiny test candidate"
+    for k in ("train_s", "script_train_s", "eval_s", "total_s", "budget_s", "allowance_s"):
+        assert k in t, k
+    assert t["budget_s"] == 3 and t["train_s"] <= 3 + t["allowance_s"] + 2
+    assert 2.9 <= t["script_train_s"] < t["train_s"] < t["total_s"]
+    assert all(res["probes"][k]["passed"] for k in ("causality", "logits", "harness_intact")), res["probes"]
+    assert res["curve"] and {"step", "t", "loss"} <= set(res["curve"][0])
+    assert any(e.get("type") == "curve" for e in events) and any(e.get("phase") == "eval" for e in events)
+    manifest = json.loads((REPO.parent / "shared" / "data" / "techtext" / "manifest.json").read_text())
+    if not os.environ.get("AUTOLAB_DATA"):
+        assert res["corpus"] == {"name": "techtext", "train_sha256": manifest["splits"]["train"]["sha256"]}
+    work = res_path.parent / "result.work"
+    assert (work / "train.py").exists() and not (work / "notes.txt").exists()   # only editable files
+    assert (work / "model.pt").exists()
+    # the train process could not read the evaluation data: denied, and recorded as violations
+    train_log = (res_path.parent / "result.harness" / "train.log").read_text()
+    assert "SNOOP read" not in train_log and train_log.count("SNOOP denied") >= 2, train_log
+    reads = [v["detail"] for v in res["violations"] if v["kind"] == "file_read"]
+    assert any("val.parquet" in d for d in reads) and any("val-" in d and ".tokens.npy" in d for d in reads), reads
+
+
+SLEEPER = "import time\nimport nanochat_harness as H\nif __name__ == '__main__':\n    H.config()\n    time.sleep(600)\n"
+CRASHER = "raise ValueError('boom in the candidate')\n"
+NO_FINISH = "import nanochat_harness as H\nif __name__ == '__main__':\n    print('---')\n    print('steps: 0')\n"
+
+
+def test_over_budget_is_killed(tmp_path, shared_cache):
+    cand = _candidate(tmp_path, SLEEPER)
+    res = R.run_benchmark(cand, 1, "cpu-tiny", tmp_path / "r.json", task_dir=_task_copy(tmp_path, cand),
+                          overrides={"budget_s": 1, "allowance_s": 2, "kill_grace_s": 1}, echo=False)
+    assert res["status"] == "killed" and "timeout" in res["reason"], res
+    assert 3 <= res["timings"]["train_s"] < 15
+    assert "val_bpb" not in res["metrics"]
+
+
+@pytest.mark.parametrize("src,needle", [(CRASHER, "boom in the candidate"), (NO_FINISH, "H.finish(model)")])
+def test_failures_are_recorded(tmp_path, shared_cache, src, needle):
+    cand = _candidate(tmp_path, src)
+    res = R.run_benchmark(cand, 1, "cpu-tiny", tmp_path / "r.json", task_dir=_task_copy(tmp_path, cand),
+                          overrides=FAST, echo=False)
+    assert res["status"] == "failed" and needle in res["reason"], res
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------- GPU (device machine)
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_bpb_equals_hand_computation(gpt_cls):
+    torch.manual_seed(0)
+    V, T = 300, 128
+    model = gpt_cls(V, 64, 4, 2, T).cuda().eval()
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, V, (8, T + 1)).astype(np.int64)
+    rows[:, 0] = 0
+    tb = rng.integers(1, 6, V).astype(np.int64)
+    tb[0] = 0
+    got = E.bits_per_byte(model, rows, torch.from_numpy(tb), torch.device("cuda"), V, batch_rows=3)
+    # independent: the same bf16-autocast logits, reduced one target at a time in float64 on the CPU
+    nats = nbytes = 0.0
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(torch.from_numpy(rows[:, :-1]).cuda()).float().cpu().double().numpy()
+    for r in range(len(rows)):
+        for j, target in enumerate(rows[r, 1:]):
+            if tb[target]:
+                lv = logits[r, j]
+                nats += lv.max() + math.log(np.exp(lv - lv.max()).sum()) - lv[target]
+                nbytes += tb[target]
+    assert abs(got["bpb"] - nats / (math.log(2) * nbytes)) < 1e-5 * got["bpb"]
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_causality_probe(gpt_cls):
+    torch.manual_seed(0)
+    causal = gpt_cls(512, 64, 4, 2, 256).cuda().eval()
+    assert E.causality_probe(causal, torch.device("cuda"), 512, 256)["passed"]
+    leaky = gpt_cls(512, 64, 4, 2, 256, causal=False).cuda().eval()
+    assert not E.causality_probe(leaky, torch.device("cuda"), 512, 256)["passed"]
+
+
+GPU_FAST = {"budget_s": 5, "eval_tokens": 16384, "tokenizer_train_bytes": 20_000_000, "train_bytes": 20_000_000}
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_seed_end_to_end_and_budget_kill(tmp_path, shared_cache):
+    seed_dir = REPO / "seeds" / "nanochat"
+    if not (seed_dir / "train.py").exists():
+        pytest.skip("no seed yet")
+    res = R.run_benchmark(seed_dir, 1, "h100-90s", tmp_path / "seed" / "r.json", overrides=GPU_FAST, echo=False)
+    assert res["status"] == "ok", res["reason"]
+    assert res["probes"]["causality"]["passed"] and res["probes"]["logits"]["passed"], res["probes"]
+    cand = _candidate(tmp_path, SLEEPER)
+    res = R.run_benchmark(cand, 1, "h100-90s", tmp_path / "kill" / "r.json", task_dir=_task_copy(tmp_path, cand),
+                          overrides={**GPU_FAST, "budget_s": 1, "allowance_s": 2}, echo=False)
+    assert res["status"] == "killed", res
