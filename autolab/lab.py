@@ -89,10 +89,26 @@ class Lab:
         return self.log.append(Candidate(id=cid, task=self.task.name, files=digests, parent_id=parent.id if parent else None,
                                          idea_id=idea_id, thread=thread, diff=diff, meta=meta or {}))  # type: ignore[return-value]
 
+    def candidate_from_dir(self, folder: str | os.PathLike, parent: Candidate | None = None) -> Candidate:
+        """A hand-made candidate from a folder holding (some of) the task's editable files."""
+        from .errors import CandidateError
+        from .implement import check_compiles
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CandidateError(f"{folder} is not a folder; pass the folder that holds the candidate's files")
+        files = {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*"))
+                 if p.is_file() and "__pycache__" not in p.parts and self.task.is_editable(str(p.relative_to(folder)))}
+        if not files:
+            raise CandidateError(f"{folder} holds none of the editable files {list(self.task.editable)} of task "
+                                 f"{self.task.name!r}")
+        check_compiles(files)
+        return self.add_candidate(files, parent or self.seed_candidate(), meta={"origin": str(folder)})
+
     def candidate_dir(self, c: Candidate) -> Path:
         """A materialized copy of the candidate's files (re-written if missing or stale)."""
         dest = self.path / "candidates" / c.id
-        marker = dest / ".autolab-files.json"
+        marker = self.path / "candidates" / f"{c.id}.files.json"
         want = json.dumps(c.files, sort_keys=True)
         if not (marker.exists() and marker.read_text() == want):
             self.store.materialize(c.files, dest)
@@ -103,6 +119,30 @@ class Lab:
         new = c.with_state(state, meta={**c.meta, **meta})
         self.log.append(new)
         return new
+
+    # ------------------------------------------------------------------ researcher's decisions
+    def promote(self, c: Candidate | str, reason: str = "promoted by hand") -> Candidate:
+        """Mark a candidate PROMOTED by hand (recorded as such in its meta)."""
+        c = self.candidate(c) if isinstance(c, str) else self.candidate(c.id)
+        self.log.event("manual_decision", candidate_id=c.id, state="PROMOTED", reason=reason)
+        return self.set_state(c, State.PROMOTED, manual=True, reason=reason)
+
+    def reject(self, c: Candidate | str, reason: str = "rejected by hand") -> Candidate:
+        """Mark a candidate REJECTED by hand; the loop will not build on it."""
+        c = self.candidate(c) if isinstance(c, str) else self.candidate(c.id)
+        self.log.event("manual_decision", candidate_id=c.id, state="REJECTED", reason=reason)
+        return self.set_state(c, State.REJECTED, manual=True, reason=reason)
+
+    def request_stop(self) -> Path:
+        """Ask a running loop to stop after its in-flight work (writes ``<lab>/STOP``)."""
+        p = self.path / "STOP"
+        p.write_text(now())
+        self.log.event("stop_requested")
+        return p
+
+    @property
+    def stop_requested(self) -> bool:
+        return (self.path / "STOP").exists()
 
     def __repr__(self) -> str:
         return f"Lab({str(self.path)!r}, task={self.task.name!r}, preset={self.preset_name!r})"

@@ -242,7 +242,7 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
     if not notebook.exists():
         raise r.fail("notebook", f"points at {notebook}, which does not exist", "add the benchmark notebook or fix the name")
     brief = root / r.get("brief", str, "task.md")
-    playbook_rel = r.get("playbook", str, "playbook")
+    playbook_rel = r.get("playbook", str, "playbook.toml")
     playbook = root / playbook_rel
     probes = tuple(r.get("audit.probes", list, []))
 

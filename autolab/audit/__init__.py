@@ -1,0 +1,131 @@
+"""Audit a candidate: generic checks, task probes, and the significance rule for promotion.
+
+A candidate is promoted over its parent only when every reject-severity check passes and
+its gain beats the noise: at least ``min_seeds`` selection-free runs on each side and a
+one-sided test at the task's alpha. Screening uses one seed and can only reject or pass a
+candidate on to confirmation, never promote it.
+"""
+
+from __future__ import annotations
+
+from ..lab import Lab
+from ..records import Candidate, Check, Insight, State, Verdict, new_id
+from ..run import runs_of
+from .checks import ALWAYS, CHECKS, AuditContext, register_check
+from .stats import TestResult, compare
+
+# Runs whose seeds were not used to select the candidate (see run.SEED_BASE).
+SELECTION_FREE = ("confirm", "baseline")
+
+
+def run_checks(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, preset: str | None = None,
+               purposes: tuple[str, ...] | None = None) -> list[Check]:
+    preset = preset or lab.preset_name
+    runs = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.preset == preset
+            and (purposes is None or r.purpose in purposes)]
+    parent_runs = runs_of(lab, parent, preset=preset) if parent else []
+    ctx = AuditContext(lab, candidate, parent, runs, parent_runs)
+    names = list(ALWAYS) + [p for p in lab.task.probes if p in CHECKS and p not in ALWAYS]
+    out = []
+    for name in names:
+        try:
+            out.append(CHECKS[name](ctx))
+        except Exception as e:  # a broken check rejects: the audit must fail closed
+            out.append(Check(name, False, f"the check itself failed: {type(e).__name__}: {e}"))
+    return out
+
+
+def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, preset: str | None = None,
+          stage: str = "confirm", decide: bool = True, screen_margin: float = 0.0,
+          final: bool = False) -> Verdict:
+    """Judge ``candidate`` against ``parent`` (default: its recorded parent).
+
+    stage="screen": checks plus "does the screening run beat the parent's mean by screen_margin";
+    the verdict is PENDING (go on to confirmation) or REJECTED.
+    stage="confirm": checks plus the task's significance rule; PROMOTED, REJECTED, or
+    PENDING when there are not yet enough seeds.
+    With ``decide`` the candidate's state follows a PROMOTED / REJECTED verdict. With
+    ``final`` (all the runs the loop will make are in) too few runs rejects instead of waiting."""
+    preset = preset or lab.preset_name
+    task = lab.task
+    if parent is None and candidate.parent_id:
+        parent = lab.candidate(candidate.parent_id)
+    checks = run_checks(lab, candidate, parent, preset=preset)
+    failed = [c for c in checks if not c.passed and c.severity == "reject"]
+    metric, sig = task.metric, task.significance
+    parent_vals = [r.metrics[metric.name] for r in runs_of(lab, parent, purposes=SELECTION_FREE, preset=preset)] if parent else []
+    if stage == "screen":
+        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=("screen", "manual"), preset=preset)]
+    else:
+        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=SELECTION_FREE, preset=preset)]
+    cmean = sum(cand_vals) / len(cand_vals) if cand_vals else None
+    pmean = sum(parent_vals) / len(parent_vals) if parent_vals else None
+    test = TestResult(sig.test, None, None, None, None, None, len(cand_vals), len(parent_vals))
+    if failed:
+        state, reason = State.REJECTED, "audit failed: " + ", ".join(c.name for c in failed)
+    elif parent is None:
+        state, reason = State.PENDING, "the seed has no parent to beat"
+    elif stage == "screen":
+        if cmean is None or pmean is None:
+            state, reason = (State.REJECTED if final else State.PENDING), "no screening result or no parent baseline"
+        elif metric.gain(cmean, pmean) > screen_margin:
+            state, reason = State.PENDING, (f"screening: {cmean:.4f} beats the parent's {pmean:.4f} by more than "
+                                            f"{screen_margin:.4f}; confirm on more seeds")
+        else:
+            state, reason = State.REJECTED, (f"screening: {cmean:.4f} does not beat the parent's {pmean:.4f} "
+                                             f"by the noise margin {screen_margin:.4f}")
+    else:
+        test = compare(cand_vals, parent_vals, direction=metric.direction, test=sig.test, target=sig.target)
+        need = sig.min_seeds
+        if sig.test == "one_sample_below_target":
+            enough = len(cand_vals) >= need
+        else:
+            enough = len(cand_vals) >= need and len(parent_vals) >= need
+        if not enough and final:
+            state, reason = State.REJECTED, f"only {len(cand_vals)} vs {len(parent_vals)} selection-free runs completed; promotion needs {need} on each side"
+        elif not enough:
+            state, reason = State.PENDING, f"needs {need} selection-free runs on each side (has {len(cand_vals)} vs {len(parent_vals)})"
+        elif test.p_value is not None and test.p_value < sig.alpha and (test.effect or 0) > 0:
+            state, reason = State.PROMOTED, f"{sig.test} p={test.p_value:.3g} < {sig.alpha}: gain {test.effect:+.4f}"
+        else:
+            p = "n/a" if test.p_value is None else f"{test.p_value:.3g}"
+            state, reason = State.REJECTED, f"gain {test.effect if test.effect is not None else float('nan'):+.4f} not significant ({sig.test} p={p}, alpha {sig.alpha})"
+    verdict = Verdict(id=new_id("v"), task=task.name, candidate_id=candidate.id, parent_id=parent.id if parent else None,
+                      preset=preset, state=state, checks=[c.to_dict() for c in checks], metric=metric.name,
+                      candidate_mean=cmean, parent_mean=pmean, effect=test.effect, p_value=test.p_value,
+                      n_candidate=len(cand_vals), n_parent=len(parent_vals), reason=reason,
+                      meta={"stage": stage, "ci": [test.ci_low, test.ci_high], "test": test.test})
+    lab.log.append(verdict)
+    if decide and state in (State.PROMOTED, State.REJECTED):
+        latest = lab.candidate(candidate.id)
+        if latest.state is not State.PROMOTED or state is State.PROMOTED:
+            lab.set_state(latest, state, verdict_id=verdict.id)
+        if state is State.PROMOTED:
+            _record_insight(lab, candidate, verdict, test)
+    return verdict
+
+
+def _record_insight(lab: Lab, candidate: Candidate, verdict: Verdict, test: TestResult) -> Insight:
+    idea = lab.log.get("idea", candidate.idea_id) if candidate.idea_id else None
+    ins = Insight(id=new_id("n"), task=lab.task.name, preset=verdict.preset,
+                  technique=idea.title if idea else f"candidate {candidate.id}", diff=candidate.diff,
+                  effect=test.effect, ci_low=test.ci_low, ci_high=test.ci_high, candidate_id=candidate.id,
+                  tags=[t for t in ((idea.meta.get("direction") if idea else None), lab.task.name) if t],
+                  meta={"edit_name": (idea.edit or {}).get("name") if idea else None,
+                        "edit": idea.edit if idea else None, "p_value": test.p_value})
+    lab.log.append(ins)
+    try:
+        from ..knowledge import KnowledgeStore
+
+        KnowledgeStore().add(ins)
+    except Exception:
+        pass   # the shared store is optional; the lab's log keeps the insight regardless
+    return ins
+
+
+__all__ = ["audit", "run_checks", "register_check", "compare", "CHECKS"]
+
+
+from .._callable import make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, "audit")   # `autolab.audit(...)` calls audit() even though it is a package

@@ -1,0 +1,295 @@
+"""The ``autolab`` command. Every long command shows progress, accepts ``--json`` for a
+machine-readable summary, and exits non-zero with a message that says what to do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import AutolabError
+
+DEFAULT_LAB = "labs/{task}-{preset}"
+
+
+def _lab(args, task: str | None = None, preset: str | None = None):
+    from .lab import Lab
+
+    if args.lab is None and task is None:
+        raise AutolabError("pass --lab DIR (the lab folder to read)")
+    path = args.lab or DEFAULT_LAB.format(task=task, preset=preset or "default")
+    return Lab(path, task=task, preset=preset)
+
+
+def _emit(args, obj: dict, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, default=str, indent=None))
+    else:
+        print(text)
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_tasks(args) -> int:
+    from .task import discover_tasks, load_task
+
+    out = []
+    for name, path in sorted(discover_tasks().items()):
+        try:
+            t = load_task(path)
+            out.append({"name": name, "title": t.title, "metric": f"{t.metric.name} ({t.metric.direction})",
+                        "default_preset": t.default_preset,
+                        "presets": {p.name: {"device": p.device, "budget_s": p.budget_s} for p in t.presets.values()}})
+        except AutolabError as e:
+            out.append({"name": name, "error": str(e)})
+    lines = []
+    for t in out:
+        if "error" in t:
+            lines.append(f"{t['name']}: INVALID: {t['error']}")
+            continue
+        lines.append(f"{t['name']}: {t['title']}  [{t['metric']}]")
+        for p, d in t["presets"].items():
+            mark = " (default)" if p == t["default_preset"] else ""
+            lines.append(f"    {p:<14} {d['device']:<5} budget {d['budget_s']:g} s{mark}")
+    _emit(args, {"tasks": out}, "\n".join(lines) or "no tasks found (looked in benchmarks/ and $AUTOLAB_BENCHMARKS)")
+    return 0 if all("error" not in t for t in out) else 1
+
+
+def cmd_data(args) -> int:
+    import importlib
+
+    from .task import load_task
+
+    task = load_task(args.task)
+    spec = task.raw.get("data", {}).get("prepare")
+    if not spec:
+        raise AutolabError(f"task {task.name!r} declares no data step ([data] prepare = \"module:function\" in task.toml)")
+    sys.path.insert(0, str(task.path))
+    mod, fn = spec.split(":")
+    preset = task.preset(args.preset)
+    info = getattr(importlib.import_module(mod), fn)({**preset.settings, "device": preset.device,
+                                                      "budget_s": preset.budget_s}, source=args.source,
+                                                     progress=not args.json)
+    _emit(args, {"task": task.name, "preset": preset.name, **(info or {})},
+          "\n".join(f"{k}: {v}" for k, v in (info or {}).items()))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run
+
+    lab = _lab(args, args.task, args.preset)
+    cand = lab.candidate_from_dir(args.candidate) if args.candidate else lab.seed_candidate()
+    runs = run(lab, cand, seeds=args.seeds, purpose="manual", executor=args.executor, progress=not args.json)
+    name = lab.task.metric.name
+    vals = [r.metrics[name] for r in runs if r.ok]
+    obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [
+        {"id": r.id, "seed": r.seed, "state": r.state.value, name: r.metrics.get(name), "notebook": r.notebook,
+         "error": r.error} for r in runs],
+        "mean": sum(vals) / len(vals) if vals else None}
+    text = [f"lab {lab.path}, candidate {cand.id}"]
+    for r in runs:
+        text.append(f"  seed {r.seed}: {r.state.value}" + (f"  {name} = {r.metrics[name]:.4f}" if r.ok else
+                    f"  {r.error.get('ename') if r.error else ''}: {str((r.error or {}).get('evalue', ''))[:200]}")
+                    + f"\n    notebook: {r.notebook}")
+    if vals:
+        text.append(f"mean {name}: {obj['mean']:.4f} over {len(vals)} runs")
+    _emit(args, obj, "\n".join(text))
+    return 0 if len(vals) == len(runs) else 1
+
+
+def _llm_kwargs(args) -> dict:
+    kw = {}
+    for k in ("api_base", "max_cost", "max_llm_calls"):
+        v = getattr(args, k, None)
+        if v is not None:
+            kw[k] = v
+    return kw
+
+
+def cmd_loop(args) -> int:
+    from .search import loop
+
+    lab = _lab(args, args.task, args.preset)
+    proposer = args.proposer
+    implementer = None
+    if proposer.startswith("llm:"):
+        from .llm_implement import make_llm_implementer
+        from .propose import get_proposer
+
+        proposer = get_proposer(args.proposer, log=lab.log, **_llm_kwargs(args))
+        implementer = make_llm_implementer(args.proposer[4:], log=lab.log, **_llm_kwargs(args))
+    executor = args.executor
+    if executor == "ray":
+        from .executors import get_executor
+
+        executor = get_executor("ray", address=args.ray_address)
+    s = loop(lab, args.iterations, threads=args.threads, proposer=proposer, implementer=implementer,
+             executor=executor, progress=not args.json, proposer_seed=args.proposer_seed)
+    text = (f"lab {s.lab}: {s.experiments} experiments, {s.runs} runs ({s.failed} failed, {s.killed} killed), "
+            f"{s.promoted} promoted\nbaseline {s.baseline}  best {s.best} ({s.best_id})  [{s.stopped}]")
+    _emit(args, s.to_dict(), text)
+    return 0
+
+
+def cmd_log(args) -> int:
+    from .lab import Lab
+
+    lab = Lab(args.lab)
+    board, lineage = lab.log.leaderboard(), lab.log.lineage()
+    if args.export:
+        files = lab.log.export(args.export, args.format)
+        print(f"exported {len(files)} tables to {args.export}", file=sys.stderr)
+    obj = {"lab": str(lab.path), "leaderboard": json.loads(board.to_json(orient="records")),
+           "lineage": json.loads(lineage.to_json(orient="records")), "llm": lab.log.llm_totals()}
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 12, "display.max_colwidth", 48):
+        text = f"leaderboard ({lab.task.metric.name}, {lab.task.metric.direction}):\n{board.to_string(index=False)}\n\n" \
+               f"lineage:\n{lineage[['candidate_id', 'parent_id', 'depth', 'state', 'title']].to_string(index=False) if not lineage.empty else '(empty)'}"
+    _emit(args, obj, text)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    out = build_report(args.lab, args.output)
+    _emit(args, {"report": str(out)}, f"report written to {out}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from .lab import Lab
+
+    p = Lab(args.lab).request_stop()
+    _emit(args, {"stop": str(p)}, f"stop requested ({p}); the loop finishes its in-flight runs and exits")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The offline loop on nanochat cpu-tiny, end to end, then best vs seed on fresh seeds."""
+    import shutil
+
+    from .lab import Lab
+    from .search import best_candidate, final_comparison, loop
+
+    lab_path = Path(args.lab)
+    if args.fresh and lab_path.exists():
+        shutil.rmtree(lab_path)
+    t0 = time.monotonic()
+    lab = Lab(lab_path, task="nanochat", preset=args.preset)
+    if not args.json:
+        print(f"autolab demo: offline research loop on nanochat/{args.preset} in {lab.path}\n"
+              f"  {args.iterations} playbook experiments (1 screening seed each), promising ones confirmed on "
+              f"{lab.task.seeds.confirmation} fresh seeds, then the best against the seed on {lab.task.seeds.final} "
+              "seeds never used for selection", flush=True)
+    s = loop(lab, args.iterations, proposer="playbook", proposer_seed=args.proposer_seed, progress=not args.json)
+    best = best_candidate(lab)
+    fc = final_comparison(lab, best, progress=not args.json)
+    name = lab.task.metric.name
+    obj = {
+        f"baseline_{name}": fc["seed_mean"], f"best_{name}": fc["candidate_mean"], "p_value": fc["p_value"],
+        "effect": fc["effect"], "effect_ci95": fc["ci"], "best_candidate": best.id,
+        "best_title": _title(lab, best), "experiments": s.experiments, "runs": len(lab.log.runs_list()),
+        "failed": s.failed, "killed": s.killed, "promoted": s.promoted, "lab": str(lab.path),
+        "wall_s": round(time.monotonic() - t0, 1), "seed_final": fc["seed_final"], "best_final": fc["candidate_final"],
+    }
+    p = fc["p_value"]
+    text = "\n".join([
+        "", "--- autolab demo summary ---",
+        f"experiments: {s.experiments}  runs: {obj['runs']}  failed: {s.failed}  killed: {s.killed}  promoted: {s.promoted}",
+        f"best: {best.id}  {obj['best_title']}",
+        f"baseline {name} (seed, fresh seeds): {fc['seed_mean']:.4f}  {fc['seed_final']}" if fc["seed_mean"] else "",
+        f"best {name} (fresh seeds):           {fc['candidate_mean']:.4f}  {fc['candidate_final']}" if fc["candidate_mean"] else "",
+        f"one-sided Welch p-value: {p:.4g}" if p is not None and not math.isnan(p) else "p-value: n/a (no promoted candidate)",
+        f"lab: {lab.path}   (autolab log --lab {lab.path}; autolab report --lab {lab.path} -o report.html)",
+        f"wall time: {obj['wall_s']:.0f} s",
+    ])
+    _emit(args, obj, text)
+    return 0
+
+
+def _title(lab, c) -> str:
+    if c.idea_id:
+        idea = lab.log.get("idea", c.idea_id)
+        if idea is not None:
+            return idea.title
+    return "seed" if c.parent_id is None else c.id
+
+
+# ---------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autolab", description="Automate the research loop: propose, implement, run, audit.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        return sp
+
+    add("tasks", cmd_tasks, "list tasks and their presets")
+    sp = add("data", cmd_data, "prepare a task's data (verify or download the corpus, train the tokenizer)")
+    sp.add_argument("task"); sp.add_argument("--source", default=None, help="corpus folder or shard URL")
+    sp.add_argument("--preset", default=None)
+    sp = add("run", cmd_run, "run a candidate (default: the seed) on fresh seeds")
+    sp.add_argument("task"); sp.add_argument("--preset", default=None); sp.add_argument("--candidate", default=None,
+                                                                                         help="folder with the candidate's editable files")
+    sp.add_argument("--seeds", type=int, default=1); sp.add_argument("--lab", default=None)
+    sp.add_argument("--executor", default="local")
+    sp = add("loop", cmd_loop, "run the research loop (resumable: the same command continues)")
+    sp.add_argument("task"); sp.add_argument("--preset", default=None)
+    sp.add_argument("--iterations", type=int, default=8, help="experiments (ideas) in the lab in total")
+    sp.add_argument("--threads", type=int, default=1, help="parallel lines of research")
+    sp.add_argument("--proposer", default="playbook", help="playbook | random | llm:<litellm model>")
+    sp.add_argument("--proposer-seed", type=int, default=None)
+    sp.add_argument("--executor", default="local", help="local | ray")
+    sp.add_argument("--ray-address", default=None)
+    sp.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
+    sp.add_argument("--max-cost", type=float, default=None, help="stop when LLM spend in this lab reaches this (USD)")
+    sp.add_argument("--max-llm-calls", type=int, default=None, help="stop after this many LLM calls in this lab")
+    sp.add_argument("--lab", default=None)
+    sp = add("log", cmd_log, "show the leaderboard and lineage of a lab")
+    sp.add_argument("--lab", required=True); sp.add_argument("--export", default=None, help="folder to export tables to")
+    sp.add_argument("--format", default="parquet", choices=["parquet", "csv"])
+    sp = add("report", cmd_report, "render a lab's report notebook to self-contained HTML")
+    sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", default="report.html")
+    sp = add("stop", cmd_stop, "ask a running loop on a lab to stop after its in-flight runs")
+    sp.add_argument("--lab", required=True)
+    sp = add("demo", cmd_demo, "the offline loop on nanochat cpu-tiny, end to end")
+    sp.add_argument("--lab", default="labs/demo"); sp.add_argument("--fresh", action="store_true", help="start a new lab")
+    sp.add_argument("--iterations", type=int, default=8); sp.add_argument("--preset", default="cpu-tiny")
+    sp.add_argument("--proposer-seed", type=int, default=0)
+    _plugin_commands(sub, add)
+    return p
+
+
+def _plugin_commands(sub, add) -> None:
+    """Commands that live with their feature (e.g. ``redteam`` in autolab.audit.redteam)."""
+    try:
+        from .audit import redteam  # noqa: F401
+    except ImportError:
+        return
+    redteam.add_command(add)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except AutolabError as e:
+        print(f"autolab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autolab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

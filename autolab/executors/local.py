@@ -1,0 +1,130 @@
+"""The local executor: a pool of slots, one per GPU (CUDA_VISIBLE_DEVICES pinned) or,
+on machines without GPUs, CPU slots of ``threads`` cores each. Every job is its own
+process session, killed as a whole on timeout."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+
+from .base import Job, JobResult
+
+
+def _gpu_count() -> int:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        return sum(1 for l in out.stdout.splitlines() if l.startswith("GPU "))
+    except (OSError, subprocess.SubprocessError):
+        return 0
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class LocalExecutor:
+    """``LocalExecutor(gpu_slots=None, cpu_slots=None)``: by default one slot per visible GPU
+    for GPU jobs and ``cores // threads`` slots for CPU jobs."""
+
+    name = "local"
+
+    def __init__(self, gpu_slots: int | None = None, cpu_slots: int | None = None, threads_per_job: int = 1):
+        gpus = _gpu_count() if gpu_slots is None else gpu_slots
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
+        self._gpu_ids: "queue.Queue[str]" = queue.Queue()
+        for i in ids[:gpus]:
+            self._gpu_ids.put(i)
+        self._n_gpu = gpus
+        cores = os.cpu_count() or 1
+        self._n_cpu = cpu_slots if cpu_slots is not None else max(1, cores // max(1, threads_per_job))
+        self._cpu_sem = threading.BoundedSemaphore(self._n_cpu)
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.busy_s = 0.0   # slot-seconds spent executing jobs (for idle-time measurements)
+
+    @property
+    def slots(self) -> int:
+        return self._n_gpu if self._n_gpu else self._n_cpu
+
+    def slots_for(self, gpus: int) -> int:
+        return self._n_gpu if gpus else self._n_cpu
+
+    def submit(self, job: Job) -> "Future[JobResult]":
+        fut: Future[JobResult] = Future()
+        t = threading.Thread(target=self._execute, args=(job, fut), name=f"autolab-{job.run_id}", daemon=True)
+        t.start()
+        return fut
+
+    def _execute(self, job: Job, fut: Future) -> None:
+        if job.gpus and not self._n_gpu:
+            fut.set_result(JobResult(job.run_id, None, 0.0, killed_reason="no GPU on this machine",
+                                     output_tail="this preset needs a CUDA GPU; choose a cpu preset or run on a GPU machine",
+                                     host=socket.gethostname()))
+            return
+        gpu_ids: list[str] = []
+        if job.gpus:
+            gpu_ids = [self._gpu_ids.get() for _ in range(job.gpus)]
+        else:
+            self._cpu_sem.acquire()
+        slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
+        env = dict(os.environ)
+        env.update(job.env)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids) if gpu_ids else ""
+        start = time.monotonic()
+        tail = ""
+        try:
+            if self._closed:
+                raise RuntimeError("executor is shut down")
+            proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, text=True, errors="replace")
+            with self._lock:
+                self._procs.add(proc)
+            chunks: list[str] = []
+            reader = threading.Thread(target=lambda: chunks.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+            reader.start()
+            timed_out = False
+            try:
+                proc.wait(timeout=job.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_session(proc)
+                proc.wait()
+            _kill_session(proc)   # nothing of the job outlives it
+            reader.join(timeout=5)
+            tail = "".join(chunks)[-20000:]
+            wall = time.monotonic() - start
+            fut.set_result(JobResult(job.run_id, None if timed_out else proc.returncode, wall, timed_out=timed_out,
+                                     killed_reason="timeout" if timed_out else "", output_tail=tail, slot=slot,
+                                     host=socket.gethostname()))
+        except BaseException as e:  # never leave a future unresolved
+            fut.set_result(JobResult(job.run_id, None, time.monotonic() - start, killed_reason=f"executor error: {e!r}",
+                                     output_tail=tail, slot=slot, host=socket.gethostname()))
+        finally:
+            with self._lock:
+                self._procs = {p for p in self._procs if p.poll() is None}
+            self.busy_s += time.monotonic() - start
+            if gpu_ids:
+                for g in gpu_ids:
+                    self._gpu_ids.put(g)
+            else:
+                self._cpu_sem.release()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._closed = True
+        with self._lock:
+            for p in list(self._procs):
+                _kill_session(p)

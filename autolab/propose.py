@@ -1,0 +1,247 @@
+"""Proposers turn the lab's state into the next Idea.
+
+- ``PlaybookProposer`` (offline default): named, parameterized edits from the task's
+  ``playbook.toml``, sampled by prior weight, thread direction and insight priors, never
+  repeating an edit already tried on the same parent.
+- ``RandomProposer``: the random-edit baseline: scale or flip a random UPPERCASE setting.
+- ``HumanProposer``: an idea typed by a researcher.
+- ``LLMProposer`` lives in ``llm_propose`` (through ``autolab.llm``).
+Proposers are found through a registry (``register_proposer`` / ``get_proposer``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import AutolabError, TaskError
+from .lab import Lab
+from .records import Candidate, Idea, Insight, State, new_id
+
+SETTING_LINE = r"^(?P<indent>)(?P<name>{name})\s*=\s*(?P<expr>.+?)(?P<comment>\s+#.*)?$"
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, lab: Lab, parent: Candidate, *, thread: str = "main", direction: str = "",
+                insights: Sequence[Insight] = ()) -> Idea | None: ...
+
+
+# ---------------------------------------------------------------------------- playbook
+
+@dataclass(frozen=True)
+class PlaybookEdit:
+    name: str
+    title: str
+    setting: str
+    op: str                   # scale | set | toggle
+    values: tuple[Any, ...]
+    hypothesis: str = ""
+    file: str | None = None
+    cast: str = "float"
+    direction: str = ""
+    prior: float = 1.0
+
+
+def load_playbook(path) -> list[PlaybookEdit]:
+    """Parse a playbook.toml; errors name the file, the entry and the fix."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise TaskError(f"{path}: cannot read the playbook ({e}); fix the TOML syntax") from None
+    edits, names = [], set()
+    for i, e in enumerate(data.get("edit", [])):
+        where = f"{path}: [[edit]] #{i + 1}"
+        for key in ("name", "setting", "op"):
+            if key not in e:
+                raise TaskError(f"{where} has no '{key}'; add it (see docs/ARCHITECTURE.md, playbook format)")
+        if e["op"] not in ("scale", "set", "toggle"):
+            raise TaskError(f"{where} op = {e['op']!r}; use scale, set or toggle")
+        if e["op"] != "toggle" and not e.get("values"):
+            raise TaskError(f"{where} ({e['name']}) has no 'values'; list the parameters to try")
+        if e["name"] in names:
+            raise TaskError(f"{where}: name {e['name']!r} is used twice; names must be unique")
+        names.add(e["name"])
+        edits.append(PlaybookEdit(
+            name=e["name"], title=e.get("title", e["name"]), setting=e["setting"], op=e["op"],
+            values=tuple(e.get("values", [None])) if e["op"] != "toggle" else (None,),
+            hypothesis=e.get("hypothesis", ""), file=e.get("file"), cast=e.get("cast", "float"),
+            direction=e.get("direction", ""), prior=float(e.get("prior", 1.0)),
+        ))
+    if not edits:
+        raise TaskError(f"{path} has no [[edit]] entries; add at least one")
+    return edits
+
+
+def _edit_key(edit: dict | None) -> str | None:
+    if not edit:
+        return None
+    return f"{edit.get('file') or ''}:{edit.get('setting')}:{edit.get('op')}:{edit.get('value')!r}"
+
+
+def tried_keys(lab: Lab, parent: Candidate) -> set[str]:
+    """Structured edits already proposed on this parent (any source, any state)."""
+    return {k for i in lab.log.ideas_list() if i.parent_id == parent.id and (k := _edit_key(i.edit))}
+
+
+def _format_value(op: str, v: Any) -> str:
+    if op == "toggle":
+        return "toggle"
+    if op == "scale":
+        return f"×{v:g}"
+    return repr(v)
+
+
+class PlaybookProposer:
+    """Samples untried playbook edits for the parent, weighted by prior, the thread's
+    direction (×3 when it matches) and insight priors (×(1 + successes) for an edit that
+    was promoted before, on any task)."""
+
+    name = "playbook"
+
+    def __init__(self, seed: int | None = None):
+        self.rng = random.Random(seed)
+
+    def propose(self, lab: Lab, parent: Candidate, *, thread: str = "main", direction: str = "",
+                insights: Sequence[Insight] = ()) -> Idea | None:
+        if lab.task.playbook is None:
+            raise TaskError(f"task {lab.task.name!r} has no playbook (expected {lab.task.path / 'playbook.toml'}); "
+                            "write one or use another proposer (--proposer llm:<model>)")
+        edits = load_playbook(lab.task.playbook)
+        tried = tried_keys(lab, parent)
+        code = lab.files(parent)
+        wins: dict[str, int] = {}
+        for ins in insights:
+            k = ins.meta.get("edit_name")
+            if k and ins.state is State.COMPLETE and (ins.effect or 0) > 0:
+                wins[k] = wins.get(k, 0) + 1
+        options, weights = [], []
+        for e in edits:
+            fname = e.file or lab.task.editable[0]
+            if fname not in code or not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
+                continue   # this parent no longer has that setting
+            for v in e.values:
+                edit = {"name": e.name, "file": fname, "setting": e.setting, "op": e.op, "value": v, "cast": e.cast}
+                if _edit_key(edit) in tried:
+                    continue
+                w = e.prior * (3.0 if direction and e.direction == direction else 1.0) * (1 + wins.get(e.name, 0))
+                options.append((e, edit))
+                weights.append(w / len(e.values))
+        if not options:
+            return None
+        e, edit = self.rng.choices(options, weights=weights, k=1)[0]
+        idea = Idea(id=new_id("i"), task=lab.task.name, title=f"{e.title} ({e.setting} {_format_value(e.op, edit['value'])})",
+                    hypothesis=e.hypothesis, plan=f"In {edit['file']}, {e.op} {e.setting}"
+                    + (f" by {edit['value']}" if e.op == "scale" else f" to {edit['value']!r}" if e.op == "set" else ""),
+                    source="playbook", thread=thread, parent_id=parent.id, edit=edit,
+                    meta={"direction": e.direction or direction})
+        return lab.log.append(idea)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- random baseline
+
+_NUM_SETTING = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*(?P<expr>.+?)(\s+#.*)?$", re.M)
+
+
+class RandomProposer:
+    """The random-edit baseline: pick any UPPERCASE setting of the parent's editable files and
+    scale it by a random factor (numbers) or flip it (booleans). No knowledge, no priors."""
+
+    name = "random"
+
+    def __init__(self, seed: int | None = None):
+        self.rng = random.Random(seed)
+
+    def propose(self, lab: Lab, parent: Candidate, *, thread: str = "main", direction: str = "",
+                insights: Sequence[Insight] = ()) -> Idea | None:
+        files = lab.files(parent)
+        tried = tried_keys(lab, parent)
+        options = []
+        for fname, text in files.items():
+            for m in _NUM_SETTING.finditer(text):
+                expr = m.group("expr").strip()
+                if expr in ("True", "False") or expr.endswith(("True)", "False)")):
+                    options.append({"file": fname, "setting": m.group("name"), "op": "toggle", "value": None})
+                elif re.search(r"\d", expr) and not expr.startswith(("'", '"', "[", "{", "(")):
+                    cast = "int" if re.fullmatch(r".*get\([^,]+,\s*\d+\)|\d+", expr) else "float"
+                    options.append({"file": fname, "setting": m.group("name"), "op": "scale", "cast": cast})
+        for _ in range(50):
+            if not options:
+                return None
+            edit = dict(self.rng.choice(options))
+            if edit["op"] == "scale":
+                edit["value"] = round(self.rng.choice([0.5, 0.67, 0.8, 1.25, 1.5, 2.0]), 2)
+            edit["name"] = f"random_{edit['setting'].lower()}"
+            if _edit_key(edit) not in tried:
+                idea = Idea(id=new_id("i"), task=lab.task.name,
+                            title=f"Random edit: {edit['setting']} {_format_value(edit['op'], edit['value'])}",
+                            hypothesis="random perturbation (baseline proposer)",
+                            plan=f"In {edit['file']}, {edit['op']} {edit['setting']}", source="random", thread=thread,
+                            parent_id=parent.id, edit=edit)
+                return lab.log.append(idea)  # type: ignore[return-value]
+        return None
+
+
+# ---------------------------------------------------------------------------- human
+
+class HumanProposer:
+    """An idea typed by a researcher (in a notebook cell or the IdeaCard widget)."""
+
+    name = "human"
+
+    def __init__(self, title: str, hypothesis: str = "", plan: str = "", edit: dict | None = None):
+        self.title, self.hypothesis, self.plan, self.edit = title, hypothesis, plan, edit
+
+    def propose(self, lab: Lab, parent: Candidate, *, thread: str = "main", direction: str = "",
+                insights: Sequence[Insight] = ()) -> Idea:
+        idea = Idea(id=new_id("i"), task=lab.task.name, title=self.title, hypothesis=self.hypothesis, plan=self.plan,
+                    source="human", thread=thread, parent_id=parent.id, edit=self.edit)
+        return lab.log.append(idea)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- registry and step
+
+_PROPOSERS: dict[str, Callable[..., Proposer]] = {"playbook": PlaybookProposer, "random": RandomProposer}
+
+
+def register_proposer(name: str, factory: Callable[..., Proposer]) -> None:
+    _PROPOSERS[name] = factory
+
+
+def get_proposer(spec: str | Proposer | None = None, **kwargs) -> Proposer:
+    """``"playbook"`` (default), ``"random"``, or ``"llm:<litellm model>"`` (kwargs: api_base, log…)."""
+    if spec is None:
+        spec = "playbook"
+    if not isinstance(spec, str):
+        return spec
+    if spec.startswith("llm:"):
+        from .llm_propose import make_llm_proposer
+
+        return make_llm_proposer(spec[4:], **kwargs)
+    if spec not in _PROPOSERS:
+        raise AutolabError(f"unknown proposer {spec!r}; use playbook, random or llm:<model> (e.g. llm:openai/gpt-4o-mini)")
+    return _PROPOSERS[spec](**{k: v for k, v in kwargs.items() if k == "seed"})
+
+
+def propose(lab: Lab, proposer: str | Proposer | None = None, parent: Candidate | None = None, *,
+            thread: str = "main", direction: str = "", insights: Sequence[Insight] = ()) -> Idea | None:
+    """Propose the next idea for ``parent`` (default: the lab's best candidate). Returns None
+    when the proposer has nothing left to try."""
+    from .search import best_candidate
+
+    parent = parent or best_candidate(lab, thread=thread)
+    return get_proposer(proposer).propose(lab, parent, thread=thread, direction=direction, insights=insights)
+
+
+from ._callable import make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, "propose")   # `autolab.propose(...)` works whether or not the module was imported first

@@ -1,0 +1,444 @@
+"""Reports: a research log → plots and tables → a self-contained HTML file.
+
+``build_report(lab_dir, "report.html")`` executes ``notebooks/03_report.ipynb`` with
+papermill on the lab and exports it with nbconvert: code hidden, plots embedded as PNG
+data URIs, widget views dropped (the notebook renders static HTML and PNGs), and no
+remote scripts, so the file reads offline. The figures and tables the notebook shows
+are the functions below; they need only the lab's ``log.db`` (not the task folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import AutolabError
+from .log import ResearchLog
+from .ui import _html as H
+from .ui._plots import PALETTE, new_figure, png_bytes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_NOTEBOOK = REPO_ROOT / "notebooks" / "03_report.ipynb"
+STATE_COLORS = {"PROMOTED": "#1a7f37", "REJECTED": "#8c959f", "FAILED": "#cf222e", "READY": "#0969da",
+                "PENDING": "#bf8700"}
+
+
+# ---------------------------------------------------------------------------- data
+
+def open_log(lab_dir) -> ResearchLog:
+    path = Path(lab_dir)
+    if not (path / "log.db").exists():
+        raise AutolabError(f"{path} holds no research log (log.db); pass the folder given to --lab when the loop ran")
+    return ResearchLog(path / "log.db")
+
+
+def metric_of(log: ResearchLog) -> tuple[str, str]:
+    return log.get_meta("metric", "metric"), log.get_meta("direction", "minimize")
+
+
+def experiments(log: ResearchLog):
+    """One row per evaluated candidate, in the order it was first run: thread, title,
+    state, mean metric over complete runs (NaN when every run failed), runs, failures."""
+    import pandas as pd
+
+    metric, _ = metric_of(log)
+    runs = log.runs_list()
+    cands = {c.id: c for c in log.candidates_list()}
+    ideas = {i.id: i for i in log.ideas_list()}
+    verdicts = {v.candidate_id: v for v in log.verdicts_list()}
+    order: dict[str, int] = {}
+    vals: dict[str, list[float]] = {}
+    fails: dict[str, int] = {}
+    for k, r in enumerate(runs):
+        if r.purpose == "redteam":
+            continue
+        order.setdefault(r.candidate_id, k)
+        if r.state.value == "COMPLETE" and isinstance(r.metrics.get(metric), (int, float)):
+            vals.setdefault(r.candidate_id, []).append(float(r.metrics[metric]))
+        elif r.state.value in ("FAILED", "KILLED"):
+            fails[r.candidate_id] = fails.get(r.candidate_id, 0) + 1
+    rows = []
+    for cid in sorted(order, key=order.get):
+        c = cands.get(cid)
+        v = vals.get(cid, [])
+        ver = verdicts.get(cid)
+        rows.append({
+            "candidate_id": cid, "thread": c.thread if c else "", "parent_id": c.parent_id if c else None,
+            "title": (ideas[c.idea_id].title if c and c.idea_id in ideas else ("seed" if c and c.parent_id is None else "")),
+            "state": c.state.value if c else "", "mean": sum(v) / len(v) if v else math.nan, "n": len(v),
+            "failed": fails.get(cid, 0), "verdict": ver.state.value if ver else None,
+            "p_value": ver.p_value if ver else None,
+            "kept": bool(c and (c.state.value == "PROMOTED" or c.parent_id is None)),
+        })
+    return pd.DataFrame(rows, columns=["candidate_id", "thread", "parent_id", "title", "state", "mean", "n", "failed",
+                                       "verdict", "p_value", "kept"])
+
+
+def _running_best(values, direction: str, kept=None) -> list[float]:
+    """The best value so far, counting only kept experiments (the seed and promoted ones:
+    a rejected candidate's number, a hack's included, never becomes "the best")."""
+    best, out = math.nan, []
+    for k, v in enumerate(values):
+        if kept is not None and not kept[k]:
+            out.append(best)
+            continue
+        if v == v and (best != best or (v < best if direction == "minimize" else v > best)):
+            best = v
+        out.append(best)
+    return out
+
+
+def _curve(run, lab_dir: Path) -> list[dict]:
+    if not run.result_path:
+        return []
+    p = Path(run.result_path)
+    p = p if p.is_absolute() else lab_dir / p
+    try:
+        return list(json.loads(p.read_text()).get("curve") or [])
+    except (OSError, ValueError):
+        return []
+
+
+# ---------------------------------------------------------------------------- figures
+
+def progress_figure(log: ResearchLog):
+    """Every experiment (mean over its seeds, coloured by outcome) and the running best."""
+    metric, direction = metric_of(log)
+    ex = experiments(log)
+    fig = new_figure(8.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    if ex.empty:
+        ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="#6e7781")
+        return fig
+    x = list(range(1, len(ex) + 1))
+    ok = ex["mean"].notna()
+    for state, color in STATE_COLORS.items():
+        sel = ok & (ex["state"] == state)
+        if sel.any():
+            ax.scatter([x[i] for i in range(len(ex)) if sel.iloc[i]], ex["mean"][sel], s=36, color=color,
+                       label=state.lower(), zorder=3, edgecolor="white", linewidth=0.5)
+    other = ok & ~ex["state"].isin(list(STATE_COLORS))
+    if other.any():
+        ax.scatter([x[i] for i in range(len(ex)) if other.iloc[i]], ex["mean"][other], s=30, color="#57606a", zorder=3)
+    best = _running_best(list(ex["mean"]), direction, list(ex["kept"]))
+    ax.step(x, best, where="post", color="#0969da", lw=1.8, label="running best (seed, promoted)", zorder=2)
+    if (~ok).any():
+        lo = (ex["mean"][ok].max() if direction == "minimize" else ex["mean"][ok].min()) if ok.any() else 0.0
+        ax.scatter([x[i] for i in range(len(ex)) if not ok.iloc[i]], [lo] * int((~ok).sum()), marker="x", s=40,
+                   color="#cf222e", label="failed run", zorder=3)
+    for i, (_, r) in enumerate(ex.iterrows()):
+        if r["state"] == "PROMOTED" and r["mean"] == r["mean"]:
+            ax.annotate(str(r["title"])[:28], (x[i], r["mean"]), textcoords="offset points", xytext=(4, 6),
+                        fontsize=7, color="#1a7f37")
+    ax.set_xlabel("experiment (candidate, in order of first run)")
+    ax.set_ylabel(f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Progress: every experiment and the running best", fontsize=10)
+    return fig
+
+
+def lineage_figure(log: ResearchLog):
+    """The candidate tree: parent → child edges (merges dashed), coloured by state."""
+    metric, _ = metric_of(log)
+    lin = log.lineage()
+    n = len(lin)
+    depth = int(lin["depth"].max()) if n else 0
+    fig = new_figure(min(16.0, max(8.0, 2.4 * (depth + 1))), min(14.0, max(2.6, 0.42 * n + 0.8)))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_axis_off()
+    if not n:
+        ax.text(0.5, 0.5, "no candidates yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    rows = {r["candidate_id"]: r for _, r in lin.iterrows()}
+    kids: dict[Any, list[str]] = {}
+    for cid, r in rows.items():
+        parent = r["parent_id"] if r["parent_id"] in rows else None
+        kids.setdefault(parent, []).append(cid)
+    pos: dict[str, tuple[float, float]] = {}
+    leaf = [0]
+
+    def place(cid: str, depth: int, seen: frozenset) -> float:
+        ch = [k for k in kids.get(cid, []) if k not in seen]
+        if not ch:
+            y = float(leaf[0]); leaf[0] += 1
+        else:
+            ys = [place(k, depth + 1, seen | {cid}) for k in ch]
+            y = sum(ys) / len(ys)
+        pos[cid] = (2.2 * depth, y)
+        return y
+
+    for root in kids.get(None, []):
+        place(root, 0, frozenset())
+    for cid in rows:   # anything unreachable (a cycle): put it at the bottom
+        if cid not in pos:
+            pos[cid] = (0.0, float(leaf[0])); leaf[0] += 1
+    for cid, r in rows.items():
+        x, y = pos[cid]
+        if r["parent_id"] in pos:
+            px, py = pos[r["parent_id"]]
+            ax.plot([px, x - 0.3, x - 0.3, x], [py, py, y, y], color="#8c959f", lw=1, zorder=1)
+        for other in str(r.get("merge_of") or "").split(","):
+            if other and other in pos and other != r["parent_id"]:
+                ox, oy = pos[other]
+                ax.plot([ox, x], [oy, y], color="#8250df", lw=1, ls="--", zorder=1)
+    for cid, r in rows.items():
+        x, y = pos[cid]
+        color = STATE_COLORS.get(r["state"], "#57606a")
+        ax.scatter([x], [y], s=80, color=color, zorder=3, edgecolor="white")
+        m = r.get(f"metrics.{metric}")
+        mtxt = f"  {m:.4g}" if isinstance(m, float) and m == m else ""
+        ax.annotate(f"{str(r['title'] or cid)[:34]}{mtxt}", (x, y), xytext=(7, 3), textcoords="offset points",
+                    va="bottom", fontsize=7, color="#24292f")
+        ax.annotate(f"{cid} · {r['tags.thread']}", (x, y), xytext=(7, -3), textcoords="offset points", va="top",
+                    fontsize=6.5, color="#6e7781")
+    ax.set_xlim(-0.3, max(p[0] for p in pos.values()) + 2.3)
+    ax.set_ylim(leaf[0] - 0.4, -0.6)
+    handles = [ax.scatter([], [], color=c, label=s.lower()) for s, c in STATE_COLORS.items() if (lin["state"] == s).any()]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title("Lineage: each candidate under its parent (dashed: merged in)", fontsize=10)
+    return fig
+
+
+def thread_figure(log: ResearchLog, lab_dir=None):
+    """Per research thread: its experiments and running best, and the training-loss curve
+    of its best candidate (from the runs' result JSON)."""
+    metric, direction = metric_of(log)
+    lab_dir = Path(lab_dir) if lab_dir else log.path.parent
+    ex = experiments(log)
+    fig = new_figure(10.0, 3.6)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    threads = sorted(set(ex["thread"])) if not ex.empty else []
+    runs = log.runs_list()
+    drawn = 0
+    for k, th in enumerate(threads):
+        color = PALETTE[k % len(PALETTE)]
+        sel = ex[ex["thread"] == th]
+        xs = [i + 1 for i in sel.index]
+        ax1.scatter(xs, sel["mean"], color=color, s=22, alpha=0.7)
+        ax1.step(xs, _running_best(list(sel["mean"]), direction, list(sel["kept"])), where="post", color=color, lw=1.6,
+                 label=th)
+        ok = sel[sel["mean"].notna()]
+        if ok["kept"].any():
+            ok = ok[ok["kept"]]
+        if ok.empty:
+            continue
+        best = ok.loc[ok["mean"].idxmin() if direction == "minimize" else ok["mean"].idxmax()]
+        for r in runs:
+            if r.candidate_id == best["candidate_id"] and r.state.value == "COMPLETE":
+                curve = [p for p in _curve(r, lab_dir) if p.get("loss") is not None]
+                if curve:
+                    ax2.plot([p.get("t", p.get("step")) for p in curve], [p["loss"] for p in curve], color=color, lw=1.3,
+                             label=f"{th}: {str(best['title'])[:24]} (seed {r.seed})")
+                    drawn += 1
+                    break
+    ax1.set_xlabel("experiment")
+    ax1.set_ylabel(metric)
+    ax1.set_title("Per thread: experiments and running best (kept)", fontsize=10)
+    ax1.grid(alpha=0.3)
+    if threads:
+        ax1.legend(fontsize=8, title="thread", title_fontsize=8)
+    ax2.set_title("Training loss of each thread's best candidate", fontsize=10)
+    ax2.set_xlabel("seconds")
+    ax2.set_ylabel("train loss")
+    ax2.grid(alpha=0.3)
+    if drawn:
+        ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "no training curves recorded", ha="center", va="center", transform=ax2.transAxes,
+                 color="#6e7781")
+    return fig
+
+
+# ---------------------------------------------------------------------------- tables
+
+def summary_html(log: ResearchLog) -> str:
+    metric, direction = metric_of(log)
+    runs = log.runs_list()
+    states: dict[str, int] = {}
+    for r in runs:
+        states[r.state.value] = states.get(r.state.value, 0) + 1
+    ex = experiments(log)
+    board = log.leaderboard()
+    cands = log.candidates_list()
+    seed = next((c for c in cands if c.parent_id is None), None)
+    seed_mean = ex.loc[ex["candidate_id"] == seed.id, "mean"].iloc[0] if seed is not None and (ex["candidate_id"] == seed.id).any() else None
+    promoted = [c for c in cands if c.state.value == "PROMOTED"]
+    best_txt = "—"
+    pool = board[board["state"] == "PROMOTED"] if not board.empty else board
+    if not pool.empty:
+        b = pool.iloc[0]
+        gain = (seed_mean - b[f"metrics.{metric}"] if direction == "minimize" else b[f"metrics.{metric}"] - seed_mean) \
+            if seed_mean is not None and seed_mean == seed_mean else None
+        best_txt = (f"{H.code(b['candidate_id'])} {H.esc(b['title'])}: <b>{H.fmt(b[f'metrics.{metric}'])}</b>"
+                    + (f" (seed {H.fmt(seed_mean)}, gain {H.fmt(gain)})" if gain is not None else ""))
+    llm = log.llm_totals()
+    rows = [("task", H.esc(log.get_meta("task", "?"))),
+            ("metric", f"{H.esc(metric)} ({direction})"),
+            ("ideas", str(len(log.ideas_list()))), ("candidates", str(len(cands))),
+            ("runs", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "0"),
+            ("promoted", str(len(promoted))), ("best promoted", best_txt),
+            ("LLM calls", f"{llm['calls']} (${llm['cost']:.2f}, {llm['prompt_tokens'] + llm['completion_tokens']} tokens)")]
+    return H.table(["", ""], [(f"<b>{k}</b>", v) for k, v in rows])
+
+
+def leaderboard_html(log: ResearchLog, limit: int | None = 25) -> str:
+    metric, _ = metric_of(log)
+    return H.leaderboard_table(log.leaderboard(), metric, limit=limit)
+
+
+def audit_summary_html(log: ResearchLog) -> str:
+    """Verdict counts, every verdict, and which checks failed how often."""
+    vs = log.verdicts_list()
+    cands = {c.id: c for c in log.candidates_list()}
+    ideas = {i.id: i for i in log.ideas_list()}
+    counts: dict[str, int] = {}
+    failing: dict[str, int] = {}
+    for v in vs:
+        counts[v.state.value] = counts.get(v.state.value, 0) + 1
+        for c in v.checks:
+            if not c.get("passed"):
+                failing[c["name"]] = failing.get(c["name"], 0) + 1
+    head = " &nbsp; ".join(f"{H.badge(s)} {n}" for s, n in sorted(counts.items())) or "no verdicts yet"
+    rows = []
+    for v in vs:
+        c = cands.get(v.candidate_id)
+        title = ideas[c.idea_id].title if c is not None and c.idea_id in ideas else ""
+        failed = ", ".join(c["name"] for c in v.checks if not c.get("passed")) or "—"
+        rows.append((H.code(v.candidate_id), H.esc(title), H.badge(v.state), H.fmt(v.candidate_mean), H.fmt(v.parent_mean),
+                     H.fmt(v.effect), H.fmt(v.p_value), f"{v.n_candidate}/{v.n_parent}", H.esc(failed), H.esc(v.reason)))
+    out = [f'<div style="{H.FONT} margin:4px 0;">{head}</div>',
+           H.table(["candidate", "idea", "verdict", "mean", "parent mean", "effect", "p", "n (cand/parent)",
+                    "failed checks", "reason"], rows)]
+    if failing:
+        out.append(H.table(["check", "failures"], [(H.esc(k), str(n)) for k, n in sorted(failing.items(), key=lambda x: -x[1])],
+                           caption="Checks that failed"))
+    return "".join(out)
+
+
+def best_diff_html(log: ResearchLog, lab_dir=None) -> str:
+    """The best promoted candidate against the seed, side by side."""
+    from .ui.diffhtml import side_by_side
+    from .workspace import Store
+
+    metric, _ = metric_of(log)
+    board = log.leaderboard()
+    pool = board[board["state"] == "PROMOTED"] if not board.empty else board
+    cands = {c.id: c for c in log.candidates_list()}
+    if pool.empty:
+        return f'<div style="{H.FONT} color:#6e7781;">No promoted candidate yet.</div>'
+    best = cands[pool.iloc[0]["candidate_id"]]
+    seed = best
+    while seed.parent_id and seed.parent_id in cands:
+        seed = cands[seed.parent_id]
+    store = Store(Path(lab_dir) if lab_dir else log.path.parent)
+    try:
+        return side_by_side(store.read(seed.files), store.read(best.files), max_height=None,
+                            title=f"{best.id} (best promoted) vs {seed.id} (seed)")
+    except AutolabError:
+        from .ui.diffhtml import side_by_side_from_unified
+
+        return side_by_side_from_unified(best.diff, max_height=None, title=f"{best.id} vs its parent")
+
+
+def show(fig) -> None:
+    """Display a figure as an embedded PNG (works the same live and in exported HTML)."""
+    from IPython.display import Image, display
+
+    display(Image(data=png_bytes(fig)))
+
+
+def show_html(text: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(text))
+
+
+# ---------------------------------------------------------------------------- HTML export
+
+_TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+_REMOTE = [re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I),
+           re.compile(r"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//[^>]*>", re.I)]
+
+
+def _staticize(nb) -> None:
+    """Drop live-widget views (their static fallbacks stay) and the widget state."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data")
+            if data and _WIDGET_MIME in data:
+                data.pop(_WIDGET_MIME)
+                if set(data) <= {"text/plain"}:
+                    continue   # a bare widget repr reads as noise in a report
+            kept.append(out)
+        cell["outputs"] = kept
+
+
+def export_html(notebook, *, title: str | None = None) -> str:
+    """Self-contained HTML of an executed notebook: inputs hidden, images inline, no remote scripts."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook), as_version=4) if isinstance(notebook, (str, Path)) else notebook
+    _staticize(nb)
+    if title:
+        nb.metadata["title"] = title
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"autolab_report.html.j2": _TEMPLATE})],
+                            template_file="autolab_report.html.j2")
+    exporter.exclude_input = True
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    exporter.embed_images = True
+    body, _ = exporter.from_notebook_node(nb)
+    for pat in _REMOTE:
+        body = pat.sub("", body)
+    return body
+
+
+def build_report(lab_dir, out_html, *, notebook=None, smoke: bool = False, timeout: int = 900,
+                 kernel_name: str | None = None, keep_notebook: str | Path | None = None) -> Path:
+    """Execute the report notebook on ``lab_dir`` and write self-contained HTML to ``out_html``.
+
+    ``keep_notebook`` saves the executed notebook too; on failure it is kept next to
+    ``out_html`` (``.ipynb``) so the failing cell can be read.
+    """
+    import papermill as pm
+
+    lab_dir = Path(lab_dir).resolve()
+    open_log(lab_dir).close()   # a clear error before a kernel starts
+    nb = Path(notebook) if notebook else DEFAULT_NOTEBOOK
+    if not nb.exists():
+        raise AutolabError(f"report notebook {nb} not found; pass notebook=... (autolab ships notebooks/03_report.ipynb)")
+    out = Path(out_html).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="autolab-report-") as tmp:
+        executed = Path(keep_notebook) if keep_notebook else Path(tmp) / "report.ipynb"
+        try:
+            pm.execute_notebook(str(nb), str(executed), parameters={"lab": str(lab_dir), "smoke": bool(smoke)},
+                                progress_bar=False, log_output=False, kernel_name=kernel_name,
+                                execution_timeout=timeout, cwd=str(nb.parent))
+        except Exception as e:
+            kept = out.with_suffix(".ipynb")
+            if executed.exists() and executed != kept:
+                kept.write_bytes(executed.read_bytes())
+            raise AutolabError(f"the report notebook failed on {lab_dir}: {type(e).__name__}: {str(e)[-600:]}\n"
+                               f"the executed notebook is kept at {kept}; open it to see the failing cell") from e
+        task = ResearchLog(lab_dir / "log.db").get_meta("task", "")
+        out.write_text(export_html(executed, title=f"autolab report: {task} ({lab_dir.name})"), encoding="utf-8")
+    return out

@@ -1,0 +1,645 @@
+"""Run untrusted candidate code in a sandboxed process tree.
+
+``run_sandboxed(argv, cwd=..., policy=..., limits=...)`` starts ``argv`` with:
+
+- a **scrubbed environment** (an allow-list; nothing that looks like a secret, ever);
+- **no network**: a new network namespace without interfaces when the kernel allows
+  (``net_isolation == "netns"``), plus, in every Python process, an audit hook that denies
+  socket use (``"audit-hook-only"`` where namespaces are not available);
+- **file-system rules**: reads of ``policy.read_deny`` and writes outside the working
+  directory, ``policy.write_allow`` and a private tmp/home are denied by the audit hook in
+  Python processes and, where the kernel allows, also below Python: denied paths are
+  covered by empty read-only mounts in a private mount namespace and writes are confined
+  by Landlock;
+- **limits**: rlimits (file size, open files, CPU, no core dumps), and a watchdog thread
+  that sums the memory of the whole process tree, counts its processes and enforces a
+  wall-clock limit, killing the whole tree on excess;
+- **no leftovers**: the tree runs in its own session and, where allowed, its own PID
+  namespace; whatever the candidate leaves running is killed when it exits;
+- **less privilege**: capabilities such as SYS_ADMIN, SYS_PTRACE and NET_ADMIN are
+  dropped and ``no_new_privs`` is set (when running as root, as on the lab machines).
+
+Denied actions raise ``PermissionError`` inside the child and come back as
+``SandboxResult.violations``. ``SandboxResult.isolation`` says which layers held on this
+machine. The setup is done by ``autolab/_sandbox_boot.py`` (a trampoline exec'd by
+``subprocess``, and the ``sitecustomize`` that installs the audit hook).
+
+Importing this module has no side effects (no signal handlers, no logging setup, no event
+loop), so it is safe in a Jupyter kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from autolab import _sandbox_boot as _boot
+
+__all__ = ["Limits", "Policy", "SandboxResult", "scrubbed_env", "run_sandboxed", "is_secret_name"]
+
+ENV_CONFIG = _boot.ENV_CONFIG
+_BOOT_FILE = Path(_boot.__file__).resolve()
+_TAIL_CHARS = 20_000
+_POLL_S = 0.25
+_MAX_VIOLATIONS = 1000
+
+
+# ----------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 600.0          # wall-clock limit: kill the whole tree after this
+    memory_mb: int | None = 8192   # memory of the whole process tree (PSS); watchdog kills above it
+    cpu_s: int | None = None       # RLIMIT_CPU per process
+    nproc: int | None = 256        # max processes in the tree (watchdog-enforced; RLIMIT_NPROC is not enforced for root)
+    fsize_mb: int | None = 2048    # RLIMIT_FSIZE
+    open_files: int = 1024
+
+
+@dataclass(frozen=True)
+class Policy:
+    read_deny: tuple[str, ...] = ()    # absolute paths (files or dirs) the child may not open for reading
+    write_allow: tuple[str, ...] = ()  # absolute dirs the child may write in (plus its cwd and a private tmp dir)
+    network: bool = False               # False: no network at all
+    audit_python: bool = True           # install the Python audit hook in Python children
+    loopback: bool = False              # with network=False: a private loopback inside the run's own network
+    #                                     namespace (torchrun/NCCL between the run's processes); the host's and
+    #                                     the parent's servers stay unreachable
+    harden: bool = True                 # kernel layers: mount/PID/IPC namespaces, Landlock, dropped capabilities
+    deny_secrets: bool = True           # also deny reading well-known credential files (~/.ssh, ~/.aws, ...)
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    returncode: int | None
+    state: str            # "ok" (exit 0), "failed" (non-zero exit), "killed"
+    reason: str           # "", "timeout", "memory", "nproc", "cpu", "signal N", "exit code N"
+    wall_s: float
+    violations: tuple[dict, ...]   # each {"kind": "network"|"file_read"|"file_write"|"subprocess"|"env"|..., "detail": str}
+    stdout_tail: str      # last ~20 kB of combined stdout/stderr
+    net_isolation: str = "none"    # "netns", "audit-hook-only", "none" (no isolation), "host" (network allowed)
+    isolation: Mapping[str, str] = field(default_factory=dict)  # which layers held (see module docstring)
+    peak_memory_mb: float = 0.0
+    peak_nproc: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+# ----------------------------------------------------------------------------- environment
+
+is_secret_name = _boot._is_secret_name
+
+_ALLOWED_NAMES = frozenset([
+    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "LANGUAGE", "TZ", "TERM",
+    "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    "TOKENIZERS_PARALLELISM", "LD_LIBRARY_PATH",
+])
+_ALLOWED_PREFIXES = ("NVIDIA_", "CUDA_", "TRITON_", "TORCH", "PYTORCH_", "NCCL_")
+# Values that are credentials whatever their variable is called.
+_SECRET_VALUE = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{20,}|sk-ant-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+    r"|hf_[A-Za-z0-9]{30,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{35})"
+)
+
+
+def _check_not_secret(name: str, value: str | None, where: str) -> None:
+    if is_secret_name(name):
+        raise ValueError(
+            f"{where}: {name!r} looks like a secret (API key, token, credential); candidate code must "
+            f"never see one. Remove it, or rename it if it is not a secret.")
+    if value is not None and _SECRET_VALUE.fullmatch(value.strip()):
+        raise ValueError(f"{where}: the value of {name!r} looks like an API key or token; remove it.")
+
+
+def scrubbed_env(extra: Mapping[str, str] | None = None, *, keep: Iterable[str] = ()) -> dict[str, str]:
+    """The environment a candidate gets: an allow-list taken from ``os.environ`` (PATH,
+    locale, TZ, CUDA/NVIDIA/NCCL/TRITON/TORCH variables, thread counts) plus the names in
+    ``keep``, then ``extra``. Secret-looking variables are never passed; asking for one in
+    ``keep`` or ``extra`` raises ``ValueError``. (``run_sandboxed`` then sets HOME and
+    TMPDIR to private directories.)"""
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    for name in keep:
+        _check_not_secret(name, None, "scrubbed_env(keep=...)")
+    env: dict[str, str] = {}
+    for name, value in os.environ.items():
+        if not (name in _ALLOWED_NAMES or name.startswith(_ALLOWED_PREFIXES) or name in keep):
+            continue
+        if is_secret_name(name) or _SECRET_VALUE.fullmatch(value.strip()):
+            continue  # e.g. a TORCH_..._TOKEN: silently left out
+        env[name] = value
+    for name, value in (extra or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"scrubbed_env(extra=...): {name!r}={value!r}: names and values must be str")
+        _check_not_secret(name, value, "scrubbed_env(extra=...)")
+        env[name] = value
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+_HOME_SECRETS = (
+    ".ssh", ".aws", ".azure", ".config/gcloud", ".config/gh", ".docker", ".kube", ".gnupg", ".netrc",
+    ".git-credentials", ".pypirc", ".kaggle", ".huggingface", ".cache/huggingface/token",
+    ".cache/huggingface/stored_tokens", ".config/litellm", ".bash_history", ".python_history",
+)
+
+
+def _secret_paths() -> list[str]:
+    homes = {os.path.expanduser("~"), "/root"}
+    return [os.path.join(h, rel) for h in sorted(homes) for rel in _HOME_SECRETS]
+
+
+# ----------------------------------------------------------------------------- /proc
+
+
+def _scan_proc() -> dict[int, tuple[int, int, int, bytes]]:
+    """pid -> (ppid, session, start time, state) for every process we can see."""
+    out = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            rest = data[data.rfind(b")") + 2:].split()
+            out[int(name)] = (int(rest[1]), int(rest[3]), int(rest[19]), rest[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _memory_kb(pid: int) -> int:
+    """Proportional set size (shared pages split among their users, so the sum over a
+    tree is not inflated by shared libraries or fork), falling back to RSS."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _Tree:
+    """The processes of one run: descendants of the root (by ppid), members of its session,
+    and every process seen in it before (by pid and start time, so a process that called
+    setsid and was re-parented is still found)."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.root_reaped = False  # once it is, its pid (and group/session number) may be reused
+        self.known: dict[int, int] = {}
+
+    def scan(self) -> dict[int, tuple[int, int, int, bytes]]:
+        procs = _scan_proc()
+        children: dict[int, list[int]] = collections.defaultdict(list)
+        for pid, (ppid, _, _, _) in procs.items():
+            children[ppid].append(pid)
+        alive_known = [p for p in procs if self.known.get(p) == procs[p][2]]
+        # The session number stays reserved while one of its members lives: trust it while
+        # the root is unreaped or a process we already know is still in the session.
+        by_session = not self.root_reaped or any(procs[p][1] == self.root for p in alive_known)
+        start = alive_known + [p for p in procs if (p == self.root and not self.root_reaped)
+                               or (by_session and procs[p][1] == self.root)]
+        members: dict[int, tuple[int, int, int, bytes]] = {}
+        while start:
+            pid = start.pop()
+            if pid in members or pid not in procs:
+                continue
+            members[pid] = procs[pid]
+            start.extend(children.get(pid, ()))
+        self.known = {p: v[2] for p, v in members.items()}
+        return members
+
+    def kill(self, rounds: int = 60) -> None:
+        """SIGKILL the whole tree, repeatedly, until nothing of it is left."""
+        for _ in range(rounds):
+            members = self.scan()
+            alive = {p for p, v in members.items() if v[3] != b"Z"}
+            if not alive:
+                return
+            if not self.root_reaped:
+                try:
+                    os.killpg(self.root, signal.SIGKILL)
+                except OSError:
+                    pass
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+class _Output:
+    """Reads the child's combined stdout/stderr on a thread: lines go to the log file, a
+    bounded tail, and a queue drained by the caller's thread for ``on_line``."""
+
+    def __init__(self, fd: int, log, want_lines: bool):
+        self.fd = fd
+        self.tail: collections.deque[str] = collections.deque()
+        self.tail_chars = 0
+        self.lines: queue.Queue[str] | None = queue.Queue() if want_lines else None
+        self.dropped = 0
+        self.log = log
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._pump, name="autolab-sandbox-output", daemon=True)
+        self.thread.start()
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        if self.log is not None:
+            self.log.write(line + "\n")
+        self.tail.append(line)
+        self.tail_chars += len(line) + 1
+        while self.tail_chars > _TAIL_CHARS and len(self.tail) > 1:
+            self.tail_chars -= len(self.tail.popleft()) + 1
+        if self.lines is not None:
+            if self.lines.qsize() > 10_000:
+                self.dropped += 1
+            else:
+                self.lines.put(line)
+
+    def _pump(self) -> None:
+        buf = b""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        try:
+            while not self.stop.is_set():
+                if not poller.poll(100):
+                    if self.log is not None:
+                        self.log.flush()
+                    continue
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    self._line(raw)
+                if len(buf) > 65536:  # a very long line without newline: pass it on in pieces
+                    self._line(buf)
+                    buf = b""
+            if buf:
+                self._line(buf)
+        except OSError:
+            pass
+        finally:
+            if self.log is not None:
+                self.log.flush()
+
+    def close(self, grace_s: float) -> None:
+        self.thread.join(grace_s)
+        self.stop.set()
+        self.thread.join(2.0)
+        if self.log is not None and not self.thread.is_alive():
+            self.log.close()
+
+    def text(self) -> str:
+        text = "\n".join(self.tail)
+        return text[-_TAIL_CHARS:]
+
+
+class _Violations:
+    """Incremental reader of the violations file the audit hooks append to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.items: list[dict] = []
+        self.seen: set[tuple[str, str]] = set()
+
+    def read(self) -> None:
+        if len(self.items) >= _MAX_VIOLATIONS:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(1 << 20)
+        except OSError:
+            return
+        self.offset += len(data)
+        data = self.partial + data
+        *lines, self.partial = data.split(b"\n")
+        for raw in lines:
+            self.add_line(raw)
+
+    def add_line(self, raw: bytes) -> None:
+        try:
+            obj = json.loads(raw)
+            item = {"kind": str(obj["kind"]), "detail": str(obj["detail"])}
+        except (ValueError, KeyError, TypeError):
+            return
+        key = (item["kind"], item["detail"])
+        if key not in self.seen and len(self.items) < _MAX_VIOLATIONS:
+            self.seen.add(key)
+            self.items.append(item)
+
+
+# ----------------------------------------------------------------------------- running
+
+_PY_EXE = re.compile(r"^(python|pypy)[0-9.]*[a-z]?$")
+
+
+def _check_python_flags(argv: Sequence[str]) -> None:
+    if not _PY_EXE.match(os.path.basename(argv[0])):
+        return
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg in ("-c", "-m", "-"):
+            return
+        if arg.startswith("--") or arg[:2] in ("-W", "-X"):
+            continue
+        if any(letter in arg[1:] for letter in "IES"):
+            raise ValueError(
+                f"{argv[0]} {arg}: the sandbox's audit hook is installed through site and PYTHONPATH; "
+                f"drop -I/-E/-S, or pass Policy(audit_python=False).")
+        if "c" in arg or "m" in arg:
+            return
+
+
+def _python() -> str:
+    exe = sys.executable or shutil.which("python3") or "/usr/bin/python3"
+    return exe
+
+
+def _abs_dirs(paths: Iterable[str], what: str) -> list[str]:
+    out = []
+    for p in paths:
+        if not os.path.isabs(p):
+            raise ValueError(f"Policy.{what}: {p!r} is not an absolute path")
+        out.append(os.path.realpath(p))
+    return out
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or parent == "/" or path.startswith(parent.rstrip("/") + "/")
+
+
+def run_sandboxed(
+    argv: Sequence[str],
+    *,
+    cwd: str | Path,
+    policy: Policy = Policy(),
+    limits: Limits = Limits(),
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    log_path: str | Path | None = None,
+    keep: Iterable[str] = (),
+) -> SandboxResult:
+    """Run ``argv`` in ``cwd`` under ``policy`` and ``limits``; block until it ends.
+
+    ``env`` is added to the scrubbed environment (``PYTHONPATH`` only if given here);
+    ``keep`` names more variables to copy from ``os.environ``. Output lines go to
+    ``on_line`` (called on this thread) and ``log_path`` as they come. Never raises for
+    what the child does: a crash, a kill or a denied action is in the result."""
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise ValueError("run_sandboxed: argv is empty")
+    cwd_s = os.path.realpath(os.fspath(cwd))
+    if not os.path.isdir(cwd_s):
+        raise NotADirectoryError(f"run_sandboxed: cwd {cwd_s} is not a directory")
+    if limits.wall_s <= 0:
+        raise ValueError("Limits.wall_s must be positive")
+    if policy.audit_python:
+        _check_python_flags(argv)
+    child_env = scrubbed_env(env, keep=keep)
+
+    read_deny = _abs_dirs(policy.read_deny, "read_deny")
+    if policy.deny_secrets:
+        read_deny += [p for p in (os.path.realpath(q) for q in _secret_paths()) if p not in read_deny]
+    for d in read_deny:
+        if _is_under(cwd_s, d):
+            raise ValueError(f"Policy.read_deny: {d} contains the working directory {cwd_s}")
+    write_allow = _abs_dirs(policy.write_allow, "write_allow")
+    for d in write_allow:
+        if not os.path.isdir(d):
+            raise ValueError(f"Policy.write_allow: {d} is not an existing directory; create it first")
+
+    private = Path(tempfile.mkdtemp(prefix="autolab-sbx-")).resolve()
+    proc: subprocess.Popen | None = None
+    tree: _Tree | None = None
+    out: _Output | None = None
+    log = None
+    try:
+        tmp, home, boot = private / "tmp", private / "home", private / "boot"
+        for d in (tmp, home, boot):
+            d.mkdir(mode=0o755)
+        private.chmod(0o755)
+        violations_path = private / "violations.jsonl"
+        violations_path.touch(mode=0o666)
+        empty = private / "empty"
+        empty.touch(mode=0o444)
+        status_path = private / "status.json"
+        config_path = private / "config.json"
+
+        explicit = dict(env or {})
+        for name, value in (("HOME", home), ("TMPDIR", tmp), ("TMP", tmp), ("TEMP", tmp)):
+            if name not in explicit:
+                child_env[name] = str(value)
+        child_env.setdefault("PYTHONUNBUFFERED", "1")
+        child_env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+        if policy.audit_python:
+            shutil.copyfile(_BOOT_FILE, boot / "sitecustomize.py")
+            user_pp = explicit.get("PYTHONPATH", "")
+            child_env["PYTHONPATH"] = str(boot) + (os.pathsep + user_pp if user_pp else "")
+            child_env[ENV_CONFIG] = str(config_path)
+        else:
+            child_env.pop(ENV_CONFIG, None)
+
+        write_dirs = [cwd_s, *write_allow, str(tmp), str(home)]
+        shm_bytes = limits.memory_mb * 2**20 if limits.memory_mb else None
+        config = {
+            "trampoline": {
+                "argv": argv,
+                "parent_pid": os.getpid(),
+                "network": policy.network,
+                "loopback": policy.loopback,
+                "harden": policy.harden,
+                "audit_python": policy.audit_python,
+                "read_deny": read_deny,
+                "write_dirs": write_dirs,
+                "cwd": cwd_s,
+                "private_dir": str(private),
+                "empty_file": str(empty),
+                "violations": str(violations_path),
+                "status": str(status_path),
+                "shm_bytes": shm_bytes,
+                "rlimits": {
+                    "fsize": limits.fsize_mb * 2**20 if limits.fsize_mb else None,
+                    "nofile": limits.open_files,
+                    "cpu": limits.cpu_s,
+                },
+            },
+            "hook": {
+                "read_deny": read_deny,
+                "write_dirs": write_dirs,
+                "network": policy.network,
+                "loopback": policy.loopback,
+                "violations": str(violations_path),
+                "status": str(status_path),
+                "boot_dir": str(boot),
+            },
+        }
+        config_path.write_text(json.dumps(config))
+
+        reader = _Violations(violations_path)
+        log = open(log_path, "w", encoding="utf-8", errors="replace") if log_path is not None else None
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [_python(), "-I", "-S", str(_BOOT_FILE), str(config_path)],
+            cwd=cwd_s, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, bufsize=0,
+        )
+        tree = _Tree(proc.pid)
+        out = _Output(proc.stdout.fileno(), log, on_line is not None)
+        callback_error: BaseException | None = None
+
+        def deliver(block_s: float) -> None:
+            nonlocal callback_error
+            if out.lines is None:
+                time.sleep(block_s)
+                return
+            try:
+                line = out.lines.get(timeout=block_s)
+            except queue.Empty:
+                return
+            batch = [line]
+            while len(batch) < 1000:
+                try:
+                    batch.append(out.lines.get_nowait())
+                except queue.Empty:
+                    break
+            if callback_error is None:
+                for item in batch:
+                    try:
+                        on_line(item)
+                    except Exception as exc:  # noqa: BLE001 - a broken display must not kill the run
+                        callback_error = exc
+                        break
+
+        reason = ""
+        peak_kb, peak_n = 0, 0
+        next_scan = 0.0
+        pidns, status_seen = policy.harden, False
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now - start > limits.wall_s:
+                reason = "timeout"
+                break
+            if now >= next_scan:
+                next_scan = now + _POLL_S
+                members = tree.scan()
+                if not status_seen and status_path.exists():
+                    try:
+                        pidns = json.loads(status_path.read_text()).get("pid") == "pidns"
+                        status_seen = True
+                    except (OSError, ValueError):
+                        pass
+                # our supervisors (trampoline, and the PID namespace's init) are not the candidate's
+                n = max(0, len(members) - (2 if pidns else 1))
+                peak_n = max(peak_n, n)
+                if limits.nproc is not None and n > limits.nproc:
+                    reason = "nproc"
+                    break
+                kb = sum(_memory_kb(p) for p, v in members.items() if v[3] != b"Z")
+                peak_kb = max(peak_kb, kb)
+                if limits.memory_mb is not None and kb > limits.memory_mb * 1024:
+                    reason = "memory"
+                    break
+                reader.read()
+            deliver(min(0.05, max(0.0, next_scan - time.monotonic())))
+        if reason:
+            tree.kill()
+        proc.wait()
+        tree.root_reaped = True
+        tree.kill()  # anything the candidate left behind (setsid'd daemons included)
+        wall = time.monotonic() - start
+        out.close(grace_s=2.0)
+        while out.lines is not None and not out.lines.empty():
+            deliver(0.0)
+        reader.read()
+        if reader.partial:
+            reader.add_line(reader.partial)
+        if callback_error is not None:
+            warnings.warn(f"run_sandboxed: on_line raised {callback_error!r}; later lines were not delivered",
+                          RuntimeWarning, stacklevel=2)
+
+        isolation: dict[str, str] = {}
+        try:
+            isolation = json.loads(status_path.read_text())
+        except (OSError, ValueError):
+            pass
+        isolation["audit_hook"] = "python" if policy.audit_python else "off"
+        rc = proc.returncode
+        if reason:
+            state = "killed"
+        elif rc == 0:
+            state = "ok"
+        elif rc is not None and rc < 0:
+            state = "killed"
+            reason = "cpu" if -rc == signal.SIGXCPU else f"signal {-rc}"
+        else:
+            state = "failed"
+            reason = f"exit code {rc}"
+        tail = out.text()
+        if out.dropped:
+            tail += f"\n[autolab sandbox: {out.dropped} lines were not passed to on_line]"
+        return SandboxResult(
+            returncode=rc,
+            state=state,
+            reason=reason,
+            wall_s=round(wall, 3),
+            violations=tuple(reader.items),
+            stdout_tail=tail,
+            net_isolation=isolation.get("net", "none" if not policy.network else "host"),
+            isolation=isolation,
+            peak_memory_mb=round(peak_kb / 1024, 1),
+            peak_nproc=peak_n,
+        )
+    finally:
+        if proc is not None and proc.returncode is None:  # an exception (KeyboardInterrupt...) on the way
+            tree = tree or _Tree(proc.pid)
+            tree.kill()
+            proc.wait()
+            tree.root_reaped = True
+            tree.kill(rounds=5)
+        if out is not None and out.thread.is_alive():
+            out.close(grace_s=0.0)
+        if log is not None and not log.closed and (out is None or not out.thread.is_alive()):
+            log.close()
+        if proc is not None and proc.stdout is not None:
+            try:
+                proc.stdout.close()
+            except OSError:
+                pass
+        shutil.rmtree(private, ignore_errors=True)

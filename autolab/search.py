@@ -1,0 +1,411 @@
+"""The research loop: threads of research, screening → confirmation → promotion, resume.
+
+The plan is a function of the log: every decision is re-derived from the records, so a
+loop killed at any moment and started again with the same command picks up where the log
+says it was (interrupted runs are marked KILLED and re-queued; nothing completed is redone).
+
+Work is cut into units that run on the executor's slots concurrently:
+  - screen:  propose + implement a new idea in a thread, then one screening run;
+  - confirm: one confirmation run (fresh seeds, never the screening ones) of a candidate
+             whose screening beat its parent by the noise margin;
+  - audit:   once a candidate's confirmation runs are in, the significance rule decides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .audit import audit
+from .errors import AutolabError, BudgetExceeded, CandidateError
+from .executors import Executor, get_executor
+from .implement import Implementer, implement
+from .lab import Lab
+from .propose import Proposer, get_proposer
+from .records import Candidate, Idea, Run, State, Verdict, now
+from .run import _owner, missing_seeds, owner_alive, reap_interrupted, runs_of, submit_run
+
+DIRECTIONS = ("optimizer", "architecture", "schedule", "systems", "data")
+SELECTION_FREE = ("confirm", "baseline")
+
+
+# ---------------------------------------------------------------------------- queries on the log
+
+def thread_names(threads: int) -> list[tuple[str, str]]:
+    """(thread name, direction) for K threads; one thread is 'main' with no direction."""
+    if threads <= 1:
+        return [("main", "")]
+    return [(f"t{i}-{DIRECTIONS[i % len(DIRECTIONS)]}", DIRECTIONS[i % len(DIRECTIONS)]) for i in range(threads)]
+
+
+def mean_metric(lab: Lab, c: Candidate | str, purposes: Sequence[str] = SELECTION_FREE) -> float | None:
+    vals = [r.metrics[lab.task.metric.name] for r in runs_of(lab, c, purposes=purposes)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def best_candidate(lab: Lab, thread: str | None = None) -> Candidate:
+    """The best promoted candidate (of a thread, if given; merges count for every thread),
+    else the seed."""
+    seed = lab.seed_candidate()
+    best, best_m = seed, mean_metric(lab, seed)
+    for c in lab.log.candidates_list():
+        if c.state is not State.PROMOTED:
+            continue
+        if thread is not None and c.thread != thread and not c.meta.get("merge_of"):
+            continue
+        m = mean_metric(lab, c)
+        if m is not None and (best_m is None or lab.task.metric.better(m, best_m)):
+            best, best_m = c, m
+    return best
+
+
+def latest_verdict(lab: Lab, c: Candidate, stage: str | None = None) -> Verdict | None:
+    vs = [v for v in lab.log.verdicts_list() if v.candidate_id == c.id and (stage is None or v.meta.get("stage") == stage)]
+    return vs[-1] if vs else None
+
+
+def noise_sd(lab: Lab) -> float | None:
+    """Pooled within-candidate standard deviation of the metric over selection-free runs:
+    the noise of this task on this hardware, measured in this lab."""
+    groups: dict[str, list[float]] = {}
+    for r in lab.log.runs_list():
+        if r.state is State.COMPLETE and r.purpose in SELECTION_FREE + ("final",) and r.preset == lab.preset_name:
+            groups.setdefault(r.candidate_id, []).append(r.metrics[lab.task.metric.name])
+    num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
+    df = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
+    return math.sqrt(num / df) if df > 0 else None
+
+
+# ---------------------------------------------------------------------------- loop
+
+@dataclass(frozen=True)
+class LoopSummary:
+    lab: str
+    task: str
+    preset: str
+    experiments: int
+    runs: int
+    failed: int
+    killed: int
+    promoted: int
+    baseline: float | None
+    best: float | None
+    best_id: str
+    wall_s: float
+    slot_idle_fraction: float | None
+    stopped: str
+    llm_calls: int = 0
+    llm_cost: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _LabLock:
+    """One loop per lab: ``<lab>/loop.lock`` names the owner; a dead owner's lock is taken over."""
+
+    def __init__(self, lab: Lab):
+        self.path = lab.path / "loop.lock"
+
+    def __enter__(self) -> "_LabLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(_owner(), f)
+                return self
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    owner = None
+                if owner_alive(owner):
+                    raise AutolabError(f"another loop (pid {owner.get('pid')}) is running on {self.path.parent}; "
+                                       "stop it first (autolab stop, or lab.request_stop()) or use another --lab") from None
+                self.path.unlink(missing_ok=True)
+        raise AutolabError(f"could not take {self.path}; remove it if no loop is running")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _Scheduler:
+    def __init__(self, lab: Lab, iterations: int, threads: list[tuple[str, str]], proposer: Proposer,
+                 implementer: Implementer | None, executor: Executor, on_event: Callable[[dict], None] | None,
+                 confirm_margin_sd: float, max_confirming: int, bar, insights):
+        self.lab, self.iterations, self.threads = lab, iterations, threads
+        self.proposer, self.implementer, self.executor = proposer, implementer, executor
+        self.on_event, self.margin_sd, self.max_confirming = on_event, confirm_margin_sd, max_confirming
+        self.bar, self.insights = bar, insights
+        self.cv = threading.Condition()
+        self.claimed: set[tuple[str, str, int]] = set()   # (candidate, purpose, seed) in flight
+        self.busy_candidates: set[str] = set()           # candidates being proposed/implemented/audited
+        self.in_flight = 0
+        self.stopped = ""
+        self.error: BaseException | None = None
+        self.proposing = 0
+        self.thread_rr = 0
+
+    # -- what to do next (called with the lock held)
+    def _confirm_targets(self) -> list[Candidate]:
+        out = []
+        for c in self.lab.log.candidates_list():
+            if c.state is not State.READY or c.id in self.busy_candidates:
+                continue
+            sv = latest_verdict(self.lab, c, "screen")
+            if sv is None or sv.state is not State.PENDING:
+                continue
+            if latest_verdict(self.lab, c, "confirm") and latest_verdict(self.lab, c, "confirm").state is not State.PENDING:
+                continue
+            out.append(c)
+        return out
+
+    def next_unit(self):
+        lab = self.lab
+        if (lab.path / "STOP").exists() and not self.stopped:
+            self.stopped = "stop requested"
+        confirming = self._confirm_targets()
+        for c in confirming[: self.max_confirming]:
+            need = lab.task.seeds.confirmation
+            for s in missing_seeds(lab, c, "confirm", need):
+                if (c.id, "confirm", s) not in self.claimed:
+                    return ("run", c, "confirm", s)
+            if not any(k[0] == c.id for k in self.claimed):
+                return ("audit", c, "confirm", None)
+        if self.stopped:
+            return None
+        # unscreened candidates (resume, or hand-made)
+        for c in lab.log.candidates_list():
+            if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
+                    latest_verdict(lab, c, "screen") is None:
+                seeds = missing_seeds(lab, c, "screen", lab.task.seeds.screening)
+                free = [s for s in seeds if (c.id, "screen", s) not in self.claimed]
+                if free:
+                    return ("run", c, "screen", free[0])
+                if not seeds and not any(k[0] == c.id for k in self.claimed):
+                    return ("audit", c, "screen", None)
+        n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
+        if n_ideas + self.proposing < self.iterations:
+            return ("propose",)
+        return None
+
+    def run_unit(self, unit) -> None:
+        kind = unit[0]
+        lab = self.lab
+        if kind == "run":
+            _, c, purpose, seed = unit
+            run, fut = submit_run(lab, c, seed, purpose=purpose, executor=self.executor, on_event=self.on_event)
+            final = fut.result()
+            self._tick(final)
+        elif kind == "audit":
+            _, c, stage, _ = unit
+            margin = self.margin_sd * (noise_sd(lab) or 0.0) if stage == "screen" else 0.0
+            v = audit(lab, c, stage=stage, screen_margin=margin, final=True)
+            self._note(f"{c.id}: {v.state.value} ({v.reason})")
+        elif kind == "propose":
+            self._propose_and_implement()
+
+    def _propose_and_implement(self) -> None:
+        lab = self.lab
+        with self.cv:
+            name, direction = self.threads[self.thread_rr % len(self.threads)]
+            self.thread_rr += 1
+        parent = best_candidate(lab, thread=name if len(self.threads) > 1 else None)
+        try:
+            idea = self.proposer.propose(lab, parent, thread=name, direction=direction, insights=self.insights)
+        except BudgetExceeded as e:
+            with self.cv:
+                self.stopped = str(e)
+            return
+        if idea is None:
+            with self.cv:
+                if not self.stopped:
+                    self.stopped = "the proposer has nothing left to try"
+            return
+        if idea.state is not State.PROPOSED:
+            return   # a failed or rejected proposal is recorded and counts as an experiment
+        try:
+            cand = implement(lab, idea, self.implementer)
+        except CandidateError as e:
+            self._note(f"idea {idea.id} not implemented: {e}")
+            return
+        except BudgetExceeded as e:
+            with self.cv:
+                self.stopped = str(e)
+            return
+        if cand is not None:
+            self._note(f"{idea.title} -> {cand.id}")
+
+    def _tick(self, r: Run) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            m = r.metrics.get(self.lab.task.metric.name)
+            self.bar.set_postfix_str(f"{r.purpose} {r.candidate_id} {r.state.value}" + (f" {m:.4f}" if m is not None else ""))
+
+    def _note(self, msg: str) -> None:
+        self.lab.log.event("loop", message=msg)
+        if self.on_event:
+            self.on_event({"type": "note", "message": msg})
+
+    def worker(self) -> None:
+        while True:
+            with self.cv:
+                unit = None
+                while self.error is None:
+                    unit = self.next_unit()
+                    if unit is not None or (self.in_flight == 0 and self.proposing == 0):
+                        break
+                    self.cv.wait(timeout=1.0)
+                if unit is None or self.error is not None:
+                    self.cv.notify_all()
+                    return
+                self.in_flight += 1
+                if unit[0] == "run":
+                    self.claimed.add((unit[1].id, unit[2], unit[3]))
+                elif unit[0] == "audit":
+                    self.busy_candidates.add(unit[1].id)
+                elif unit[0] == "propose":
+                    self.proposing += 1
+            try:
+                self.run_unit(unit)
+            except BaseException as e:
+                with self.cv:
+                    self.error = e
+            finally:
+                with self.cv:
+                    self.in_flight -= 1
+                    if unit[0] == "run":
+                        self.claimed.discard((unit[1].id, unit[2], unit[3]))
+                    elif unit[0] == "audit":
+                        self.busy_candidates.discard(unit[1].id)
+                    elif unit[0] == "propose":
+                        self.proposing -= 1
+                    self.cv.notify_all()
+
+
+def ensure_baseline(lab: Lab, executor: Executor, on_event=None, bar=None) -> list[Run]:
+    """The seed's selection-free runs (the parent every first idea is measured against)."""
+    seed = lab.seed_candidate()
+    seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
+    futs = [submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)[1] for s in seeds]
+    out = []
+    for f in futs:
+        out.append(f.result())
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Proposer | None = "playbook",
+         implementer: Implementer | None = None, executor: Executor | str | None = None,
+         on_event: Callable[[dict], None] | None = None, progress: bool = True, confirm_margin_sd: float = 1.0,
+         max_confirming: int = 2, proposer_seed: int | None = None) -> LoopSummary:
+    """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
+    every promising one is confirmed and audited, or a stop is requested. Resumable."""
+    t0 = time.monotonic()
+    ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
+    prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
+    bar = None
+    with _LabLock(lab):
+        (lab.path / "STOP").unlink(missing_ok=True)
+        reaped = reap_interrupted(lab)
+        lab.log.event("loop_start", iterations=iterations, threads=threads, proposer=getattr(prop, "name", str(proposer)),
+                      resumed_runs=[r.id for r in reaped])
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=f"autolab {lab.task.name}/{lab.preset_name}", unit="run")
+        try:
+            ensure_baseline(lab, ex, on_event, bar)
+            insights = []
+            try:
+                from .knowledge import KnowledgeStore
+
+                insights = KnowledgeStore().relevant(lab.task.name)
+            except Exception:
+                insights = []
+            sched = _Scheduler(lab, iterations, thread_names(threads), prop, implementer, ex, on_event,
+                               confirm_margin_sd, max_confirming, bar, insights)
+            n_workers = max(1, getattr(ex, "slots", 1))
+            workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
+            busy0 = getattr(ex, "busy_s", None)
+            w0 = time.monotonic()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            wall_loop = time.monotonic() - w0
+            if sched.error is not None:
+                raise sched.error
+            idle = None
+            if busy0 is not None and wall_loop > 0:
+                idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_workers * wall_loop))
+            stopped = sched.stopped or "done"
+        finally:
+            if bar is not None:
+                bar.close()
+            if ex is not executor:
+                ex.shutdown()
+        summary = summarize(lab, time.monotonic() - t0, idle, stopped)
+        lab.log.event("loop_end", **summary.to_dict())
+        return summary
+
+
+def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str) -> LoopSummary:
+    runs = lab.log.runs_list()
+    seed = lab.seed_candidate()
+    best = best_candidate(lab)
+    totals = lab.log.llm_totals()
+    return LoopSummary(
+        lab=str(lab.path), task=lab.task.name, preset=lab.preset_name,
+        experiments=len(lab.log.ideas_list()), runs=len(runs),
+        failed=sum(r.state is State.FAILED for r in runs), killed=sum(r.state is State.KILLED for r in runs),
+        promoted=sum(c.state is State.PROMOTED for c in lab.log.candidates_list()),
+        baseline=mean_metric(lab, seed), best=mean_metric(lab, best), best_id=best.id, wall_s=round(wall_s, 1),
+        slot_idle_fraction=None if idle is None else round(idle, 4), stopped=stopped,
+        llm_calls=int(totals["calls"]), llm_cost=float(totals["cost"]),
+    )
+
+
+def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, executor: Executor | str | None = None,
+                     on_event=None, progress: bool = True) -> dict:
+    """Measure ``candidate`` against the seed on fresh seeds never used for selection or
+    confirmation (the ``final`` range), and test the gain one-sided (Welch)."""
+    from .audit.stats import compare
+
+    n = n or lab.task.seeds.final
+    seed = lab.seed_candidate()
+    ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="final comparison on fresh seeds", unit="run", total=2 * n if candidate.id != seed.id else n)
+    try:
+        futs = []
+        for c in ([seed, candidate] if candidate.id != seed.id else [seed]):
+            for s in missing_seeds(lab, c, "final", n):
+                futs.append(submit_run(lab, c, s, purpose="final", executor=ex, on_event=on_event)[1])
+        for f in futs:
+            f.result()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if ex is not executor:
+            ex.shutdown()
+    name = lab.task.metric.name
+    a = [r.metrics[name] for r in runs_of(lab, candidate, purposes=("final",))][:n]
+    b = [r.metrics[name] for r in runs_of(lab, seed, purposes=("final",))][:n]
+    t = compare(a, b, direction=lab.task.metric.direction, test="welch")
+    return {"candidate_id": candidate.id, "candidate_final": a, "seed_final": b,
+            "candidate_mean": sum(a) / len(a) if a else None, "seed_mean": sum(b) / len(b) if b else None,
+            "p_value": t.p_value, "effect": t.effect, "ci": [t.ci_low, t.ci_high]}

@@ -1,0 +1,300 @@
+"""Leaderboard (refreshable) and Dashboard (threads, runs in flight, leaderboard, and
+the Promote / Reject / Stop controls wired to the lab)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from typing import Any
+
+import ipywidgets as W
+
+from . import _html as H
+from .display import StaticFallback, remember_lab
+
+
+def _log_of(x: Any):
+    """A ResearchLog from a Lab or a ResearchLog."""
+    from ..log import ResearchLog
+
+    if isinstance(x, ResearchLog):
+        return x
+    log = getattr(x, "log", None)
+    if isinstance(log, ResearchLog):
+        return log
+    raise TypeError(f"expected a Lab or a ResearchLog, got {type(x).__name__}")
+
+
+def _metric(log, lab: Any = None) -> tuple[str, str, str]:
+    unit = ""
+    task = getattr(lab, "task", None)
+    if task is not None:
+        return task.metric.name, task.metric.direction, task.metric.unit
+    return log.get_meta("metric", "metric"), log.get_meta("direction", "minimize"), unit
+
+
+def _clock() -> str:
+    return _dt.datetime.now().strftime("%H:%M:%S")
+
+
+class Leaderboard(StaticFallback, W.VBox):
+    """``Leaderboard(lab)``: candidates ranked by mean metric (``lab.log.leaderboard()``);
+    the Refresh button (or ``refresh()``) re-reads the log."""
+
+    def __init__(self, lab: Any, *, preset: str | None = None, limit: int | None = 20, max_height: str = "24em",
+                 show_refresh: bool = True):
+        self.lab = lab
+        remember_lab(lab if hasattr(lab, "task") else None)
+        self._log = _log_of(lab)
+        self.preset, self.limit, self.max_height = preset, limit, max_height
+        self.html = W.HTML()
+        self.updated = W.HTML()
+        self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=W.Layout(width="auto"))
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        top = [W.HTML(f'<div style="{H.FONT}"><b>Leaderboard</b></div>')]
+        if show_refresh:
+            top.append(self.refresh_button)
+        super().__init__([W.HBox(top + [self.updated], layout=W.Layout(align_items="center")), self.html],
+                         layout=W.Layout(width="100%"))
+        self.add_class("autolab-leaderboard")
+        self.refresh()
+
+    def static_html(self) -> str:
+        return f'<div style="{H.FONT}"><b>Leaderboard</b></div>' + self.html.value
+
+    def plain_text(self) -> str:
+        board = self.dataframe()
+        return "Leaderboard (empty)" if board.empty else "Leaderboard\n" + board.head(self.limit or 20).to_string(index=False)
+
+    def dataframe(self):
+        return self._log.leaderboard(self.preset)
+
+    def refresh(self) -> None:
+        metric, direction, unit = _metric(self._log, self.lab)
+        board = self.dataframe()
+        arrow = "lower is better" if direction == "minimize" else "higher is better"
+        self.html.value = (H.leaderboard_table(board, metric, unit=unit, limit=self.limit, max_height=self.max_height)
+                           + f'<div style="{H.FONT} color:#6e7781; font-size:11px;">{H.esc(metric)}: {arrow}'
+                           + (f"; preset {H.esc(self.preset)}" if self.preset else "") + "</div>")
+        self.updated.value = f'<span style="{H.FONT} color:#6e7781; font-size:11px;">updated {_clock()}</span>'
+
+
+class Dashboard(StaticFallback, W.VBox):
+    """The lab at a glance: research threads, runs in flight and the leaderboard, with
+    Promote / Reject (the selected candidate) and Stop (the loop, after in-flight work).
+
+    ``refresh_s`` re-reads the log every so many seconds from a background thread
+    (``dashboard.stop_auto_refresh()`` or ``close()`` ends it)."""
+
+    def __init__(self, lab: Any, *, refresh_s: float | None = None):
+        self.lab = lab
+        remember_lab(lab)
+        self._log = _log_of(lab)
+        self.header = W.HTML()
+        self.threads = W.HTML()
+        self.inflight = W.HTML()
+        self.board = Leaderboard(lab, show_refresh=False)
+        self.candidate = W.Dropdown(description="Candidate", layout=W.Layout(width="460px"),
+                                    style={"description_width": "70px"})
+        self.reason = W.Text(placeholder="reason (for Reject)", layout=W.Layout(width="260px"))
+        self.promote_button = W.Button(description="Promote", icon="check", button_style="success",
+                                       tooltip="lab.promote(candidate): accept it as its thread's new best")
+        self.reject_button = W.Button(description="Reject", icon="times", button_style="danger",
+                                      tooltip="lab.reject(candidate, reason=...)")
+        self.stop_button = W.Button(description="Stop loop", icon="stop", button_style="warning",
+                                    tooltip="lab.request_stop(): the loop stops after its in-flight work")
+        self.refresh_button = W.Button(description="Refresh", icon="refresh")
+        self.message = W.HTML()
+        self.promote_button.on_click(lambda _b: self._act(self.promote))
+        self.reject_button.on_click(lambda _b: self._act(self.reject))
+        self.stop_button.on_click(lambda _b: self._act(self.stop))
+        self.refresh_button.on_click(lambda _b: self._act(self.refresh))
+        controls = W.VBox([
+            W.HBox([self.candidate, self.reason]),
+            W.HBox([self.promote_button, self.reject_button, self.stop_button, self.refresh_button]),
+            self.message,
+        ])
+        super().__init__([self.header, self.threads, self.inflight, self.board, controls],
+                         layout=W.Layout(border="1px solid #d0d7de", padding="6px 10px", width="100%"))
+        self.add_class("autolab-dashboard")
+        self._stop_refresh = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self.refresh()
+        if refresh_s:
+            self.start_auto_refresh(refresh_s)
+
+    # ------------------------------------------------------------------ views
+    def static_html(self) -> str:
+        return "".join(w.value for w in (self.header, self.threads, self.inflight)) + self.board.static_html()
+
+    def plain_text(self) -> str:
+        return f"Dashboard of {getattr(self.lab, 'path', self._log.path.parent)}"
+
+    def stop_requested(self) -> bool:
+        flag = getattr(self.lab, "stop_requested", None)
+        if callable(flag):
+            try:
+                return bool(flag())
+            except Exception:
+                pass
+        elif isinstance(flag, bool):
+            return flag
+        path = getattr(self.lab, "path", None)
+        return bool(path is not None and (path / "STOP").exists())
+
+    def refresh(self) -> None:
+        """Re-read the log and redraw every part."""
+        log = self._log
+        metric, direction, unit = _metric(log, self.lab)
+        cands = log.candidates_list()
+        runs = log.runs_list()
+        ideas = {i.id: i for i in log.ideas_list()}
+        board = log.leaderboard()
+        means = dict(zip(board["candidate_id"], board[f"metrics.{metric}"])) if not board.empty else {}
+        by_cand = {c.id: c for c in cands}
+
+        task = getattr(getattr(self.lab, "task", None), "name", None) or log.get_meta("task", "?")
+        preset = getattr(self.lab, "preset_name", "")
+        stop = ('<span style="color:#bf8700; font-weight:600;">stop requested</span>' if self.stop_requested()
+                else '<span style="color:#1a7f37;">running freely</span>')
+        path = getattr(self.lab, "path", log.path.parent)
+        self.header.value = (f'<div style="{H.FONT}"><b style="font-size:14px;">Lab</b> {H.code(str(path))} &nbsp;'
+                             + H.kv([("task", H.esc(task)), ("preset", H.esc(preset or "—")),
+                                     ("metric", f"{H.esc(metric)} ({'↓' if direction == 'minimize' else '↑'})"),
+                                     ("candidates", str(len(cands))), ("runs", str(len(runs))), ("loop", stop),
+                                     ("updated", _clock())]) + "</div>")
+
+        # threads
+        better = (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
+        rows = []
+        for th in sorted({c.thread for c in cands} | {i.thread for i in ideas.values()}):
+            tc = [c for c in cands if c.thread == th]
+            ids = {c.id for c in tc}
+            trun = [r for r in runs if r.candidate_id in ids]
+            best_id, best = None, None
+            for c in tc:
+                m = means.get(c.id)
+                if m is not None and m == m and (best is None or better(m, best)):
+                    best_id, best = c.id, m
+            promoted = [c for c in tc if c.state.value == "PROMOTED"]
+            head = promoted[-1].id if promoted else next((c.id for c in tc if c.parent_id is None), None)
+            rows.append((f"<b>{H.esc(th)}</b>", str(sum(1 for i in ideas.values() if i.thread == th)), str(len(tc)),
+                         str(len(promoted)), str(len(trun)), str(sum(1 for r in trun if r.state.value == "RUNNING")),
+                         H.code(H.short(head, 14)) if head else "—",
+                         (f"{H.fmt(best)} {H.code(H.short(best_id, 14))}" if best_id else "—")))
+        self.threads.value = H.table(["thread", "ideas", "candidates", "promoted", "runs", "in flight", "head", "best"],
+                                     rows, caption="Research threads")
+
+        # runs in flight
+        now = _dt.datetime.now(_dt.timezone.utc)
+        rows = []
+        for r in runs:
+            if r.state.value != "RUNNING":
+                continue
+            try:
+                age = f"{(now - _dt.datetime.fromisoformat(r.started_at)).total_seconds():.0f}s"
+            except (TypeError, ValueError):
+                age = "?"
+            c = by_cand.get(r.candidate_id)
+            rows.append((H.code(r.id), H.code(H.short(r.candidate_id, 14)), H.esc(c.thread if c else ""), H.esc(r.seed),
+                         H.esc(r.purpose), H.esc(r.slot or r.executor), age))
+        self.inflight.value = H.table(["run", "candidate", "thread", "seed", "purpose", "slot", "age"], rows,
+                                      caption="Runs in flight", max_height="12em")
+
+        self.board.refresh()
+
+        # candidate choices, newest first; keep the selection
+        keep = self.candidate.value
+        opts = []
+        for c in reversed(cands):
+            title = ideas[c.idea_id].title if c.idea_id in ideas else ("seed" if c.parent_id is None else "")
+            m = means.get(c.id)
+            label = f"{c.id} · {title[:40]} · {c.state.value}" + (f" · {m:.4g}" if m is not None and m == m else "")
+            opts.append((label, c.id))
+        if list(self.candidate.options) != opts:
+            self.candidate.options = opts
+            ids = [v for _, v in opts]
+            self.candidate.value = keep if keep in ids else (ids[0] if ids else None)
+
+    # ------------------------------------------------------------------ actions
+    def _say(self, text: str, color: str = "#1a7f37") -> None:
+        self.message.value = f'<div style="{H.FONT} color:{color};">{text}</div>'
+
+    def _act(self, fn) -> None:
+        try:
+            fn()
+        except Exception as e:  # shown on the dashboard, never raised into the widget callback
+            self._say(f"{H.esc(type(e).__name__)}: {H.esc(e)}", "#cf222e")
+
+    def _lab_method(self, name: str):
+        fn = getattr(self.lab, name, None)
+        if fn is None:
+            self._say(f"<b>lab.{name}</b> is not available in this version of autolab (update autolab); "
+                      "nothing was changed.", "#cf222e")
+        return fn
+
+    def _selected(self):
+        cid = self.candidate.value
+        if not cid:
+            raise ValueError("no candidate selected")
+        c = self._log.get("candidate", cid)
+        if c is None:
+            raise ValueError(f"candidate {cid} is not in the log")
+        return c
+
+    def promote(self) -> Any:
+        """Promote the selected candidate (``lab.promote``)."""
+        fn = self._lab_method("promote")
+        if fn is None:
+            return None
+        c = self._selected()
+        out = fn(c)
+        self.refresh()
+        self._say(f"promoted {H.code(c.id)}")
+        return out
+
+    def reject(self) -> Any:
+        """Reject the selected candidate (``lab.reject``) with the reason typed in."""
+        fn = self._lab_method("reject")
+        if fn is None:
+            return None
+        c = self._selected()
+        reason = self.reason.value.strip() or "rejected from the dashboard"
+        out = fn(c, reason=reason)
+        self.refresh()
+        self._say(f"rejected {H.code(c.id)}: {H.esc(reason)}")
+        return out
+
+    def stop(self) -> Any:
+        """Ask the loop to stop after its in-flight work (``lab.request_stop``)."""
+        fn = self._lab_method("request_stop")
+        if fn is None:
+            return None
+        out = fn()
+        self.refresh()
+        self._say("stop requested: the loop finishes its in-flight work, then stops.", "#bf8700")
+        return out
+
+    # ------------------------------------------------------------------ auto refresh
+    def start_auto_refresh(self, every_s: float = 5.0) -> None:
+        self.stop_auto_refresh()
+        self._stop_refresh = threading.Event()
+        stop = self._stop_refresh
+
+        def loop() -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.refresh()
+                except Exception as e:  # keep refreshing; show the problem
+                    self._say(f"refresh failed: {H.esc(e)}", "#cf222e")
+
+        self._refresher = threading.Thread(target=loop, name="autolab-dashboard-refresh", daemon=True)
+        self._refresher.start()
+
+    def stop_auto_refresh(self) -> None:
+        self._stop_refresh.set()
+        self._refresher = None
+
+    def close(self) -> None:
+        self.stop_auto_refresh()
+        super().close()
