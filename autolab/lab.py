@@ -28,10 +28,13 @@ class Lab:
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         if task is None and "task" not in meta:
             raise AutolabError(f"{self.path} is not a lab yet; pass task=... (e.g. Lab(path, task='nanochat'))")
-        tname = task.name if isinstance(task, Task) else (task or meta["task"])
-        if meta.get("task") and meta["task"] != tname:
-            raise AutolabError(f"lab {self.path} belongs to task {meta['task']!r}, not {tname!r}; use another --lab folder")
-        self.task: Task = task if isinstance(task, Task) else load_task(tname if task is not None else meta.get("task_path", tname))
+        if isinstance(task, Task):
+            self.task: Task = task
+        else:
+            self.task = load_task(task if task is not None else meta.get("task_path", meta["task"]))
+        if meta.get("task") and meta["task"] != self.task.name:
+            raise AutolabError(f"lab {self.path} belongs to task {meta['task']!r}, not {self.task.name!r}; "
+                               "use another --lab folder")
         self.preset_name = preset or meta.get("preset") or self.task.default_preset
         self.task.preset(self.preset_name)  # validates
         if not meta:

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+
+import autolab
+from autolab.audit.stats import compare
+from autolab.records import Candidate, Run, State
+
+
+def test_welch_one_sided_direction():
+    better = compare([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], direction="minimize")
+    assert better.p_value < 0.001 and better.effect == pytest.approx(1.0)
+    worse = compare([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], direction="minimize")
+    assert worse.p_value > 0.99 and worse.effect < 0
+    up = compare([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], direction="maximize")
+    assert up.p_value < 0.001
+    assert compare([1.0], [2.0, 2.1], direction="minimize").p_value is None
+
+
+def test_one_sample_below_target():
+    r = compare([3.27, 3.275, 3.272, 3.274], [], direction="minimize", test="one_sample_below_target", target=3.28)
+    assert r.p_value < 0.01
+    r = compare([3.279, 3.283, 3.277], [], direction="minimize", test="one_sample_below_target", target=3.28)
+    assert r.p_value > 0.01
+
+
+def _runs(lab, cand, values, purpose="confirm", **meta):
+    for i, v in enumerate(values):
+        r = Run(id=f"r-{cand.id}-{purpose}-{i}", task=lab.task.name, candidate_id=cand.id, preset=lab.preset_name,
+                seed=101 + i, purpose=purpose, meta={"protected_changed": [], "violations": [], "probes": {}, **meta})
+        lab.log.append(r.with_state(State.COMPLETE, metrics={"loss": v, "hidden_loss": v},
+                                    timings={"train_s": 1.0, "budget_s": 5.0, "allowance_s": 1.0}))
+
+
+def _child(lab, x):
+    seed = lab.seed_candidate()
+    return lab.add_candidate({"solution.py": f"X = {x}\nSTEP = 2\nUSE_TRICK = False\n"}, seed)
+
+
+def test_promotion_needs_significance_and_seeds(toy_lab):
+    seed = toy_lab.seed_candidate()
+    _runs(toy_lab, seed, [4.0, 4.05, 3.95])
+    c = _child(toy_lab, 2.0)
+    _runs(toy_lab, c, [3.9])
+    v = autolab.audit(toy_lab, c)
+    assert v.state is State.PENDING and "needs 2" in v.reason          # one seed never promotes
+    _runs(toy_lab, c, [3.9, 4.1, 4.0], purpose="confirm")
+    v = autolab.audit(toy_lab, c)
+    assert v.state is State.REJECTED and "not significant" in v.reason  # noise, not gain
+    c2 = _child(toy_lab, 2.5)
+    _runs(toy_lab, c2, [1.0, 1.05, 0.95])
+    v = autolab.audit(toy_lab, c2)
+    assert v.state is State.PROMOTED and v.p_value < 0.05
+    assert toy_lab.candidate(c2.id).state is State.PROMOTED
+    assert toy_lab.log.insights_list() and toy_lab.log.insights_list()[-1].effect == pytest.approx(3.0)
+
+
+def test_screening_selection_runs_do_not_count_for_promotion(toy_lab):
+    seed = toy_lab.seed_candidate()
+    _runs(toy_lab, seed, [4.0, 4.05, 3.95])
+    c = _child(toy_lab, 2.2)
+    _runs(toy_lab, c, [1.0, 1.01, 0.99], purpose="screen")
+    v = autolab.audit(toy_lab, c)
+    assert v.state is State.PENDING and v.n_candidate == 0
+
+
+def test_failed_checks_reject_even_with_a_big_gain(toy_lab):
+    seed = toy_lab.seed_candidate()
+    _runs(toy_lab, seed, [4.0, 4.05, 3.95])
+    c = _child(toy_lab, 2.7)
+    _runs(toy_lab, c, [1.0, 1.05, 0.95], violations=[{"kind": "network", "detail": "connect 1.2.3.4:80"}])
+    v = autolab.audit(toy_lab, c)
+    assert v.state is State.REJECTED and "sandbox" in v.reason
+
+
+def test_budget_and_forged_summary_checks(toy_lab):
+    from autolab.audit import run_checks
+
+    c = _child(toy_lab, 2.9)
+    r = Run(id="r-x", task="toy", candidate_id=c.id, preset=toy_lab.preset_name, seed=101, purpose="confirm",
+            meta={"summary": {"loss": 0.001}})
+    toy_lab.log.append(r.with_state(State.COMPLETE, metrics={"loss": 1.0},
+                                    timings={"train_s": 30.0, "budget_s": 5.0, "allowance_s": 1.0, "script_train_s": 2.0}))
+    checks = {ch.name: ch for ch in run_checks(toy_lab, c)}
+    assert not checks["budget"].passed and "30.0 s" in checks["budget"].detail
+    assert not checks["forged_summary"].passed
+
+
+def test_static_scan_flags_env_reads(toy_lab):
+    from autolab.audit import run_checks
+
+    seed = toy_lab.seed_candidate()
+    c = toy_lab.add_candidate({"solution.py": "import os\nKEY = os.environ.get('OPENAI_API_KEY')\nX = 3.0\n"}, seed)
+    checks = {ch.name: ch for ch in run_checks(toy_lab, c)}
+    assert not checks["static_scan"].passed and "environment" in checks["static_scan"].detail

@@ -1,0 +1,82 @@
+import json
+import time
+
+import pytest
+
+import autolab
+from autolab.records import State
+
+
+def test_run_success_records_metrics_and_notebook(toy_lab):
+    runs = autolab.run(toy_lab, seeds=2)
+    assert [r.state for r in runs] == [State.COMPLETE, State.COMPLETE]
+    assert [r.seed for r in runs] == [1, 2]
+    for r in runs:
+        assert "loss" in r.metrics and r.timings["papermill_s"] > 0
+        assert r.notebook and json.load(open(r.notebook))["cells"]
+        assert r.meta["protected_changed"] == []
+    # fresh seeds next time
+    assert [r.seed for r in autolab.run(toy_lab, seeds=1)] == [3]
+    df = toy_lab.log.runs()
+    assert len(df) == 3 and (df["state"] == "COMPLETE").all()
+
+
+def test_run_failure_captures_cell_error_and_keeps_notebook(toy_lab, tmp_path):
+    cand_dir = tmp_path / "crash"
+    cand_dir.mkdir()
+    (cand_dir / "solution.py").write_text("X = 1.0\nCRASH = True\n")
+    cand = toy_lab.candidate_from_dir(cand_dir)
+    (r,) = autolab.run(toy_lab, cand, seeds=1)
+    assert r.state is State.FAILED
+    assert r.error["ename"] == "RuntimeError" and "asked to crash" in r.error["evalue"]
+    assert r.error["cell"] == 2 and "RuntimeError" in r.error["traceback"]
+    assert r.notebook and __import__("pathlib").Path(r.notebook).exists()
+
+
+def test_hung_run_is_killed_and_recorded(toy_task, tmp_path):
+    text = (toy_task / "task.toml").read_text().replace("timeout_s = 60", "timeout_s = 8")
+    (toy_task / "task.toml").write_text(text)
+    lab = autolab.Lab(tmp_path / "lab", task=str(toy_task))
+    cand_dir = tmp_path / "hang"
+    cand_dir.mkdir()
+    (cand_dir / "solution.py").write_text("X = 1.0\nHANG = True\n")
+    cand = lab.candidate_from_dir(cand_dir)
+    t0 = time.monotonic()
+    (r,) = autolab.run(lab, cand, seeds=1, executor=_ShortTimeoutExecutor())
+    assert r.state is State.KILLED and r.error["ename"] == "Timeout"
+    assert time.monotonic() - t0 < 40
+
+
+class _ShortTimeoutExecutor:
+    """The real local executor, with every job's timeout cut to 6 s."""
+
+    name = "local"
+
+    def __init__(self):
+        from autolab.executors.local import LocalExecutor
+
+        self.inner = LocalExecutor()
+        self.slots = self.inner.slots
+
+    def submit(self, job):
+        import dataclasses
+
+        return self.inner.submit(dataclasses.replace(job, timeout_s=6))
+
+    def shutdown(self, wait=True):
+        self.inner.shutdown(wait)
+
+
+def test_protected_file_change_is_detected(toy_lab, toy_task):
+    from autolab.audit import run_checks
+
+    cand_dir = toy_task.parent / "tamper"
+    cand_dir.mkdir()
+    # a candidate whose run edits a protected file (the playbook) through the notebook's cwd
+    (cand_dir / "solution.py").write_text(
+        "import pathlib\nX = 1.0\npathlib.Path('playbook.toml').write_text(pathlib.Path('playbook.toml').read_text() + '#')\n")
+    cand = toy_lab.candidate_from_dir(cand_dir)
+    (r,) = autolab.run(toy_lab, cand, seeds=1)
+    assert r.meta["protected_changed"] == ["playbook.toml"]
+    checks = {c.name: c for c in run_checks(toy_lab, cand)}
+    assert not checks["protected_hashes"].passed and "playbook.toml" in checks["protected_hashes"].detail
