@@ -182,9 +182,9 @@ def cmd_demo(args) -> int:
     if args.fresh and lab_path.exists():
         shutil.rmtree(lab_path)
     t0 = time.monotonic()
-    lab = Lab(lab_path, task="nanochat", preset=args.preset)
+    lab = Lab(lab_path, task=args.task, preset=args.preset)
     if not args.json:
-        print(f"autolab demo: offline research loop on nanochat/{args.preset} in {lab.path}\n"
+        print(f"autolab demo: offline research loop on {lab.task.name}/{lab.preset_name} in {lab.path}\n"
               f"  {args.iterations} playbook experiments (1 screening seed each), promising ones confirmed on "
               f"{lab.task.seeds.confirmation} fresh seeds, then the best against the seed on {lab.task.seeds.final} "
               "seeds never used for selection", flush=True)
@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "the offline loop on nanochat cpu-tiny, end to end")
     sp.add_argument("--lab", default="labs/demo"); sp.add_argument("--fresh", action="store_true", help="start a new lab")
     sp.add_argument("--iterations", type=int, default=8); sp.add_argument("--preset", default="cpu-tiny")
+    sp.add_argument("--task", default="nanochat", help=argparse.SUPPRESS)
     sp.add_argument("--proposer-seed", type=int, default=0)
     _plugin_commands(sub, add)
     return p

@@ -34,9 +34,30 @@ def _kill_session(proc: subprocess.Popen) -> None:
         pass
 
 
+class _Cores:
+    """A counting pool of CPU cores: a job takes as many as it runs threads (capped at the pool)."""
+
+    def __init__(self, n: int):
+        self.n, self.free, self.cv = n, n, threading.Condition()
+
+    def take(self, k: int) -> int:
+        k = max(1, min(k, self.n))
+        with self.cv:
+            while self.free < k:
+                self.cv.wait()
+            self.free -= k
+        return k
+
+    def give(self, k: int) -> None:
+        with self.cv:
+            self.free += k
+            self.cv.notify_all()
+
+
 class LocalExecutor:
-    """``LocalExecutor(gpu_slots=None, cpu_slots=None)``: by default one slot per visible GPU
-    for GPU jobs and ``cores // threads`` slots for CPU jobs."""
+    """``LocalExecutor(gpu_slots=None, cpu_slots=None)``: one slot per visible GPU for GPU
+    jobs; CPU jobs share the machine's cores (``cpu_slots`` overrides the count), each taking
+    as many cores as it runs threads."""
 
     name = "local"
 
@@ -50,7 +71,7 @@ class LocalExecutor:
         self._n_gpu = gpus
         cores = os.cpu_count() or 1
         self._n_cpu = cpu_slots if cpu_slots is not None else max(1, cores // max(1, threads_per_job))
-        self._cpu_sem = threading.BoundedSemaphore(self._n_cpu)
+        self._cores = _Cores(cores if cpu_slots is None else cpu_slots)
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -76,10 +97,11 @@ class LocalExecutor:
                                      host=socket.gethostname()))
             return
         gpu_ids: list[str] = []
+        taken = 0
         if job.gpus:
             gpu_ids = [self._gpu_ids.get() for _ in range(job.gpus)]
         else:
-            self._cpu_sem.acquire()
+            taken = self._cores.take(job.threads if self._cores.n == (os.cpu_count() or 1) else 1)
         slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
         env = dict(os.environ)
         env.update(job.env)
@@ -121,7 +143,7 @@ class LocalExecutor:
                 for g in gpu_ids:
                     self._gpu_ids.put(g)
             else:
-                self._cpu_sem.release()
+                self._cores.give(taken)
 
     def shutdown(self, wait: bool = True) -> None:
         self._closed = True

@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autolab.cli import main
+
+
+def _json(capsys, argv):
+    code = main(argv)
+    out = capsys.readouterr().out
+    return code, json.loads(out.strip().splitlines()[-1])
+
+
+def test_tasks_lists_presets(capsys):
+    code, obj = _json(capsys, ["tasks", "--json"])
+    names = {t["name"]: t for t in obj["tasks"]}
+    assert code == 0 and "nanochat" in names
+    assert {"cpu-tiny", "h100-90s", "h100-5min"} <= set(names["nanochat"]["presets"])
+
+
+def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
+    lab = str(tmp_path / "lab")
+    code, obj = _json(capsys, ["run", str(toy_task), "--seeds", "2", "--lab", lab, "--json"])
+    assert code == 0 and len(obj["runs"]) == 2 and obj["mean"] is not None
+    code, obj = _json(capsys, ["loop", str(toy_task), "--iterations", "3", "--lab", lab, "--proposer-seed", "0", "--json"])
+    assert code == 0 and obj["experiments"] == 3 and obj["stopped"] == "done"
+    code, obj = _json(capsys, ["log", "--lab", lab, "--json", "--export", str(tmp_path / "exp"), "--format", "csv"])
+    assert code == 0 and obj["leaderboard"] and (tmp_path / "exp" / "runs.csv").exists()
+    code, obj = _json(capsys, ["demo", "--task", str(toy_task), "--preset", "quick", "--lab", str(tmp_path / "demo"),
+                               "--iterations", "3", "--json"])
+    assert code == 0
+    for key in ("baseline_loss", "best_loss", "p_value", "experiments", "failed", "promoted", "lab"):
+        assert key in obj
+    assert obj["best_loss"] < obj["baseline_loss"] and obj["p_value"] < 0.05
+
+
+def test_errors_say_what_to_do(capsys):
+    assert main(["run", "no-such-task", "--lab", "/tmp/x-autolab-none"]) == 2
+    err = capsys.readouterr().err
+    assert "no task named 'no-such-task'" in err and "autolab tasks" in err
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "autolab.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "loop" in out.stdout and "demo" in out.stdout
