@@ -340,3 +340,20 @@ def test_download_bad_hash_and_missing(server, tmp_path):
     assert not list((tmp_path / "dl").glob("shard_*"))               # neither the shard nor a part is left
     with pytest.raises(DataError, match="HTTP 404"):
         D.download_shards(url, tmp_path / "dl", [7], backoff_s=0.01)
+
+
+def test_prepare_data_from_a_url(server, tmp_path, monkeypatch):
+    url, shards = server
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    out = D.prepare_data({"vocab_size": 300, "num_shards": 1, "val_shard": 2, "hidden_val_shard": 1}, source=url,
+                         progress=False)
+    files = {k: [Path(p).name for p in v] for k, v in out["corpus"]["files"].items()}
+    assert files == {"train": ["shard_00000.parquet"], "val": ["shard_00002.parquet"],
+                     "hidden_val": ["shard_00001.parquet"]}
+    assert out["corpus"]["train_sha256"] == hashlib.sha256(shards["shard_00000.parquet"]).hexdigest()
+    manifest = json.loads((Path(out["corpus"]["root"]) / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["files"] == ["shard_00002.parquet"]
+    n_requests = len(_Shards.log)
+    again = D.prepare_data({"vocab_size": 300, "num_shards": 1, "val_shard": 2, "hidden_val_shard": 1}, source=url,
+                           progress=False)
+    assert again["splits"] == out["splits"] and len(_Shards.log) == n_requests    # all cached, nothing fetched

@@ -340,6 +340,48 @@ def _fetch_resumable(url: str, part: Path, retries: int, timeout: float, progres
                     f"kept; fix: check the network and run the same command again to resume")
 
 
+def write_manifest(folder: str | os.PathLike, train: list[str], val: str, hidden_val: str,
+                   name: str | None = None) -> Path:
+    """Write ``manifest.json`` (techtext's format, with a ``files`` list for train) for parquet
+    shards already in ``folder``; hashes are computed now. Returns its path."""
+    folder = Path(folder)
+    splits: dict[str, Any] = {}
+    for split, names in (("train", list(train)), ("val", [val]), ("hidden_val", [hidden_val])):
+        for n in names:
+            if not (folder / n).is_file():
+                raise DataError(f"{folder / n}: missing; fix: download it before writing the manifest")
+        splits[split] = {"files": names, "sha256": [sha256_file(folder / n) for n in names]}
+    path = folder / "manifest.json"
+    atomic_write_json(path, {"name": name or folder.name, "version": 1, "splits": splits})
+    return path
+
+
+def fetch_web_shards(base_url: str, num_shards: int = 8, val_shard: str | int | None = None,
+                     hidden_val_shard: str | int | None = None, dest: str | os.PathLike | None = None,
+                     progress: bool = True) -> Path:
+    """Download ``num_shards`` training shards (``shard_00000.parquet`` …) plus the val and
+    hidden_val shards (defaults: the next two after the training shards; autoresearch pins its
+    val shard as the last one of the data set, so pass ``val_shard`` to match it) into ``dest``
+    (default ``$AUTOLAB_CACHE/data/<hash of the url>``) and write its manifest. Returns the folder."""
+    val = _shard_name(num_shards if val_shard is None else val_shard)
+    hidden = _shard_name(num_shards + 1 if hidden_val_shard is None else hidden_val_shard)
+    train = [_shard_name(i) for i in range(num_shards)]
+    if val in train or hidden in train or val == hidden:
+        raise DataError(f"val shard {val} / hidden_val shard {hidden} overlap the training shards or each other; "
+                        f"fix: choose val_shard and hidden_val_shard outside 0..{num_shards - 1}")
+    folder = Path(dest) if dest else cache_root() / "data" / hashlib.sha256(base_url.encode()).hexdigest()[:16]
+    download_shards(base_url, folder, train + [val, hidden], progress=progress)
+    manifest = folder / "manifest.json"
+    try:
+        old = json.loads(manifest.read_text())["splits"]
+        same = old["train"]["files"] == train and old["val"]["files"] == [val] and old["hidden_val"]["files"] == [hidden]
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        write_manifest(folder, train, val, hidden, name=f"web-{folder.name}")
+    return folder
+
+
 def _check_parquet(path: Path, url: str) -> None:
     import pyarrow.parquet as pq
 
@@ -456,18 +498,16 @@ def prepare_data(preset_settings: dict, source: str | None = None, progress: boo
     """Entry point of ``autolab data nanochat``: prepare everything a preset needs.
 
     ``preset_settings``: the preset's settings (``vocab_size``, ``tokenizer_train_bytes``,
-    ``train_bytes``, ``train_docs``; and for a URL ``source``: ``num_shards``). ``source``: a
-    corpus folder, or an ``http(s)://`` base URL of web-text parquet shards, which are downloaded
-    (resumable) into ``$AUTOLAB_CACHE/data/<hash of the url>`` first. Returns a dict with
+    ``train_bytes``, ``train_docs``; and for a URL ``source``: ``num_shards``, ``val_shard``,
+    ``hidden_val_shard``). ``source``: a corpus folder, or an ``http(s)://`` base URL of web-text
+    parquet shards, fetched first with :func:`fetch_web_shards`. Returns a dict with
     ``corpus`` (name, root, train/val/hidden_val sha256), ``tokenizer``, ``token_bytes``,
     ``vocab_size``, ``bos_id``, ``splits`` (``train``/``val``/``hidden_val`` -> ``tokens``,
     ``offsets`` paths) and ``timings``."""
     s = dict(preset_settings or {})
     if source and str(source).startswith(("http://", "https://")):
-        n = int(s.get("num_shards", 8))
-        dest = cache_root() / "data" / hashlib.sha256(str(source).encode()).hexdigest()[:16]
-        download_shards(str(source), dest, list(range(n)), progress=progress)
-        source = str(dest)
+        source = str(fetch_web_shards(str(source), int(s.get("num_shards", 8)), s.get("val_shard"),
+                                      s.get("hidden_val_shard"), progress=progress))
     return prepare(source=source, vocab_size=int(s.get("vocab_size", 8192)),
                    tokenizer_train_bytes=int(s.get("tokenizer_train_bytes", 0) or 0),
                    train_bytes=int(s.get("train_bytes", 0) or 0), train_docs=int(s.get("train_docs", 0) or 0),

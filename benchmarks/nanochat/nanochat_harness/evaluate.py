@@ -131,27 +131,39 @@ def bits_per_byte(model, rows: np.ndarray, token_bytes: torch.Tensor, device: to
 
 def causality_probe(model, device: torch.device, vocab_size: int, seq_len: int, seed: int = 0,
                     rows: int = 2, cuts: int = 4) -> dict[str, Any]:
-    """Change the tokens after position t; logits at positions <= t must not change."""
+    """Change the tokens after position t; logits at positions <= t must not change.
+
+    A causal model gives bit-identical prefixes (seen on CPU fp32 and on H100 with bf16
+    autocast); the tolerance, relative to the largest logit, allows for a little kernel noise
+    and is raised to 4x the noise of two identical forward passes if the model is not
+    deterministic. A randomly initialized model attending to the future already moves earlier
+    logits by about 2% of that scale."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, vocab_size, (rows, seq_len), generator=g)
     positions = sorted({0, seq_len // 2, seq_len - 2} | {int(v) for v in torch.randint(0, seq_len - 1, (cuts,), generator=g)})
-    tol = 3e-2 if device.type == "cuda" else 1e-3
-    worst, worst_t = 0.0, None
     with _no_grad():
         base = _to_float(_logits_of(model, x.to(device), device, vocab_size))
+        again = _to_float(_logits_of(model, x.to(device), device, vocab_size))
         scale = float(base.abs().max()) + 1.0
+        noise = float((again - base).abs().max()) / scale
+        tol = max(1e-3 if device.type == "cuda" else 1e-4, 4 * noise)
+        worst, worst_t, moved = 0.0, None, 0.0
         for t in positions:
             x2 = x.clone()
             x2[:, t + 1:] = (x[:, t + 1:] + 1 + torch.randint(0, vocab_size - 1, x[:, t + 1:].shape, generator=g)) % vocab_size
             other = _to_float(_logits_of(model, x2.to(device), device, vocab_size))
             diff = float((other[:, :t + 1] - base[:, :t + 1]).abs().max()) / scale
+            if t + 1 < seq_len:
+                moved = max(moved, float((other[:, t + 1:] - base[:, t + 1:]).abs().max()) / scale)
             if diff > worst:
                 worst, worst_t = diff, t
     passed = worst <= tol
-    detail = (f"logits up to t unchanged when tokens after t change (max relative change {worst:.2e} <= {tol:g})"
-              if passed else f"logits at positions <= {worst_t} changed by {worst:.2e} (relative, > {tol:g}) when only "
+    detail = (f"logits up to t unchanged when tokens after t change (max relative change {worst:.2e} <= {tol:.0e}; "
+              f"later logits moved {moved:.2e})"
+              if passed else f"logits at positions <= {worst_t} changed by {worst:.2e} (relative, > {tol:.0e}) when only "
                              f"later tokens changed: the model sees the future")
-    return {"passed": passed, "detail": detail, "max_rel_diff": worst, "positions": positions, "tolerance": tol}
+    return {"passed": passed, "detail": detail, "max_rel_diff": worst, "positions": positions, "tolerance": tol,
+            "noise": noise, "later_moved": moved}
 
 
 def logits_probe(model, rows: np.ndarray, device: torch.device, vocab_size: int) -> dict[str, Any]:
