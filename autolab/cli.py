@@ -117,19 +117,22 @@ def cmd_loop(args) -> int:
     lab = _lab(args, args.task, args.preset)
     proposer = args.proposer
     implementer = None
+    resolver = None
     if proposer.startswith("llm:"):
-        from .llm_implement import make_llm_implementer
-        from .propose import get_proposer
+        # one gateway for proposals, edits and merge conflicts: its caps count every call
+        from .llm import build_llm
+        from .llm_implement import LLMImplementer
+        from .llm_propose import LLMProposer
 
-        proposer = get_proposer(args.proposer, log=lab.log, **_llm_kwargs(args))
-        implementer = make_llm_implementer(args.proposer[4:], log=lab.log, **_llm_kwargs(args))
+        llm = build_llm(args.proposer, log=lab.log, **_llm_kwargs(args))
+        proposer, implementer, resolver = LLMProposer(llm), LLMImplementer(llm), llm
     executor = args.executor
     if executor == "ray":
         from .executors import get_executor
 
         executor = get_executor("ray", address=args.ray_address)
     s = loop(lab, args.iterations, threads=args.threads, proposer=proposer, implementer=implementer,
-             executor=executor, progress=not args.json, proposer_seed=args.proposer_seed)
+             executor=executor, progress=not args.json, proposer_seed=args.proposer_seed, merge_llm=resolver)
     text = (f"lab {s.lab}: {s.experiments} experiments, {s.runs} runs ({s.failed} failed, {s.killed} killed), "
             f"{s.promoted} promoted\nbaseline {s.baseline}  best {s.best} ({s.best_id})  [{s.stopped}]")
     _emit(args, s.to_dict(), text)

@@ -139,11 +139,11 @@ class _LabLock:
 class _Scheduler:
     def __init__(self, lab: Lab, iterations: int, threads: list[tuple[str, str]], proposer: Proposer,
                  implementer: Implementer | None, executor: Executor, on_event: Callable[[dict], None] | None,
-                 confirm_margin_sd: float, max_confirming: int, bar, insights):
+                 confirm_margin_sd: float, max_confirming: int, bar, insights, merge_llm=None):
         self.lab, self.iterations, self.threads = lab, iterations, threads
         self.proposer, self.implementer, self.executor = proposer, implementer, executor
         self.on_event, self.margin_sd, self.max_confirming = on_event, confirm_margin_sd, max_confirming
-        self.bar, self.insights = bar, insights
+        self.bar, self.insights, self.merge_llm = bar, insights, merge_llm
         self.cv = threading.Condition()
         self.claimed: set[tuple[str, str, int]] = set()   # (candidate, purpose, seed) in flight
         self.busy_candidates: set[str] = set()           # candidates being proposed/implemented/audited
@@ -209,6 +209,8 @@ class _Scheduler:
             margin = self.margin_sd * (noise_sd(lab) or 0.0) if stage == "screen" else 0.0
             v = audit(lab, c, stage=stage, screen_margin=margin, final=True)
             self._note(f"{c.id}: {v.state.value} ({v.reason})")
+            if v.state is State.PROMOTED:
+                self._maybe_merge()
         elif kind == "propose":
             self._propose_and_implement()
 
@@ -220,9 +222,8 @@ class _Scheduler:
         parent = best_candidate(lab, thread=name if len(self.threads) > 1 else None)
         try:
             idea = self.proposer.propose(lab, parent, thread=name, direction=direction, insights=self.insights)
-        except BudgetExceeded as e:
-            with self.cv:
-                self.stopped = str(e)
+        except AutolabError as e:   # spending cap, or an LLM that cannot be reached or refuses the request
+            self._stop(e)
             return
         if idea is None:
             with self.cv:
@@ -236,12 +237,40 @@ class _Scheduler:
         except CandidateError as e:
             self._note(f"idea {idea.id} not implemented: {e}")
             return
-        except BudgetExceeded as e:
-            with self.cv:
-                self.stopped = str(e)
+        except AutolabError as e:
+            self._stop(e)
             return
         if cand is not None:
             self._note(f"{idea.title} -> {cand.id}")
+
+    def _stop(self, e: BaseException) -> None:
+        msg = f"{type(e).__name__}: {e}"
+        self._note(f"stopping: {msg}")
+        with self.cv:
+            if not self.stopped:
+                self.stopped = msg
+
+    def _maybe_merge(self) -> None:
+        """After a promotion: combine the bests of two threads (3-way merge against their common
+        ancestor). Clean merges, or conflicts the LLM resolved, become candidates of their own."""
+        if len(self.threads) < 2:
+            return
+        from .merge import merge_candidates, merged_pairs
+
+        bests = {}
+        for name, _ in self.threads:
+            b = best_candidate(self.lab, thread=name)
+            if b.state is State.PROMOTED and not b.meta.get("merge_of"):
+                bests[name] = b
+        done = merged_pairs(self.lab)
+        names = sorted(bests)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                ca, cb = bests[a], bests[b]
+                if ca.id == cb.id or frozenset((ca.id, cb.id)) in done:
+                    continue
+                m = merge_candidates(self.lab, ca, cb, llm=self.merge_llm)
+                self._note(f"merge {ca.id} + {cb.id}: " + (f"candidate {m.id}" if m else "skipped (see events)"))
 
     def _tick(self, r: Run) -> None:
         if self.bar is not None:
@@ -306,9 +335,13 @@ def ensure_baseline(lab: Lab, executor: Executor, on_event=None, bar=None) -> li
 def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Proposer | None = "playbook",
          implementer: Implementer | None = None, executor: Executor | str | None = None,
          on_event: Callable[[dict], None] | None = None, progress: bool = True, confirm_margin_sd: float = 1.0,
-         max_confirming: int = 2, proposer_seed: int | None = None) -> LoopSummary:
+         max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None) -> LoopSummary:
     """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
-    every promising one is confirmed and audited, or a stop is requested. Resumable."""
+    every promising one is confirmed and audited, or a stop is requested. Resumable.
+
+    ``threads`` lines of research run at once, each with a direction and its own best; with
+    two or more, the bests of two threads are merged after each promotion (``merge_llm``
+    resolves conflicts; without one a conflicting merge is skipped and recorded)."""
     t0 = time.monotonic()
     ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
@@ -332,7 +365,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             except Exception:
                 insights = []
             sched = _Scheduler(lab, iterations, thread_names(threads), prop, implementer, ex, on_event,
-                               confirm_margin_sd, max_confirming, bar, insights)
+                               confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
             n_workers = max(1, getattr(ex, "slots", 1))
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
             busy0 = getattr(ex, "busy_s", None)
