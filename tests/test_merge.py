@@ -1,7 +1,7 @@
 from autolab.merge import common_ancestor, merge_candidates, merged_pairs
 from autolab.records import State
 
-SOL = "X = {x}          # the parameter being tuned\nSTEP = {step}         # an integer setting\nUSE_TRICK = False  # a switch that does nothing\n"
+SOL = '"""Toy solution: the loop should move X towards 3."""\n' + "X = {x}          # the parameter being tuned\nSTEP = {step}         # an integer setting\nUSE_TRICK = False  # a switch that does nothing\n"
 
 
 def test_clean_merge_of_two_threads(toy_lab):
