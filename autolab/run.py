@@ -271,7 +271,8 @@ def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, execu
               timeout_s=p.timeout_s + 60, gpus=p.gpus, threads=threads, run_dir=str(run_dir),
               env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run_id},
               files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
-              collect=("notebook.ipynb", "result.json"))
+              collect=("notebook.ipynb", "result.json"), notebook=str(lab.task.notebook), params=params,
+              task_dir=str(lab.task.path))
     before = lab.task.protected_hashes()
     stop = threading.Event()
     if on_event:

@@ -18,7 +18,10 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)   # files to ship (remote executors)
     collect: tuple[str, ...] = ()   # paths (relative to the run dir) to bring back (remote executors)
-    run_dir: str = ""
+    run_dir: str = ""               # the driver's run folder (argv writes there)
+    notebook: str = ""              # the benchmark notebook (remote executors rebuild argv from these)
+    params: dict = field(default_factory=dict)   # papermill parameters; candidate_dir / result_path are driver paths
+    task_dir: str = ""              # the task folder (cwd of the notebook)
 
 
 @dataclass(frozen=True)
