@@ -183,7 +183,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     device = str(ov.get("device", p.device))
     budget_s = float(ov.get("budget_s", p.budget_s))
     allowance_s = float(settings.get("allowance_s", 15.0))
-    grace_s = float(settings.get("kill_grace_s", 2.0))
+    grace_s = float(settings.get("kill_grace_s", 1.0))
     result_path = Path(result_path).resolve()
     result_path.parent.mkdir(parents=True, exist_ok=True)
     cand = _resolve_candidate(candidate_dir, task)
