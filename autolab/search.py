@@ -366,7 +366,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 insights = []
             sched = _Scheduler(lab, iterations, thread_names(threads), prop, implementer, ex, on_event,
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
-            n_workers = max(1, getattr(ex, "slots", 1))
+            # one worker more than slots: it prepares the next proposal (slow with an LLM) while
+            # every slot runs; its run then waits in the executor for a free slot
+            n_slots = max(1, getattr(ex, "slots", 1))
+            n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
             busy0 = getattr(ex, "busy_s", None)
             w0 = time.monotonic()
@@ -379,7 +382,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 raise sched.error
             idle = None
             if busy0 is not None and wall_loop > 0:
-                idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_workers * wall_loop))
+                idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_slots * wall_loop))
             stopped = sched.stopped or "done"
         finally:
             if bar is not None:
