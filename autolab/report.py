@@ -346,11 +346,15 @@ def best_diff_html(log: ResearchLog, lab_dir=None) -> str:
         return side_by_side_from_unified(best.diff, max_height=None, title=f"{best.id} vs its parent")
 
 
-def show(fig) -> None:
-    """Display a figure as an embedded PNG (works the same live and in exported HTML)."""
+def show(fig, alt: str | None = None) -> None:
+    """Display a figure as an embedded PNG (works the same live and in exported HTML);
+    ``alt`` (default: the figure's title) becomes the image's alternative text in the report."""
     from IPython.display import Image, display
 
-    display(Image(data=png_bytes(fig)))
+    if alt is None:
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        alt = "; ".join(titles) or "a figure"
+    display(Image(data=png_bytes(fig), metadata={"alt": alt}))
 
 
 def show_html(text: str) -> None:
@@ -366,6 +370,11 @@ _TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block data_png scoped %}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ (output | get_metadata('alt', 'image/png')) or 'a figure' | escape_html }}">
+</div>
+{% endblock data_png %}
 """
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 _REMOTE = [re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I),

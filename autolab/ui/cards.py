@@ -12,7 +12,6 @@ from ..records import Idea, State, Verdict, new_id
 from . import _html as H
 from .display import StaticFallback, find_lab, remember_lab
 
-_FULL = W.Layout(width="100%")
 
 
 def _status(msg: str, color: str = "#57606a") -> str:
@@ -33,7 +32,7 @@ class IdeaCard(StaticFallback, W.VBox):
         self.saved: list[Idea] = []
         self._on_save = on_save
         self.header = W.HTML(self._header_html(idea))
-        self.title = W.Text(value=idea.title, description="Title", layout=_FULL,
+        self.title = W.Text(value=idea.title, description="Title", layout=W.Layout(width="100%"),
                             style={"description_width": "80px"})
         self.hypothesis = W.Textarea(value=idea.hypothesis, description="Hypothesis", layout=W.Layout(width="100%", height="4.5em"),
                                      style={"description_width": "80px"})

@@ -126,6 +126,7 @@ class RunMonitor(StaticFallback, W.VBox):
                     rs.metric = metrics.get(key) if key else None
                     if len(rs.t) < 3:   # few live points (a harness without live events): the result's curve
                         rs.t, rs.loss = _result_curve(run) or (rs.t, rs.loss)
+                        rs.step = max(rs.step, len(rs.t) - 1)
                     err = getattr(run, "error", None) or {}
                     rs.error = f"{err.get('ename', '')}: {str(err.get('evalue', err.get('reason', '')))[:160]}" if err else ""
                 else:

@@ -1,0 +1,284 @@
+"""Widgets built from real records in a real lab log (the toy task), without a browser."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ipywidgets = pytest.importorskip("ipywidgets")
+
+import autolab.ui as ui  # noqa: E402
+from autolab.records import Idea, Run, State  # noqa: E402
+from autolab.ui import _html as H  # noqa: E402
+from autolab.ui.diffhtml import parse_unified, side_by_side  # noqa: E402
+
+from ._helpers import add_runs  # noqa: E402
+
+
+# ---------------------------------------------------------------------------- IdeaCard
+
+def test_idea_card_saves_an_edited_copy(filled_lab):
+    lab, idea = filled_lab["lab"], filled_lab["idea"]
+    saved = []
+    card = ui.IdeaCard(idea, lab, on_save=saved.append)
+    assert card.title.value == idea.title and card.plan.value == idea.plan
+    assert '"setting": "X"' in card.edit.value
+    card.title.value = "Scale X by 3"
+    card.plan.value = "set X = 3.0"
+    card.edit.value = '{"setting": "X", "op": "set", "value": 3.0}'
+    card.save_button.click()
+    new = card.value
+    assert new.id != idea.id and new.source == "human" and new.state is State.PROPOSED
+    assert new.title == "Scale X by 3" and new.edit == {"setting": "X", "op": "set", "value": 3.0}
+    assert new.meta["edited_from"] == idea.id and new.parent_id == idea.parent_id and new.thread == idea.thread
+    assert lab.log.get("idea", new.id) == new            # appended to the log
+    assert lab.log.get("idea", idea.id).title == "Scale X by 2"   # the original is untouched
+    assert saved == [new] and "saved as" in card.status.value
+
+
+def test_idea_card_reports_bad_input_and_saves_nothing(filled_lab):
+    lab, idea = filled_lab["lab"], filled_lab["idea"]
+    n = len(lab.log.ideas_list())
+    card = ui.IdeaCard(idea, lab)
+    card.edit.value = "{not json"
+    card.save_button.click()
+    assert "not saved" in card.status.value and "JSON" in card.status.value
+    card.edit.value = ""
+    card.title.value = "   "
+    card.save_button.click()
+    assert "title is empty" in card.status.value
+    assert len(lab.log.ideas_list()) == n
+
+
+def test_idea_card_without_a_lab_is_read_only(filled_lab, monkeypatch):
+    monkeypatch.setattr("autolab.ui.cards.find_lab", lambda record: None)
+    card = ui.IdeaCard(filled_lab["idea"])
+    assert card.save_button.disabled and "read-only" in card.status.value
+    with pytest.raises(RuntimeError, match="lab=lab"):
+        card.save()
+
+
+# ---------------------------------------------------------------------------- DiffView
+
+def test_diff_view_side_by_side_with_highlighting(filled_lab):
+    lab, cand = filled_lab["lab"], filled_lab["cand"]
+    view = ui.DiffView(cand, lab)
+    html = view.html.value
+    assert "solution.py" in html and "autolab-diff-replace" in html
+    assert "#ffebe9" in html and "#e6ffec" in html          # removed / added tints
+    assert 'style="color:#' in html                          # pygments colours, inline
+    assert "2.0" in html and "1.0" in html
+    view.whole.value = True                                  # whole files: every line of both sides
+    assert view.html.value.count("autolab-diff-equal") >= 3
+    assert cand.id in view.static_html() and "solution.py" in view.plain_text()
+
+
+def test_diff_view_of_the_seed_shows_its_files(filled_lab):
+    view = ui.DiffView(filled_lab["seed"], filled_lab["lab"])
+    assert "autolab-code" in view.html.value and "seed solution" in view.header.value
+
+
+def test_unified_diff_parsing_matches_full_text_diff():
+    old = {"a.py": "x = 1\ny = 2\nz = 3\n", "gone.py": "print('bye')\n"}
+    new = {"a.py": "x = 1\ny = 20\nz = 3\nw = 4\n", "new.py": "print('hi')\n"}
+    from autolab.workspace import unified_diff
+
+    files = {f.path: f for f in parse_unified(unified_diff(old, new))}
+    assert set(files) == {"a.py", "gone.py", "new.py"}
+    assert (files["a.py"].added, files["a.py"].removed) == (2, 1)
+    kinds = [r.kind for r in files["a.py"].rows]
+    assert "replace" in kinds and "insert" in kinds
+    assert (files["gone.py"].added, files["gone.py"].removed) == (0, 1)
+    html = side_by_side(old, new)
+    assert html.count("autolab-diff-replace") == 1 and "new.py" in html
+
+
+# ---------------------------------------------------------------------------- RunMonitor
+
+def test_run_monitor_updates_from_a_background_thread(filled_lab):
+    lab = filled_lab["lab"]
+    mon = ui.RunMonitor(lab, budget_s=5, total=2, throttle_s=0.05)
+    first_png = mon.plot.value
+    run = lab.log.runs_list()[0]
+
+    def feed():
+        for rid, seed in (("r-a", 1), ("r-b", 2)):
+            mon({"type": "run_start", "run_id": rid, "seed": seed})
+            for step in range(10):
+                mon({"type": "curve", "run_id": rid, "step": step, "t": 0.5 * step, "loss": 3.0 / (step + 1)})
+            done = run.__class__(**{**run.to_dict(), "id": rid, "seed": seed, "metrics": {"loss": 1.5 + seed}})
+            mon({"type": "run_end", "run_id": rid, "run": done})
+
+    t = threading.Thread(target=feed)
+    t.start()
+    t.join(10)
+    time.sleep(0.2)
+    assert mon.plot.value != first_png and mon.plot.value[:4] == b"\x89PNG"
+    assert mon.all_bar.value == 2 and mon.all_bar.max == 2 and mon.run_bar.bar_style == "success"
+    assert "2.5" in mon.table.value and "3.5" in mon.table.value and "COMPLETE" in mon.table.value
+    assert len(mon.runs["r-a"].loss) == 10 and mon.metric == "loss"
+    mon.close()
+
+
+def test_run_monitor_shows_progress_while_running(filled_lab):
+    mon = ui.RunMonitor(filled_lab["lab"], budget_s=10, throttle_s=0)
+    mon({"type": "run_start", "run_id": "r-x", "seed": 7})
+    mon({"type": "curve", "run_id": "r-x", "step": 3, "t": 5.0, "loss": 2.0})
+    assert mon.run_bar.value == pytest.approx(0.5)
+    assert "seed 7" in mon.run_label.value and "step 3" in mon.run_label.value
+    assert "running" in mon.status.value
+    mon.close()
+
+
+def test_run_monitor_start_runs_autolab_run_in_a_thread(filled_lab):
+    """The real autolab.run on the toy task (a ~2 s papermill run) feeding the monitor."""
+    import autolab
+
+    if not hasattr(autolab, "run"):
+        pytest.skip("autolab.run is not available")
+    lab, seed = filled_lab["lab"], filled_lab["seed"]
+    mon = ui.RunMonitor(lab, throttle_s=0.1)
+    fut = mon.start(lab, seed, seeds=[5], purpose="manual")
+    runs = mon.result(timeout=240)
+    assert fut.done() and len(runs) == 1 and runs[0].state is State.COMPLETE
+    assert mon.finished and mon.finished[0].id == runs[0].id
+    assert mon.all_bar.value == 1 and "COMPLETE" in mon.table.value
+    assert mon.runs[runs[0].id].loss                       # the curve from the result JSON
+    mon.close()
+
+
+# ---------------------------------------------------------------------------- AuditView, Leaderboard, Dashboard
+
+def test_audit_view_shows_badge_p_value_and_checks(filled_lab):
+    view = ui.AuditView(filled_lab["verdict"], filled_lab["lab"])
+    html = view.html.value
+    assert "PROMOTED" in html and "0.0004" in html and "α=0.05" in html
+    assert "protected_hashes" in html and "✗ warn" in html and "7.1 s on a 5 s budget" in html
+    assert view.state is State.PROMOTED and "PROMOTED" in view.plain_text()
+
+
+def test_leaderboard_ranks_and_refreshes(filled_lab):
+    lab, cand, seed = filled_lab["lab"], filled_lab["cand"], filled_lab["seed"]
+    board = ui.Leaderboard(lab)
+    html = board.html.value
+    assert "autolab-table" in html and html.index(cand.id) < html.index(seed.id)   # lower loss ranks first
+    assert "Scale X by 2" in html and "lower is better" in html
+    other = lab.add_candidate({"solution.py": lab.files(seed)["solution.py"].replace("X = 1.0", "X = 3.0")}, seed)
+    add_runs(lab, other, [0.001, 0.002])
+    assert other.id not in board.html.value
+    board.refresh_button.click()
+    assert board.html.value.index(other.id) < board.html.value.index(cand.id)
+    assert "Leaderboard" in board.plain_text()
+
+
+def test_dashboard_buttons_change_the_lab(filled_lab):
+    lab, cand, bad = filled_lab["lab"], filled_lab["cand"], filled_lab["bad"]
+    dash = ui.Dashboard(lab)
+    assert "Research threads" in dash.threads.value and "t2" in dash.threads.value and "main" in dash.threads.value
+    assert "Runs in flight" in dash.inflight.value and "nothing yet" in dash.inflight.value
+    assert dash.candidate.value == bad.id                         # newest first
+    dash.reason.value = "crashes on every seed"
+    dash.reject_button.click()
+    assert lab.log.get("candidate", bad.id).state is State.REJECTED
+    assert "rejected" in dash.message.value
+    dash.candidate.value = filled_lab["seed"].id
+    dash.promote_button.click()
+    assert lab.log.get("candidate", filled_lab["seed"].id).state is State.PROMOTED
+    assert not (lab.path / "STOP").exists()
+    dash.stop_button.click()
+    assert (lab.path / "STOP").exists() and "stop requested" in dash.header.value
+    assert "stop requested" in dash.message.value
+
+
+def test_dashboard_shows_runs_in_flight_and_auto_refreshes(filled_lab):
+    lab, cand = filled_lab["lab"], filled_lab["cand"]
+    dash = ui.Dashboard(lab, refresh_s=0.1)
+    try:
+        lab.log.append(Run(id="r-inflight", task=lab.task.name, candidate_id=cand.id, preset=lab.preset_name, seed=9))
+        deadline = time.time() + 10
+        while "r-inflight" not in dash.inflight.value and time.time() < deadline:
+            time.sleep(0.05)
+        assert "r-inflight" in dash.inflight.value
+    finally:
+        dash.close()
+
+
+def test_dashboard_says_so_when_the_lab_lacks_a_method(filled_lab):
+    class OldLab:   # a lab object from an autolab without promote / reject / request_stop
+        def __init__(self, lab):
+            self.log, self.path, self.task, self.preset_name = lab.log, lab.path, lab.task, lab.preset_name
+
+    lab = filled_lab["lab"]
+    dash = ui.Dashboard(OldLab(lab))
+    state = lab.log.get("candidate", dash.candidate.value).state
+    dash.reject_button.click()
+    assert "lab.reject" in dash.message.value and "not available" in dash.message.value
+    assert lab.log.get("candidate", dash.candidate.value).state is state
+    dash.stop_button.click()
+    assert "lab.request_stop" in dash.message.value and not (lab.path / "STOP").exists()
+
+
+# ---------------------------------------------------------------------------- display integration and text
+
+def test_records_render_as_text_and_html(filled_lab):
+    for rec in (filled_lab["idea"], filled_lab["cand"], filled_lab["verdict"], filled_lab["lab"].log.runs_list()[0]):
+        text = str(rec)
+        assert text.startswith(type(rec).__name__) and rec.id in text and "<" not in text.splitlines()[0]
+        html = H.record_html(rec)
+        assert "autolab-card" in html and H.esc(rec.id) in html
+
+
+def test_formatters_plain_outside_a_kernel_widgets_inside(filled_lab):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    idea, verdict = filled_lab["idea"], filled_lab["verdict"]
+    try:
+        assert ui.register_formatters(ip)
+        data, _ = ip.display_formatter.format(idea)
+        assert data["text/plain"] == str(idea)
+        assert "application/vnd.jupyter.widget-view+json" not in data    # no kernel: plain text only
+        ip.kernel = object()                                              # pretend to be a kernel
+        ui.register_formatters(ip)
+        data, _ = ip.display_formatter.format(idea)
+        assert "application/vnd.jupyter.widget-view+json" in data and data["text/plain"] == str(idea)
+        assert "autolab-card" in data["text/html"]
+        data, _ = ip.display_formatter.format(verdict)
+        assert "application/vnd.jupyter.widget-view+json" in data and "PROMOTED" in data["text/html"]
+        data, _ = ip.display_formatter.format(filled_lab["lab"].log.runs_list()[0])
+        assert "text/html" in data and "application/vnd.jupyter.widget-view+json" not in data
+    finally:
+        ui.unregister_formatters(ip)
+        if "kernel" in ip.__dict__:
+            del ip.kernel
+    assert ip.display_formatter.format(idea)[0]["text/plain"] != str(idea)   # back to the dataclass repr
+
+
+def test_importing_ui_and_report_has_no_side_effects():
+    code = (
+        "import asyncio, logging, signal\n"
+        "before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}\n"
+        "root = list(logging.getLogger().handlers)\n"
+        "from ipywidgets.widgets.widget import _instances\n"
+        "n = len(_instances)\n"
+        "import autolab.ui, autolab.report\n"
+        "assert len(_instances) == n, 'widgets created on import'\n"
+        "assert {s: signal.getsignal(s) for s in before} == before, 'signal handlers changed'\n"
+        "assert logging.getLogger().handlers == root, 'logging configured'\n"
+        "try:\n    asyncio.get_running_loop()\n    raise SystemExit('an event loop is running')\n"
+        "except RuntimeError:\n    pass\n"
+        "print('clean')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stderr
+
+
+def test_idea_text_rendering_is_plain():
+    i = Idea(id="idea-1", task="t", title="Try a thing", hypothesis="it helps", plan="do it")
+    assert str(i).splitlines() == ["Idea idea-1 [PROPOSED]", "  title: Try a thing",
+                                   "  source: human  thread: main  parent: None", "  hypothesis: it helps",
+                                   "  plan: do it"]
