@@ -217,7 +217,42 @@ def _private_shm(libc, cfg):
     return "private" if not libc.mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, data) else "host"
 
 
-def _prepare_landlock(libc, cfg):
+# Parts of /proc that a process running as root could use against the host even without
+# capabilities (sysctls, the SysRq trigger, IRQ affinity, the NVIDIA driver registry):
+# made read-only in the run's mount namespace, as container runtimes do.
+_PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs", "/proc/driver")
+
+
+def _harden_proc(libc):
+    done = []
+    for p in _PROC_READONLY:
+        if not os.path.lexists(p):
+            continue
+        if libc.mount(p, p, None, _MS_BIND | _MS_REC):
+            return "partial" if done else "writable"
+        if libc.mount(None, p, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC):
+            return "partial"
+        done.append(p)
+    return "sys-readonly"
+
+
+def _lock_files(libc, cfg, iso, mount_ok):
+    """/proc hardening, then the Landlock ruleset (after any /proc remount: a rule made on
+    one procfs instance does not cover another). Returns the ruleset fd or -1."""
+    relax = cfg.get("relax", ())
+    if mount_ok and "proc_ro" not in relax:
+        iso["proc_ro"] = _harden_proc(libc)
+    if "landlock" in relax:
+        return -1
+    # As uid 0 (no user namespace), /proc is writable only once its dangerous parts are read-only.
+    proc_writable = iso.get("proc_ro") == "sys-readonly" or os.geteuid() != 0 or iso.get("privilege") == "userns"
+    rfd, desc = _prepare_landlock(libc, cfg, proc_writable=proc_writable)
+    if rfd >= 0:
+        iso["fs_write"] = desc
+    return rfd
+
+
+def _prepare_landlock(libc, cfg, proc_writable=True):
     """Create a Landlock ruleset (write access only beneath the writable directories);
     return (fd, description). The candidate applies it with landlock_restrict_self."""
     import glob
@@ -241,9 +276,10 @@ def _prepare_landlock(libc, cfg):
     if abi >= 3:
         fs |= _LL_TRUNCATE
     net = scoped = 0
-    if abi >= 4 and not cfg["network"] and not cfg["loopback"]:
+    relax = cfg.get("relax", ())
+    if abi >= 4 and not cfg["network"] and not cfg["loopback"] and "landlock-net" not in relax:
         net = _LL_NET_BIND_TCP | _LL_NET_CONNECT_TCP  # no rules: every TCP bind/connect refused
-    if abi >= 6:
+    if abi >= 6 and "landlock-scope" not in relax:
         scoped = _LL_SCOPE_SIGNAL | (0 if cfg["network"] else _LL_SCOPE_ABSTRACT_UNIX)
     attr = RulesetAttr(fs, net, scoped)
     size = 8 if abi < 4 else (16 if abi < 6 else 24)
@@ -262,6 +298,12 @@ def _prepare_landlock(libc, cfg):
         devs.extend(glob.glob(pattern))
     rules += [(f, file_rights) for f in devs]
     rules.append((cfg["violations"], _LL_WRITE_FILE))  # append-only for the audit hook
+    if proc_writable:
+        # The process's own /proc entries (glibc names threads through /proc/self/task/*/comm;
+        # CUDA fails to start without). Landlock cannot say "own pid only": the dangerous
+        # parts of /proc were made read-only above, other processes' entries are guarded by
+        # ptrace rules (we drop capabilities) and, with a PID namespace, are only the run's.
+        rules.append(("/proc", file_rights))
     failed = []
     for path, rights in rules:
         try:
@@ -329,8 +371,10 @@ def _exec_candidate(libc, cfg, ruleset_fd):
     try:
         libc.prctl(_PR_SET_PDEATHSIG, 9)
         if cfg["harden"]:
-            _drop_caps(libc)
-            libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
+            if "caps" not in cfg.get("relax", ()):
+                _drop_caps(libc)
+            if "nnp" not in cfg.get("relax", ()) or ruleset_fd >= 0:
+                libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
             if ruleset_fd >= 0:
                 if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, libc.ct.c_int(ruleset_fd), libc.ct.c_uint32(0)) < 0:
                     os.write(2, b"autolab sandbox: landlock_restrict_self failed; stopping\n")
@@ -400,6 +444,7 @@ def _trampoline(cfg_path):
 
     iso = {}
     harden, network = cfg["harden"], cfg["network"]
+    relax = set(cfg.get("relax", ()))  # kernel layers the caller asked to leave out
     root = os.geteuid() == 0
     userns = False
     if (harden or not network) and not root:
@@ -420,20 +465,19 @@ def _trampoline(cfg_path):
     mount_ok = pid_ok = False
     ruleset_fd, iso["fs_write"] = -1, "audit-hook-only" if cfg["audit_python"] else "none"
     if harden:
-        if not libc.unshare(_CLONE_NEWNS):
+        if "mount" not in relax and not libc.unshare(_CLONE_NEWNS):
             # Private propagation first, or our mounts would appear on the host.
             mount_ok = not libc.mount("none", "/", None, _MS_REC | _MS_PRIVATE)
         iso["mount"] = "private" if mount_ok else "host"
-        iso["ipc"] = "ipcns" if not libc.unshare(_CLONE_NEWIPC) else "host"
-        pid_ok = not libc.unshare(_CLONE_NEWPID)
+        iso["ipc"] = "ipcns" if "ipc" not in relax and not libc.unshare(_CLONE_NEWIPC) else "host"
+        pid_ok = "pid" not in relax and not libc.unshare(_CLONE_NEWPID)
         iso["pid"] = "pidns" if pid_ok else "subreaper"
         if mount_ok:
-            iso["read_deny"] = _hide_paths(libc, cfg) if cfg["read_deny"] else "none-given"
-            iso["shm"] = _private_shm(libc, cfg)
-        ruleset_fd, desc = _prepare_landlock(libc, cfg)
-        if ruleset_fd >= 0:
-            iso["fs_write"] = desc
-        iso["caps"] = "dropped" if (root or userns) else "none-held"
+            if cfg["read_deny"] and "read_deny" not in relax:
+                iso["read_deny"] = _hide_paths(libc, cfg)
+            if "shm" not in relax:
+                iso["shm"] = _private_shm(libc, cfg)
+        iso["caps"] = "kept" if "caps" in relax else ("dropped" if (root or userns) else "none-held")
     else:
         iso["pid"] = "subreaper"
 
@@ -442,9 +486,10 @@ def _trampoline(cfg_path):
         init = os.fork()
         if init == 0:  # pid 1 of the new PID namespace
             os.close(rfd)
-            if mount_ok:
+            if mount_ok and "proc" not in relax:
                 err = libc.mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
                 iso["proc"] = "private" if not err else "host"
+            ruleset_fd = _lock_files(libc, cfg, iso, mount_ok) if harden else -1
             _write_status(cfg, iso)
             child = os.fork()
             if child == 0:
@@ -456,8 +501,6 @@ def _trampoline(cfg_path):
             os.write(wfd, b"%d\n" % status)
             os._exit(0)  # the kernel now kills everything left in the namespace
         os.close(wfd)
-        if ruleset_fd >= 0:
-            os.close(ruleset_fd)
         _, init_status = os.waitpid(init, 0)
         data = b""
         while True:
@@ -468,6 +511,8 @@ def _trampoline(cfg_path):
         _mirror(int(data) if data.strip() else init_status)
 
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if harden:
+        ruleset_fd = _lock_files(libc, cfg, iso, mount_ok)
     _write_status(cfg, iso)
     child = os.fork()
     if child == 0:
@@ -558,6 +603,12 @@ def _make_hook(cfg, status, cfg_path, vfd):
     except ImportError:  # pragma: no cover
         from json.encoder import encode_basestring_ascii as enc
 
+    def shell_split(text, _shlex=shlex.shlex, _list=list):
+        """Shell words of ``text``, with ; && || | ( ) as words of their own."""
+        lexer = _shlex(text, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        return _list(lexer)
+
     vst = posix.fstat(vfd)
     C = {  # the hook's configuration, frozen into a tuple below
         "read_deny": tuple(cfg["read_deny"]),
@@ -584,7 +635,7 @@ def _make_hook(cfg, status, cfg_path, vfd):
         "lstat": posix.lstat, "readlink": posix.readlink, "getcwd": posix.getcwd, "islnk": _stat.S_ISLNK,
         "write": posix.write, "fstat": posix.fstat, "getpid": posix.getpid, "getsid": posix.getsid,
         "putenv": posix.putenv, "fspath": os.fspath, "enc": enc, "family": _socket.socket.__dict__["family"].__get__,
-        "shell_split": _shell_split,
+        "shell_split": shell_split,
         "assignment": re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=").match,
         "pycache_tmp": re.compile(r"/__pycache__/[^/]+\.pyc\.\d+$").search,
         "python_exe": re.compile(r"^(python|pypy)[0-9.]*[a-z]?$").match,
@@ -697,13 +748,15 @@ def _make_hook(cfg, status, cfg_path, vfd):
                 return True
         return False
 
-    def writable(rp, _C=Ct, _under=under, _sw=str.startswith, _i=(RD, WD, WF)):
+    def writable(rp, _C=Ct, _B=Bt, _under=under, _sw=str.startswith, _i=(RD, WD, WF, b["getpid"])):
         if _sw(rp, "special:"):
             return True
         if _under(rp, _C[_i[0]]):
             return False
         if _under(rp, _C[_i[1]]) or rp in _C[_i[2]]:
             return True
+        if _sw(rp, "/proc/%d/" % _B[_i[3]]()):
+            return True  # this process's own /proc entries (comm, oom_score_adj...)
         return _sw(rp, "/dev/nvidia") or _sw(rp, "/dev/pts/")
 
     def check_write(p, dir_fd=None, what="write", _fs=fs, _rp=realpath, _w=writable, _fail=fail, _B=Bt, _E=Exc,
@@ -983,15 +1036,6 @@ def _make_hook(cfg, status, cfg_path, vfd):
                     fail("tamper", "setting %s of the sandbox's own function %s" % (args[1], code.co_name))
 
     return hook, record
-
-
-def _shell_split(text):
-    """Shell words of ``text``, with ; && || | ( ) as words of their own."""
-    import shlex
-
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    return list(lexer)
 
 
 def _guard_environ(record):

@@ -11,9 +11,10 @@
   Python processes and, where the kernel allows, also below Python: denied paths are
   covered by empty read-only mounts in a private mount namespace and writes are confined
   by Landlock;
-- **limits**: rlimits (file size, open files, CPU, no core dumps), and a watchdog thread
-  that sums the memory of the whole process tree, counts its processes and enforces a
-  wall-clock limit, killing the whole tree on excess;
+- **limits**: rlimits (file size, open files, CPU, no core dumps), and a watchdog (on the
+  calling thread, which ``run_sandboxed`` blocks; output is read on a helper thread) that
+  every 0.25 s sums the memory (PSS) of the whole process tree, counts its processes and
+  checks the wall clock, killing the whole tree on excess;
 - **no leftovers**: the tree runs in its own session and, where allowed, its own PID
   namespace; whatever the candidate leaves running is killed when it exits;
 - **less privilege**: capabilities such as SYS_ADMIN, SYS_PTRACE and NET_ADMIN are
@@ -26,6 +27,13 @@ machine. The setup is done by ``autolab/_sandbox_boot.py`` (a trampoline exec'd 
 
 Importing this module has no side effects (no signal handlers, no logging setup, no event
 loop), so it is safe in a Jupyter kernel.
+
+Known gaps: the audit hook lives in the candidate's own process, so code that uses ctypes
+(or digs through ``gc``) can get around it, and ``os.open(..., dir_fd=...)`` is not seen
+by path; the kernel layers are what hold then, and ``isolation`` says whether they did.
+Memory is polled, not capped by a cgroup: an allocation faster than 0.25 s can overshoot
+before the kill; GPU memory is not counted. ``/proc`` stays writable for the process's own
+entries (CUDA needs it); its host-wide parts are made read-only in the mount namespace.
 """
 
 from __future__ import annotations
@@ -83,6 +91,9 @@ class Policy:
     #                                     the parent's servers stay unreachable
     harden: bool = True                 # kernel layers: mount/PID/IPC namespaces, Landlock, dropped capabilities
     deny_secrets: bool = True           # also deny reading well-known credential files (~/.ssh, ~/.aws, ...)
+    relax: tuple[str, ...] = ()         # with harden: kernel layers to leave out, among "mount", "pid", "ipc",
+    #                                     "proc", "proc_ro", "shm", "read_deny", "landlock", "landlock-net",
+    #                                     "landlock-scope", "caps", "nnp" (for a machine where one breaks a tool)
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,11 @@ _ALLOWED_NAMES = frozenset([
     "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
     "TOKENIZERS_PARALLELISM", "LD_LIBRARY_PATH",
 ])
-_ALLOWED_PREFIXES = ("NVIDIA_", "CUDA_", "TRITON_", "TORCH", "PYTORCH_", "NCCL_")
+_ALLOWED_PREFIXES = ("NVIDIA_", "CUDA_", "TRITON_", "TORCH", "PYTORCH_", "NCCL_", "NVSHMEM_", "CUBLAS_", "CUDNN_")
+# Writable locations (compile caches and the like) are not inherited: the candidate would
+# either be refused writing there or share (and could poison) a cache with other runs. Pass
+# one in ``env`` (and its folder in ``Policy.write_allow``) to share a cache on purpose.
+_LOCATION_NAME = re.compile(r"CACHE|^TORCH_HOME$|^TRITON_HOME$|_EXTENSIONS_DIR$|_DUMP_DIR$|_OVERRIDE_DIR$|_DEBUG_DIR$")
 # Values that are credentials whatever their variable is called.
 _SECRET_VALUE = re.compile(
     r"(sk-[A-Za-z0-9_\-]{20,}|sk-ant-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
@@ -131,16 +146,19 @@ def _check_not_secret(name: str, value: str | None, where: str) -> None:
 
 def scrubbed_env(extra: Mapping[str, str] | None = None, *, keep: Iterable[str] = ()) -> dict[str, str]:
     """The environment a candidate gets: an allow-list taken from ``os.environ`` (PATH,
-    locale, TZ, CUDA/NVIDIA/NCCL/TRITON/TORCH variables, thread counts) plus the names in
-    ``keep``, then ``extra``. Secret-looking variables are never passed; asking for one in
-    ``keep`` or ``extra`` raises ``ValueError``. (``run_sandboxed`` then sets HOME and
-    TMPDIR to private directories.)"""
+    locale, TZ, CUDA/NVIDIA/NCCL/NVSHMEM/TRITON/TORCH variables, thread counts; not cache
+    locations such as TORCHINDUCTOR_CACHE_DIR) plus the names in ``keep``, then ``extra``.
+    Secret-looking variables are never passed; asking for one in ``keep`` or ``extra``
+    raises ``ValueError``. (``run_sandboxed`` then sets HOME and TMPDIR to private
+    directories.)"""
     keep = [keep] if isinstance(keep, str) else list(keep)
     for name in keep:
         _check_not_secret(name, None, "scrubbed_env(keep=...)")
     env: dict[str, str] = {}
     for name, value in os.environ.items():
         if not (name in _ALLOWED_NAMES or name.startswith(_ALLOWED_PREFIXES) or name in keep):
+            continue
+        if name not in keep and _LOCATION_NAME.search(name):
             continue
         if is_secret_name(name) or _SECRET_VALUE.fullmatch(value.strip()):
             continue  # e.g. a TORCH_..._TOKEN: silently left out
@@ -284,7 +302,7 @@ class _Output:
         while self.tail_chars > _TAIL_CHARS and len(self.tail) > 1:
             self.tail_chars -= len(self.tail.popleft()) + 1
         if self.lines is not None:
-            if self.lines.qsize() > 10_000:
+            if self.lines.qsize() > 100_000:  # on_line is far behind: drop rather than slow the child
                 self.dropped += 1
             else:
                 self.lines.put(line)
@@ -452,11 +470,10 @@ def run_sandboxed(
     log = None
     try:
         tmp, home, boot = private / "tmp", private / "home", private / "boot"
-        for d in (tmp, home, boot):
+        for d in (tmp, home, boot):  # private itself is 0700 (mkdtemp): the run's uid only
             d.mkdir(mode=0o755)
-        private.chmod(0o755)
         violations_path = private / "violations.jsonl"
-        violations_path.touch(mode=0o666)
+        violations_path.touch(mode=0o600)
         empty = private / "empty"
         empty.touch(mode=0o444)
         status_path = private / "status.json"
@@ -485,6 +502,7 @@ def run_sandboxed(
                 "network": policy.network,
                 "loopback": policy.loopback,
                 "harden": policy.harden,
+                "relax": list(policy.relax),
                 "audit_python": policy.audit_python,
                 "read_deny": read_deny,
                 "write_dirs": write_dirs,

@@ -1,0 +1,461 @@
+"""autolab.sandbox: real processes, no mocks, no network, no GPU."""
+
+from __future__ import annotations
+
+import dis
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import types
+import uuid
+
+import pytest
+
+from autolab import _sandbox_boot
+from autolab.sandbox import Limits, Policy, SandboxResult, run_sandboxed, scrubbed_env
+
+PY = sys.executable
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux /proc")
+
+
+def run_py(code: str, cwd, **kw) -> SandboxResult:
+    kw.setdefault("limits", Limits(wall_s=30))
+    return run_sandboxed([PY, "-c", textwrap.dedent(code)], cwd=cwd, **kw)
+
+
+def kinds(result: SandboxResult) -> set[str]:
+    return {v["kind"] for v in result.violations}
+
+
+def pids_with(marker: str) -> list[int]:
+    """Host pids of live (non-zombie) processes whose command line contains marker."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            if data[data.rfind(b")") + 2:].split()[0] != b"Z":
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_gone(pids, timeout=3.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    marker_alive = list(pids)
+    while marker_alive and time.monotonic() < deadline:
+        marker_alive = [p for p in marker_alive if os.path.exists(f"/proc/{p}") and _state(p) != b"Z"]
+        time.sleep(0.05)
+    return marker_alive
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rfind(b")") + 2:].split()[0]
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def ws(tmp_path):
+    d = tmp_path / "ws"
+    d.mkdir()
+    return d
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def test_scrubbed_env_allow_list_and_secrets(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "a" * 40)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "t")
+    monkeypatch.setenv("HF_HOME", "/x")
+    monkeypatch.setenv("TORCH_NCCL_SECRET_THING", "x")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/shared/cache")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/shared/triton")
+    monkeypatch.setenv("TORCH_LOGS", "dynamo")
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")
+    monkeypatch.setenv("NVSHMEM_DISABLE_NVLS", "1")
+    monkeypatch.setenv("RANDOM_UNLISTED", "1")
+    env = scrubbed_env({"SEED": "3"}, keep=["RANDOM_UNLISTED"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["NCCL_DEBUG"] == "INFO"
+    assert env["TORCH_LOGS"] == "dynamo" and env["NVSHMEM_DISABLE_NVLS"] == "1"
+    assert env["SEED"] == "3" and env["RANDOM_UNLISTED"] == "1"
+    # cache locations are not inherited (shared, poisonable), unless passed on purpose
+    assert "TORCHINDUCTOR_CACHE_DIR" not in env and "TRITON_CACHE_DIR" not in env
+    assert scrubbed_env({"TRITON_CACHE_DIR": "/mine"})["TRITON_CACHE_DIR"] == "/mine"
+    for name in ("OPENAI_API_KEY", "MY_SERVICE_TOKEN", "HF_HOME", "TORCH_NCCL_SECRET_THING"):
+        assert name not in env
+    assert "PYTHONPATH" not in scrubbed_env()
+    assert scrubbed_env({"TOKENIZERS_PARALLELISM": "false"})["TOKENIZERS_PARALLELISM"] == "false"
+
+
+@pytest.mark.parametrize("bad", [
+    {"env": {"OPENAI_API_KEY": "x"}}, {"env": {"GITHUB_TOKEN": "x"}}, {"env": {"DB_PASSWORD": "x"}},
+    {"env": {"AWS_REGION": "x"}}, {"env": {"ANTHROPIC_BASE": "x"}}, {"env": {"X": "sk-" + "b" * 40}},
+    {"env": {"Y": "hf_" + "c" * 34}}, {"keep": ["LITELLM_MASTER_KEY"]}, {"keep": ["AZURE_ENDPOINT"]},
+])
+def test_scrubbed_env_refuses_explicit_secrets(bad):
+    with pytest.raises(ValueError):
+        scrubbed_env(bad.get("env"), keep=bad.get("keep", ()))
+
+
+def test_secret_never_reaches_the_child(ws, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "z" * 40)
+    monkeypatch.setenv("AUTOLAB_TEST_PASSWORD", "hunter2")
+    r = run_py("""
+        import os
+        print("KEY", os.environ.get("OPENAI_API_KEY"))
+        print("NAMES", sorted(os.environ))
+        print("HOME", os.environ["HOME"], "TMPDIR", os.environ["TMPDIR"])
+    """, ws)
+    assert r.state == "ok", r.stdout_tail
+    assert "KEY None" in r.stdout_tail
+    assert "hunter2" not in r.stdout_tail and "zzzz" not in r.stdout_tail
+    assert "AUTOLAB_TEST_PASSWORD" not in r.stdout_tail
+    home = r.stdout_tail.split("HOME ")[1].split()[0]
+    assert home != os.path.expanduser("~") and "autolab-sbx-" in home
+    # candidate code asking for a key is recorded, even though it gets nothing
+    assert [v["kind"] for v in r.violations] == ["env"] and "OPENAI_API_KEY" in r.violations[0]["detail"]
+    with pytest.raises(ValueError):
+        run_sandboxed([PY, "-c", "pass"], cwd=ws, env={"OPENAI_API_KEY": "x"})
+
+
+# ----------------------------------------------------------------------------- network
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.3)
+    yield srv
+    srv.close()
+
+
+def assert_no_connection(srv):
+    with pytest.raises(socket.timeout):
+        conn, _ = srv.accept()
+        conn.close()
+
+
+def test_network_connect_denied_and_recorded(ws, listener):
+    port = listener.getsockname()[1]
+    r = run_py(f"""
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=2)
+            print("CONNECTED")
+        except PermissionError as e:
+            print("DENIED", e)
+    """, ws)
+    assert r.state == "ok", r.stdout_tail
+    assert "DENIED" in r.stdout_tail and "CONNECTED" not in r.stdout_tail
+    assert any(v["kind"] == "network" and str(port) in v["detail"] for v in r.violations)
+    assert_no_connection(listener)
+
+
+def test_network_namespace_blocks_even_without_the_hook(ws, listener):
+    port = listener.getsockname()[1]
+    r = run_py(f"""
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=2); print("CONNECTED")
+        except OSError as e:
+            print("FAILED", e)
+    """, ws, policy=Policy(audit_python=False))
+    if r.net_isolation != "netns":
+        pytest.skip(f"no network namespace on this machine ({r.net_isolation})")
+    assert "FAILED" in r.stdout_tail and "CONNECTED" not in r.stdout_tail
+    assert r.violations == ()
+    assert_no_connection(listener)
+
+
+def test_private_loopback(ws, listener):
+    port = listener.getsockname()[1]
+    r = run_py(f"""
+        import socket
+        srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+        c = socket.create_connection(srv.getsockname(), timeout=2); print("INSIDE OK")
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=1); print("REACHED PARENT")
+        except OSError as e:
+            print("PARENT UNREACHABLE", type(e).__name__)
+    """, ws, policy=Policy(loopback=True))
+    if r.isolation.get("loopback") != "private":
+        pytest.skip(f"no private loopback on this machine ({r.isolation})")
+    assert "INSIDE OK" in r.stdout_tail and "PARENT UNREACHABLE" in r.stdout_tail, r.stdout_tail
+    assert_no_connection(listener)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_read_deny(ws, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "val.bin").write_text("VALSECRET")
+    (ws / "link").symlink_to(data / "val.bin")
+    policy = Policy(read_deny=(str(data),))
+    r = run_py("""
+        for p in ("link", "../data/val.bin"):
+            try:
+                print("READ", open(p).read())
+            except PermissionError as e:
+                print("DENIED", p)
+        import subprocess
+        print(subprocess.run(["cat", "link"], capture_output=True, text=True))
+    """, ws, policy=policy)
+    assert r.state == "ok", r.stdout_tail
+    assert "VALSECRET" not in r.stdout_tail
+    assert r.stdout_tail.count("DENIED") == 2
+    assert [v["kind"] for v in r.violations] == ["file_read"]  # same resolved path, recorded once
+    assert str(data / "val.bin") in r.violations[0]["detail"]
+    if r.isolation.get("read_deny") != "mount":
+        pytest.skip("no mount namespace: only Python reads are denied here")
+
+
+def test_write_outside_denied_cwd_and_write_allow_work(ws, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    r = run_py(f"""
+        import os, subprocess
+        open("ckpt.txt", "w").write("ok")
+        os.makedirs("sub/dir"); open("sub/dir/x", "wb").write(b"1")
+        open({str(extra / 'allowed.txt')!r}, "w").write("ok")
+        for target in ({str(outside / 'a.txt')!r}, "../outside/b.txt"):
+            try:
+                open(target, "w").write("x"); print("WROTE", target)
+            except PermissionError:
+                print("DENIED", target)
+        try:
+            os.remove({str(outside / 'keep.txt')!r})
+        except PermissionError:
+            print("DENIED remove")
+        print(subprocess.run(["sh", "-c", "echo x > {outside / 'c.txt'}"]).returncode)
+        open("/proc/self/comm", "w").write("renamed")  # a process's own /proc entries stay writable
+        r = subprocess.run(["sh", "-c", "echo 1 > /proc/sys/vm/drop_caches"], capture_output=True, text=True)
+        print("SYSCTL", r.returncode, r.stderr.strip())
+    """, ws, policy=Policy(write_allow=(str(extra),)))
+    assert r.state == "ok", r.stdout_tail
+    assert (ws / "ckpt.txt").read_text() == "ok" and (ws / "sub/dir/x").exists()
+    assert (extra / "allowed.txt").exists()
+    assert r.stdout_tail.count("DENIED") == 3 and "WROTE" not in r.stdout_tail
+    assert kinds(r) == {"file_write"} and len(r.violations) == 3
+    assert not (outside / "a.txt").exists() and not (outside / "b.txt").exists()
+    if r.isolation.get("fs_write", "").startswith("landlock"):
+        assert not (outside / "c.txt").exists(), "a shell child wrote outside the workspace"
+    if r.isolation.get("proc_ro") == "sys-readonly":
+        assert "SYSCTL 0" not in r.stdout_tail
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_timeout_kills(ws):
+    t = time.monotonic()
+    r = run_py("import time; time.sleep(1000)", ws, limits=Limits(wall_s=1.0))
+    assert (r.state, r.reason) == ("killed", "timeout")
+    assert 0.9 < r.wall_s < 4 and time.monotonic() - t < 6
+
+
+def test_memory_limit_kills(ws):
+    r = run_py("""
+        import time
+        chunks = []
+        for _ in range(60):
+            chunks.append(b"x" * (10 << 20)); time.sleep(0.02)
+        time.sleep(30)
+    """, ws, limits=Limits(wall_s=20, memory_mb=150))
+    assert (r.state, r.reason) == ("killed", "memory"), r
+    assert r.peak_memory_mb > 150
+
+
+@pytest.mark.parametrize("harden", [True, False], ids=["pidns", "subreaper"])
+def test_setsid_background_process_is_cleaned_up(ws, harden):
+    suffix = uuid.uuid4().int % 10**6
+    marker = f"1000.{suffix}"  # the child builds it, so that only the sleeps carry it
+    seen: list[int] = []
+
+    def on_line(line):
+        if line.startswith("STARTED"):
+            time.sleep(0.1)
+            seen.extend(pids_with(marker))
+
+    r = run_py(f"""
+        import os, subprocess, time
+        marker = "1000." + "{suffix}"
+        subprocess.Popen(["sleep", marker], start_new_session=True)   # setsid'd background process
+        if os.fork() == 0:                                                 # and a double-forked daemon
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp("sleep", ["sleep", marker])
+            os._exit(0)
+        time.sleep(0.3)
+        print("STARTED", flush=True)
+        time.sleep(0.5)
+    """, ws, policy=Policy(harden=harden), on_line=on_line)
+    assert r.state == "ok", r.stdout_tail
+    assert len(seen) == 2, "the test could not see the background processes"
+    assert wait_gone(seen) == []
+    assert pids_with(marker) == []
+
+
+def test_nproc_limit_kills(ws):
+    suffix = uuid.uuid4().int % 10**6
+    marker = f"1000.{suffix}"
+    r = run_py(f"""
+        import subprocess, time
+        procs = [subprocess.Popen(["sleep", "1000." + "{suffix}"]) for _ in range(50)]
+        time.sleep(30)
+    """, ws, limits=Limits(wall_s=20, nproc=20))
+    assert (r.state, r.reason) == ("killed", "nproc"), r
+    assert wait_gone(pids_with(marker)) == []
+
+
+def test_exit_codes_and_missing_program(ws):
+    r = run_py("import sys; print('bye'); sys.exit(3)", ws)
+    assert (r.state, r.reason, r.returncode) == ("failed", "exit code 3", 3)
+    assert "bye" in r.stdout_tail
+    r = run_sandboxed(["no-such-program-autolab"], cwd=ws, limits=Limits(wall_s=10))
+    assert r.state == "failed" and r.returncode == 127 and "no-such-program-autolab" in r.stdout_tail
+    r = run_py("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", ws)
+    assert (r.state, r.reason) == ("killed", "signal 11")
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def test_streaming_and_large_output(ws, tmp_path):
+    log = tmp_path / "run.log"
+    got: list[tuple[float, str]] = []
+    r = run_py("""
+        import sys, time
+        for i in range(3):
+            print("line", i, flush=True); time.sleep(0.3)
+        sys.stdout.write("x" * 200 + "\\n" * 1)
+        for i in range(60000):
+            print("bulk %06d" % i)
+        print("END")
+    """, ws, on_line=lambda s: got.append((time.monotonic(), s)), log_path=log)
+    end = time.monotonic()
+    assert r.state == "ok"
+    lines = [s for _, s in got]
+    assert lines[:3] == ["line 0", "line 1", "line 2"] and lines[-1] == "END" and len(lines) == 60005
+    assert end - got[0][0] > 0.5, "lines were not delivered while the child ran"
+    assert log.read_text().splitlines() == lines
+    assert r.stdout_tail.endswith("END") and len(r.stdout_tail) <= 20_000
+
+
+# ----------------------------------------------------------------------------- python children and the hook
+
+
+def test_python_grandchildren_inherit_the_hook(ws, listener):
+    port = listener.getsockname()[1]
+    r = run_py(f"""
+        import subprocess, sys
+        code = "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
+        print("rc", subprocess.run([sys.executable, "-c", code], env={{}}).returncode)
+        try:
+            subprocess.run([sys.executable, "-I", "-c", code])
+        except PermissionError:
+            print("DENIED -I")
+        try:
+            subprocess.run("PYTHONPATH= " + sys.executable + " -c pass", shell=True)
+        except PermissionError:
+            print("DENIED shell")
+    """, ws)
+    assert "rc 1" in r.stdout_tail and "DENIED -I" in r.stdout_tail and "DENIED shell" in r.stdout_tail
+    assert kinds(r) == {"network", "subprocess"}
+    assert_no_connection(listener)
+
+
+def test_hook_resists_monkeypatching(ws, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("S")
+    r = run_py(f"""
+        import builtins, gc, os, posixpath, sys
+        os.path.realpath = posixpath.realpath = lambda p, **k: "/harmless"
+        os.lstat = lambda p: os.stat("/")
+        builtins.isinstance = lambda *a: False
+        try:
+            open({str(secret)!r}).read(); print("READ")
+        except PermissionError:
+            print("DENIED read")
+        hook = [o for o in gc.get_objects() if getattr(o, "__name__", "") == "hook"
+                and "sitecustomize" in getattr(getattr(o, "__code__", None), "co_filename", "")][0]
+        try:
+            hook.__defaults__ = (frozenset(),) + hook.__defaults__[1:]
+            print("REPLACED")
+        except PermissionError:
+            print("DENIED tamper")
+    """, ws, policy=Policy(read_deny=(str(secret),)))
+    assert "DENIED read" in r.stdout_tail and "DENIED tamper" in r.stdout_tail, r.stdout_tail
+    assert kinds(r) == {"file_read", "tamper"}
+
+
+def test_hook_has_no_closures_or_global_lookups(tmp_path):
+    v = tmp_path / "v"
+    v.touch()
+    cfg = {"read_deny": [], "write_dirs": [str(tmp_path)], "network": False, "loopback": False,
+           "violations": str(v), "boot_dir": str(tmp_path / "boot")}
+    fd = os.open(v, os.O_WRONLY | os.O_APPEND)
+    try:
+        hook, record = _sandbox_boot._make_hook(cfg, {}, str(tmp_path / "c.json"), fd)
+    finally:
+        os.close(fd)
+    todo, seen = [hook, record], set()
+    while todo:
+        fn = todo.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        assert fn.__closure__ is None, fn.__name__
+        codes = [fn.__code__]
+        while codes:
+            code = codes.pop()
+            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            loads = [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+            assert not loads, f"{fn.__name__}/{code.co_name} looks up {loads} at call time"
+        for d in fn.__defaults__ or ():
+            for x in (d if isinstance(d, tuple) else (d,)):
+                if isinstance(x, types.FunctionType):
+                    todo.append(x)
+    assert len(seen) >= 10
+
+
+def test_import_has_no_side_effects():
+    code = ("import signal, logging, threading; before = [signal.getsignal(s) for s in "
+            "(signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)]; n = threading.active_count(); "
+            "h = list(logging.getLogger().handlers); import autolab.sandbox; "
+            "assert before == [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)]; "
+            "assert threading.active_count() == n and logging.getLogger().handlers == h; print('clean')")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "clean", out.stderr
+
+
+def test_torch_works_in_the_sandbox(ws):
+    pytest.importorskip("torch")
+    r = run_py("""
+        import torch
+        print("SUM", torch.ones(3).sum().item())
+        torch.save({"w": torch.ones(2)}, "ckpt.pt")
+    """, ws, limits=Limits(wall_s=60))
+    assert r.state == "ok", r.stdout_tail
+    assert "SUM 3.0" in r.stdout_tail and (ws / "ckpt.pt").exists()
+    assert r.violations == (), r.violations
