@@ -137,19 +137,28 @@ def papermill_argv(notebook: Path, out_nb: Path, params: dict) -> list[str]:
     return argv
 
 
+_PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
+
+
 def _notebook_error(nb_path: Path) -> dict | None:
-    """The first error output in an executed notebook: cell index, ename, evalue, traceback."""
+    """The first error output in an executed notebook. ``cell`` is the index in the task's
+    notebook (papermill's injected cells not counted); ``executed_cell`` the index in the
+    executed copy; ``execution_count`` the ``In [N]`` shown."""
     try:
         import nbformat
 
         nb = nbformat.read(nb_path, as_version=4)
     except Exception:
         return None
+    src_index = -1
     for i, cell in enumerate(nb.cells):
+        if not _PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+            src_index += 1
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error" and out.get("ename") != "PapermillExecutionError":
                 tb = _ANSI.sub("", "\n".join(out.get("traceback", [])))
-                return {"cell": i, "ename": out.get("ename"), "evalue": _ANSI.sub("", str(out.get("evalue"))),
+                return {"cell": src_index, "executed_cell": i, "execution_count": cell.get("execution_count"),
+                        "ename": out.get("ename"), "evalue": _ANSI.sub("", str(out.get("evalue"))),
                         "traceback": tb[-8000:]}
     return None
 
