@@ -1,0 +1,350 @@
+"""kernels task: the harness catches the CPU-checkable kernel hacks.
+
+Each test plays one hack against the real checks (evaluate_problem, guards, scan, timing,
+runner probes). The honest part of each hacked kernel is computed with numpy, which
+PyTorch's dispatcher never sees, so only the hack itself can fail it (the Triton seeds are
+checked in test_kernels_seeds.py). GPU-only hacks (side streams) are marked gpu.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+TASK_DIR = REPO / "benchmarks" / "kernels"
+SEEDS = REPO / "seeds" / "kernels"
+sys.path.insert(0, str(TASK_DIR))
+
+from kernels_harness import guards, runner, scan, scoring, timing  # noqa: E402
+from kernels_harness.evaluate import Settings, evaluate_problem  # noqa: E402
+from kernels_harness.problems import load_problems  # noqa: E402
+
+P = load_problems(["softmax", "gelu"])
+FAST = Settings(device="cpu", shapes="tiny", rounds=3, hidden_rounds=1, time=False)
+
+
+def _np_softmax(x: torch.Tensor) -> torch.Tensor:
+    a = x.float().numpy()
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return torch.from_numpy(e / e.sum(axis=-1, keepdims=True)).to(x.dtype)
+
+
+def _np_gelu(x: torch.Tensor) -> torch.Tensor:
+    a = x.float().numpy().astype(np.float64)
+    erf = np.vectorize(math.erf)
+    return torch.from_numpy((0.5 * a * (1.0 + erf(a / math.sqrt(2.0)))).astype(np.float32)).to(x.dtype)
+
+
+@pytest.fixture(scope="module")
+def seed():
+    """Honest kernels for the tests to wrap (numpy: no PyTorch compute op is dispatched)."""
+    return {"softmax": _np_softmax, "gelu": _np_gelu}
+
+
+def kinds(res):
+    return {v["kind"] for v in res["violations"]}
+
+
+def tags(res):
+    return {f["tag"] for f in res["failures"]}
+
+
+def test_honest_seed_passes_with_a_guard(seed):
+    g = guards.Guard()
+    res = evaluate_problem(P["softmax"], seed["softmax"], FAST, g)
+    assert res["correct"] and not res["violations"], (res["failures"], res["violations"])
+    assert g.check() == []
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_background_thread_is_caught(seed):
+    g = guards.Guard()
+    stop = threading.Event()
+
+    def kernel(x):
+        if not any(t.name == "helper" for t in threading.enumerate()):
+            threading.Thread(target=stop.wait, name="helper", daemon=True).start()
+        return seed["softmax"](x)
+
+    try:
+        res = evaluate_problem(P["softmax"], kernel, FAST, g)
+        assert not res["correct"] and "thread" in kinds(res)
+    finally:
+        stop.set()
+
+
+def test_raw_thread_module_is_caught_too(seed):
+    import _thread
+
+    g = guards.Guard()
+    stop = threading.Event()
+    _thread.start_new_thread(stop.wait, ())
+    time.sleep(0.05)
+    try:
+        assert any(v["kind"] == "thread" for v in g.check())
+    finally:
+        stop.set()
+
+
+# ----------------------------------------------------------------------------- timer / harness patches
+
+
+@pytest.mark.parametrize("target", ["time.perf_counter", "torch.cuda.Event.elapsed_time", "torch.cuda.synchronize",
+                                    "kernels_harness.tolerance.check_output", "kernels_problems.softmax.reference",
+                                    "kernels_harness.problems.Problem.reference"])
+def test_monkeypatched_timer_or_harness_is_caught(target, monkeypatch):
+    g = guards.Guard()
+    mod_name, attr = target.rsplit(".", 1)
+    parts = mod_name.split(".")
+    obj = sys.modules[parts[0]]
+    for p in parts[1:]:
+        obj = getattr(obj, p)
+    monkeypatch.setattr(obj, attr, lambda *a, **k: 0.0)
+    found = g.check()
+    assert any(v["kind"] == "monkeypatch" and attr in v["detail"] for v in found), found
+
+
+def test_harness_timer_ignores_a_patched_perf_counter(monkeypatch):
+    """timing captured its clock before any candidate ran: a patched one changes nothing."""
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.0)
+    res = timing.time_kernel(lambda x: time.sleep(0.002) or x, lambda i: [torch.ones(1)], "cpu", 0, 3)
+    assert res["median_s"] >= 0.0015
+
+
+def test_patching_at_import_time_fails_the_problem(tmp_path, monkeypatch, seed):
+    """A candidate file that patches the timer when imported: the worker's post-import check."""
+    from kernels_harness.worker import load_candidate
+
+    saved = torch.cuda.Event.elapsed_time
+    src = tmp_path / "softmax.py"
+    src.write_text(textwrap.dedent("""
+        import torch
+        torch.cuda.Event.elapsed_time = lambda self, other: 1e-6
+        def kernel(x):
+            return torch.empty_like(x)
+    """))
+    g = guards.Guard()
+    try:
+        load_candidate(src, "softmax_patch")
+        assert any(v["kind"] == "monkeypatch" and "elapsed_time" in v["detail"] for v in g.check())
+        found = scan.scan_source(src.read_text())
+        assert any(f.kind == "forbidden" and "elapsed_time" in f.detail for f in found)
+    finally:
+        torch.cuda.Event.elapsed_time = saved
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+class Lazy(torch.Tensor):
+    """A tensor subclass standing in for a lazy / deferred result."""
+
+
+@pytest.mark.parametrize("wrap", ["numpy", "list", "subclass", "tuple_of_two", "meta"])
+def test_non_tensor_or_lazy_outputs_are_rejected(wrap, seed):
+    def kernel(x):
+        y = seed["softmax"](x)
+        if wrap == "numpy":
+            return y.float().numpy()
+        if wrap == "list":
+            return y.tolist()
+        if wrap == "subclass":
+            return y.as_subclass(Lazy)
+        if wrap == "tuple_of_two":
+            return y, y
+        return torch.empty(y.shape, dtype=y.dtype, device="meta")
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and "output_type" in kinds(res)
+
+
+def test_unwritten_output_is_caught(seed):
+    res = evaluate_problem(P["softmax"], lambda x: torch.empty_like(x), FAST)
+    assert not res["correct"] and res["failures"]
+
+
+def test_output_aliasing_or_modifying_an_input_is_caught(seed):
+    def in_place(x):
+        y = seed["gelu"](x)
+        x.copy_(y)                       # copies are allowed ops: only the mutation check sees this
+        return x
+
+    res = evaluate_problem(P["gelu"], in_place, FAST)
+    assert not res["correct"] and {"input_mutation", "output_alias"} <= kinds(res)
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+def test_cache_keyed_by_data_pointer_is_caught(seed):
+    """Right the first time a buffer is seen, stale after: the refill rounds (same buffers, new
+    values) and the reversed, re-allocated rounds catch it; the fresh round alone does not."""
+    cache = {}
+
+    def kernel(x):
+        key = (x.data_ptr(), tuple(x.shape))
+        if key not in cache:
+            cache[key] = seed["softmax"](x)
+        return cache[key].clone()
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"]
+    assert tags(res) and "fresh" not in tags(res) and tags(res) <= {"reverse", "refill"}
+    report = {"problems": {"softmax": res}, "done": True}
+    probes = runner._probes(report, {}, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
+                            ["softmax"])
+    assert probes["output_caching"]["passed"] is False
+
+
+def test_cache_in_the_timed_loop_is_caught(seed):
+    """Correct in the correctness rounds, then replaying an old answer once timing starts:
+    every timed output is checked against the reference on that iteration's fresh inputs."""
+    state = {"calls": 0, "last": None}
+
+    def kernel(x):
+        state["calls"] += 1
+        if state["calls"] > 6 and state["last"] is not None and state["last"].shape == x.shape:
+            return state["last"]
+        state["last"] = seed["softmax"](x)
+        return state["last"]
+
+    s = Settings(device="cpu", shapes="tiny", rounds=2, hidden_rounds=1, time=True, warmup=2, iters=5)
+    res = evaluate_problem(P["softmax"], kernel, s)
+    assert not res["correct"] and "timing" in tags(res)
+
+
+# ----------------------------------------------------------------------------- precision and shapes
+
+
+def test_silent_precision_downgrade_is_caught(seed):
+    def kernel(x):                       # right answer, rounded through fp8 on the way out
+        return seed["softmax"](x).to(torch.float8_e4m3fn).to(x.dtype)
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and any("tolerance" in f["reason"] for f in res["failures"])
+
+
+def test_correct_only_on_the_listed_shapes_is_caught(seed):
+    listed = {(w["M"], w["N"]) for w in P["gelu"].workloads("tiny")}
+
+    def kernel(x):
+        y = seed["gelu"](x)
+        return y if tuple(x.shape) in listed else y * 0.5
+
+    res = evaluate_problem(P["gelu"], kernel, FAST)
+    assert res["public_correct"] and res["hidden_correct"] is False and not res["correct"]
+    assert tags(res) == {"hidden"}
+
+
+# ----------------------------------------------------------------------------- the reference op
+
+
+def test_reference_op_is_caught_at_run_time_however_it_is_spelled(seed):
+    name = "soft" + "max"
+
+    def kernel(x):                       # the static scan cannot see this name; dispatch can
+        return getattr(torch, name)(x.float(), dim=-1).to(x.dtype)
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and "reference_op" in kinds(res)
+    detail = next(v["detail"] for v in res["violations"] if v["kind"] == "reference_op")
+    assert "softmax" in detail
+
+
+def test_static_scan_flags_reference_ops_and_forbidden_constructs():
+    src = textwrap.dedent("""
+        import threading, os
+        import torch
+        import torch.nn.functional as F
+        import triton
+        import triton.language as tl
+        from torch import matmul
+
+        @triton.jit
+        def _k(x_ptr, B: tl.constexpr):                  # device code: tl.sum / tl.exp are the kernel
+            v = tl.load(x_ptr + tl.arange(0, B))
+            tl.store(x_ptr + tl.arange(0, B), tl.exp(v) / tl.sum(v, 0))
+
+        def kernel(a, b):
+            c = a @ b
+            d = F.softmax(c, dim=-1)
+            e = torch.matmul(a, b).sum()
+            torch.cuda.synchronize = lambda: None
+            s = torch.cuda.Stream()
+            f = open("/tmp/x", "w")
+            return c.data_ptr()
+    """)
+    found = scan.scan_source(src, banned=("matmul",))
+    by = {(f.kind, f.name) for f in found}
+    assert {("forbidden", "threading"), ("forbidden", "os"), ("reference_op", "matmul"), ("reference_op", "@"),
+            ("reference_op", "softmax"), ("reference_op", "sum"), ("forbidden", "torch.cuda.synchronize"),
+            ("forbidden", "Stream"), ("forbidden", "open"), ("suspicious", "data_ptr")} <= by
+    assert not any(f.name in ("exp", "load", "store") for f in found)      # nothing from the Triton kernel
+
+
+def test_dispatch_recorder_separates_compute_from_allocation():
+    with scan.OpRecorder() as r:
+        x = torch.empty(4, 4)
+        y = x.view(16).clone()
+        z = torch.zeros_like(y).fill_(1.0)
+    assert scan.compute_ops(r.ops) == []
+    with scan.OpRecorder() as r:
+        (torch.ones(3) * 2).sum()
+    assert scan.compute_ops(r.ops) == ["mul", "sum"]
+
+
+# ----------------------------------------------------------------------------- the speed-of-light bound
+
+
+def test_time_below_the_bound_is_flagged():
+    ceil = {"peak_flops": {"bf16": 1e15, "fp8": 2e15}, "peak_bw": 1e12}
+    spec = {"softmax": {"peak": "bf16", "workloads": [{"label": "w", "flops": 1e6, "bytes": 1e8}]}}   # 100 us
+    out = scoring.score_suite(spec, ceil, {"softmax": {"w": 300e-6}},
+                              {"softmax": {"correct": True, "times": {"w": 40e-6}}})
+    assert out["problems"]["softmax"]["score"] == 0.0 and out["below_sol"] == ["softmax[w]"]
+
+
+def test_work_left_after_the_kernels_stream_is_flagged(monkeypatch):
+    """The timer's device-wide synchronize after the end event measures what is still running
+    elsewhere; more than max(250 us, the kernel time) is a side-stream violation."""
+    monkeypatch.setattr(timing, "is_cuda", lambda device: True)
+    monkeypatch.setattr(timing, "flush_buffer", lambda device: None)
+    for gap, flagged in ((50e-6, False), (300e-6, True)):
+        monkeypatch.setattr(timing, "_one", lambda fn, inputs, cuda, flush, gap=gap: (100e-6, gap, None))
+        res = timing.time_kernel(lambda: None, lambda i: [], "cuda", 1, 5)
+        assert res["median_s"] == pytest.approx(100e-6) and res["side_stream"] is flagged
+        assert res["side_stream_s"] == pytest.approx(gap) and res["method"] == timing.METHOD
+
+
+# ----------------------------------------------------------------------------- GPU-only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_side_stream_work_is_caught_on_gpu():
+    prob = load_problems(["gelu"])["gelu"]
+    pytest.importorskip("triton")
+    from kernels_harness.worker import load_candidate
+
+    honest = load_candidate(SEEDS / "gelu.py", "gelu_gpu")
+    side = torch.cuda.Stream()
+
+    def kernel(x):
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(2_000_000)      # keep the side stream busy past the current stream
+            return honest(x)
+
+    s = Settings(device="cuda", shapes="full", rounds=1, hidden=False, time=False)
+    res = evaluate_problem(prob, kernel, s)
+    assert not res["correct"] and "stream" in kinds(res)
