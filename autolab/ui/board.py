@@ -187,6 +187,10 @@ class Dashboard(StaticFallback, W.VBox):
 
         # runs in flight
         now = _dt.datetime.now(_dt.timezone.utc)
+        try:
+            from ..run import owner_alive
+        except ImportError:  # pragma: no cover - an autolab without run ownership
+            owner_alive = None
         rows = []
         for r in runs:
             if r.state.value != "RUNNING":
@@ -195,6 +199,8 @@ class Dashboard(StaticFallback, W.VBox):
                 age = f"{(now - _dt.datetime.fromisoformat(r.started_at)).total_seconds():.0f}s"
             except (TypeError, ValueError):
                 age = "?"
+            if owner_alive is not None and r.meta.get("owner") and not owner_alive(r.meta["owner"]):
+                age += ' <span style="color:#cf222e;">(its process died: the next loop re-queues it)</span>'
             c = by_cand.get(r.candidate_id)
             rows.append((H.code(r.id), H.code(H.short(r.candidate_id, 14)), H.esc(c.thread if c else ""), H.esc(r.seed),
                          H.esc(r.purpose), H.esc(r.slot or r.executor), age))

@@ -42,7 +42,8 @@ class IdeaCard(StaticFallback, W.VBox):
                                description="Edit (JSON)", placeholder="structured edit (optional; playbook format)",
                                layout=W.Layout(width="100%", height="6em"), style={"description_width": "80px"})
         self.save_button = W.Button(description="Save as new idea", icon="save", button_style="primary",
-                                    tooltip="append an edited copy of this idea to the research log")
+                                    tooltip="append an edited copy of this idea to the research log",
+                                    layout=W.Layout(width="auto", min_width="160px"))
         self.save_button.on_click(lambda _b: self._clicked())
         self.status = W.HTML(_status("" if self.lab is not None else
                                      "read-only: no lab found; use IdeaCard(idea, lab=lab) to save edits"))

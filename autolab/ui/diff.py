@@ -41,7 +41,8 @@ class DiffView(StaticFallback, W.VBox):
         self.header = W.HTML(f'<div style="{H.FONT}">{title or ""}</div>')
         self.html = W.HTML(self.to_html())
         children: list[W.Widget] = [self.header]
-        if self._old is not None:
+        self.whole = None
+        if self._old is not None and not (candidate is not None and candidate.parent_id is None):
             self.whole = W.Checkbox(value=False, description="Show whole files", indent=False)
             self.whole.observe(lambda ch: self._redraw(), names="value")
             children.append(self.whole)
@@ -69,4 +70,4 @@ class DiffView(StaticFallback, W.VBox):
         return "<DiffView>"
 
     def _redraw(self) -> None:
-        self.html.value = self.to_html(whole=self.whole.value)
+        self.html.value = self.to_html(whole=bool(self.whole is not None and self.whole.value))

@@ -56,7 +56,7 @@ class RunMonitor(StaticFallback, W.VBox):
     (training clock against the preset's budget) and one for all runs, and a results table."""
 
     def __init__(self, lab: Any = None, *, budget_s: float | None = None, total: int | None = None,
-                 metric: str | None = None, title: str = "", throttle_s: float = 0.5):
+                 metric: str | None = None, title: str = "", throttle_s: float = 0.5, max_curves: int = 8):
         self.lab = lab
         remember_lab(lab)
         if budget_s is None and lab is not None:
@@ -67,6 +67,8 @@ class RunMonitor(StaticFallback, W.VBox):
         self.runs: dict[str, _RunState] = {}
         self.events: list[dict] = []
         self.finished: list[Any] = []   # Run records from run_end events
+        self.notes: list[str] = []      # the last few "note" events of a loop
+        self.max_curves = max_curves
         self._lock = threading.RLock()
         self._last_draw = 0.0
         self._future: cf.Future | None = None
@@ -82,8 +84,10 @@ class RunMonitor(StaticFallback, W.VBox):
         self.run_label, self.all_label = W.Label(""), W.Label(f"0/{total}" if total else "")
         self.plot = W.Image(value=self._png(), format="png", layout=W.Layout(max_width="720px"))
         self.table = W.HTML("")
+        self.notes_html = W.HTML("")
         super().__init__([self.title, self.status, W.HBox([self.run_bar, self.run_label]),
-                          W.HBox([self.all_bar, self.all_label]), self.plot, self.table], layout=W.Layout(width="100%"))
+                          W.HBox([self.all_bar, self.all_label]), self.plot, self.table, self.notes_html],
+                         layout=W.Layout(width="100%"))
         self.add_class("autolab-run-monitor")
 
     def plain_text(self) -> str:
@@ -111,6 +115,11 @@ class RunMonitor(StaticFallback, W.VBox):
                     rs.t.append(float(t) if t is not None else float(len(rs.t)))
                     rs.loss.append(float(loss))
                 rs.step = int(event.get("step") or rs.step)
+            elif kind == "note":        # the loop's own messages ("idea -> candidate", verdicts)
+                self.notes.append(str(event.get("message", "")))
+                self.notes = self.notes[-5:]
+                self._set_notes()
+                return
             elif kind == "run_end":
                 run = event.get("run")
                 rid = str(getattr(run, "id", None) or event.get("run_id"))
@@ -136,6 +145,10 @@ class RunMonitor(StaticFallback, W.VBox):
                 return
         self.redraw(force=force)
 
+    def _set_notes(self) -> None:
+        items = "".join(f"<li>{H.esc(n)}</li>" for n in self.notes)
+        self.notes_html.value = f'<ul style="{H.FONT} color:#57606a; margin:2px 0;">{items}</ul>' if items else ""
+
     def _state(self, event: dict) -> _RunState:
         rid = str(event.get("run_id"))
         if rid not in self.runs:
@@ -145,8 +158,10 @@ class RunMonitor(StaticFallback, W.VBox):
     # ------------------------------------------------------------------ drawing
     def _png(self) -> bytes:
         with self._lock:
-            series = [(f"seed {rs.seed}" if rs.seed is not None else rs.run_id, list(rs.t), list(rs.loss))
-                      for rs in self.runs.values()]
+            shown = list(self.runs.values())[-self.max_curves:]
+            many = len({rs.seed for rs in shown}) < len(shown)    # a loop: seeds repeat across candidates
+            series = [((f"{rs.run_id} (seed {rs.seed})" if many else f"seed {rs.seed}") if rs.seed is not None
+                       else rs.run_id, list(rs.t), list(rs.loss)) for rs in shown]
         return curves_png(series, budget_s=self.budget_s, title="training loss")
 
     def redraw(self, force: bool = False) -> None:

@@ -151,17 +151,7 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
             page.set_default_timeout(60_000)
             page.goto(f"{base}/lab/tree/{name}?token={token}")
             page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
-            page.wait_for_timeout(1000)
-            select = page.locator(".jp-Dialog button", has_text="Select")
-            if select.count():                     # "Select Kernel": take the notebook's own (python3)
-                select.first.click()
-            # the kernel is up when the toolbar shows it idle
-            page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-                timeout=120_000)
-
-            # Run > Run All Cells, as a person would
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            _run_all_cells(page)
 
             task_timeout = 600_000 if os.environ.get("AUTOLAB_BROWSER_TASK", "toy") != "toy" else 240_000
             page.locator(".jp-OutputArea-output", has_text="loop skipped (loop_iterations = 0)").first.wait_for(
@@ -169,6 +159,7 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                                   has_text="Traceback")
             assert errors.count() == 0, errors.first.inner_text()
+            assert page.get_by_text("Error displaying widget").count() == 0, "a widget view did not render"
 
             # the widgets rendered
             for cls in ("autolab-idea-card", "autolab-diff-view", "autolab-run-monitor", "autolab-audit-view",
@@ -177,6 +168,11 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
             expect(page.locator(".autolab-leaderboard table.autolab-table").first).to_be_attached()
             expect(page.locator(".autolab-diff-view table.autolab-diff").first).to_be_attached()
             expect(page.locator(".autolab-run-monitor img").first).to_be_attached()
+
+            page.locator(".autolab-idea-card").first.scroll_into_view_if_needed()
+            _shot(page, "quickstart-idea-card.png")
+            page.locator(".autolab-diff-view", has=page.locator("table.autolab-diff")).first.scroll_into_view_if_needed()
+            _shot(page, "quickstart-diff-view.png")
 
             log = ResearchLog(lab_dir / "log.db")
             cand = log.candidates_list()[-1]                    # the candidate the notebook implemented
@@ -223,6 +219,35 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
         finally:
             ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+_STARTED = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                  .some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"""
+
+
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells, as a person would; if JupyterLab asks for a kernel first, take the
+    notebook's own (python3), and try again until the first cell is queued or running."""
+    for _ in range(4):
+        select = page.locator(".jp-Dialog button", has_text="Select")
+        if select.count():
+            select.first.click()
+        # a kernel that is up and idle; then a moment for the widget manager to attach to it
+        # (widget views sent before it listens show "model not found")
+        try:
+            page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+                timeout=60_000)
+        except Exception:
+            continue
+        page.wait_for_timeout(3000)
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(_STARTED, timeout=20_000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    raise AssertionError("Run All Cells did not start the notebook's cells")
 
 
 def _poll(fn, timeout: float = 20.0) -> bool:
