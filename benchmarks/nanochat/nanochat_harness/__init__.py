@@ -72,6 +72,25 @@ _EVENTS = None
 _LOADERS: list = []
 
 
+def _guard_train_process() -> None:
+    """In the train process (the runner sets AUTOLAB_NANOCHAT_ROLE=train): plant the canary API
+    key and record reads outside the workspace, the packages and the train data (guard.py)."""
+    if os.environ.get("AUTOLAB_NANOCHAT_ROLE") != "train":
+        return
+    from . import guard
+
+    guard.plant_canary()
+    try:
+        cfg = config()
+    except RuntimeError:
+        return
+    data_files = [v for d in (cfg.get("data") or {}).values() for v in (d.values() if isinstance(d, dict) else [d])
+                  if isinstance(v, str)]
+    allowed = [os.getcwd(), os.path.dirname(os.environ.get("AUTOLAB_RUN_CONFIG", "") or "/.none"),
+               os.path.dirname(cfg.get("events_path") or os.getcwd()), *{os.path.dirname(f) for f in data_files}]
+    guard.watch_reads(allowed, os.path.join(os.path.dirname(cfg.get("events_path") or os.getcwd()), guard.READS_LOG))
+
+
 def config() -> dict[str, Any]:
     """The run's configuration (a copy); see the module docstring for the keys."""
     global _CONFIG
@@ -97,11 +116,19 @@ def _cfg() -> dict[str, Any]:
     return _CONFIG  # type: ignore[return-value]
 
 
+CLOCK_LINE = "[nanochat-harness] training clock started"
+SAVED_LINE = "[nanochat-harness] model saved for evaluation"
+
+
 def start_clock() -> None:
     """Start the training clock now (no effect once started)."""
     global _T0
     if _T0 is None:
         _T0 = time.monotonic()
+        try:   # the runner times this line's arrival from outside the process (the authoritative clock)
+            os.write(1, (CLOCK_LINE + "\n").encode())
+        except OSError:
+            pass
 
 
 def elapsed() -> float:
@@ -183,6 +210,10 @@ def finish(model, path: str = "model.pt") -> str:
                            f"whole nn.Module is pickled, so it must not hold lambdas, open files or compiled "
                            f"callables; keep those outside the module") from e
     os.replace(tmp, path)
+    try:   # the runner notes this line's arrival: the end of the training window, seen from outside
+        os.write(1, (SAVED_LINE + "\n").encode())
+    except OSError:
+        pass
     for it in _LOADERS:
         it.close()
     info = {"training_s": round(t_train, 4), "since_import_s": round(time.monotonic() - _IMPORT_T, 4),
@@ -192,3 +223,6 @@ def finish(model, path: str = "model.pt") -> str:
     if _EVENTS is not None:
         _EVENTS.flush()
     return os.path.abspath(path)
+
+
+_guard_train_process()

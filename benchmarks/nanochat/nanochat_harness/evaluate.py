@@ -90,12 +90,29 @@ def _forward(model, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return model(x)
 
 
+# Breaches of the logits contract that the evaluation could work around (reported by the logits probe).
+CONTRACT: list[str] = []
+_PlainTensor = torch.Tensor
+_no_torch_function = torch._C.DisableTorchFunctionSubclass
+
+
 def _logits_of(model, x: torch.Tensor, device: torch.device, vocab_size: int) -> torch.Tensor:
     out = _forward(model, x, device)
     if isinstance(out, (tuple, list)):
         raise ValueError(f"model(idx) returned a {type(out).__name__}; it must return the logits tensor only")
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"model(idx) returned {type(out).__name__}; it must return a tensor of logits")
+    if type(out) is not _PlainTensor:
+        # A Tensor subclass can override what the metric computes on it (__torch_function__): record
+        # the breach, and measure a plain copy of its data instead.
+        msg = (f"model(idx) returned a {type(out).__module__}.{type(out).__qualname__}, a Tensor subclass; "
+               f"logits must be a plain torch.Tensor")
+        if msg not in CONTRACT:
+            CONTRACT.append(msg)
+        with _no_torch_function():
+            out = out.detach().clone()
+        if type(out) is not _PlainTensor:
+            raise ValueError(msg + " (and its data could not be read as one)")
     want = (x.shape[0], x.shape[1], vocab_size)
     if tuple(out.shape) != want:
         raise ValueError(f"model(idx) returned logits of shape {tuple(out.shape)}; expected {want} (B, T, vocab_size)")
@@ -105,16 +122,45 @@ def _logits_of(model, x: torch.Tensor, device: torch.device, vocab_size: int) ->
 
 
 def bits_per_byte(model, rows: np.ndarray, token_bytes: torch.Tensor, device: torch.device, vocab_size: int,
-                  batch_rows: int = 8) -> dict[str, Any]:
+                  batch_rows: int = 8, causal_check: dict[str, Any] | None = None) -> dict[str, Any]:
     """Σ nats / (ln 2 · Σ bytes) over all targets of ``rows`` (n, T+1); targets of 0 bytes are
-    excluded. Also reports whether every logit was finite."""
+    excluded. Also reports whether every logit was finite.
+
+    ``causal_check`` ({"seed", "batches", "tolerance"}): on that many randomly chosen batches of
+    the metric itself, each row's text after a random cut is replaced by another row's text (real
+    text, same batch shape, the twin forward run before or after the measured one at random) and
+    the logits up to the cut must not move. A model cannot tell this check from the metric, as it
+    can tell random-token probes from real text. The largest relative change is returned as
+    ``causal_max_rel``."""
     sum_nats, sum_bytes, n_tokens, finite = 0.0, 0, 0, True
     tb = token_bytes.to(device)
+    n_batches = (len(rows) + batch_rows - 1) // batch_rows
+    rng = np.random.default_rng(int((causal_check or {}).get("seed", 0)) + 7919)
+    checked = set(rng.choice(n_batches, size=min(n_batches, int((causal_check or {}).get("batches", 0))),
+                             replace=False).tolist()) if causal_check and n_batches else set()
+    causal_max, causal_n = 0.0, 0
     with _no_grad():
         for i in range(0, len(rows), batch_rows):
             chunk = torch.from_numpy(rows[i:i + batch_rows]).to(device)
             x, y = chunk[:, :-1], chunk[:, 1:]
+            twin = cuts = None
+            if i // batch_rows in checked and x.shape[0] > 1 and x.shape[1] > 2:
+                T = x.shape[1]
+                cuts = torch.from_numpy(rng.integers(0, T - 1, size=x.shape[0]))
+                later = torch.arange(T)[None, :] > cuts[:, None]                  # (B, T): positions after the cut
+                other = torch.roll(x, shifts=1, dims=0)                            # another row's real text
+                x2 = torch.where(later.to(device), other, x)
+                twin_first = bool(rng.integers(0, 2))
+                if twin_first:
+                    twin = _to_float(_logits_of(model, x2, device, vocab_size))
             logits = _to_float(_logits_of(model, x, device, vocab_size))
+            if cuts is not None:
+                if twin is None:
+                    twin = _to_float(_logits_of(model, x2, device, vocab_size))
+                scale = float(logits.abs().max()) + 1.0
+                keep = (~later).to(device)[:, :, None]
+                moved = float(((twin - logits).abs() * keep).max()) / scale
+                causal_max, causal_n = max(causal_max, moved), causal_n + x.shape[0]
             finite = finite and bool(_isfinite(logits).all())
             logp = _log_softmax(logits, dim=-1)
             nats = -_gather(logp, -1, y.unsqueeze(-1)).squeeze(-1)          # (B, T) float32
@@ -124,7 +170,8 @@ def bits_per_byte(model, rows: np.ndarray, token_bytes: torch.Tensor, device: to
             sum_bytes += int(_tsum(nb))
             n_tokens += int(_tsum(mask))
     bpb = sum_nats / (_LN2 * sum_bytes) if sum_bytes else float("nan")
-    return {"bpb": bpb, "nats": sum_nats, "bytes": sum_bytes, "tokens": n_tokens, "finite": finite}
+    return {"bpb": bpb, "nats": sum_nats, "bytes": sum_bytes, "tokens": n_tokens, "finite": finite,
+            "causal_max_rel": causal_max, "causal_rows": causal_n}
 
 
 # ----------------------------------------------------------------------------- probes
@@ -166,16 +213,49 @@ def causality_probe(model, device: torch.device, vocab_size: int, seq_len: int, 
             "noise": noise, "later_moved": moved}
 
 
-def logits_probe(model, rows: np.ndarray, device: torch.device, vocab_size: int) -> dict[str, Any]:
-    x = torch.from_numpy(rows[:2, :-1]).to(device)
+def logits_probe(model, rows: np.ndarray, device: torch.device, vocab_size: int,
+                 batch_rows: int = 4) -> dict[str, Any]:
+    """The logits contract: a plain floating tensor (B, T, vocab) of finite values, the same
+    for the same input (deterministic, no state carried between calls), and each row's logits
+    independent of the other rows of the batch (rows of packed text continue one another, so a
+    model that looks across rows sees the future). Breaches found while measuring (CONTRACT)
+    are added when the evaluation ends."""
+    b = max(2, min(int(batch_rows), len(rows)))
+    x = torch.from_numpy(rows[:b, :-1]).to(device)
+    problems: list[str] = []
     try:
         with _no_grad():
-            out = _logits_of(model, x, device, vocab_size)
-            finite = bool(_isfinite(_to_float(out)).all())
+            raw = _forward(model, x, device)
+            if isinstance(raw, torch.Tensor) and type(raw) is not _PlainTensor:
+                problems.append(f"model(idx) returned a {type(raw).__qualname__}, a Tensor subclass: logits must be "
+                                f"a plain torch.Tensor (a subclass can change what the metric computes)")
+            out = _to_float(_logits_of(model, x, device, vocab_size))
+            finite = bool(_isfinite(out).all())
+            other = _to_float(_logits_of(model, torch.from_numpy(rows[b:2 * b, :-1]).to(device), device, vocab_size)) \
+                if len(rows) >= 2 * b else None
+            again = _to_float(_logits_of(model, x, device, vocab_size))
+            flipped = _to_float(_logits_of(model, x.flip(0), device, vocab_size)).flip(0)
     except Exception as e:  # noqa: BLE001 - reported as a failed probe
         return {"passed": False, "detail": f"{type(e).__name__}: {e}"}
-    return {"passed": finite, "shape": list(out.shape), "dtype": str(out.dtype),
-            "detail": f"shape {tuple(out.shape)}, {out.dtype}, " + ("all finite" if finite else "NOT all finite")}
+    scale = float(out.abs().max()) + 1.0
+    noise = float((again - out).abs().max()) / scale
+    max_noise = 1e-2 if device.type == "cuda" else 1e-3
+    tol = max(1e-3 if device.type == "cuda" else 1e-4, 4 * noise)
+    cross = float((flipped - out).abs().max()) / scale
+    if not finite:
+        problems.append("NOT all finite")
+    if noise > max_noise:
+        problems.append(f"the same input gave logits {noise:.1e} apart (relative; > {max_noise:.0e}): the model is "
+                        f"not deterministic in eval mode or carries state between calls")
+    if cross > tol:
+        problems.append(f"a row's logits changed by {cross:.1e} (relative, > {tol:.0e}) when the other rows of the "
+                        f"batch were reordered: rows must not see each other")
+    detail = f"shape {tuple(out.shape)}, {type(raw).__qualname__}, " + ("all finite" if finite else "NOT all finite")
+    if not problems:
+        detail += f"; deterministic (noise {noise:.1e}), rows independent (max change {cross:.1e})"
+    return {"passed": not problems, "shape": list(out.shape), "dtype": "float32", "noise": noise,
+            "cross_row": cross, "detail": detail if not problems else "; ".join(problems),
+            "called_between": other is not None}
 
 
 # ----------------------------------------------------------------------------- candidate loading
@@ -243,6 +323,11 @@ def evaluate(workdir: Path, cfg: dict[str, Any], log: Callable[[str], None] = pr
     denied_hits: list[str] = []
     _deny_reads([cfg["data"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
                 + list(cfg.get("deny_after_load", [])), denied_hits)
+    if cfg.get("reads_log"):   # weights or data the candidate's code reads from elsewhere (guard.py)
+        from .guard import watch_reads
+
+        watch_reads([str(workdir), os.path.dirname(str(cfg.get("run_config") or "/.none")),
+                     os.path.dirname(str(cfg["reads_log"]))], str(cfg["reads_log"]))
 
     device = torch.device(cfg.get("device", "cpu"))
     if device.type == "cpu":
@@ -254,13 +339,33 @@ def evaluate(workdir: Path, cfg: dict[str, Any], log: Callable[[str], None] = pr
     t_load = time.monotonic() - t0
 
     probes: dict[str, Any] = {}
-    probes["logits"] = logits_probe(model, sets["val"], device, vocab)
-    probes["causality"] = causality_probe(model, device, vocab, seq_len, seed=int(cfg.get("seed", 0)))
     batch_rows = int(cfg.get("eval_batch_size", 8))
+    probes["logits"] = logits_probe(model, sets["val"], device, vocab, batch_rows=min(batch_rows, 4))
+    probes["causality"] = causality_probe(model, device, vocab, seq_len, seed=int(cfg.get("seed", 0)))
+    check = {"seed": int(cfg.get("seed", 0)), "batches": int(cfg.get("causal_check_batches", 2))}
     t1 = time.monotonic()
-    val = bits_per_byte(model, sets["val"], token_bytes, device, vocab, batch_rows)
-    hidden = bits_per_byte(model, sets["hidden_val"], token_bytes, device, vocab, batch_rows)
+    val = bits_per_byte(model, sets["val"], token_bytes, device, vocab, batch_rows, causal_check=check)
+    hidden = bits_per_byte(model, sets["hidden_val"], token_bytes, device, vocab, batch_rows,
+                           causal_check={**check, "seed": check["seed"] + 1})
     t_metric = time.monotonic() - t1
+    # the causality check inside the metric (real text, the metric's own batches)
+    tol = float(probes["causality"].get("tolerance", 1e-4))
+    in_metric = max(val["causal_max_rel"], hidden["causal_max_rel"])
+    c = dict(probes["causality"])
+    c["in_metric_max_rel"], c["in_metric_rows"] = in_metric, val["causal_rows"] + hidden["causal_rows"]
+    if in_metric > tol:
+        c["passed"] = False
+        c["detail"] = (f"on real evaluation text, logits up to a cut changed by {in_metric:.2e} (relative, > {tol:.0e}) "
+                       f"when only the text after the cut changed: the model sees the future"
+                       + ("" if probes["causality"]["passed"] else "; " + probes["causality"]["detail"]))
+    elif c.get("passed"):
+        c["detail"] += f"; also on real text inside the metric ({c['in_metric_rows']} rows, max {in_metric:.1e})"
+    probes["causality"] = c
+    if CONTRACT:
+        lp = dict(probes["logits"])
+        lp["passed"] = False
+        lp["detail"] = "; ".join(CONTRACT) + ("" if probes["logits"]["passed"] else "; " + lp["detail"])
+        probes["logits"] = lp
     intact = harness_intact()
     if denied_hits:
         intact = {**intact, "passed": False, "detail": intact["detail"] + f"; candidate code tried to read "

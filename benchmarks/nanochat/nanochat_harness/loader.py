@@ -172,3 +172,7 @@ class TrainLoader:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            # a packing thread still inside torch when the interpreter exits aborts the process
+            # ("terminate called without an active exception"); let it finish its batch
+            self._thread.join(timeout=10)
