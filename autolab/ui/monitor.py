@@ -11,6 +11,7 @@ that started the run is still busy.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from collections import deque
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class RunMonitor(StaticFallback, W.VBox):
             metric = getattr(getattr(getattr(lab, "task", None), "metric", None), "name", None)
         self.budget_s, self.metric, self.total, self.throttle_s = budget_s, metric, total, throttle_s
         self.runs: dict[str, _RunState] = {}
-        self.events: list[dict] = []
+        self.events: deque[dict] = deque(maxlen=2000)   # the latest events, for inspection
         self.finished: list[Any] = []   # Run records from run_end events
         self.notes: list[str] = []      # the last few "note" events of a loop
         self.max_curves = max_curves
@@ -178,20 +179,20 @@ class RunMonitor(StaticFallback, W.VBox):
                 self._pending_draw.cancel()
                 self._pending_draw = None
             self._last_draw = now
-        png = self._png()
-        with self.hold_sync():
-            self.plot.value = png
-            self._update_text()
+            # drawn under the lock: two threads drawing at once must not leave the older picture last
+            png = self._png()
+            with self.hold_sync():
+                self.plot.value = png
+                self._update_text()
         self._ensure_ticker()
 
     def _update_text(self) -> None:
         """Progress bars, labels, status and table (cheap; the ticker calls it every second)."""
-        with self._lock:
+        with self._lock, self.hold_sync():
             runs = list(self.runs.values())
             done = sum(1 for r in runs if r.state != "RUNNING")
             current = next((r for r in reversed(runs) if r.state == "RUNNING"), None)
             total = max(self.total or 0, len(runs), 1)
-        with self.hold_sync():
             self.all_bar.max = total
             self.all_bar.value = done
             self.all_label.value = f"{done}/{total} done"
@@ -213,7 +214,7 @@ class RunMonitor(StaticFallback, W.VBox):
                 color = "#cf222e" if failed else "#1a7f37"
                 self.status.value = (f'<div style="{H.FONT} color:{color};">{done} run(s) finished'
                                      f'{f", {len(failed)} not complete" if failed else ""}.</div>')
-            self.table.value = self._table_html(runs)
+            self.table.value = self._table_html(runs[-20:])
 
     def _ensure_ticker(self) -> None:
         with self._lock:
