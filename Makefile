@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml | $(PY)
 	    echo "no GPU: installing the CPU build ($(TORCH_SPEC))"; $(PY) -m pip install -q "$(TORCH_SPEC)"; \
 	  fi; \
 	fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	@touch $(STAMP)
 
 install: $(STAMP)
