@@ -65,7 +65,9 @@ class Significance:
     test: str = "welch"
     alpha: float = 0.05
     min_seeds: int = 2
-    target: float | None = None   # for one_sample_below_target
+    target: float | None = None   # for one_sample_below_target (a preset's `target` setting overrides)
+    metric: str | None = None     # the result metric the test reads (default: the task's metric)
+    time_alpha: float = 0.05      # one_sample_below_target: level of the time comparison with the parent
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,8 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
         alpha=r.get("significance.alpha", float, 0.05),
         min_seeds=r.get("significance.min_seeds", int, 2),
         target=r.get("significance.target", float, None) if "target" in data.get("significance", {}) else None,
+        metric=r.get("significance.metric", str, None) if "metric" in data.get("significance", {}) else None,
+        time_alpha=r.get("significance.time_alpha", float, 0.05),
     )
     if sig.test not in TESTS:
         raise r.fail("significance.test", f"is {sig.test!r}", f"use one of {', '.join(TESTS)}")

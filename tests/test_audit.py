@@ -93,3 +93,40 @@ def test_static_scan_flags_env_reads(toy_lab):
     c = toy_lab.add_candidate({"solution.py": "import os\nKEY = os.environ.get('OPENAI_API_KEY')\nX = 3.0\n"}, seed)
     checks = {ch.name: ch for ch in run_checks(toy_lab, c)}
     assert not checks["static_scan"].passed and "environment" in checks["static_scan"].detail
+
+
+def _sr_runs(lab, cand, losses, times, failed=()):
+    for i, (l, t) in enumerate(zip(losses, times)):
+        r = Run(id=f"r-{cand.id}-{i}", task="speedrun", candidate_id=cand.id, preset=lab.preset_name, seed=101 + i,
+                purpose="confirm", meta={"protected_changed": [], "violations": [], "probes": {}})
+        if i in failed:
+            lab.log.append(r.with_state(State.FAILED, metrics={"val_loss": l},
+                                        error={"reason": "target not reached: 5.1 > 4.95", "ename": "RunFailed"}))
+        else:
+            lab.log.append(r.with_state(State.COMPLETE, metrics={"val_loss": l, "time_s": t},
+                                        timings={"train_s": t, "budget_s": 60.0, "allowance_s": 30.0}))
+
+
+def test_speedrun_record_rule(tmp_path):
+    from autolab.audit import _record_rule
+
+    lab = autolab.Lab(tmp_path / "sr", task="speedrun", preset="cpu-tiny")
+    seed = lab.seed_candidate()
+    _sr_runs(lab, seed, [4.88, 4.89, 4.87], [30.0, 30.5, 29.8])
+    target = lab.task.preset("cpu-tiny").settings.get("target", lab.task.significance.target)
+    text = lab.files(seed)["train_gpt.py"]
+    fast = lab.add_candidate({"train_gpt.py": text + "\n# faster\n"}, seed)
+    _sr_runs(lab, fast, [4.90, 4.91, 4.89], [25.0, 25.3, 24.9])
+    state, reason, _ = _record_rule(lab, fast, seed, "cpu-tiny", True)
+    assert state is State.PROMOTED, reason
+    # a run that missed the target counts with its loss: the mean is no longer clearly below
+    miss = lab.add_candidate({"train_gpt.py": text + "\n# risky\n"}, seed)
+    _sr_runs(lab, miss, [4.90, 5.10, 4.91], [20.0, 20.0, 20.0], failed={1})
+    state, reason, _ = _record_rule(lab, miss, seed, "cpu-tiny", True)
+    assert state is State.REJECTED and "not below target" in reason, reason
+    # below target but not faster than the parent
+    slow = lab.add_candidate({"train_gpt.py": text + "\n# slow\n"}, seed)
+    _sr_runs(lab, slow, [4.80, 4.81, 4.79], [31.0, 30.9, 31.2])
+    state, reason, _ = _record_rule(lab, slow, seed, "cpu-tiny", True)
+    assert state is State.REJECTED and "does not beat the parent" in reason
+    assert target is not None

@@ -74,13 +74,12 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
         else:
             state, reason = State.REJECTED, (f"screening: {cmean:.4f} does not beat the parent's {pmean:.4f} "
                                              f"by the noise margin {screen_margin:.4f}")
+    elif sig.test == "one_sample_below_target":
+        state, reason, test = _record_rule(lab, candidate, parent, preset, final)
     else:
         test = compare(cand_vals, parent_vals, direction=metric.direction, test=sig.test, target=sig.target)
         need = sig.min_seeds
-        if sig.test == "one_sample_below_target":
-            enough = len(cand_vals) >= need
-        else:
-            enough = len(cand_vals) >= need and len(parent_vals) >= need
+        enough = len(cand_vals) >= need and len(parent_vals) >= need
         if not enough and final:
             state, reason = State.REJECTED, f"only {len(cand_vals)} vs {len(parent_vals)} selection-free runs completed; promotion needs {need} on each side"
         elif not enough:
@@ -103,6 +102,38 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
         if state is State.PROMOTED:
             _record_insight(lab, candidate, verdict, test)
     return verdict
+
+
+def _record_rule(lab: Lab, candidate: Candidate, parent: Candidate | None, preset: str, final: bool):
+    """The speedrun's record rule: the mean of ``significance.metric`` (e.g. the final val loss)
+    over selection-free runs is below the preset's target with a one-sided one-sample t-test at
+    ``alpha`` (runs that missed the target count, with their loss), and the task's metric (the
+    time) beats the parent's by a one-sided Welch test at ``time_alpha``."""
+    task, sig = lab.task, lab.task.significance
+    target = lab.task.preset(preset).settings.get("target", sig.target)
+    tested = sig.metric or task.metric.name
+    runs = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.preset == preset
+            and r.purpose in SELECTION_FREE and (r.state is State.COMPLETE or (
+                r.state is State.FAILED and str((r.error or {}).get("reason", "")).startswith("target not reached")))]
+    vals = [r.metrics[tested] for r in runs if tested in r.metrics]
+    rule = compare(vals, [], direction="minimize", test="one_sample_below_target", target=target)
+    if len(vals) < sig.min_seeds:
+        return ((State.REJECTED if final else State.PENDING),
+                f"the record rule needs {sig.min_seeds} runs with a final {tested} (has {len(vals)})", rule)
+    if rule.p_value is None or rule.p_value >= sig.alpha:
+        return (State.REJECTED, f"mean {tested} {sum(vals) / len(vals):.4f} not below target {target} with "
+                f"p < {sig.alpha} (p={rule.p_value if rule.p_value is None else round(rule.p_value, 4)})", rule)
+    if parent is None:
+        return State.PROMOTED, f"record: mean {tested} below {target} (p={rule.p_value:.3g})", rule
+    name = task.metric.name
+    a = [r.metrics[name] for r in runs_of(lab, candidate, purposes=SELECTION_FREE, preset=preset) if name in r.metrics]
+    b = [r.metrics[name] for r in runs_of(lab, parent, purposes=SELECTION_FREE, preset=preset) if name in r.metrics]
+    t = compare(a, b, direction=task.metric.direction, test="welch")
+    if t.p_value is not None and t.p_value < sig.time_alpha and (t.effect or 0) > 0:
+        return (State.PROMOTED, f"record rule holds (p={rule.p_value:.3g} < {sig.alpha}) and {name} improves by "
+                f"{t.effect:+.3f} (welch p={t.p_value:.3g} < {sig.time_alpha})", t)
+    return (State.REJECTED, f"record rule holds but {name} does not beat the parent significantly "
+            f"(welch p={'n/a' if t.p_value is None else f'{t.p_value:.3g}'})", t)
 
 
 def _record_insight(lab: Lab, candidate: Candidate, verdict: Verdict, test: TestResult) -> Insight:
