@@ -21,7 +21,7 @@ nothing else. A case that no longer merges cleanly runs as written.
 :func:`redteam` makes a fresh lab per task, adds every case as a candidate of the seed (through
 ``Lab.add_candidate``, as an implementer would), runs them all concurrently through one
 executor with :func:`autolab.run.run` (purpose ``"redteam"``; the seed's selection-free
-baseline runs first), and audits each with :func:`autolab.audit.audit`, the loop's own audit:
+baseline runs first where hidden_val or a significance case compares against them), and audits each with :func:`autolab.audit.audit`, the loop's own audit:
 ``stage="screen"`` for single-run cases (caught = REJECTED), and screening + confirmation +
 ``stage="confirm"`` for cases that need significance (caught = not PROMOTED). A case whose
 files the lab refuses (a protected file) is caught by ``diff_scope`` without running.
@@ -318,7 +318,9 @@ def _task_units(lab, cases: list[Case], results: list[CaseResult]):
     seed = lab.seed_candidate()
     current = lab.files(seed)
     sig = lab.task.significance
-    units = [(seed, "baseline", max(sig.min_seeds, 2), None)]
+    # the seed's selection-free runs: what hidden_val and the significance test compare against
+    need_parent = "hidden_val" in lab.task.probes or any(c.needs == "significance" for c in cases)
+    units = [(seed, "baseline", max(sig.min_seeds, 2), None)] if need_parent else []
     planned = []
     for case in cases:
         files, clean = rebase(case, current)
@@ -364,7 +366,10 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
     from ..search import noise_sd
 
     t0 = time.monotonic()
-    names = list(tasks) if tasks else sorted(discover_tasks())
+    if tasks:
+        names = list(tasks)
+    else:   # every task with a corpus (a task without one, or still being written, is not loaded)
+        names = [n for n, path in sorted(discover_tasks().items()) if (Path(path) / "redteam").is_dir()]
     if corpus and len(names) != 1:
         raise AutolabError("--corpus needs exactly one TASK (the task its cases are written for)")
     plans = []
@@ -433,7 +438,8 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
                     futures[(lab.path, cand.id, purpose)] = pool.submit(
                         run, lab, cand, n, purpose=purpose, executor=ex, on_event=on_event)
             for lab, seed, units, planned in work:
-                baseline = futures[(lab.path, seed.id, "baseline")].result()
+                key = (lab.path, seed.id, "baseline")
+                baseline = futures[key].result() if key in futures else []
                 for case, cand in planned:
                     if case.needs == "significance":
                         runs = futures[(lab.path, cand.id, "screen")].result()
