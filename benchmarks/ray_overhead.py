@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def main() -> None:
     from toytask import make_toy_task
 
     cluster = None
+    tmp = Path(tempfile.mkdtemp(prefix="autolab-ray-overhead-"))
     if args.address is None:
         from raycluster import LocalRayCluster
 
@@ -62,7 +64,6 @@ def main() -> None:
         os.environ["PYTHONPATH"] = cluster.env["PYTHONPATH"]
         os.environ["RAY_AUTH_MODE"] = cluster.env["RAY_AUTH_MODE"]
     try:
-        tmp = Path(tempfile.mkdtemp(prefix="autolab-ray-overhead-"))
         task = make_toy_task(tmp / "tasks")
         labs = {"local": autolab.Lab(tmp / "lab-local", task=str(task)),
                 "ray": autolab.Lab(tmp / "lab-ray", task=str(task))}
@@ -98,6 +99,7 @@ def main() -> None:
             print(f"outside papermill (wall - papermill_s), ray - local: mean {res['outside_papermill_overhead_s_mean']:+.3f} s,"
                   f" median {res['outside_papermill_overhead_s_median']:+.3f} s")
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         if cluster is not None:
             import ray
 
