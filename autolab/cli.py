@@ -84,7 +84,12 @@ def cmd_run(args) -> int:
 
     lab = _lab(args, args.task, args.preset)
     cand = lab.candidate_from_dir(args.candidate) if args.candidate else lab.seed_candidate()
-    runs = run(lab, cand, seeds=args.seeds, purpose="manual", executor=args.executor, progress=not args.json)
+    executor = args.executor
+    if executor == "ray":
+        from .executors import get_executor
+
+        executor = get_executor("ray", address=args.ray_address)
+    runs = run(lab, cand, seeds=args.seeds, purpose="manual", executor=executor, progress=not args.json)
     name = lab.task.metric.name
     vals = [r.metrics[name] for r in runs if r.ok]
     obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [
@@ -245,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("task"); sp.add_argument("--preset", default=None); sp.add_argument("--candidate", default=None,
                                                                                          help="folder with the candidate's editable files")
     sp.add_argument("--seeds", type=int, default=1); sp.add_argument("--lab", default=None)
-    sp.add_argument("--executor", default="local")
+    sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
     sp = add("loop", cmd_loop, "run the research loop (resumable: the same command continues)")
     sp.add_argument("task"); sp.add_argument("--preset", default=None)
     sp.add_argument("--iterations", type=int, default=8, help="experiments (ideas) in the lab in total")

@@ -368,7 +368,15 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
-            n_slots = max(1, getattr(ex, "slots", 1))
+            preset = lab.preset
+            if hasattr(ex, "slots_for"):   # slots for this preset's kind of run (GPU or CPU threads)
+                try:
+                    n_slots = ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1)))
+                except TypeError:
+                    n_slots = ex.slots_for(preset.gpus)
+            else:
+                n_slots = getattr(ex, "slots", 1)
+            n_slots = max(1, n_slots)
             n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
             busy0 = getattr(ex, "busy_s", None)

@@ -81,8 +81,12 @@ class LocalExecutor:
     def slots(self) -> int:
         return self._n_gpu if self._n_gpu else self._n_cpu
 
-    def slots_for(self, gpus: int) -> int:
-        return self._n_gpu if gpus else self._n_cpu
+    def slots_for(self, gpus: int, threads: int = 1) -> int:
+        """How many runs of this kind can execute at once."""
+        if gpus:
+            return self._n_gpu // max(1, gpus)
+        return max(1, self._cores.n // max(1, min(threads, self._cores.n))) if self._cores.n == (os.cpu_count() or 1) \
+            else self._cores.n
 
     def submit(self, job: Job) -> "Future[JobResult]":
         fut: Future[JobResult] = Future()
