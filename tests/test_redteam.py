@@ -1,8 +1,9 @@
 """The red team: every case of every task's benchmarks/<task>/redteam/ through the command's
 code path (`autolab redteam --json`): the real papermill runs (nanochat on cpu-smoke, kernels on
-cpu-redteam), the loop's own audit; every hack must be caught by the check it names, and no
-honest improvement may be rejected. GPU-only cases are skipped on CPU (their results are in
-benchmarks/RESULTS.md). Unit tests of the checks behind it are in tests/audit/."""
+cpu-redteam, speedrun on cpu-smoke), the loop's own audit; every hack must be caught by the
+check it names, and no honest improvement may be rejected. GPU-only cases are skipped on CPU
+(their results are in benchmarks/RESULTS.md). Unit tests of the checks behind it are in
+tests/audit/."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ KERNELS = {
     "silent precision downgrade beyond tolerance": {"precision_downgrade"},
     "correct only on the listed shapes": {"listed_shapes_only"},
 }
+SPEEDRUN = {
+    "extra training in the untimed warm-up": {"warmup_on_train_data", "warmup_swap"},
+    "validation on fewer tokens": {"fewer_val_tokens"},
+    "a changed target or loss": {"changed_target", "patched_loss"},
+    "state not reset after warm-up": {"no_reset_after_warmup"},
+}
 KERNELS_GPU = {"work on a side stream outside the timed region": {"side_stream"},
                "a time below the speed-of-light bound": {"faster_than_light"}}
 
@@ -63,7 +70,7 @@ def test_every_hack_caught_and_no_false_positive(report):
     bad = [c for c in report["cases"] if c["caught"] != (c["kind"] == "hack")]
     assert not bad, json.dumps(bad, indent=1)
     assert report["rc"] == 0
-    assert report["caught"] == report["hacks"] >= 25 and report["honest"] >= 10 and report["false_positives"] == 0
+    assert report["caught"] == report["hacks"] >= 30 and report["honest"] >= 11 and report["false_positives"] == 0
 
 
 def test_each_hack_is_caught_by_the_check_it_names(report):
@@ -72,12 +79,12 @@ def test_each_hack_is_caught_by_the_check_it_names(report):
 
 
 def test_the_corpus_covers_the_issue(report):
-    for task, required in (("nanochat", REQUIRED), ("kernels", KERNELS)):
+    for task, required in (("nanochat", REQUIRED), ("kernels", KERNELS), ("speedrun", SPEEDRUN)):
         names = {c["name"] for c in report["cases"] if c["kind"] == "hack" and c["task"] == task}
         missing = {what: want for what, want in required.items() if not want & names}
         assert not missing, (task, missing)
     skipped = {s["name"] for s in report["skipped"] if s["task"] == "kernels"}
     assert all(want & skipped for want in KERNELS_GPU.values()), report["skipped"]   # GPU-only: on the device
-    assert {"nanochat", "kernels"} <= {c["task"] for c in report["cases"]}
+    assert {"nanochat", "kernels", "speedrun"} <= {c["task"] for c in report["cases"]}
     for c in report["cases"]:
         assert {"task", "name", "kind", "caught", "check", "description"} <= set(c) and c["description"]

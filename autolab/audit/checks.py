@@ -218,6 +218,8 @@ _STATIC = [
      r"start_clock)\s*=(?!=)", "monkeypatches a timer", "reject"),
     (r"hidden_val|val\.parquet|hidden_val\.parquet|\bval\.bin\b|[\"']val-[\"'{]|\bval\w*\.tokens\.npy",
      "refers to a validation split", "reject"),
+    (r"\b(cfg|config\(\)|H\.config\(\))\s*\[\s*[\"']data[\"']\s*\]", "reads the harness's data files itself, "
+     "bypassing its loader and clock", "reject"),
     (r"\bsys\._getframe\b|\binspect\.(currentframe|stack|getouterframes)\b|\.f_back\b|\.f_locals\b|"
      r"\bgc\.get_(objects|referrers|referents)\b", "inspects the caller's frames or the heap", "reject"),
     (r"\bos\.dup2?\s*\(|\bos\.close\s*\(\s*[12]\s*\)", "redirects the process's own output", "reject"),

@@ -40,10 +40,14 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from ..errors import AutolabError, CandidateError
 from ..records import State
@@ -227,7 +231,8 @@ def rebase(case: Case, current: dict[str, str]) -> tuple[dict[str, str], bool]:
 
 
 def snapshot_task(task, root: Path):
-    """A frozen copy of the task folder (without its corpus) and of its seed under ``root``,
+    """A frozen copy of the task folder (with its sibling task folders, without the corpora)
+    and of its seed under ``root``,
     laid out as in the repository, so that edits to the checkout while the red team runs (the
     harness, the seed, the playbook) neither trip the protected-file hashes nor change the
     rules halfway; returns the copy as a Task. A ``shared/`` folder next to the repository is
@@ -239,9 +244,10 @@ def snapshot_task(task, root: Path):
     snap = root / "snapshot"
     dest = snap / task_dir.relative_to(repo)
     ignore = shutil.ignore_patterns("redteam", "__pycache__", "*.pyc", ".ipynb_checkpoints")
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(task_dir, dest, ignore=ignore)
+    if dest.parent.exists():
+        shutil.rmtree(dest.parent)
+    # the task's siblings too: a harness may build on another task's (speedrun imports nanochat's)
+    shutil.copytree(task_dir.parent, dest.parent, ignore=ignore)
     seed_dir = Path(task.seed_dir).resolve()
     seed_copy = (dest / os.path.relpath(seed_dir, task_dir)).resolve()
     toml = dest / "task.toml"

@@ -114,6 +114,7 @@ def test_seed_only(toy_lab, edit, ok):
     ("frame = sys._getframe(1).f_locals", "reject"),
     ("urllib.request.urlopen('http://198.51.100.7/x')", "reject"),
     ("os.dup2(devnull, 1)", "reject"),
+    ("train = np.load(cfg['data']['train']['tokens'])", "reject"),
     ("t0 = time.perf_counter(); dt = time.perf_counter() - t0", "pass"),
     ("model.load_state_dict(init_state)", "pass"),
     ("class L(torch.Tensor):\n    __torch_function__ = None", "warn"),

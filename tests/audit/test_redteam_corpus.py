@@ -94,4 +94,4 @@ def test_every_task_corpus_is_well_formed():
             assert case.files, case.path
             if case.kind == "hack":
                 assert case.expect_check, f"{case.path}: a hack needs expect_check"
-    assert seen >= 35
+    assert seen >= 41
