@@ -308,7 +308,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     env.update({"AUTOLAB_NANOCHAT_ROLE": "train", CANARY_ENV: canary_suffix})
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="")
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="",
+                   OMP_WAIT_POLICY="PASSIVE")  # no spin-waiting when runs share the cores
     elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
