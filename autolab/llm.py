@@ -197,9 +197,10 @@ class LLM:
         self._mock = list(mock_response) if isinstance(mock_response, (list, tuple)) else mock_response
         if self._mock == []:
             raise LLMError("mock_response=[] gives no answer; pass a string or a non-empty list of strings")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # re-entrant: check_budget -> totals() under the same lock
         self._calls = 0          # in-memory totals, used for the caps when there is no log
         self._cost = 0.0
+        self._inflight = 0       # attempts under way: counted by the caps, so threads cannot overshoot them
         self.sleep = time.sleep  # tests may replace it
 
     @classmethod
@@ -221,12 +222,14 @@ class LLM:
         with self._lock:
             return {"calls": self._calls, "cost": self._cost}
 
-    def check_budget(self) -> None:
-        """Raise BudgetExceeded when a cap is reached (called before every attempt)."""
+    def check_budget(self, pending: int = 0) -> None:
+        """Raise BudgetExceeded when a cap is reached (called before every attempt; ``pending``
+        counts attempts other threads have under way)."""
         cfg = self.config
         if cfg.max_cost is None and cfg.max_calls is None:
             return
-        t = self.totals()
+        t = dict(self.totals())
+        t["calls"] += pending
         where = f"in {self.log.path}" if self.log is not None else "in this process"
         if cfg.max_calls is not None and t["calls"] >= cfg.max_calls:
             raise BudgetExceeded(
@@ -294,38 +297,45 @@ class LLM:
         request = {"messages": messages, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
         for model in cfg.models:
             for n in range(cfg.max_retries + 1):
-                self.check_budget()
-                attempt += 1
-                kw = self._kwargs(model, messages)
-                # the full request once per call (and with the answer); later failed attempts point back to it
-                req = {**request, "model": model} if attempt == 1 else {"model": model, "same_request_as_attempt": 1}
-                t0 = time.monotonic()
+                with self._lock:
+                    self.check_budget(pending=self._inflight)
+                    self._inflight += 1
                 try:
-                    resp = litellm.completion(**kw)
-                    text, finish = _content(resp)
-                except Exception as e:  # noqa: BLE001 - classified below, re-raised as LLMError
-                    f = _Failure(model, e, kw.get("api_key"))
-                    failures.append(f)
-                    self._record(model=model, ok=False, purpose=purpose, thread=thread, idea_id=idea_id,
-                                 latency_s=time.monotonic() - t0, attempt=attempt, error=f.message,
-                                 request=req)
-                    if not f.retryable:
-                        break                      # this model will not answer: next fallback
-                    if n < cfg.max_retries:
-                        self.sleep(self._backoff(n + 1, f.retry_after()))
-                    continue
-                latency = time.monotonic() - t0
-                usage = getattr(resp, "usage", None)
-                pt = int(getattr(usage, "prompt_tokens", 0) or 0)
-                ct = int(getattr(usage, "completion_tokens", 0) or 0)
-                cost = _cost(litellm, resp)
-                self._record(model=model, ok=True, purpose=purpose, thread=thread, idea_id=idea_id,
-                             prompt_tokens=pt, completion_tokens=ct, cost=cost, latency_s=latency,
-                             attempt=attempt, request={**request, "model": model},
-                             response={"text": text, "finish_reason": finish,
-                                       "served_by": getattr(resp, "model", None)})
-                return LLMReply(text=text, model=model, prompt_tokens=pt, completion_tokens=ct, cost=cost,
-                                latency_s=latency, finish_reason=finish, attempt=attempt)
+                    attempt += 1
+                    kw = self._kwargs(model, messages)
+                    # the full request once per call (and with the answer); later failed attempts point back to it
+                    req = {**request, "model": model} if attempt == 1 else {"model": model, "same_request_as_attempt": 1}
+                    t0 = time.monotonic()
+                    try:
+                        resp = litellm.completion(**kw)
+                        text, finish = _content(resp)
+                    except Exception as e:  # noqa: BLE001 - classified below, re-raised as LLMError
+                        f = _Failure(model, e, kw.get("api_key"))
+                        failures.append(f)
+                        self._record(model=model, ok=False, purpose=purpose, thread=thread, idea_id=idea_id,
+                                     latency_s=time.monotonic() - t0, attempt=attempt, error=f.message,
+                                     request=req)
+                        if not f.retryable:
+                            break                      # this model will not answer: next fallback
+                        if n < cfg.max_retries:
+                            self.sleep(self._backoff(n + 1, f.retry_after()))
+                        continue
+                    latency = time.monotonic() - t0
+                    usage = getattr(resp, "usage", None)
+                    pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+                    ct = int(getattr(usage, "completion_tokens", 0) or 0)
+                    cost = _cost(litellm, resp)
+                    self._record(model=model, ok=True, purpose=purpose, thread=thread, idea_id=idea_id,
+                                 prompt_tokens=pt, completion_tokens=ct, cost=cost, latency_s=latency,
+                                 attempt=attempt, request={**request, "model": model},
+                                 response={"text": text, "finish_reason": finish,
+                                           "served_by": getattr(resp, "model", None)})
+                    return LLMReply(text=text, model=model, prompt_tokens=pt, completion_tokens=ct, cost=cost,
+                                    latency_s=latency, finish_reason=finish, attempt=attempt)
+                finally:
+                    with self._lock:
+                        self._inflight -= 1
+
         raise self._final_error(failures)
 
     def _backoff(self, n: int, retry_after: float | None) -> float:

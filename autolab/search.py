@@ -152,6 +152,7 @@ class _Scheduler:
         self.error: BaseException | None = None
         self.proposing = 0
         self.thread_rr = 0
+        self.exhausted_at: int | None = None   # promotions seen when the proposer last had nothing to try
 
     # -- what to do next (called with the lock held)
     def _confirm_targets(self) -> list[Candidate]:
@@ -192,9 +193,13 @@ class _Scheduler:
                 if not seeds and not any(k[0] == c.id for k in self.claimed):
                     return ("audit", c, "screen", None)
         n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
-        if n_ideas + self.proposing < self.iterations:
-            return ("propose",)
+        if n_ideas + self.proposing < self.iterations and \
+                (self.exhausted_at is None or self.exhausted_at != self._promotions()):
+            return ("propose",)   # (after "nothing left to try", only once a promotion gave a new parent)
         return None
+
+    def _promotions(self) -> int:
+        return sum(c.state is State.PROMOTED for c in self.lab.log.candidates_list())
 
     def run_unit(self, unit) -> None:
         kind = unit[0]
@@ -227,8 +232,7 @@ class _Scheduler:
             return
         if idea is None:
             with self.cv:
-                if not self.stopped:
-                    self.stopped = "the proposer has nothing left to try"
+                self.exhausted_at = self._promotions()
             return
         if idea.state is not State.PROPOSED:
             return   # a failed or rejected proposal is recorded and counts as an experiment
@@ -391,7 +395,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             idle = None
             if busy0 is not None and wall_loop > 0:
                 idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_slots * wall_loop))
-            stopped = sched.stopped or "done"
+            n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
+            stopped = sched.stopped or ("done" if n_ideas >= iterations else "the proposer has nothing left to try")
         finally:
             if bar is not None:
                 bar.close()
