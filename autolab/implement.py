@@ -46,12 +46,18 @@ def apply_setting_edit(text: str, edit: Mapping[str, Any], *, path: str = "<file
 
 
 def check_compiles(files: Mapping[str, str]) -> None:
-    for rel, text in files.items():
-        if rel.endswith(".py"):
-            try:
-                compile(text, rel, "exec")
-            except SyntaxError as e:
-                raise CandidateError(f"{rel}:{e.lineno}: does not compile: {e.msg}") from None
+    """Raise CandidateError if a .py file does not compile (nothing is executed)."""
+    for path, src in sorted(files.items()):
+        if not path.endswith(".py"):
+            continue
+        try:
+            compile(src, path, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            line = (e.text or "").rstrip()
+            raise CandidateError(f"{path} does not compile after the edits: {e.msg} at line {e.lineno}"
+                                 + (f":\n    {line}" if line else "")) from None
+        except ValueError as e:
+            raise CandidateError(f"{path} does not compile after the edits: {e}") from None
 
 
 def implement_files(lab: Lab, idea: Idea, files: Mapping[str, str], parent: Candidate | None = None,

@@ -39,6 +39,9 @@ __all__ = ["EditBlock", "EditFormatError", "EditApplyError", "parse_edit_blocks"
            "check_compiles", "LLMImplementer", "make_llm_implementer"]
 
 
+from .implement import check_compiles  # noqa: E402  (the one compile check, shared)
+
+
 class EditFormatError(CandidateError):
     """The answer's edit blocks are malformed (a marker missing, no file path)."""
 
@@ -298,21 +301,6 @@ def apply_edits(files: Mapping[str, str], blocks: Sequence[EditBlock]) -> dict[s
             out[b.path] = ""
         out[b.path] = _apply_one(out[b.path], b)
     return out
-
-
-def check_compiles(files: Mapping[str, str]) -> None:
-    """Raise CandidateError if a .py file does not compile (nothing is executed)."""
-    for path, src in sorted(files.items()):
-        if not path.endswith(".py"):
-            continue
-        try:
-            compile(src, path, "exec", dont_inherit=True)
-        except SyntaxError as e:
-            line = (e.text or "").rstrip()
-            raise CandidateError(f"{path} does not compile after the edits: {e.msg} at line {e.lineno}"
-                                 + (f":\n    {line}" if line else "")) from None
-        except ValueError as e:
-            raise CandidateError(f"{path} does not compile after the edits: {e}") from None
 
 
 # ---------------------------------------------------------------------------- the implementer

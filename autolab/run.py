@@ -114,7 +114,7 @@ def owner_alive(owner: dict | None) -> bool:
 
 
 def reap_interrupted(lab: Lab) -> list[Run]:
-    """Mark RUNNING runs whose owner process died as KILLED (they are re-queued by pick_seeds)."""
+    """Mark RUNNING runs whose owner process died as KILLED (missing_seeds re-queues them)."""
     reaped = []
     for r in lab.log.runs_list():
         if r.state is State.RUNNING and not owner_alive(r.meta.get("owner")):

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .audit import audit
+from .audit import SELECTION_FREE, audit
 from .errors import AutolabError, BudgetExceeded, CandidateError
 from .executors import Executor, get_executor
 from .implement import Implementer, implement
@@ -33,7 +33,6 @@ from .records import Candidate, Idea, Run, State, Verdict, now
 from .run import _owner, missing_seeds, owner_alive, reap_interrupted, runs_of, submit_run
 
 DIRECTIONS = ("optimizer", "architecture", "schedule", "systems", "data")
-SELECTION_FREE = ("confirm", "baseline")
 
 
 # ---------------------------------------------------------------------------- queries on the log

@@ -154,7 +154,7 @@ def _record_insight(lab: Lab, candidate: Candidate, verdict: Verdict, test: Test
     return ins
 
 
-__all__ = ["audit", "run_checks", "register_check", "compare", "CHECKS"]
+__all__ = ["audit", "run_checks", "register_check", "compare", "CHECKS", "SELECTION_FREE"]
 
 
 from .._callable import make_callable as _make_callable  # noqa: E402

@@ -71,6 +71,8 @@ class LocalExecutor:
         self._n_gpu = gpus
         cores = os.cpu_count() or 1
         self._n_cpu = cpu_slots if cpu_slots is not None else max(1, cores // max(1, threads_per_job))
+        # cpu_slots given: that many CPU runs at once, one unit each; else runs share the cores
+        self._runs_per_slot = cpu_slots is not None
         self._cores = _Cores(cores if cpu_slots is None else cpu_slots)
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
@@ -85,8 +87,9 @@ class LocalExecutor:
         """How many runs of this kind can execute at once."""
         if gpus:
             return self._n_gpu // max(1, gpus)
-        return max(1, self._cores.n // max(1, min(threads, self._cores.n))) if self._cores.n == (os.cpu_count() or 1) \
-            else self._cores.n
+        if self._runs_per_slot:
+            return self._cores.n
+        return max(1, self._cores.n // max(1, min(threads, self._cores.n)))
 
     def submit(self, job: Job) -> "Future[JobResult]":
         fut: Future[JobResult] = Future()
@@ -105,7 +108,7 @@ class LocalExecutor:
         if job.gpus:
             gpu_ids = [self._gpu_ids.get() for _ in range(job.gpus)]
         else:
-            taken = self._cores.take(job.threads if self._cores.n == (os.cpu_count() or 1) else 1)
+            taken = self._cores.take(1 if self._runs_per_slot else job.threads)
         slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
         env = dict(os.environ)
         env.update(job.env)
