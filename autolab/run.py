@@ -131,10 +131,10 @@ def reap_interrupted(lab: Lab) -> list[Run]:
 # ---------------------------------------------------------------------------- one run
 
 def papermill_argv(notebook: Path, out_nb: Path, params: dict) -> list[str]:
-    argv = [sys.executable, "-m", "papermill", str(notebook), str(out_nb), "-k", "python3", "--no-progress-bar"]
-    for k, v in params.items():
-        argv += ["-p", k, str(v)] if not isinstance(v, str) else ["-r", k, v]
-    return argv
+    """The command of one run: papermill in its own process (through autolab._papermill_run,
+    which only trims start-up and tear-down; the executed notebook is papermill's)."""
+    return [sys.executable, "-m", "autolab._papermill_run", str(notebook), str(out_nb), "--kernel", "python3",
+            "--params", json.dumps(params, default=str)]
 
 
 _PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}

@@ -2,6 +2,7 @@
 
     python3 benchmarks/speedrun_gpu.py --out $OUT --stage calibrate [--plan-s 150] [--budget 500]
     python3 benchmarks/speedrun_gpu.py --out $OUT --stage runs --seeds 3 4 5 [--budget 500]
+    python3 benchmarks/speedrun_gpu.py --out $OUT --stage scaling --preset 8xh100 --gpus 4 1 2 [--budget 560]
 
 The device has torch but no papermill, so this drives the harness directly
 (``speedrun_harness.runner.run_benchmark``, the same code the notebook calls), on the ``h100``
@@ -15,6 +16,9 @@ Stages:
              (``train_steps``) and its curve shows where a target sits; then, while the budget
              lasts, more seeds with that fixed step count (``--seeds``, default 2).
   runs       the given seeds with the preset's own plan and target (after calibration).
+  scaling    data-parallel scaling: seed 1 of the preset (the same global batch and plan) on each
+             GPU count of ``--gpus`` in turn (torchrun inside the sandbox, NCCL, NVLink multicast
+             off), while the budget lasts; summary.json gets tokens/s, time and speed-up per count.
 
 Each run's result JSON is copied to ``--out`` at once; ``summary.json`` (every run's time,
 losses, probes, and the record rule over the fixed-plan runs) and a short table come last.
@@ -85,12 +89,13 @@ def brief(res: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--stage", choices=("calibrate", "runs"), default="calibrate")
+    ap.add_argument("--stage", choices=("calibrate", "runs", "scaling"), default="calibrate")
     ap.add_argument("--preset", default="h100")
     ap.add_argument("--plan-s", type=float, default=150.0, help="calibrate: seconds on the clock of the time plan")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--budget", type=float, default=500.0, help="seconds this script may use in all")
     ap.add_argument("--tokenizer", type=Path, default=REPO / ".data" / "speedrun-tok")
+    ap.add_argument("--gpus", type=int, nargs="*", default=[4, 1, 2], help="scaling: GPU counts, in order")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,37 @@ def main() -> int:
 
     fixed: list[dict] = []
     per_run = 0.0
+    if a.stage == "scaling":
+        for k, v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+            os.environ[k] = v      # NVLink multicast stays off (the device's rule); the sandbox passes NCCL_* etc. on
+        avail = torch.cuda.device_count() if torch.cuda.is_available() else max(a.gpus)   # CPU: gloo processes
+        scale: list[dict] = []
+        for i, n in enumerate(a.gpus):
+            if n > avail:
+                log(f"skipping {n} GPUs: {avail} visible")
+                continue
+            left = a.budget - (time.monotonic() - T0)
+            est = 60.0 + 150.0 / n
+            if i and left < est:
+                log(f"skipping {n} GPUs: {left:.0f}s left, a run takes about {est:.0f}s")
+                continue
+            res = one(1, {**extra, "gpus": n}, f"g{n}")
+            m = res.get("metrics", {})
+            scale.append({"gpus": n, "status": res.get("status"), "time_s": m.get("time_s"),
+                          "val_loss": m.get("val_loss"), "tokens_per_s": m.get("tokens_per_s"), "mfu": m.get("mfu"),
+                          "steps": m.get("steps"), "pre_s": res.get("timings", {}).get("pre_s"),
+                          "total_s": res.get("timings", {}).get("total_s")})
+            one_gpu = next((r for r in scale if r["gpus"] == 1 and r["time_s"]), None)
+            for r in scale:
+                if one_gpu and r["time_s"]:
+                    r["speedup"] = one_gpu["time_s"] / r["time_s"]
+                    r["efficiency"] = r["speedup"] / r["gpus"]
+            summary["scaling"] = scale
+            save()
+        for r in scale:
+            log(f"scaling: {r}")
+        save()
+        return 0
     if a.stage == "calibrate":
         big = {"time_plan_s": a.plan_s, "train_steps": 100000, "val_every": 100, "target": 99.0, **extra}
         res = one(1, big, "calib")

@@ -80,3 +80,26 @@ def test_protected_file_change_is_detected(toy_lab, toy_task):
     assert r.meta["protected_changed"] == ["playbook.toml"]
     checks = {c.name: c for c in run_checks(toy_lab, cand)}
     assert not checks["protected_hashes"].passed and "playbook.toml" in checks["protected_hashes"].detail
+
+
+def test_papermill_command_passes_typed_parameters_and_rejects_bad_ones(toy_task, tmp_path):
+    """The per-run command (autolab._papermill_run): parameters arrive with their JSON types in the
+    injected cell; a malformed --params stops with a message before any kernel starts."""
+    import subprocess
+    import sys
+
+    from autolab.run import papermill_argv
+
+    out = tmp_path / "out.ipynb"
+    argv = papermill_argv(toy_task / "benchmark.ipynb", out, {"seed": 7, "preset": "quick",
+                                                               "result_path": str(tmp_path / "r.json")})
+    assert argv[1:3] == ["-m", "autolab._papermill_run"]
+    p = subprocess.run(argv, cwd=toy_task, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    nb = json.loads(out.read_text())
+    injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
+    assert "seed = 7\n" in "".join(injected["source"])
+    assert nb["metadata"]["papermill"]["parameters"]["seed"] == 7
+    bad = subprocess.run([sys.executable, "-m", "autolab._papermill_run", "a.ipynb", "b.ipynb", "--params", "{seed"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--params is not JSON" in bad.stderr

@@ -221,10 +221,42 @@ def test_harness_probes():
     assert not harness_probes([_record(reset=None)], **kw)["reset_verified"]["passed"]
     outside = _record(batches_outside=3)
     assert not harness_probes([outside], **kw)["train_data_in_clock"]["passed"]
+    early = _record(train_reads=[{"phase": "warmup", "path": "/data/train.tokens.npy"}])
+    probe = harness_probes([early], **kw)["train_data_in_clock"]
+    assert not probe["passed"] and "before the clock started" in probe["detail"]
+    timed = _record(train_reads=[{"phase": "timed", "path": "/data/train.tokens.npy"}])
+    assert harness_probes([timed], **kw)["train_data_in_clock"]["passed"]
     patched = _record(clock_intact={"passed": False, "replaced": ["time.perf_counter"]})
     assert not harness_probes([patched], **kw)["clock_intact"]["passed"]
     missing = harness_probes([_record()], **{**kw, "world_size": 2})
     assert not missing["records"]["passed"]
+
+
+def test_train_reads_outside_the_loader_are_recorded_with_their_phase(tmp_path):
+    """The harness's audit hook, in a fresh process with a run configuration: an open of the train
+    split's files by the candidate is recorded with the phase; H.train_loader's own open is not."""
+    tokens, offsets = tmp_path / "train.tokens.npy", tmp_path / "train.offsets.npy"
+    np.save(tokens, np.arange(4096, dtype=np.uint16))
+    np.save(offsets, np.array([0, 4096], dtype=np.int64))
+    cfg = tmp_path / "run.json"
+    cfg.write_text(__import__("json").dumps({"data": {"train": {"tokens": str(tokens), "offsets": str(offsets)}},
+                                             "seed": 0, "device": "cpu", "threads": 1, "bos_id": 0,
+                                             "seq_len": 16, "record_dir": str(tmp_path)}))
+    code = f"""
+import sys, json, numpy as np
+sys.path.insert(0, {str(TASK_DIR)!r})
+import speedrun_harness as H
+H._S.phase = "warmup"                                  # as after H.begin
+np.load({str(tokens)!r}, mmap_mode="r")                # the candidate reads the train tokens itself
+H._S.phase = "timed"
+H._Loader(2, 16).close()                               # the harness's loader opens the split: allowed
+print(json.dumps(H._S.train_reads))
+"""
+    env = {**__import__("os").environ, "AUTOLAB_SPEEDRUN_CONFIG": str(cfg)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reads = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert reads and all(r == {"phase": "warmup", "path": str(tokens.resolve())} for r in reads)  # np.load opens it more than once
 
 
 def test_import_is_light():

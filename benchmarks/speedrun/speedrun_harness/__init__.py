@@ -112,6 +112,8 @@ class _State:
         self.reset: dict[str, Any] | None = None
         self.batches = 0                  # train batches drawn while the clock ran
         self.batches_outside = 0          # drawn while it was stopped (validation, after finish)
+        self.loader_opening = False       # True while H.train_loader opens the train split (its reads are allowed)
+        self.train_reads: list[dict[str, Any]] = []   # other opens of the train split's files, with the phase
         self.out_of_time = False
         self.rows = None                  # fixed validation rows (numpy, n x (T+1))
         self.final: dict[str, Any] | None = None
@@ -279,6 +281,7 @@ def _write_record(extra: dict[str, Any] | None = None) -> None:
         "validations": _S.validations, "warmup_validations": _S.warmup_validations,
         "begin": _S.begin_fp, "reset": _S.reset, "init_loss": _S.init_loss,
         "batches": _S.batches, "batches_outside": _S.batches_outside, "final": _S.final,
+        "train_reads": _S.train_reads[:20],
         "config_seen": {k: _cfg().get(k) for k in ("target", "val_tokens", "seq_len", "vocab_size", "budget_s")},
         "clock_intact": _clock_intact(), **(extra or {}),
     }
@@ -431,7 +434,11 @@ class _Loader:
         cfg = _cfg()
         d = _dist()
         self.B, self.T, self.rank, self.world = batch_size, seq_len, d.rank, d.world_size
-        tokens, offsets = load_split(cfg["data"]["train"])
+        _S.loader_opening = True
+        try:
+            tokens, offsets = load_split(cfg["data"]["train"])
+        finally:
+            _S.loader_opening = False
         self.inner = TrainLoader(tokens, offsets, batch_size=batch_size * d.world_size, seq_len=seq_len,
                                  bos_id=int(cfg["bos_id"]), device=d.device, seed=int(cfg.get("seed", 0)),
                                  chunk_tokens=int(cfg.get("doc_chunk_tokens", 0) or 0),
@@ -585,6 +592,38 @@ def finish(model, step: int | None = None) -> float:
     _event({"ev": "finish"})
     return res["loss"]
 
+
+def _watch_train_reads() -> None:
+    """Record every open of the train split's files that is not H.train_loader's own, with the
+    phase it happened in (an audit hook: it cannot be removed). Reading the train tokens directly
+    before the clock starts is how a candidate would train in the warm-up and swap the result in
+    after the verified reset; the runner's train_data_in_clock probe fails such a run."""
+    path = os.environ.get(ENV_CONFIG)
+    if not path:
+        return                                   # imported outside a run (the re-check, tests)
+    try:
+        train = (_cfg().get("data") or {}).get("train") or {}
+    except RuntimeError:
+        return
+    watched = frozenset(os.path.realpath(v) for v in train.values() if isinstance(v, str))
+    if not watched:
+        return
+
+    def hook(event, args, _w=watched, _S=_S, _real=os.path.realpath, _fsdecode=os.fsdecode,
+             _types=(str, bytes, os.PathLike)):
+        if event != "open" or _S.loader_opening or not args or not isinstance(args[0], _types):
+            return
+        try:
+            p = _real(_fsdecode(args[0]))
+        except Exception:   # noqa: BLE001 - never break the candidate's own opens
+            return
+        if p in _w and len(_S.train_reads) < 100:
+            _S.train_reads.append({"phase": _S.phase, "path": p})
+
+    sys.addaudithook(hook)
+
+
+_watch_train_reads()
 
 # Every function of the harness, as defined here: the clock_intact probe checks that none was replaced.
 _ORIGINALS = {n: f for n, f in list(globals().items())

@@ -209,8 +209,17 @@ def harness_probes(records: list[dict[str, Any]], *, world_size: int, target: fl
     out["target_unchanged"] = _probe(ok, f"target {target} as in task.toml" if ok else
                                      f"the processes saw target(s) {seen_t} / {final_t}, task.toml says {target}")
     outside = [(r["rank"], r.get("batches_outside")) for r in records if r.get("batches_outside")]
-    out["train_data_in_clock"] = _probe(not outside, "every train batch was drawn while the clock ran" if not outside
-                                        else f"train batches drawn while the clock was stopped: {outside}")
+    early = [(r["rank"], x["phase"], x["path"]) for r in records for x in (r.get("train_reads") or [])
+             if x.get("phase") in ("setup", "warmup")]
+    why = []
+    if outside:
+        why.append(f"train batches drawn while the clock was stopped: {outside}")
+    if early:
+        why.append(f"the train split was read outside H.train_loader before the clock started (training in the "
+                   f"untimed warm-up): {early[:3]}")
+    out["train_data_in_clock"] = _probe(not (outside or early), "every train batch was drawn while the clock ran, "
+                                        "and the train split was read only through H.train_loader before it"
+                                        if not (outside or early) else "; ".join(why))
     broken = [(r["rank"], r["clock_intact"].get("replaced")) for r in records if not r["clock_intact"].get("passed")]
     out["clock_intact"] = _probe(not broken, "the clock's time functions and the harness's functions are the ones "
                                              "it imported" if not broken else f"replaced: {broken}")
