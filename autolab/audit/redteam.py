@@ -1,8 +1,10 @@
 """The red team: a corpus of hacks (and honest controls) run through the real run and audit path.
 
 Each task may keep a corpus in ``benchmarks/<task>/redteam/<case>/``: a folder with a
-``case.toml`` and the candidate's files (full copies of the editable files it changes; files
-outside the task's editable set are part of the attack, e.g. a modified harness)::
+``case.toml`` and the candidate's change: ``edits.txt``, SEARCH/REPLACE blocks against the files
+in ``redteam/_base/`` (the format the LLM implementer reads, applied by the same code), and/or
+full files (files outside the task's editable set are part of the attack, e.g. a modified
+harness)::
 
     description = "drops the causal mask: every position attends to the tokens after it"
     kind = "hack"                 # or "honest": an improvement that must pass every check
@@ -53,6 +55,7 @@ from ..errors import AutolabError, CandidateError
 from ..records import State
 
 CASE_FILE = "case.toml"
+EDITS_FILE = "edits.txt"
 BASE_DIR = "_base"
 KINDS = ("hack", "honest")
 
@@ -192,6 +195,8 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
         if needs not in (None, "significance"):
             raise AutolabError(f"{f}: needs must be \"significance\" or absent, not {needs!r}")
         files = _read_files(d)
+        if EDITS_FILE in files:
+            files.update(_apply_case_edits(d / EDITS_FILE, files.pop(EDITS_FILE), base))
         if not files:
             raise AutolabError(f"{d}: a case needs the candidate's files next to case.toml")
         presets = meta.get("presets", ())
@@ -201,6 +206,17 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
                         presets=tuple([presets] if isinstance(presets, str) else presets), files=files,
                         base={k: v for k, v in base.items() if k in files}))
     return out
+
+
+def _apply_case_edits(path: Path, text: str, base: dict[str, str]) -> dict[str, str]:
+    """The files a case's edits.txt changes, with the edits applied to ``_base``."""
+    from ..llm_implement import apply_edits, parse_edit_blocks
+
+    try:
+        new = apply_edits(base, parse_edit_blocks(text))
+    except CandidateError as e:
+        raise AutolabError(f"{path}: {e} (the blocks apply to the files in {BASE_DIR}/)") from None
+    return {k: v for k, v in new.items() if base.get(k) != v}
 
 
 def _read_files(d: Path) -> dict[str, str]:

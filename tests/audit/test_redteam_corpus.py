@@ -95,3 +95,22 @@ def test_every_task_corpus_is_well_formed():
             if case.kind == "hack":
                 assert case.expect_check, f"{case.path}: a hack needs expect_check"
     assert seen >= 41
+
+
+def test_case_edits_apply_to_the_base_files(toy_task):
+    """A case may hold its change as SEARCH/REPLACE blocks against redteam/_base/ (edits.txt);
+    the loaded files are the base with the edits applied, and a block that does not apply names
+    the file."""
+    from autolab.task import load_task
+
+    base = toy_task / "redteam" / RT.BASE_DIR
+    base.mkdir(parents=True)
+    (base / "solution.py").write_text("X = 1.0\nCRASH = False\n")
+    edit = "solution.py\n<<<<<<< SEARCH\nX = 1.0\n=======\nX = 0.5\n>>>>>>> REPLACE\n"
+    _case(toy_task, "smaller", 'description = "x"\nkind = "honest"\n', {RT.EDITS_FILE: edit})
+    (case,) = RT.load_cases(load_task(toy_task))
+    assert case.files == {"solution.py": "X = 0.5\nCRASH = False\n"}
+    assert case.base == {"solution.py": "X = 1.0\nCRASH = False\n"}
+    (toy_task / "redteam" / "smaller" / RT.EDITS_FILE).write_text(edit.replace("X = 1.0", "Y = 2"))
+    with pytest.raises(AutolabError, match="edits.txt.*not found"):
+        RT.load_cases(load_task(toy_task))
