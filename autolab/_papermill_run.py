@@ -9,7 +9,12 @@ time (each run pays them, so they are autolab's per-run overhead):
   grammar (about 1.4 s of the 2 s that importing papermill takes on a small VM), and notebook
   validation never uses that format;
 - the kernel keeps no IPython history database, and is shut down at once when the last cell
-  has run (the benchmark's own processes have ended by then).
+  has run (the benchmark's own processes have ended by then);
+- on POSIX the kernel talks over ZeroMQ IPC sockets in a private temporary folder instead of
+  loopback TCP ports. jupyter_client picks TCP ports by binding port 0 and releasing it, so
+  kernels started at the same moment by concurrent runs can draw the same port; the loser dies
+  with "Address already in use" and the run fails after a 60 s start-up timeout. Socket files
+  in a folder of their own cannot collide.
 
 The executed notebook is the same as papermill's CLI would write (parameters cell injected,
 outputs, the error cell on failure, exit status 1 on failure).
@@ -19,7 +24,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
+
+
+def _ipc_kernel_manager(folder: str):
+    """A kernel manager class whose kernel listens on IPC socket files ``folder/k-N``."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IpcKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return os.path.join(folder, "k")
+
+    return IpcKernelManager
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,12 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    extra: dict = {}
+    folder = None
+    if os.name == "posix":
+        # short path: a Unix socket path must stay under 108 bytes
+        folder = tempfile.mkdtemp(prefix="autolab-k-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        extra["kernel_manager_class"] = _ipc_kernel_manager(folder)
     try:
         pm.execute_notebook(a.notebook, a.output, parameters=params, kernel_name=a.kernel, progress_bar=False,
-                            shutdown_kernel="immediate", extra_arguments=["--HistoryManager.enabled=False"])
+                            shutdown_kernel="immediate", extra_arguments=["--HistoryManager.enabled=False"], **extra)
     except PapermillExecutionError as e:
         print(f"papermill: the notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
         return 1
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

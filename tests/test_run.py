@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,37 @@ def test_papermill_command_passes_typed_parameters_and_rejects_bad_ones(toy_task
     bad = subprocess.run([sys.executable, "-m", "autolab._papermill_run", "a.ipynb", "b.ipynb", "--params", "{seed"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--params is not JSON" in bad.stderr
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="IPC kernel sockets are POSIX-only")
+def test_concurrent_runs_use_private_ipc_sockets(tmp_path):
+    """Kernels of concurrent runs listen on IPC socket files in a private folder, not on loopback
+    TCP ports (jupyter_client's bind-port-0-then-release choice let two kernels started together
+    draw the same port: one died with "Address already in use" and its run failed)."""
+    import concurrent.futures as cf
+    import subprocess
+    import sys
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import json\nfrom ipykernel import get_connection_info\ni = get_connection_info(unpack=True)\nprint(json.dumps({\"transport\": i[\"transport\"], \"ip\": i[\"ip\"]}))")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "conn.ipynb"
+    nbformat.write(nb, src)
+
+    def one(i):
+        out = tmp_path / f"out{i}.ipynb"
+        p = subprocess.run([sys.executable, "-m", "autolab._papermill_run", str(src), str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        text = json.loads(out.read_text())["cells"][0]["outputs"][0]["text"]
+        return json.loads("".join(text))
+
+    with cf.ThreadPoolExecutor(4) as ex:
+        infos = list(ex.map(one, range(4)))
+    assert all(i["transport"] == "ipc" for i in infos)
+    folders = {Path(i["ip"]).parent for i in infos}
+    assert len(folders) == 4                       # one private folder per run
+    assert not any(f.exists() for f in folders)    # removed when the run ends

@@ -23,7 +23,8 @@ print("SUMMARY", s.experiments, s.promoted, flush=True)
 
 def test_loop_finds_and_promotes_a_real_gain(toy_lab):
     s = autolab.loop(toy_lab, iterations=4, proposer_seed=0, progress=False)
-    assert s.experiments == 4 and s.stopped == "done" and s.failed == 0
+    not_ok = [(r.state.value, r.error) for r in toy_lab.log.runs_list() if r.state is not State.COMPLETE]
+    assert s.experiments == 4 and s.stopped == "done" and s.failed == 0, not_ok
     assert s.promoted >= 1 and s.best < s.baseline
     best = best_candidate(toy_lab)
     assert best.state is State.PROMOTED
