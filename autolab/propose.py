@@ -50,6 +50,10 @@ class PlaybookEdit:
     cast: str = "float"
     direction: str = ""
     prior: float = 1.0
+    devices: tuple[str, ...] = ()   # preset devices the edit is meant for ("cpu", "cuda"); empty: all
+
+
+DEVICES = ("cpu", "cuda")
 
 
 def load_playbook(path) -> list[PlaybookEdit]:
@@ -71,11 +75,15 @@ def load_playbook(path) -> list[PlaybookEdit]:
         if e["name"] in names:
             raise TaskError(f"{where}: name {e['name']!r} is used twice; names must be unique")
         names.add(e["name"])
+        devices = e.get("devices", [])
+        if isinstance(devices, str) or not all(d in DEVICES for d in devices):
+            raise TaskError(f"{where} ({e['name']}) devices = {devices!r}; use a list of {', '.join(map(repr, DEVICES))}, "
+                            "or leave it out for an edit that applies on every device")
         edits.append(PlaybookEdit(
             name=e["name"], title=e.get("title", e["name"]), setting=e["setting"], op=e["op"],
             values=tuple(e.get("values", [None])) if e["op"] != "toggle" else (None,),
             hypothesis=e.get("hypothesis", ""), file=e.get("file"), cast=e.get("cast", "float"),
-            direction=e.get("direction", ""), prior=float(e.get("prior", 1.0)),
+            direction=e.get("direction", ""), prior=float(e.get("prior", 1.0)), devices=tuple(devices),
         ))
     if not edits:
         raise TaskError(f"{path} has no [[edit]] entries; add at least one")
@@ -125,7 +133,10 @@ class PlaybookProposer:
             if k and ins.state is State.COMPLETE and (ins.effect or 0) > 0:
                 wins[k] = wins.get(k, 0) + 1
         options, weights = [], []
+        device = lab.preset.device
         for e in edits:
+            if e.devices and device not in e.devices:
+                continue   # e.g. a choice of CUDA kernels, a no-op on a CPU preset
             fname = e.file or lab.task.editable[0]
             if fname not in code or not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
                 continue   # this parent no longer has that setting

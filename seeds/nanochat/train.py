@@ -15,9 +15,10 @@ orthogonalization) for the 2-D hidden matrices and AdamW for embeddings, head an
 learning rates scheduled by elapsed training time over the budget (or over MAX_EPOCHS passes
 of the train split, if that comes first: on a small corpus more passes only memorize it).
 On CUDA: bf16 autocast, torch.compile (warmed up on random tokens before the clock starts)
-and fused causal attention. On CPU: fp32, no compile.
+and fused causal attention (ATTN_BACKEND picks which kernel is tried first). On CPU: fp32, no compile.
 """
 
+import contextlib
 import math
 import resource
 import time
@@ -69,6 +70,7 @@ INIT_STD = 1.0  # std of the hidden-matrix init, in units of 1/sqrt(fan_in)
 THREADS = cfg.get("threads", 2)  # CPU threads for torch (CPU presets)
 COMPILE = DEVICE == "cuda"  # torch.compile the model (CUDA only; compile time is outside the clock)
 AUTOCAST = DEVICE == "cuda"  # bf16 autocast for matmuls and attention (CUDA only)
+ATTN_BACKEND = "default"  # fused attention kernel tried first on CUDA: "default" (PyTorch's order: flash) or "cudnn"
 LOG_EVERY = 5  # optimizer steps between points of the live loss curve
 PEAK_FLOPS = 989.5e12  # bf16 dense peak of one H100 SXM, for the MFU figure
 
@@ -290,6 +292,18 @@ def lr_multiplier(progress):
 # training
 
 
+def attention_kernels():
+    """Context in which F.scaled_dot_product_attention tries ATTN_BACKEND's kernel first; shapes it
+    cannot serve fall back to PyTorch's usual order. torch.compile picks the kernel when it traces."""
+    if DEVICE != "cuda" or ATTN_BACKEND == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[ATTN_BACKEND]
+    rest = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True)
+
+
 def count_flops_per_token(model, n_embd):
     """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores and values
     (12 * depth * width * seq_len, the usual convention that counts the full T x T score matrix)."""
@@ -374,13 +388,14 @@ def main():
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     training_seconds = H.elapsed()
+    steady_t1 = time.time()  # the end of the MFU window: saving the model below is not training
     H.log(step, loss_val, lr_mult=0.0)
     H.finish(model)
 
     # ---------------------------------------------------------------------------
     # summary
     tokens_per_s = tokens / max(training_seconds, 1e-9)
-    steady_tps = (tokens - steady_tokens) / max(time.time() - steady_t0, 1e-9) if steady_t0 else tokens_per_s
+    steady_tps = (tokens - steady_tokens) / max(steady_t1 - steady_t0, 1e-9) if steady_t0 else tokens_per_s
     if DEVICE == "cuda":
         peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -400,4 +415,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with attention_kernels():
+        main()

@@ -253,6 +253,29 @@ def test_playbook_format():
         assert (e["op"] == "toggle") == ("values" not in e), e["name"]
         if e["op"] == "scale":
             assert e.get("cast", "float") in ("float", "int")
+        assert set(e.get("devices", [])) <= {"cpu", "cuda"}, e["name"]
+
+
+def test_attention_kernel_choice(seed, monkeypatch):
+    """ATTN_BACKEND = "cudnn" puts cuDNN's kernel first in SDPA's order for the run (the others stay
+    as fallbacks) and restores the order after; "default" and CPU presets leave it alone."""
+    from torch.nn.attention import SDPBackend
+
+    before = torch._C._get_sdp_priority_order()
+    monkeypatch.setattr(seed, "DEVICE", "cuda")
+    monkeypatch.setattr(seed, "ATTN_BACKEND", "cudnn")
+    with seed.attention_kernels():
+        order = torch._C._get_sdp_priority_order()
+        assert order[0] == int(SDPBackend.CUDNN_ATTENTION)
+        assert set(order) >= {int(b) for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)}
+    assert torch._C._get_sdp_priority_order() == before
+    monkeypatch.setattr(seed, "ATTN_BACKEND", "default")
+    with seed.attention_kernels():
+        assert torch._C._get_sdp_priority_order() == before
+    monkeypatch.setattr(seed, "DEVICE", "cpu")
+    monkeypatch.setattr(seed, "ATTN_BACKEND", "cudnn")
+    with seed.attention_kernels():
+        assert torch._C._get_sdp_priority_order() == before
 
 
 def test_playbook_settings_exist_once_and_every_edit_applies(seed):
