@@ -65,15 +65,25 @@ def cmd_data(args) -> int:
     from .task import load_task
 
     task = load_task(args.task)
-    spec = task.raw.get("data", {}).get("prepare")
+    where = f"{task.path / 'task.toml'}: [data] prepare"
+    data = task.raw.get("data", {})
+    spec = data.get("prepare") if isinstance(data, dict) else None
     if not spec:
-        raise AutolabError(f"task {task.name!r} declares no data step ([data] prepare = \"module:function\" in task.toml)")
-    sys.path.insert(0, str(task.path))
-    mod, fn = spec.split(":")
+        raise AutolabError(f"task {task.name!r} declares no data step; add [data] prepare = \"module:function\" "
+                           f"to {task.path / 'task.toml'}")
+    mod_name, sep, fn_name = str(spec).partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise AutolabError(f"{where} = {spec!r}; write it as \"module:function\" (a module importable from the task folder)")
     preset = task.preset(args.preset)
-    info = getattr(importlib.import_module(mod), fn)({**preset.settings, "device": preset.device,
-                                                      "budget_s": preset.budget_s}, source=args.source,
-                                                     progress=not args.json)
+    sys.path.insert(0, str(task.path))
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except ImportError as e:
+        raise AutolabError(f"{where} = {spec!r}: cannot import {mod_name!r} ({e}); fix the module name") from None
+    except AttributeError:
+        raise AutolabError(f"{where} = {spec!r}: {mod_name!r} has no function {fn_name!r}; fix the name") from None
+    info = fn({**preset.settings, "device": preset.device, "budget_s": preset.budget_s}, source=args.source,
+              progress=not args.json)
     _emit(args, {"task": task.name, "preset": preset.name, **(info or {})},
           "\n".join(f"{k}: {v}" for k, v in (info or {}).items()))
     return 0

@@ -45,3 +45,29 @@ def test_errors_say_what_to_do(capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "autolab.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "loop" in out.stdout and "demo" in out.stdout
+
+
+def test_data_prepares_the_nanochat_corpus_and_tokenizer(capsys):
+    """`autolab data nanochat` (the README's set-up step): corpus verified against its manifest,
+    tokenizer trained on train only and cached, token caches written."""
+    from pathlib import Path
+
+    code, obj = _json(capsys, ["data", "nanochat", "--preset", "cpu-smoke", "--json"])
+    assert code == 0 and obj["task"] == "nanochat" and obj["preset"] == "cpu-smoke"
+    manifest = json.loads((Path(obj["corpus"]["root"]) / "manifest.json").read_text())
+    assert obj["corpus"]["train_sha256"] in json.dumps(manifest)
+    assert obj["vocab_size"] == 2048
+    for split in ("train", "val", "hidden_val"):
+        assert Path(obj["splits"][split]["tokens"]).exists()
+
+
+def test_data_step_errors_name_the_file_and_the_fix(capsys, toy_task):
+    assert main(["data", str(toy_task)]) == 2
+    assert "declares no data step" in capsys.readouterr().err
+    toml = toy_task / "task.toml"
+    base = toml.read_text()
+    for spec, msg in [("nocolon", "write it as"), ("no_such_module:f", "cannot import"), ("json:nope", "has no function")]:
+        toml.write_text(base + f'\n[data]\nprepare = "{spec}"\n')
+        assert main(["data", str(toy_task)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and str(toml) in err, err
