@@ -1,14 +1,17 @@
 # autolab: `make demo` runs the offline research loop; `make test` runs the test suite.
 # Both create or reuse .venv and install what is needed (a second run is fast).
 #
-# PyTorch: on a CPU-only machine we install a CPU build first so that pip never pulls the
-# multi-GB CUDA wheels; on a GPU machine set TORCH_SPEC (e.g. TORCH_SPEC="torch") or
-# install torch into .venv yourself before `make`.
+# PyTorch (only when .venv has none): on a CPU-only machine TORCH_SPEC comes from
+# TORCH_CPU_INDEX (PyTorch's CPU wheels), so pip never pulls the multi-GB CUDA wheels; pip's
+# own find-links and extra indexes still apply, so an offline mirror with a CPU wheel works.
+# On a GPU machine TORCH_SPEC comes from the default index (the CUDA build). Or install torch
+# into .venv yourself before `make`.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.autolab-installed
 PYTEST_ARGS ?=
 
@@ -24,9 +27,10 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	    echo "GPU found: installing torch (CUDA build)"; $(PY) -m pip install -q torch; \
+	    echo "GPU found: installing $(TORCH_SPEC) (CUDA build)"; $(PY) -m pip install -q "$(TORCH_SPEC)"; \
 	  else \
-	    echo "no GPU: installing the CPU build ($(TORCH_SPEC))"; $(PY) -m pip install -q "$(TORCH_SPEC)"; \
+	    echo "no GPU: installing the CPU build of $(TORCH_SPEC) from $(TORCH_CPU_INDEX)"; \
+	    $(PY) -m pip install -q --timeout 20 --retries 1 --index-url "$(TORCH_CPU_INDEX)" "$(TORCH_SPEC)"; \
 	  fi; \
 	fi
 	$(PY) -m pip install -q -e ".[dev,ray]"
