@@ -44,8 +44,8 @@ def cmd_tasks(args) -> int:
             out.append({"name": name, "title": t.title, "metric": f"{t.metric.name} ({t.metric.direction})",
                         "default_preset": t.default_preset,
                         "presets": {p.name: {"device": p.device, "budget_s": p.budget_s} for p in t.presets.values()}})
-        except AutolabError as e:
-            out.append({"name": name, "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - one broken task must not hide the others
+            out.append({"name": name, "error": str(e) if isinstance(e, AutolabError) else f"{type(e).__name__}: {e}"})
     lines = []
     for t in out:
         if "error" in t:
@@ -93,7 +93,12 @@ def cmd_run(args) -> int:
     from .run import run
 
     lab = _lab(args, args.task, args.preset)
-    cand = lab.candidate_from_dir(args.candidate) if args.candidate else lab.seed_candidate()
+    if not args.candidate:
+        cand = lab.seed_candidate()
+    elif args.candidate.startswith("c-") and not os.path.exists(args.candidate):
+        cand = lab.candidate(args.candidate)          # an id from `autolab log`
+    else:
+        cand = lab.candidate_from_dir(args.candidate)
     executor = args.executor
     if executor == "ray":
         from .executors import get_executor
@@ -129,8 +134,13 @@ def _llm_kwargs(args) -> dict:
 def cmd_loop(args) -> int:
     from .search import loop
 
-    lab = _lab(args, args.task, args.preset)
     proposer = args.proposer
+    llm_opts = [f for f, v in (("--api-base", args.api_base), ("--max-cost", args.max_cost),
+                               ("--max-llm-calls", args.max_llm_calls)) if v is not None]
+    if llm_opts and not proposer.startswith("llm:"):
+        raise AutolabError(f"{', '.join(llm_opts)} only apply to an LLM proposer; add --proposer llm:<model> "
+                           f"or leave {'them' if len(llm_opts) > 1 else 'it'} out")
+    lab = _lab(args, args.task, args.preset)
     implementer = None
     resolver = None
     if proposer.startswith("llm:"):
@@ -158,7 +168,7 @@ def cmd_log(args) -> int:
     from .lab import Lab
 
     lab = Lab(args.lab)
-    board, lineage = lab.log.leaderboard(), lab.log.lineage()
+    board, lineage = lab.log.leaderboard(preset=lab.preset_name), lab.log.lineage()
     if args.export:
         files = lab.log.export(args.export, args.format)
         print(f"exported {len(files)} tables to {args.export}", file=sys.stderr)
@@ -242,6 +252,27 @@ def _title(lab, c) -> str:
 
 # ---------------------------------------------------------------------------- parser
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1 (seeds, experiments, threads)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is below 1; pass 1 or more")
+    return n
+
+
+def _positive(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"{x} must be above 0")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autolab", description="Automate the research loop: propose, implement, run, audit.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,20 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", default=None)
     sp = add("run", cmd_run, "run a candidate (default: the seed) on fresh seeds")
     sp.add_argument("task"); sp.add_argument("--preset", default=None); sp.add_argument("--candidate", default=None,
-                                                                                         help="folder with the candidate's editable files")
-    sp.add_argument("--seeds", type=int, default=1); sp.add_argument("--lab", default=None)
+                                                                                         help="folder with the candidate's editable files, or a candidate id of the lab")
+    sp.add_argument("--seeds", type=_count, default=1); sp.add_argument("--lab", default=None)
     sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
     sp = add("loop", cmd_loop, "run the research loop (resumable: the same command continues)")
     sp.add_argument("task"); sp.add_argument("--preset", default=None)
-    sp.add_argument("--iterations", type=int, default=8, help="experiments (ideas) in the lab in total")
-    sp.add_argument("--threads", type=int, default=1, help="parallel lines of research")
+    sp.add_argument("--iterations", type=_count, default=8, help="experiments (ideas) in the lab in total")
+    sp.add_argument("--threads", type=_count, default=1, help="parallel lines of research")
     sp.add_argument("--proposer", default="playbook", help="playbook | random | llm:<litellm model>")
     sp.add_argument("--proposer-seed", type=int, default=None)
     sp.add_argument("--executor", default="local", help="local | ray")
     sp.add_argument("--ray-address", default=None)
     sp.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
-    sp.add_argument("--max-cost", type=float, default=None, help="stop when LLM spend in this lab reaches this (USD)")
-    sp.add_argument("--max-llm-calls", type=int, default=None, help="stop after this many LLM calls in this lab")
+    sp.add_argument("--max-cost", type=_positive, default=None, help="stop when LLM spend in this lab reaches this (USD)")
+    sp.add_argument("--max-llm-calls", type=_count, default=None, help="stop after this many LLM calls in this lab")
     sp.add_argument("--lab", default=None)
     sp = add("log", cmd_log, "show the leaderboard and lineage of a lab")
     sp.add_argument("--lab", required=True); sp.add_argument("--export", default=None, help="folder to export tables to")
@@ -282,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lab", required=True)
     sp = add("demo", cmd_demo, "the offline loop on nanochat cpu-tiny, end to end")
     sp.add_argument("--lab", default="labs/demo"); sp.add_argument("--fresh", action="store_true", help="start a new lab")
-    sp.add_argument("--iterations", type=int, default=8); sp.add_argument("--preset", default="cpu-tiny")
+    sp.add_argument("--iterations", type=_count, default=8); sp.add_argument("--preset", default="cpu-tiny")
     sp.add_argument("--task", default="nanochat", help=argparse.SUPPRESS)
     sp.add_argument("--proposer-seed", type=int, default=0)
     _plugin_commands(sub, add)
@@ -304,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except AutolabError as e:
         print(f"autolab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # a path the user gave that cannot be written or read
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"autolab: error: {where}{e.strerror or e}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autolab: interrupted; run the same command again to resume", file=sys.stderr)

@@ -23,20 +23,33 @@ class Lab:
 
     def __init__(self, path: str | os.PathLike, task: str | Task | None = None, preset: str | None = None):
         self.path = Path(path).resolve()
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise AutolabError(f"{self.path} is a file, not a lab folder; pass a folder (it is created if missing)")
         meta_file = self.path / "lab.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        try:
+            meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AutolabError(f"{meta_file} is not valid JSON ({e}); restore it (keys task, task_path, preset) "
+                               "or move the lab aside") from None
         if task is None and "task" not in meta:
-            raise AutolabError(f"{self.path} is not a lab yet; pass task=... (e.g. Lab(path, task='nanochat'))")
+            raise AutolabError(f"no lab at {self.path} (no lab.json); create one with Lab(path, task='nanochat') "
+                               "or `autolab run TASK --lab PATH`")
         if isinstance(task, Task):
             self.task: Task = task
+        elif task is not None:
+            self.task = load_task(task)
         else:
-            self.task = load_task(task if task is not None else meta.get("task_path", meta["task"]))
+            moved = meta.get("task_path") and not Path(meta["task_path"]).exists()
+            self.task = load_task(meta["task"] if moved or not meta.get("task_path") else meta["task_path"])
         if meta.get("task") and meta["task"] != self.task.name:
             raise AutolabError(f"lab {self.path} belongs to task {meta['task']!r}, not {self.task.name!r}; "
                                "use another --lab folder")
+        if preset and meta.get("preset") and preset != meta["preset"]:
+            raise AutolabError(f"lab {self.path} was created for preset {meta['preset']!r}, not {preset!r}; results "
+                               f"of different presets do not compare: leave the preset out or use another lab folder")
         self.preset_name = preset or meta.get("preset") or self.task.default_preset
         self.task.preset(self.preset_name)  # validates
+        self.path.mkdir(parents=True, exist_ok=True)
         if not meta:
             meta = {"task": self.task.name, "task_path": str(self.task.path), "preset": self.preset_name, "created_at": now()}
             meta_file.write_text(json.dumps(meta, indent=2))
@@ -99,13 +112,21 @@ class Lab:
 
         folder = Path(folder)
         if not folder.is_dir():
-            raise CandidateError(f"{folder} is not a folder; pass the folder that holds the candidate's files")
-        files = {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*"))
-                 if p.is_file() and "__pycache__" not in p.parts and self.task.is_editable(str(p.relative_to(folder)))}
+            hint = (f"; {folder} looks like a candidate id: use lab.candidate({str(folder)!r}) or its folder "
+                    f"{self.path / 'candidates' / str(folder)}" if str(folder).startswith("c-") else "")
+            raise CandidateError(f"{folder} is not a folder; pass the folder that holds the candidate's files{hint}")
+        files = {}
+        for p in sorted(folder.rglob("*")):
+            rel = str(p.relative_to(folder))
+            if p.is_file() and "__pycache__" not in p.parts and self.task.is_editable(rel):
+                try:
+                    files[rel] = p.read_text(encoding="utf-8")
+                except UnicodeDecodeError as e:
+                    raise CandidateError(f"{p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         if not files:
             raise CandidateError(f"{folder} holds none of the editable files {list(self.task.editable)} of task "
                                  f"{self.task.name!r}")
-        check_compiles(files)
+        check_compiles({str(folder / k): v for k, v in files.items()}, where="")
         return self.add_candidate(files, parent or self.seed_candidate(), meta={"origin": str(folder)})
 
     def candidate_dir(self, c: Candidate) -> Path:

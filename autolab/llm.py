@@ -363,8 +363,9 @@ class LLM:
         except Exception:  # noqa: BLE001
             missing = []
         if missing:
-            return f"set {' and '.join(missing)} (or pass --api-key), or point --api-base at a server that needs none"
-        return "check the key in the environment (or --api-key) and that --api-base points at the right server"
+            return (f"set {' and '.join(missing)} in the environment (in Python: LLMConfig(api_key=...)), or point "
+                    "--api-base at a server that needs none")
+        return "check the key in the environment (in Python: LLMConfig(api_key=...)) and that --api-base points at the right server"
 
     def _final_error(self, failures: list[_Failure]) -> LLMError:
         tried = "; ".join(f"{f.model}: {f.message[:200]}" for f in failures[-4:])

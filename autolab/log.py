@@ -59,7 +59,12 @@ class ResearchLog:
                 conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
             except sqlite3.Error as e:
                 raise LogError(f"cannot open the research log {self.path}: {e}; check the folder is writable") from e
-            conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                raise LogError(f"{self.path} is not a readable research log ({e}); move it aside and start a new "
+                               "lab, or restore it from a copy") from None
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
             self._local.conn, self._local.pid = conn, os.getpid()
@@ -319,7 +324,12 @@ class ResearchLog:
         if fmt not in ("parquet", "csv"):
             raise ValueError(f"export format {fmt!r} is not supported; use 'parquet' or 'csv'")
         out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise LogError(f"{out} is a file; export writes one file per view into a folder: pass a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LogError(f"cannot create the export folder {out}: {e.strerror}; pick a writable location") from None
         written = []
         for name in ("runs", "ideas", "leaderboard", "lineage", "verdicts", "llm_calls"):
             df = getattr(self, name)()

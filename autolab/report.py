@@ -435,7 +435,12 @@ def build_report(lab_dir, out_html, *, notebook=None, smoke: bool = False, timeo
     if not nb.exists():
         raise AutolabError(f"report notebook {nb} not found; pass notebook=... (autolab ships notebooks/03_report.ipynb)")
     out = Path(out_html).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise AutolabError(f"{out} is a folder; pass the report's file name, e.g. {out / 'report.html'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AutolabError(f"cannot write the report to {out}: {e.strerror}; pick a writable location") from None
     with tempfile.TemporaryDirectory(prefix="autolab-report-") as tmp:
         executed = Path(keep_notebook) if keep_notebook else Path(tmp) / "report.ipynb"
         try:

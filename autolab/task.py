@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -147,8 +148,12 @@ class _Reader:
 
     def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., fix: str = "") -> Any:
         node: Any = self.data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict):
+                table = ".".join(parts[:i])   # e.g. `audit = "all"` where [audit] is meant
+                raise self.fail(table, f"must be a table, got {type(node).__name__} {node!r}", f"write it as [{table}] with its keys")
+            if part not in node:
                 if default is ...:
                     raise self.fail(key, "is missing", fix or f"add '{key}' to the file")
                 return default
@@ -157,7 +162,10 @@ class _Reader:
             node = float(node)
         if not isinstance(node, typ) or (isinstance(node, bool) and typ in (int, float)):
             tname = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-            raise self.fail(key, f"must be a {tname}, got {type(node).__name__} {node!r}", fix or f"set '{key}' to a {tname}")
+            a = "an" if tname[0] in "aeiou" else "a"
+            raise self.fail(key, f"must be {a} {tname}, got {type(node).__name__} {node!r}", f"set '{key}' to {a} {tname}")
+        if typ is float and not math.isfinite(node):
+            raise self.fail(key, f"is {node}", f"set '{key}' to a finite number")
         return node
 
 
@@ -167,9 +175,11 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
     if not file.exists():
         raise TaskError(f"{file}: no such file; a task folder needs a task.toml (see docs/ARCHITECTURE.md)")
     try:
-        data = tomllib.loads(file.read_text())
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise TaskError(f"{file}: not valid TOML ({e}); fix the syntax at that line") from None
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{file}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     r = _Reader(file, data)
     root = file.parent
 
@@ -199,6 +209,11 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
         timeout = r.get(f"{key}.timeout_s", float, max(120.0, budget * 4 + 120))
         if budget <= 0 or timeout <= budget:
             raise r.fail(f"{key}.timeout_s", f"({timeout}) must exceed budget_s ({budget}) > 0", "raise timeout_s")
+        for k in ("threads", "gpus", "mem_mb"):   # read by autolab itself to size slots and limits
+            if k in ptab:
+                v = r.get(f"{key}.{k}", int)
+                if v < (1 if k == "threads" else 0):
+                    raise r.fail(f"{key}.{k}", f"is {v}", f"use a whole number >= {1 if k == 'threads' else 0}")
         settings = {k: v for k, v in ptab.items() if k not in ("device", "budget_s", "timeout_s")}
         presets[pname] = Preset(pname, device, budget, timeout, settings)
     default_preset = r.get("default_preset", str, next(iter(presets)))
@@ -228,14 +243,15 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
         test=r.get("significance.test", str, "welch"),
         alpha=r.get("significance.alpha", float, 0.05),
         min_seeds=r.get("significance.min_seeds", int, 2),
-        target=r.get("significance.target", float, None) if "target" in data.get("significance", {}) else None,
-        metric=r.get("significance.metric", str, None) if "metric" in data.get("significance", {}) else None,
+        target=r.get("significance.target", float, None),
+        metric=r.get("significance.metric", str, None),
         time_alpha=r.get("significance.time_alpha", float, 0.05),
     )
     if sig.test not in TESTS:
         raise r.fail("significance.test", f"is {sig.test!r}", f"use one of {', '.join(TESTS)}")
-    if not 0 < sig.alpha < 0.5:
-        raise r.fail("significance.alpha", f"is {sig.alpha}", "use a level between 0 and 0.5, e.g. 0.05")
+    for k, a in (("alpha", sig.alpha), ("time_alpha", sig.time_alpha)):
+        if not 0 < a < 0.5:
+            raise r.fail(f"significance.{k}", f"is {a}", "use a level between 0 and 0.5, e.g. 0.05")
     if sig.min_seeds < 2:
         raise r.fail("significance.min_seeds", f"is {sig.min_seeds}", "promotion never rests on one seed: use 2 or more")
     if seeds.confirmation < sig.min_seeds:

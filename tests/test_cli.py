@@ -71,3 +71,65 @@ def test_data_step_errors_name_the_file_and_the_fix(capsys, toy_task):
         assert main(["data", str(toy_task)]) == 2
         err = capsys.readouterr().err
         assert msg in err and str(toml) in err, err
+
+
+def test_bad_input_is_refused_with_the_fix(capsys, tmp_path, toy_task):
+    """Bad paths, damaged labs and nonsense numbers give one line that says what to do, never a
+    traceback, and leave nothing behind."""
+    import autolab
+
+    def err(argv):
+        assert main(argv) == 2, argv
+        return capsys.readouterr().err
+
+    for argv, msg in ((["run", str(toy_task), "--seeds", "0"], "--seeds: 0 is below 1"),
+                      (["loop", str(toy_task), "--iterations", "-1"], "--iterations: -1 is below 1"),
+                      (["loop", str(toy_task), "--threads", "x"], "--threads: 'x' is not a whole number"),
+                      (["loop", str(toy_task), "--max-cost", "-1"], "--max-cost: -1.0 must be above 0")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
+    assert "only apply to an LLM proposer" in err(["loop", str(toy_task), "--max-cost", "1", "--lab", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    assert "is a file, not a lab folder" in err(["log", "--lab", str(a_file)])
+    missing = tmp_path / "nolab"
+    assert "no lab at" in err(["log", "--lab", str(missing)]) and not missing.exists()
+    assert "no task named" in err(["run", "no-such-task", "--lab", str(missing)]) and not missing.exists()
+
+    lab_dir = tmp_path / "lab"
+    autolab.Lab(lab_dir, task=str(toy_task))
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text() + '\n[presets.other]\ndevice = "cpu"\nbudget_s = 5\ntimeout_s = 60\nnoise = 0.1\n')
+    assert "was created for preset 'quick'" in err(["run", str(toy_task), "--lab", str(lab_dir), "--preset", "other"])
+    assert "no candidate 'c-000000000000'" in err(["run", str(toy_task), "--lab", str(lab_dir),
+                                                   "--candidate", "c-000000000000"])
+    assert "is a file" in err(["log", "--lab", str(lab_dir), "--export", str(a_file)])
+    assert "is a folder" in err(["report", "--lab", str(lab_dir), "-o", str(tmp_path)])
+
+    (lab_dir / "log.db").write_bytes(b"this is not sqlite" * 100)
+    assert "not a readable research log" in err(["log", "--lab", str(lab_dir)])
+    (lab_dir / "lab.json").write_text("{not json")
+    assert "lab.json is not valid JSON" in err(["log", "--lab", str(lab_dir)])
+
+
+def test_candidate_id_runs_from_the_lab(capsys, tmp_path, toy_task):
+    import autolab
+
+    lab = autolab.Lab(tmp_path / "lab", task=str(toy_task))
+    seed = lab.seed_candidate()
+    code, obj = _json(capsys, ["run", str(toy_task), "--lab", str(lab.path), "--candidate", seed.id, "--json"])
+    assert code == 0 and obj["candidate"] == seed.id and len(obj["runs"]) == 1
+
+
+def test_tasks_lists_every_task_even_with_a_broken_one(capsys, monkeypatch, tmp_path, toy_task):
+    broken = tmp_path / "more" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "task.toml").write_text('name = "broken"\nsignificance = 1\n')
+    monkeypatch.setenv("AUTOLAB_BENCHMARKS", f"{broken.parent}{__import__('os').pathsep}{toy_task.parent}")
+    code, obj = _json(capsys, ["tasks", "--json"])
+    by_name = {t["name"]: t for t in obj["tasks"]}
+    assert code == 1 and "toy" in by_name and "nanochat" in by_name
+    assert "task.toml" in by_name["broken"]["error"]

@@ -30,6 +30,12 @@ def test_toy_task_loads(toy_task):
     (lambda s: s.replace('seed = "seed"', 'seed = "nowhere"'), "files.seed", "seed solution"),
     (lambda s: s.replace('test = "welch"', 'test = "vibes"'), "significance.test", "welch"),
     (lambda s: s.replace('timeout_s = 60', 'timeout_s = 1'), "presets.quick.timeout_s", "raise timeout_s"),
+    (lambda s: s.replace("budget_s = 5", "budget_s = nan"), "presets.quick.budget_s", "finite number"),
+    (lambda s: s.replace("budget_s = 5", "budget_s = 5\nthreads = \"two\""), "presets.quick.threads", "to an int"),
+    (lambda s: s.replace("budget_s = 5", "budget_s = 5\ngpus = -1"), "presets.quick.gpus", ">= 0"),
+    (lambda s: 'audit = "all"\n' + s.replace("[audit]\nprobes = []", ""), "audit", "write it as [audit]"),
+    (lambda s: "seeds = 3\n" + s.replace("[seeds]\nscreening = 1\nconfirmation = 3\nfinal = 3", ""), "seeds", "write it as [seeds]"),
+    (lambda s: s.replace('alpha = 0.05', 'alpha = 0.05\ntime_alpha = 7'), "significance.time_alpha", "between 0 and 0.5"),
 ])
 def test_validation_errors_name_file_key_and_fix(tmp_path, mutate, key, fix):
     from toytask import TASK_TOML
@@ -44,6 +50,9 @@ def test_validation_errors_name_file_key_and_fix(tmp_path, mutate, key, fix):
 def test_bad_toml_syntax(tmp_path):
     d = _write(tmp_path, "name = [unclosed")
     with pytest.raises(TaskError, match="not valid TOML"):
+        load_task(d)
+    (d / "task.toml").write_bytes(b'name = "\xff"\n')
+    with pytest.raises(TaskError, match="not UTF-8"):
         load_task(d)
 
 

@@ -399,6 +399,11 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
     for name in names:
         task = load_task(name)
         found = load_cases(task, corpus)
+        if cases and tasks:
+            unknown = sorted(set(cases) - {c.name for c in found})
+            if unknown:
+                raise AutolabError(f"task {task.name!r} has no red-team case {', '.join(map(repr, unknown))}; its cases: "
+                                   f"{', '.join(c.name for c in found) or 'none'}")
         if cases:
             found = [c for c in found if c.name in cases]
         if not found:
