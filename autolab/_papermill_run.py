@@ -14,7 +14,10 @@ time (each run pays them, so they are autolab's per-run overhead):
   loopback TCP ports. jupyter_client picks TCP ports by binding port 0 and releasing it, so
   kernels started at the same moment by concurrent runs can draw the same port; the loser dies
   with "Address already in use" and the run fails after a 60 s start-up timeout. Socket files
-  in a folder of their own cannot collide.
+  in a folder of their own cannot collide. The folder (mode 0700) also holds the kernel's
+  connection file, and is named in ``AUTOLAB_PRIVATE_PATHS``, which the kernel inherits: every
+  sandboxed child of the benchmark (the candidate) finds it covered by an empty mount, so
+  candidate code cannot reach the kernel, which runs unsandboxed.
 
 The executed notebook is the same as papermill's CLI would write (parameters cell injected,
 outputs, the error cell on failure, exit status 1 on failure).
@@ -44,6 +47,10 @@ def _ipc_kernel_manager(folder: str):
         def _ip_default(self) -> str:
             return os.path.join(folder, "k")
 
+        @default("connection_file")
+        def _connection_file_default(self) -> str:
+            return os.path.join(folder, "kernel.json")
+
     return IpcKernelManager
 
 
@@ -71,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         # short path: a Unix socket path must stay under 108 bytes
         folder = tempfile.mkdtemp(prefix="autolab-k-", dir="/tmp" if os.path.isdir("/tmp") else None)
         extra["kernel_manager_class"] = _ipc_kernel_manager(folder)
+        from autolab.sandbox import PRIVATE_PATHS_ENV
+
+        os.environ[PRIVATE_PATHS_ENV] = os.pathsep.join(p for p in (folder, os.environ.get(PRIVATE_PATHS_ENV)) if p)
     try:
         pm.execute_notebook(a.notebook, a.output, parameters=params, kernel_name=a.kernel, progress_bar=False,
                             shutdown_kernel="immediate", extra_arguments=["--HistoryManager.enabled=False"], **extra)

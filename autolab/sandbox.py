@@ -176,12 +176,25 @@ _HOME_SECRETS = (
     ".ssh", ".aws", ".azure", ".config/gcloud", ".config/gh", ".docker", ".kube", ".gnupg", ".netrc",
     ".git-credentials", ".pypirc", ".kaggle", ".huggingface", ".cache/huggingface/token",
     ".cache/huggingface/stored_tokens", ".config/litellm", ".bash_history", ".python_history",
+    ".npmrc", ".yarnrc", ".yarnrc.yml", ".cargo/credentials", ".cargo/credentials.toml", ".config/pip", ".pip",
+    ".config/hub", ".config/openai", ".config/anthropic", ".claude", ".claude.json", ".wandb", ".netrc.gpg",
+    ".config/rclone", ".terraform.d", ".vault-token", ".mlflow", ".databrickscfg",
 )
+
+# Paths that autolab's own processes put here (os.pathsep-separated) for every sandboxed child of
+# theirs to be denied: the research log of the lab, the benchmark kernel's connection file and
+# sockets. A run's papermill process and its kernel inherit it; the candidate never sees it.
+PRIVATE_PATHS_ENV = "AUTOLAB_PRIVATE_PATHS"
 
 
 def _secret_paths() -> list[str]:
     homes = {os.path.expanduser("~"), "/root"}
-    return [os.path.join(h, rel) for h in sorted(homes) for rel in _HOME_SECRETS]
+    paths = [os.path.join(h, rel) for h in sorted(homes) for rel in _HOME_SECRETS]
+    for var, rel in (("HF_HOME", "token"), ("HF_TOKEN_PATH", "")):
+        if os.environ.get(var):
+            paths.append(os.path.join(os.environ[var], rel) if rel else os.environ[var])
+    paths += [p for p in os.environ.get(PRIVATE_PATHS_ENV, "").split(os.pathsep) if os.path.isabs(p)]
+    return paths
 
 
 # ----------------------------------------------------------------------------- /proc

@@ -138,3 +138,45 @@ def test_concurrent_runs_use_private_ipc_sockets(tmp_path):
     folders = {Path(i["ip"]).parent for i in infos}
     assert len(folders) == 4                       # one private folder per run
     assert not any(f.exists() for f in folders)    # removed when the run ends
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="IPC kernel sockets are POSIX-only")
+def test_sandboxed_children_of_a_run_cannot_reach_the_kernel(tmp_path):
+    """The benchmark kernel runs unsandboxed; its connection file and sockets sit in a private
+    folder that every sandboxed child of the notebook (the candidate) finds empty or denied."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    code = (
+        "import json, os, stat, sys, tempfile\n"
+        "from ipykernel import get_connection_file\n"
+        "from autolab.sandbox import Limits, run_sandboxed\n"
+        "cf = get_connection_file(); folder = os.path.dirname(cf)\n"
+        "probe = ('import os, sys\\n'\n"
+        "         'for p in sys.argv[1:]:\\n'\n"
+        "         '    try: print(\"SEEN\", p, os.listdir(p) if os.path.isdir(p) else open(p).read()[:40])\\n'\n"
+        "         '    except OSError as e: print(\"DENIED\", p, type(e).__name__)\\n'\n"
+        "         'import subprocess\\n'\n"
+        "         'print(\"LS\", subprocess.run([\"ls\", \"-a\", sys.argv[1]], capture_output=True, text=True).stdout.split())\\n')\n"
+        "r = run_sandboxed([sys.executable, '-c', probe, folder, cf], cwd=tempfile.mkdtemp(), limits=Limits(wall_s=60))\n"
+        "print(json.dumps({'cf': cf, 'mode': stat.S_IMODE(os.stat(folder).st_mode), 'own': sorted(os.listdir(folder)),\n"
+        "                  'child': r.stdout_tail, 'state': str(r.state), 'iso': r.isolation}, default=str))\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "probe.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    p = subprocess.run([sys.executable, "-m", "autolab._papermill_run", str(src), str(out)],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads("".join(json.loads(out.read_text())["cells"][0]["outputs"][-1]["text"]).strip().splitlines()[-1])
+    assert info["mode"] & 0o777 == 0o700 and "kernel.json" in info["own"] and any(n.startswith("k-") for n in info["own"])
+    assert "ok" in info["state"].lower(), info
+    child = info["child"].splitlines()
+    assert not any(line.startswith("SEEN") for line in child), child                 # Python-level reads denied
+    ls = [line for line in child if line.startswith("LS")]
+    if info["iso"].get("read_deny") != "mount":
+        pytest.skip("no mount namespace here: only Python-level reads of the kernel's folder are denied")
+    assert ls and "kernel.json" not in ls[0] and "k-1" not in ls[0], child            # and hidden from any program

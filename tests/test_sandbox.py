@@ -459,3 +459,21 @@ def test_torch_works_in_the_sandbox(ws):
     assert r.state == "ok", r.stdout_tail
     assert "SUM 3.0" in r.stdout_tail and (ws / "ckpt.pt").exists()
     assert r.violations == (), r.violations
+
+
+def test_private_paths_from_the_environment_are_denied(ws, tmp_path, monkeypatch):
+    """AUTOLAB_PRIVATE_PATHS (set by autolab for a run's papermill process and kernel: the research
+    log, the kernel's sockets) is denied to every sandboxed child, like ~/.ssh."""
+    from autolab.sandbox import PRIVATE_PATHS_ENV
+
+    log = tmp_path / "log.db"
+    log.write_text("PROMPTS")
+    monkeypatch.setenv(PRIVATE_PATHS_ENV, f"{log}{os.pathsep}relative/is/ignored")
+    r = run_py("""
+        try:
+            print("READ", open(%r).read())
+        except PermissionError:
+            print("DENIED")
+    """ % str(log), ws)
+    assert r.state == "ok" and "DENIED" in r.stdout_tail and "PROMPTS" not in r.stdout_tail, r.stdout_tail
+    assert PRIVATE_PATHS_ENV not in r.stdout_tail
