@@ -126,3 +126,26 @@ def test_sandbox_bridge_retries_without_hardening_only_before_the_worker_is_read
     ready.write_text("{}")
     r = sandbox_bridge.run(["python"], str(tmp_path), {}, 10, ready_path=str(ready))
     assert calls[-1] is True and r.state == "failed" and r.sandbox == "autolab.sandbox"
+
+
+def test_only_problem_files_reach_the_worker(tmp_path, monkeypatch):
+    """A candidate's `torch.py` or `sitecustomize.py` would run in the worker before its start-up
+    is done (the worker's working directory is the candidate's copy): only files named after a
+    problem are copied, so the run is the seed's and hardening stays on."""
+    pytest.importorskip("triton")
+    import shutil
+
+    from kernels_harness import runner, sandbox_bridge
+
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sandbox_bridge, "_HARDEN_FAILED", {})
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    shutil.copy2(SEEDS / "softmax.py", cand / "softmax.py")
+    marker = tmp_path / "shadow-ran"
+    for name in ("torch.py", "sitecustomize.py", "triton.py"):
+        (cand / name).write_text(f"open({str(marker)!r}, 'a').write({name!r})\nraise SystemExit(3)\n")
+    r = runner.run_benchmark(cand, preset="cpu-interpret", seed=1, problems="softmax", log=lambda m: None)
+    assert r["status"] == "ok" and r["metrics"]["problems_correct"] == 1.0, r.get("reason")
+    assert not marker.exists()
+    assert r["probes"]["sandbox"]["runner"] == "autolab.sandbox", r["probes"]["sandbox"]

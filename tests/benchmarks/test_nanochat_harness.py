@@ -351,6 +351,30 @@ def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
     assert any("val.parquet" in d for d in reads) and any("val-" in d and ".tokens.npy" in d for d in reads), reads
 
 
+SHADOW = '''
+    import os
+    os.makedirs("nanochat_harness", exist_ok=True)
+    open("nanochat_harness/__init__.py", "w").write("")
+    open("nanochat_harness/evaluate.py", "w").write(
+        "import json, sys\\n"
+        "out = sys.argv[sys.argv.index('--out') + 1]\\n"
+        "json.dump({'ok': True, 'val_bpb': 0.01, 'hidden_val_bpb': 0.01}, open(out, 'w'))\\n")
+'''
+
+
+def test_a_harness_planted_in_the_workdir_is_not_the_one_that_evaluates(tmp_path, shared_cache):
+    """train.py writes a fake `nanochat_harness/evaluate.py` into its working directory; the
+    evaluation process must still run the real harness (it starts where train.py cannot write)."""
+    cand = _candidate(tmp_path, CANDIDATE.replace('    print("note: tiny test candidate")\n',
+                                                  '    print("note: tiny test candidate")\n' + SHADOW))
+    res_path = tmp_path / "run" / "result.json"
+    res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand), overrides=FAST,
+                          echo=False)
+    assert (res_path.parent / "result.work" / "nanochat_harness" / "evaluate.py").exists()   # the attempt was made
+    assert res["status"] == "ok", res["reason"]
+    assert res["metrics"]["val_bpb"] > 0.5 and res["metrics"]["hidden_val_bpb"] > 0.5, res["metrics"]
+
+
 SLEEPER = "import time\nimport nanochat_harness as H\nif __name__ == '__main__':\n    H.config()\n    time.sleep(600)\n"
 CRASHER = "raise ValueError('boom in the candidate')\n"
 NO_FINISH = "import nanochat_harness as H\nif __name__ == '__main__':\n    print('---')\n    print('steps: 0')\n"

@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 from . import baselines, ceilings, scan, scoring
 from .evaluate import Settings
-from .problems import load_problems, label
+from .problems import label, load_problems, problem_names
 from .sandbox_bridge import run as run_sandboxed
 
 TASK_DIR = Path(__file__).resolve().parent.parent
@@ -95,6 +95,7 @@ def _worker_env(workdir: Path, interpret: bool, device: str, triton_cache: str =
         "PYTHONPATH": str(TASK_DIR),
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONSAFEPATH": "1",          # Python >= 3.11: the working directory is not put on sys.path
         "HOME": str(workdir),
         "TMPDIR": str(workdir / "tmp"),
         "TRITON_CACHE_DIR": triton_cache or str(workdir / "triton-cache"),
@@ -228,8 +229,13 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
     try:
         cand_dir = workdir / "candidate"
         cand_dir.mkdir()
+        # only files named after a problem: the worker runs with this folder as its working
+        # directory, and a `torch.py` or `sitecustomize.py` here could run before the worker's
+        # own start-up is done (and before the sandbox's hardening is settled)
+        known = set(problem_names())
         for f in sorted(src_dir.glob("*.py")):
-            shutil.copy2(f, cand_dir / f.name)
+            if f.stem in known:
+                shutil.copy2(f, cand_dir / f.name)
         log(f"kernels: preset {cfg['preset']} on {cfg['device']}, {len(names)} problems, candidate {src_dir}")
         static = _scan_candidate(probs, cand_dir)
 

@@ -437,7 +437,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         eval_env.update(OMP_NUM_THREADS=str(settings.get("threads", 2)), MKL_NUM_THREADS=str(settings.get("threads", 2)))
     ev = _sandboxed([sys.executable, "-m", "speedrun_harness.evaluate", "--workdir", str(workdir),
                      "--config", str(eval_cfg_path), "--out", str(eval_out)],
-                    cwd=workdir, env=eval_env, read_deny=(data["corpus"]["root"],),
+                    # started in hdir, which the training processes could not write: `-m` puts the start
+                    # folder first on sys.path, so a `speedrun_harness/` planted in workdir must not be there
+                    cwd=hdir, env=eval_env, read_deny=(data["corpus"]["root"],),
                     write_allow=(str(workdir), str(hdir)), wall_s=float(settings.get("eval_timeout_s", 300)),
                     mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden)
     result["timings"]["eval_s"] = round(ev["wall_s"], 3)
