@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         # short path: a Unix socket path must stay under 108 bytes
         folder = tempfile.mkdtemp(prefix="autolab-k-", dir="/tmp" if os.path.isdir("/tmp") else None)
         extra["kernel_manager_class"] = _ipc_kernel_manager(folder)
-        from autolab.sandbox import PRIVATE_PATHS_ENV
+        from autolab.sandbox import PRIVATE_PATHS_ENV, private_paths
 
-        os.environ[PRIVATE_PATHS_ENV] = os.pathsep.join(p for p in (folder, os.environ.get(PRIVATE_PATHS_ENV)) if p)
+        os.environ[PRIVATE_PATHS_ENV] = private_paths(folder)
     try:
         pm.execute_notebook(a.notebook, a.output, parameters=params, kernel_name=a.kernel, progress_bar=False,
                             shutdown_kernel="immediate", extra_arguments=["--HistoryManager.enabled=False"], **extra)

@@ -47,6 +47,7 @@ def apply_setting_edit(text: str, edit: Mapping[str, Any], *, path: str = "<file
 
 def check_compiles(files: Mapping[str, str], where: str = "after the edits") -> None:
     """Raise CandidateError if a .py file does not compile (nothing is executed)."""
+    where = f" {where}" if where else ""
     for path, src in sorted(files.items()):
         if not path.endswith(".py"):
             continue
@@ -54,10 +55,10 @@ def check_compiles(files: Mapping[str, str], where: str = "after the edits") -> 
             compile(src, path, "exec", dont_inherit=True)
         except SyntaxError as e:
             line = (e.text or "").rstrip()
-            raise CandidateError(f"{path} does not compile{' ' + where if where else ''}: {e.msg} at line {e.lineno}"
+            raise CandidateError(f"{path} does not compile{where}: {e.msg} at line {e.lineno}"
                                  + (f":\n    {line}" if line else "")) from None
         except ValueError as e:
-            raise CandidateError(f"{path} does not compile{' ' + where if where else ''}: {e}") from None
+            raise CandidateError(f"{path} does not compile{where}: {e}") from None
 
 
 def implement_files(lab: Lab, idea: Idea, files: Mapping[str, str], parent: Candidate | None = None,

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 from .executors import Executor, Job, JobResult, get_executor
 from .lab import Lab
 from .records import Candidate, Run, State, new_id, now
-from .sandbox import PRIVATE_PATHS_ENV
+from .sandbox import PRIVATE_PATHS_ENV, private_paths
 
 # Seeds are drawn from separate ranges so that confirmation and final seeds are never
 # the ones used for selection (screening).
@@ -277,12 +277,10 @@ def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, execu
     if on_event:
         on_event({"type": "run_start", "run_id": run_id, "seed": seed, "candidate_id": candidate.id, "purpose": purpose})
     threads = int(p.settings.get("threads", 1))
-    # sandboxed children of the run (the candidate) may not read the research log
-    private = [str(lab.log.path) + sfx for sfx in ("", "-wal", "-shm")] + [os.environ.get(PRIVATE_PATHS_ENV, "")]
     job = Job(run_id=run_id, argv=tuple(papermill_argv(lab.task.notebook, out_nb, params)), cwd=str(lab.task.path),
               timeout_s=p.timeout_s + 60, gpus=p.gpus, threads=threads, run_dir=str(run_dir),
-              env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run_id,
-                   PRIVATE_PATHS_ENV: os.pathsep.join(p for p in private if p)},
+              env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run_id,   # sandboxed children may not read the log
+                   PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm")))},
               files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
               collect=("notebook.ipynb", "result.json"), notebook=str(lab.task.notebook), params=params,
               task_dir=str(lab.task.path))

@@ -187,6 +187,11 @@ _HOME_SECRETS = (
 PRIVATE_PATHS_ENV = "AUTOLAB_PRIVATE_PATHS"
 
 
+def private_paths(*paths: str) -> str:
+    """The value of AUTOLAB_PRIVATE_PATHS with ``paths`` added to what os.environ already has."""
+    return os.pathsep.join(p for p in (*paths, os.environ.get(PRIVATE_PATHS_ENV, "")) if p)
+
+
 def _secret_paths() -> list[str]:
     homes = {os.path.expanduser("~"), "/root"}
     paths = [os.path.join(h, rel) for h in sorted(homes) for rel in _HOME_SECRETS]

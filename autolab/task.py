@@ -211,9 +211,9 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
             raise r.fail(f"{key}.timeout_s", f"({timeout}) must exceed budget_s ({budget}) > 0", "raise timeout_s")
         for k in ("threads", "gpus", "mem_mb"):   # read by autolab itself to size slots and limits
             if k in ptab:
-                v = r.get(f"{key}.{k}", int)
-                if v < (1 if k == "threads" else 0):
-                    raise r.fail(f"{key}.{k}", f"is {v}", f"use a whole number >= {1 if k == 'threads' else 0}")
+                v, low = r.get(f"{key}.{k}", int), 1 if k == "threads" else 0
+                if v < low:
+                    raise r.fail(f"{key}.{k}", f"is {v}", f"use a whole number >= {low}")
         settings = {k: v for k, v in ptab.items() if k not in ("device", "budget_s", "timeout_s")}
         presets[pname] = Preset(pname, device, budget, timeout, settings)
     default_preset = r.get("default_preset", str, next(iter(presets)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,12 +64,10 @@ def main() -> int:
     for x in rows:
         if isinstance(x["val_bpb"], float):
             per.setdefault(x["candidate"], []).append(x["val_bpb"])
-    stats = {c: {"n": len(v), "mean": sum(v) / len(v),
-                 "sd": math.sqrt(sum((y - sum(v) / len(v)) ** 2 for y in v) / (len(v) - 1)) if len(v) > 1 else None}
+    stats = {c: {"n": len(v), "mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else None}
              for c, v in per.items()}
-    vals = [y for v in per.values() for y in v]
-    mean = stats[next(iter(stats))]["mean"] if len(stats) == 1 else None
-    sd = stats[next(iter(stats))]["sd"] if len(stats) == 1 else None
+    only = next(iter(stats.values())) if len(stats) == 1 else {}
+    mean, sd = only.get("mean"), only.get("sd")
     summary = {"preset": a.preset, "rc": rc, "wall_s": round(wall, 1), "runs": rows, "val_bpb_mean": mean,
                "val_bpb_sd": sd, "per_candidate": stats, "candidates": a.candidate,
                "date": time.strftime("%Y-%m-%d %H:%M:%S")}

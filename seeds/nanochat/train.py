@@ -297,11 +297,10 @@ def attention_kernels():
     cannot serve fall back to PyTorch's usual order. torch.compile picks the kernel when it traces."""
     if DEVICE != "cuda" or ATTN_BACKEND == "default":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend as B, sdpa_kernel
 
-    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[ATTN_BACKEND]
-    rest = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
-    return sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True)
+    assert ATTN_BACKEND == "cudnn", f"ATTN_BACKEND = {ATTN_BACKEND!r}: use 'default' or 'cudnn'"
+    return sdpa_kernel([B.CUDNN_ATTENTION, B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH], set_priority=True)
 
 
 def count_flops_per_token(model, n_embd):
