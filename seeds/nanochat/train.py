@@ -44,7 +44,7 @@ N_HEAD = cfg.get("n_head", 4)  # attention heads (head dim = width / heads)
 MLP_RATIO = 4  # hidden width of the MLP, in multiples of the model width
 TOTAL_BATCH_TOKENS = min(cfg.get("total_batch_size") or cfg.get("batch_size", 32) * SEQ_LEN, 2**18)  # tokens per optimizer step: the preset's hint, at most 2^18 (more steps in a short budget)
 BATCH_SIZE = max(1, TOTAL_BATCH_TOKENS // SEQ_LEN)  # sequences per optimizer step
-MICRO_BATCH = min(cfg.get("batch_size", 32), 64)  # sequences per forward/backward (gradients accumulate over BATCH_SIZE // MICRO_BATCH); 64 x 2048 tokens fit an 80 GB GPU
+MICRO_BATCH = min(cfg.get("batch_size", 32), 64)  # sequences per forward/backward, at most the cap on the right (gradients accumulate over BATCH_SIZE // MICRO_BATCH)
 QK_NORM = True  # RMS-normalize queries and keys per head before attention
 RELU2 = True  # MLP activation: ReLU squared (True) or GELU (False)
 LOGIT_SOFTCAP = True  # squash logits with SOFTCAP * tanh(logits / SOFTCAP)
