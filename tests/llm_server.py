@@ -8,7 +8,9 @@
 ``routes`` dict scripts replies per requested model name (as the server sees it, i.e.
 without litellm's ``openai/`` prefix), falling back to the shared ``script``. An
 exhausted script answers 400 so a test fails fast instead of retrying. Every request
-body is kept in ``srv.requests`` (``{"path", "model", "body", "headers"}``).
+body is kept in ``srv.requests`` (``{"path", "model", "body", "headers"}``); header names are
+lower-cased (HTTP header names are case-insensitive, and clients differ: openai 3.x sends
+``authorization``, earlier versions ``Authorization``).
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class ScriptedServer:
                 path = self.path.split("?")[0].rstrip("/")
                 model = body.get("model") if isinstance(body, dict) else None
                 with server._lock:
-                    server.requests.append({"path": path, "model": model, "body": body, "headers": dict(self.headers)})
+                    server.requests.append({"path": path, "model": model, "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}})
                 if path not in ("/v1/chat/completions", "/chat/completions"):
                     self._send(error(404, f"no route {path}"), model or "")
                     return

@@ -69,7 +69,7 @@ def test_retries_429_500_malformed_then_success(log):
         r = llm.complete(MSG, purpose="p")
         assert srv.count() == 4, "exactly one HTTP request per attempt (no hidden client retries)"
         assert srv.requests[0]["path"] == "/v1/chat/completions"
-        assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
+        assert srv.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
     assert r.text == "finally" and r.attempt == 4 and (r.prompt_tokens, r.completion_tokens) == (12, 5)
     assert r.cost == 0.0  # a model unknown to litellm's price map costs 0
     rs = rows(log)
@@ -189,7 +189,7 @@ def test_local_server_without_key_gets_a_placeholder(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with ScriptedServer([completion("hi")]) as srv:
         LLM(LLMConfig("openai/local", api_base=srv.url)).complete(MSG)
-        assert srv.requests[0]["headers"]["Authorization"] == "Bearer sk-no-key"
+        assert srv.requests[0]["headers"]["authorization"] == "Bearer sk-no-key"
 
 
 def test_parse_llm_spec():
