@@ -45,11 +45,11 @@ def main() -> int:
     from autolab.cli import main as cli
 
     t0 = time.monotonic()
-    rc, longest, skipped = 0, 150.0, []   # a run's wall time is not known before the first: assume 150 s
+    rc, longest, skipped = 0, 0.0, []   # the longest run so far; before the first, assume 150 s
     for cand in a.candidate or [None]:
         extra = ["--candidate", cand] if cand else []
         for i in range(a.seeds):   # one fresh seed at a time, the summary rewritten after each: a cut-off call keeps them
-            if a.deadline and time.monotonic() - t0 + longest > a.deadline:
+            if a.deadline and time.monotonic() - t0 + (longest or 150.0) > a.deadline:
                 skipped.append({"candidate": cand or "seed", "runs_not_started": a.seeds - i})
                 print(f"deadline: {a.seeds - i} run(s) of {cand or 'the seed'} not started", flush=True)
                 break
