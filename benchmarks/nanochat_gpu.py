@@ -72,7 +72,7 @@ def main() -> int:
 
 def write_summary(a, lab: Path, rc: int, wall: float, skipped: list) -> tuple[list, dict]:
     """Read the lab's research log back into summary-PRESET.json: one row per run, and per candidate
-    the mean and sd of val_bpb."""
+    the mean and sd of val_bpb and the mean and minimum MFU."""
     from autolab.log import ResearchLog
 
     rows = []

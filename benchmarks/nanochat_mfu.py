@@ -34,19 +34,15 @@ sys.path[:0] = [str(REPO / "seeds" / "nanochat"), str(REPO / "benchmarks" / "nan
 SIZE = dict(vocab=8192, seq_len=2048, depth=8, n_embd=512, n_head=4, total_tokens=2**18)
 
 
-def build(S):
-    import torch
-
-    S.SEQ_LEN = SIZE["seq_len"]
+def new_model(S):
+    """The seed's GPT at SIZE (width 512 is already a multiple of 2 * heads), initialized as the seed does, on CUDA."""
     model = S.GPT(SIZE["vocab"], SIZE["seq_len"], SIZE["depth"], SIZE["n_embd"], SIZE["n_head"], S.MLP_RATIO,
                   S.QK_NORM, S.RELU2, S.SOFTCAP if S.LOGIT_SOFTCAP else 0.0, S.VALUE_EMBEDS, S.X0_SKIP)
     model.init_weights(S.INIT_STD)
-    model.to("cuda")
-    adam, muon = S.build_optimizers(model)
-    return model, torch.compile(model), adam, muon
+    return model.cuda()
 
 
-def measure(S, name: str, steps: int, warmup: int, profile_dir: Path | None) -> dict:
+def measure(S, name: str, steps: int, warmup: int, profile_dir: Path | None, orthogonalize) -> dict:
     import torch
 
     variant = set(name.split("+"))
@@ -54,7 +50,7 @@ def measure(S, name: str, steps: int, warmup: int, profile_dir: Path | None) -> 
     if unknown:
         raise SystemExit(f"unknown variant part(s) {sorted(unknown)} in {name!r}: use default, cudnn, micro128, muon_compile")
     torch._dynamo.reset()
-    S.orthogonalize = torch.compile(ORTHO) if "muon_compile" in variant else ORTHO
+    S.orthogonalize = torch.compile(orthogonalize) if "muon_compile" in variant else orthogonalize
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     T = SIZE["seq_len"]
@@ -62,9 +58,10 @@ def measure(S, name: str, steps: int, warmup: int, profile_dir: Path | None) -> 
     accum = SIZE["total_tokens"] // (micro * T)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     t0 = time.monotonic()
-    S.DEVICE, S.ATTN_BACKEND = "cuda", ("cudnn" if "cudnn" in variant else "default")
+    S.ATTN_BACKEND = "cudnn" if "cudnn" in variant else "default"
     with S.attention_kernels():
-        model, train_model, adam, muon = build(S)
+        model = new_model(S)
+        train_model, (adam, muon) = torch.compile(model), S.build_optimizers(model)
         g = torch.Generator(device="cuda").manual_seed(0)
         pool = torch.randint(0, SIZE["vocab"], (4, micro, T + 1), device="cuda", generator=g)
 
@@ -97,8 +94,7 @@ def measure(S, name: str, steps: int, warmup: int, profile_dir: Path | None) -> 
                 torch.cuda.synchronize()
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
             (profile_dir / f"profile-{name.replace('+', '_')}.txt").write_text(table)
-    n_embd = max(2 * SIZE["n_head"], (SIZE["n_embd"] // (2 * SIZE["n_head"])) * 2 * SIZE["n_head"])
-    flops = S.count_flops_per_token(model, n_embd)
+    flops = S.count_flops_per_token(model, SIZE["n_embd"])
     tps = steps * accum * micro * T / dt
     row = {"variant": name, "micro": micro, "accum": accum, "step_ms": round(1000 * dt / steps, 2),
            "tokens_per_s": round(tps), "mfu": round(100 * flops * tps / S.PEAK_FLOPS, 2),
@@ -113,16 +109,12 @@ def agreement(S) -> dict:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    S.DEVICE, S.SEQ_LEN = "cuda", SIZE["seq_len"]
     torch.manual_seed(0)
-    model = S.GPT(SIZE["vocab"], SIZE["seq_len"], SIZE["depth"], SIZE["n_embd"], SIZE["n_head"], S.MLP_RATIO,
-                  S.QK_NORM, S.RELU2, S.SOFTCAP, S.VALUE_EMBEDS, S.X0_SKIP)
-    model.init_weights(S.INIT_STD)
+    model = new_model(S)
     with torch.no_grad():   # the seed starts its projections at zero; perturb them so attention matters
         for b in model.blocks:
             b.attn.proj.normal_(std=0.02)
             b.mlp.proj.normal_(std=0.02)
-    model.cuda()
     x = torch.randint(0, SIZE["vocab"], (8, SIZE["seq_len"]), device="cuda")
     y = torch.randint(0, SIZE["vocab"], (8, SIZE["seq_len"]), device="cuda")
     out = {}
@@ -152,10 +144,10 @@ def main() -> int:
 
     import torch
 
-    global ORTHO
     import train as S   # the seed, imported as a module: its settings at their defaults, no training runs
 
-    ORTHO = S.orthogonalize
+    S.DEVICE, S.SEQ_LEN = "cuda", SIZE["seq_len"]   # what the seed's functions read from its module settings
+    orthogonalize = S.orthogonalize                 # the eager Newton-Schulz; muon_compile wraps it
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
@@ -169,7 +161,7 @@ def main() -> int:
     rows = []
     for name in a.variants.split(","):
         try:
-            row = measure(S, name, a.steps, a.warmup, a.out if name in profiled else None)
+            row = measure(S, name, a.steps, a.warmup, a.out if name in profiled else None, orthogonalize)
         except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
             row = {"variant": name, "error": f"{type(e).__name__}: {str(e)[:500]}"}
         rows.append(row)
@@ -213,8 +205,6 @@ def apply_best(train_py: Path, rows: list[dict], agreement: dict) -> dict:
     return {"variant": best["variant"], "attn_backend": backend, "micro_batch_cap": best["micro"],
             "cudnn_agreed": cudnn_ok, "changed": new != text}
 
-
-ORTHO = None
 
 if __name__ == "__main__":
     sys.exit(main())

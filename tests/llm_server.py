@@ -136,7 +136,8 @@ class ScriptedServer:
                 path = self.path.split("?")[0].rstrip("/")
                 model = body.get("model") if isinstance(body, dict) else None
                 with server._lock:
-                    server.requests.append({"path": path, "model": model, "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    server.requests.append({"path": path, "model": model, "body": body, "headers": headers})
                 if path not in ("/v1/chat/completions", "/chat/completions"):
                     self._send(error(404, f"no route {path}"), model or "")
                     return
