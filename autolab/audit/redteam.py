@@ -364,7 +364,10 @@ def _summarize_runs(runs) -> list[dict]:
              "error": (r.error or {}).get("ename")} for r in runs]
 
 
-def _result_from_verdict(case: Case, verdict, *, preset: str, candidate, runs, significance: bool) -> CaseResult:
+def result_from_verdict(case: Case, verdict, *, preset: str, candidate, runs, significance: bool) -> CaseResult:
+    """A case's outcome from its audit ``verdict``: caught when REJECTED (or, with ``significance``,
+    not PROMOTED); the check named is the expected one if it fired, else the first that did. Used by
+    :func:`redteam` and by scripts that run the cases another way (perf/kernels_redteam_gpu.py)."""
     failed = [c for c in verdict.checks if not c["passed"] and c.get("severity", "reject") == "reject"]
     warns = [c["name"] for c in verdict.checks if not c["passed"] and c.get("severity") == "warn"]
     names = [c["name"] for c in failed]
@@ -526,7 +529,7 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
                     else:
                         runs = futures[(lab.path, cand.id, "redteam")].result()
                         v = audit(lab, cand, seed, stage="screen", final=False)
-                    results.append(_result_from_verdict(case, v, preset=lab.preset_name, candidate=cand, runs=runs,
+                    results.append(result_from_verdict(case, v, preset=lab.preset_name, candidate=cand, runs=runs,
                                                         significance=case.needs == "significance"))
                 lab.log.event("redteam", baseline=[r.id for r in baseline],
                               results=[r.to_dict() for r in results if r.task == lab.task.name])

@@ -70,7 +70,7 @@ def settings(preset: str | None = None, task_dir: Path | None = None) -> dict:
         "op_probe": True, "interpret": cpu, "baseline_compile": not cpu, "baseline_cache": True, "problems": [],
         "memory_mb": 8192 if cpu else 32768,
         # "" = a private Triton cache per run (candidates cannot plant compiled code for later
-        # runs); a shared folder is for trusted batches of known kernels (benchmarks/kernels_gpu.py)
+        # runs); a shared folder is for trusted batches of known kernels (perf/kernels_gpu.py)
         "triton_cache_dir": "",
     }
     out.update(p)
