@@ -530,7 +530,7 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
                         runs = futures[(lab.path, cand.id, "redteam")].result()
                         v = audit(lab, cand, seed, stage="screen", final=False)
                     results.append(result_from_verdict(case, v, preset=lab.preset_name, candidate=cand, runs=runs,
-                                                        significance=case.needs == "significance"))
+                                                       significance=case.needs == "significance"))
                 lab.log.event("redteam", baseline=[r.id for r in baseline],
                               results=[r.to_dict() for r in results if r.task == lab.task.name])
     finally:
