@@ -1,9 +1,9 @@
 """The red team: a corpus of hacks (and honest controls) run through the real run and audit path.
 
 Each task may keep a corpus in ``benchmarks/<task>/redteam/<case>/``: a folder with a
-``case.toml`` and the candidate's change: ``edits.txt``, SEARCH/REPLACE blocks against the files
-in ``redteam/_base/`` (the format the LLM implementer reads, applied by the same code), and/or
-full files (files outside the task's editable set are part of the attack, e.g. a modified
+``case.toml`` and the candidate's change: ``edits.txt``, SEARCH/REPLACE blocks (the format the
+LLM implementer reads, applied by the same code, :func:`autolab.llm_implement.apply_edits`),
+and/or full files (files outside the task's editable set are part of the attack, e.g. a modified
 harness)::
 
     description = "drops the causal mask: every position attends to the tokens after it"
@@ -15,10 +15,17 @@ harness)::
     seeds = 2                     # optional: confirmation seeds for "significance" (default: min_seeds)
     presets = ["h100"]            # optional: run only on these presets
 
-``redteam/_base/`` (optional) holds the seed's files as they were when the cases were written.
-The seed goes on evolving; before a run each case's edit is re-applied to the current seed
-(a 3-way merge of base, case and seed), so that its diff against the seed is its own edit and
-nothing else. A case that no longer merges cleanly runs as written.
+A case holds only its own edit. The blocks of ``edits.txt`` apply to the live files: the
+task's current seed files, and for a path that is not a seed file, the file of that path under
+the task folder (e.g. ``nanochat_harness/evaluate.py``, for a case that attacks a protected
+harness file). So a case's diff against the seed is its edit and nothing else, and a block that
+no longer matches (the seed or harness moved on) fails loudly at load, naming the case, the file
+and the block, never running as something else: rewrite that block against the current file.
+
+Older, external corpora (``autolab redteam TASK --corpus DIR``) may ship ``DIR/_base/``, the seed's
+files as they were when the cases were written: their blocks apply to ``_base/``, and before a
+run each case is re-applied to the current seed by a 3-way merge (base, case, seed); a case that
+does not merge cleanly runs as written.
 
 :func:`redteam` makes a fresh lab per task, adds every case as a candidate of the seed (through
 ``Lab.add_candidate``, as an implementer would), runs them all concurrently through one
@@ -178,7 +185,8 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
     root = Path(folder) if folder else corpus_dir(task)
     if not root.is_dir():
         return []
-    base = _read_files(root / BASE_DIR) if (root / BASE_DIR).is_dir() else {}
+    legacy = (root / BASE_DIR).is_dir()   # an old-layout corpus: edits against its own _base/
+    base = _read_files(root / BASE_DIR) if legacy else {}
     out = []
     for d in sorted(p for p in root.iterdir() if (p / CASE_FILE).is_file()):
         f = d / CASE_FILE
@@ -195,8 +203,16 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
         if needs not in (None, "significance"):
             raise AutolabError(f"{f}: needs must be \"significance\" or absent, not {needs!r}")
         files = _read_files(d)
+        against: dict[str, str] = {}   # the original text of every file the case's edits changed
         if EDITS_FILE in files:
-            files.update(_apply_case_edits(d / EDITS_FILE, files.pop(EDITS_FILE), base))
+            text = files.pop(EDITS_FILE)
+            if legacy:
+                against = base
+                files.update(_apply_case_edits(d / EDITS_FILE, text, base, f"the files in {root / BASE_DIR}/"))
+            else:
+                against = live_files(task, _edited_paths(d / EDITS_FILE, text))
+                files.update(_apply_case_edits(d / EDITS_FILE, text, against,
+                                               f"the live files (seed {task.seed_dir}, task folder {task.path})"))
         if not files:
             raise AutolabError(f"{d}: a case needs the candidate's files next to case.toml")
         presets = meta.get("presets", ())
@@ -204,19 +220,51 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
                         expect_check=meta.get("expect_check") or None, gpu_only=bool(meta.get("gpu_only", False)),
                         needs=needs, seeds=int(meta["seeds"]) if "seeds" in meta else None,
                         presets=tuple([presets] if isinstance(presets, str) else presets), files=files,
-                        base={k: v for k, v in base.items() if k in files}))
+                        base={k: v for k, v in against.items() if k in files}))
     return out
 
 
-def _apply_case_edits(path: Path, text: str, base: dict[str, str]) -> dict[str, str]:
-    """The files a case's edits.txt changes, with the edits applied to ``_base``."""
+def live_files(task, paths) -> dict[str, str]:
+    """The current text of ``paths`` for ``task``: the seed's file where the seed has that path,
+    else the file of that path under the task folder (a harness file, task.toml...); a path found
+    in neither is left out (an edit with an empty SEARCH may create it)."""
+    seed = {k: v.decode() for k, v in task.seed_files().items()}
+    task_dir = Path(task.path).resolve()
+    out = {}
+    for rel in paths:
+        if rel in seed:
+            out[rel] = seed[rel]
+            continue
+        p = (task_dir / rel).resolve()
+        if p.is_relative_to(task_dir) and p.is_file():
+            out[rel] = p.read_text()
+    return out
+
+
+def _edited_paths(path: Path, text: str) -> list[str]:
+    from ..llm_implement import parse_edit_blocks
+
+    try:
+        return sorted({b.path for b in parse_edit_blocks(text)})
+    except CandidateError as e:
+        raise AutolabError(f"{path}: {e}") from None
+
+
+def _apply_case_edits(path: Path, text: str, files: dict[str, str], where: str) -> dict[str, str]:
+    """The files a case's edits.txt changes: the blocks applied to ``files``. A block that does not
+    apply raises AutolabError naming the case, the file and the block."""
     from ..llm_implement import apply_edits, parse_edit_blocks
 
     try:
-        new = apply_edits(base, parse_edit_blocks(text))
+        blocks = parse_edit_blocks(text)
+        new = apply_edits(files, blocks)
     except CandidateError as e:
-        raise AutolabError(f"{path}: {e} (the blocks apply to the files in {BASE_DIR}/)") from None
-    return {k: v for k, v in new.items() if base.get(k) != v}
+        raise AutolabError(f"red-team case {path.parent.name} ({path}) does not apply to {where}: {e} "
+                           f"Rewrite that block of {path.name} against the current file.") from None
+    if not blocks:
+        raise AutolabError(f"{path}: no SEARCH/REPLACE block found; write the case's edit as blocks "
+                           "(see autolab/audit/redteam.py) or delete the file")
+    return {k: v for k, v in new.items() if files.get(k) != v}
 
 
 def _read_files(d: Path) -> dict[str, str]:
@@ -316,7 +364,10 @@ def _summarize_runs(runs) -> list[dict]:
              "error": (r.error or {}).get("ename")} for r in runs]
 
 
-def _result_from_verdict(case: Case, verdict, *, preset: str, candidate, runs, significance: bool) -> CaseResult:
+def result_from_verdict(case: Case, verdict, *, preset: str, candidate, runs, significance: bool) -> CaseResult:
+    """A case's outcome from its audit ``verdict``: caught when REJECTED (or, with ``significance``,
+    not PROMOTED); the check named is the expected one if it fired, else the first that did. Used by
+    :func:`redteam` and by scripts that run the cases another way (perf/kernels_redteam_gpu.py)."""
     failed = [c for c in verdict.checks if not c["passed"] and c.get("severity", "reject") == "reject"]
     warns = [c["name"] for c in verdict.checks if not c["passed"] and c.get("severity") == "warn"]
     names = [c["name"] for c in failed]
@@ -478,8 +529,8 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
                     else:
                         runs = futures[(lab.path, cand.id, "redteam")].result()
                         v = audit(lab, cand, seed, stage="screen", final=False)
-                    results.append(_result_from_verdict(case, v, preset=lab.preset_name, candidate=cand, runs=runs,
-                                                        significance=case.needs == "significance"))
+                    results.append(result_from_verdict(case, v, preset=lab.preset_name, candidate=cand, runs=runs,
+                                                       significance=case.needs == "significance"))
                 lab.log.event("redteam", baseline=[r.id for r in baseline],
                               results=[r.to_dict() for r in results if r.task == lab.task.name])
     finally:

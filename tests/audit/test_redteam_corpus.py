@@ -97,20 +97,132 @@ def test_every_task_corpus_is_well_formed():
     assert seen >= 41
 
 
-def test_case_edits_apply_to_the_base_files(toy_task):
-    """A case may hold its change as SEARCH/REPLACE blocks against redteam/_base/ (edits.txt);
-    the loaded files are the base with the edits applied, and a block that does not apply names
-    the file."""
+def _edit(path: str, search: str, replace: str) -> str:
+    return f"{path}\n<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\n"
+
+
+def test_case_edits_apply_to_the_live_seed_and_harness(toy_task):
+    """edits.txt blocks apply to the task's current seed files, and a path that is not a seed
+    file to the live file of the task folder (a protected harness file): the loaded files are
+    those files with the edits applied, and the case's base is what they were applied to."""
     from autolab.task import load_task
 
-    base = toy_task / "redteam" / RT.BASE_DIR
-    base.mkdir(parents=True)
-    (base / "solution.py").write_text("X = 1.0\nCRASH = False\n")
-    edit = "solution.py\n<<<<<<< SEARCH\nX = 1.0\n=======\nX = 0.5\n>>>>>>> REPLACE\n"
-    _case(toy_task, "smaller", 'description = "x"\nkind = "honest"\n', {RT.EDITS_FILE: edit})
+    seed = (toy_task / "seed" / "solution.py").read_text()
+    toml = (toy_task / "task.toml").read_text()
+    _case(toy_task, "smaller", 'description = "x"\nkind = "honest"\n',
+          {RT.EDITS_FILE: _edit("solution.py", "X = 1.0          # the parameter being tuned\n", "X = 0.5\n")})
+    _case(toy_task, "own_rules", 'description = "x"\nkind = "hack"\nexpect_check = "diff_scope"\n',
+          {RT.EDITS_FILE: _edit("task.toml", 'budget_s = 5\n', 'budget_s = 500\n')})
+    own_rules, smaller = RT.load_cases(load_task(toy_task))   # sorted by name
+    assert smaller.files == {"solution.py": seed.replace("X = 1.0          # the parameter being tuned", "X = 0.5")}
+    assert smaller.base == {"solution.py": seed}
+    assert own_rules.files == {"task.toml": toml.replace("budget_s = 5\n", "budget_s = 500\n")}
+    assert own_rules.base == {"task.toml": toml}
+    # the seed moves on: the case follows it, its diff is still its own edit only
+    (toy_task / "seed" / "solution.py").write_text(seed.replace("STEP = 2", "STEP = 4"))
+    smaller = RT.load_cases(load_task(toy_task))[1]
+    assert "STEP = 4" in smaller.files["solution.py"] and "X = 0.5" in smaller.files["solution.py"]
+
+
+def test_a_case_that_no_longer_applies_fails_loudly(toy_task):
+    """A block that does not match the live file names the case, its edits.txt, the file and the
+    block, and says what to do; it never runs as something else."""
+    from autolab.task import load_task
+
+    edits = (_edit("solution.py", "STEP = 2         # an integer setting\n", "STEP = 3\n")
+             + _edit("solution.py", "X = 7.0\n", "X = 0.5\n"))
+    _case(toy_task, "stale", 'description = "x"\nkind = "honest"\n', {RT.EDITS_FILE: edits})
+    with pytest.raises(AutolabError) as e:
+        RT.load_cases(load_task(toy_task))
+    msg = str(e.value)
+    for needle in ("red-team case stale", "stale/edits.txt", "edit block 2 (solution.py)", "not found",
+                   "Rewrite that block"):
+        assert needle in msg, msg
+    (toy_task / "redteam" / "stale" / RT.EDITS_FILE).write_text("solution.py\nX = 0.5\n")
+    with pytest.raises(AutolabError, match="no SEARCH/REPLACE block"):
+        RT.load_cases(load_task(toy_task))
+
+
+def test_full_files_in_a_case_folder_still_work(toy_task):
+    from autolab.task import load_task
+    from toytask import SOLUTION
+
+    _case(toy_task, "whole", 'description = "x"\nkind = "honest"\n', {"solution.py": SOLUTION.replace("1.0", "2.0")})
     (case,) = RT.load_cases(load_task(toy_task))
+    assert case.files == {"solution.py": SOLUTION.replace("1.0", "2.0")} and case.base == {}
+
+
+def test_an_external_corpus_with_its_own_base_still_loads(toy_task, tmp_path):
+    """The old layout (``--corpus DIR`` with ``DIR/_base/``): blocks apply to _base/, and before a
+    run the case is re-applied to the current seed by a 3-way merge."""
+    from autolab.task import load_task
+
+    corpus = tmp_path / "corpus"
+    (corpus / RT.BASE_DIR).mkdir(parents=True)
+    (corpus / RT.BASE_DIR / "solution.py").write_text("X = 1.0\nCRASH = False\n")
+    edit = _edit("solution.py", "X = 1.0\n", "X = 0.5\n")
+    (corpus / "smaller").mkdir()
+    (corpus / "smaller" / "case.toml").write_text('description = "x"\nkind = "honest"\n')
+    (corpus / "smaller" / RT.EDITS_FILE).write_text(edit)
+    (case,) = RT.load_cases(load_task(toy_task), corpus)
     assert case.files == {"solution.py": "X = 0.5\nCRASH = False\n"}
     assert case.base == {"solution.py": "X = 1.0\nCRASH = False\n"}
-    (toy_task / "redteam" / "smaller" / RT.EDITS_FILE).write_text(edit.replace("X = 1.0", "Y = 2"))
-    with pytest.raises(AutolabError, match="edits.txt.*not found"):
-        RT.load_cases(load_task(toy_task))
+    files, clean = RT.rebase(case, {"solution.py": "X = 1.0\nCRASH = False\nSTEP = 2\n"})
+    assert clean and files == {"solution.py": "X = 0.5\nCRASH = False\nSTEP = 2\n"}
+    (corpus / "smaller" / RT.EDITS_FILE).write_text(edit.replace("X = 1.0", "Y = 2"))
+    with pytest.raises(AutolabError, match=r"edits.txt.*_base.*not found"):
+        RT.load_cases(load_task(toy_task), corpus)
+
+
+def _changed_lines(a: str, b: str) -> tuple[list[str], list[str]]:
+    import difflib
+
+    removed, added = [], []
+    for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0):
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        (removed if line.startswith("-") else added).append(line[1:])
+    return removed, added
+
+
+@pytest.mark.parametrize("task_name", ["nanochat", "speedrun", "kernels"])
+def test_every_case_of_our_corpora_is_its_own_edit_against_the_live_seed(task_name):
+    """Every case of the three corpora loads against the live seed (and harness), changes
+    something, and its diff against those live files is only its own edit: every removed line
+    comes from a SEARCH section and every added line from a REPLACE section of its edits.txt.
+    No corpus ships a copy of the seed."""
+    from autolab.llm_implement import parse_edit_blocks
+    from autolab.task import load_task
+
+    task = load_task(task_name)
+    assert not (RT.corpus_dir(task) / RT.BASE_DIR).exists(), "cases are edits against the live seed; delete _base/"
+    cases = RT.load_cases(task)
+    assert len(cases) >= {"nanochat": 24, "speedrun": 7, "kernels": 13}[task_name]
+    for case in cases:
+        assert case.files, case.path
+        edits = case.path / RT.EDITS_FILE
+        assert edits.is_file(), f"{case.path}: keep the case as edits.txt against the live files"
+        blocks = parse_edit_blocks(edits.read_text())
+        live = RT.live_files(task, case.files)
+        assert case.base == live, f"{case.path}: the edits must apply to the live files"
+        for rel, text in case.files.items():
+            assert text != live[rel], f"{case.path}: {rel} unchanged"
+            removed, added = _changed_lines(live[rel], text)
+            search = {l for b in blocks if b.path == rel for l in b.search.splitlines()}
+            replace = {l for b in blocks if b.path == rel for l in b.replace.splitlines()}
+            assert removed or added, f"{case.path}: {rel}"
+            assert set(removed) <= search, f"{case.path}: {rel} loses lines no block names: {set(removed) - search}"
+            assert set(added) <= replace, f"{case.path}: {rel} gains lines no block names: {set(added) - replace}"
+
+
+def test_the_harness_case_edits_the_live_harness():
+    """edit_harness_file is one block against the live nanochat_harness/evaluate.py (no fork of
+    the file): the lab refuses it as a protected file."""
+    from autolab.task import load_task
+
+    task = load_task("nanochat")
+    (case,) = [c for c in RT.load_cases(task) if c.name == "edit_harness_file"]
+    live = (task.path / "nanochat_harness" / "evaluate.py").read_text()
+    assert set(case.files) == {"nanochat_harness/evaluate.py"} and case.base["nanochat_harness/evaluate.py"] == live
+    assert "math.log(2.0) * 1.25" in case.files["nanochat_harness/evaluate.py"]
+    assert not task.is_editable("nanochat_harness/evaluate.py")

@@ -34,8 +34,9 @@ def report(tmp_path_factory):
     spec = {"candidate_dir": str(SEEDS), "problems": sorted(PROBLEMS), "report_path": str(work / "report.json"),
             "settings": Settings(device="cpu", shapes="tiny", rounds=2, hidden_rounds=1, time=False).as_dict()}
     (work / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(TASK_DIR), OMP_NUM_THREADS="1",
-               TRITON_CACHE_DIR=str(work / "triton"), CUDA_VISIBLE_DEVICES="")
+    # PYTHONPATH as the runner gives the worker: the task folder and the folder holding autolab
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(TASK_DIR), str(REPO)]),
+               OMP_NUM_THREADS="1", TRITON_CACHE_DIR=str(work / "triton"), CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "kernels_harness.worker", str(work / "spec.json")], cwd=work,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

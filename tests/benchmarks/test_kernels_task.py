@@ -66,7 +66,7 @@ def test_every_playbook_edit_applies_to_its_seed_file():
 
 
 def test_the_gpu_script_applies_edits_like_autolab():
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "perf"))
     import kernels_gpu
     from autolab.implement import apply_setting_edit
 

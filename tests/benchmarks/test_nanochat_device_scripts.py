@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "perf"))
 
 import nanochat_mfu as M  # noqa: E402
 
@@ -61,3 +61,22 @@ def test_nothing_clean_leaves_train_py_alone(train_py):
     with pytest.raises(SystemExit, match="left as it was"):
         M.apply_best(train_py, [{"variant": "cudnn", "error": "x"}], AGREED)
     assert train_py.read_text() == before
+
+
+def test_measurement_scripts_live_in_perf_apart_from_the_tasks():
+    """benchmarks/ holds the tasks only; the project's measurement scripts are in perf/, which
+    task discovery never reads, and each script still runs from there (its --help)."""
+    import subprocess
+
+    from autolab.task import discover_tasks
+
+    assert not list((REPO / "benchmarks").glob("*.py")), "measurement scripts belong in perf/"
+    scripts = sorted((REPO / "perf").glob("*.py"))
+    assert {p.stem for p in scripts} >= {"nanochat_gpu", "nanochat_mfu", "speedrun_gpu", "kernels_gpu",
+                                         "kernels_redteam_gpu", "overhead", "ray_overhead", "proposer_compare"}
+    assert not (REPO / "perf" / "task.toml").exists()
+    assert all(REPO / "perf" not in Path(p).resolve().parents for p in discover_tasks().values())
+    for p in (REPO / "perf" / "nanochat_mfu.py", REPO / "perf" / "kernels_redteam_gpu.py"):
+        r = subprocess.run([sys.executable, str(p), "--help"], capture_output=True, text=True, timeout=120,
+                           cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+        assert r.returncode == 0 and "--out" in r.stdout, r.stderr

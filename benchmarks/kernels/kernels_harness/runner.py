@@ -28,12 +28,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from autolab import harnesskit
+from autolab.harnesskit import atomic_write_json, result_skeleton
+
 from . import baselines, ceilings, scan, scoring
 from .evaluate import Settings
 from .problems import label, load_problems, problem_names
 from .sandbox_bridge import run as run_sandboxed
 
 TASK_DIR = Path(__file__).resolve().parent.parent
+_AUTOLAB_ROOT = str(Path(harnesskit.__file__).resolve().parent.parent)   # the folder holding autolab
 PROBE_KINDS = {
     "threads": ("thread",),
     "timer_integrity": ("monkeypatch",),
@@ -70,7 +74,7 @@ def settings(preset: str | None = None, task_dir: Path | None = None) -> dict:
         "op_probe": True, "interpret": cpu, "baseline_compile": not cpu, "baseline_cache": True, "problems": [],
         "memory_mb": 8192 if cpu else 32768,
         # "" = a private Triton cache per run (candidates cannot plant compiled code for later
-        # runs); a shared folder is for trusted batches of known kernels (benchmarks/kernels_gpu.py)
+        # runs); a shared folder is for trusted batches of known kernels (perf/kernels_gpu.py)
         "triton_cache_dir": "",
     }
     out.update(p)
@@ -92,7 +96,7 @@ def _scan_candidate(problems: dict, cand_dir: Path) -> dict:
 def _worker_env(workdir: Path, interpret: bool, device: str, triton_cache: str = "") -> dict:
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "PYTHONPATH": str(TASK_DIR),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(TASK_DIR), _AUTOLAB_ROOT])),   # worker.py imports autolab.harnesskit
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONSAFEPATH": "1",          # Python >= 3.11: the working directory is not put on sys.path
@@ -214,15 +218,14 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
     seed_dir = (task_dir / task["files"]["seed"]).resolve()
     src_dir = Path(candidate_dir).resolve() if candidate_dir else seed_dir
     ev = Settings(device=cfg["device"], seed=int(seed), **{k: cfg[k] for k in SETTING_KEYS})
-    result: dict = {"task": "kernels", "preset": cfg["preset"], "seed": int(seed), "candidate_dir": str(src_dir),
-                    "status": "failed", "reason": "", "metrics": {}, "timings": {"budget_s": float(cfg["budget_s"])},
-                    "summary": {}, "curve": [], "violations": [], "probes": {}, "details": {}}
+    result: dict = result_skeleton("kernels", cfg["preset"], seed, src_dir, timings={"budget_s": float(cfg["budget_s"])},
+                                   details={})
 
     def finish() -> dict:
         result["timings"]["total_s"] = time.perf_counter() - t_start
         if result_path:
             Path(result_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(result_path).write_text(json.dumps(result, indent=1, default=str))
+            atomic_write_json(result_path, result, indent=1, sort_keys=False, default=str, newline=False)
         return result
 
     workdir = Path(tempfile.mkdtemp(prefix="autolab-kernels-"))

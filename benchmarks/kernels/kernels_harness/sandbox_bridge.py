@@ -84,7 +84,7 @@ def run(argv: Sequence[str], cwd: str, env: dict, wall_s: float, write_allow: Se
     repeated once with ``harden=False`` (scrubbed environment, audit hook, limits and process
     kill stay), and later runs in this process go there directly. Nothing a candidate does can
     trigger this: it happens before the candidate is loaded. The result says which ran."""
-    if os.environ.get("AUTOLAB_KERNELS_SANDBOX") == "fallback":   # set only by benchmarks/kernels_gpu.py's retry
+    if os.environ.get("AUTOLAB_KERNELS_SANDBOX") == "fallback":   # set only by perf/kernels_gpu.py's retry
         return _fallback(argv, cwd, env, wall_s, on_line)
     try:
         from autolab.sandbox import Limits, Policy, run_sandboxed

@@ -13,13 +13,13 @@ SPEC: {"candidate_dir", "problems": [...], "settings": {evaluate.Settings fields
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
+
+from autolab.harnesskit import atomic_write_json, load_module
 
 
 def _emit(kind: str, **data) -> None:
@@ -27,19 +27,12 @@ def _emit(kind: str, **data) -> None:
 
 
 def _write(path: str, report: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    os.replace(tmp, path)
+    atomic_write_json(path, report, indent=1, sort_keys=False, default=str, newline=False)
 
 
 def load_candidate(path: Path, name: str):
     """Import one candidate file as module ``kernels_candidate_<name>``; returns its ``kernel``."""
-    spec = importlib.util.spec_from_file_location(f"kernels_candidate_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    fn = getattr(mod, "kernel", None)
+    fn = getattr(load_module(path, f"kernels_candidate_{name}"), "kernel", None)
     if not callable(fn):
         raise AttributeError(f"{path.name} defines no callable `kernel(*inputs)`")
     return fn

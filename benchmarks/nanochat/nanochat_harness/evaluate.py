@@ -14,7 +14,6 @@ both sums. The torch functions used are captured before any candidate code runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -27,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from autolab.harnesskit import atomic_write_json, load_module
 
 # Captured before the candidate module runs: the evaluation calls only these references, and the
 # harness_intact probe checks that the public names still point at them afterwards.
@@ -262,14 +263,7 @@ def logits_probe(model, rows: np.ndarray, device: torch.device, vocab_size: int,
 
 def load_candidate(workdir: Path) -> Any:
     """Import ``train.py`` as ``__autolab_candidate__`` (its ``__main__`` block does not run)."""
-    src = workdir / "train.py"
-    spec = importlib.util.spec_from_file_location(CANDIDATE_MODULE, src)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {src}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[CANDIDATE_MODULE] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(workdir / "train.py", CANDIDATE_MODULE)
 
 
 def load_model(workdir: Path, module: Any) -> torch.nn.Module:
@@ -395,9 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the runner records it as a failed run
         traceback.print_exc()
         res = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write_json(out, res, sort_keys=False, default=str, newline=False)
     return 0 if res["ok"] else 1
 
 

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from autolab.harnesskit import result_skeleton
+
 from . import CLOCK_LINE, SAVED_LINE
 from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
 
@@ -231,11 +233,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     result_path = Path(result_path).resolve()
     result_path.parent.mkdir(parents=True, exist_ok=True)
     cand = _resolve_candidate(candidate_dir, task)
-    result: dict[str, Any] = {
-        "task": task.name, "preset": p.name, "seed": int(seed), "candidate_dir": str(cand),
-        "status": "failed", "reason": "", "metrics": {}, "summary": {}, "curve": [], "violations": [], "probes": {},
-        "timings": {"budget_s": budget_s, "allowance_s": allowance_s}, "corpus": {},
-    }
+    result: dict[str, Any] = result_skeleton(task.name, p.name, seed, cand,
+                                             timings={"budget_s": budget_s, "allowance_s": allowance_s}, corpus={})
 
     def event(**kw: Any) -> None:
         if on_event:

@@ -12,7 +12,6 @@ finiteness), ``causality`` (changing later tokens must not change earlier logits
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -28,20 +27,15 @@ from nanochat_harness import evaluate as NE  # noqa: E402
 
 import torch  # noqa: E402
 
+from autolab.harnesskit import atomic_write_json, load_module  # noqa: E402
+
 CANDIDATE_MODULE = "__autolab_candidate__"
 SCRIPT = "train_gpt.py"
 
 
 def load_candidate(workdir: Path) -> Any:
     """Import ``train_gpt.py`` as ``__autolab_candidate__`` (its ``__main__`` block does not run)."""
-    src = workdir / SCRIPT
-    spec = importlib.util.spec_from_file_location(CANDIDATE_MODULE, src)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {src}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[CANDIDATE_MODULE] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(workdir / SCRIPT, CANDIDATE_MODULE)
 
 
 def evaluate(workdir: Path, cfg: dict[str, Any], log=print) -> dict[str, Any]:
@@ -105,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the runner records it as a failed run
         traceback.print_exc()
         res = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write_json(out, res, sort_keys=False, default=str, newline=False)
     return 0 if res["ok"] else 1
 
 

@@ -37,6 +37,8 @@ if str(NANOCHAT_DIR) not in sys.path:
     sys.path.append(str(NANOCHAT_DIR))
 
 from nanochat_harness.data import atomic_write_json, prepare_data  # noqa: E402
+
+from autolab.harnesskit import result_skeleton  # noqa: E402
 from nanochat_harness.runner import parse_summary, read_curve  # noqa: E402
 
 EventFn = Callable[[dict], None]
@@ -265,13 +267,10 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     result_path.parent.mkdir(parents=True, exist_ok=True)
     cand = Path(candidate_dir).resolve() if candidate_dir else task.seed_dir
     limit = allowance_s + budget_s + val_allowance_s
-    result: dict[str, Any] = {
-        "task": task.name, "preset": p.name, "seed": int(seed), "candidate_dir": str(cand), "status": "failed",
-        "reason": "", "target": target, "metrics": {}, "summary": {}, "curve": [], "val_curve": [], "violations": [],
-        "probes": {}, "timings": {"budget_s": budget_s, "allowance_s": allowance_s + val_allowance_s,
-                                  "startup_allowance_s": allowance_s, "val_allowance_s": val_allowance_s},
-        "corpus": {}, "world_size": nproc,
-    }
+    result: dict[str, Any] = result_skeleton(
+        task.name, p.name, seed, cand, timings={"budget_s": budget_s, "allowance_s": allowance_s + val_allowance_s,
+                                                "startup_allowance_s": allowance_s, "val_allowance_s": val_allowance_s},
+        target=target, val_curve=[], corpus={}, world_size=nproc)
 
     def event(**kw: Any) -> None:
         if on_event:

@@ -1,6 +1,6 @@
 """Device script for the kernels benchmark: the whole GPU measurement in one call.
 
-    python3 benchmarks/kernels_gpu.py --out $OUT [--stages ceilings,suite,repeat,loop]
+    python3 perf/kernels_gpu.py --out $OUT [--stages ceilings,suite,repeat,loop]
                                       [--cache-in DIR] [--budget 500]
 
 The device has torch and triton but no papermill, so this drives the harness directly

@@ -1,8 +1,8 @@
 """Device script for nanochat: the seed over several seeds through `autolab run`, in one call.
 
-    python3 benchmarks/nanochat_gpu.py --out $OUT --preset h100-90s --seeds 3
-    python3 benchmarks/nanochat_gpu.py --out $OUT --preset h100-90s --seeds 1 --candidate A --candidate B
-    python3 benchmarks/nanochat_gpu.py --out $OUT --preset h100-5min --seeds 3 --lab /tmp/lab --deadline 400
+    python3 perf/nanochat_gpu.py --out $OUT --preset h100-90s --seeds 3
+    python3 perf/nanochat_gpu.py --out $OUT --preset h100-90s --seeds 1 --candidate A --candidate B
+    python3 perf/nanochat_gpu.py --out $OUT --preset h100-5min --seeds 3 --lab /tmp/lab --deadline 400
 
 This is the user's path, not a shortcut: `autolab run nanochat --preset P --seeds N --lab
 $OUT/lab-P` executes benchmarks/nanochat/benchmark.ipynb with papermill once per seed (the device

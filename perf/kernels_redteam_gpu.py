@@ -1,6 +1,6 @@
 """The kernels red team on a GPU machine that has torch and triton but no papermill.
 
-    python3 benchmarks/kernels/redteam/run_gpu.py --out $OUT [--preset h100-redteam] [--all]
+    python3 perf/kernels_redteam_gpu.py --out $OUT [--preset h100-redteam] [--all]
 
 For the ``gpu_only`` cases (``--all``: every case) and the seed as a control, this does what
 the benchmark notebook does, ``kernels_harness.runner.run_benchmark`` on the candidate's
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parent.parent
 TASK_DIR = REPO / "benchmarks" / "kernels"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(TASK_DIR))
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from autolab.audit import audit, run_checks
-    from autolab.audit.redteam import CaseResult, Report, _result_from_verdict, load_cases, rebase
+    from autolab.audit.redteam import CaseResult, Report, result_from_verdict, load_cases, rebase
     from autolab.executors import JobResult
     from autolab.lab import Lab
     from autolab.records import Run, new_id
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         cand = lab.add_candidate(files, seed, thread="redteam", meta={"redteam_case": case.name})
         run = one_run(cand, "redteam", 1)
         v = audit(lab, cand, seed, stage="screen", final=False)
-        results.append(_result_from_verdict(case, v, preset=a.preset, candidate=cand, runs=[run], significance=False))
+        results.append(result_from_verdict(case, v, preset=a.preset, candidate=cand, runs=[run], significance=False))
         log(f"{case.name}: {'caught' if results[-1].caught else 'passed'} by {results[-1].checks}")
     report = Report(cases=results, skipped=skipped, labs={}, wall_s=time.monotonic() - t0)
     obj = report.to_dict()

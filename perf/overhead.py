@@ -6,7 +6,7 @@ Compares, for the same seed candidate and seeds, in alternating order:
   autolab: autolab.run() -> papermill -> kernel -> benchmark.ipynb -> the same harness call.
 The difference of wall times is the overhead (kernel start, papermill, notebook cells,
 plots, log writes). Usage:
-    .venv/bin/python benchmarks/overhead.py [--reps 3] [--json]
+    .venv/bin/python perf/overhead.py [--reps 3] [--json]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Playbook proposer vs a random-edit baseline, at an equal number of experiments.
 
-    python benchmarks/proposer_compare.py --loops 3 --experiments 6 [--preset cpu-tiny] [--out labs/compare]
+    python perf/proposer_compare.py --loops 3 --experiments 6 [--preset cpu-tiny] [--out labs/compare]
 
 For each proposer and each loop i (proposer seed i), a fresh lab runs `autolab loop` for exactly
 ``--experiments`` ideas (same task, preset, screening/confirmation/promotion rules, same number of

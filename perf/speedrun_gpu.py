@@ -1,8 +1,8 @@
 """Device script for the speedrun benchmark: calibrate the h100 target and time the seed, in one call.
 
-    python3 benchmarks/speedrun_gpu.py --out $OUT --stage calibrate [--plan-s 150] [--budget 500]
-    python3 benchmarks/speedrun_gpu.py --out $OUT --stage runs --seeds 3 4 5 [--budget 500]
-    python3 benchmarks/speedrun_gpu.py --out $OUT --stage scaling --preset 8xh100 --gpus 4 1 2 [--budget 560]
+    python3 perf/speedrun_gpu.py --out $OUT --stage calibrate [--plan-s 150] [--budget 500]
+    python3 perf/speedrun_gpu.py --out $OUT --stage runs --seeds 3 4 5 [--budget 500]
+    python3 perf/speedrun_gpu.py --out $OUT --stage scaling --preset 8xh100 --gpus 4 1 2 [--budget 560]
 
 The device has torch but no papermill, so this drives the harness directly
 (``speedrun_harness.runner.run_benchmark``, the same code the notebook calls), on the ``h100``

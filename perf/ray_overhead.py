@@ -12,7 +12,7 @@ Without --address a private cluster is started on this machine, shaped like a re
 head node that runs no tasks (``--num-cpus=0``) and one worker node, each ``ray start`` in
 its own process; the local runs then get the cluster's environment (PYTHONPATH) too. Usage:
 
-    .venv/bin/python benchmarks/ray_overhead.py [--reps 8] [--address HOST:PORT] [--json]
+    .venv/bin/python perf/ray_overhead.py [--reps 8] [--address HOST:PORT] [--json]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Steady-state throughput and MFU of the nanochat seed's training step, variant by variant, in one process.
 
-    python3 benchmarks/nanochat_mfu.py --out $OUT
-    python3 benchmarks/nanochat_mfu.py --out $OUT --variants default,cudnn,cudnn+micro128 --steps 20 --profile cudnn
+    python3 perf/nanochat_mfu.py --out $OUT
+    python3 perf/nanochat_mfu.py --out $OUT --variants default,cudnn,cudnn+micro128 --steps 20 --profile cudnn
 
 What it is for: choosing between ways of running the same model (attention kernel, micro-batch,
 compiled optimizer) before paying for full runs. It builds the seed's model at the h100 presets'

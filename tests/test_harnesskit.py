@@ -1,0 +1,108 @@
+"""autolab.harnesskit, the helpers the three task harnesses share: the result skeleton, atomic
+JSON writes (a real process killed mid-write leaves the old file) and loading a candidate file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autolab import harnesskit as K
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_result_skeleton_has_the_contract_keys_in_a_fixed_order():
+    r = K.result_skeleton("kernels", "cpu-smoke", "3", Path("/tmp/c"), timings={"budget_s": 5.0}, details={})
+    assert list(r) == ["task", "preset", "seed", "candidate_dir", "status", "reason", "metrics", "timings",
+                       "summary", "curve", "violations", "probes", "details"]
+    assert (r["seed"], r["candidate_dir"], r["status"], r["reason"]) == (3, "/tmp/c", "failed", "")
+    assert r["timings"] == {"budget_s": 5.0} and r["metrics"] == {} and r["violations"] == []
+    other = K.result_skeleton("kernels", "p", 1, "c")
+    other["metrics"]["x"] = 1.0                     # fresh containers each time
+    assert K.result_skeleton("kernels", "p", 1, "c")["metrics"] == {}
+    with pytest.raises(TypeError, match="status"):
+        K.result_skeleton("t", "p", 1, "c", status="ok")
+
+
+def test_atomic_write_json_formats_like_json_dumps(tmp_path):
+    obj = {"b": [1, 2.5], "a": {"z": None, "y": "é"}, "p": Path("/x")}
+    p = tmp_path / "r.json"
+    K.atomic_write_json(p, {k: v for k, v in obj.items() if k != "p"})
+    assert p.read_text() == json.dumps({k: v for k, v in obj.items() if k != "p"}, indent=2, sort_keys=True) + "\n"
+    K.atomic_write_json(p, obj, indent=1, sort_keys=False, default=str, newline=False)
+    assert p.read_text() == json.dumps(obj, indent=1, default=str)
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]      # no temporary file left
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    p = tmp_path / "r.json"
+    K.atomic_write_json(p, {"old": True})
+    before = p.read_bytes()
+    with pytest.raises(TypeError):
+        K.atomic_write_json(p, {"new": object()})                  # not JSON: fails while writing
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
+    """A real crash: the writer process SIGKILLs itself halfway through serializing a large
+    object, after part of the new text has reached the disk. The target still holds the old
+    file whole; only a hidden partial temporary file is left next to it."""
+    p = tmp_path / "result.json"
+    K.atomic_write_json(p, {"status": "ok", "metrics": {"val_bpb": 1.0}})
+    before = p.read_bytes()
+    script = textwrap.dedent(f"""
+        import os, signal
+        from autolab.harnesskit import atomic_write_json
+
+        class Bomb:
+            pass
+
+        def default(o):
+            os.kill(os.getpid(), signal.SIGKILL)   # dies in the middle of the write
+
+        rows = [{{"step": i, "loss": 1.0 / (i + 1)}} for i in range(20000)]
+        atomic_write_json({str(p)!r}, {{"curve": rows, "zz": Bomb()}}, default=default)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr
+    assert p.read_bytes() == before
+    leftovers = [f for f in tmp_path.iterdir() if f.name != "result.json"]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".result.json.tmp-")
+    assert leftovers[0].stat().st_size > 0                          # the crash was mid-write, not before it
+    json.loads(p.read_text())
+
+
+def test_load_module_imports_without_running_main(tmp_path):
+    src = tmp_path / "train.py"
+    src.write_text("import sys\nVALUE = 41 + 1\nclass Net:\n    pass\n"
+                   "if __name__ == '__main__':\n    raise SystemExit('the training block ran')\n")
+    mod = K.load_module(src)
+    try:
+        assert mod.VALUE == 42 and mod.__name__ == K.CANDIDATE_MODULE
+        assert sys.modules[K.CANDIDATE_MODULE] is mod and mod.Net.__module__ == K.CANDIDATE_MODULE
+    finally:
+        sys.modules.pop(K.CANDIDATE_MODULE, None)
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('import-time failure')\n")
+    with pytest.raises(RuntimeError, match="import-time failure"):
+        K.load_module(bad, "kernels_candidate_bad")
+    assert "kernels_candidate_bad" not in sys.modules
+    with pytest.raises((ImportError, FileNotFoundError)):
+        K.load_module(tmp_path / "missing.txt", "nothing_here")
+
+
+def test_importing_the_helper_loads_nothing_heavy():
+    code = ("import sys, autolab.harnesskit\n"
+            "heavy = [m for m in ('torch', 'numpy', 'pandas', 'litellm', 'autolab.log', 'autolab.task') if m in sys.modules]\n"
+            "print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
