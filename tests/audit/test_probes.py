@@ -76,6 +76,29 @@ def test_harness_probe_checks_run_when_the_task_lists_them(toy_lab):
     assert checks["causality"].passed and not checks["logits"].passed and "did not report" in checks["logits"].detail
 
 
+def test_declared_probes_carry_their_description_and_severity(tmp_path, toy_task):
+    """A probe declared in task.toml is a check of its own, with the declaration's description;
+    a warn-severity probe that fails warns and is not counted again by the generic ``probes`` check."""
+    import autolab
+
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text().replace("[audit]\nprobes = []\n", (
+        '[audit.probes.toy]\ndescription = "the toy model plays fair"\nseverity = "warn"\n\n'
+        '[audit.probes.fair]\ndescription = "the toy harness saw fair play"\n')))
+    lab = autolab.Lab(tmp_path / "lab2", task=str(toy_task))
+    c = _child(lab)
+    _run(lab, c, meta={"probes": {"toy": {"passed": False, "detail": "it cheated"}, "fair": {"passed": True}}})
+    checks = _checks(lab, c)
+    toy = checks["toy"]
+    assert not toy.passed and toy.severity == "warn" and toy.detail.startswith("the toy model plays fair: ")
+    assert "it cheated" in toy.detail and checks["probes"].passed
+    assert checks["fair"].passed and "the toy harness saw fair play: passed in 1 runs" == checks["fair"].detail
+    c2 = _child(lab, "X = 2.5\nSTEP = 2\nUSE_TRICK = False\n")
+    _run(lab, c2, rid="r-2", meta={"probes": {"toy": {"passed": True}}})
+    fair = _checks(lab, c2)["fair"]
+    assert not fair.passed and fair.severity == "reject" and "did not report the fair probe" in fair.detail
+
+
 def test_canary_in_any_output_rejects(toy_lab, tmp_path):
     c = _child(toy_lab)
     _run(toy_lab, c)
