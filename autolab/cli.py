@@ -132,25 +132,27 @@ def _llm_kwargs(args) -> dict:
 
 
 def cmd_loop(args) -> int:
+    from . import registry
+    from .propose import get_proposer
     from .search import loop
 
-    proposer = args.proposer
-    llm_opts = [f for f, v in (("--api-base", args.api_base), ("--max-cost", args.max_cost),
-                               ("--max-llm-calls", args.max_llm_calls)) if v is not None]
-    if llm_opts and not proposer.startswith("llm:"):
-        raise AutolabError(f"{', '.join(llm_opts)} only apply to an LLM proposer; add --proposer llm:<model> "
-                           f"or leave {'them' if len(llm_opts) > 1 else 'it'} out")
+    llm_opts = {f: k for f, k in (("--api-base", "api_base"), ("--max-cost", "max_cost"),
+                                  ("--max-llm-calls", "max_llm_calls")) if getattr(args, k) is not None}
+    name = args.proposer.partition(":")[0]
+    unused = [f for f, k in llm_opts.items() if k not in registry.accepted_options(registry.get("proposer", name), {k: 1})]
+    if unused:   # checked before the lab folder is made
+        raise AutolabError(f"{', '.join(unused)} only apply to an LLM proposer; add --proposer llm:<model> "
+                           f"or leave {'them' if len(unused) > 1 else 'it'} out")
     lab = _lab(args, args.task, args.preset)
-    implementer = None
-    resolver = None
-    if proposer.startswith("llm:"):
+    # the same lookup as Python's autolab.loop(proposer="...") (autolab.registry, kind "proposer")
+    proposer = get_proposer(args.proposer, seed=args.proposer_seed, log=lab.log, **_llm_kwargs(args))
+    implementer = resolver = None
+    llm = getattr(proposer, "llm", None)
+    if llm is not None:
         # one gateway for proposals, edits and merge conflicts: its caps count every call
-        from .llm import build_llm
         from .llm_implement import LLMImplementer
-        from .llm_propose import LLMProposer
 
-        llm = build_llm(args.proposer, log=lab.log, **_llm_kwargs(args))
-        proposer, implementer, resolver = LLMProposer(llm), LLMImplementer(llm), llm
+        implementer, resolver = LLMImplementer(llm), llm
     executor = args.executor
     if executor == "ray":
         from .executors import get_executor
@@ -273,25 +275,29 @@ def _positive(text: str) -> float:
     return x
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autolab", description="Automate the research loop: propose, implement, run, audit.")
-    sub = p.add_subparsers(dest="command", required=True)
+# Each command's arguments; the registry (autolab/registry.py, kind "command") names these
+# functions as the built-in commands, in this order. A plug-in adds a command the same way:
+# an entry point in the ``autolab.commands`` group naming a ``setup(add)`` function.
 
-    def add(name, fn, help):
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        sp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-        return sp
-
+def setup_tasks(add) -> None:
     add("tasks", cmd_tasks, "list tasks and their presets")
+
+
+def setup_data(add) -> None:
     sp = add("data", cmd_data, "prepare a task's data (verify or download the corpus, train the tokenizer)")
     sp.add_argument("task"); sp.add_argument("--source", default=None, help="corpus folder or shard URL")
     sp.add_argument("--preset", default=None)
+
+
+def setup_run(add) -> None:
     sp = add("run", cmd_run, "run a candidate (default: the seed) on fresh seeds")
     sp.add_argument("task"); sp.add_argument("--preset", default=None); sp.add_argument("--candidate", default=None,
                                                                                          help="folder with the candidate's editable files, or a candidate id of the lab")
     sp.add_argument("--seeds", type=_count, default=1); sp.add_argument("--lab", default=None)
     sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
+
+
+def setup_loop(add) -> None:
     sp = add("loop", cmd_loop, "run the research loop (resumable: the same command continues)")
     sp.add_argument("task"); sp.add_argument("--preset", default=None)
     sp.add_argument("--iterations", type=_count, default=8, help="experiments (ideas) in the lab in total")
@@ -304,29 +310,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-cost", type=_positive, default=None, help="stop when LLM spend in this lab reaches this (USD)")
     sp.add_argument("--max-llm-calls", type=_count, default=None, help="stop after this many LLM calls in this lab")
     sp.add_argument("--lab", default=None)
+
+
+def setup_log(add) -> None:
     sp = add("log", cmd_log, "show the leaderboard and lineage of a lab")
     sp.add_argument("--lab", required=True); sp.add_argument("--export", default=None, help="folder to export tables to")
     sp.add_argument("--format", default="parquet", choices=["parquet", "csv"])
+
+
+def setup_report(add) -> None:
     sp = add("report", cmd_report, "render a lab's report notebook to self-contained HTML")
     sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", default="report.html")
+
+
+def setup_stop(add) -> None:
     sp = add("stop", cmd_stop, "ask a running loop on a lab to stop after its in-flight runs")
     sp.add_argument("--lab", required=True)
+
+
+def setup_demo(add) -> None:
     sp = add("demo", cmd_demo, "the offline loop on nanochat cpu-tiny, end to end")
     sp.add_argument("--lab", default="labs/demo"); sp.add_argument("--fresh", action="store_true", help="start a new lab")
     sp.add_argument("--iterations", type=_count, default=8); sp.add_argument("--preset", default="cpu-tiny")
     sp.add_argument("--task", default="nanochat", help=argparse.SUPPRESS)
     sp.add_argument("--proposer-seed", type=int, default=0)
-    _plugin_commands(sub, add)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every registered command (built-ins first, then plug-ins); a plug-in that
+    cannot be loaded is left out with a warning on stderr, so it cannot break the others."""
+    from . import registry
+
+    p = argparse.ArgumentParser(prog="autolab", description="Automate the research loop: propose, implement, run, audit.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        return sp
+
+    for name in registry.names("command"):
+        try:
+            registry.get("command", name)(add)
+        except (registry.RegistryError, argparse.ArgumentError) as e:   # e.g. a plug-in reusing a command's name
+            print(f"autolab: warning: command {name!r} left out: {e}", file=sys.stderr)
     return p
-
-
-def _plugin_commands(sub, add) -> None:
-    """Commands that live with their feature (e.g. ``redteam`` in autolab.audit.redteam)."""
-    try:
-        from .audit import redteam  # noqa: F401
-    except ImportError:
-        return
-    redteam.add_command(add)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -342,11 +342,13 @@ class LLMProposer:
     __call__ = propose
 
 
-def make_llm_proposer(spec: str, **kwargs: Any) -> LLMProposer:
+def make_llm_proposer(spec: str = "", **kwargs: Any) -> LLMProposer:
     """``make_llm_proposer("openai/gpt-4o-mini", log=lab.log, api_base=..., max_cost=..., max_llm_calls=...)``.
 
-    ``spec`` is a litellm model string (an ``llm:`` prefix and comma-separated fallbacks are
-    accepted); the keyword arguments go to :func:`autolab.llm.build_llm`.
+    The registry's ``llm`` proposer: ``get_proposer("llm:<model>", **options)`` calls it with the
+    part after the colon (see ``autolab/registry.py``). ``spec`` is a litellm model string (an
+    ``llm:`` prefix and comma-separated fallbacks are accepted); the keyword arguments go to
+    :func:`autolab.llm.build_llm`.
     """
     from .llm import build_llm
 

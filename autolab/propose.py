@@ -6,7 +6,8 @@
 - ``RandomProposer``: the random-edit baseline: scale or flip a random UPPERCASE setting.
 - ``HumanProposer``: an idea typed by a researcher.
 - ``LLMProposer`` lives in ``llm_propose`` (through ``autolab.llm``).
-Proposers are found through a registry (``register_proposer`` / ``get_proposer``).
+Proposers are plug-ins of :mod:`autolab.registry` (``register_proposer`` / ``get_proposer``;
+the ``autolab.proposers`` entry-point group).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import AutolabError, TaskError
+from . import registry
+from .errors import TaskError
 from .lab import Lab
 from .records import Candidate, Idea, Insight, State, new_id
 
@@ -221,26 +223,26 @@ class HumanProposer:
 
 # ---------------------------------------------------------------------------- registry and step
 
-_PROPOSERS: dict[str, Callable[..., Proposer]] = {"playbook": PlaybookProposer, "random": RandomProposer}
-
-
 def register_proposer(name: str, factory: Callable[..., Proposer]) -> None:
-    _PROPOSERS[name] = factory
+    """Make ``get_proposer(name)`` call ``factory(**options)`` and ``get_proposer("name:arg")``
+    call ``factory(arg, **options)`` (kind ``"proposer"`` of :mod:`autolab.registry`)."""
+    registry.register("proposer", name, factory)
 
 
 def get_proposer(spec: str | Proposer | None = None, **kwargs) -> Proposer:
-    """``"playbook"`` (default), ``"random"``, or ``"llm:<litellm model>"`` (kwargs: api_base, log…)."""
+    """``"playbook"`` (default), ``"random"``, ``"llm:<litellm model>"`` (options: log, api_base,
+    max_cost, max_llm_calls…), or a plug-in's name; a proposer object is returned as it is.
+
+    The part before a colon names the registered factory, the part after it is passed as its
+    first argument; each factory receives the options it accepts (``seed`` for the built-ins)."""
     if spec is None:
         spec = "playbook"
     if not isinstance(spec, str):
         return spec
-    if spec.startswith("llm:"):
-        from .llm_propose import make_llm_proposer
-
-        return make_llm_proposer(spec[4:], **kwargs)
-    if spec not in _PROPOSERS:
-        raise AutolabError(f"unknown proposer {spec!r}; use playbook, random or llm:<model> (e.g. llm:openai/gpt-4o-mini)")
-    return _PROPOSERS[spec](**{k: v for k, v in kwargs.items() if k == "seed"})
+    name, colon, arg = spec.partition(":")
+    factory = registry.get("proposer", name)
+    options = registry.accepted_options(factory, kwargs)
+    return factory(arg, **options) if colon else factory(**options)
 
 
 def propose(lab: Lab, proposer: str | Proposer | None = None, parent: Candidate | None = None, *,

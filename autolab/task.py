@@ -9,6 +9,7 @@ import fnmatch
 import hashlib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,61 @@ class Significance:
     time_alpha: float = 0.05      # one_sample_below_target: level of the time comparison with the parent
 
 
+SEVERITIES = ("reject", "warn")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """A probe the task's harness writes under ``probes`` in its result JSON, as declared in
+    ``[audit.probes.<name>]``: what passing it means, and whether a failure rejects or warns."""
+    name: str
+    description: str
+    severity: str = "reject"
+
+
+@dataclass(frozen=True)
+class ScanPattern:
+    """One ``[[audit.scan]]`` pattern: a regular expression searched in a candidate's added
+    lines (comments stripped), what a match means, and its severity."""
+    pattern: str
+    what: str
+    severity: str = "reject"
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """``[audit.plausibility]``: the figure past which a result is implausible for the preset (a
+    floor for a minimized metric, a ceiling for a maximized one). ``bound`` is the default,
+    ``presets`` the per-preset values; a preset with neither has no bound."""
+    kind: str                                   # "floor" | "ceiling"
+    bound: float | None = None
+    presets: dict[str, float] = field(default_factory=dict)
+
+    def bound_for(self, preset: str) -> float | None:
+        return self.presets.get(preset, self.bound)
+
+    def implausible(self, value: float, preset: str) -> bool:
+        """True when ``value`` is past the preset's bound (below a floor, above a ceiling)."""
+        b = self.bound_for(preset)
+        if b is None:
+            return False
+        return value < b if self.kind == "floor" else value > b
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """What ``[audit]`` declares: the generic checks the task turns on besides those that always
+    run (``checks``), its harness's probes, its static-scan patterns and its plausibility bound."""
+    checks: tuple[str, ...] = ()
+    probes: tuple[ProbeSpec, ...] = ()
+    scan: tuple[ScanPattern, ...] = ()
+    plausibility: Plausibility | None = None
+    names: tuple[str, ...] = ()    # every check and probe named, in order (a short-form probes list included)
+
+    def probe(self, name: str) -> ProbeSpec | None:
+        return next((p for p in self.probes if p.name == name), None)
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -84,11 +140,12 @@ class Task:
     protected: tuple[str, ...]
     seeds: SeedsPolicy
     significance: Significance
-    probes: tuple[str, ...]
+    probes: tuple[str, ...]        # every name the audit runs for this task: audit.checks, then audit.probes
     notebook: Path
     brief: Path | None
     playbook: Path | None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    audit: AuditSpec = field(default_factory=AuditSpec)
 
     def preset(self, name: str | None = None) -> Preset:
         name = name or self.default_preset
@@ -264,14 +321,105 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
     brief = root / r.get("brief", str, "task.md")
     playbook_rel = r.get("playbook", str, "playbook.toml")
     playbook = root / playbook_rel
-    probes = tuple(r.get("audit.probes", list, []))
+    audit = _audit_spec(r, metric, presets)
+    probes = audit.names
 
     return Task(
         name=name, path=root, title=r.get("title", str, name), metric=metric, presets=presets,
         default_preset=default_preset, seed_dir=seed_dir, editable=tuple(editable), protected=tuple(protected),
         seeds=seeds, significance=sig, probes=probes, notebook=notebook,
         brief=brief if brief.exists() else None, playbook=playbook if playbook.exists() else None, raw=data,
+        audit=audit,
     )
+
+
+_PROBE_KEYS = ("description", "severity")
+_SCAN_KEYS = ("pattern", "what", "severity")
+_PLAUSIBILITY_KEYS = ("floor", "ceiling", "presets")
+
+
+def _audit_spec(r: _Reader, metric: Metric, presets: dict[str, Preset]) -> AuditSpec:
+    """``[audit]``: ``checks`` (names), ``probes`` (a table of ``[audit.probes.<name>]`` tables,
+    or a plain list of names), ``[[audit.scan]]`` and ``[audit.plausibility]``."""
+    checks = r.get("audit.checks", list, [])
+    if not all(isinstance(x, str) and x for x in checks):
+        raise r.fail("audit.checks", "must be a list of check names", 'write e.g. checks = ["hidden_val"]')
+
+    raw_probes = r.get("audit.probes", (list, dict), [])
+    probes: list[ProbeSpec] = []
+    names: list[str] = list(checks)
+    if isinstance(raw_probes, list):   # the short form: names only, described by the audit
+        if not all(isinstance(x, str) and x for x in raw_probes):
+            raise r.fail("audit.probes", "must be a list of names or [audit.probes.<name>] tables",
+                         'write each probe as [audit.probes.<name>] with description = "..." and severity = "reject"')
+        names += [x for x in raw_probes if x not in names]
+    else:
+        for pname, tab in raw_probes.items():
+            key = f"audit.probes.{pname}"
+            if not isinstance(tab, dict):
+                raise r.fail(key, f"must be a table, got {type(tab).__name__} {tab!r}",
+                             f'write it as [{key}] with description = "what passing means" and severity = "reject"')
+            extra = sorted(set(tab) - set(_PROBE_KEYS))
+            if extra:
+                raise r.fail(f"{key}.{extra[0]}", "is not a probe key", f"use only {', '.join(_PROBE_KEYS)}")
+            desc = r.get(f"{key}.description", str, fix=f'add description = "what passing the probe means" under [{key}]')
+            sev = r.get(f"{key}.severity", str, "reject")
+            if sev not in SEVERITIES:
+                raise r.fail(f"{key}.severity", f"is {sev!r}", 'use "reject" or "warn"')
+            if pname in names:
+                raise r.fail(key, "is also listed in audit.checks", "keep one of them: a check of autolab or a probe of the harness")
+            probes.append(ProbeSpec(pname, desc, sev))
+            names.append(pname)
+
+    scan_raw = r.get("audit.scan", list, [])
+    scan: list[ScanPattern] = []
+    for i, tab in enumerate(scan_raw):
+        key = f"audit.scan[{i}]"
+        if not isinstance(tab, dict):
+            raise r.fail(key, f"must be a table, got {type(tab).__name__} {tab!r}",
+                         "write each pattern as [[audit.scan]] with pattern, what and severity")
+        extra = sorted(set(tab) - set(_SCAN_KEYS))
+        if extra:
+            raise r.fail(f"{key}.{extra[0]}", "is not a scan key", f"use only {', '.join(_SCAN_KEYS)}")
+        for k in ("pattern", "what"):
+            if not isinstance(tab.get(k), str) or not tab[k]:
+                raise r.fail(f"{key}.{k}", "is missing or not a string",
+                             "give every [[audit.scan]] a pattern (a Python regular expression), what a match "
+                             'means, and severity = "reject" or "warn"')
+        pat, what, sev = tab["pattern"], tab["what"], tab.get("severity", "reject")
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise r.fail(f"{key}.pattern", f"is not a valid regular expression ({e})",
+                         "fix the expression (a TOML literal string '...' needs no escaping)") from None
+        if sev not in SEVERITIES:
+            raise r.fail(f"{key}.severity", f"is {sev!r}", 'use "reject" or "warn"')
+        scan.append(ScanPattern(pat, what, sev))
+
+    plaus = None
+    ptab = r.get("audit.plausibility", dict, None)
+    if ptab is not None:
+        kind, wrong = ("floor", "ceiling") if metric.direction == "minimize" else ("ceiling", "floor")
+        extra = sorted(set(ptab) - set(_PLAUSIBILITY_KEYS))
+        if extra:
+            raise r.fail(f"audit.plausibility.{extra[0]}", "is not a plausibility key",
+                         f"use {kind} (the default bound) and presets (a table preset = bound)")
+        if wrong in ptab:
+            raise r.fail(f"audit.plausibility.{wrong}", f"does not fit metric.direction = {metric.direction!r}",
+                         f"a {metric.direction}d metric's implausible results lie past a {kind}: write {kind} = <value>")
+        bound = r.get(f"audit.plausibility.{kind}", float, None)
+        per = r.get("audit.plausibility.presets", dict, {})
+        bounds: dict[str, float] = {}
+        for pname in per:
+            if pname not in presets:
+                raise r.fail(f"audit.plausibility.presets.{pname}", "names no preset",
+                             f"use one of {', '.join(presets)}")
+            bounds[pname] = r.get(f"audit.plausibility.presets.{pname}", float)
+        if bound is None and not bounds:
+            raise r.fail("audit.plausibility", "declares no bound", f"add {kind} = <value> or presets = {{ <preset> = <value> }}")
+        plaus = Plausibility(kind, bound, bounds)
+
+    return AuditSpec(tuple(checks), tuple(probes), tuple(scan), plaus, tuple(names))
 
 
 # ---------------------------------------------------------------------------- registry

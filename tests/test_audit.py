@@ -130,3 +130,70 @@ def test_speedrun_record_rule(tmp_path):
     state, reason, _ = _record_rule(lab, slow, seed, "cpu-tiny", True)
     assert state is State.REJECTED and "does not beat the parent" in reason
     assert target is not None
+
+
+# ---------------------------------------------------------------------------- plausibility bound
+
+PLAUSIBLE = "\n[audit.plausibility]\nfloor = 0.5\n"
+ONLY_X3 = """
+[[edit]]
+name = "x_to_3"
+title = "Scale X to 3"
+hypothesis = "the optimum is at 3"
+setting = "X"
+op = "scale"
+values = [3.0]
+direction = "optimizer"
+"""
+
+
+def _bounded(toy_task, tmp_path, extra=PLAUSIBLE, name="lab"):
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text() + extra)
+    return autolab.Lab(tmp_path / name, task=str(toy_task))
+
+
+def test_plausibility_check_on_real_runs(tmp_path, toy_task):
+    """A real run whose loss lies below the task's floor fails the plausibility check (reject),
+    with the figure and the bound; a run above the floor passes it."""
+    from autolab.audit import run_checks
+
+    lab = _bounded(toy_task, tmp_path)
+    too_good, fine = _child(lab, 3.0), _child(lab, 2.0)     # loss ~ 0 +- 0.05 (below 0.5) and ~ 1.0
+    (r,) = autolab.run(lab, too_good, seeds=1, progress=False)
+    (r2,) = autolab.run(lab, fine, seeds=1, progress=False)
+    assert r.state is State.COMPLETE and r.metrics["loss"] < 0.5 and r2.metrics["loss"] > 0.5
+    chk = {c.name: c for c in run_checks(lab, too_good)}["plausibility"]
+    assert not chk.passed and chk.severity == "reject"
+    assert f"loss {r.metrics['loss']:.6g} is below the floor 0.5 of preset quick" in chk.detail
+    assert str(toy_task / "task.toml") in chk.detail
+    chk = {c.name: c for c in run_checks(lab, fine)}["plausibility"]
+    assert chk.passed and "quick floor 0.5" in chk.detail
+
+
+def test_the_loop_never_promotes_a_result_past_the_bound(tmp_path, toy_task):
+    """The only idea the playbook has (X = 3, the true optimum: a real, large gain) lands past the
+    floor: the loop's screening audit rejects it on plausibility alone, and nothing is promoted."""
+    (toy_task / "playbook.toml").write_text(ONLY_X3)
+    lab = _bounded(toy_task, tmp_path)
+    s = autolab.loop(lab, iterations=1, proposer_seed=0, progress=False)
+    assert s.experiments == 1 and s.promoted == 0
+    (cand,) = [c for c in lab.log.candidates_list() if c.parent_id]
+    assert cand.state is State.REJECTED
+    (v,) = [v for v in lab.log.verdicts_list() if v.candidate_id == cand.id]
+    failed = [c["name"] for c in v.checks if not c["passed"] and c["severity"] == "reject"]
+    assert failed == ["plausibility"] and v.reason == "audit failed: plausibility"
+    detail = next(c["detail"] for c in v.checks if c["name"] == "plausibility")
+    assert "below the floor 0.5" in detail and "inspect the runs" in detail
+
+
+def test_a_ceiling_bounds_a_maximized_metric(tmp_path, toy_task):
+    from autolab.audit import run_checks
+
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text().replace('direction = "minimize"', 'direction = "maximize"'))
+    lab = _bounded(toy_task, tmp_path, "\n[audit.plausibility]\nceiling = 2.0\npresets = { quick = 3.0 }\n")
+    c = _child(lab, 2.0)
+    _runs(lab, c, [2.5, 3.5], purpose="screen")
+    chk = {c.name: c for c in run_checks(lab, c)}["plausibility"]
+    assert not chk.passed and "loss 3.5 is above the ceiling 3 of preset quick" in chk.detail and "2.5" not in chk.detail

@@ -62,3 +62,72 @@ def test_unknown_task_lists_known(monkeypatch, tmp_path, toy_task):
     assert load_task("toy").name == "toy"
     with pytest.raises(TaskError, match="known tasks: .*toy"):
         load_task("nope")
+
+
+# ---------------------------------------------------------------------------- [audit] declarations
+
+PROBE = '[audit]\nchecks = ["hidden_val"]\n\n[audit.probes.toy]\ndescription = "the toy probe"\nseverity = "warn"\n'
+
+
+def _audit(text):
+    from toytask import TASK_TOML
+
+    return TASK_TOML.format(name="toy", noise=0.05).replace("[audit]\nprobes = []\n", text)
+
+
+def test_audit_declarations_load(tmp_path):
+    scan = "\n[[audit.scan]]\npattern = '''\\bTOY\\b'''\nwhat = \"names the toy\"\n"
+    plaus = "\n[audit.plausibility]\nfloor = 0.5\npresets = { quick = 0.25 }\n"
+    t = load_task(_write(tmp_path, _audit(PROBE + scan + plaus)))
+    assert t.probes == ("hidden_val", "toy") and t.audit.checks == ("hidden_val",)
+    assert t.audit.probe("toy").description == "the toy probe" and t.audit.probe("toy").severity == "warn"
+    assert t.audit.scan[0].pattern == r"\bTOY\b" and t.audit.scan[0].severity == "reject"
+    p = t.audit.plausibility
+    assert p.kind == "floor" and p.bound_for("quick") == 0.25 and p.bound_for("other") == 0.5
+    assert p.implausible(0.2, "quick") and not p.implausible(0.3, "quick") and p.implausible(0.3, "other")
+
+
+def test_the_benchmark_tasks_declare_their_probes_scan_and_bounds():
+    """Every probe name the harnesses write is declared, with a description, in its task.toml."""
+    want = {"nanochat": {"causality", "logits", "harness_intact"},
+            "kernels": {"correctness", "hidden_shapes", "output_caching", "output_type", "threads", "timer_integrity",
+                        "streams", "reference_ops", "input_mutation", "sol_bound"},
+            "speedrun": {"reset_verified", "init_untrained", "val_tokens", "target_unchanged", "loss_recheck",
+                         "wall_consistent", "train_data_in_clock", "clock_intact", "hidden_gap", "causality", "logits",
+                         "harness_intact"}}
+    for name, probes in want.items():
+        t = load_task(name)
+        assert {p.name for p in t.audit.probes} == probes, name
+        assert all(p.description and p.severity == "reject" for p in t.audit.probes)
+        bound = t.audit.plausibility
+        assert bound is not None and bound.kind == ("ceiling" if t.metric.direction == "maximize" else "floor")
+    assert "hidden_val" in load_task("nanochat").probes
+    nano = load_task("nanochat").audit.plausibility
+    assert nano.bound_for("cpu-smoke") < 3.1 / 2 + 0.01 and nano.bound_for("h100-5min") < 0.94   # far below the seed
+    assert load_task("kernels").audit.plausibility.bound_for("h100") > 0.43                     # above the best known
+    assert {p.what for p in load_task("speedrun").audit.scan} >= {"refers to a validation split"}
+
+
+@pytest.mark.parametrize("text, key, fix", [
+    ('[audit]\nprobes = [1, 2]\n', "audit.probes", "[audit.probes.<name>]"),
+    ('[audit.probes]\ntoy = "the toy probe"\n', "audit.probes.toy", "description"),
+    ('[audit.probes.toy]\nseverity = "reject"\n', "audit.probes.toy.description", 'add description'),
+    ('[audit.probes.toy]\ndescription = "d"\nseverity = "fatal"\n', "audit.probes.toy.severity", '"reject" or "warn"'),
+    ('[audit.probes.toy]\ndescription = "d"\ndescripton = "typo"\n', "audit.probes.toy.descripton", "use only description"),
+    ('[audit]\nchecks = ["toy"]\n[audit.probes.toy]\ndescription = "d"\n', "audit.probes.toy", "keep one of them"),
+    ('[audit]\nchecks = "hidden_val"\n', "audit.checks", "list"),
+    ('[[audit.scan]]\npattern = "(unclosed"\nwhat = "w"\n', "audit.scan[0].pattern", "regular expression"),
+    ('[[audit.scan]]\npattern = "x"\n', "audit.scan[0].what", "what a match means"),
+    ('[[audit.scan]]\npattern = "x"\nwhat = "w"\nseverity = "meh"\n', "audit.scan[0].severity", '"warn"'),
+    ('[audit.plausibility]\nceiling = 3.0\n', "audit.plausibility.ceiling", "floor = <value>"),
+    ('[audit.plausibility]\nfloor = "low"\n', "audit.plausibility.floor", "float"),
+    ('[audit.plausibility]\nfloor = 1.0\npresets = { slow = 0.5 }\n', "audit.plausibility.presets.slow", "quick"),
+    ('[audit.plausibility]\nfloor = 1.0\nbound = 2\n', "audit.plausibility.bound", "use floor"),
+    ('[audit.plausibility]\n', "audit.plausibility", "add floor"),
+])
+def test_malformed_audit_declarations_name_file_key_and_fix(tmp_path, text, key, fix):
+    d = _write(tmp_path, _audit(text))
+    with pytest.raises(TaskError) as e:
+        load_task(d)
+    msg = str(e.value)
+    assert str(d / "task.toml") in msg and f"'{key}'" in msg and fix in msg, msg

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..lab import Lab
 from ..records import Candidate, Check, Insight, State, Verdict, new_id
 from ..run import runs_of
-from .checks import ALWAYS, CHECKS, AuditContext, register_check
+from .checks import CHECKS, AuditContext, checks_for, register_check
 from .stats import TestResult, compare
 
 # Runs whose seeds were not used to select the candidate (see run.SEED_BASE).
@@ -25,11 +25,10 @@ def run_checks(lab: Lab, candidate: Candidate, parent: Candidate | None = None, 
             and (purposes is None or r.purpose in purposes)]
     parent_runs = runs_of(lab, parent, preset=preset) if parent else []
     ctx = AuditContext(lab, candidate, parent, runs, parent_runs)
-    names = list(ALWAYS) + [p for p in lab.task.probes if p in CHECKS and p not in ALWAYS]
     out = []
-    for name in names:
+    for name, check in checks_for(lab.task):
         try:
-            out.append(CHECKS[name](ctx))
+            out.append(check(ctx))
         except Exception as e:  # a broken check rejects: the audit must fail closed
             out.append(Check(name, False, f"the check itself failed: {type(e).__name__}: {e}"))
     return out
@@ -105,7 +104,7 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
 
 
 def _record_rule(lab: Lab, candidate: Candidate, parent: Candidate | None, preset: str, final: bool):
-    """The speedrun's record rule: the mean of ``significance.metric`` (e.g. the final val loss)
+    """The record rule of a time-to-target task: the mean of ``significance.metric`` (e.g. the final val loss)
     over selection-free runs is below the preset's target with a one-sided one-sample t-test at
     ``alpha`` (runs that missed the target count, with their loss), and the task's metric (the
     time) beats the parent's by a one-sided Welch test at ``time_alpha``."""

@@ -38,7 +38,6 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..errors import AutolabError
-from . import register_executor
 from .base import Job, JobResult
 
 INSTALL_HINT = "pip install 'autolab[ray]'"
@@ -512,7 +511,5 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-
-register_executor("ray", RayExecutor)
 
 __all__ = ["RayExecutor", "INSTALL_HINT"]

@@ -76,6 +76,29 @@ def test_harness_probe_checks_run_when_the_task_lists_them(toy_lab):
     assert checks["causality"].passed and not checks["logits"].passed and "did not report" in checks["logits"].detail
 
 
+def test_declared_probes_carry_their_description_and_severity(tmp_path, toy_task):
+    """A probe declared in task.toml is a check of its own, with the declaration's description;
+    a warn-severity probe that fails warns and is not counted again by the generic ``probes`` check."""
+    import autolab
+
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text().replace("[audit]\nprobes = []\n", (
+        '[audit.probes.toy]\ndescription = "the toy model plays fair"\nseverity = "warn"\n\n'
+        '[audit.probes.fair]\ndescription = "the toy harness saw fair play"\n')))
+    lab = autolab.Lab(tmp_path / "lab2", task=str(toy_task))
+    c = _child(lab)
+    _run(lab, c, meta={"probes": {"toy": {"passed": False, "detail": "it cheated"}, "fair": {"passed": True}}})
+    checks = _checks(lab, c)
+    toy = checks["toy"]
+    assert not toy.passed and toy.severity == "warn" and toy.detail.startswith("the toy model plays fair: ")
+    assert "it cheated" in toy.detail and checks["probes"].passed
+    assert checks["fair"].passed and "the toy harness saw fair play: passed in 1 runs" == checks["fair"].detail
+    c2 = _child(lab, "X = 2.5\nSTEP = 2\nUSE_TRICK = False\n")
+    _run(lab, c2, rid="r-2", meta={"probes": {"toy": {"passed": True}}})
+    fair = _checks(lab, c2)["fair"]
+    assert not fair.passed and fair.severity == "reject" and "did not report the fair probe" in fair.detail
+
+
 def test_canary_in_any_output_rejects(toy_lab, tmp_path):
     c = _child(toy_lab)
     _run(toy_lab, c)
@@ -114,7 +137,7 @@ def test_seed_only(toy_lab, edit, ok):
     ("frame = sys._getframe(1).f_locals", "reject"),
     ("urllib.request.urlopen('http://198.51.100.7/x')", "reject"),
     ("os.dup2(devnull, 1)", "reject"),
-    ("train = np.load(cfg['data']['train']['tokens'])", "reject"),
+    ("train = np.load(cfg['data']['train']['tokens'])", "warn"),    # the toy task declares no data pattern
     ("t0 = time.perf_counter(); dt = time.perf_counter() - t0", "pass"),
     ("model.load_state_dict(init_state)", "pass"),
     ("class L(torch.Tensor):\n    __torch_function__ = None", "warn"),
@@ -124,6 +147,54 @@ def test_static_scan(toy_lab, line, verdict):
     chk = _checks(toy_lab, c)["static_scan"]
     got = "pass" if chk.passed else chk.severity
     assert got == verdict, chk.detail
+
+
+SCAN_TOML = """
+[[audit.scan]]
+pattern = '''\\b(cfg|H\\.config\\(\\))\\s*\\[\\s*["']data["']\\s*\\]'''
+what = "reads the harness's data files itself"
+severity = "reject"
+
+[[audit.scan]]
+pattern = '''\\bTOY_HINT\\b'''
+what = "uses the toy hint"
+severity = "warn"
+"""
+
+
+def test_static_scan_adds_the_patterns_the_task_declares(tmp_path, toy_task):
+    import autolab
+
+    (toy_task / "task.toml").write_text((toy_task / "task.toml").read_text() + SCAN_TOML)
+    lab = autolab.Lab(tmp_path / "lab2", task=str(toy_task))
+    assert [p.severity for p in lab.task.audit.scan] == ["reject", "warn"]
+    c = _child(lab, "X = 1.0\nSTEP = 2\nUSE_TRICK = False\ntrain = np.load(cfg['data']['train']['tokens'])\n")
+    chk = _checks(lab, c)["static_scan"]
+    assert not chk.passed and chk.severity == "reject" and "reads the harness's data files itself" in chk.detail
+    c = _child(lab, "X = 1.0\nSTEP = 2\nUSE_TRICK = False\nX = TOY_HINT\n")
+    chk = _checks(lab, c)["static_scan"]
+    assert not chk.passed and chk.severity == "warn" and "uses the toy hint" in chk.detail
+
+
+@pytest.mark.parametrize("task, line, what", [
+    ("nanochat", "train = np.load(cfg['data']['train']['tokens'])", "reads the harness's data files itself"),
+    ("nanochat", "H.time_left = lambda: 1e9", "monkeypatches"),
+    ("nanochat", "setattr(nanochat_harness, 'finish', f)", "monkeypatches a timer or the harness"),
+    ("nanochat", "p = 'hidden_val-0123.tokens.npy'", "refers to a validation split"),
+    ("speedrun", "x = np.load(cfg['data']['train']['tokens'])", "reads the harness's data files itself"),
+    ("speedrun", "speedrun_harness.validate = f", "monkeypatches a timer or the harness"),
+])
+def test_lm_tasks_declare_their_harness_and_data_patterns(task, line, what):
+    """The patterns about a harness's module and data files live in that task's task.toml."""
+    from autolab.audit.checks import GENERIC_SCAN, scan_code
+    from autolab.task import load_task
+
+    t = load_task(task)
+    declared = [(p.pattern, p.what, p.severity) for p in t.audit.scan]
+    reject, _ = scan_code(line, GENERIC_SCAN + declared)
+    assert any(what in h for h in reject), reject
+    if "data" in what or "validation" in what:
+        assert not scan_code(line, GENERIC_SCAN)[0]     # the generic scan alone names no task's files
 
 
 # ---------------------------------------------------------------------------- LLM review (secondary, warn only)
