@@ -172,7 +172,12 @@ def test_leaderboard_ranks_and_refreshes(filled_lab):
     add_runs(lab, other, [0.001, 0.002])
     assert other.id not in board.html.value
     board.refresh_button.click()
-    assert board.html.value.index(other.id) < board.html.value.index(cand.id)
+    # an unaudited candidate, however low its number, ranks after the best (the ledger's) and the seed
+    html = board.html.value
+    assert html.index(cand.id) < html.index(seed.id) < html.index(other.id)
+    lab.promote(other)
+    board.refresh_button.click()
+    assert board.html.value.index(other.id) < board.html.value.index(cand.id)   # promoted and better: the new best
     assert "Leaderboard" in board.plain_text()
 
 
