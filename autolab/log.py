@@ -263,7 +263,9 @@ class ResearchLog:
         return self.get_meta("metric", "metric"), self.get_meta("direction", "minimize")
 
     def leaderboard(self, preset: str | None = None):
-        """Candidates ranked by their mean metric over complete runs (screening and confirmation)."""
+        """Candidates ranked by their mean metric over complete runs (screening and confirmation):
+        the raw numbers. Which candidate is *best* is the ledger's answer (``Ledger.leaderboard()``
+        ranks this table by it), never this table's first row."""
         import pandas as pd
 
         metric, direction = self._metric()

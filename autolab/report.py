@@ -307,27 +307,34 @@ def leaderboard_html(log: ResearchLog, limit: int | None = 25) -> str:
 
 
 def audit_summary_html(log: ResearchLog) -> str:
-    """Verdict counts, every verdict, and which checks failed how often."""
+    """Verdict counts, one row per audited candidate (its latest verdict, the stages before it
+    and the candidate's final state), and which checks failed how often."""
     vs = log.verdicts_list()
     cands = {c.id: c for c in log.candidates_list()}
     ideas = {i.id: i for i in log.ideas_list()}
-    counts: dict[str, int] = {}
+    by_cand: dict[str, list] = {}
     failing: dict[str, int] = {}
     for v in vs:
-        counts[v.state.value] = counts.get(v.state.value, 0) + 1
+        by_cand.setdefault(v.candidate_id, []).append(v)
         for c in v.checks:
             if not c.get("passed"):
                 failing[c["name"]] = failing.get(c["name"], 0) + 1
+    counts: dict[str, int] = {}
+    for cvs in by_cand.values():
+        counts[cvs[-1].state.value] = counts.get(cvs[-1].state.value, 0) + 1
     head = " &nbsp; ".join(f"{H.badge(s)} {n}" for s, n in sorted(counts.items())) or "no verdicts yet"
     rows = []
-    for v in vs:
-        c = cands.get(v.candidate_id)
+    for cid, cvs in by_cand.items():
+        v = cvs[-1]
+        c = cands.get(cid)
         title = ideas[c.idea_id].title if c is not None and c.idea_id in ideas else ""
-        failed = ", ".join(c["name"] for c in v.checks if not c.get("passed")) or "—"
-        rows.append((H.code(v.candidate_id), H.esc(title), H.badge(v.state), H.fmt(v.candidate_mean), H.fmt(v.parent_mean),
-                     H.fmt(v.effect), H.fmt(v.p_value), f"{v.n_candidate}/{v.n_parent}", H.esc(failed), H.esc(v.reason)))
+        failed = ", ".join(sorted({k["name"] for x in cvs for k in x.checks if not k.get("passed")})) or "—"
+        stages = " → ".join(f"{x.meta.get('stage') or 'audit'} {x.state.value.lower()}" for x in cvs)
+        rows.append((H.code(cid), H.esc(title), H.badge(c.state if c is not None else v.state), H.esc(stages),
+                     H.fmt(v.candidate_mean), H.fmt(v.parent_mean), H.fmt(v.effect), H.fmt(v.p_value),
+                     f"{v.n_candidate}/{v.n_parent}", H.esc(failed), H.esc(v.reason)))
     out = [f'<div style="{H.FONT} margin:4px 0;">{head}</div>',
-           H.table(["candidate", "idea", "verdict", "mean", "parent mean", "effect", "p", "n (cand/parent)",
+           H.table(["candidate", "idea", "state", "verdicts", "mean", "parent mean", "effect", "p", "n (cand/parent)",
                     "failed checks", "reason"], rows)]
     if failing:
         out.append(H.table(["check", "failures"], [(H.esc(k), str(n)) for k, n in sorted(failing.items(), key=lambda x: -x[1])],

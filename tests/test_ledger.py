@@ -134,8 +134,10 @@ def _contested_lab(lab):
                           thread="merge", meta={"merge_of": [a.id, c.id]})
     add_run(lab, m, 0.02, purpose="screen", seed=1)
     confirm(lab, m, [0.05, 0.06, 0.04])
-    lab.log.append(Verdict(id=new_id("v"), task=lab.task.name, candidate_id=m.id, parent_id=a.id,
-                           preset=lab.preset_name, state=State.REJECTED, reason="audit failed: hidden_val"))
+    for stage, state in (("screen", State.PENDING), ("confirm", State.REJECTED)):
+        lab.log.append(Verdict(id=new_id("v"), task=lab.task.name, candidate_id=m.id, parent_id=a.id,
+                               preset=lab.preset_name, state=state, reason=f"{stage}: see checks",
+                               meta={"stage": stage}))
     m = lab.set_state(m, State.REJECTED)
     add_run(lab, r, 0.0, purpose="screen", seed=2, state=State.KILLED, metrics={"params": 0.001}, reason="budget")
     return {"seed": seed, "A": a, "R": r, "B": b, "C": c, "M": m}
@@ -181,6 +183,8 @@ def test_every_view_agrees_on_best_and_never_shows_a_rejected_one(toy_lab, tmp_p
     assert R._running_best(list(ex["selection_free_mean"]), "minimize", list(ex["kept"]))[-1] == pytest.approx(1.0)
     assert sorted(ex["candidate_id"]) == sorted(set(ex["candidate_id"]))               # each candidate once
     assert ex.loc[ex["candidate_id"] == r.id, "state"].iloc[0] == "REJECTED"
+    audit_html = R.audit_summary_html(log)                                                # one row per candidate
+    assert audit_html.count(m.id) == 1 and "screen pending → confirm rejected" in audit_html
 
     # the widgets
     import autolab.ui as ui
