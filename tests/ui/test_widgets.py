@@ -99,6 +99,19 @@ def test_unified_diff_parsing_matches_full_text_diff():
 
 # ---------------------------------------------------------------------------- RunMonitor
 
+def test_run_monitor_never_shows_a_killed_runs_number_as_the_metric(filled_lab):
+    run = filled_lab["lab"].log.runs_list()[0]
+    for metric in ("loss", None):                        # with the lab's metric, and without one
+        mon = ui.RunMonitor(metric=metric, throttle_s=0)
+        killed = run.__class__(**{**run.to_dict(), "id": "r-k", "state": "KILLED", "metrics": {"params": 123456.0},
+                                  "error": {"ename": "BudgetExceeded", "evalue": "past the budget"}})
+        mon({"type": "run_start", "run_id": "r-k", "seed": 1})
+        mon({"type": "run_end", "run_id": "r-k", "run": killed})
+        assert mon.runs["r-k"].metric is None and "123" not in mon.table.value and "KILLED" in mon.table.value
+        assert mon.metric == metric
+        mon.close()
+
+
 def test_run_monitor_updates_from_a_background_thread(filled_lab):
     lab = filled_lab["lab"]
     mon = ui.RunMonitor(lab, budget_s=5, total=2, throttle_s=0.2)
