@@ -90,6 +90,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .records import Purpose
     from .run import run
 
     lab = _lab(args, args.task, args.preset)
@@ -104,7 +105,7 @@ def cmd_run(args) -> int:
         from .executors import get_executor
 
         executor = get_executor("ray", address=args.ray_address)
-    runs = run(lab, cand, seeds=args.seeds, purpose="manual", executor=executor, progress=not args.json)
+    runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, progress=not args.json)
     name = lab.task.metric.name
     vals = [r.metrics[name] for r in runs if r.ok]
     obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [

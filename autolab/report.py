@@ -19,6 +19,7 @@ from typing import Any
 from .errors import AutolabError
 from .ledger import Ledger
 from .log import ResearchLog
+from .records import Purpose
 from .ui import _html as H
 from .ui._plots import PALETTE, new_figure, png_bytes
 
@@ -59,7 +60,7 @@ def experiments(log: ResearchLog):
     vals: dict[str, list[float]] = {}
     fails: dict[str, int] = {}
     for k, r in enumerate(runs):
-        if r.purpose == "redteam":
+        if r.purpose == Purpose.REDTEAM:
             continue
         order.setdefault(r.candidate_id, k)
         if r.state.value == "COMPLETE" and isinstance(r.metrics.get(metric), (int, float)):
