@@ -270,3 +270,25 @@ def test_a_lab_made_before_pinning_pins_its_oldest_seed(toy_task, tmp_path):
     bare = autolab.Lab(tmp_path / "bare")
     assert "X = 0.5" in bare.files(bare.seed_candidate())["solution.py"]
     assert bare.log.events("seed_pinned")[-1]["how"] == "the seed on disk"
+
+
+def test_the_ledger_sits_low_and_nothing_below_the_loop_imports_it_back():
+    """ledger imports only log and records; propose, merge, audit and lab never import the loop
+    (search), at module level or inside a function."""
+    import ast
+    from pathlib import Path
+
+    src = Path(autolab.__file__).parent
+
+    def imports(rel: str) -> set[str]:
+        out = set()
+        for node in ast.walk(ast.parse((src / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                out.add(node.module or "")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autolab."):
+                out.add(node.module[len("autolab."):])
+        return out
+
+    assert imports("ledger.py") == {"log", "records"}
+    for rel in ("propose.py", "merge.py", "lab.py", "audit/__init__.py", "run.py"):
+        assert "search" not in imports(rel), rel
