@@ -90,6 +90,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .records import Purpose
     from .run import run
 
     lab = _lab(args, args.task, args.preset)
@@ -104,7 +105,7 @@ def cmd_run(args) -> int:
         from .executors import get_executor
 
         executor = get_executor("ray", address=args.ray_address)
-    runs = run(lab, cand, seeds=args.seeds, purpose="manual", executor=executor, progress=not args.json)
+    runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, progress=not args.json)
     name = lab.task.metric.name
     vals = [r.metrics[name] for r in runs if r.ok]
     obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [
@@ -170,16 +171,25 @@ def cmd_log(args) -> int:
     from .lab import Lab
 
     lab = Lab(args.lab)
-    board, lineage = lab.log.leaderboard(preset=lab.preset_name), lab.log.lineage()
+    ledger = lab.ledger
+    board, lineage = ledger.leaderboard(preset=lab.preset_name), lab.log.lineage()
     if args.export:
         files = lab.log.export(args.export, args.format)
         print(f"exported {len(files)} tables to {args.export}", file=sys.stderr)
-    obj = {"lab": str(lab.path), "leaderboard": json.loads(board.to_json(orient="records")),
+    best, seed = ledger.best(), lab.seed_candidate()
+    best_obj = {"candidate_id": best.id, "title": _title(lab, best), "state": best.state.value,
+                "selection_free_mean": ledger.mean(best), "seed_id": seed.id, "seed_mean": ledger.mean(seed)}
+    obj = {"lab": str(lab.path), "best": best_obj, "leaderboard": json.loads(board.to_json(orient="records")),
            "lineage": json.loads(lineage.to_json(orient="records")), "llm": lab.log.llm_totals()}
     import pandas as pd
 
+    m = best_obj["selection_free_mean"]
+    best_line = (f"best: {best.id} {best_obj['title']} ({best.state.value}), {lab.task.metric.name} "
+                 f"{'n/a' if m is None else f'{m:.4f}'} over selection-free seeds"
+                 + (" (the seed: no promoted candidate beats it)" if best.id == seed.id else ""))
     with pd.option_context("display.width", 160, "display.max_columns", 12, "display.max_colwidth", 48):
-        text = f"leaderboard ({lab.task.metric.name}, {lab.task.metric.direction}):\n{board.to_string(index=False)}\n\n" \
+        text = f"{best_line}\n\nleaderboard ({lab.task.metric.name}, {lab.task.metric.direction}; the best first):\n" \
+               f"{board.to_string(index=False)}\n\n" \
                f"lineage:\n{lineage[['candidate_id', 'parent_id', 'depth', 'state', 'title']].to_string(index=False) if not lineage.empty else '(empty)'}"
     _emit(args, obj, text)
     return 0
@@ -206,7 +216,7 @@ def cmd_demo(args) -> int:
     import shutil
 
     from .lab import Lab
-    from .search import best_candidate, final_comparison, loop
+    from .search import final_comparison, loop
 
     lab_path = Path(args.lab)
     if args.fresh and lab_path.exists():
@@ -219,7 +229,7 @@ def cmd_demo(args) -> int:
               f"{lab.task.seeds.confirmation} fresh seeds, then the best against the seed on {lab.task.seeds.final} "
               "seeds never used for selection", flush=True)
     s = loop(lab, args.iterations, proposer="playbook", proposer_seed=args.proposer_seed, progress=not args.json)
-    best = best_candidate(lab)
+    best = lab.ledger.best()
     fc = final_comparison(lab, best, progress=not args.json)
     name = lab.task.metric.name
     obj = {

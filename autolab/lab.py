@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
-from .errors import AutolabError
+from .errors import AutolabError, TaskError
+from .ledger import Ledger, first_seed_in_log
 from .log import ResearchLog
 from .records import Candidate, State, now
 from .task import Task, load_task
-from .workspace import Store, candidate_id, unified_diff
+from .workspace import Store, candidate_id, sha256, unified_diff
+
+
+_WARNED: set[tuple[str, str]] = set()   # (lab, disk seed) pairs already warned about in this process
+
+
+class SeedChangedWarning(UserWarning):
+    """The task's seed on disk is not the seed a lab pinned."""
 
 
 class Lab:
     """``Lab("labs/nano", task="nanochat", preset="cpu-tiny")`` creates or reopens a lab.
 
-    Layout: ``log.db`` (the research log), ``lab.json`` (task and preset), ``objects/``
+    Layout: ``log.db`` (the research log), ``lab.json`` (task, preset and the pinned seed
+    candidate's id, ``seed_candidate``), ``objects/``
     (candidate files by content hash), ``candidates/<id>/`` (materialized files),
     ``runs/<run id>/`` (executed notebooks and result JSON).
     """
@@ -58,6 +68,11 @@ class Lab:
         self.log.set_meta("metric", self.task.metric.name)
         self.log.set_meta("direction", self.task.metric.direction)
         self.store = Store(self.path)
+        self._meta_file = meta_file
+        self._seed_id = self._pin_seed(meta)
+        self.log.set_meta("preset", self.preset_name)
+        self.log.set_meta("seed_candidate", self._seed_id)
+        self._warn_if_seed_moved()
 
     @property
     def preset(self):
@@ -75,15 +90,80 @@ class Lab:
         c = self.candidate(c) if isinstance(c, str) else c
         return self.store.read(c.files)
 
-    def seed_candidate(self) -> Candidate:
-        """The task's seed solution as a candidate (created once, then reused)."""
-        files = self.store.snapshot(self.task.seed_files())
-        cid = candidate_id(files)
-        existing = self.log.get("candidate", cid)
-        if existing is not None:
-            return existing  # type: ignore[return-value]
-        return self.log.append(Candidate(id=cid, task=self.task.name, files=files, parent_id=None, thread="main",
+    @property
+    def ledger(self) -> Ledger:
+        """The read-only answers about this lab's log: best candidate, means, noise, seeds, owners."""
+        return Ledger(self)
+
+    def _disk_seed(self, *, store: bool) -> tuple[str, dict[str, str]]:
+        """(candidate id, {path: digest}) of the task's seed folder as it is on disk now."""
+        files = self.task.seed_files()
+        digests = self.store.snapshot(files) if store else {k: sha256(v) for k, v in files.items()}
+        return candidate_id(digests), digests
+
+    def _pin_seed(self, meta: dict) -> str:
+        """The id of the lab's seed candidate, pinned in lab.json: for a new lab the seed on disk;
+        for a lab made before pinning, the oldest seed candidate in its log (else the disk's)."""
+        pinned = meta.get("seed_candidate")
+        if pinned and self.log.get("candidate", pinned) is not None:
+            return pinned
+        if pinned:   # lab.json names a seed the log lacks (a new log.db): it can only be the disk seed
+            cid, digests = self._disk_seed(store=True)
+            if cid != pinned:
+                raise AutolabError(f"{self._meta_file} pins seed candidate {pinned}, which is not in {self.log.path} and "
+                                   f"is not the seed on disk ({cid}); restore the log, or remove 'seed_candidate' from "
+                                   "lab.json to pin the disk seed")
+            self._append_seed(cid, digests)
+            return pinned
+        old = first_seed_in_log(self.log)
+        if old is not None:
+            cid, how = old.id, "the oldest seed candidate in the log"
+        else:
+            cid, digests = self._disk_seed(store=True)
+            if self.log.get("candidate", cid) is None:
+                self._append_seed(cid, digests)
+            how = "the seed on disk"
+        meta["seed_candidate"] = cid
+        tmp = self._meta_file.with_name(f".lab.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self._meta_file)
+        self.log.event("seed_pinned", candidate_id=cid, how=how)
+        return cid
+
+    def _append_seed(self, cid: str, digests: dict[str, str]) -> Candidate:
+        return self.log.append(Candidate(id=cid, task=self.task.name, files=digests, parent_id=None, thread="main",
                                          meta={"origin": "seed"}))  # type: ignore[return-value]
+
+    def disk_seed_changed(self) -> str | None:
+        """The candidate id of the seed on disk when it differs from the pinned seed, else None."""
+        try:
+            cid, _ = self._disk_seed(store=False)
+        except TaskError:   # the seed folder is gone or empty: the pinned seed is all there is
+            return None
+        return cid if cid != self._seed_id else None
+
+    def _warn_if_seed_moved(self) -> None:
+        moved = self.disk_seed_changed()
+        if moved is None or (str(self.path), moved) in _WARNED:
+            return
+        _WARNED.add((str(self.path), moved))
+        warnings.warn(f"the seed of task {self.task.name!r} on disk ({self.task.seed_dir}, candidate {moved}) differs "
+                      f"from the seed this lab pinned ({self._seed_id}); the lab keeps measuring against the pinned "
+                      "seed. To try the new one, add it as a candidate: lab.add_seed_from_disk()",
+                      SeedChangedWarning, stacklevel=3)
+
+    def seed_candidate(self) -> Candidate:
+        """The lab's seed solution: the candidate pinned in lab.json when the lab was created
+        (a later change of the seed on disk does not change it; see add_seed_from_disk)."""
+        return self.candidate(self._seed_id)
+
+    def add_seed_from_disk(self) -> Candidate:
+        """The seed folder as it is on disk now, as a new candidate whose parent is the pinned
+        seed (the loop screens and confirms it like any other); the pinned seed if unchanged."""
+        files = self.task.seed_files()
+        seed = self.seed_candidate()
+        return self.add_candidate({k: v.decode() for k, v in files.items()}, seed, thread="main",
+                                  meta={"origin": "disk-seed", "seed_dir": str(self.task.seed_dir)})
 
     def add_candidate(self, files: dict[str, str | bytes], parent: Candidate | None, *, idea_id: str | None = None,
                       thread: str = "main", meta: dict | None = None) -> Candidate:

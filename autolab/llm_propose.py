@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .errors import AutolabError
+from .ledger import Ledger
 from .records import Candidate, Idea, State, new_id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,7 +189,7 @@ class LLMProposer:
         sections.append(f"Parent of this experiment: {label(parent.id)}, {metric.name} {mean(parent.id)}.")
 
         try:
-            board = lab.log.leaderboard()
+            board = Ledger(lab).leaderboard()   # the ledger's ranking: a rejected candidate is never "best so far"
         except Exception:  # noqa: BLE001 - a view problem must not stop a proposal
             board = None
         if board is not None and not board.empty:

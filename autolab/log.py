@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import LogError, SchemaVersionError
-from .records import RECORD_TYPES, Candidate, Idea, Insight, Run, State, Verdict, _Record, now, record_from_dict
+from .records import RECORD_TYPES, Candidate, Idea, Insight, Purpose, Run, State, Verdict, _Record, now, record_from_dict
 
 SCHEMA_VERSION = 1
 
@@ -263,7 +263,9 @@ class ResearchLog:
         return self.get_meta("metric", "metric"), self.get_meta("direction", "minimize")
 
     def leaderboard(self, preset: str | None = None):
-        """Candidates ranked by their mean metric over complete runs (screening and confirmation)."""
+        """Candidates ranked by their mean metric over complete runs (screening and confirmation):
+        the raw numbers. Which candidate is *best* is the ledger's answer (``Ledger.leaderboard()``
+        ranks this table by it), never this table's first row."""
         import pandas as pd
 
         metric, direction = self._metric()
@@ -274,7 +276,7 @@ class ResearchLog:
         if runs.empty or key not in runs:
             return pd.DataFrame(columns=cols)
         ok = runs[(runs["state"] == "COMPLETE") & runs[key].notna()]
-        ok = ok[ok["params.purpose"] != "redteam"]
+        ok = ok[ok["params.purpose"] != Purpose.REDTEAM.value]
         if preset:
             ok = ok[ok["params.preset"] == preset]
         if ok.empty:

@@ -9,6 +9,7 @@ import re
 
 from .implement import check_compiles
 from .lab import Lab
+from .ledger import Ledger
 from .records import Candidate, Idea, State, new_id
 from .workspace import merge3
 
@@ -112,8 +113,9 @@ def merge_candidates(lab: Lab, a: Candidate, b: Candidate, *, llm=None) -> Candi
     except Exception as e:
         lab.log.event("merge_skipped", pair=pair, reason=str(e))
         return None
-    ma, mb = _mean(lab, a), _mean(lab, b)
-    better = a if (mb is None or (ma is not None and lab.task.metric.better(ma, mb))) else b
+    ledger = Ledger(lab)
+    ma, mb = ledger.mean(a), ledger.mean(b)
+    better = a if (mb is None or (ma is not None and ledger.better(ma, mb))) else b
     idea = Idea(id=new_id("i"), task=lab.task.name, title=f"Merge: {_title(lab, a)} + {_title(lab, b)}",
                 hypothesis="the two threads' gains are independent and add up",
                 plan=f"3-way merge of {a.id} and {b.id} against {base.id if base else 'nothing'}", source="merge",
@@ -126,8 +128,3 @@ def merge_candidates(lab: Lab, a: Candidate, b: Candidate, *, llm=None) -> Candi
     lab.log.event("merged", pair=pair, candidate_id=cand.id, resolved_by_llm=resolved_by_llm)
     return cand
 
-
-def _mean(lab: Lab, c: Candidate) -> float | None:
-    from .search import mean_metric
-
-    return mean_metric(lab, c)

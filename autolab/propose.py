@@ -26,6 +26,7 @@ else:  # pragma: no cover
 from . import registry
 from .errors import TaskError
 from .lab import Lab
+from .ledger import Ledger
 from .records import Candidate, Idea, Insight, State, new_id
 
 SETTING_LINE = r"^(?P<indent>)(?P<name>{name})\s*=\s*(?P<expr>.+?)(?P<comment>\s+#.*)?$"
@@ -249,9 +250,7 @@ def propose(lab: Lab, proposer: str | Proposer | None = None, parent: Candidate 
             thread: str = "main", direction: str = "", insights: Sequence[Insight] = ()) -> Idea | None:
     """Propose the next idea for ``parent`` (default: the lab's best candidate). Returns None
     when the proposer has nothing left to try."""
-    from .search import best_candidate
-
-    parent = parent or best_candidate(lab, thread=thread)
+    parent = parent or Ledger(lab).best(thread)
     return get_proposer(proposer).propose(lab, parent, thread=thread, direction=direction, insights=insights)
 
 

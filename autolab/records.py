@@ -33,6 +33,49 @@ class State(str, enum.Enum):
         return self.value
 
 
+class Purpose(str, enum.Enum):
+    """Why a run was made. A ``str`` enum: stored values (and file formats) are the plain strings."""
+
+    SCREEN = "screen"      # selection: the seeds that pick candidates (1, 2, ...)
+    CONFIRM = "confirm"    # selection-free: fresh seeds (101, ...) for the significance test
+    BASELINE = "baseline"  # the seed's confirmation runs (an alias of confirm)
+    FINAL = "final"        # the final comparison on seeds never used before (1001, ...)
+    MANUAL = "manual"      # `autolab run` / `autolab.run(...)` by hand
+    REDTEAM = "redteam"    # red-team cases: never counted in any ranking
+
+    __hash__ = str.__hash__   # hash like the stored string, so sets and dicts mix members and values
+
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return self.value
+
+    @property
+    def canonical(self) -> "Purpose":
+        """The purpose this one counts as. The one place that says "baseline is confirm"."""
+        return Purpose.CONFIRM if self is Purpose.BASELINE else self
+
+    @classmethod
+    def parse(cls, value: "str | Purpose") -> "Purpose":
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(p.value for p in cls)
+            raise ValueError(f"unknown run purpose {value!r}; use one of: {known}") from None
+
+    @classmethod
+    def canonical_of(cls, value: "str | Purpose") -> str:
+        """The canonical value of a stored purpose string (an unknown string is its own)."""
+        try:
+            return cls(value).canonical.value
+        except ValueError:
+            return str(value)
+
+    @classmethod
+    def aliases(cls, value: "str | Purpose") -> tuple["Purpose", ...]:
+        """Every purpose that counts as ``value`` (e.g. confirm → (CONFIRM, BASELINE))."""
+        canon = cls.parse(value).canonical
+        return tuple(p for p in cls if p.canonical is canon)
+
+
 def now() -> str:
     """UTC timestamp, ISO 8601 with milliseconds."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -127,7 +170,7 @@ class Run(_Record):
     candidate_id: str
     preset: str
     seed: int
-    purpose: str = "screen"        # baseline | screen | confirm | final | manual | redteam
+    purpose: str = "screen"        # a Purpose value: screen | confirm | baseline | final | manual | redteam
     state: State = State.RUNNING
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AutolabError
+from .ledger import Ledger
 from .log import ResearchLog
+from .records import Purpose
 from .ui import _html as H
 from .ui._plots import PALETTE, new_figure, png_bytes
 
@@ -42,10 +44,14 @@ def metric_of(log: ResearchLog) -> tuple[str, str]:
 
 def experiments(log: ResearchLog):
     """One row per evaluated candidate, in the order it was first run: thread, title,
-    state, mean metric over complete runs (NaN when every run failed), runs, failures."""
+    state, mean metric over complete runs (NaN when every run failed), runs, failures,
+    the selection-free mean (the number "best" is judged on) and ``kept`` (the seed or
+    promoted: the ledger's candidates for best)."""
     import pandas as pd
 
-    metric, _ = metric_of(log)
+    ledger = Ledger(log)
+    metric = ledger.metric
+    seed = ledger.seed()
     runs = log.runs_list()
     cands = {c.id: c for c in log.candidates_list()}
     ideas = {i.id: i for i in log.ideas_list()}
@@ -54,7 +60,7 @@ def experiments(log: ResearchLog):
     vals: dict[str, list[float]] = {}
     fails: dict[str, int] = {}
     for k, r in enumerate(runs):
-        if r.purpose == "redteam":
+        if r.purpose == Purpose.REDTEAM:
             continue
         order.setdefault(r.candidate_id, k)
         if r.state.value == "COMPLETE" and isinstance(r.metrics.get(metric), (int, float)):
@@ -72,10 +78,15 @@ def experiments(log: ResearchLog):
             "state": c.state.value if c else "", "mean": sum(v) / len(v) if v else math.nan, "n": len(v),
             "failed": fails.get(cid, 0), "verdict": ver.state.value if ver else None,
             "p_value": ver.p_value if ver else None,
-            "kept": bool(c and (c.state.value == "PROMOTED" or c.parent_id is None)),
+            "kept": bool(c and ledger.is_kept(c, seed)),
+            "selection_free_mean": _nan(ledger.mean(cid, runs=runs)),
         })
     return pd.DataFrame(rows, columns=["candidate_id", "thread", "parent_id", "title", "state", "mean", "n", "failed",
-                                       "verdict", "p_value", "kept"])
+                                       "verdict", "p_value", "kept", "selection_free_mean"])
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _running_best(values, direction: str, kept=None) -> list[float]:
@@ -124,8 +135,9 @@ def progress_figure(log: ResearchLog):
     other = ok & ~ex["state"].isin(list(STATE_COLORS))
     if other.any():
         ax.scatter([x[i] for i in range(len(ex)) if other.iloc[i]], ex["mean"][other], s=30, color="#57606a", zorder=3)
-    best = _running_best(list(ex["mean"]), direction, list(ex["kept"]))
-    ax.step(x, best, where="post", color="#0969da", lw=1.8, label="running best (seed, promoted)", zorder=2)
+    best = _running_best(list(ex["selection_free_mean"]), direction, list(ex["kept"]))
+    ax.step(x, best, where="post", color="#0969da", lw=1.8, label="running best (seed, promoted; selection-free mean)",
+            zorder=2)
     if (~ok).any():
         lo = (ex["mean"][ok].max() if direction == "minimize" else ex["mean"][ok].min()) if ok.any() else 0.0
         ax.scatter([x[i] for i in range(len(ex)) if not ok.iloc[i]], [lo] * int((~ok).sum()), marker="x", s=40,
@@ -211,6 +223,7 @@ def thread_figure(log: ResearchLog, lab_dir=None):
     metric, direction = metric_of(log)
     lab_dir = Path(lab_dir) if lab_dir else log.path.parent
     ex = experiments(log)
+    ledger = Ledger(log)
     fig = new_figure(10.0, 3.6)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     threads = sorted(set(ex["thread"])) if not ex.empty else []
@@ -221,20 +234,19 @@ def thread_figure(log: ResearchLog, lab_dir=None):
         sel = ex[ex["thread"] == th]
         xs = [i + 1 for i in sel.index]
         ax1.scatter(xs, sel["mean"], color=color, s=22, alpha=0.7)
-        ax1.step(xs, _running_best(list(sel["mean"]), direction, list(sel["kept"])), where="post", color=color, lw=1.6,
-                 label=th)
-        ok = sel[sel["mean"].notna()]
-        if ok["kept"].any():
-            ok = ok[ok["kept"]]
-        if ok.empty:
+        ax1.step(xs, _running_best(list(sel["selection_free_mean"]), direction, list(sel["kept"])), where="post",
+                 color=color, lw=1.6, label=th)
+        best = ledger.best(th)
+        if best is None:
             continue
-        best = ok.loc[ok["mean"].idxmin() if direction == "minimize" else ok["mean"].idxmax()]
+        title = ex.loc[ex["candidate_id"] == best.id, "title"]
+        title = str(title.iloc[0]) if len(title) else best.id
         for r in runs:
-            if r.candidate_id == best["candidate_id"] and r.state.value == "COMPLETE":
+            if r.candidate_id == best.id and r.state.value == "COMPLETE":
                 curve = [p for p in _curve(r, lab_dir) if p.get("loss") is not None]
                 if curve:
                     ax2.plot([p.get("t", p.get("step")) for p in curve], [p["loss"] for p in curve], color=color, lw=1.3,
-                             label=f"{th}: {str(best['title'])[:24]} (seed {r.seed})")
+                             label=f"{th}: {title[:24]} (seed {r.seed})")
                     drawn += 1
                     break
     ax1.set_xlabel("experiment")
@@ -243,7 +255,7 @@ def thread_figure(log: ResearchLog, lab_dir=None):
     ax1.grid(alpha=0.3)
     if threads:
         ax1.legend(fontsize=8, title="thread", title_fontsize=8)
-    ax2.set_title("Training loss of each thread's best candidate", fontsize=10)
+    ax2.set_title("Training loss of each thread's best candidate (the ledger's)", fontsize=10)
     ax2.set_xlabel("seconds")
     ax2.set_ylabel("train loss")
     ax2.grid(alpha=0.3)
@@ -259,61 +271,71 @@ def thread_figure(log: ResearchLog, lab_dir=None):
 
 def summary_html(log: ResearchLog) -> str:
     metric, direction = metric_of(log)
+    ledger = Ledger(log)
     runs = log.runs_list()
     states: dict[str, int] = {}
     for r in runs:
         states[r.state.value] = states.get(r.state.value, 0) + 1
-    ex = experiments(log)
-    board = log.leaderboard()
     cands = log.candidates_list()
-    seed = next((c for c in cands if c.parent_id is None), None)
-    seed_mean = ex.loc[ex["candidate_id"] == seed.id, "mean"].iloc[0] if seed is not None and (ex["candidate_id"] == seed.id).any() else None
     promoted = [c for c in cands if c.state.value == "PROMOTED"]
     best_txt = "—"
-    pool = board[board["state"] == "PROMOTED"] if not board.empty else board
-    if not pool.empty:
-        b = pool.iloc[0]
-        gain = (seed_mean - b[f"metrics.{metric}"] if direction == "minimize" else b[f"metrics.{metric}"] - seed_mean) \
-            if seed_mean is not None and seed_mean == seed_mean else None
-        best_txt = (f"{H.code(b['candidate_id'])} {H.esc(b['title'])}: <b>{H.fmt(b[f'metrics.{metric}'])}</b>"
-                    + (f" (seed {H.fmt(seed_mean)}, gain {H.fmt(gain)})" if gain is not None else ""))
-    llm = log.llm_totals()
+    best, seed = ledger.best(), ledger.seed()
+    if best is not None and seed is not None and best.id != seed.id:
+        seed_mean, best_mean = ledger.mean(seed, runs=runs), ledger.mean(best, runs=runs)
+        gain = (seed_mean - best_mean if direction == "minimize" else best_mean - seed_mean) \
+            if seed_mean is not None and best_mean is not None else None
+        best_txt = (f"{H.code(best.id)} {H.esc(_title(log, best))}: <b>{H.fmt(best_mean)}</b>"
+                    + (f" (seed {H.fmt(seed_mean)}, gain {H.fmt(gain)})" if gain is not None else "")
+                    + " on selection-free seeds")
     rows = [("task", H.esc(log.get_meta("task", "?"))),
             ("metric", f"{H.esc(metric)} ({direction})"),
             ("ideas", str(len(log.ideas_list()))), ("candidates", str(len(cands))),
             ("runs", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "0"),
-            ("promoted", str(len(promoted))), ("best promoted", best_txt),
-            ("LLM calls", f"{llm['calls']} (${llm['cost']:.2f}, {llm['prompt_tokens'] + llm['completion_tokens']} tokens)")]
+            ("promoted", str(len(promoted))), ("best promoted", best_txt)]
+    llm = log.llm_totals()
+    rows.append(("LLM calls", f"{llm['calls']} (${llm['cost']:.2f}, {llm['prompt_tokens'] + llm['completion_tokens']} tokens)"))
     return H.table(["", ""], [(f"<b>{k}</b>", v) for k, v in rows])
+
+
+def _title(log: ResearchLog, c) -> str:
+    idea = log.get("idea", c.idea_id) if c.idea_id else None
+    return idea.title if idea is not None else ("seed" if c.parent_id is None else "")
 
 
 def leaderboard_html(log: ResearchLog, limit: int | None = 25) -> str:
     metric, _ = metric_of(log)
-    return H.leaderboard_table(log.leaderboard(), metric, limit=limit)
+    return H.leaderboard_table(Ledger(log).leaderboard(), metric, limit=limit)
 
 
 def audit_summary_html(log: ResearchLog) -> str:
-    """Verdict counts, every verdict, and which checks failed how often."""
+    """Verdict counts, one row per audited candidate (its latest verdict, the stages before it
+    and the candidate's final state), and which checks failed how often."""
     vs = log.verdicts_list()
     cands = {c.id: c for c in log.candidates_list()}
     ideas = {i.id: i for i in log.ideas_list()}
-    counts: dict[str, int] = {}
+    by_cand: dict[str, list] = {}
     failing: dict[str, int] = {}
     for v in vs:
-        counts[v.state.value] = counts.get(v.state.value, 0) + 1
+        by_cand.setdefault(v.candidate_id, []).append(v)
         for c in v.checks:
             if not c.get("passed"):
                 failing[c["name"]] = failing.get(c["name"], 0) + 1
+    counts: dict[str, int] = {}
+    for cvs in by_cand.values():
+        counts[cvs[-1].state.value] = counts.get(cvs[-1].state.value, 0) + 1
     head = " &nbsp; ".join(f"{H.badge(s)} {n}" for s, n in sorted(counts.items())) or "no verdicts yet"
     rows = []
-    for v in vs:
-        c = cands.get(v.candidate_id)
+    for cid, cvs in by_cand.items():
+        v = cvs[-1]
+        c = cands.get(cid)
         title = ideas[c.idea_id].title if c is not None and c.idea_id in ideas else ""
-        failed = ", ".join(c["name"] for c in v.checks if not c.get("passed")) or "—"
-        rows.append((H.code(v.candidate_id), H.esc(title), H.badge(v.state), H.fmt(v.candidate_mean), H.fmt(v.parent_mean),
-                     H.fmt(v.effect), H.fmt(v.p_value), f"{v.n_candidate}/{v.n_parent}", H.esc(failed), H.esc(v.reason)))
+        failed = ", ".join(sorted({k["name"] for x in cvs for k in x.checks if not k.get("passed")})) or "—"
+        stages = " → ".join(f"{x.meta.get('stage') or 'audit'} {x.state.value.lower()}" for x in cvs)
+        rows.append((H.code(cid), H.esc(title), H.badge(c.state if c is not None else v.state), H.esc(stages),
+                     H.fmt(v.candidate_mean), H.fmt(v.parent_mean), H.fmt(v.effect), H.fmt(v.p_value),
+                     f"{v.n_candidate}/{v.n_parent}", H.esc(failed), H.esc(v.reason)))
     out = [f'<div style="{H.FONT} margin:4px 0;">{head}</div>',
-           H.table(["candidate", "idea", "verdict", "mean", "parent mean", "effect", "p", "n (cand/parent)",
+           H.table(["candidate", "idea", "state", "verdicts", "mean", "parent mean", "effect", "p", "n (cand/parent)",
                     "failed checks", "reason"], rows)]
     if failing:
         out.append(H.table(["check", "failures"], [(H.esc(k), str(n)) for k, n in sorted(failing.items(), key=lambda x: -x[1])],
@@ -322,20 +344,14 @@ def audit_summary_html(log: ResearchLog) -> str:
 
 
 def best_diff_html(log: ResearchLog, lab_dir=None) -> str:
-    """The best promoted candidate against the seed, side by side."""
+    """The best candidate (the ledger's) against the lab's seed, side by side."""
     from .ui.diffhtml import side_by_side
     from .workspace import Store
 
-    metric, _ = metric_of(log)
-    board = log.leaderboard()
-    pool = board[board["state"] == "PROMOTED"] if not board.empty else board
-    cands = {c.id: c for c in log.candidates_list()}
-    if pool.empty:
-        return f'<div style="{H.FONT} color:#6e7781;">No promoted candidate yet.</div>'
-    best = cands[pool.iloc[0]["candidate_id"]]
-    seed = best
-    while seed.parent_id and seed.parent_id in cands:
-        seed = cands[seed.parent_id]
+    ledger = Ledger(log)
+    best, seed = ledger.best(), ledger.seed()
+    if best is None or seed is None or best.id == seed.id:
+        return f'<div style="{H.FONT} color:#6e7781;">No promoted candidate yet (none beats the seed).</div>'
     store = Store(Path(lab_dir) if lab_dir else log.path.parent)
     try:
         return side_by_side(store.read(seed.files), store.read(best.files), max_height=None,

@@ -25,108 +25,15 @@ from .lab import Lab
 from .records import Candidate, Run, State, new_id, now
 from .sandbox import PRIVATE_PATHS_ENV, private_paths
 
-# Seeds are drawn from separate ranges so that confirmation and final seeds are never
-# the ones used for selection (screening).
-SEED_BASE = {"screen": 1, "manual": 1, "redteam": 1, "confirm": 101, "baseline": 101, "final": 1001}
-MAX_ATTEMPTS = 3
+# The seed policy (SEED_BASE, missing_seeds, fresh_seeds), run ownership and reaping live in
+# the ledger, the one module that answers questions about the log; imported here for this
+# module's own use and for the callers that import them from autolab.run.
+from .ledger import (MAX_ATTEMPTS, RETRYABLE, SEED_BASE, _owner, fresh_seeds, missing_seeds,  # noqa: E402,F401
+                     owner_alive, reap_interrupted, runs_of, seed_range)
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 EventFn = Callable[[dict], None]
-
-
-def seed_range(purpose: str) -> int:
-    return SEED_BASE.get(purpose, 1)
-
-
-RETRYABLE = ("interrupted", "worker lost")
-
-
-def _seed_status(lab: Lab, candidate: Candidate, purpose: str, preset: str) -> tuple[set[int], dict[int, int]]:
-    """(seeds with a terminal or in-flight run, retry counts of seeds whose runs were interrupted)."""
-    base = "confirm" if purpose == "baseline" else purpose
-    done: set[int] = set()
-    tries: dict[int, int] = {}
-    for r in lab.log.runs_list():
-        if r.candidate_id != candidate.id or r.preset != preset:
-            continue
-        if (r.purpose if r.purpose != "baseline" else "confirm") != base:
-            continue
-        if r.state is State.KILLED and (r.error or {}).get("reason") in RETRYABLE:
-            tries[r.seed] = tries.get(r.seed, 0) + 1
-        else:
-            done.add(r.seed)   # COMPLETE, RUNNING, FAILED, or KILLED by the budget: not re-run
-    return done, tries
-
-
-def missing_seeds(lab: Lab, candidate: Candidate, purpose: str, n: int, preset: str | None = None) -> list[int]:
-    """Of the purpose's target seeds (the first ``n`` of its range; a seed interrupted
-    MAX_ATTEMPTS times is replaced by the next), those that still need a run."""
-    preset = preset or lab.preset_name
-    done, tries = _seed_status(lab, candidate, purpose, preset)
-    target, s = [], seed_range(purpose)
-    while len(target) < n and s < seed_range(purpose) + 10_000:
-        if s in done or tries.get(s, 0) < MAX_ATTEMPTS:
-            target.append(s)
-        s += 1
-    return [s for s in target if s not in done]
-
-
-def fresh_seeds(lab: Lab, candidate: Candidate, purpose: str, n: int, preset: str | None = None) -> list[int]:
-    """The next ``n`` seeds of the purpose's range this candidate has never run."""
-    preset = preset or lab.preset_name
-    done, tries = _seed_status(lab, candidate, purpose, preset)
-    out, s = [], seed_range(purpose)
-    while len(out) < n:
-        if s not in done and s not in tries:
-            out.append(s)
-        s += 1
-    return out
-
-
-# ---------------------------------------------------------------------------- ownership and resume
-
-def _proc_start(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-_OWNER = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid())}
-
-
-def _owner() -> dict:
-    if _OWNER["pid"] != os.getpid():   # forked
-        _OWNER.update(pid=os.getpid(), start=_proc_start(os.getpid()))
-    return dict(_OWNER)
-
-
-def owner_alive(owner: dict | None) -> bool:
-    """Is the process that wrote a RUNNING record still alive? (Unknown hosts count as alive.)"""
-    if not owner:
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    pid = int(owner.get("pid", -1))
-    if pid <= 0:
-        return False
-    start = _proc_start(pid)
-    return start is not None and (owner.get("start") is None or start == owner.get("start"))
-
-
-def reap_interrupted(lab: Lab) -> list[Run]:
-    """Mark RUNNING runs whose owner process died as KILLED (missing_seeds re-queues them)."""
-    reaped = []
-    for r in lab.log.runs_list():
-        if r.state is State.RUNNING and not owner_alive(r.meta.get("owner")):
-            k = r.with_state(State.KILLED, ended_at=now(),
-                             error={"ename": "Interrupted", "evalue": "the process running it died; re-queued",
-                                    "reason": "interrupted", "cell": None, "traceback": ""})
-            lab.log.append(k)
-            reaped.append(k)
-    if reaped:
-        lab.log.event("reaped", runs=[r.id for r in reaped])
-    return reaped
 
 
 # ---------------------------------------------------------------------------- one run
@@ -337,15 +244,6 @@ def run(lab: Lab, candidate: Candidate | None = None, seeds: int | Sequence[int]
 
 def _short(r: Run, metric: str) -> str:
     return f"{r.state.value} {metric}={r.metrics.get(metric, float('nan')):.4f}" if r.ok else r.state.value
-
-
-def runs_of(lab: Lab, candidate: Candidate | str, *, purposes: Iterable[str] | None = None, preset: str | None = None,
-            states: Iterable[State] = (State.COMPLETE,)) -> list[Run]:
-    cid = candidate if isinstance(candidate, str) else candidate.id
-    preset = preset or lab.preset_name
-    ps, ss = set(purposes) if purposes else None, set(states)
-    return [r for r in lab.log.runs_list() if r.candidate_id == cid and r.preset == preset and r.state in ss
-            and (ps is None or r.purpose in ps)]
 
 
 from ._callable import make_callable as _make_callable  # noqa: E402

@@ -23,14 +23,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .audit import SELECTION_FREE, audit
+from .audit import audit
 from .errors import AutolabError, BudgetExceeded, CandidateError
 from .executors import Executor, get_executor
 from .implement import Implementer, implement
 from .lab import Lab
+# every question about the log is the ledger's; best_candidate, mean_metric, noise_sd and
+# latest_verdict are imported here for this module and for callers that import them from search
+from .ledger import (Ledger, best_candidate, current_owner, latest_verdict, mean_metric,  # noqa: F401
+                     missing_seeds, noise_sd, owner_alive, reap_interrupted, runs_of)
+from .merge import merge_candidates, merged_pairs
 from .propose import Proposer, get_proposer
-from .records import Candidate, Idea, Run, State, Verdict, now
-from .run import _owner, missing_seeds, owner_alive, reap_interrupted, runs_of, submit_run
+from .records import Candidate, Idea, Purpose, Run, State, Verdict, now
+from .run import submit_run
 
 DIRECTIONS = ("optimizer", "architecture", "schedule", "systems", "data")
 
@@ -42,44 +47,6 @@ def thread_names(threads: int) -> list[tuple[str, str]]:
     if threads <= 1:
         return [("main", "")]
     return [(f"t{i}-{DIRECTIONS[i % len(DIRECTIONS)]}", DIRECTIONS[i % len(DIRECTIONS)]) for i in range(threads)]
-
-
-def mean_metric(lab: Lab, c: Candidate | str, purposes: Sequence[str] = SELECTION_FREE) -> float | None:
-    vals = [r.metrics[lab.task.metric.name] for r in runs_of(lab, c, purposes=purposes)]
-    return sum(vals) / len(vals) if vals else None
-
-
-def best_candidate(lab: Lab, thread: str | None = None) -> Candidate:
-    """The best promoted candidate (of a thread, if given; merges count for every thread),
-    else the seed."""
-    seed = lab.seed_candidate()
-    best, best_m = seed, mean_metric(lab, seed)
-    for c in lab.log.candidates_list():
-        if c.state is not State.PROMOTED:
-            continue
-        if thread is not None and c.thread != thread and not c.meta.get("merge_of"):
-            continue
-        m = mean_metric(lab, c)
-        if m is not None and (best_m is None or lab.task.metric.better(m, best_m)):
-            best, best_m = c, m
-    return best
-
-
-def latest_verdict(lab: Lab, c: Candidate, stage: str | None = None) -> Verdict | None:
-    vs = [v for v in lab.log.verdicts_list() if v.candidate_id == c.id and (stage is None or v.meta.get("stage") == stage)]
-    return vs[-1] if vs else None
-
-
-def noise_sd(lab: Lab) -> float | None:
-    """Pooled within-candidate standard deviation of the metric over selection-free runs:
-    the noise of this task on this hardware, measured in this lab."""
-    groups: dict[str, list[float]] = {}
-    for r in lab.log.runs_list():
-        if r.state is State.COMPLETE and r.purpose in SELECTION_FREE + ("final",) and r.preset == lab.preset_name:
-            groups.setdefault(r.candidate_id, []).append(r.metrics[lab.task.metric.name])
-    num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
-    df = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
-    return math.sqrt(num / df) if df > 0 else None
 
 
 # ---------------------------------------------------------------------------- loop
@@ -118,7 +85,7 @@ class _LabLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 with os.fdopen(fd, "w") as f:
-                    json.dump(_owner(), f)
+                    json.dump(current_owner(), f)
                 return self
             except FileExistsError:
                 try:
@@ -174,9 +141,9 @@ class _Scheduler:
         confirming = self._confirm_targets()
         for c in confirming[: self.max_confirming]:
             need = lab.task.seeds.confirmation
-            for s in missing_seeds(lab, c, "confirm", need):
-                if (c.id, "confirm", s) not in self.claimed:
-                    return ("run", c, "confirm", s)
+            for s in missing_seeds(lab, c, Purpose.CONFIRM, need):
+                if (c.id, Purpose.CONFIRM, s) not in self.claimed:
+                    return ("run", c, Purpose.CONFIRM, s)
             if not any(k[0] == c.id for k in self.claimed):
                 return ("audit", c, "confirm", None)
         if self.stopped:
@@ -185,10 +152,10 @@ class _Scheduler:
         for c in lab.log.candidates_list():
             if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
                     latest_verdict(lab, c, "screen") is None:
-                seeds = missing_seeds(lab, c, "screen", lab.task.seeds.screening)
-                free = [s for s in seeds if (c.id, "screen", s) not in self.claimed]
+                seeds = missing_seeds(lab, c, Purpose.SCREEN, lab.task.seeds.screening)
+                free = [s for s in seeds if (c.id, Purpose.SCREEN, s) not in self.claimed]
                 if free:
-                    return ("run", c, "screen", free[0])
+                    return ("run", c, Purpose.SCREEN, free[0])
                 if not seeds and not any(k[0] == c.id for k in self.claimed):
                     return ("audit", c, "screen", None)
         n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
@@ -258,11 +225,10 @@ class _Scheduler:
         ancestor). Clean merges, or conflicts the LLM resolved, become candidates of their own."""
         if len(self.threads) < 2:
             return
-        from .merge import merge_candidates, merged_pairs
-
+        ledger = Ledger(self.lab)
         bests = {}
         for name, _ in self.threads:
-            b = best_candidate(self.lab, thread=name)
+            b = ledger.best(thread=name)
             if b.state is State.PROMOTED and not b.meta.get("merge_of"):
                 bests[name] = b
         done = merged_pairs(self.lab)
@@ -325,8 +291,8 @@ class _Scheduler:
 def ensure_baseline(lab: Lab, executor: Executor, on_event=None, bar=None) -> list[Run]:
     """The seed's selection-free runs (the parent every first idea is measured against)."""
     seed = lab.seed_candidate()
-    seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
-    futs = [submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)[1] for s in seeds]
+    seeds = missing_seeds(lab, seed, Purpose.CONFIRM, lab.task.seeds.confirmation)
+    futs = [submit_run(lab, seed, s, purpose=Purpose.CONFIRM, executor=executor, on_event=on_event)[1] for s in seeds]
     out = []
     for f in futs:
         out.append(f.result())
@@ -408,15 +374,16 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
 
 def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str) -> LoopSummary:
     runs = lab.log.runs_list()
-    seed = lab.seed_candidate()
-    best = best_candidate(lab)
+    ledger = Ledger(lab)
+    seed = ledger.seed()
+    best = ledger.best()
     totals = lab.log.llm_totals()
     return LoopSummary(
         lab=str(lab.path), task=lab.task.name, preset=lab.preset_name,
         experiments=len(lab.log.ideas_list()), runs=len(runs),
         failed=sum(r.state is State.FAILED for r in runs), killed=sum(r.state is State.KILLED for r in runs),
         promoted=sum(c.state is State.PROMOTED for c in lab.log.candidates_list()),
-        baseline=mean_metric(lab, seed), best=mean_metric(lab, best), best_id=best.id, wall_s=round(wall_s, 1),
+        baseline=ledger.mean(seed), best=ledger.mean(best), best_id=best.id, wall_s=round(wall_s, 1),
         slot_idle_fraction=None if idle is None else round(idle, 4), stopped=stopped,
         llm_calls=int(totals["calls"]), llm_cost=float(totals["cost"]),
     )
@@ -439,8 +406,8 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
     try:
         futs = []
         for c in ([seed, candidate] if candidate.id != seed.id else [seed]):
-            for s in missing_seeds(lab, c, "final", n):
-                futs.append(submit_run(lab, c, s, purpose="final", executor=ex, on_event=on_event)[1])
+            for s in missing_seeds(lab, c, Purpose.FINAL, n):
+                futs.append(submit_run(lab, c, s, purpose=Purpose.FINAL, executor=ex, on_event=on_event)[1])
         for f in futs:
             f.result()
             if bar is not None:
@@ -451,8 +418,8 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
         if ex is not executor:
             ex.shutdown()
     name = lab.task.metric.name
-    a = [r.metrics[name] for r in runs_of(lab, candidate, purposes=("final",))][:n]
-    b = [r.metrics[name] for r in runs_of(lab, seed, purposes=("final",))][:n]
+    a = [r.metrics[name] for r in runs_of(lab, candidate, purposes=(Purpose.FINAL,))][:n]
+    b = [r.metrics[name] for r in runs_of(lab, seed, purposes=(Purpose.FINAL,))][:n]
     t = compare(a, b, direction=lab.task.metric.direction, test="welch")
     return {"candidate_id": candidate.id, "candidate_final": a, "seed_final": b,
             "candidate_mean": sum(a) / len(a) if a else None, "seed_mean": sum(b) / len(b) if b else None,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import autolab
 from autolab.records import State
-from autolab.search import best_candidate, noise_sd
+from autolab.ledger import best_candidate, noise_sd
 
 LOOP = r"""
 import sys

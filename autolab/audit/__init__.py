@@ -9,21 +9,17 @@ candidate on to confirmation, never promote it.
 from __future__ import annotations
 
 from ..lab import Lab
-from ..records import Candidate, Check, Insight, State, Verdict, new_id
-from ..run import runs_of
+from ..ledger import SELECTION_FREE, Ledger, runs_of   # SELECTION_FREE: runs whose seeds did not select the candidate
+from ..records import Candidate, Check, Insight, Purpose, State, Verdict, new_id
 from .checks import CHECKS, AuditContext, checks_for, register_check
 from .stats import TestResult, compare
-
-# Runs whose seeds were not used to select the candidate (see run.SEED_BASE).
-SELECTION_FREE = ("confirm", "baseline")
 
 
 def run_checks(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, preset: str | None = None,
                purposes: tuple[str, ...] | None = None) -> list[Check]:
-    preset = preset or lab.preset_name
-    runs = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.preset == preset
-            and (purposes is None or r.purpose in purposes)]
-    parent_runs = runs_of(lab, parent, preset=preset) if parent else []
+    ledger = Ledger(lab)
+    runs = ledger.runs_of(candidate, purposes=purposes, preset=preset, states=None)
+    parent_runs = ledger.runs_of(parent, preset=preset) if parent else []
     ctx = AuditContext(lab, candidate, parent, runs, parent_runs)
     out = []
     for name, check in checks_for(lab.task):
@@ -54,7 +50,7 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
     metric, sig = task.metric, task.significance
     parent_vals = [r.metrics[metric.name] for r in runs_of(lab, parent, purposes=SELECTION_FREE, preset=preset)] if parent else []
     if stage == "screen":
-        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=("screen", "manual"), preset=preset)]
+        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=(Purpose.SCREEN, Purpose.MANUAL), preset=preset)]
     else:
         cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=SELECTION_FREE, preset=preset)]
     cmean = sum(cand_vals) / len(cand_vals) if cand_vals else None
@@ -111,9 +107,9 @@ def _record_rule(lab: Lab, candidate: Candidate, parent: Candidate | None, prese
     task, sig = lab.task, lab.task.significance
     target = lab.task.preset(preset).settings.get("target", sig.target)
     tested = sig.metric or task.metric.name
-    runs = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.preset == preset
-            and r.purpose in SELECTION_FREE and (r.state is State.COMPLETE or (
-                r.state is State.FAILED and str((r.error or {}).get("reason", "")).startswith("target not reached")))]
+    runs = [r for r in runs_of(lab, candidate, purposes=SELECTION_FREE, preset=preset, states=None)
+            if r.state is State.COMPLETE or (
+                r.state is State.FAILED and str((r.error or {}).get("reason", "")).startswith("target not reached"))]
     vals = [r.metrics[tested] for r in runs if tested in r.metrics]
     rule = compare(vals, [], direction="minimize", test="one_sample_below_target", target=target)
     if len(vals) < sig.min_seeds:

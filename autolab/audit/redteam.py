@@ -436,7 +436,7 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
     from . import audit
     from ..executors import get_executor
     from ..run import run
-    from ..search import noise_sd
+    from ..ledger import noise_sd
 
     t0 = time.monotonic()
     if tasks:

@@ -9,6 +9,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from ..ledger import Ledger, owner_alive
 from . import _html as H
 from .display import StaticFallback, remember_lab
 
@@ -38,8 +39,9 @@ def _clock() -> str:
 
 
 class Leaderboard(StaticFallback, W.VBox):
-    """``Leaderboard(lab)``: candidates ranked by mean metric (``lab.log.leaderboard()``);
-    the Refresh button (or ``refresh()``) re-reads the log."""
+    """``Leaderboard(lab)``: candidates ranked by the ledger (``Ledger(lab).leaderboard()``:
+    the best first, then the seed and promoted ones, then the rest by mean); the Refresh
+    button (or ``refresh()``) re-reads the log."""
 
     def __init__(self, lab: Any, *, preset: str | None = None, limit: int | None = 20, max_height: str = "24em",
                  show_refresh: bool = True):
@@ -67,7 +69,7 @@ class Leaderboard(StaticFallback, W.VBox):
         return "Leaderboard (empty)" if board.empty else "Leaderboard\n" + board.head(self.limit or 20).to_string(index=False)
 
     def dataframe(self):
-        return self._log.leaderboard(self.preset)
+        return Ledger(self.lab if hasattr(self.lab, "task") else self._log).leaderboard(self.preset)
 
     def refresh(self) -> None:
         metric, direction, unit = _metric(self._log, self.lab)
@@ -149,6 +151,7 @@ class Dashboard(StaticFallback, W.VBox):
         cands = log.candidates_list()
         runs = log.runs_list()
         ideas = {i.id: i for i in log.ideas_list()}
+        ledger = Ledger(self.lab if hasattr(self.lab, "task") else log)
         board = log.leaderboard()
         means = dict(zip(board["candidate_id"], board[f"metrics.{metric}"])) if not board.empty else {}
         by_cand = {c.id: c for c in cands}
@@ -164,33 +167,26 @@ class Dashboard(StaticFallback, W.VBox):
                                      ("candidates", str(len(cands))), ("runs", str(len(runs))), ("loop", stop),
                                      ("updated", _clock())]) + "</div>")
 
-        # threads
-        better = (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
+        # threads: each one's best is the ledger's (promoted, by selection-free mean; else the seed)
         rows = []
-        for th in sorted({c.thread for c in cands} | {i.thread for i in ideas.values()}):
+        for th, best_c in ledger.best_by_thread().items():
             tc = [c for c in cands if c.thread == th]
             ids = {c.id for c in tc}
             trun = [r for r in runs if r.candidate_id in ids]
-            best_id, best = None, None
-            for c in tc:
-                m = means.get(c.id)
-                if m is not None and m == m and (best is None or better(m, best)):
-                    best_id, best = c.id, m
+            best_id = best_c.id if best_c is not None else None
+            best = ledger.mean(best_c, runs=runs) if best_c is not None else None
             promoted = [c for c in tc if c.state.value == "PROMOTED"]
             head = promoted[-1].id if promoted else next((c.id for c in tc if c.parent_id is None), None)
             rows.append((f"<b>{H.esc(th)}</b>", str(sum(1 for i in ideas.values() if i.thread == th)), str(len(tc)),
                          str(len(promoted)), str(len(trun)), str(sum(1 for r in trun if r.state.value == "RUNNING")),
                          H.code(H.short(head, 14)) if head else "—",
-                         (f"{H.fmt(best)} {H.code(H.short(best_id, 14))}" if best_id else "—")))
+                         (f"{H.fmt(best) if best is not None else '—'} {H.code(H.short(best_id, 14))}"
+                          if best_id else "—")))
         self.threads.value = H.table(["thread", "ideas", "candidates", "promoted", "runs", "in flight", "head", "best"],
                                      rows, caption="Research threads")
 
         # runs in flight
         now = _dt.datetime.now(_dt.timezone.utc)
-        try:
-            from ..run import owner_alive
-        except ImportError:  # pragma: no cover - an autolab without run ownership
-            owner_alive = None
         rows = []
         for r in runs:
             if r.state.value != "RUNNING":
@@ -199,7 +195,7 @@ class Dashboard(StaticFallback, W.VBox):
                 age = f"{(now - _dt.datetime.fromisoformat(r.started_at)).total_seconds():.0f}s"
             except (TypeError, ValueError):
                 age = "?"
-            if owner_alive is not None and r.meta.get("owner") and not owner_alive(r.meta["owner"]):
+            if ledger.owner(r) and not owner_alive(ledger.owner(r)):
                 age += ' <span style="color:#cf222e;">(its process died: the next loop re-queues it)</span>'
             c = by_cand.get(r.candidate_id)
             rows.append((H.code(r.id), H.code(H.short(r.candidate_id, 14)), H.esc(c.thread if c else ""), H.esc(r.seed),

@@ -129,8 +129,10 @@ class RunMonitor(StaticFallback, W.VBox):
                     self.finished.append(run)
                     state = getattr(run, "state", "COMPLETE")
                     rs.state = getattr(state, "value", str(state))
-                    metrics = getattr(run, "metrics", {}) or {}
-                    key = self.metric if self.metric in metrics else next(iter(metrics), None)
+                    # only a COMPLETE run has a result; a killed or failed run's numbers (a parameter
+                    # count, a partial loss) are never shown as the metric
+                    metrics = (getattr(run, "metrics", {}) or {}) if rs.state == "COMPLETE" else {}
+                    key = self.metric if self.metric is not None else next(iter(metrics), None)
                     if key is not None and self.metric is None:
                         self.metric = key
                     rs.metric = metrics.get(key) if key else None

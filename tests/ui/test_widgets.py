@@ -99,6 +99,19 @@ def test_unified_diff_parsing_matches_full_text_diff():
 
 # ---------------------------------------------------------------------------- RunMonitor
 
+def test_run_monitor_never_shows_a_killed_runs_number_as_the_metric(filled_lab):
+    run = filled_lab["lab"].log.runs_list()[0]
+    for metric in ("loss", None):                        # with the lab's metric, and without one
+        mon = ui.RunMonitor(metric=metric, throttle_s=0)
+        killed = run.__class__(**{**run.to_dict(), "id": "r-k", "state": "KILLED", "metrics": {"params": 123456.0},
+                                  "error": {"ename": "BudgetExceeded", "evalue": "past the budget"}})
+        mon({"type": "run_start", "run_id": "r-k", "seed": 1})
+        mon({"type": "run_end", "run_id": "r-k", "run": killed})
+        assert mon.runs["r-k"].metric is None and "123" not in mon.table.value and "KILLED" in mon.table.value
+        assert mon.metric == metric
+        mon.close()
+
+
 def test_run_monitor_updates_from_a_background_thread(filled_lab):
     lab = filled_lab["lab"]
     mon = ui.RunMonitor(lab, budget_s=5, total=2, throttle_s=0.2)
@@ -172,7 +185,12 @@ def test_leaderboard_ranks_and_refreshes(filled_lab):
     add_runs(lab, other, [0.001, 0.002])
     assert other.id not in board.html.value
     board.refresh_button.click()
-    assert board.html.value.index(other.id) < board.html.value.index(cand.id)
+    # an unaudited candidate, however low its number, ranks after the best (the ledger's) and the seed
+    html = board.html.value
+    assert html.index(cand.id) < html.index(seed.id) < html.index(other.id)
+    lab.promote(other)
+    board.refresh_button.click()
+    assert board.html.value.index(other.id) < board.html.value.index(cand.id)   # promoted and better: the new best
     assert "Leaderboard" in board.plain_text()
 
 

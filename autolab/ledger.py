@@ -1,0 +1,343 @@
+"""The ledger: the one place that answers questions about a lab's research log.
+
+Which candidate is best (overall and per research line), which runs count (selection-free
+means, the noise estimate), the runs of a candidate, which seeds a candidate still needs,
+and who owns a running run. Every view (the loop, the report, the widgets, the CLI) asks
+the ledger, so they cannot disagree.
+
+``Ledger(lab)`` reads a Lab; ``Ledger(log)`` reads a bare ``ResearchLog`` (a report on a
+copied ``log.db``): metric, direction, preset and the pinned seed then come from the log's
+meta table. The ledger only reads, with one exception: :meth:`Ledger.reap_interrupted`
+appends KILLED versions of runs whose owner process died.
+
+The rule for "best": among PROMOTED candidates (of the research line, when one is named;
+merges count for every line), the one with the best mean over its selection-free runs
+(purpose confirm/baseline, seeds never used to select it) on the lab's preset, if that
+beats the seed's own selection-free mean; otherwise the seed. A REJECTED candidate is
+never best, whatever its numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .log import ResearchLog
+from .records import Candidate, Purpose, Run, State, Verdict, now
+
+# Runs whose seeds were not used to select the candidate: the evidence for promotion and for "best".
+SELECTION_FREE: tuple[str, ...] = tuple(p.value for p in Purpose.aliases(Purpose.CONFIRM))
+
+# ---------------------------------------------------------------------------- seed policy
+# Seeds are drawn from separate ranges so that confirmation and final seeds are never the
+# ones used for selection (screening).
+_RANGE_START = {Purpose.SCREEN: 1, Purpose.MANUAL: 1, Purpose.REDTEAM: 1, Purpose.CONFIRM: 101, Purpose.FINAL: 1001}
+SEED_BASE: dict[str, int] = {p.value: _RANGE_START[p.canonical] for p in Purpose}
+MAX_ATTEMPTS = 3
+RETRYABLE = ("interrupted", "worker lost")   # KILLED reasons that re-queue the seed
+
+
+def seed_range(purpose: str) -> int:
+    """The first seed of a purpose's range."""
+    return SEED_BASE.get(Purpose.canonical_of(purpose), 1)
+
+
+# ---------------------------------------------------------------------------- run ownership
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+_OWNER = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid())}
+
+
+def current_owner() -> dict:
+    """{host, pid, start} of this process: stored in a RUNNING run's meta as its owner."""
+    if _OWNER["pid"] != os.getpid():   # forked
+        _OWNER.update(pid=os.getpid(), start=_proc_start(os.getpid()))
+    return dict(_OWNER)
+
+
+_owner = current_owner   # the name run.py and search.py used
+
+
+def owner_alive(owner: dict | None) -> bool:
+    """Is the process that wrote a RUNNING record still alive? (Unknown hosts count as alive.)"""
+    if not owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = int(owner.get("pid", -1))
+    if pid <= 0:
+        return False
+    start = _proc_start(pid)
+    return start is not None and (owner.get("start") is None or start == owner.get("start"))
+
+
+# ---------------------------------------------------------------------------- the ledger
+
+def first_seed_in_log(log: ResearchLog) -> Candidate | None:
+    """The seed a lab made before seeds were pinned: the oldest candidate whose
+    ``meta.origin`` is "seed" (else None)."""
+    return next((c for c in log.candidates_list() if c.meta.get("origin") == "seed"), None)
+
+
+class Ledger:
+    """Read-only answers about one lab's research log (see the module docstring for the rule of "best")."""
+
+    def __init__(self, source: Any, *, preset: str | None = None):
+        if isinstance(source, Ledger):
+            source = source._lab if source._lab is not None else source.log
+        if isinstance(source, ResearchLog):
+            self._lab = None
+            self.log = source
+            self.metric: str = source.get_meta("metric", "metric")
+            self.direction: str = source.get_meta("direction", "minimize")
+            self.preset: str | None = preset or source.get_meta("preset")
+        elif isinstance(getattr(source, "log", None), ResearchLog) and hasattr(source, "task"):
+            self._lab = source
+            self.log = source.log
+            self.metric = source.task.metric.name
+            self.direction = source.task.metric.direction
+            self.preset = preset or source.preset_name
+        else:
+            raise TypeError(f"Ledger reads a Lab or a ResearchLog, not {type(source).__name__}")
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.log.path)!r}, metric={self.metric!r}, preset={self.preset!r})"
+
+    # ------------------------------------------------------------------ basics
+    def better(self, a: float, b: float) -> bool:
+        """Is ``a`` strictly better than ``b`` in the metric's direction?"""
+        return a < b if self.direction == "minimize" else a > b
+
+    def seed(self) -> Candidate | None:
+        """The lab's pinned seed candidate (None only for a log that holds no candidate)."""
+        pinned_by_lab = getattr(self._lab, "seed_candidate", None)
+        if callable(pinned_by_lab):
+            return pinned_by_lab()
+        pinned = self.log.get_meta("seed_candidate")
+        c = self.log.get("candidate", pinned) if pinned else None
+        if c is None:
+            c = first_seed_in_log(self.log) or next((x for x in self.log.candidates_list() if x.parent_id is None), None)
+        return c  # type: ignore[return-value]
+
+    def _cid(self, c: Candidate | str) -> str:
+        return c if isinstance(c, str) else c.id
+
+    def _preset_ok(self, r: Run, preset: str | None) -> bool:
+        want = preset or self.preset
+        return want is None or r.preset == want
+
+    # ------------------------------------------------------------------ runs and means
+    def runs_of(self, candidate: Candidate | str, *, purposes: Iterable[str] | None = None, preset: str | None = None,
+                states: Iterable[State] | None = (State.COMPLETE,), runs: Sequence[Run] | None = None) -> list[Run]:
+        """The runs of a candidate on the lab's preset (or ``preset``), of the given purposes
+        (default: all) and states (default: COMPLETE; None: every state)."""
+        cid = self._cid(candidate)
+        ps = {str(Purpose.parse(p).value) for p in purposes} if purposes is not None else None
+        ss = set(states) if states is not None else None
+        return [r for r in (self.log.runs_list() if runs is None else runs)
+                if r.candidate_id == cid and self._preset_ok(r, preset) and (ss is None or r.state in ss)
+                and (ps is None or r.purpose in ps)]
+
+    def values(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
+               runs: Sequence[Run] | None = None) -> list[float]:
+        """The metric of the candidate's COMPLETE runs of these purposes (default: selection-free)."""
+        out = []
+        for r in self.runs_of(candidate, purposes=purposes, runs=runs):
+            v = r.metrics.get(self.metric)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append(float(v))
+        return out
+
+    def mean(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
+             runs: Sequence[Run] | None = None) -> float | None:
+        """Mean metric over the candidate's COMPLETE runs of these purposes (default: selection-free); None if none."""
+        vals = self.values(candidate, purposes, runs=runs)
+        return sum(vals) / len(vals) if vals else None
+
+    def noise_sd(self) -> float | None:
+        """Pooled within-candidate standard deviation of the metric over selection-free (and
+        final) runs: the noise of this task on this hardware, measured in this lab."""
+        groups: dict[str, list[float]] = {}
+        counted = SELECTION_FREE + (Purpose.FINAL.value,)
+        for r in self.log.runs_list():
+            if r.state is State.COMPLETE and r.purpose in counted and self._preset_ok(r, None) \
+                    and isinstance(r.metrics.get(self.metric), (int, float)):
+                groups.setdefault(r.candidate_id, []).append(float(r.metrics[self.metric]))
+        num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
+        dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
+        return math.sqrt(num / dof) if dof > 0 else None
+
+    # ------------------------------------------------------------------ best
+    def is_kept(self, c: Candidate, seed: Candidate | None = None) -> bool:
+        """A candidate whose number may stand as a result: the seed, or a PROMOTED one."""
+        seed = seed if seed is not None else self.seed()
+        return c.state is State.PROMOTED or (seed is not None and c.id == seed.id and c.state is not State.REJECTED)
+
+    def best(self, thread: str | None = None) -> Candidate | None:
+        """The best candidate (of a research line, if given): see the module docstring."""
+        runs = self.log.runs_list()
+        seed = self.seed()
+        best, best_m = seed, (self.mean(seed, runs=runs) if seed is not None else None)
+        for c in self.log.candidates_list():
+            if c.state is not State.PROMOTED:
+                continue
+            if thread is not None and c.thread != thread and not c.meta.get("merge_of"):
+                continue
+            m = self.mean(c, runs=runs)
+            if m is not None and (best_m is None or self.better(m, best_m)):
+                best, best_m = c, m
+        return best
+
+    def best_mean(self, thread: str | None = None) -> float | None:
+        """The selection-free mean of :meth:`best`."""
+        b = self.best(thread)
+        return self.mean(b) if b is not None else None
+
+    def threads(self) -> list[str]:
+        """The research lines that hold a candidate or an idea."""
+        return sorted({c.thread for c in self.log.candidates_list()} | {i.thread for i in self.log.ideas_list()})
+
+    def best_by_thread(self) -> dict[str, Candidate | None]:
+        """{research line: its best candidate} (the same rule as :meth:`best`)."""
+        return {th: self.best(th) for th in self.threads()}
+
+    def latest_verdict(self, candidate: Candidate | str, stage: str | None = None) -> Verdict | None:
+        cid = self._cid(candidate)
+        vs = [v for v in self.log.verdicts_list() if v.candidate_id == cid and (stage is None or v.meta.get("stage") == stage)]
+        return vs[-1] if vs else None
+
+    def leaderboard(self, preset: str | None = None):
+        """``log.leaderboard()`` (one row per candidate, its latest state, mean ± std of its
+        complete runs) ranked by the ledger: the best first, then the other kept candidates
+        (seed, promoted) by selection-free mean, then the rest by mean. Extra columns:
+        ``best`` (bool) and ``metrics.<metric>_selection_free``."""
+        board = self.log.leaderboard(preset)
+        key = f"metrics.{self.metric}"
+        sf_key = f"{key}_selection_free"
+        if board.empty:
+            board["best"] = []
+            board[sf_key] = []
+            return board
+        runs = self.log.runs_list()
+        cands = {c.id: c for c in self.log.candidates_list()}
+        seed = self.seed()
+        best = self.best()
+        board[sf_key] = [self.mean(cid, runs=runs) for cid in board["candidate_id"]]
+        board["best"] = [best is not None and cid == best.id for cid in board["candidate_id"]]
+        kept = [cid in cands and self.is_kept(cands[cid], seed) for cid in board["candidate_id"]]
+        sign = 1.0 if self.direction == "minimize" else -1.0
+
+        def num(v) -> float:
+            return sign * v if isinstance(v, (int, float)) and v == v else math.inf
+
+        order = sorted(range(len(board)), key=lambda i: (
+            not board["best"].iloc[i], not kept[i],
+            num(board[sf_key].iloc[i]) if kept[i] else num(board[key].iloc[i]), num(board[key].iloc[i])))
+        return board.iloc[order].reset_index(drop=True)
+
+    # ------------------------------------------------------------------ seeds
+    def _seed_status(self, candidate: Candidate | str, purpose: str, preset: str | None) -> tuple[set[int], dict[int, int]]:
+        """(seeds with a terminal or in-flight run, retry counts of seeds whose runs were interrupted)."""
+        cid = self._cid(candidate)
+        base = Purpose.canonical_of(purpose)
+        done: set[int] = set()
+        tries: dict[int, int] = {}
+        for r in self.log.runs_list():
+            if r.candidate_id != cid or not self._preset_ok(r, preset) or Purpose.canonical_of(r.purpose) != base:
+                continue
+            if r.state is State.KILLED and (r.error or {}).get("reason") in RETRYABLE:
+                tries[r.seed] = tries.get(r.seed, 0) + 1
+            else:
+                done.add(r.seed)   # COMPLETE, RUNNING, FAILED, or KILLED by the budget: not re-run
+        return done, tries
+
+    def missing_seeds(self, candidate: Candidate | str, purpose: str, n: int, preset: str | None = None) -> list[int]:
+        """Of the purpose's target seeds (the first ``n`` of its range; a seed interrupted
+        MAX_ATTEMPTS times is replaced by the next), those that still need a run."""
+        done, tries = self._seed_status(candidate, purpose, preset)
+        start = seed_range(purpose)
+        target, s = [], start
+        while len(target) < n and s < start + 10_000:
+            if s in done or tries.get(s, 0) < MAX_ATTEMPTS:
+                target.append(s)
+            s += 1
+        return [s for s in target if s not in done]
+
+    def fresh_seeds(self, candidate: Candidate | str, purpose: str, n: int, preset: str | None = None) -> list[int]:
+        """The next ``n`` seeds of the purpose's range this candidate has never run."""
+        done, tries = self._seed_status(candidate, purpose, preset)
+        out, s = [], seed_range(purpose)
+        while len(out) < n:
+            if s not in done and s not in tries:
+                out.append(s)
+            s += 1
+        return out
+
+    # ------------------------------------------------------------------ ownership
+    def owner(self, run: Run | str) -> dict | None:
+        """The {host, pid, start} of the process that started a run (None if not recorded)."""
+        r = self.log.get("run", run) if isinstance(run, str) else run
+        return (r.meta or {}).get("owner") if r is not None else None
+
+    def interrupted(self) -> list[Run]:
+        """RUNNING runs whose owner process is dead."""
+        return [r for r in self.log.runs_list() if r.state is State.RUNNING and not owner_alive(r.meta.get("owner"))]
+
+    def reap_interrupted(self) -> list[Run]:
+        """Mark RUNNING runs whose owner process died as KILLED ("interrupted"); missing_seeds
+        then re-queues their seeds. The ledger's only write."""
+        reaped = []
+        for r in self.interrupted():
+            k = r.with_state(State.KILLED, ended_at=now(),
+                             error={"ename": "Interrupted", "evalue": "the process running it died; re-queued",
+                                    "reason": "interrupted", "cell": None, "traceback": ""})
+            self.log.append(k)
+            reaped.append(k)
+        if reaped:
+            self.log.event("reaped", runs=[r.id for r in reaped])
+        return reaped
+
+
+# ---------------------------------------------------------------------------- function forms (lab first)
+
+def runs_of(lab, candidate: Candidate | str, *, purposes: Iterable[str] | None = None, preset: str | None = None,
+            states: Iterable[State] | None = (State.COMPLETE,)) -> list[Run]:
+    return Ledger(lab).runs_of(candidate, purposes=purposes, preset=preset, states=states)
+
+
+def mean_metric(lab, c: Candidate | str, purposes: Sequence[str] = SELECTION_FREE) -> float | None:
+    return Ledger(lab).mean(c, purposes)
+
+
+def best_candidate(lab, thread: str | None = None) -> Candidate:
+    return Ledger(lab).best(thread)  # type: ignore[return-value]
+
+
+def noise_sd(lab) -> float | None:
+    return Ledger(lab).noise_sd()
+
+
+def latest_verdict(lab, c: Candidate | str, stage: str | None = None) -> Verdict | None:
+    return Ledger(lab).latest_verdict(c, stage)
+
+
+def missing_seeds(lab, candidate: Candidate | str, purpose: str, n: int, preset: str | None = None) -> list[int]:
+    return Ledger(lab).missing_seeds(candidate, purpose, n, preset)
+
+
+def fresh_seeds(lab, candidate: Candidate | str, purpose: str, n: int, preset: str | None = None) -> list[int]:
+    return Ledger(lab).fresh_seeds(candidate, purpose, n, preset)
+
+
+def reap_interrupted(lab) -> list[Run]:
+    return Ledger(lab).reap_interrupted()
