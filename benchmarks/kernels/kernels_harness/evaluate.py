@@ -14,12 +14,20 @@ the CPU unit tests call it directly. Per problem:
    it returns (before any device synchronize: work left on a side stream is not in the copy),
    then the device is synchronized and the copy is checked with ``tolerance.check_output``;
    the inputs must be unchanged and the outputs must be plain tensors not aliasing an input.
-   The first call of each workload runs under ``scan.OpRecorder``: compute ops dispatched
-   through PyTorch are ``reference_op`` violations.
+   Every call runs under ``scan.OpRecorder``: compute ops dispatched through PyTorch are
+   ``reference_op`` violations.
 2. **Hidden workloads** (``hidden_rounds`` rounds), shapes the candidate has never been
-   shown; failing one fails the problem.
+   shown; failing one fails the problem. Every call is watched by the recorder too.
 3. **Timing** (when every check passed): ``timing.time_kernel`` with fresh inputs every
-   iteration, each output verified against the reference outside the timed region.
+   iteration, each output verified against the reference outside the timed region. The
+   warm-up calls and a random, unpredictable sample of extra timed calls run under the
+   recorder as well (kept out of the timing statistics); on a GPU, watched calls much slower
+   than unwatched ones are a ``watch_gap`` violation (a kernel that behaves differently when
+   observed).
+
+So no call of the candidate escapes the recorder except the unsampled timed iterations, and a
+kernel that reaches for PyTorch from its N-th call on, on hidden shapes only, or only once it
+thinks it is being timed, is seen doing it.
 
 Violations are {"kind", "detail"}; failures are {"workload", "round", "tag", "reason"} with
 tag fresh | reverse | refill | hidden | timing.
@@ -91,7 +99,7 @@ def _bytes_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def check_call(problem: Problem, kernel: Callable, inputs: list, settings: Settings,
-               record_ops: bool = False) -> tuple[str, list[dict], dict]:
+               record_ops: bool = True) -> tuple[str, list[dict], dict]:
     """Run the kernel once on ``inputs`` and check everything. Returns (failure reason or "",
     violations, stats)."""
     device = settings.device
@@ -191,7 +199,7 @@ def evaluate_problem(problem: Problem, kernel: Callable, settings: Settings, gua
                 del fresh
             else:
                 inputs = fresh
-            reason, vs, st = check_call(problem, kernel, inputs, settings, record_ops=(r == 0))
+            reason, vs, st = check_call(problem, kernel, inputs, settings)
             note(vs)
             if guard is not None:
                 note(guard.check())
@@ -239,15 +247,38 @@ def evaluate_problem(problem: Problem, kernel: Callable, settings: Settings, gua
                         return f"output {i}: {c.reason}"
                 return ""
 
+            watched_ops: list[str] = []
+
+            def watched(*inputs):
+                rec = scan.OpRecorder()
+                with rec:
+                    out = kernel(*inputs)
+                watched_ops.extend(rec.ops)
+                return out
+
             res = timing.time_kernel(kernel, make_i, device, settings.warmup, settings.iters,
-                                     verify if settings.verify_timing else None)
+                                     verify if settings.verify_timing else None,
+                                     watched_fn=watched if settings.op_probe else None)
             if guard is not None:
                 note(guard.check())
+            bad_ops = scan.compute_ops(watched_ops)
+            if bad_ops:
+                note([{"kind": "reference_op", "detail": f"[{lab}] PyTorch compute ops dispatched by watched timed "
+                                                         f"calls: {', '.join(bad_ops)}"}])
+                correct = False
+            if res["watch_gap"]:
+                note([{"kind": "watch_gap", "detail": f"[{lab}] watched timed calls ran "
+                                                      f"{res['watched_median_s'] * 1e6:.1f} us (median of "
+                                                      f"{len(res['watched_times_s'])}), unwatched ones "
+                                                      f"{res['median_s'] * 1e6:.1f} us: the kernel behaves "
+                                                      "differently when the dispatch recorder watches it"}])
+                correct = False
             if res["failure"]:
                 failures.append({"workload": lab, "round": -1, "tag": "timing", "reason": res["failure"]})
                 correct = False
                 break
-            times[lab] = {k: res[k] for k in ("median_s", "side_stream_s", "n", "method")}
+            times[lab] = {k: res[k] for k in ("median_s", "side_stream_s", "n", "method", "watched_iters",
+                                              "watched_median_s")}
             ts = sorted(res["times_s"])
             times[lab]["p10_s"], times[lab]["p90_s"] = ts[len(ts) // 10], ts[(9 * len(ts)) // 10]
             if res["side_stream"]:
