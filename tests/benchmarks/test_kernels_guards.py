@@ -457,6 +457,12 @@ def test_watched_calls_much_slower_than_unwatched_ones_are_flagged_on_a_gpu(monk
     probes = runner._probes(report, {}, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
                             ["softmax"])
     assert probes["reference_ops"]["passed"] is False
+    static = {"softmax": [f.as_dict() for f in scan.scan_source(
+        "from torch.utils._python_dispatch import _get_current_dispatch_mode\n")]}
+    clean = {"problems": {"softmax": {"correct": True, "failures": [], "violations": []}}, "done": True}
+    probes = runner._probes(clean, static, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
+                            ["softmax"])
+    assert probes["reference_ops"]["passed"] is False and "dispatch" in probes["reference_ops"]["detail"]
 
 
 # ----------------------------------------------------------------------------- a few elements far off (class 5)
@@ -551,5 +557,5 @@ def test_static_scan_flags_dynamic_getattr_and_the_dispatch_machinery():
                 "        return x\n",
                 "import torch\ndef kernel(x):\n    m = getattr(torch.utils, '_python_dispatch')\n    return x\n",
                 "import torch\ndef kernel(x):\n    return torch.overrides.has_torch_function((x,))\n"):
-        assert any(f.kind == "forbidden" for f in scan.scan_source(src)), src
+        assert any(f.kind == "evasion" for f in scan.scan_source(src)), src
     assert scan.scan_source("import torch\nprofiler = 3\ndef kernel(x):\n    return x\n") == []

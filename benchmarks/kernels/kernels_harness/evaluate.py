@@ -145,7 +145,7 @@ def check_call(problem: Problem, kernel: Callable, inputs: list, settings: Setti
     for i, (snap, full, ref) in enumerate(zip(snaps, outs, refs)):
         atol, rtol = problem.tolerance(i, dtype_name(ref.dtype))
         c = check_output(snap, ref, atol, rtol, settings.min_fraction)
-        stats[f"out{i}"] = {"fraction_ok": c.fraction_ok, "max_abs_err": c.max_abs_err}
+        stats[f"out{i}"] = {"fraction_ok": c.fraction_ok, "max_abs_err": c.max_abs_err, "worst_ratio": c.worst_ratio}
         if not c.ok:
             reason = reason or f"output {i}: {c.reason}"
             if cuda and check_output(full, ref, atol, rtol, settings.min_fraction).ok:

@@ -18,12 +18,13 @@
    - ``forbidden`` (violation): imports of threading, multiprocessing, subprocess, ctypes,
      socket, os, sys, io ... and ``open()`` (a kernel file has no business with files,
      processes or the interpreter: these are how a candidate would reach the report or
-     the harness); ``torch._C``; the dispatch machinery the recorder below is built on
-     (``torch.utils._python_dispatch``, ``_disable_current_modes``, ``TorchDispatchMode``,
-     ``torch.overrides``, the profiler ..., by attribute, import or string): with it a kernel
-     could see whether it is watched or switch the recorder off; CUDA stream creation or
-     switching; assignments to attributes of torch / time / triton / the harness
-     (monkeypatching); ``torch.compile``;
+     the harness); ``torch._C``; CUDA stream creation or switching; assignments to
+     attributes of torch / time / triton / the harness (monkeypatching); ``torch.compile``;
+   - ``evasion`` (violation, reported under the ``reference_ops`` probe): the dispatch
+     machinery the recorder below is built on (``torch.utils._python_dispatch``,
+     ``_disable_current_modes``, ``_get_current_dispatch_mode``, ``TorchDispatchMode``,
+     ``torch.overrides``, the profiler ..., by attribute, import or string constant): with it
+     a kernel could see whether it is watched, or switch the recorder off around a PyTorch call;
    - ``suspicious`` (reported, not a violation): a compute-named method on a value the pass
      cannot type (``_CACHE.get(k).exp()``), a ``getattr`` on torch or a tensor whose name is
      computed (``getattr(torch, "su" + "m")``), ``data_ptr()`` use, ``functools`` caches,
@@ -111,7 +112,7 @@ TENSOR_TYPES = frozenset({"Tensor", "torch.Tensor"})
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str       # reference_op | forbidden | suspicious
+    kind: str       # reference_op | evasion | forbidden | suspicious
     name: str
     line: int
     detail: str
@@ -489,7 +490,7 @@ class _Scanner(ast.NodeVisitor):
             if a.name.startswith("torch._C"):
                 self.add("forbidden", a.name, node, "imports torch._C")
             elif a.name.startswith(DISPATCH_MODULES):
-                self.add("forbidden", a.name, node, f"imports {a.name}, the machinery the harness watches PyTorch "
+                self.add("evasion", a.name, node, f"imports {a.name}, the machinery the harness watches PyTorch "
                                                     "calls with")
         self.generic_visit(node)
 
@@ -498,10 +499,10 @@ class _Scanner(ast.NodeVisitor):
         if mod.split(".")[0] in FORBIDDEN_MODULES or mod.startswith("torch._C"):
             self.add("forbidden", mod, node, f"imports from {mod}")
         elif mod.startswith(DISPATCH_MODULES):
-            self.add("forbidden", mod, node, f"imports from {mod}, the machinery the harness watches PyTorch calls with")
+            self.add("evasion", mod, node, f"imports from {mod}, the machinery the harness watches PyTorch calls with")
         for a in node.names:
             if a.name in DISPATCH_INTERNALS:
-                self.add("forbidden", a.name, node, f"imports {a.name} (the dispatch recorder's machinery)")
+                self.add("evasion", a.name, node, f"imports {a.name} (the dispatch recorder's machinery)")
             full = _resolve_torch(f"{mod}.{a.name}") if mod.split(".")[0] == "torch" else None
             if a.name in self.banned or (full is not None and full[0] == "fn" and _is_compute(a.name, frozenset())):
                 self.add("reference_op", a.name, node, f"imports {a.name} from {mod}")
@@ -512,17 +513,17 @@ class _Scanner(ast.NodeVisitor):
             self.add("forbidden", "torch._C", node, "uses torch._C")
         elif node.attr in DISPATCH_INTERNALS and (node.attr not in TORCH_ONLY_INTERNALS
                                                   or kind_of(node.value, self.env)[0] == "torch"):
-            self.add("forbidden", node.attr, node, f"uses .{node.attr} (the dispatch recorder's machinery: a kernel "
+            self.add("evasion", node.attr, node, f"uses .{node.attr} (the dispatch recorder's machinery: a kernel "
                                                    "has no business looking at or switching off what watches it)")
         self.generic_visit(node)
 
     def visit_Name(self, node):
         if node.id in DISPATCH_INTERNALS and node.id not in TORCH_ONLY_INTERNALS:
-            self.add("forbidden", node.id, node, f"uses {node.id} (the dispatch recorder's machinery)")
+            self.add("evasion", node.id, node, f"uses {node.id} (the dispatch recorder's machinery)")
 
     def visit_Constant(self, node):
         if isinstance(node.value, str) and node.value in DISPATCH_INTERNALS and node.value not in TORCH_ONLY_INTERNALS:
-            self.add("forbidden", node.value, node, f"names {node.value!r} in a string (the dispatch recorder's "
+            self.add("evasion", node.value, node, f"names {node.value!r} in a string (the dispatch recorder's "
                                                     "machinery, reached by name)")
 
     def visit_BinOp(self, node):

@@ -72,7 +72,7 @@ SIDE_STREAM_MIN_S = 250e-6   # generous: the host wake-up after a long wait vari
 
 WATCH_SHARE = 0.2            # watched timed iterations, as a share of iters (at least one)
 WATCH_SPIN_FACTOR = 4        # watched iterations spin longer: the recorder's host overhead stays hidden
-WATCH_RATIO = 1.5            # watched median / unwatched median above this (on a GPU) is a violation ...
+WATCH_RATIO = 1.25           # watched median / unwatched median above this (on a GPU) is a violation ...
 WATCH_MIN_S = 2e-6           # ... when the difference is also above this
 WATCH_MIN_N = 3              # and at least this many timed iterations were watched
 
