@@ -559,3 +559,44 @@ def test_static_scan_flags_dynamic_getattr_and_the_dispatch_machinery():
                 "import torch\ndef kernel(x):\n    return torch.overrides.has_torch_function((x,))\n"):
         assert any(f.kind == "evasion" for f in scan.scan_source(src)), src
     assert scan.scan_source("import torch\nprofiler = 3\ndef kernel(x):\n    return x\n") == []
+
+
+def test_switching_the_recorder_off_around_the_reference_op_is_caught(seed):
+    """A kernel that pops the dispatch mode (names computed, past the static scan) and runs
+    the reference op: no compute op is recorded, but its output was allocated unseen."""
+    def kernel(x):
+        mod = getattr(torch.utils, "_python" + "_dispatch")
+        with getattr(mod, "_disable" + "_current_modes")():
+            return getattr(torch, "soft" + "max")(x.float(), dim=-1).to(x.dtype)
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and "unrecorded_output" in kinds(res)
+    report = {"problems": {"softmax": res}, "done": True}
+    probes = runner._probes(report, {}, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
+                            ["softmax"])
+    assert probes["reference_ops"]["passed"] is False
+
+
+def test_output_buffers_cached_per_shape_pass_but_one_made_at_import_does_not(seed):
+    buffers = {}
+
+    def cached(x):                       # allocated in its first (watched) call, reused after
+        key = (tuple(x.shape), x.dtype)
+        if key not in buffers:
+            buffers[key] = torch.empty_like(x)
+        buffers[key].copy_(seed["softmax"](x))
+        return buffers[key]
+
+    res = evaluate_problem(P["softmax"], cached, FAST)
+    assert res["correct"] and not res["violations"], res["violations"]
+    made_early = {(w["M"], w["N"]): torch.empty(w["M"], w["N"], dtype=getattr(torch, {"bf16": "bfloat16", "fp16":
+                  "float16", "fp32": "float32"}[w["dtype"]])) for w in P["softmax"].workloads("tiny")
+                  + P["softmax"].workloads("tiny", hidden=True)}
+
+    def early(x):
+        y = made_early[tuple(x.shape)]
+        y.copy_(seed["softmax"](x))
+        return y
+
+    res = evaluate_problem(P["softmax"], early, FAST)
+    assert not res["correct"] and "unrecorded_output" in kinds(res)

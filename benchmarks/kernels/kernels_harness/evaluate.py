@@ -15,7 +15,9 @@ the CPU unit tests call it directly. Per problem:
    then the device is synchronized and the copy is checked with ``tolerance.check_output``;
    the inputs must be unchanged and the outputs must be plain tensors not aliasing an input.
    Every call runs under ``scan.OpRecorder``: compute ops dispatched through PyTorch are
-   ``reference_op`` violations.
+   ``reference_op`` violations, and an output whose memory no recorder saw being allocated
+   (``scan.unrecorded``: PyTorch run with the recorder switched off, or a buffer made before
+   any watched call) is an ``unrecorded_output`` violation.
 2. **Hidden workloads** (``hidden_rounds`` rounds), shapes the candidate has never been
    shown; failing one fails the problem. Every call is watched by the recorder too.
 3. **Timing** (when every check passed): ``timing.time_kernel`` with fresh inputs every
@@ -136,6 +138,12 @@ def check_call(problem: Problem, kernel: Callable, inputs: list, settings: Setti
         if bad:
             violations.append({"kind": "reference_op",
                                "detail": f"PyTorch compute ops dispatched by the kernel call: {', '.join(bad)}"})
+        hidden = [i for i in scan.unrecorded(outs) if not guards.aliases((outs[i],), inputs)]
+        if hidden:
+            violations.append({"kind": "unrecorded_output",
+                               "detail": f"output {hidden[0]} was allocated where the dispatch recorder could not see "
+                                         "it (PyTorch called with the recorder switched off, or a buffer made before "
+                                         "any watched call): allocate outputs with torch.empty* inside kernel()"})
     violations += guards.aliases(outs, inputs)
     for i, (t, o) in enumerate(zip(inputs, originals)):
         if isinstance(t, torch.Tensor) and not _bytes_equal(t, o):
@@ -248,12 +256,15 @@ def evaluate_problem(problem: Problem, kernel: Callable, settings: Settings, gua
                 return ""
 
             watched_ops: list[str] = []
+            unseen: list[int] = []
 
             def watched(*inputs):
                 rec = scan.OpRecorder()
                 with rec:
                     out = kernel(*inputs)
                 watched_ops.extend(rec.ops)
+                outs = guards.as_outputs(out)
+                unseen.extend(i for i in scan.unrecorded(outs) if not guards.aliases((outs[i],), inputs))
                 return out
 
             res = timing.time_kernel(kernel, make_i, device, settings.warmup, settings.iters,
@@ -265,6 +276,10 @@ def evaluate_problem(problem: Problem, kernel: Callable, settings: Settings, gua
             if bad_ops:
                 note([{"kind": "reference_op", "detail": f"[{lab}] PyTorch compute ops dispatched by watched timed "
                                                          f"calls: {', '.join(bad_ops)}"}])
+                correct = False
+            if unseen:
+                note([{"kind": "unrecorded_output", "detail": f"[{lab}] output {unseen[0]} of a watched timed call was "
+                                                              "allocated where the dispatch recorder could not see it"}])
                 correct = False
             if res["watch_gap"]:
                 note([{"kind": "watch_gap", "detail": f"[{lab}] watched timed calls ran "

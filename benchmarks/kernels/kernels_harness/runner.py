@@ -39,7 +39,7 @@ PROBE_KINDS = {
     "timer_integrity": ("monkeypatch",),
     "output_type": ("output_type",),
     "streams": ("stream",),
-    "reference_ops": ("reference_op", "watch_gap"),
+    "reference_ops": ("reference_op", "watch_gap", "unrecorded_output"),
     "input_mutation": ("input_mutation", "output_alias"),
 }
 SETTING_KEYS = ("shapes", "rounds", "hidden", "hidden_rounds", "warmup", "iters", "verify_timing", "min_fraction",

@@ -41,6 +41,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
@@ -158,18 +159,15 @@ UNKNOWN, PY, TENSOR = ("unknown",), ("py",), ("tensor",)
 
 
 def _resolve_torch(path: str) -> tuple:
-    """The kind of a dotted torch path, from the real objects (torch.nn.functional.softmax -> fn)."""
-    import importlib
-
+    """The kind of a dotted torch path, from the real objects (torch.nn.functional.softmax -> fn).
+    Looked up statically (``inspect.getattr_static``): the candidate's names trigger no lazy
+    import, property or ``__getattr__`` in the harness's process; what is not found is a function."""
     parts = path.split(".")
     obj = torch
-    for i, part in enumerate(parts[1:], 1):
-        nxt = getattr(obj, part, None)
+    for part in parts[1:]:
+        nxt = inspect.getattr_static(obj, part, None)
         if nxt is None:
-            try:
-                nxt = importlib.import_module(".".join(parts[:i + 1]))
-            except Exception:
-                return ("fn", path)
+            return ("fn", path)
         obj = nxt
     if isinstance(obj, type(torch)) or isinstance(obj, type):
         return ("torch", path)
@@ -614,16 +612,68 @@ def _op_name(func) -> str:
     return name.split("::")[-1]
 
 
+_recorded_storages: set[int] = set()    # every storage an OpRecorder saw an op produce, in this process
+
+
+def _storage_ptrs(objs) -> set[int]:
+    out = set()
+    for t in objs:
+        if isinstance(t, (tuple, list)):
+            out |= _storage_ptrs(t)
+        elif isinstance(t, torch.Tensor):
+            try:
+                out.add(t.untyped_storage().data_ptr())
+            except Exception:       # meta, sparse: no storage to speak of
+                pass
+    return out
+
+
+_LIFT_OPS = frozenset({"lift", "lift_fresh", "lift_fresh_copy"})   # torch.tensor(data), torch.from_numpy(a)
+
+
+def _note_storages(name: str, out, args, kwargs) -> None:
+    """Remember the storages an op created (not those of its arguments: an in-place op, a view
+    or an ``out=`` op on a buffer made elsewhere does not make that buffer recorded). A tensor
+    built from host data under the recorder (``lift_fresh``) counts as created there."""
+    made = _storage_ptrs(out if isinstance(out, (tuple, list)) else (out,))
+    if made:
+        if name not in _LIFT_OPS:
+            made -= _storage_ptrs(list(args) + list(kwargs.values()))
+        _recorded_storages.update(made)
+
+
 class OpRecorder(TorchDispatchMode):
-    """Records the ATen ops dispatched while it is active (``with OpRecorder() as r: ...``)."""
+    """Records the ATen ops dispatched while it is active (``with OpRecorder() as r: ...``), and
+    the storages they produce (``unrecorded``)."""
 
     def __init__(self):
         super().__init__()
         self.ops: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(_op_name(func))
-        return func(*args, **(kwargs or {}))
+        name = _op_name(func)
+        self.ops.append(name)
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        _note_storages(name, out, args, kwargs)
+        return out
+
+
+def unrecorded(outs) -> list[int]:
+    """Indices of the plain, non-empty output tensors whose memory no recorder ever saw being
+    allocated. A kernel must allocate its outputs with PyTorch, under the recorder, in this or
+    an earlier watched call; an output made with the recorder switched off (a PyTorch op run
+    around it) or before any watched call (a buffer prepared at import) has no such record."""
+    bad = []
+    for i, o in enumerate(outs):
+        if type(o) is torch.Tensor and o.numel() and not o.is_meta:
+            try:
+                ptr = o.untyped_storage().data_ptr()
+            except Exception:
+                continue
+            if ptr not in _recorded_storages:
+                bad.append(i)
+    return bad
 
 
 def compute_ops(ops: list[str]) -> list[str]:
