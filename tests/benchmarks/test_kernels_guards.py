@@ -348,3 +348,255 @@ def test_side_stream_work_is_caught_on_gpu():
     s = Settings(device="cuda", shapes="full", rounds=1, hidden=False, time=False)
     res = evaluate_problem(prob, kernel, s)
     assert not res["correct"] and "stream" in kinds(res)
+
+
+# ----------------------------------------------------------------------------- every call is watched (issue 17, class 4)
+
+
+def _counting(honest, use_torch):
+    """A kernel that answers with numpy, or with the PyTorch reference op when
+    ``use_torch(state, x)`` says so (state: calls so far, consecutive calls on this shape)."""
+    state = {"calls": 0, "same": 0, "last": None}
+
+    def kernel(x):
+        state["calls"] += 1
+        state["same"] = state["same"] + 1 if state["last"] == tuple(x.shape) else 1
+        state["last"] = tuple(x.shape)
+        if use_torch(state, x):
+            return torch.softmax(x.float(), dim=-1).to(x.dtype)
+        return honest(x)
+
+    return kernel
+
+
+def test_reference_op_from_a_later_call_on_is_caught(seed):
+    """Round 0 alone used to be watched: a kernel honest on its first calls is caught later on."""
+    n_public = len(P["softmax"].workloads("tiny"))
+    kernel = _counting(seed["softmax"], lambda st, x: st["calls"] > n_public + 1)   # from round 1 on
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and "reference_op" in kinds(res)
+    assert "softmax" in next(v["detail"] for v in res["violations"] if v["kind"] == "reference_op")
+
+
+def test_reference_op_on_hidden_shapes_only_is_caught(seed):
+    listed = {tuple(int(w[k]) for k in ("M", "N")) for w in P["softmax"].workloads("tiny")}
+    kernel = _counting(seed["softmax"], lambda st, x: tuple(x.shape) not in listed)
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert res["public_correct"] and not res["correct"] and "reference_op" in kinds(res)
+
+
+def test_reference_op_only_in_the_timed_loop_is_caught(seed):
+    """Detects the timed loop by call frequency (the same shape again and again): correct and
+    clean in every correctness and hidden call, PyTorch from the 3rd call in a row on. The
+    stratified sample always watches a call in the last block of timed iterations."""
+    kernel = _counting(seed["softmax"], lambda st, x: st["same"] >= 3)
+    s = Settings(device="cpu", shapes="tiny", rounds=3, hidden_rounds=1, time=True, warmup=1, iters=10)
+    res = evaluate_problem(P["softmax"], kernel, s)
+    assert not res["correct"] and "reference_op" in kinds(res)
+    assert "watched timed calls" in next(v["detail"] for v in res["violations"] if v["kind"] == "reference_op")
+
+
+def test_an_honest_kernel_passes_the_watched_timing(seed):
+    s = Settings(device="cpu", shapes="tiny", rounds=2, hidden_rounds=1, time=True, warmup=1, iters=5)
+    res = evaluate_problem(P["softmax"], seed["softmax"], s)
+    assert res["correct"] and not res["violations"], res
+    for t in res["times"].values():
+        assert t["n"] == 5 and len(t["watched_iters"]) == timing.watched_count(5) == 1
+
+
+def test_watched_timed_iterations_are_sampled_per_block_and_kept_out_of_the_statistics():
+    import random
+
+    calls = {"plain": [], "watched": []}
+    current = {}
+
+    def make(i):
+        current["i"] = i
+        return [torch.ones(2)]
+
+    def plain(x):
+        calls["plain"].append(current["i"])
+        return x
+
+    def watched(x):
+        calls["watched"].append(current["i"])
+        return x
+
+    res = timing.time_kernel(plain, make, "cpu", warmup=3, iters=20, watched_fn=watched, rng=random.Random(7))
+    k = timing.watched_count(20)
+    assert k == 4 and res["n"] == 20 and len(res["times_s"]) == 20 and len(res["watched_times_s"]) == k
+    assert calls["watched"][:3] == [0, 1, 2]                       # every warm-up call is watched
+    assert calls["watched"][3:] == res["watched_iters"]            # ... and the sampled timed ones
+    assert sorted(calls["plain"] + calls["watched"]) == list(range(3 + 20 + k))
+    timed = [i - 3 for i in res["watched_iters"]]
+    for b, p in enumerate(timed):                                  # one in each of k equal blocks
+        assert (b * 24) // k <= p < ((b + 1) * 24) // k
+    draws = {tuple(timing.watched_positions(24, 4)) for _ in range(20)}   # the system's random source
+    assert len(draws) > 1
+
+
+def test_watched_calls_much_slower_than_unwatched_ones_are_flagged_on_a_gpu(monkeypatch):
+    """A kernel that sees the recorder (and runs honestly only then) is slower when watched."""
+    monkeypatch.setattr(timing, "is_cuda", lambda device: True)
+    monkeypatch.setattr(timing, "flush_buffer", lambda device: None)
+
+    def one(fn, inputs, cuda, flush, spin=timing.SPIN_CYCLES):
+        return (300e-6 if fn is watched else 100e-6), 0.0, None
+
+    def watched():
+        return None
+
+    monkeypatch.setattr(timing, "_one", one)
+    res = timing.time_kernel(lambda: None, lambda i: [], "cuda", 2, 20, watched_fn=watched)
+    assert res["watch_gap"] and res["median_s"] == pytest.approx(100e-6)
+    assert res["watched_median_s"] == pytest.approx(300e-6)
+    same = timing.time_kernel(watched, lambda i: [], "cuda", 2, 20, watched_fn=watched)
+    assert not same["watch_gap"]
+    report = {"problems": {"softmax": {"correct": False, "failures": [], "violations": [
+        {"kind": "watch_gap", "detail": "watched timed calls ran 300 us, unwatched ones 100 us"}]}}, "done": True}
+    probes = runner._probes(report, {}, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
+                            ["softmax"])
+    assert probes["reference_ops"]["passed"] is False
+    static = {"softmax": [f.as_dict() for f in scan.scan_source(
+        "from torch.utils._python_dispatch import _get_current_dispatch_mode\n")]}
+    clean = {"problems": {"softmax": {"correct": True, "failures": [], "violations": []}}, "done": True}
+    probes = runner._probes(clean, static, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
+                            ["softmax"])
+    assert probes["reference_ops"]["passed"] is False and "dispatch" in probes["reference_ops"]["detail"]
+
+
+# ----------------------------------------------------------------------------- a few elements far off (class 5)
+
+
+@pytest.mark.parametrize("damage", ["far_off", "nan"])
+def test_a_few_elements_far_off_or_nan_fail(seed, damage):
+    """0.5% of the outputs wrong: inside the 99% count rule, outside the worst-element bound
+    (45x the tolerance), or NaN."""
+    def kernel(x):
+        y = seed["softmax"](x).float()
+        flat = y.view(-1)
+        idx = torch.arange(0, flat.numel(), 200)
+        if damage == "nan":
+            flat[idx] = float("nan")
+        else:
+            flat[idx] = flat[idx] * 1.45 + 1e-3
+        return y.to(x.dtype)
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and "fresh" in tags(res)
+    want = "nonfinite" if damage == "nan" else "worst_element"
+    assert any(want in f["reason"] for f in res["failures"]), res["failures"]
+
+
+# ----------------------------------------------------------------------------- the scan judges by receiver (class 7)
+
+
+HONEST_HOST_PYTHON = textwrap.dedent("""
+    import torch
+    import triton
+    import triton.language as tl
+    from collections import OrderedDict
+
+    _SEEN = set()
+    _PLANS = {}
+    _LRU = OrderedDict()
+
+    def _plan(shape, sizes):
+        total = sum(sizes)                       # builtin sum over a list
+        widest = max(max(shape), 1)              # builtin max over a shape
+        rows = min(shape[0], 65535)
+        return total, widest, rows
+
+    def kernel(x):
+        shape = tuple(x.shape)
+        _SEEN.add(shape)                         # set.add is no PyTorch op
+        if shape not in _PLANS:
+            _PLANS[shape] = _plan(shape, [d * 2 for d in shape])
+        _PLANS.update({shape: _PLANS[shape]})
+        _LRU.pop(shape, None)
+        _LRU[shape] = 1
+        order = sorted(_PLANS.keys())
+        order.sort()
+        n = abs(x.shape[-1] - 1) + pow(2, 3)
+        y = torch.empty_like(x)
+        return y
+""")
+
+
+def test_static_scan_has_no_false_positive_on_host_side_python():
+    found = scan.scan_source(HONEST_HOST_PYTHON)
+    assert found == [], found
+
+
+@pytest.mark.parametrize("body,name", [
+    ("import torch\ndef kernel(x):\n    return x.sum()\n", "sum"),
+    ("import torch\ndef kernel(x):\n    return torch.sum(x)\n", "sum"),
+    ("import torch as T\ndef kernel(x):\n    return T.softmax(x, -1)\n", "softmax"),
+    ("from torch import sum as s\ndef kernel(x):\n    return s(x)\n", "sum"),
+    ("import torch.nn.functional as F\ndef kernel(x):\n    y = x.float()\n    return F.softmax(y, -1)\n", "softmax"),
+    ("from torch.nn import functional as G\ndef kernel(x):\n    return G.gelu(x)\n", "gelu"),
+    ("import torch\ndef kernel(x):\n    return getattr(torch, 'softmax')(x, -1)\n", "softmax"),
+    ("import torch\ndef kernel(x):\n    f = x.amax\n    return f(-1)\n", "amax"),
+    ("import torch\ndef kernel(x):\n    return (x.float() * 2).exp().to(x.dtype)\n", "exp"),
+    ("import torch\ndef _h(t):\n    return t.add(1)\ndef kernel(x):\n    return _h(x)\n", "add"),
+    ("import torch\ndef kernel(*inputs):\n    a, b = inputs\n    return a.add(b)\n", "add"),
+    ("import torch\ndef kernel(x):\n    return torch.Tensor.sum(x)\n", "sum"),
+    ("import torch\ndef kernel(x):\n    return sum(x)\n", "sum"),
+    ("import torch\nS = torch.softmax\ndef kernel(x):\n    return S(x, -1)\n", "softmax"),
+])
+def test_static_scan_still_sees_ops_on_tensors_and_torch_aliases(body, name):
+    found = [f for f in scan.scan_source(body) if f.kind == "reference_op"]
+    assert any(f.name == name for f in found), scan.scan_source(body)
+
+
+def test_static_scan_flags_dynamic_getattr_and_the_dispatch_machinery():
+    dyn = scan.scan_source("import torch\ndef kernel(x):\n    return getattr(torch, 'su' + 'm')(x)\n")
+    assert [f.kind for f in dyn] == ["suspicious"] and "dynamic getattr" in dyn[0].detail
+    for src in ("import torch\nfrom torch.utils._python_dispatch import _disable_current_modes\n",
+                "import torch\ndef kernel(x):\n    with torch.utils._python_dispatch._disable_current_modes():\n"
+                "        return x\n",
+                "import torch\ndef kernel(x):\n    m = getattr(torch.utils, '_python_dispatch')\n    return x\n",
+                "import torch\ndef kernel(x):\n    return torch.overrides.has_torch_function((x,))\n"):
+        assert any(f.kind == "evasion" for f in scan.scan_source(src)), src
+    assert scan.scan_source("import torch\nprofiler = 3\ndef kernel(x):\n    return x\n") == []
+
+
+def test_switching_the_recorder_off_around_the_reference_op_is_caught(seed):
+    """A kernel that pops the dispatch mode (names computed, past the static scan) and runs
+    the reference op: no compute op is recorded, but its output was allocated unseen."""
+    def kernel(x):
+        mod = getattr(torch.utils, "_python" + "_dispatch")
+        with getattr(mod, "_disable" + "_current_modes")():
+            return getattr(torch, "soft" + "max")(x.float(), dim=-1).to(x.dtype)
+
+    res = evaluate_problem(P["softmax"], kernel, FAST)
+    assert not res["correct"] and "unrecorded_output" in kinds(res)
+    report = {"problems": {"softmax": res}, "done": True}
+    probes = runner._probes(report, {}, {"below_sol": []}, type("R", (), {"violations": [], "reason": ""})(),
+                            ["softmax"])
+    assert probes["reference_ops"]["passed"] is False
+
+
+def test_output_buffers_cached_per_shape_pass_but_one_made_at_import_does_not(seed):
+    buffers = {}
+
+    def cached(x):                       # allocated in its first (watched) call, reused after
+        key = (tuple(x.shape), x.dtype)
+        if key not in buffers:
+            buffers[key] = torch.empty_like(x)
+        buffers[key].copy_(seed["softmax"](x))
+        return buffers[key]
+
+    res = evaluate_problem(P["softmax"], cached, FAST)
+    assert res["correct"] and not res["violations"], res["violations"]
+    made_early = {(w["M"], w["N"]): torch.empty(w["M"], w["N"], dtype=getattr(torch, {"bf16": "bfloat16", "fp16":
+                  "float16", "fp32": "float32"}[w["dtype"]])) for w in P["softmax"].workloads("tiny")
+                  + P["softmax"].workloads("tiny", hidden=True)}
+
+    def early(x):
+        y = made_early[tuple(x.shape)]
+        y.copy_(seed["softmax"](x))
+        return y
+
+    res = evaluate_problem(P["softmax"], early, FAST)
+    assert not res["correct"] and "unrecorded_output" in kinds(res)

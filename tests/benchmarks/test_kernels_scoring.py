@@ -16,7 +16,7 @@ sys.path.insert(0, str(TASK_DIR))
 
 from kernels_harness import scoring  # noqa: E402
 from kernels_harness.problems import ProblemError, load_problems, problem_names  # noqa: E402
-from kernels_harness.tolerance import check_output  # noqa: E402
+from kernels_harness.tolerance import WORST_FACTOR, check_output  # noqa: E402
 
 # ----------------------------------------------------------------------------- scoring (pure)
 
@@ -90,9 +90,9 @@ def test_score_suite_flags_times_below_sol_and_zeroes_incorrect():
 def test_tolerance_rule_99_percent_of_elements():
     y = torch.ones(1000)
     x = y.clone()
-    x[:10] += 1.0                                    # 1% off: still passes
+    x[:10] += 0.01                                   # 1% off by 5x the tolerance: still passes
     assert check_output(x, y, 1e-3, 1e-3).ok
-    x[:11] += 1.0                                    # 1.1% off: fails
+    x[10] += 0.01                                    # 1.1% off: fails
     c = check_output(x, y, 1e-3, 1e-3)
     assert not c.ok and c.reason.startswith("tolerance") and c.fraction_ok == pytest.approx(0.989)
     # |x - y| <= atol + rtol * |y|, with |y| from the reference
@@ -113,8 +113,41 @@ def test_tolerance_rule_rejects_shape_dtype_nonfinite_and_all_zero():
     assert check_output(x, y, 1e9, 1e9).reason.startswith("nonfinite")
     assert check_output(torch.zeros_like(y), y, 1e9, 1e9).reason.startswith("all_zero")
     assert check_output(torch.zeros(3), torch.zeros(3), 0, 0).ok            # zero where zero is right
+    big = torch.randn(10_000)
+    x = big.clone()
+    x[:5] = float("nan")                             # 0.05% NaN: the 99% rule would let it pass
+    assert check_output(x, big, 1e-3, 1e-3).reason.startswith("nonfinite")
     bf = torch.randn(64, 64).bfloat16()
     assert check_output(bf, bf.clone(), 0.0, 0.0).ok                        # exact problems (max) work
+
+
+def test_worst_element_bound_rejects_a_few_elements_far_off():
+    """The 99% rule bounds how many elements miss the tolerance; the worst-element bound bounds
+    by how much: a few elements at 45x the tolerance fail, a few at 5x pass."""
+    y = torch.linspace(-2, 2, 2000)
+    tol = 1e-3 + 1e-3 * y.abs()
+    for factor, ok in ((5.0, True), (WORST_FACTOR * 0.99, True), (WORST_FACTOR * 1.05, False), (45.0, False)):
+        x = y.clone()
+        x[::200] += factor * tol[::200]              # 0.5% of the elements
+        c = check_output(x, y, 1e-3, 1e-3)
+        assert c.ok is ok, (factor, c)
+        assert c.fraction_ok == pytest.approx(0.995)
+        assert c.worst_ratio == pytest.approx(factor, rel=1e-3)
+        if not ok:
+            assert c.reason.startswith("worst_element") and "10 of 2000" in c.reason
+    exact = torch.arange(100.0)                      # a tolerance of zero: every element exact
+    x = exact.clone()
+    x[3] += 1
+    assert check_output(x, exact, 0.0, 0.0, min_fraction=0.9).reason.startswith("worst_element")
+
+
+def test_nonfinite_reference_positions_must_match():
+    y = torch.tensor([1.0, float("inf"), float("-inf"), float("nan")])
+    assert check_output(y.clone(), y, 1e-3, 1e-3).ok
+    for i, v in ((1, 5.0), (2, float("inf")), (3, 0.0)):
+        x = y.clone()
+        x[i] = v
+        assert check_output(x, y, 1e-3, 1e-3).reason.startswith("nonfinite"), i
 
 
 # ----------------------------------------------------------------------------- problem definitions

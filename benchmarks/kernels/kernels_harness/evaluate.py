@@ -14,12 +14,22 @@ the CPU unit tests call it directly. Per problem:
    it returns (before any device synchronize: work left on a side stream is not in the copy),
    then the device is synchronized and the copy is checked with ``tolerance.check_output``;
    the inputs must be unchanged and the outputs must be plain tensors not aliasing an input.
-   The first call of each workload runs under ``scan.OpRecorder``: compute ops dispatched
-   through PyTorch are ``reference_op`` violations.
+   Every call runs under ``scan.OpRecorder``: compute ops dispatched through PyTorch are
+   ``reference_op`` violations, and an output whose memory no recorder saw being allocated
+   (``scan.unrecorded``: PyTorch run with the recorder switched off, or a buffer made before
+   any watched call) is an ``unrecorded_output`` violation.
 2. **Hidden workloads** (``hidden_rounds`` rounds), shapes the candidate has never been
-   shown; failing one fails the problem.
+   shown; failing one fails the problem. Every call is watched by the recorder too.
 3. **Timing** (when every check passed): ``timing.time_kernel`` with fresh inputs every
-   iteration, each output verified against the reference outside the timed region.
+   iteration, each output verified against the reference outside the timed region. The
+   warm-up calls and a random, unpredictable sample of extra timed calls run under the
+   recorder as well (kept out of the timing statistics); on a GPU, watched calls much slower
+   than unwatched ones are a ``watch_gap`` violation (a kernel that behaves differently when
+   observed).
+
+So no call of the candidate escapes the recorder except the unsampled timed iterations, and a
+kernel that reaches for PyTorch from its N-th call on, on hidden shapes only, or only once it
+thinks it is being timed, is seen doing it.
 
 Violations are {"kind", "detail"}; failures are {"workload", "round", "tag", "reason"} with
 tag fresh | reverse | refill | hidden | timing.
@@ -91,7 +101,7 @@ def _bytes_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def check_call(problem: Problem, kernel: Callable, inputs: list, settings: Settings,
-               record_ops: bool = False) -> tuple[str, list[dict], dict]:
+               record_ops: bool = True) -> tuple[str, list[dict], dict]:
     """Run the kernel once on ``inputs`` and check everything. Returns (failure reason or "",
     violations, stats)."""
     device = settings.device
@@ -128,6 +138,12 @@ def check_call(problem: Problem, kernel: Callable, inputs: list, settings: Setti
         if bad:
             violations.append({"kind": "reference_op",
                                "detail": f"PyTorch compute ops dispatched by the kernel call: {', '.join(bad)}"})
+        hidden = [i for i in scan.unrecorded(outs) if not guards.aliases((outs[i],), inputs)]
+        if hidden:
+            violations.append({"kind": "unrecorded_output",
+                               "detail": f"output {hidden[0]} was allocated where the dispatch recorder could not see "
+                                         "it (PyTorch called with the recorder switched off, or a buffer made before "
+                                         "any watched call): allocate outputs with torch.empty* inside kernel()"})
     violations += guards.aliases(outs, inputs)
     for i, (t, o) in enumerate(zip(inputs, originals)):
         if isinstance(t, torch.Tensor) and not _bytes_equal(t, o):
@@ -137,7 +153,7 @@ def check_call(problem: Problem, kernel: Callable, inputs: list, settings: Setti
     for i, (snap, full, ref) in enumerate(zip(snaps, outs, refs)):
         atol, rtol = problem.tolerance(i, dtype_name(ref.dtype))
         c = check_output(snap, ref, atol, rtol, settings.min_fraction)
-        stats[f"out{i}"] = {"fraction_ok": c.fraction_ok, "max_abs_err": c.max_abs_err}
+        stats[f"out{i}"] = {"fraction_ok": c.fraction_ok, "max_abs_err": c.max_abs_err, "worst_ratio": c.worst_ratio}
         if not c.ok:
             reason = reason or f"output {i}: {c.reason}"
             if cuda and check_output(full, ref, atol, rtol, settings.min_fraction).ok:
@@ -191,7 +207,7 @@ def evaluate_problem(problem: Problem, kernel: Callable, settings: Settings, gua
                 del fresh
             else:
                 inputs = fresh
-            reason, vs, st = check_call(problem, kernel, inputs, settings, record_ops=(r == 0))
+            reason, vs, st = check_call(problem, kernel, inputs, settings)
             note(vs)
             if guard is not None:
                 note(guard.check())
@@ -239,15 +255,45 @@ def evaluate_problem(problem: Problem, kernel: Callable, settings: Settings, gua
                         return f"output {i}: {c.reason}"
                 return ""
 
+            watched_ops: list[str] = []
+            unseen: list[int] = []
+
+            def watched(*inputs):
+                rec = scan.OpRecorder()
+                with rec:
+                    out = kernel(*inputs)
+                watched_ops.extend(rec.ops)
+                outs = guards.as_outputs(out)
+                unseen.extend(i for i in scan.unrecorded(outs) if not guards.aliases((outs[i],), inputs))
+                return out
+
             res = timing.time_kernel(kernel, make_i, device, settings.warmup, settings.iters,
-                                     verify if settings.verify_timing else None)
+                                     verify if settings.verify_timing else None,
+                                     watched_fn=watched if settings.op_probe else None)
             if guard is not None:
                 note(guard.check())
+            bad_ops = scan.compute_ops(watched_ops)
+            if bad_ops:
+                note([{"kind": "reference_op", "detail": f"[{lab}] PyTorch compute ops dispatched by watched timed "
+                                                         f"calls: {', '.join(bad_ops)}"}])
+                correct = False
+            if unseen:
+                note([{"kind": "unrecorded_output", "detail": f"[{lab}] output {unseen[0]} of a watched timed call was "
+                                                              "allocated where the dispatch recorder could not see it"}])
+                correct = False
+            if res["watch_gap"]:
+                note([{"kind": "watch_gap", "detail": f"[{lab}] watched timed calls ran "
+                                                      f"{res['watched_median_s'] * 1e6:.1f} us (median of "
+                                                      f"{len(res['watched_times_s'])}), unwatched ones "
+                                                      f"{res['median_s'] * 1e6:.1f} us: the kernel behaves "
+                                                      "differently when the dispatch recorder watches it"}])
+                correct = False
             if res["failure"]:
                 failures.append({"workload": lab, "round": -1, "tag": "timing", "reason": res["failure"]})
                 correct = False
                 break
-            times[lab] = {k: res[k] for k in ("median_s", "side_stream_s", "n", "method")}
+            times[lab] = {k: res[k] for k in ("median_s", "side_stream_s", "n", "method", "watched_iters",
+                                              "watched_median_s")}
             ts = sorted(res["times_s"])
             times[lab]["p10_s"], times[lab]["p90_s"] = ts[len(ts) // 10], ts[(9 * len(ts)) // 10]
             if res["side_stream"]:

@@ -43,7 +43,7 @@ PROBE_KINDS = {
     "timer_integrity": ("monkeypatch",),
     "output_type": ("output_type",),
     "streams": ("stream",),
-    "reference_ops": ("reference_op",),
+    "reference_ops": ("reference_op", "watch_gap", "unrecorded_output"),
     "input_mutation": ("input_mutation", "output_alias"),
 }
 SETTING_KEYS = ("shapes", "rounds", "hidden", "hidden_rounds", "warmup", "iters", "verify_timing", "min_fraction",
@@ -182,7 +182,7 @@ def _probes(report: dict, static: dict, scored: dict, sandbox_res, problems: lis
         hits = [f"{p}: {v['detail']}" if p else v["detail"] for p, v in all_v if v.get("kind") in kinds]
         if probe == "reference_ops":
             hits += [f"{p}: line {f['line']}: {f['detail']}" for p, fs in static.items() for f in fs
-                     if f["kind"] == "reference_op"]
+                     if f["kind"] in ("reference_op", "evasion")]
         probes[probe] = {"passed": not hits, "detail": "; ".join(hits[:10]) or "none seen"}
     forb = [f"{p}: line {f['line']}: {f['detail']}" for p, fs in static.items() for f in fs if f["kind"] != "suspicious"]
     susp = [f"{p}: line {f['line']}: {f['detail']}" for p, fs in static.items() for f in fs if f["kind"] == "suspicious"]

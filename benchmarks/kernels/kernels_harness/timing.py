@@ -31,10 +31,26 @@ the device synchronize, but as a check rather than as the clock.)
 The reported time is the median of ``iters`` timed iterations after ``warmup`` untimed ones.
 On the CPU (interpreter smoke runs) ``time.perf_counter`` brackets the call; such times are
 meaningless for scoring.
+
+**Watched calls.** ``time_kernel`` can be given ``watched_fn``, the same kernel wrapped in the
+dispatch recorder (``scan.OpRecorder``). Every warm-up call runs watched, and so do ``k`` extra
+timed iterations (``watched_count``: a fifth of ``iters``, at least one), placed by stratified
+random sampling: the ``iters + k`` timed positions are cut into ``k`` equal blocks and one
+position in each block is drawn from the operating system's random source (``SystemRandom``)
+when the loop starts, so neither a call count nor a clock nor a seed predicts them, and a
+kernel that changes behaviour for any stretch longer than two blocks is watched in it. Watched
+iterations are timed (on a GPU with a longer spin, so the recorder's host overhead stays
+hidden) but kept out of the median: the ``iters`` unwatched iterations alone make the figure.
+On a GPU the two medians are compared: watched calls more than ``WATCH_RATIO`` times slower
+than the unwatched ones (and by more than ``WATCH_MIN_S``) mean a kernel that behaves
+differently when it is observed (``watch_gap``). The comparison is skipped on the CPU, where
+host timings are noise.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 import time
 from typing import Callable, Sequence
@@ -53,6 +69,12 @@ _median = statistics.median
 METHOD = "events-v2"          # part of the baseline cache key: times of another method are not reused
 SPIN_CYCLES = 1_000_000       # GPU spin before the start event (~0.5 ms at 2 GHz)
 SIDE_STREAM_MIN_S = 250e-6   # generous: the host wake-up after a long wait varies by tens of us
+
+WATCH_SHARE = 0.2            # watched timed iterations, as a share of iters (at least one)
+WATCH_SPIN_FACTOR = 4        # watched iterations spin longer: the recorder's host overhead stays hidden
+WATCH_RATIO = 1.25           # watched median / unwatched median above this (on a GPU) is a violation ...
+WATCH_MIN_S = 2e-6           # ... when the difference is also above this
+WATCH_MIN_N = 3              # and at least this many timed iterations were watched
 
 MIN_FLUSH_BYTES = 256 * 1024 * 1024
 _flush_buffers: dict[str, torch.Tensor] = {}
@@ -78,12 +100,12 @@ def flush_buffer(device) -> torch.Tensor | None:
     return _flush_buffers[key]
 
 
-def _one(fn: Callable, inputs: Sequence, cuda: bool, flush: torch.Tensor | None):
+def _one(fn: Callable, inputs: Sequence, cuda: bool, flush: torch.Tensor | None, spin: int = SPIN_CYCLES):
     """One iteration: (kernel seconds, extra seconds after the kernel's stream, output)."""
     if cuda:
         flush.zero_()
         if _sleep is not None:
-            _sleep(SPIN_CYCLES)
+            _sleep(spin)
         start, end, done = _Event(enable_timing=True), _Event(enable_timing=True), _Event(enable_timing=True)
         _event_record(start)
         out = fn(*inputs)
@@ -117,26 +139,60 @@ def overhead(device, n: int = 30) -> float:
     return _median(times)
 
 
+def watched_count(iters: int, share: float = WATCH_SHARE) -> int:
+    """How many extra timed iterations run watched (0 when nothing is timed)."""
+    return max(1, math.ceil(iters * share)) if iters > 0 else 0
+
+
+def watched_positions(n_positions: int, k: int, rng: random.Random | None = None) -> list[int]:
+    """``k`` of ``range(n_positions)``, one drawn at random in each of ``k`` equal blocks."""
+    rng = rng or _system_random
+    k = min(k, n_positions)
+    out = []
+    for b in range(k):
+        lo, hi = (b * n_positions) // k, ((b + 1) * n_positions) // k
+        out.append(rng.randrange(lo, hi))
+    return out
+
+
+_system_random = random.SystemRandom()
+
+
 def time_kernel(fn: Callable, make_inputs: Callable[[int], Sequence], device, warmup: int, iters: int,
-                verify: Callable[[Sequence, object], str] | None = None) -> dict:
+                verify: Callable[[Sequence, object], str] | None = None,
+                watched_fn: Callable | None = None, rng: random.Random | None = None) -> dict:
     """Time ``fn`` over fresh inputs ``make_inputs(i)`` for each iteration ``i``.
 
     ``verify(inputs, out)`` (optional) runs after each iteration, outside the timed region,
     and returns "" when the output is right or a reason; the first failure stops timing.
-    Returns {"median_s", "times_s", "n", "side_stream_s", "side_stream", "failure", "failure_iter", "method"}.
+    ``watched_fn`` (optional) is ``fn`` under the dispatch recorder: it runs the warm-up and a
+    random sample of extra timed iterations, which are kept out of the statistics (see the
+    module docstring); ``rng`` replaces the system's random source (tests only).
+    Returns {"median_s", "times_s", "n", "side_stream_s", "side_stream", "failure", "failure_iter", "method",
+    "watched_iters", "watched_times_s", "watched_median_s", "watch_gap"}.
     """
     cuda = is_cuda(device)
     flush = flush_buffer(device)
+    k = watched_count(iters) if watched_fn is not None else 0
+    sampled = set(watched_positions(iters + k, k, rng)) if k else set()
     times: list[float] = []
+    watched_times: list[float] = []
     gaps: list[float] = []
     prev = None
     failure, failure_iter = "", -1
-    for i in range(warmup + iters):
+    for i in range(warmup + iters + k):
         inputs = make_inputs(i)
-        t, gap, out = _one(fn, inputs, cuda, flush)
+        watched = watched_fn is not None and (i < warmup or (i - warmup) in sampled)
+        if watched:
+            t, gap, out = _one(watched_fn, inputs, cuda, flush, spin=SPIN_CYCLES * WATCH_SPIN_FACTOR)
+        else:
+            t, gap, out = _one(fn, inputs, cuda, flush)
         if i >= warmup:
-            times.append(t)
-            gaps.append(gap)
+            if watched:
+                watched_times.append(t)
+            else:
+                times.append(t)
+                gaps.append(gap)
         if verify is not None:
             why = verify(inputs, out)
             if why:
@@ -145,11 +201,16 @@ def time_kernel(fn: Callable, make_inputs: Callable[[int], Sequence], device, wa
         prev = inputs   # noqa: F841  (kept alive: the next inputs land elsewhere)
         del out
     del prev
+    watch = {"watched_iters": sorted(warmup + p for p in sampled), "watched_times_s": watched_times,
+             "watched_median_s": _median(watched_times) if watched_times else None, "watch_gap": False}
     if failure or not times:
         return {"median_s": None, "times_s": times, "n": len(times), "side_stream_s": None, "side_stream": False,
-                "failure": failure or "no timed iterations", "failure_iter": failure_iter, "method": METHOD}
+                "failure": failure or "no timed iterations", "failure_iter": failure_iter, "method": METHOD, **watch}
     med = _median(times)
     side = max(_median(gaps), 0.0)
+    wmed = watch["watched_median_s"]
+    watch["watch_gap"] = bool(cuda and len(watched_times) >= WATCH_MIN_N and wmed is not None
+                              and wmed > WATCH_RATIO * med and wmed - med > WATCH_MIN_S)
     return {"median_s": max(med, 1e-9), "times_s": times, "n": len(times), "side_stream_s": side,
             "side_stream": side > max(SIDE_STREAM_MIN_S, med), "failure": "", "failure_iter": -1,
-            "method": METHOD}
+            "method": METHOD, **watch}
