@@ -451,7 +451,8 @@ def _describe(pid):
         with open("/proc/%d/comm" % pid, "rb") as f:
             info["comm"] = f.read().decode("utf-8", "replace").strip()
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            info["cmdline"] = f.read(400).replace(b"\0", b" ").decode("utf-8", "replace").strip()[:200]
+            info["cmdline"] = f.read(400).replace(b"\0", b" ").decode("utf-8", "replace")
+            info["cmdline"] = " ".join(info["cmdline"].split())[:200]
     except OSError:
         pass
     return info

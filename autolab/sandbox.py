@@ -79,13 +79,14 @@ class Limits:
     fsize_mb: int | None = 2048    # RLIMIT_FSIZE
     open_files: int = 1024
     # The end of the candidate's work (e.g. the model saved): the first output line that starts
-    # with ``end_marker``. From then on every process of the tree but the main one must be gone
-    # within ``end_settle_s`` and the main one within ``after_end_s``; what is still running then
-    # is killed and reported as a ``process`` violation. Whether or not a marker is set, any
-    # process still alive when the main process exits (after a 1 s grace) is killed and reported.
+    # with ``end_marker``. From then on a process of the tree other than the main one that uses
+    # more than ``end_cpu_s`` of CPU (it is working after the end) is killed and reported as a
+    # ``process`` violation, and the main process must exit within ``after_end_s`` (else the whole
+    # run is killed and reported). Whether or not a marker is set, any process still alive when
+    # the main process has exited (after a 1 s grace to exit on its own) is killed and reported.
     end_marker: str | None = None
-    after_end_s: float = 5.0
-    end_settle_s: float = 1.0
+    after_end_s: float = 10.0
+    end_cpu_s: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -365,7 +366,8 @@ def _describe(pid: int) -> dict:
         with open(f"/proc/{pid}/comm", "rb") as f:
             info["comm"] = f.read().decode("utf-8", "replace").strip()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            info["cmdline"] = f.read(400).replace(b"\0", b" ").decode("utf-8", "replace").strip()[:200]
+            info["cmdline"] = f.read(400).replace(b"\0", b" ").decode("utf-8", "replace")
+            info["cmdline"] = " ".join(info["cmdline"].split())[:200]
     except OSError:
         pass
     return info
@@ -376,8 +378,8 @@ class _Ender:
 
     The main process is the candidate's first process: pid 2 of the run's PID namespace (the
     namespace's init is pid 1), or the pid the subreaper wrote to ``root_path``. After the end
-    marker, every other process still running ``end_settle_s`` later is killed and reported, and
-    the main process must exit within ``after_end_s``. (What outlives the main process is
+    marker, every other process that works (uses more than ``end_cpu_s`` of CPU) is killed and
+    reported, and the main process must exit within ``after_end_s``. (What outlives the main process is
     ended and reported by the supervisor itself, see _sandbox_boot._end_leftovers.) Also sums
     the CPU time of every process it sees, a fallback when the supervisor's exact figure is lost
     (a run killed for a limit)."""
@@ -389,6 +391,7 @@ class _Ender:
         self.survivors: list[dict] = []
         self.reported: set[int] = set()
         self.ticks: dict[tuple[int, int], int] = {}
+        self.at_end: dict[tuple[int, int], int] | None = None  # ticks when the end marker came
         self.root_over = False
 
     def account(self, members: Mapping[int, tuple]) -> None:
@@ -453,17 +456,29 @@ class _Ender:
                 pass
 
     def after_marker(self, members: Mapping[int, tuple], pidns: bool, since: float) -> bool:
-        """Called at each scan once the end marker has come; True: end the whole run now."""
+        """Called at each scan (after ``account``) once the end marker has come; True: end the
+        whole run now."""
+        if self.at_end is None:
+            self.at_end = dict(self.ticks)
         supervisors = {self.tramp} | ({p for p, v in members.items() if v[0] == self.tramp} if pidns else set())
         root = self._find_root(members, supervisors, pidns)
         if root is None or members[root][3] == b"Z":
             return False  # the main process has exited: its supervisor ends and reports the rest
-        if since >= self.limits.end_settle_s:
-            self.report([p for p, v in members.items() if p not in supervisors and p != root and v[3] != b"Z"],
-                        f"was still running {since:.1f}s after the end marker "
-                        f"({self.limits.end_marker!r}, e.g. the model saved)")
+        hz = os.sysconf("SC_CLK_TCK") or 100
+        busy = []
+        for p, v in members.items():
+            if p in supervisors or p == root or v[3] == b"Z":
+                continue
+            used = (self.ticks.get((p, v[2]), 0) - self.at_end.get((p, v[2]), 0)) / hz
+            if used > self.limits.end_cpu_s:
+                busy.append((p, used))
+        for p, used in busy:
+            self.report([p], f"was still working after the end marker ({self.limits.end_marker!r}, e.g. the model "
+                             f"saved): {used:.2f}s of CPU in the {since:.1f}s since")
         if since >= self.limits.after_end_s and not self.root_over:
             self.root_over = True
+            self.report([p for p, v in members.items() if p not in supervisors and p != root and v[3] != b"Z"],
+                        f"was still running {since:.1f}s after the end marker ({self.limits.end_marker!r})")
             info = _describe(root)
             self.violations.append({"kind": "process", "detail": (
                 f"the main process {root} ({info['comm']!r}) was still running {since:.1f}s after the end marker "
