@@ -190,9 +190,17 @@ def _hide_paths(libc, cfg):
     """Cover each existing read_deny path with an empty read-only mount (in our private
     mount namespace): a directory with an empty tmpfs, a file with an empty file."""
     protected = list(cfg["write_dirs"]) + [cfg["private_dir"], cfg["cwd"], sys.prefix, sys.base_prefix]
-    done, skipped = 0, 0
+    done, skipped, by_landlock = 0, 0, 0
+    read = cfg.get("read_allow")
+    landlock = (read is not None and "landlock" not in cfg.get("relax", ())
+                and libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, libc.ct.c_size_t(0), libc.ct.c_uint32(1)) >= 1)
     for p in cfg["read_deny"]:
         if not os.path.lexists(p):
+            continue
+        if landlock and not any(_is_under(p, t) for t in read["trees"]) and p not in read["files"]:
+            # outside the read allow-list: Landlock refuses it. Left in sight, so that an attempt
+            # to read it is made, refused and recorded rather than silently finding nothing.
+            by_landlock += 1
             continue
         if any(_is_under(q, p) for q in protected):
             skipped += 1  # hiding it would hide the workspace or Python itself
@@ -208,7 +216,7 @@ def _hide_paths(libc, cfg):
         else:
             done += 1
     if not done and not skipped:
-        return "none-existing"
+        return "landlock" if by_landlock else "none-existing"
     return "mount" if not skipped else "partial"
 
 
