@@ -651,3 +651,31 @@ def test_honest_helpers_that_exit_in_time_pass_and_their_cpu_is_counted(ws):
     assert r.violations == (), r.violations
     assert r.survivors == ()
     assert r.cpu_s is not None and r.cpu_s >= 1.0, r.cpu_s   # 2 x 0.4 s in the pool's workers + 0.4 s here
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_threads", ["1", None], ids=["compile-in-process", "compile-pool"])
+def test_cuda_and_torch_compile_under_the_read_allow_list(ws, compile_threads):
+    """On a GPU machine: the driver's files, CUDA libraries, Triton's compiler and caches stay
+    reachable under reads by allow-list, and nothing is left running at the end marker.
+    (``compile-pool``: Inductor's default pool of compile workers, for the record.)"""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    (ws / "train.py").write_text(textwrap.dedent("""
+        import torch
+        x = torch.randn(1024, 1024, device="cuda")
+        f = torch.compile(lambda a: torch.nn.functional.gelu(a @ a).float().sum())
+        print("VALUE", bool(torch.isfinite(f(x)).item()))
+        torch.cuda.synchronize()
+        print("MODEL SAVED", flush=True)
+    """))
+    env = {"TORCHINDUCTOR_COMPILE_THREADS": compile_threads} if compile_threads else {}
+    r = run_sandboxed([PY, "train.py"], cwd=ws, env=env, policy=Policy(read_allow=()),
+                      limits=Limits(wall_s=400, end_marker="MODEL SAVED"))
+    print(r.isolation, r.violations, r.cpu_s, r.after_end_s)
+    assert r.state == "ok", r.stdout_tail
+    assert "VALUE True" in r.stdout_tail
+    if compile_threads:
+        assert r.violations == (), r.violations
+        assert r.isolation.get("fs_read") == "landlock-allow-list", r.isolation
