@@ -220,6 +220,72 @@ def _hide_paths(libc, cfg):
     return "mount" if not skipped else "partial"
 
 
+# Top-level folders left in place by the mount fallback of reads by allow-list: system
+# folders every program needs (the same as autolab.sandbox's, /run aside).
+_SYSTEM_TOP = ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc", "sys", "dev")
+
+
+def _mount_allow_list(libc, cfg):
+    """Reads by allow-list without Landlock (in our private mount namespace, as root): cover
+    every other top-level folder (/work, /root, /tmp, /home, /opt, /var, /run, ...) with an
+    empty read-only tmpfs and bind back beneath it only the allowed trees and files (and the
+    bare folders of the listable ones). Returns the isolation word."""
+    read = cfg["read_allow"]
+    allowed = sorted(set(read["trees"]) | set(read["files"]), key=len)
+    binds = []
+    for p in allowed:  # a path beneath an allowed tree comes with it
+        if not any(_is_under(p, q) and os.path.isdir(q) for q, _ in binds):
+            try:
+                binds.append((p, os.open(p, os.O_PATH | os.O_CLOEXEC)))
+            except OSError:
+                continue
+    covered, failed = 0, 0
+    try:
+        tops = sorted(os.listdir("/"))
+    except OSError:
+        return "none"
+    for name in tops:
+        top = "/" + name
+        if name in _SYSTEM_TOP or os.path.islink(top) or not os.path.isdir(top):
+            continue
+        if any(_is_under(top, q) for q, _ in binds):
+            continue  # the whole folder is allowed
+        if libc.mount("tmpfs", top, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=1m"):
+            failed += 1
+            continue
+        covered += 1
+        for d in read.get("lists", ()):
+            if _is_under(d, top):
+                try:
+                    os.makedirs(d, exist_ok=True)
+                except OSError:
+                    pass
+        for q, fd in binds:
+            if not _is_under(q, top):
+                continue
+            try:
+                if os.path.isdir("/proc/self/fd/%d" % fd):
+                    os.makedirs(q, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(q), exist_ok=True)
+                    os.close(os.open(q, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+            except OSError:
+                failed += 1
+                continue
+            if libc.mount("/proc/self/fd/%d" % fd, q, None, _MS_BIND | _MS_REC):
+                failed += 1
+        libc.mount(None, top, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    for _, fd in binds:
+        os.close(fd)
+    try:
+        os.chdir(cfg["cwd"])  # through the bound copy: '..' from here leads to nothing hidden
+    except OSError:
+        return "partial"
+    if not covered:
+        return "none"
+    return "mount-allow-list" if not failed else "mount-allow-list (partial)"
+
+
 def _private_shm(libc, cfg):
     if not os.path.isdir("/dev/shm"):
         return "none"
@@ -600,6 +666,10 @@ def _trampoline(cfg_path):
         if mount_ok:
             if cfg["read_deny"] and "read_deny" not in relax:
                 iso["read_deny"] = _hide_paths(libc, cfg)
+            ll_abi = -1 if "landlock" in relax else libc.syscall(
+                _SYS_LANDLOCK_CREATE_RULESET, None, libc.ct.c_size_t(0), libc.ct.c_uint32(1))
+            if cfg.get("read_allow") is not None and ll_abi < 1 and "mount_allow" not in relax:
+                iso["fs_read"] = _mount_allow_list(libc, cfg)  # no Landlock: the mount table does it
             if "shm" not in relax:
                 iso["shm"] = _private_shm(libc, cfg)
         iso["caps"] = "kept" if "caps" in relax else ("dropped" if (root or userns) else "none-held")
@@ -743,6 +813,9 @@ def _make_hook(cfg, status, cfg_path, vfd):
         "local_hosts": frozenset(["localhost", "ip6-localhost", "ip6-loopback", "::1", "", posix.uname().nodename]),
         "own_file": __file__,
         "allow_on": cfg.get("read_allow") is not None,
+        # the mount fallback hides what is not allowed: an attempt on a path that is not there
+        # (for this process) is recorded too
+        "allow_missing": str(status.get("fs_read", "")).startswith("mount-allow-list"),
         "read_trees": tuple((cfg.get("read_allow") or {}).get("trees", ())),
         "read_files": frozenset((cfg.get("read_allow") or {}).get("files", ())),
         "read_lists": tuple((cfg.get("read_allow") or {}).get("lists", ())),
@@ -766,10 +839,10 @@ def _make_hook(cfg, status, cfg_path, vfd):
     Bt = tuple(B.values())
     Bk = {k: i for i, k in enumerate(B)}
     # Index constants (plain ints baked into default arguments).
-    (RD, WD, WF, NET, LOOP, NETNS, PIDNS, CFG, BOOT, ENVN, VFD, VID, LOCAL, OWN, RA, RT, RF, RL) = (
+    (RD, WD, WF, NET, LOOP, NETNS, PIDNS, CFG, BOOT, ENVN, VFD, VID, LOCAL, OWN, RA, RT, RF, RL, RM) = (
         Ck[k] for k in ("read_deny", "write_dirs", "write_files", "network", "loopback", "netns", "pidns",
                         "cfg_path", "boot_dir", "env_name", "vfd", "vid", "local_hosts", "own_file",
-                        "allow_on", "read_trees", "read_files", "read_lists"))
+                        "allow_on", "read_trees", "read_files", "read_lists", "allow_missing"))
     b = Bk
     counter = [0]
 
@@ -894,7 +967,7 @@ def _make_hook(cfg, status, cfg_path, vfd):
 
     def check_read(p, dir_fd=None, what="open", _fs=fs, _rp=realpath, _under=under, _fail=fail, _C=Ct, _B=Bt,
                    _E=Exc, _i=(RD, b["startswith"], b["split"], b["len"], b["getpid"], RA, RT, RF, RL, b["lstat"],
-                               b["isdir"])):
+                               b["isdir"], RM)):
         s = _fs(p)
         if s is None:
             return
@@ -907,8 +980,9 @@ def _make_hook(cfg, status, cfg_path, vfd):
             try:
                 st = _B[_i[9]](rp)
             except _E[1]:
-                st = None  # nothing there to read
-            if st is not None and not (_B[_i[10]](st.st_mode) and _under(rp, _C[_i[8]])):
+                st = None  # nothing there to read (or hidden from us by the mount fallback)
+            if (st is None and _C[_i[11]]) or (st is not None and not (_B[_i[10]](st.st_mode)
+                                                                       and _under(rp, _C[_i[8]]))):
                 _fail("file_read", "%s %s (outside the read allow-list)" % (what, rp))
         if _B[_i[1]](rp, "/proc/") and (rp[-8:] == "/environ" or rp[-4:] == "/mem"):
             parts = _B[_i[2]](rp, "/")
