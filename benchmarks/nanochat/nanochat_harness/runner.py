@@ -389,6 +389,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if tr["wall_s"] > limit + grace_s:
         return done("killed", f"timeout: the train process lived {tr['wall_s']:.1f}s, past budget_s + allowance_s "
                               f"= {limit:g}s")
+    if tr["kill_reason"] == "after_end":
+        return done("killed", f"after the save: the train process was still running "
+                              f"{settings.get('after_save_allowance_s', 10.0):g}s after H.finish saved the model "
+                              f"(after_save_allowance_s) and was killed; print the summary and exit right after "
+                              f"H.finish")
     if tr["returncode"] != 0:
         tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
         how = tr["kill_reason"] or f"exit code {tr['returncode']}"
