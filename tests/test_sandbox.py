@@ -577,7 +577,7 @@ def _daemon_code(counter, busy: bool) -> str:
                     {work}
                     n += 1
                     with open({str(counter)!r}, "a") as f:
-                        f.write(str(n) + " " + repr(time.time()) + "\\n")
+                        f.write("%d %r %r\\n" % (n, time.time(), time.process_time()))
             os._exit(0)
         time.sleep(0.5)
     """
@@ -601,8 +601,11 @@ def test_a_process_working_after_the_end_marker_is_ended_and_reported(ws, harden
     proc = [v["detail"] for v in r.violations if v["kind"] == "process"]
     assert any("kworker/0:1" in d and "working after the end marker" in d for d in proc), r.violations
     assert [s["comm"] for s in r.survivors] == ["kworker/0:1"]
-    last = float([ln for ln in counter.read_text().split("\n") if ln.count(" ") == 1][-1].split()[1])
-    assert last - marks["end"] < 2.5, "the daemon kept working long after the end marker"
+    rows = [[float(x) for x in ln.split()] for ln in counter.read_text().split("\n") if ln.count(" ") == 2]
+    after = [cpu for _, wall, cpu in rows if wall >= marks["end"]]
+    # CPU seconds, not wall ones (no test may depend on the machine's speed): the watchdog looks
+    # every 0.25 s and ends it past 0.3 s of CPU since the marker
+    assert after and after[-1] - after[0] < 1.0, "the daemon kept working long after the end marker"
     assert r.end_s is not None and r.after_end_s is not None and r.after_end_s >= 3.5
     assert pids_with("kworker/0:1") == []
 
@@ -628,7 +631,7 @@ def test_a_main_process_lingering_after_the_end_marker_is_killed(ws):
         time.sleep(60)
     """, ws, limits=Limits(wall_s=30, end_marker="MODEL SAVED", after_end_s=1.0))
     assert (r.state, r.reason) == ("killed", "after_end"), r
-    assert r.wall_s < 6
+    assert r.after_end_s is not None and r.after_end_s < 30   # not the 60 s it asked for
     assert any(v["kind"] == "process" and "main process" in v["detail"] for v in r.violations), r.violations
 
 
