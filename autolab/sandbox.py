@@ -249,12 +249,15 @@ def _read_allow_config(policy: Policy, argv: Sequence[str], cwd: str, write_dirs
         return None
     trees: list[str] = [cwd, *write_dirs, str(private), *_SYSTEM_READ, *python_read_paths(argv[0])]
     files: list[str] = []
-    extra = [p for p in os.environ.get(READ_ALLOW_ENV, "").split(os.pathsep) if p]
-    extra += [p for p in child_env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    extra += [child_env[k] for k in ("CUDA_HOME", "CUDA_PATH") if child_env.get(k)]
-    for p in [*policy.read_allow, *extra]:
+    given = [*policy.read_allow, *(p for p in os.environ.get(READ_ALLOW_ENV, "").split(os.pathsep) if p)]
+    for p in given:
         if not os.path.isabs(p):
-            raise ValueError(f"Policy.read_allow / ${READ_ALLOW_ENV}: {p!r} is not an absolute path")
+            raise ValueError(f"Policy.read_allow / ${READ_ALLOW_ENV}: {p!r} is not an absolute path; give "
+                             f"absolute paths")
+    # the dynamic linker's and CUDA's own folders, as the child's environment names them
+    given += [p for p in child_env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if os.path.isabs(p)]
+    given += [child_env[k] for k in ("CUDA_HOME", "CUDA_PATH") if os.path.isabs(child_env.get(k) or "")]
+    for p in given:
         (trees if os.path.isdir(p) else files).append(p)
     # folders Python lists to import from: names only, never contents
     lists = [p for p in child_env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
