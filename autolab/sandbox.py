@@ -15,8 +15,15 @@
   calling thread, which ``run_sandboxed`` blocks; output is read on a helper thread) that
   every 0.25 s sums the memory (PSS) of the whole process tree, counts its processes and
   checks the wall clock, killing the whole tree on excess;
-- **no leftovers**: the tree runs in its own session and, where allowed, its own PID
-  namespace; whatever the candidate leaves running is killed when it exits;
+- **reads by allow-list** (``Policy(read_allow=(...))``): only the given paths, the workspace,
+  the Python environment and the system folders can be opened, by Landlock where the kernel
+  has it, else through the mount table; the audit hook (installed before the first line of
+  the candidate's program) refuses and records every other read;
+- **nothing outlives the work**: the tree runs in its own PID namespace (else under a child
+  subreaper); what is still running when the main process has exited, or what works after
+  the ``Limits.end_marker`` line, is killed and reported as a ``process`` violation, and the
+  main process must exit within ``Limits.after_end_s`` of the marker. ``SandboxResult.cpu_s``
+  counts the CPU of every process of the run;
 - **less privilege**: capabilities such as SYS_ADMIN, SYS_PTRACE and NET_ADMIN are
   dropped and ``no_new_privs`` is set (when running as root, as on the lab machines).
 
