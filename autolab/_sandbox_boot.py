@@ -71,7 +71,10 @@ _KEEP_CAPS = (0, 1, 3, 4, 6, 7, 10, 14, 23)
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445
 _SYS_LANDLOCK_RESTRICT_SELF = 446
+_LL_EXECUTE = 1 << 0
 _LL_WRITE_FILE = 1 << 1
+_LL_READ_FILE = 1 << 2
+_LL_READ_DIR = 1 << 3
 _LL_REMOVE_DIR = 1 << 4
 _LL_REMOVE_FILE = 1 << 5
 _LL_MAKE_CHAR = 1 << 6
@@ -187,9 +190,17 @@ def _hide_paths(libc, cfg):
     """Cover each existing read_deny path with an empty read-only mount (in our private
     mount namespace): a directory with an empty tmpfs, a file with an empty file."""
     protected = list(cfg["write_dirs"]) + [cfg["private_dir"], cfg["cwd"], sys.prefix, sys.base_prefix]
-    done, skipped = 0, 0
+    done, skipped, by_landlock = 0, 0, 0
+    read = cfg.get("read_allow")
+    landlock = (read is not None and "landlock" not in cfg.get("relax", ())
+                and libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, libc.ct.c_size_t(0), libc.ct.c_uint32(1)) >= 1)
     for p in cfg["read_deny"]:
         if not os.path.lexists(p):
+            continue
+        if landlock and not any(_is_under(p, t) for t in read["trees"]) and p not in read["files"]:
+            # outside the read allow-list: Landlock refuses it. Left in sight, so that an attempt
+            # to read it is made, refused and recorded rather than silently finding nothing.
+            by_landlock += 1
             continue
         if any(_is_under(q, p) for q in protected):
             skipped += 1  # hiding it would hide the workspace or Python itself
@@ -205,8 +216,74 @@ def _hide_paths(libc, cfg):
         else:
             done += 1
     if not done and not skipped:
-        return "none-existing"
+        return "landlock" if by_landlock else "none-existing"
     return "mount" if not skipped else "partial"
+
+
+# Top-level folders left in place by the mount fallback of reads by allow-list: system
+# folders every program needs (the same as autolab.sandbox's, /run aside).
+_SYSTEM_TOP = ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc", "sys", "dev")
+
+
+def _mount_allow_list(libc, cfg):
+    """Reads by allow-list without Landlock (in our private mount namespace, as root): cover
+    every other top-level folder (/work, /root, /tmp, /home, /opt, /var, /run, ...) with an
+    empty read-only tmpfs and bind back beneath it only the allowed trees and files (and the
+    bare folders of the listable ones). Returns the isolation word."""
+    read = cfg["read_allow"]
+    allowed = sorted(set(read["trees"]) | set(read["files"]), key=len)
+    binds = []
+    for p in allowed:  # a path beneath an allowed tree comes with it
+        if not any(_is_under(p, q) and os.path.isdir(q) for q, _ in binds):
+            try:
+                binds.append((p, os.open(p, os.O_PATH | os.O_CLOEXEC)))
+            except OSError:
+                continue
+    covered, failed = 0, 0
+    try:
+        tops = sorted(os.listdir("/"))
+    except OSError:
+        return "none"
+    for name in tops:
+        top = "/" + name
+        if name in _SYSTEM_TOP or os.path.islink(top) or not os.path.isdir(top):
+            continue
+        if any(_is_under(top, q) for q, _ in binds):
+            continue  # the whole folder is allowed
+        if libc.mount("tmpfs", top, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=1m"):
+            failed += 1
+            continue
+        covered += 1
+        for d in read.get("lists", ()):
+            if _is_under(d, top):
+                try:
+                    os.makedirs(d, exist_ok=True)
+                except OSError:
+                    pass
+        for q, fd in binds:
+            if not _is_under(q, top):
+                continue
+            try:
+                if os.path.isdir("/proc/self/fd/%d" % fd):
+                    os.makedirs(q, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(q), exist_ok=True)
+                    os.close(os.open(q, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+            except OSError:
+                failed += 1
+                continue
+            if libc.mount("/proc/self/fd/%d" % fd, q, None, _MS_BIND | _MS_REC):
+                failed += 1
+        libc.mount(None, top, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    for _, fd in binds:
+        os.close(fd)
+    try:
+        os.chdir(cfg["cwd"])  # through the bound copy: '..' from here leads to nothing hidden
+    except OSError:
+        return "partial"
+    if not covered:
+        return "none"
+    return "mount-allow-list" if not failed else "mount-allow-list (partial)"
 
 
 def _private_shm(libc, cfg):
@@ -249,6 +326,8 @@ def _lock_files(libc, cfg, iso, mount_ok):
     rfd, desc = _prepare_landlock(libc, cfg, proc_writable=proc_writable)
     if rfd >= 0:
         iso["fs_write"] = desc
+        if cfg.get("read_allow") is not None:
+            iso["fs_read"] = "landlock-allow-list"
     return rfd
 
 
@@ -275,6 +354,12 @@ def _prepare_landlock(libc, cfg, proc_writable=True):
         fs |= _LL_REFER
     if abi >= 3:
         fs |= _LL_TRUNCATE
+    # Reads by allow-list (read_allow set): reading, listing and executing are refused
+    # everywhere except beneath the rules below (trees: read/list/execute; files: read and
+    # execute that file; lists: directory listings only, no file contents).
+    read = cfg.get("read_allow")
+    rd = (_LL_READ_FILE | _LL_READ_DIR | _LL_EXECUTE) if read is not None else 0
+    fs |= rd
     net = scoped = 0
     relax = cfg.get("relax", ())
     if abi >= 4 and not cfg["network"] and not cfg["loopback"] and "landlock-net" not in relax:
@@ -290,13 +375,14 @@ def _prepare_landlock(libc, cfg, proc_writable=True):
 
     dir_rights = fs & ~(_LL_MAKE_CHAR | _LL_MAKE_BLOCK)
     file_rights = _LL_WRITE_FILE | (_LL_TRUNCATE if abi >= 3 else 0)
+    file_only = _LL_EXECUTE | _LL_WRITE_FILE | _LL_READ_FILE | (_LL_TRUNCATE if abi >= 3 else 0)
     rules = [(d, dir_rights) for d in cfg["write_dirs"]]
     if os.path.isdir("/dev/shm"):
         rules.append(("/dev/shm", dir_rights))
     devs = list(_DEV_FILES)
     for pattern in _DEV_GLOBS:
         devs.extend(glob.glob(pattern))
-    rules += [(f, file_rights) for f in devs]
+    rules += [(f, file_rights | (_LL_READ_FILE if rd else 0)) for f in devs]
     rules.append((cfg["violations"], _LL_WRITE_FILE))  # append-only for the audit hook
     if proc_writable:
         # The process's own /proc entries (glibc names threads through /proc/self/task/*/comm;
@@ -304,6 +390,10 @@ def _prepare_landlock(libc, cfg, proc_writable=True):
         # parts of /proc were made read-only above, other processes' entries are guarded by
         # ptrace rules (we drop capabilities) and, with a PID namespace, are only the run's.
         rules.append(("/proc", file_rights))
+    if read is not None:
+        rules += [(t, rd) for t in read.get("trees", ())]
+        rules += [(f, _LL_READ_FILE | _LL_EXECUTE) for f in read.get("files", ())]
+        rules += [(d, _LL_READ_DIR) for d in read.get("lists", ())]
     failed = []
     for path, rights in rules:
         try:
@@ -312,13 +402,17 @@ def _prepare_landlock(libc, cfg, proc_writable=True):
             continue
         try:
             if not os.path.isdir(path):
-                rights &= file_rights if path != cfg["violations"] else _LL_WRITE_FILE
-            pb = PathBeneath(rights, fd)
+                rights &= file_only if path != cfg["violations"] else _LL_WRITE_FILE
+            if not rights:
+                continue
+            pb = PathBeneath(rights & fs, fd)
             if libc.syscall(_SYS_LANDLOCK_ADD_RULE, ct.c_int(rfd), ct.c_int(1), ct.byref(pb), ct.c_uint32(0)) < 0:
                 failed.append(path)
         finally:
             os.close(fd)
     desc = "landlock-abi%d" % abi
+    if read is not None:
+        desc += "+read-allow-list"
     if failed:
         desc += " (rules failed: %s)" % ", ".join(failed[:3])
     return rfd, desc
@@ -388,19 +482,112 @@ def _exec_candidate(libc, cfg, ruleset_fd):
             os._exit(127)
 
 
-def _children_of(pid):
-    kids = []
+def _proc_table():
+    """pid -> (ppid, state) for every process this /proc shows."""
+    out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
                 data = f.read()
-            if int(data[data.rfind(b")") + 2:].split()[1]) == pid:
-                kids.append(int(name))
+            rest = data[data.rfind(b")") + 2:].split()
+            out[int(name)] = (int(rest[1]), rest[0])
         except (OSError, ValueError, IndexError):
             continue
-    return kids
+    return out
+
+
+def _children_of(pid):
+    return [p for p, (ppid, _) in _proc_table().items() if ppid == pid]
+
+
+def _descendants(me):
+    """Live (not zombie) descendants of ``me`` (a pid as this /proc numbers it)."""
+    table = _proc_table()
+    kids = {}
+    for p, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(p)
+    out, todo = [], list(kids.get(me, ()))
+    while todo:
+        p = todo.pop()
+        if p == me or p in out:
+            continue
+        out.append(p)
+        todo.extend(kids.get(p, ()))
+    return [p for p in out if table.get(p, (0, b"Z"))[1] != b"Z"]
+
+
+def _describe(pid):
+    """{"pid", "comm", "cmdline"} of a process, as far as /proc still tells."""
+    info = {"pid": pid, "comm": "?", "cmdline": ""}
+    try:
+        with open("/proc/%d/comm" % pid, "rb") as f:
+            info["comm"] = f.read().decode("utf-8", "replace").strip()
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            info["cmdline"] = f.read(400).replace(b"\0", b" ").decode("utf-8", "replace")
+            info["cmdline"] = " ".join(info["cmdline"].split())[:200]
+    except OSError:
+        pass
+    return info
+
+
+def _end_leftovers(cfg, status, pidns, grace_s=1.0):
+    """The candidate's main process has exited (wait ``status``): give what it started
+    ``grace_s`` to exit on its own (a resource tracker that sees its pipe close), then
+    describe every process still alive (each is reported as a violation: nothing of the
+    candidate may outlive it), kill them all and reap them. Writes ``end.json`` (the
+    survivors and the CPU seconds of every process of the run, all reaped by now)."""
+    import resource
+    import time
+
+    try:
+        me = int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        me = os.getpid()
+    deadline = time.monotonic() + grace_s
+    left = _descendants(me)
+    while left and time.monotonic() < deadline:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+        left = _descendants(me)
+    survivors = [_describe(p) for p in left[:50]]
+    for _ in range(500):
+        if pidns and os.getpid() == 1:
+            try:
+                os.kill(-1, 9)  # pid 1 of the namespace: every other process in it
+            except OSError:
+                pass
+        kids = _descendants(me)
+        for k in kids:
+            try:
+                os.kill(k, 9)
+            except OSError:
+                pass
+        reaped_all = False
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            reaped_all = True
+        if reaped_all and not kids:
+            break
+        time.sleep(0.005)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        import json
+
+        tmp = cfg["end"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"survivors": survivors, "n_survivors": len(left), "status": status,
+                       "cpu_s": round(ru.ru_utime + ru.ru_stime, 3)}, f)
+        os.replace(tmp, cfg["end"])
+    except (OSError, KeyError):
+        pass
 
 
 def _reap_until(pid):
@@ -464,6 +651,10 @@ def _trampoline(cfg_path):
         iso["net"] = "audit-hook-only" if cfg["audit_python"] else "none"
     mount_ok = pid_ok = False
     ruleset_fd, iso["fs_write"] = -1, "audit-hook-only" if cfg["audit_python"] else "none"
+    if cfg.get("read_allow") is not None:  # until Landlock takes it over (_lock_files)
+        iso["fs_read"] = "audit-hook-only" if cfg["audit_python"] else "none"
+    else:
+        iso["fs_read"] = "deny-list"
     if harden:
         if "mount" not in relax and not libc.unshare(_CLONE_NEWNS):
             # Private propagation first, or our mounts would appear on the host.
@@ -475,6 +666,10 @@ def _trampoline(cfg_path):
         if mount_ok:
             if cfg["read_deny"] and "read_deny" not in relax:
                 iso["read_deny"] = _hide_paths(libc, cfg)
+            ll_abi = -1 if "landlock" in relax else libc.syscall(
+                _SYS_LANDLOCK_CREATE_RULESET, None, libc.ct.c_size_t(0), libc.ct.c_uint32(1))
+            if cfg.get("read_allow") is not None and ll_abi < 1 and "mount_allow" not in relax:
+                iso["fs_read"] = _mount_allow_list(libc, cfg)  # no Landlock: the mount table does it
             if "shm" not in relax:
                 iso["shm"] = _private_shm(libc, cfg)
         iso["caps"] = "kept" if "caps" in relax else ("dropped" if (root or userns) else "none-held")
@@ -498,8 +693,9 @@ def _trampoline(cfg_path):
             if ruleset_fd >= 0:
                 os.close(ruleset_fd)
             status = _reap_until(child)
+            _end_leftovers(cfg, status, pidns=True)
             os.write(wfd, b"%d\n" % status)
-            os._exit(0)  # the kernel now kills everything left in the namespace
+            os._exit(0)  # the kernel now kills anything still left in the namespace
         os.close(wfd)
         _, init_status = os.waitpid(init, 0)
         data = b""
@@ -519,24 +715,15 @@ def _trampoline(cfg_path):
         _exec_candidate(libc, cfg, ruleset_fd)
     if ruleset_fd >= 0:
         os.close(ruleset_fd)
+    try:
+        with open(cfg["root_pid"] + ".tmp", "w") as f:
+            f.write("%d" % child)
+        os.replace(cfg["root_pid"] + ".tmp", cfg["root_pid"])
+    except (OSError, KeyError):
+        pass
     status = _reap_until(child)
     # End what the candidate left behind: as subreaper, every orphan comes to us.
-    import time
-
-    for _ in range(500):
-        kids = _children_of(os.getpid())
-        for k in kids:
-            try:
-                os.kill(k, 9)
-            except OSError:
-                pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            if not kids:
-                break
-        time.sleep(0.005)
+    _end_leftovers(cfg, status, pidns=False)
     _mirror(status)
 
 
@@ -625,6 +812,13 @@ def _make_hook(cfg, status, cfg_path, vfd):
         "vid": (vst.st_dev, vst.st_ino),
         "local_hosts": frozenset(["localhost", "ip6-localhost", "ip6-loopback", "::1", "", posix.uname().nodename]),
         "own_file": __file__,
+        "allow_on": cfg.get("read_allow") is not None,
+        # the mount fallback hides what is not allowed: an attempt on a path that is not there
+        # (for this process) is recorded too
+        "allow_missing": str(status.get("fs_read", "")).startswith("mount-allow-list"),
+        "read_trees": tuple((cfg.get("read_allow") or {}).get("trees", ())),
+        "read_files": frozenset((cfg.get("read_allow") or {}).get("files", ())),
+        "read_lists": tuple((cfg.get("read_allow") or {}).get("lists", ())),
     }
     Exc = (PermissionError, OSError, Exception)
     B = {  # built-ins and C functions, bound now
@@ -632,7 +826,7 @@ def _make_hook(cfg, status, cfg_path, vfd):
         "int": int, "str": str, "bytes": bytes, "tuple": tuple, "list": list, "dict": dict,
         "getattr": getattr, "str_str": str.__str__, "decode": bytes.decode,
         "startswith": str.startswith, "split": str.split, "rfind": str.rfind, "rsplit": str.rsplit,
-        "lstat": posix.lstat, "readlink": posix.readlink, "getcwd": posix.getcwd, "islnk": _stat.S_ISLNK,
+        "lstat": posix.lstat, "readlink": posix.readlink, "getcwd": posix.getcwd, "islnk": _stat.S_ISLNK, "isdir": _stat.S_ISDIR,
         "write": posix.write, "fstat": posix.fstat, "getpid": posix.getpid, "getsid": posix.getsid,
         "putenv": posix.putenv, "fspath": os.fspath, "enc": enc, "family": _socket.socket.__dict__["family"].__get__,
         "shell_split": shell_split,
@@ -645,9 +839,10 @@ def _make_hook(cfg, status, cfg_path, vfd):
     Bt = tuple(B.values())
     Bk = {k: i for i, k in enumerate(B)}
     # Index constants (plain ints baked into default arguments).
-    (RD, WD, WF, NET, LOOP, NETNS, PIDNS, CFG, BOOT, ENVN, VFD, VID, LOCAL, OWN) = (
+    (RD, WD, WF, NET, LOOP, NETNS, PIDNS, CFG, BOOT, ENVN, VFD, VID, LOCAL, OWN, RA, RT, RF, RL, RM) = (
         Ck[k] for k in ("read_deny", "write_dirs", "write_files", "network", "loopback", "netns", "pidns",
-                        "cfg_path", "boot_dir", "env_name", "vfd", "vid", "local_hosts", "own_file"))
+                        "cfg_path", "boot_dir", "env_name", "vfd", "vid", "local_hosts", "own_file",
+                        "allow_on", "read_trees", "read_files", "read_lists", "allow_missing"))
     b = Bk
     counter = [0]
 
@@ -771,7 +966,8 @@ def _make_hook(cfg, status, cfg_path, vfd):
             _fail("file_write", "%s %s (outside the writable directories)" % (what, rp))
 
     def check_read(p, dir_fd=None, what="open", _fs=fs, _rp=realpath, _under=under, _fail=fail, _C=Ct, _B=Bt,
-                   _i=(RD, b["startswith"], b["split"], b["len"], b["getpid"])):
+                   _E=Exc, _i=(RD, b["startswith"], b["split"], b["len"], b["getpid"], RA, RT, RF, RL, b["lstat"],
+                               b["isdir"], RM)):
         s = _fs(p)
         if s is None:
             return
@@ -779,6 +975,15 @@ def _make_hook(cfg, status, cfg_path, vfd):
         deny = _C[_i[0]]
         if deny and _under(rp, deny):
             _fail("file_read", "%s %s (denied path)" % (what, rp))
+        if _C[_i[5]] and not _B[_i[1]](rp, "special:") and not _under(rp, _C[_i[6]]) and rp not in _C[_i[7]]:
+            # reads are an allow-list: outside it only listings of the listable folders
+            try:
+                st = _B[_i[9]](rp)
+            except _E[1]:
+                st = None  # nothing there to read (or hidden from us by the mount fallback)
+            if (st is None and _C[_i[11]]) or (st is not None and not (_B[_i[10]](st.st_mode)
+                                                                       and _under(rp, _C[_i[8]]))):
+                _fail("file_read", "%s %s (outside the read allow-list)" % (what, rp))
         if _B[_i[1]](rp, "/proc/") and (rp[-8:] == "/environ" or rp[-4:] == "/mem"):
             parts = _B[_i[2]](rp, "/")
             if _B[_i[3]](parts) > 2 and parts[2] != "%d" % _B[_i[4]]():

@@ -15,8 +15,15 @@
   calling thread, which ``run_sandboxed`` blocks; output is read on a helper thread) that
   every 0.25 s sums the memory (PSS) of the whole process tree, counts its processes and
   checks the wall clock, killing the whole tree on excess;
-- **no leftovers**: the tree runs in its own session and, where allowed, its own PID
-  namespace; whatever the candidate leaves running is killed when it exits;
+- **reads by allow-list** (``Policy(read_allow=(...))``): only the given paths, the workspace,
+  the Python environment and the system folders can be opened, by Landlock where the kernel
+  has it, else through the mount table; the audit hook (installed before the first line of
+  the candidate's program) refuses and records every other read;
+- **nothing outlives the work**: the tree runs in its own PID namespace (else under a child
+  subreaper); what is still running when the main process has exited, or what works after
+  the ``Limits.end_marker`` line, is killed and reported as a ``process`` violation, and the
+  main process must exit within ``Limits.after_end_s`` of the marker. ``SandboxResult.cpu_s``
+  counts the CPU of every process of the run;
 - **less privilege**: capabilities such as SYS_ADMIN, SYS_PTRACE and NET_ADMIN are
   dropped and ``no_new_privs`` is set (when running as root, as on the lab machines).
 
@@ -78,11 +85,26 @@ class Limits:
     nproc: int | None = 256        # max processes in the tree (watchdog-enforced; RLIMIT_NPROC is not enforced for root)
     fsize_mb: int | None = 2048    # RLIMIT_FSIZE
     open_files: int = 1024
+    # The end of the candidate's work (e.g. the model saved): the first output line that starts
+    # with ``end_marker``. From then on a process of the tree other than the main one that uses
+    # more than ``end_cpu_s`` of CPU (it is working after the end) is killed and reported as a
+    # ``process`` violation, and the main process must exit within ``after_end_s`` (else the whole
+    # run is killed and reported). Whether or not a marker is set, any process still alive when
+    # the main process has exited (after a 1 s grace to exit on its own) is killed and reported.
+    end_marker: str | None = None
+    after_end_s: float = 10.0
+    end_cpu_s: float = 0.3
 
 
 @dataclass(frozen=True)
 class Policy:
     read_deny: tuple[str, ...] = ()    # absolute paths (files or dirs) the child may not open for reading
+    read_allow: tuple[str, ...] | None = None  # None: reads are a deny-list. A tuple: reads are an allow-list:
+    #                                     these paths (dirs: everything beneath; files: that file) plus the
+    #                                     sandbox's own (cwd, writable dirs, private tmp/home, the Python
+    #                                     environment, system folders, $AUTOLAB_SANDBOX_READ_ALLOW); the
+    #                                     folders on PYTHONPATH/sys.path may be listed, not read. Enforced by
+    #                                     Landlock where the kernel has it, recorded by the audit hook always.
     write_allow: tuple[str, ...] = ()  # absolute dirs the child may write in (plus its cwd and a private tmp dir)
     network: bool = False               # False: no network at all
     audit_python: bool = True           # install the Python audit hook in Python children
@@ -108,6 +130,10 @@ class SandboxResult:
     isolation: Mapping[str, str] = field(default_factory=dict)  # which layers held (see module docstring)
     peak_memory_mb: float = 0.0
     peak_nproc: int = 0
+    cpu_s: float | None = None     # CPU seconds (user + system) of every process of the run, children included
+    end_s: float | None = None     # seconds from the start to the end marker's line (None: no marker seen)
+    after_end_s: float | None = None  # seconds the run went on after the end marker
+    survivors: tuple[dict, ...] = ()  # processes ended because they outlived the main one or the end marker
 
     @property
     def ok(self) -> bool:
@@ -202,6 +228,57 @@ def _secret_paths() -> list[str]:
     return paths
 
 
+# ----------------------------------------------------------------------------- reads by allow-list
+
+READ_ALLOW_ENV = "AUTOLAB_SANDBOX_READ_ALLOW"  # more readable paths for this machine (os.pathsep-separated)
+# System folders every program needs (libraries, devices, the CUDA driver and toolkit under
+# /usr, /proc and /sys for CPU and GPU discovery); nothing a lab writes lives there.
+_SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev",
+                "/run/nvidia-persistenced", "/run/nvidia-fabricmanager")
+
+
+def python_read_paths(python: str | None = None) -> list[str]:
+    """The folders of the Python environment: prefixes, stdlib, site-packages, the interpreter's folder."""
+    import sysconfig
+
+    out = [sys.prefix, sys.base_prefix, sys.exec_prefix, getattr(sys, "base_exec_prefix", sys.prefix)]
+    out += [v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    for exe in (sys.executable, python):
+        if exe and os.path.isabs(exe):
+            out.append(os.path.dirname(os.path.realpath(exe)))
+    return out
+
+
+def _read_allow_config(policy: Policy, argv: Sequence[str], cwd: str, write_dirs: Sequence[str], private: Path,
+                       child_env: Mapping[str, str]) -> dict | None:
+    """{"trees", "files", "lists"} (real paths) for the boot program and the audit hook, or None."""
+    if policy.read_allow is None:
+        return None
+    trees: list[str] = [cwd, *write_dirs, str(private), *_SYSTEM_READ, *python_read_paths(argv[0])]
+    files: list[str] = []
+    given = [*policy.read_allow, *(p for p in os.environ.get(READ_ALLOW_ENV, "").split(os.pathsep) if p)]
+    for p in given:
+        if not os.path.isabs(p):
+            raise ValueError(f"Policy.read_allow / ${READ_ALLOW_ENV}: {p!r} is not an absolute path; give "
+                             f"absolute paths")
+    # the dynamic linker's and CUDA's own folders, as the child's environment names them
+    given += [p for p in child_env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if os.path.isabs(p)]
+    given += [child_env[k] for k in ("CUDA_HOME", "CUDA_PATH") if os.path.isabs(child_env.get(k) or "")]
+    for p in given:
+        (trees if os.path.isdir(p) else files).append(p)
+    # folders Python lists to import from: names only, never contents
+    lists = [p for p in child_env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
+    lists += [p for p in sys.path[1:] if p and os.path.isabs(p)]  # not [0]: the calling script's folder
+
+    def real(paths: Iterable[str]) -> list[str]:
+        return list(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.lexists(p)))
+
+    trees = real(trees)
+    files = [f for f in real(files) if not any(_is_under(f, t) for t in trees)]
+    lists = [d for d in real(lists) if os.path.isdir(d) and not any(_is_under(d, t) for t in trees)]
+    return {"trees": trees, "files": files, "lists": lists}
+
+
 # ----------------------------------------------------------------------------- /proc
 
 
@@ -293,6 +370,134 @@ class _Tree:
             time.sleep(0.02)
 
 
+def _describe(pid: int) -> dict:
+    info = {"pid": pid, "comm": "?", "cmdline": ""}
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            info["comm"] = f.read().decode("utf-8", "replace").strip()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            info["cmdline"] = f.read(400).replace(b"\0", b" ").decode("utf-8", "replace")
+            info["cmdline"] = " ".join(info["cmdline"].split())[:200]
+    except OSError:
+        pass
+    return info
+
+
+class _Ender:
+    """Ends the candidate's processes at the end of its work and says which ones it had to end.
+
+    The main process is the candidate's first process: pid 2 of the run's PID namespace (the
+    namespace's init is pid 1), or the pid the subreaper wrote to ``root_path``. After the end
+    marker, every other process that works (uses more than ``end_cpu_s`` of CPU) is killed and
+    reported, and the main process must exit within ``after_end_s``. (What outlives the main process is
+    ended and reported by the supervisor itself, see _sandbox_boot._end_leftovers.) Also sums
+    the CPU time of every process it sees, a fallback when the supervisor's exact figure is lost
+    (a run killed for a limit)."""
+
+    def __init__(self, trampoline: int, root_path: Path, limits: Limits):
+        self.tramp, self.root_path, self.limits = trampoline, root_path, limits
+        self.root: tuple[int, int] | None = None
+        self.violations: list[dict] = []
+        self.survivors: list[dict] = []
+        self.reported: set[int] = set()
+        self.ticks: dict[tuple[int, int], int] = {}
+        self.at_end: dict[tuple[int, int], int] | None = None  # ticks when the end marker came
+        self.root_over = False
+
+    def account(self, members: Mapping[int, tuple]) -> None:
+        for pid, v in members.items():
+            if pid == self.tramp:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    data = f.read()
+                rest = data[data.rfind(b")") + 2:].split()
+                t = int(rest[11]) + int(rest[12])
+            except (OSError, ValueError, IndexError):
+                continue
+            key = (pid, v[2])
+            self.ticks[key] = max(self.ticks.get(key, 0), t)
+
+    def cpu_estimate(self) -> float:
+        return sum(self.ticks.values()) / (os.sysconf("SC_CLK_TCK") or 100)
+
+    def _find_root(self, members: Mapping[int, tuple], supervisors: set[int], pidns: bool) -> int | None:
+        if self.root is not None:
+            pid, st = self.root
+            return pid if pid in members and members[pid][2] == st else None
+        if pidns:
+            for pid, v in members.items():
+                if v[0] in supervisors and pid not in supervisors:
+                    try:
+                        with open(f"/proc/{pid}/status", "rb") as f:
+                            ns = [ln for ln in f.read().splitlines() if ln.startswith(b"NSpid:")]
+                    except OSError:
+                        continue
+                    if ns and ns[0].split()[-1] == b"2":
+                        self.root = (pid, v[2])
+                        return pid
+            return None
+        try:
+            pid = int(self.root_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if pid in members and members[pid][0] == self.tramp:
+            self.root = (pid, members[pid][2])
+            return pid
+        return None
+
+    def add(self, info: Mapping, why: str) -> None:
+        info = {"pid": info.get("pid"), "comm": str(info.get("comm", "?")), "cmdline": str(info.get("cmdline", ""))}
+        self.survivors.append(info)
+        cmd = f": {info['cmdline'][:120]}" if info["cmdline"] else ""
+        self.violations.append({"kind": "process", "detail": f"process {info['pid']} ({info['comm']!r}{cmd}) {why}; "
+                                                             f"it was ended (nothing of the candidate may outlive "
+                                                             f"its work: end every process you start before then)"})
+
+    def report(self, pids: Iterable[int], why: str) -> None:
+        for pid in pids:
+            if pid in self.reported:
+                continue
+            self.reported.add(pid)
+            self.add(_describe(pid), why)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def after_marker(self, members: Mapping[int, tuple], pidns: bool, since: float) -> bool:
+        """Called at each scan (after ``account``) once the end marker has come; True: end the
+        whole run now."""
+        if self.at_end is None:
+            self.at_end = dict(self.ticks)
+        supervisors = {self.tramp} | ({p for p, v in members.items() if v[0] == self.tramp} if pidns else set())
+        root = self._find_root(members, supervisors, pidns)
+        if root is None or members[root][3] == b"Z":
+            return False  # the main process has exited: its supervisor ends and reports the rest
+        hz = os.sysconf("SC_CLK_TCK") or 100
+        busy = []
+        for p, v in members.items():
+            if p in supervisors or p == root or v[3] == b"Z":
+                continue
+            used = (self.ticks.get((p, v[2]), 0) - self.at_end.get((p, v[2]), 0)) / hz
+            if used > self.limits.end_cpu_s:
+                busy.append((p, used))
+        for p, used in busy:
+            self.report([p], f"was still working after the end marker ({self.limits.end_marker!r}, e.g. the model "
+                             f"saved): {used:.2f}s of CPU in the {since:.1f}s since")
+        if since >= self.limits.after_end_s and not self.root_over:
+            self.root_over = True
+            self.report([p for p, v in members.items() if p not in supervisors and p != root and v[3] != b"Z"],
+                        f"was still running {since:.1f}s after the end marker ({self.limits.end_marker!r})")
+            info = _describe(root)
+            self.violations.append({"kind": "process", "detail": (
+                f"the main process {root} ({info['comm']!r}) was still running {since:.1f}s after the end marker "
+                f"({self.limits.end_marker!r}), past the allowance of {self.limits.after_end_s:g}s; the run was "
+                f"ended. Exit right after the end (finish() then the summary lines)")})
+            return True
+        return False
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -300,8 +505,10 @@ class _Output:
     """Reads the child's combined stdout/stderr on a thread: lines go to the log file, a
     bounded tail, and a queue drained by the caller's thread for ``on_line``."""
 
-    def __init__(self, fd: int, log, want_lines: bool):
+    def __init__(self, fd: int, log, want_lines: bool, marker: str | None = None):
         self.fd = fd
+        self.marker = marker
+        self.marker_t: float | None = None  # monotonic time the first marker line arrived
         self.tail: collections.deque[str] = collections.deque()
         self.tail_chars = 0
         self.lines: queue.Queue[str] | None = queue.Queue() if want_lines else None
@@ -313,6 +520,8 @@ class _Output:
 
     def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        if self.marker is not None and self.marker_t is None and line.startswith(self.marker):
+            self.marker_t = time.monotonic()
         if self.log is not None:
             self.log.write(line + "\n")
         self.tail.append(line)
@@ -512,6 +721,8 @@ def run_sandboxed(
             child_env.pop(ENV_CONFIG, None)
 
         write_dirs = [cwd_s, *write_allow, str(tmp), str(home)]
+        read_allow = _read_allow_config(policy, argv, cwd_s, write_dirs, private, child_env)
+        end_path, root_path = private / "end.json", private / "root.pid"
         shm_bytes = limits.memory_mb * 2**20 if limits.memory_mb else None
         config = {
             "trampoline": {
@@ -529,6 +740,9 @@ def run_sandboxed(
                 "empty_file": str(empty),
                 "violations": str(violations_path),
                 "status": str(status_path),
+                "end": str(end_path),
+                "root_pid": str(root_path),
+                "read_allow": read_allow,
                 "shm_bytes": shm_bytes,
                 "rlimits": {
                     "fsize": limits.fsize_mb * 2**20 if limits.fsize_mb else None,
@@ -544,6 +758,7 @@ def run_sandboxed(
                 "violations": str(violations_path),
                 "status": str(status_path),
                 "boot_dir": str(boot),
+                "read_allow": read_allow,
             },
         }
         config_path.write_text(json.dumps(config))
@@ -557,7 +772,7 @@ def run_sandboxed(
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, bufsize=0,
         )
         tree = _Tree(proc.pid)
-        out = _Output(proc.stdout.fileno(), log, on_line is not None)
+        out = _Output(proc.stdout.fileno(), log, on_line is not None, limits.end_marker)
         callback_error: BaseException | None = None
 
         def deliver(block_s: float) -> None:
@@ -587,6 +802,7 @@ def run_sandboxed(
         peak_kb, peak_n = 0, 0
         next_scan = 0.0
         pidns, status_seen = policy.harden, False
+        ender = _Ender(proc.pid, root_path, limits)
         while proc.poll() is None:
             now = time.monotonic()
             if now - start > limits.wall_s:
@@ -612,12 +828,19 @@ def run_sandboxed(
                 if limits.memory_mb is not None and kb > limits.memory_mb * 1024:
                     reason = "memory"
                     break
+                ender.account(members)
+                if out.marker_t is not None and ender.after_marker(members, pidns, now - out.marker_t):
+                    reason = "after_end"
+                    break
                 reader.read()
             deliver(min(0.05, max(0.0, next_scan - time.monotonic())))
         if reason:
             tree.kill()
         proc.wait()
         tree.root_reaped = True
+        leftovers = tree.scan()
+        if any(v[3] != b"Z" for v in leftovers.values()):  # should never be: the supervisor ended them
+            ender.report([p for p, v in leftovers.items() if v[3] != b"Z"], "outside the supervisor's reach")
         tree.kill()  # anything the candidate left behind (setsid'd daemons included)
         wall = time.monotonic() - start
         out.close(grace_s=2.0)
@@ -629,7 +852,20 @@ def run_sandboxed(
         if callback_error is not None:
             warnings.warn(f"run_sandboxed: on_line raised {callback_error!r}; later lines were not delivered",
                           RuntimeWarning, stacklevel=2)
-
+        cpu_s = ender.cpu_estimate()
+        try:
+            end_info = json.loads(end_path.read_text())
+            cpu_s = max(cpu_s, float(end_info.get("cpu_s") or 0.0))
+            for sv in end_info.get("survivors") or []:
+                ender.add(sv, "was still running when the main process had exited")
+            more = int(end_info.get("n_survivors") or 0) - len(end_info.get("survivors") or [])
+            if more > 0:
+                ender.violations.append({"kind": "process", "detail": f"{more} more processes were still running "
+                                                                      f"when the main process had exited; ended"})
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        for v in ender.violations:
+            reader.add_line(json.dumps(v).encode())
         isolation: dict[str, str] = {}
         try:
             isolation = json.loads(status_path.read_text())
@@ -661,6 +897,10 @@ def run_sandboxed(
             isolation=isolation,
             peak_memory_mb=round(peak_kb / 1024, 1),
             peak_nproc=peak_n,
+            cpu_s=round(cpu_s, 3),
+            end_s=None if out.marker_t is None else round(out.marker_t - start, 3),
+            after_end_s=None if out.marker_t is None else round(max(0.0, start + wall - out.marker_t), 3),
+            survivors=tuple(ender.survivors),
         )
     finally:
         if proc is not None and proc.returncode is None:  # an exception (KeyboardInterrupt...) on the way

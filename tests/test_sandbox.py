@@ -477,3 +477,214 @@ def test_private_paths_from_the_environment_are_denied(ws, tmp_path, monkeypatch
     """ % str(log), ws)
     assert r.state == "ok" and "DENIED" in r.stdout_tail and "PROMPTS" not in r.stdout_tail, r.stdout_tail
     assert PRIVATE_PATHS_ENV not in r.stdout_tail
+
+
+# ----------------------------------------------------------------------------- reads by allow-list
+
+
+@pytest.fixture
+def splits(tmp_path):
+    """A train token file next to val and hidden_val copies, and another lab's cache elsewhere."""
+    cache = tmp_path / "cache" / "nanochat"
+    cache.mkdir(parents=True)
+    (cache / "train.tokens.npy").write_text("TRAINTOKENS")
+    (cache / "val.tokens.npy").write_text("VALTOKENS")
+    other = tmp_path / "otherlab" / ".cache" / "autolab"
+    other.mkdir(parents=True)
+    (other / "hidden_val.tokens.npy").write_text("HIDDENTOKENS")
+    return cache, other
+
+
+@pytest.mark.parametrize("relax", [(), ("landlock",)], ids=["landlock", "mount-fallback"])
+def test_reads_are_an_allow_list_enforced_below_python(ws, splits, relax):
+    cache, other = splits
+    (ws / "train.py").write_text(textwrap.dedent(f"""
+        # the very first instructions: no harness imported, nothing set up by the candidate
+        import ctypes, glob, os, subprocess
+        for p in ({str(cache / 'val.tokens.npy')!r}, {str(other / 'hidden_val.tokens.npy')!r}):
+            try:
+                print("READ", open(p).read())
+            except PermissionError:
+                print("DENIED", os.path.basename(p))
+        print("GLOB", glob.glob({str(other) + '/*'!r}))
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.open({str(cache / 'val.tokens.npy').encode()!r}, 0)
+        print("RAW", fd, ctypes.get_errno())
+        out = subprocess.run(["cat", {str(cache / 'val.tokens.npy')!r}], capture_output=True, text=True)
+        print("CAT", out.returncode, out.stdout)
+        print("TRAIN", open({str(cache / 'train.tokens.npy')!r}).read())
+        import numpy, json  # the Python environment stays readable
+        open("own.txt", "w").write("mine"); print("OWN", open("own.txt").read())
+    """))
+    r = run_sandboxed([PY, "train.py"], cwd=ws, limits=Limits(wall_s=60),
+                      policy=Policy(read_allow=(str(cache / "train.tokens.npy"),), relax=relax))
+    assert r.state == "ok", r.stdout_tail
+    out = r.stdout_tail
+    assert "VALTOKENS" not in out and "HIDDENTOKENS" not in out, out
+    assert "TRAIN TRAINTOKENS" in out and "OWN mine" in out
+    assert out.count("DENIED") == 2
+    details = [v["detail"] for v in r.violations if v["kind"] == "file_read"]
+    assert any(str(cache / "val.tokens.npy") in d and "allow-list" in d for d in details), details
+    assert any(str(other / "hidden_val.tokens.npy") in d for d in details), details
+    assert any(d.startswith("list " + str(other)) for d in details), details  # the glob's listing
+    if relax:  # no Landlock: everything else is covered by empty mounts
+        if r.isolation.get("fs_read") != "mount-allow-list":
+            pytest.skip("no mount namespace here: only Python reads are refused and recorded")
+        assert "RAW -1 2" in out, out          # ctypes past the audit hook: nothing there
+    else:
+        if r.isolation.get("fs_read") != "landlock-allow-list":
+            pytest.skip("no Landlock here: only Python reads are refused and recorded")
+        assert "RAW -1 13" in out, out         # ctypes past the audit hook: the kernel says EACCES
+    assert "CAT 0" not in out                  # and neither can a child that is not Python
+
+
+def test_allow_list_lets_a_subprocess_run_and_lists_python_path(ws, tmp_path):
+    pkg = tmp_path / "lib"
+    (pkg / "mypkg").mkdir(parents=True)
+    (pkg / "mypkg" / "__init__.py").write_text("X = 41\n")
+    (pkg / "secret.txt").write_text("NOPE")
+    r = run_py(f"""
+        import subprocess, sys, os
+        print("LS", sorted(os.listdir({str(pkg)!r})))       # a PYTHONPATH folder may be listed
+        try:
+            open({str(pkg / 'secret.txt')!r}).read()
+        except PermissionError:
+            print("DENIED secret")
+        print(subprocess.run([sys.executable, "-c", "print('CHILD', 1 + 1)"], capture_output=True, text=True).stdout)
+        print(subprocess.run(["sh", "-c", "echo SHELL $(ls / | wc -l)"], capture_output=True, text=True).stdout)
+    """, ws, policy=Policy(read_allow=(str(pkg / "mypkg"),)), env={"PYTHONPATH": str(pkg)})
+    assert r.state == "ok", r.stdout_tail
+    assert "LS ['mypkg', 'secret.txt']" in r.stdout_tail and "DENIED secret" in r.stdout_tail
+    assert "CHILD 2" in r.stdout_tail and "SHELL" in r.stdout_tail
+    assert [v["kind"] for v in r.violations] == ["file_read"]
+
+
+# ----------------------------------------------------------------------------- nothing outlives the work
+
+
+def _daemon_code(counter, busy: bool) -> str:
+    """Double fork + setsid, renamed, deaf to SIGTERM; works (or sleeps) and counts in a file."""
+    work = "x = sum(i * i for i in range(20000))" if busy else "time.sleep(0.05)"
+    return f"""
+        import os, signal, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                open("/proc/self/comm", "w").write("kworker/0:1")
+                n = 0
+                while True:
+                    {work}
+                    n += 1
+                    with open({str(counter)!r}, "a") as f:
+                        f.write("%d %r %r\\n" % (n, time.time(), time.process_time()))
+            os._exit(0)
+        time.sleep(0.5)
+    """
+
+
+@pytest.mark.parametrize("harden", [True, False], ids=["pidns", "subreaper"])
+def test_a_process_working_after_the_end_marker_is_ended_and_reported(ws, harden):
+    counter = ws / "counter.txt"
+    marks = {}
+
+    def on_line(line):
+        if line.startswith("MODEL SAVED"):
+            marks["end"] = time.time()
+
+    r = run_py(_daemon_code(counter, busy=True) + """
+        print("MODEL SAVED", flush=True)
+        time.sleep(4)
+    """, ws, policy=Policy(harden=harden), on_line=on_line,
+        limits=Limits(wall_s=30, end_marker="MODEL SAVED", after_end_s=8))
+    assert r.state == "ok", r.stdout_tail
+    proc = [v["detail"] for v in r.violations if v["kind"] == "process"]
+    assert any("kworker/0:1" in d and "working after the end marker" in d for d in proc), r.violations
+    assert [s["comm"] for s in r.survivors] == ["kworker/0:1"]
+    rows = [[float(x) for x in ln.split()] for ln in counter.read_text().split("\n") if ln.count(" ") == 2]
+    after = [cpu for _, wall, cpu in rows if wall >= marks["end"]]
+    # CPU seconds, not wall ones (no test may depend on the machine's speed): the watchdog looks
+    # every 0.25 s and ends it past 0.3 s of CPU since the marker
+    assert after and after[-1] - after[0] < 1.0, "the daemon kept working long after the end marker"
+    assert r.end_s is not None and r.after_end_s is not None and r.after_end_s >= 3.5
+    assert pids_with("kworker/0:1") == []
+
+
+@pytest.mark.parametrize("harden", [True, False], ids=["pidns", "subreaper"])
+def test_an_idle_process_outliving_the_main_one_is_reported(ws, harden):
+    counter = ws / "counter.txt"
+    r = run_py(_daemon_code(counter, busy=False) + """
+        print("done, leaving the sleeper behind")
+    """, ws, policy=Policy(harden=harden))
+    assert r.state == "ok", r.stdout_tail
+    proc = [v["detail"] for v in r.violations if v["kind"] == "process"]
+    assert len(proc) == 1 and "kworker/0:1" in proc[0] and "main process had exited" in proc[0], r.violations
+    n = counter.read_text()
+    time.sleep(0.5)
+    assert counter.read_text() == n, "the sleeper is still counting after the run"
+
+
+def test_a_main_process_lingering_after_the_end_marker_is_killed(ws):
+    r = run_py("""
+        import time
+        print("MODEL SAVED", flush=True)
+        time.sleep(60)
+    """, ws, limits=Limits(wall_s=30, end_marker="MODEL SAVED", after_end_s=1.0))
+    assert (r.state, r.reason) == ("killed", "after_end"), r
+    assert r.after_end_s is not None and r.after_end_s < 30   # not the 60 s it asked for
+    assert any(v["kind"] == "process" and "main process" in v["detail"] for v in r.violations), r.violations
+
+
+def test_honest_helpers_that_exit_in_time_pass_and_their_cpu_is_counted(ws):
+    (ws / "train.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, subprocess, sys, threading, time
+
+        def burn(_):
+            t = time.process_time()
+            while time.process_time() - t < 0.4:
+                pass
+            return 1
+
+        if __name__ == "__main__":
+            with mp.get_context("spawn").Pool(2) as pool:   # workers (and spawn's resource tracker)
+                print("POOL", sum(pool.map(burn, range(2))))
+            th = threading.Thread(target=burn, args=(0,)); th.start(); th.join()
+            subprocess.run([sys.executable, "-c", "print('CHILD')"], check=True)
+            print("MODEL SAVED", flush=True)
+            print("---\\nsteps: 3")
+    """))
+    r = run_sandboxed([PY, "train.py"], cwd=ws, limits=Limits(wall_s=60, end_marker="MODEL SAVED"),
+                      policy=Policy(read_allow=()))
+    assert r.state == "ok", r.stdout_tail
+    assert "POOL 2" in r.stdout_tail and "CHILD" in r.stdout_tail
+    assert r.violations == (), r.violations
+    assert r.survivors == ()
+    assert r.cpu_s is not None and r.cpu_s >= 1.0, r.cpu_s   # 2 x 0.4 s in the pool's workers + 0.4 s here
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_threads", ["1", None], ids=["compile-in-process", "compile-pool"])
+def test_cuda_and_torch_compile_under_the_read_allow_list(ws, compile_threads):
+    """On a GPU machine: the driver's files, CUDA libraries, Triton's compiler and caches stay
+    reachable under reads by allow-list, and nothing is left running at the end marker.
+    (``compile-pool``: Inductor's default pool of compile workers, for the record.)"""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    (ws / "train.py").write_text(textwrap.dedent("""
+        import torch
+        x = torch.randn(1024, 1024, device="cuda")
+        f = torch.compile(lambda a: torch.nn.functional.gelu(a @ a).float().sum())
+        print("VALUE", bool(torch.isfinite(f(x)).item()))
+        torch.cuda.synchronize()
+        print("MODEL SAVED", flush=True)
+    """))
+    env = {"TORCHINDUCTOR_COMPILE_THREADS": compile_threads} if compile_threads else {}
+    r = run_sandboxed([PY, "train.py"], cwd=ws, env=env, policy=Policy(read_allow=()),
+                      limits=Limits(wall_s=400, end_marker="MODEL SAVED"))
+    print(r.isolation, r.violations, r.cpu_s, r.after_end_s)
+    assert r.state == "ok", r.stdout_tail
+    assert "VALUE True" in r.stdout_tail
+    if compile_threads:
+        assert r.violations == (), r.violations
+        assert r.isolation.get("fs_read") == "landlock-allow-list", r.isolation

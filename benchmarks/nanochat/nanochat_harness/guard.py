@@ -13,9 +13,11 @@ let the process remove, rename, truncate or re-open it.
 process's environment. Nothing honest reads it; the sandbox records reads of secret-looking
 variables, and the runner flags any output or file that contains the canary.
 
-These guards are layered on top of the sandbox (scrubbed environment, read-deny and write
-confinement in the kernel where it can); code that runs before ``import nanochat_harness`` is
-not seen by them.
+These guards are layered on top of the sandbox (scrubbed environment, reads by allow-list and
+write confinement in the kernel, nothing left running after the save). Code that runs before
+``import nanochat_harness`` is not seen by these guards, but it is by the sandbox: its audit
+hook is installed by the boot ``sitecustomize`` before the first line of ``train.py`` and
+records every read outside the allow-list (``autolab.sandbox.Policy.read_allow``).
 """
 
 from __future__ import annotations

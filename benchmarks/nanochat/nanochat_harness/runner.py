@@ -118,10 +118,13 @@ class _Tail(threading.Thread):
 
 def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
-               echo: bool) -> dict[str, Any]:
+               echo: bool, read_allow: tuple[str, ...] | None = None, end_marker: str | None = None,
+               after_end_s: float = 10.0) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
-    echo) and to log_path. Returns {returncode, killed, kill_reason, state, violations, wall_s,
-    output, peak_memory_mb, isolation}."""
+    echo) and to log_path. ``read_allow``: reads by allow-list (see Policy.read_allow);
+    ``end_marker``: the line that ends the candidate's work (after it, a process but the main one
+    that works is ended and reported; the main one must exit within ``after_end_s``). Returns {returncode, killed,
+    kill_reason, state, violations, wall_s, cpu_s, output, peak_memory_mb, isolation, ...}."""
     from autolab.sandbox import Limits, Policy, run_sandboxed
 
     lines: list[str] = []
@@ -141,12 +144,15 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     kw = {"memory_mb": int(mem_mb)} if mem_mb else {}
     t_launch = time.monotonic()
     res = run_sandboxed(argv, cwd=cwd, env=env, on_line=on_line, log_path=log_path,
-                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow)),
-                        limits=Limits(wall_s=float(wall_s), **kw))
+                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow),
+                                      read_allow=None if read_allow is None else tuple(read_allow)),
+                        limits=Limits(wall_s=float(wall_s), end_marker=end_marker, after_end_s=float(after_end_s),
+                                      **kw))
     killed = res.state == "killed" and res.reason in ("timeout", "memory", "nproc", "cpu")
     return {
         "returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
-        "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s),
+        "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s), "cpu_s": res.cpu_s,
+        "survivors": [dict(x) for x in res.survivors],
         "output": "\n".join(lines) if lines else res.stdout_tail,
         "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
         "clock_start_s": (marks["clock"] - t_launch) if "clock" in marks else None,
@@ -305,6 +311,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
 
     canary_suffix = secrets.token_hex(12)
     env.update({"AUTOLAB_NANOCHAT_ROLE": "train", CANARY_ENV: canary_suffix})
+    # Inductor compiles in this process, not in a pool of worker processes that would still be
+    # running when the model is saved (nothing of the candidate may outlive its save)
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="",
@@ -322,14 +331,21 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if tail:
         tail.start()
     try:
+        # reads by allow-list: the workdir, the harness, the train split's files (not the folder:
+        # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
+        readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
+                    data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent))
         tr = _sandboxed([sys.executable, "train.py"], cwd=workdir, env=env, read_deny=tuple(denied),
                         write_allow=(str(workdir),), wall_s=budget_s + allowance_s + grace_s, mem_mb=mem_mb,
-                        log_path=hdir / "train.log", echo=echo)
+                        log_path=hdir / "train.log", echo=echo, read_allow=readable, end_marker=SAVED_LINE,
+                        after_end_s=float(settings.get("after_save_allowance_s", 10.0)))
     finally:
         if tail:
             tail.stop.set()
             tail.join(timeout=5)
-    result["timings"]["train_s"] = round(tr["wall_s"], 3)
+    result["timings"]["train_s"] = round(tr["wall_s"], 3)   # until the last process of the run ended
+    if tr["cpu_s"] is not None:
+        result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
     from .guard import READS_LOG
 
     result["violations"] = list(tr["violations"]) + _guard_violations(
@@ -372,6 +388,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if tr["wall_s"] > limit + grace_s:
         return done("killed", f"timeout: the train process lived {tr['wall_s']:.1f}s, past budget_s + allowance_s "
                               f"= {limit:g}s")
+    if tr["kill_reason"] == "after_end":
+        return done("killed", f"after the save: the train process was still running "
+                              f"{settings.get('after_save_allowance_s', 10.0):g}s after H.finish saved the model "
+                              f"(after_save_allowance_s) and was killed; print the summary and exit right after "
+                              f"H.finish")
     if tr["returncode"] != 0:
         tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
         how = tr["kill_reason"] or f"exit code {tr['returncode']}"

@@ -94,7 +94,10 @@ class _Tail(threading.Thread):
 
 def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path, echo: bool,
-               loopback: bool = False, harden: bool = True) -> dict[str, Any]:
+               loopback: bool = False, harden: bool = True, read_allow: tuple[str, ...] | None = None,
+               end_marker: str | None = None) -> dict[str, Any]:
+    """Run argv through ``autolab.sandbox.run_sandboxed``. ``read_allow``: reads by allow-list
+    (Policy.read_allow); ``end_marker``: the output line that ends the candidate's work (Limits)."""
     from autolab.sandbox import Limits, Policy, run_sandboxed
 
     lines: list[str] = []
@@ -107,11 +110,11 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     kw = {"memory_mb": int(mem_mb)} if mem_mb else {}
     res = run_sandboxed(argv, cwd=cwd, env=env, on_line=on_line, log_path=log_path,
                         policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), loopback=loopback,
-                                      harden=harden),
-                        limits=Limits(wall_s=float(wall_s), **kw))
+                                      harden=harden, read_allow=None if read_allow is None else tuple(read_allow)),
+                        limits=Limits(wall_s=float(wall_s), end_marker=end_marker, **kw))
     killed = res.state == "killed" and res.reason in ("timeout", "memory", "nproc", "cpu")
     return {"returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
-            "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s),
+            "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s), "cpu_s": res.cpu_s,
             "output": "\n".join(lines) if lines else res.stdout_tail, "peak_memory_mb": res.peak_memory_mb,
             "isolation": dict(res.isolation)}
 
@@ -349,7 +352,13 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         (cc / "triton").mkdir(parents=True, exist_ok=True)
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cc / "inductor"), TRITON_CACHE_DIR=str(cc / "triton"))
         write_allow.append(str(cc))
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no pool of compile workers left running at the end
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
+    # reads by allow-list: the workdir, the harnesses, the train and val files (not their folder:
+    # hidden_val sits next to them), the Python environment and the system (autolab.sandbox)
+    readable = (*(data["splits"][s][k] for s in ("train", "val") for k in ("tokens", "offsets")),
+                data["token_bytes"], data["tokenizer"], str(run_cfg_path), str(TASK_DIR / "speedrun_harness"),
+                str(NANOCHAT_DIR / "nanochat_harness"), str(Path(autolab.__file__).resolve().parent))
     if nproc > 1:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", SCRIPT]
     else:
@@ -367,11 +376,13 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     try:
         tr = _sandboxed(argv, cwd=workdir, env=env, read_deny=tuple(denied), write_allow=tuple(write_allow),
                         wall_s=limit + grace_s, mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo,
-                        loopback=nproc > 1, harden=harden)
+                        loopback=nproc > 1, harden=harden, read_allow=readable)
     finally:
         tail.stop.set()
         tail.join(timeout=5)
-    result["timings"]["train_s"] = round(tr["wall_s"], 3)
+    result["timings"]["train_s"] = round(tr["wall_s"], 3)   # until the last process of the run ended
+    if tr["cpu_s"] is not None:
+        result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
     result["violations"] = list(tr["violations"])
     result["sandbox"] = {"train": {"isolation": tr["isolation"], "peak_memory_mb": tr["peak_memory_mb"],
                                    "state": tr["state"], "reason": tr["kill_reason"], "harden": harden}}
