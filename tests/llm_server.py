@@ -252,13 +252,18 @@ def make_lab(tmp_path, **task_kw):
 
 # ---------------------------------------------------------------------------- a research server for loop tests
 
+_TITLES = ("Shrink the tuned parameter", "Try a tiny step for the knob", "Zero out the setting entirely",
+           "Go negative for contrast", "Flip the sign of the value", "Moderate cut of the value")
+
+
 class ResearchServer:
     """A loopback model server that answers the loop's prompts from their content, in the
     OpenAI (``POST /v1/chat/completions``) and Ollama (``POST /api/chat``, ``POST /api/generate``)
     wire formats.
 
-    A proposal prompt gets ``{"title": "Set X to <v> (try <k>)", ...}`` with ``v`` from
-    ``values`` in turn (``repeat=True``: always the first value and the same title); an
+    A proposal prompt gets ``{"title": ..., "plan": "Set X to <v> ..."}`` with ``v`` from
+    ``values`` in turn and titles far apart (``repeat=True``: always the first value and the
+    same title ``Set X to <v>``); an
     implement prompt gets the SEARCH/REPLACE edit setting ``X`` to the idea's value. The first
     ``fail_first`` requests answer 429. While ``hold_implement`` is set, implement requests
     wait (until :meth:`release` or :meth:`stop`) before answering. Every request is kept in
@@ -305,7 +310,7 @@ class ResearchServer:
                 k = self._proposals
                 self._proposals += 1
             v = self.values[0] if self.repeat else self.values[k % len(self.values)]
-            title = f"Set X to {v}" if self.repeat else f"Set X to {v} (try {k})"
+            title = f"Set X to {v}" if self.repeat else f"{_TITLES[k % len(_TITLES)]} (X = {v})"
             return "propose", json.dumps({"title": title, "hypothesis": f"the optimum is near {v}",
                                           "plan": f"Set X to {v} in solution.py"})
         return "other", "ok"

@@ -56,7 +56,7 @@ def test_kill_9_with_implement_calls_in_flight_then_resume(tmp_path, toy_task):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
     with ResearchServer(hold_implement=True) as srv:
         cmd = [sys.executable, "-m", "autolab.cli", *loop_args(toy_task, lab_dir, srv.url, "--iterations", "3",
-                                                               "--threads", "2")]
+                                                               "--threads", "2", "--llm-timeout", "550")]
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
             deadline = time.monotonic() + 300
