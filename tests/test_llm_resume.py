@@ -144,3 +144,24 @@ def test_unreachable_server_and_unpriced_cap(tmp_path, toy_task, monkeypatch, ca
     rows = llm_rows(lab_dir)
     assert len(rows) == 3 and all(r["state"] == "error" for r in rows)   # 1 attempt + 2 retries, then the stop
     assert out["experiments"] == 0 and out["runs"] == 3   # the baseline that ran meanwhile is kept
+
+
+def test_orphan_without_implementer_is_abandoned_and_time_limit_exit_code(tmp_path, toy_task, capsys):
+    """A free-form PROPOSED idea left by an LLM loop, resumed by a playbook loop: recorded
+    abandoned with its reason and not counted toward --iterations; then --time-limit exits 4."""
+    from autolab.records import Idea, new_id
+
+    lab_dir = tmp_path / "lab"
+    lab = autolab.Lab(lab_dir, task=str(toy_task))
+    orphan = lab.log.append(Idea(id=new_id("i"), task=lab.task.name, title="Rewrite the solver", plan="free-form",
+                                 source="llm:openai/m", parent_id=lab.seed_candidate().id))
+    code = main(["loop", str(toy_task), "--lab", str(lab_dir), "--iterations", "1", "--proposer-seed", "0", "--json"])
+    out = last_json(capsys)
+    assert code == 0 and out["reason"] == "goal" and out["ideas_abandoned"] == 1 and out["ideas_pending"] == 0, out
+    lab = autolab.Lab(lab_dir)
+    gone = lab.log.get("idea", orphan.id)
+    assert gone.state is State.FAILED and "--proposer llm:" in gone.meta["abandoned"]
+    assert sum(not i.meta.get("abandoned") for i in lab.log.ideas_list()) == 1
+    code = main(["loop", str(toy_task), "--lab", str(lab_dir), "--iterations", "5", "--time-limit", "0.001", "--json"])
+    out = last_json(capsys)
+    assert code == EXIT_CODES["time_limit"] == 4 and out["reason"] == "time_limit" and out["exit_code"] == 4, out
