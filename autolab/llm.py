@@ -241,7 +241,7 @@ class LLM:
         if self._mock == []:
             raise LLMError("mock_response=[] gives no answer; pass a string or a non-empty list of strings")
         self._lock = threading.RLock()   # re-entrant: check_budget -> totals() under the same lock
-        self._calls = 0          # in-memory totals, used for the caps when there is no log
+        self._calls = 0          # in-memory totals (attempts counted when they start), for the caps without a log
         self._cost = 0.0
         self._inflight = 0       # attempts under way: counted by the caps, so threads cannot overshoot them
         self.sleep = time.sleep  # tests may replace it
@@ -325,7 +325,7 @@ class LLM:
                request: Any) -> int | None:
         """Check the caps and record the attempt as started, atomically for this process's threads."""
         with self._lock:
-            self.check_budget(pending=0 if self.log is not None else self._inflight)
+            self.check_budget()   # started attempts are already counted: in the log, or in self._calls
             self._inflight += 1
             self._calls += 1
             try:
@@ -335,6 +335,7 @@ class LLM:
                                                attempt=attempt, request=request)
             except BaseException:
                 self._inflight -= 1
+                self._calls -= 1
                 raise
 
     def _end(self, seq: int | None, **row: Any) -> None:

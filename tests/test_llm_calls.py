@@ -239,3 +239,24 @@ def test_local_servers_through_litellm_model_strings(tmp_path, toy_task, model, 
     assert len(calls) == 2 and all(r["state"] == "ok" and r["prompt_tokens"] > 0 for r in calls)
     if model.startswith("openai/"):
         assert all(r["cost"] > 0 for r in calls)
+
+
+@pytest.mark.parametrize("with_log", [True, False])
+def test_threads_cannot_overshoot_the_call_cap(log, with_log):
+    llm = LLM(LLMConfig("openai/gpt-4o-mini", max_calls=3), log if with_log else None, mock_response="x")
+    results = []
+
+    def call():
+        try:
+            results.append(llm.complete(MSG).text)
+        except BudgetExceeded:
+            results.append("capped")
+
+    ts = [threading.Thread(target=call) for _ in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert sorted(results) == ["capped"] * 3 + ["x"] * 3
+    if with_log:
+        assert [r["state"] for r in rows(log)] == ["ok"] * 3
