@@ -123,13 +123,73 @@ def cmd_run(args) -> int:
     return 0 if len(vals) == len(runs) else 1
 
 
+# ---------------------------------------------------------------------------- loop: LLM settings, exit codes
+
+# `autolab loop` exit codes, one per LoopSummary.reason (autolab.search.STOP_REASONS). Errors
+# raised before the loop starts (bad arguments, a broken lab) also exit with ERROR.
+EXIT_CODES = {
+    "goal": 0,           # the lab holds --iterations ideas, each tried (the only success)
+    "error": 2,          # an error stopped it: LLM server unreachable or refusing, a bad setting...
+    "cap": 3,            # --max-llm-calls or --max-cost reached
+    "time_limit": 4,     # --time-limit reached
+    "exhausted": 5,      # the proposer has nothing left to try before --iterations
+    "interrupted": 130,  # Ctrl-C or `autolab stop`
+}
+
+LOOP_EPILOG = """\
+exit codes:
+  0    goal reached: the lab holds --iterations ideas (failed and abandoned ones are counted in the summary)
+  2    error: e.g. the LLM server unreachable or refusing (see the message), a bad option or lab
+  3    an LLM cap was reached (--max-llm-calls, --max-cost); raise it and run the same command to resume
+  4    --time-limit was reached; run the same command to resume
+  5    the proposer had nothing left to try before --iterations
+  130  interrupted (Ctrl-C or `autolab stop`); run the same command to resume
+
+LLM settings (with --proposer llm:<litellm model>): any litellm model string works, e.g.
+  openai/<name> with --api-base http://127.0.0.1:8000/v1 (or OPENAI_API_BASE) for a local
+  OpenAI-compatible server (vLLM, llama.cpp, LM Studio), ollama_chat/<name> with
+  --api-base http://127.0.0.1:11434 for Ollama. Models litellm cannot price cost $0 unless
+  --input-cost-per-mtok / --output-cost-per-mtok are given.
+"""
+
+# CLI option -> LLMConfig field
+_LLM_OPTIONS = {"api_base": "--api-base", "max_cost": "--max-cost", "max_llm_calls": "--max-llm-calls",
+                "fallbacks": "--fallbacks", "timeout_s": "--llm-timeout", "max_retries": "--llm-retries",
+                "deadline_s": "--llm-deadline", "temperature": "--temperature", "max_tokens": "--max-tokens",
+                "extra": "--llm-param", "input_cost_per_mtok": "--input-cost-per-mtok",
+                "output_cost_per_mtok": "--output-cost-per-mtok"}
+
+
+def _llm_param(text: str) -> tuple[str, object]:
+    """argparse type for --llm-param KEY=VALUE: the value is JSON when it parses (numbers, true,
+    objects...), else the string as written."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE; write e.g. --llm-param top_p=0.9")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
 def _llm_kwargs(args) -> dict:
     kw = {}
-    for k in ("api_base", "max_cost", "max_llm_calls"):
+    for k in _LLM_OPTIONS:
         v = getattr(args, k, None)
-        if v is not None:
-            kw[k] = v
+        if v is None or v == []:
+            continue
+        if k == "fallbacks":
+            v = [m.strip() for item in v for m in item.split(",") if m.strip()]
+        elif k == "extra":
+            v = dict(v)
+        kw[k] = v
     return kw
+
+
+def _warn(msg: str) -> None:
+    print(f"autolab: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_loop(args) -> int:
@@ -137,8 +197,7 @@ def cmd_loop(args) -> int:
     from .propose import get_proposer
     from .search import loop
 
-    llm_opts = {f: k for f, k in (("--api-base", "api_base"), ("--max-cost", "max_cost"),
-                                  ("--max-llm-calls", "max_llm_calls")) if getattr(args, k) is not None}
+    llm_opts = {flag: k for k, flag in _LLM_OPTIONS.items() if getattr(args, k, None) not in (None, [])}
     name = args.proposer.partition(":")[0]
     unused = [f for f, k in llm_opts.items() if k not in registry.accepted_options(registry.get("proposer", name), {k: 1})]
     if unused:   # checked before the lab folder is made
@@ -153,6 +212,15 @@ def cmd_loop(args) -> int:
         # one gateway for proposals, edits and merge conflicts: its caps count every call
         from .llm_implement import LLMImplementer
 
+        if args.max_cost is not None:
+            unpriced = llm.unpriced_models()
+            if unpriced:
+                msg = (f"--max-cost {args.max_cost:g} cannot hold for {', '.join(unpriced)}: litellm has no price for "
+                       f"{'them' if len(unpriced) > 1 else 'it'}, so every call is recorded at $0; give "
+                       "--input-cost-per-mtok and --output-cost-per-mtok (USD per million tokens), or cap the calls "
+                       "with --max-llm-calls")
+                _warn(msg)
+                lab.log.event("warning", message=msg)
         implementer, resolver = LLMImplementer(llm), llm
     executor = args.executor
     if executor == "ray":
@@ -160,11 +228,30 @@ def cmd_loop(args) -> int:
 
         executor = get_executor("ray", address=args.ray_address)
     s = loop(lab, args.iterations, threads=args.threads, proposer=proposer, implementer=implementer,
-             executor=executor, progress=not args.json, proposer_seed=args.proposer_seed, merge_llm=resolver)
-    text = (f"lab {s.lab}: {s.experiments} experiments, {s.runs} runs ({s.failed} failed, {s.killed} killed), "
-            f"{s.promoted} promoted\nbaseline {s.baseline}  best {s.best} ({s.best_id})  [{s.stopped}]")
-    _emit(args, s.to_dict(), text)
-    return 0
+             executor=executor, progress=not args.json, proposer_seed=args.proposer_seed, merge_llm=resolver,
+             time_limit_s=args.time_limit)
+    code = EXIT_CODES.get(s.reason, EXIT_CODES["error"])
+    text = (f"lab {s.lab}: {s.experiments} experiments ({s.ideas_failed} failed, {s.ideas_rejected} rejected as "
+            f"duplicates, {s.ideas_abandoned} abandoned, {s.ideas_pending} not implemented yet), {s.runs} runs "
+            f"({s.failed} failed, {s.killed} killed), {s.promoted} promoted; LLM: {s.llm_calls} calls, ${s.llm_cost:.4f}\n"
+            f"baseline {s.baseline}  best {s.best} ({s.best_id})  [{s.reason}: {s.stopped}]  exit code {code}")
+    _emit(args, {**s.to_dict(), "exit_code": code}, text)
+    if code == EXIT_CODES["error"]:
+        print(f"autolab: error: {s.stopped}", file=sys.stderr)
+    return code
+
+
+def _llm_usage_text(usage: list[dict]) -> str:
+    if not usage:
+        return "LLM usage: no calls"
+    lines = ["LLM usage per model:"]
+    for u in usage:
+        p50, p95 = u["latency_p50_s"], u["latency_p95_s"]
+        lat = f"latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "no answered call"
+        extra = "".join(f", {u[k]} {k.replace('_', ' ')}" for k in ("interrupted", "in_flight") if u[k])
+        lines.append(f"  {u['model']}: {u['calls']} calls ({u['ok']} ok, {u['failed']} failed{extra}), "
+                     f"tokens {u['prompt_tokens']} in / {u['completion_tokens']} out, ${u['cost']:.4f}, {lat}")
+    return "\n".join(lines)
 
 
 def cmd_log(args) -> int:
@@ -180,7 +267,8 @@ def cmd_log(args) -> int:
     best_obj = {"candidate_id": best.id, "title": _title(lab, best), "state": best.state.value,
                 "selection_free_mean": ledger.mean(best), "seed_id": seed.id, "seed_mean": ledger.mean(seed)}
     obj = {"lab": str(lab.path), "best": best_obj, "leaderboard": json.loads(board.to_json(orient="records")),
-           "lineage": json.loads(lineage.to_json(orient="records")), "llm": lab.log.llm_totals()}
+           "lineage": json.loads(lineage.to_json(orient="records")), "llm": lab.log.llm_totals(),
+           "llm_usage": lab.log.llm_usage()}
     import pandas as pd
 
     m = best_obj["selection_free_mean"]
@@ -190,7 +278,8 @@ def cmd_log(args) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 12, "display.max_colwidth", 48):
         text = f"{best_line}\n\nleaderboard ({lab.task.metric.name}, {lab.task.metric.direction}; the best first):\n" \
                f"{board.to_string(index=False)}\n\n" \
-               f"lineage:\n{lineage[['candidate_id', 'parent_id', 'depth', 'state', 'title']].to_string(index=False) if not lineage.empty else '(empty)'}"
+               f"lineage:\n{lineage[['candidate_id', 'parent_id', 'depth', 'state', 'title']].to_string(index=False) if not lineage.empty else '(empty)'}" \
+               f"\n\n{_llm_usage_text(obj['llm_usage'])}"
     _emit(args, obj, text)
     return 0
 
@@ -275,6 +364,27 @@ def _count(text: str) -> int:
     return n
 
 
+def _count0(text: str) -> int:
+    """argparse type: a whole number >= 0 (retries)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is below 0; pass 0 or more")
+    return n
+
+
+def _nonneg(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"{x} is below 0; pass 0 or more")
+    return x
+
+
 def _positive(text: str) -> float:
     try:
         x = float(text)
@@ -316,9 +426,31 @@ def setup_loop(add) -> None:
     sp.add_argument("--proposer-seed", type=int, default=None)
     sp.add_argument("--executor", default="local", help="local | ray")
     sp.add_argument("--ray-address", default=None)
-    sp.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
-    sp.add_argument("--max-cost", type=_positive, default=None, help="stop when LLM spend in this lab reaches this (USD)")
-    sp.add_argument("--max-llm-calls", type=_count, default=None, help="stop after this many LLM calls in this lab")
+    sp.add_argument("--time-limit", type=_positive, default=None, metavar="SECONDS",
+                    help="start no new work after this long (runs under way finish); exit code 4")
+    sp.epilog, sp.formatter_class = LOOP_EPILOG, argparse.RawDescriptionHelpFormatter
+    g = sp.add_argument_group("LLM (with --proposer llm:<litellm model>)")
+    g.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
+    g.add_argument("--fallbacks", action="append", default=[], metavar="MODEL[,MODEL]",
+                   help="litellm models tried in order when the primary fails (repeatable)")
+    g.add_argument("--llm-timeout", dest="timeout_s", type=_positive, default=None, metavar="SECONDS",
+                   help="timeout of one request (default 120)")
+    g.add_argument("--llm-retries", dest="max_retries", type=_count0, default=None, metavar="N",
+                   help="extra attempts per model after 429/5xx/timeouts/connection errors (default 4)")
+    g.add_argument("--llm-deadline", dest="deadline_s", type=_positive, default=None, metavar="SECONDS",
+                   help="give up on one LLM call after this long in all, retries included, and stop with exit "
+                        "code 2 (default 300)")
+    g.add_argument("--temperature", type=_nonneg, default=None, help="sampling temperature (default 0.7)")
+    g.add_argument("--max-tokens", type=_count, default=None, help="longest answer in tokens (default 4096)")
+    g.add_argument("--llm-param", dest="extra", action="append", type=_llm_param, default=[], metavar="KEY=VALUE",
+                   help="any other litellm.completion parameter, the value as JSON if it parses "
+                        "(e.g. top_p=0.9, seed=1, stop='[\"END\"]'); repeatable")
+    g.add_argument("--input-cost-per-mtok", type=_nonneg, default=None, metavar="USD",
+                   help="price per million prompt tokens, for models litellm cannot price (local, custom)")
+    g.add_argument("--output-cost-per-mtok", type=_nonneg, default=None, metavar="USD",
+                   help="price per million completion tokens, for models litellm cannot price")
+    g.add_argument("--max-cost", type=_positive, default=None, help="stop when LLM spend in this lab reaches this (USD)")
+    g.add_argument("--max-llm-calls", type=_count, default=None, help="stop after this many LLM calls in this lab")
     sp.add_argument("--lab", default=None)
 
 
@@ -381,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("autolab: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_CODES["interrupted"]
 
 
 if __name__ == "__main__":  # pragma: no cover

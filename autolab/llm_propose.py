@@ -5,7 +5,10 @@ log (best so far, recent results, failures, ideas already tried), retrieved insi
 the thread's direction. The model answers with one JSON object (``title``, ``hypothesis``,
 ``plan``). A malformed answer is retried once with the parse error shown, then recorded
 as a FAILED idea; a near-duplicate of a tried idea is sent back once, then recorded as
-REJECTED. Every idea is appended to the log; LLM errors (BudgetExceeded, LLMError) propagate.
+REJECTED. The duplicate check and the append happen under one lock against the log as it
+is at that moment, so proposals prepared at the same time (by the loop's parallel workers,
+on any research thread) see each other. Every idea is appended to the log; LLM errors
+(BudgetExceeded, LLMError) propagate.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import threading
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .errors import AutolabError
@@ -155,6 +159,7 @@ class LLMProposer:
         self.max_code_chars = max_code_chars
         self.dup_threshold = dup_threshold
         self.max_tried_shown = max_tried_shown
+        self._settle = threading.Lock()   # duplicate check + append: one proposal at a time
 
     @property
     def name(self) -> str:
@@ -277,6 +282,11 @@ class LLMProposer:
         best = max(((t, title_similarity(title, t)) for t in tried), key=lambda x: x[1], default=None)
         return best if best is not None and best[1] >= self.dup_threshold else None
 
+    @staticmethod
+    def _titles_now(lab: "Lab") -> list[str]:
+        """Every idea title in the log at this moment (including those other proposals just added)."""
+        return [i.title for i in lab.log.ideas_list() if i.title]
+
     def propose(self, lab: "Lab", parent: Candidate, *, thread: str = "main", direction: str = "",
                 insights: Sequence[Any] = ()) -> Idea:
         """One new Idea for ``parent`` on ``thread``, appended to the log (PROPOSED, FAILED or REJECTED)."""
@@ -320,25 +330,29 @@ class LLMProposer:
         if parsed is None:
             return lab.log.append(make(State.FAILED, error=f"malformed proposal twice: {err}", raw=raw[:4000]))  # type: ignore[return-value]
 
-        dup = self._duplicate_of(parsed["title"], tried)
-        if dup is not None:
-            messages.append({"role": "user", "content":
-                             f"{parsed['title']!r} is too close to an idea already tried ({dup[0]!r}). Propose a "
-                             "clearly different change (another mechanism, not new values of the same knob), "
-                             "in the same JSON format."})
-            first_title = parsed["title"]
-            parsed, raw, err = ask_parsed("propose:different")
-            if parsed is None:
-                return lab.log.append(make(State.FAILED, title=first_title,
-                                           error=f"malformed proposal after a duplicate: {err}", raw=raw[:4000]))  # type: ignore[return-value]
-            dup = self._duplicate_of(parsed["title"], [*tried, first_title])
+        with self._settle:
+            dup = self._duplicate_of(parsed["title"], [*tried, *self._titles_now(lab)])
+            if dup is None:
+                return lab.log.append(make(State.PROPOSED, parsed["title"], parsed["hypothesis"], parsed["plan"],
+                                           llm_extra=parsed["extra"]))  # type: ignore[return-value]
+        # a near-duplicate (of the log, or of a proposal that just settled): sent back once
+        messages.append({"role": "user", "content":
+                         f"{parsed['title']!r} is too close to an idea already tried ({dup[0]!r}). Propose a "
+                         "clearly different change (another mechanism, not new values of the same knob), "
+                         "in the same JSON format."})
+        first_title = parsed["title"]
+        parsed, raw, err = ask_parsed("propose:different")
+        if parsed is None:
+            return lab.log.append(make(State.FAILED, title=first_title,
+                                       error=f"malformed proposal after a duplicate: {err}", raw=raw[:4000]))  # type: ignore[return-value]
+        with self._settle:
+            dup = self._duplicate_of(parsed["title"], [*tried, first_title, *self._titles_now(lab)])
             if dup is not None:
                 return lab.log.append(make(State.REJECTED, parsed["title"], parsed["hypothesis"], parsed["plan"],
                                            duplicate_of=dup[0], similarity=round(dup[1], 3),
-                                           reason="near-duplicate of an idea already tried"))  # type: ignore[return-value]
-
-        return lab.log.append(make(State.PROPOSED, parsed["title"], parsed["hypothesis"], parsed["plan"],
-                                   llm_extra=parsed["extra"]))  # type: ignore[return-value]
+                                           reason="near-duplicate of an idea already tried or being tried"))  # type: ignore[return-value]
+            return lab.log.append(make(State.PROPOSED, parsed["title"], parsed["hypothesis"], parsed["plan"],
+                                       llm_extra=parsed["extra"]))  # type: ignore[return-value]
 
     __call__ = propose
 

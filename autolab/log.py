@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -32,13 +33,61 @@ CREATE INDEX IF NOT EXISTS records_kind_id ON records(kind, id, seq);
 CREATE TABLE IF NOT EXISTS llm_calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT,
     thread TEXT, idea_id TEXT, ok INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER,
-    cost REAL, latency_s REAL, attempt INTEGER, error TEXT, request TEXT, response TEXT
+    cost REAL, latency_s REAL, attempt INTEGER, error TEXT, request TEXT, response TEXT,
+    state TEXT, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, pid INTEGER NOT NULL,
     kind TEXT NOT NULL, body TEXT NOT NULL
 );
 """
+
+
+def _migrate_llm_calls(conn: sqlite3.Connection) -> None:
+    """Logs written before in-flight rows existed get the two columns (NULL state = finished)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(llm_calls)")}
+    for col in ("state", "owner"):
+        if col not in have:
+            conn.execute(f"ALTER TABLE llm_calls ADD COLUMN {col} TEXT")
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid())}
+
+
+def _process_alive(owner: Any) -> bool:
+    """Is the process that started an LLM call still running? (Another host's counts as alive.)"""
+    if not isinstance(owner, dict) or not owner.get("pid"):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = int(owner["pid"])
+    if owner.get("start") is not None:
+        return _proc_start(pid) == owner["start"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _quantile(xs: list[float], q: float) -> float | None:
+    """Linear-interpolated quantile of sorted values (None when empty)."""
+    if not xs:
+        return None
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return round(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo), 4)
 
 
 class ResearchLog:
@@ -94,6 +143,7 @@ class ResearchLog:
         try:
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(stmt)
+            _migrate_llm_calls(conn)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -188,22 +238,95 @@ class ResearchLog:
         rows = self._conn().execute(q, (kind,) if kind else ()).fetchall()
         return [{"seq": s, "ts": ts, "pid": pid, "kind": k, **json.loads(b)} for s, ts, pid, k, b in rows]
 
+    # ------------------------------------------------------------------ LLM calls
+    # One row per attempt. A call is recorded when it starts (state 'in_flight', ok=0) and
+    # completed when it returns ('ok' or 'error'); a row whose process died meanwhile is marked
+    # 'interrupted' by reap_llm_calls(). Every row counts toward the caps (a provider may bill
+    # a request whose answer never arrived).
+    def llm_call_start(self, *, model: str, purpose: str = "", thread: str | None = None,
+                       idea_id: str | None = None, attempt: int = 1, request: Any = None) -> int:
+        """Record an attempt as it starts; returns the row's seq for :meth:`llm_call_end`."""
+        return self._write(
+            """INSERT INTO llm_calls (ts, model, purpose, thread, idea_id, ok, prompt_tokens, completion_tokens,
+               cost, latency_s, attempt, error, request, response, state, owner)
+               VALUES (?,?,?,?,?,0,0,0,0.0,NULL,?,NULL,?,NULL,'in_flight',?)""",
+            (now(), model, purpose, thread, idea_id, attempt, json.dumps(request, default=str),
+             json.dumps(_this_process())),
+        )
+
+    def llm_call_end(self, seq: int, *, ok: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
+                     cost: float = 0.0, latency_s: float = 0.0, error: str | None = None, response: Any = None) -> None:
+        """Complete the row :meth:`llm_call_start` made."""
+        self._write(
+            """UPDATE llm_calls SET ok=?, prompt_tokens=?, completion_tokens=?, cost=?, latency_s=?, error=?,
+               response=?, state=? WHERE seq=?""",
+            (int(ok), prompt_tokens, completion_tokens, cost, latency_s, error,
+             json.dumps(response, default=str), "ok" if ok else "error", seq),
+        )
+
     def log_llm_call(self, *, model: str, ok: bool, purpose: str = "", thread: str | None = None,
                      idea_id: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
                      cost: float = 0.0, latency_s: float = 0.0, attempt: int = 1, error: str | None = None,
                      request: Any = None, response: Any = None) -> None:
+        """Record a finished attempt in one row (start and end at once)."""
         self._write(
             """INSERT INTO llm_calls (ts, model, purpose, thread, idea_id, ok, prompt_tokens, completion_tokens,
-               cost, latency_s, attempt, error, request, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               cost, latency_s, attempt, error, request, response, state, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (now(), model, purpose, thread, idea_id, int(ok), prompt_tokens, completion_tokens, cost, latency_s,
-             attempt, error, json.dumps(request, default=str), json.dumps(response, default=str)),
+             attempt, error, json.dumps(request, default=str), json.dumps(response, default=str),
+             "ok" if ok else "error", json.dumps(_this_process())),
         )
 
+    def reap_llm_calls(self) -> int:
+        """Mark in-flight LLM calls whose process has ended as 'interrupted'; returns how many."""
+        rows = self._conn().execute("SELECT seq, owner FROM llm_calls WHERE state='in_flight'").fetchall()
+        n = 0
+        for seq, owner in rows:
+            try:
+                who = json.loads(owner or "null")
+            except json.JSONDecodeError:
+                who = None
+            if _process_alive(who):
+                continue
+            pid = who.get("pid") if isinstance(who, dict) else "?"
+            self._write("UPDATE llm_calls SET state='interrupted', error=? WHERE seq=? AND state='in_flight'",
+                        (f"interrupted: the process (pid {pid}) ended before the answer arrived", seq))
+            n += 1
+        return n
+
     def llm_totals(self) -> dict[str, float]:
+        """Totals over every recorded attempt (in flight and interrupted ones included: the caps count them)."""
         row = self._conn().execute(
-            "SELECT COUNT(*), COALESCE(SUM(cost),0), COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0) FROM llm_calls"
+            "SELECT COUNT(*), COALESCE(SUM(cost),0), COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0), "
+            "COALESCE(SUM(state='in_flight'),0), COALESCE(SUM(ok=0 AND COALESCE(state,'error')!='in_flight'),0) FROM llm_calls"
         ).fetchone()
-        return {"calls": row[0], "cost": row[1], "prompt_tokens": row[2], "completion_tokens": row[3]}
+        return {"calls": row[0], "cost": row[1], "prompt_tokens": row[2], "completion_tokens": row[3],
+                "in_flight": row[4], "failed": row[5]}
+
+    def llm_usage(self) -> list[dict[str, Any]]:
+        """LLM usage per model: calls, ok, failed, interrupted, in flight, tokens, cost, latency p50/p95
+        (seconds, over answered calls)."""
+        rows = self._conn().execute(
+            "SELECT model, ok, COALESCE(state, CASE WHEN ok THEN 'ok' ELSE 'error' END), prompt_tokens, "
+            "completion_tokens, cost, latency_s FROM llm_calls ORDER BY seq").fetchall()
+        by: dict[str, dict[str, Any]] = {}
+        lat: dict[str, list[float]] = {}
+        for model, ok, state, pt, ct, cost, latency in rows:
+            u = by.setdefault(model, {"model": model, "calls": 0, "ok": 0, "failed": 0, "interrupted": 0,
+                                      "in_flight": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
+            u["calls"] += 1
+            key = {"ok": "ok", "interrupted": "interrupted", "in_flight": "in_flight"}.get(state, "failed")
+            u[key] += 1
+            u["prompt_tokens"] += int(pt or 0)
+            u["completion_tokens"] += int(ct or 0)
+            u["cost"] += float(cost or 0.0)
+            if ok and latency is not None:
+                lat.setdefault(model, []).append(float(latency))
+        for model, u in by.items():
+            xs = sorted(lat.get(model, []))
+            u["latency_p50_s"] = _quantile(xs, 0.50)
+            u["latency_p95_s"] = _quantile(xs, 0.95)
+        return list(by.values())
 
     # ------------------------------------------------------------------ integrity
     def integrity_check(self) -> str:

@@ -69,9 +69,63 @@ class LoopSummary:
     stopped: str
     llm_calls: int = 0
     llm_cost: float = 0.0
+    reason: str = "goal"          # why the loop ended: one of STOP_REASONS (the CLI's exit code follows it)
+    ideas_failed: int = 0         # proposals or implementations that failed (malformed, edits that did not apply...)
+    ideas_rejected: int = 0       # near-duplicates refused
+    ideas_abandoned: int = 0      # PROPOSED ideas given up with their reason (not counted toward the goal)
+    ideas_pending: int = 0        # PROPOSED ideas still without a candidate (implemented on resume)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Why a loop ended (LoopSummary.reason); the CLI maps each to its exit code (autolab.cli.EXIT_CODES).
+STOP_REASONS = ("goal", "exhausted", "cap", "time_limit", "interrupted", "error")
+
+
+def _stop_reason(e: BaseException) -> str:
+    return "cap" if isinstance(e, BudgetExceeded) else "error"
+
+
+def goal_ideas(lab: Lab) -> list[Idea]:
+    """The ideas that count toward ``iterations``: every proposal but merges and abandoned ones."""
+    return [i for i in lab.log.ideas_list() if i.source != "merge" and not i.meta.get("abandoned")]
+
+
+def unimplemented_ideas(lab: Lab) -> list[Idea]:
+    """PROPOSED ideas that never got a candidate (a kill or a cap stopped their implementation)."""
+    return [i for i in lab.log.ideas_list() if i.state is State.PROPOSED and i.source != "merge"]
+
+
+def _llm_room(proposer, implementer, need_units: int) -> str:
+    """'' when the LLM caps leave room for ``need_units`` more ideas (a proposal and its
+    implementation each), else the cap's message. Proposers without an LLM always have room."""
+    llm = getattr(proposer, "llm", None) or getattr(implementer, "llm", None)
+    if llm is None or not hasattr(llm, "check_budget"):
+        return ""
+    per_idea = (1 if getattr(proposer, "llm", None) is not None else 0) + (1 if getattr(implementer, "llm", None) is not None else 0)
+    try:
+        llm.check_budget(need=max(1, per_idea) * need_units)
+    except BudgetExceeded as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+class _Baseline:
+    """The seed's selection-free runs, started without waiting: proposals are prepared while they run."""
+
+    def __init__(self, lab: Lab, executor: Executor, on_event, bar, notify: Callable[[], None]):
+        seed = lab.seed_candidate()
+        seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
+        self.futs = [submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)[1] for s in seeds]
+        for f in self.futs:
+            f.add_done_callback(lambda _f: (bar.update(1) if bar is not None else None, notify()))
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futs)
+
+    def error(self) -> BaseException | None:
+        return next((f.exception() for f in self.futs if f.done() and f.exception() is not None), None)
 
 
 class _LabLock:
@@ -119,6 +173,12 @@ class _Scheduler:
         self.proposing = 0
         self.thread_rr = 0
         self.exhausted_at: int | None = None   # promotions seen when the proposer last had nothing to try
+        self.reason = ""                       # one of STOP_REASONS once a stop is decided
+        self.baseline: _Baseline | None = None
+        self.early = 0                         # proposals started while the baseline runs
+        self.deadline: float | None = None     # time.monotonic() after which no new work starts
+        # PROPOSED ideas left without a candidate by an earlier process: implemented first
+        self.orphans: list[Idea] = unimplemented_ideas(lab)
 
     # -- what to do next (called with the lock held)
     def _confirm_targets(self) -> list[Candidate]:
@@ -134,10 +194,47 @@ class _Scheduler:
             out.append(c)
         return out
 
+    def _baseline_ready(self) -> bool:
+        if self.baseline is None or self.baseline.done():
+            if self.baseline is not None and self.baseline.error() is not None and self.error is None:
+                self.error = self.baseline.error()
+            return True
+        return False
+
+    def _next_orphan(self):
+        """Resume step: implement a PROPOSED idea an earlier process left without a candidate."""
+        while self.orphans:
+            idea = self.orphans.pop(0)
+            room = _llm_room(None, self.implementer, 1) if self.implementer is not None else ""
+            if room:
+                self.orphans.insert(0, idea)
+                self._set_stop(room, "cap")
+                return None
+            return ("implement", idea)
+        return None
+
+    def _set_stop(self, msg: str, reason: str) -> None:
+        if not self.stopped:
+            self.stopped, self.reason = msg, reason
+
     def next_unit(self):
         lab = self.lab
         if (lab.path / "STOP").exists() and not self.stopped:
-            self.stopped = "stop requested"
+            self._set_stop("stop requested", "interrupted")
+        if self.deadline is not None and time.monotonic() > self.deadline and not self.stopped:
+            self._set_stop("time limit reached", "time_limit")
+        if not self._baseline_ready():
+            # while the seed's runs go on, only prepare ideas (one per research thread)
+            if self.stopped:
+                return None
+            unit = self._next_orphan()
+            if unit is not None or self.stopped:
+                return unit
+            if self.early < len(self.threads) and len(goal_ideas(lab)) + self.proposing < self.iterations \
+                    and not _llm_room(self.proposer, self.implementer, self.proposing + 1):
+                self.early += 1
+                return ("propose",)
+            return None
         confirming = self._confirm_targets()
         for c in confirming[: self.max_confirming]:
             need = lab.task.seeds.confirmation
@@ -148,6 +245,9 @@ class _Scheduler:
                 return ("audit", c, "confirm", None)
         if self.stopped:
             return None
+        unit = self._next_orphan()
+        if unit is not None or self.stopped:
+            return unit
         # unscreened candidates (resume, or hand-made)
         for c in lab.log.candidates_list():
             if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
@@ -158,9 +258,15 @@ class _Scheduler:
                     return ("run", c, Purpose.SCREEN, free[0])
                 if not seeds and not any(k[0] == c.id for k in self.claimed):
                     return ("audit", c, "screen", None)
-        n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
+        n_ideas = len(goal_ideas(lab))
         if n_ideas + self.proposing < self.iterations and \
                 (self.exhausted_at is None or self.exhausted_at != self._promotions()):
+            # caps stop a proposal before it is made: room for it and for those under way
+            room = _llm_room(self.proposer, self.implementer, self.proposing + 1)
+            if room:
+                if self.proposing == 0:
+                    self._set_stop(room, "cap")
+                return None
             return ("propose",)   # (after "nothing left to try", only once a promotion gave a new parent)
         return None
 
@@ -184,6 +290,33 @@ class _Scheduler:
                 self._maybe_merge()
         elif kind == "propose":
             self._propose_and_implement()
+        elif kind == "implement":
+            self._implement_orphan(unit[1])
+
+    def _implement_orphan(self, idea: Idea) -> None:
+        """Implement a PROPOSED idea from an earlier process, or record it abandoned with the reason."""
+        lab = self.lab
+        made = [c for c in lab.log.candidates_list() if c.idea_id == idea.id]
+        if made:   # killed between the candidate and the idea's READY: finish the bookkeeping
+            lab.log.append(idea.with_state(State.READY, meta={**idea.meta, "candidate_id": made[0].id}))
+            return
+        if self.implementer is None and not idea.edit:
+            lab.log.append(idea.with_state(State.FAILED, meta={
+                **idea.meta, "abandoned": "free-form idea and no implementer in this loop; run the loop with "
+                "--proposer llm:<model> to implement such ideas", "error": "abandoned: no implementer"}))
+            self._note(f"idea {idea.id} abandoned: free-form and no implementer")
+            return
+        self._note(f"resuming idea {idea.id} ({idea.title!r}): implementing it")
+        try:
+            cand = implement(lab, idea, self.implementer)
+        except CandidateError as e:
+            self._note(f"idea {idea.id} not implemented: {e}")
+            return
+        except AutolabError as e:
+            self._stop(e)
+            return
+        if cand is not None:
+            self._note(f"{idea.title} -> {cand.id}")
 
     def _propose_and_implement(self) -> None:
         lab = self.lab
@@ -217,8 +350,7 @@ class _Scheduler:
         msg = f"{type(e).__name__}: {e}"
         self._note(f"stopping: {msg}")
         with self.cv:
-            if not self.stopped:
-                self.stopped = msg
+            self._set_stop(msg, _stop_reason(e))
 
     def _maybe_merge(self) -> None:
         """After a promotion: combine the bests of two threads (3-way merge against their common
@@ -258,7 +390,7 @@ class _Scheduler:
                 unit = None
                 while self.error is None:
                     unit = self.next_unit()
-                    if unit is not None or (self.in_flight == 0 and self.proposing == 0):
+                    if unit is not None or (self.in_flight == 0 and self.proposing == 0 and self._baseline_ready()):
                         break
                     self.cv.wait(timeout=1.0)
                 if unit is None or self.error is not None:
@@ -269,7 +401,7 @@ class _Scheduler:
                     self.claimed.add((unit[1].id, unit[2], unit[3]))
                 elif unit[0] == "audit":
                     self.busy_candidates.add(unit[1].id)
-                elif unit[0] == "propose":
+                elif unit[0] in ("propose", "implement"):
                     self.proposing += 1
             try:
                 self.run_unit(unit)
@@ -283,7 +415,7 @@ class _Scheduler:
                         self.claimed.discard((unit[1].id, unit[2], unit[3]))
                     elif unit[0] == "audit":
                         self.busy_candidates.discard(unit[1].id)
-                    elif unit[0] == "propose":
+                    elif unit[0] in ("propose", "implement"):
                         self.proposing -= 1
                     self.cv.notify_all()
 
@@ -304,13 +436,19 @@ def ensure_baseline(lab: Lab, executor: Executor, on_event=None, bar=None) -> li
 def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Proposer | None = "playbook",
          implementer: Implementer | None = None, executor: Executor | str | None = None,
          on_event: Callable[[dict], None] | None = None, progress: bool = True, confirm_margin_sd: float = 1.0,
-         max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None) -> LoopSummary:
+         max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None,
+         time_limit_s: float | None = None) -> LoopSummary:
     """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
     every promising one is confirmed and audited, or a stop is requested. Resumable.
 
     ``threads`` lines of research run at once, each with a direction and its own best; with
     two or more, the bests of two threads are merged after each promotion (``merge_llm``
-    resolves conflicts; without one a conflicting merge is skipped and recorded)."""
+    resolves conflicts; without one a conflicting merge is skipped and recorded).
+
+    The first proposals are prepared while the seed's baseline runs; PROPOSED ideas an
+    earlier process left without a candidate are implemented first. ``time_limit_s`` stops
+    new work after that many seconds (runs under way finish). ``LoopSummary.reason`` says
+    why it ended (STOP_REASONS): only "goal" means ``iterations`` ideas were tried."""
     t0 = time.monotonic()
     ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
@@ -318,14 +456,15 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     with _LabLock(lab):
         (lab.path / "STOP").unlink(missing_ok=True)
         reaped = reap_interrupted(lab)
+        llm_reaped = lab.log.reap_llm_calls()
         lab.log.event("loop_start", iterations=iterations, threads=threads, proposer=getattr(prop, "name", str(proposer)),
-                      resumed_runs=[r.id for r in reaped])
+                      resumed_runs=[r.id for r in reaped], interrupted_llm_calls=llm_reaped,
+                      unimplemented_ideas=[i.id for i in unimplemented_ideas(lab)])
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(desc=f"autolab {lab.task.name}/{lab.preset_name}", unit="run")
         try:
-            ensure_baseline(lab, ex, on_event, bar)
             insights = []
             try:
                 from .knowledge import KnowledgeStore
@@ -335,6 +474,14 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 insights = []
             sched = _Scheduler(lab, iterations, thread_names(threads), prop, implementer, ex, on_event,
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
+            if time_limit_s is not None:
+                sched.deadline = t0 + time_limit_s
+
+            def wake() -> None:
+                with sched.cv:
+                    sched.cv.notify_all()
+
+            sched.baseline = _Baseline(lab, ex, on_event, bar, wake)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
             preset = lab.preset
@@ -360,20 +507,24 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             idle = None
             if busy0 is not None and wall_loop > 0:
                 idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_slots * wall_loop))
-            n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
+            for f in sched.baseline.futs:
+                f.result()
+            n_ideas = len(goal_ideas(lab))
             stopped = sched.stopped or ("done" if n_ideas >= iterations else "the proposer has nothing left to try")
+            reason = sched.reason or ("goal" if n_ideas >= iterations else "exhausted")
         finally:
             if bar is not None:
                 bar.close()
             if ex is not executor:
                 ex.shutdown()
-        summary = summarize(lab, time.monotonic() - t0, idle, stopped)
+        summary = summarize(lab, time.monotonic() - t0, idle, stopped, reason)
         lab.log.event("loop_end", **summary.to_dict())
         return summary
 
 
-def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str) -> LoopSummary:
+def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason: str = "goal") -> LoopSummary:
     runs = lab.log.runs_list()
+    ideas = [i for i in lab.log.ideas_list() if i.source != "merge"]
     ledger = Ledger(lab)
     seed = ledger.seed()
     best = ledger.best()
@@ -385,7 +536,11 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str) -> Loop
         promoted=sum(c.state is State.PROMOTED for c in lab.log.candidates_list()),
         baseline=ledger.mean(seed), best=ledger.mean(best), best_id=best.id, wall_s=round(wall_s, 1),
         slot_idle_fraction=None if idle is None else round(idle, 4), stopped=stopped,
-        llm_calls=int(totals["calls"]), llm_cost=float(totals["cost"]),
+        llm_calls=int(totals["calls"]), llm_cost=float(totals["cost"]), reason=reason,
+        ideas_failed=sum(i.state is State.FAILED and not i.meta.get("abandoned") for i in ideas),
+        ideas_rejected=sum(i.state is State.REJECTED for i in ideas),
+        ideas_abandoned=sum(bool(i.meta.get("abandoned")) for i in ideas),
+        ideas_pending=sum(i.state is State.PROPOSED for i in ideas),
     )
 
 

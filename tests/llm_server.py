@@ -16,6 +16,7 @@ lower-cased (HTTP header names are case-insensitive, and clients differ: openai 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -247,3 +248,152 @@ def make_lab(tmp_path, **task_kw):
     task = make_tiny_task(tmp_path, **task_kw)
     lab = Lab(tmp_path / "lab", task=str(task))
     return lab, lab.seed_candidate()
+
+
+# ---------------------------------------------------------------------------- a research server for loop tests
+
+_TITLES = ("Shrink the tuned parameter", "Try a tiny step for the knob", "Zero out the setting entirely",
+           "Go negative for contrast", "Flip the sign of the value", "Moderate cut of the value")
+
+
+class ResearchServer:
+    """A loopback model server that answers the loop's prompts from their content, in the
+    OpenAI (``POST /v1/chat/completions``) and Ollama (``POST /api/chat``, ``POST /api/generate``)
+    wire formats.
+
+    A proposal prompt gets ``{"title": ..., "plan": "Set X to <v> ..."}`` with ``v`` from
+    ``values`` in turn and titles far apart (``repeat=True``: always the first value and the
+    same title ``Set X to <v>``); an
+    implement prompt gets the SEARCH/REPLACE edit setting ``X`` to the idea's value. The first
+    ``fail_first`` requests answer 429. While ``hold_implement`` is set, implement requests
+    wait (until :meth:`release` or :meth:`stop`) before answering. Every request is kept in
+    ``requests`` as ``{"path", "model", "kind"}`` (kind: propose, implement, other).
+    """
+
+    def __init__(self, values=(0.5, 0.2, 0.0, -0.5, -1.0, 0.3), *, repeat: bool = False, fail_first: int = 0,
+                 hold_implement: bool = False):
+        self.values, self.repeat, self.fail_first = list(values), repeat, fail_first
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._proposals = 0
+        self._open = threading.Event()
+        if not hold_implement:
+            self._open.set()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    def release(self) -> None:
+        """Let held implement requests (and later ones) answer."""
+        self._open.set()
+
+    def count(self, kind: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if kind is None or r["kind"] == kind)
+
+    @property
+    def base(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return self.base + "/v1"
+
+    def answer(self, text: str) -> tuple[str, str]:
+        """(kind, answer text) for a prompt."""
+        if "<<<<<<< SEARCH" in text or "SEARCH/REPLACE" in text:
+            want = re.findall(r"Set X to (-?[0-9.]+)", text)[-1]
+            old = re.search(r"^X = .*$", text, re.M).group(0)
+            return "implement", (f"solution.py\n<<<<<<< SEARCH\n{old}\n=======\n"
+                                 f"X = {want}          # the parameter being tuned\n>>>>>>> REPLACE\n")
+        if '"title"' in text:
+            with self._lock:
+                k = self._proposals
+                self._proposals += 1
+            v = self.values[0] if self.repeat else self.values[k % len(self.values)]
+            title = f"Set X to {v}" if self.repeat else f"{_TITLES[k % len(_TITLES)]} (X = {v})"
+            return "propose", json.dumps({"title": title, "hypothesis": f"the optimum is near {v}",
+                                          "plan": f"Set X to {v} in solution.py"})
+        return "other", "ok"
+
+    def start(self) -> "ResearchServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, status: int, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:   # the client went away (killed) while we waited
+                    pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                path = self.path.split("?")[0].rstrip("/")
+                if "messages" in body:
+                    text = "\n".join(m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
+                                     for m in body["messages"])
+                else:
+                    text = str(body.get("prompt", ""))
+                kind, answer = server.answer(text)
+                with server._lock:
+                    server.requests.append({"path": path, "model": body.get("model"), "kind": kind})
+                    fail = server.fail_first > 0
+                    server.fail_first -= int(fail)
+                if fail:
+                    return self._json(429, {"error": {"message": "slow down", "type": "rate_limit", "code": 429}})
+                if kind == "implement":
+                    server._open.wait()
+                pt, ct = max(1, len(text) // 4), max(1, len(answer) // 4)
+                if path in ("/v1/chat/completions", "/chat/completions"):
+                    return self._json(200, {
+                        "id": "chatcmpl-research", "object": "chat.completion", "created": int(time.time()),
+                        "model": body.get("model"), "choices": [{"index": 0, "finish_reason": "stop",
+                                                                 "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}})
+                ollama = {"model": body.get("model"), "created_at": "2026-01-01T00:00:00Z", "done": True,
+                          "done_reason": "stop", "prompt_eval_count": pt, "eval_count": ct}
+                if path == "/api/chat":
+                    return self._json(200, {**ollama, "message": {"role": "assistant", "content": answer}})
+                if path == "/api/generate":
+                    return self._json(200, {**ollama, "response": answer})
+                return self._json(404, {"error": f"no route {path}"})
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, name="research-llm-server", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._open.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "ResearchServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (connections are refused at once)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/v1"

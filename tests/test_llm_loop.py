@@ -75,7 +75,7 @@ def test_llm_loop_two_threads_over_http(tmp_path, toy_task, llm_server, monkeypa
     code = main(["loop", str(toy_task), "--lab", str(lab_dir), "--iterations", "4", "--threads", "2",
                  "--proposer", "llm:openai/scripted-model", "--api-base", llm_server, "--json"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and out["stopped"] == "done", out
+    assert code == 0 and out["stopped"] == "done" and out["reason"] == "goal" and out["exit_code"] == 0, out
     lab = autolab.Lab(lab_dir)
     calls = lab.log.llm_calls()
     assert len(calls) >= 8 and calls["prompt_tokens"].sum() > 0 and (calls["ok"] == 0).sum() >= 1  # the 429 was retried
@@ -96,5 +96,6 @@ def test_llm_cap_stops_cleanly(tmp_path, toy_task, llm_server, monkeypatch, caps
     code = main(["loop", str(toy_task), "--lab", str(tmp_path / "lab"), "--iterations", "6",
                  "--proposer", "llm:openai/scripted-model", "--api-base", llm_server, "--max-llm-calls", "3", "--json"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and "BudgetExceeded" in out["stopped"] and "--max-llm-calls" in out["stopped"]
+    assert code == 3 and out["exit_code"] == 3 and out["reason"] == "cap"
+    assert "BudgetExceeded" in out["stopped"] and "--max-llm-calls" in out["stopped"]
     assert out["llm_calls"] <= 3
