@@ -346,7 +346,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     two or more, the bests of two threads are merged after each promotion (``merge_llm``
     resolves conflicts; without one a conflicting merge is skipped and recorded)."""
     t0 = time.monotonic()
-    ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
+    ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
     bar = None
     with _LabLock(lab):
@@ -371,18 +371,11 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
-            preset = lab.preset
-            if hasattr(ex, "slots_for"):   # slots for this preset's kind of run (GPU or CPU threads)
-                try:
-                    n_slots = ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1)))
-                except TypeError:
-                    n_slots = ex.slots_for(preset.gpus)
-            else:
-                n_slots = getattr(ex, "slots", 1)
-            n_slots = max(1, n_slots)
+            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
+            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
             n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
-            busy0 = getattr(ex, "busy_s", None)
+            busy0 = ex.busy_s
             w0 = time.monotonic()
             for w in workers:
                 w.start()
@@ -392,7 +385,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             if sched.error is not None:
                 raise sched.error
             idle = None
-            if busy0 is not None and wall_loop > 0:
+            if wall_loop > 0:
                 idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_slots * wall_loop))
             n_ideas = len([i for i in lab.log.ideas_list() if i.source != "merge"])
             stopped = sched.stopped or ("done" if n_ideas >= iterations else "the proposer has nothing left to try")
@@ -430,7 +423,7 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
 
     n = n or lab.task.seeds.final
     seed = lab.seed_candidate()
-    ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
+    ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     bar = None
     if progress:
         from tqdm.auto import tqdm

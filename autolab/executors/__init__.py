@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import AutolabError
-from .base import Executor, Job, JobResult
+from .base import Executor, Job, JobLimits, JobResult
 
 _REGISTRY: dict[str, Callable[..., Executor]] = {}
 
@@ -41,4 +41,4 @@ def _register_builtins() -> None:
 
 _register_builtins()
 
-__all__ = ["Executor", "Job", "JobResult", "get_executor", "register_executor"]
+__all__ = ["Executor", "Job", "JobLimits", "JobResult", "get_executor", "register_executor"]
