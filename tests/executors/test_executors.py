@@ -105,7 +105,8 @@ def test_the_command_is_the_same_on_a_worker_up_to_paths(tmp_path):
 PROBE = """
 import json, os, pathlib
 argv = open(f"/proc/{os.getppid()}/cmdline").read().split("\\0")[:-1]
-pathlib.Path(result_path).write_text(json.dumps({"status": "ok", "argv": argv, "cwd": os.getcwd()}))
+pathlib.Path(result_path).write_text(json.dumps({"status": "ok", "argv": argv, "cwd": os.getcwd(),
+                                                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
 """
 
 
@@ -134,6 +135,30 @@ def test_the_local_executor_runs_exactly_the_built_command(tmp_path):
     out = json.loads(Path(job.params["result_path"]).read_text())
     assert out["argv"][1:] == command(job)[1:] and out["cwd"] == job.cwd
     assert json.loads((Path(job.run_dir) / OUTCOME).read_text())["status"] == "ok"
+
+
+def test_the_local_executor_pins_the_gpus_a_job_asks_for(tmp_path, monkeypatch):
+    """GPU limits travel in the Job: two one-GPU jobs on two (declared) GPU slots each see their
+    own device; a GPU job where there is none is refused with a message."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    make_argv_probe(tmp_path / "task")
+    jobs = [_job(tmp_path / "runs" / n, notebook=str(tmp_path / "task" / "benchmark.ipynb"), cwd=str(tmp_path / "task"),
+                 limits=JobLimits(timeout_s=120, gpus=1)) for n in ("a", "b")]
+    ex = LocalExecutor(gpu_slots=2)
+    try:
+        assert ex.slots == 2 and ex.slots_for(1) == 2 and ex.slots_for(2) == 1
+        results = [f.result(timeout=240) for f in [ex.submit(j) for j in jobs]]
+    finally:
+        ex.shutdown()
+    seen = []
+    for j, r in zip(jobs, results):
+        assert r.returncode == 0, r.output_tail[-2000:]
+        seen.append(json.loads(Path(j.params["result_path"]).read_text())["cuda"])
+        assert r.slot == f"gpu:{seen[-1]}"
+    assert sorted(seen) == ["0", "1"]
+    none = LocalExecutor(gpu_slots=0)
+    r = none.submit(jobs[0]).result(timeout=30)
+    assert r.returncode is None and r.killed_reason == "no GPU on this machine" and "cpu preset" in r.output_tail
 
 
 def _imports(path: Path) -> set[str]:
