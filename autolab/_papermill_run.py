@@ -21,6 +21,19 @@ time (each run pays them, so they are autolab's per-run overhead):
 
 The executed notebook is the same as papermill's CLI would write (parameters cell injected,
 outputs, the error cell on failure, exit status 1 on failure).
+
+With ``--outcome PATH`` it also writes a small JSON file saying how the execution ended, so that
+nobody has to parse the notebook to find out::
+
+    {"status": "ok" | "failed", "returncode": 0 | 1,
+     "error": null | {"cell", "executed_cell", "execution_count", "ename", "evalue", "traceback"}}
+
+``cell`` is the failing cell's index in the notebook that was given (papermill's injected
+parameters cell not counted), ``executed_cell`` papermill's own index of it among the executed
+cells (before the two markdown cells papermill adds on failure), ``execution_count`` the
+``In [N]`` shown, ``traceback`` the last 8000 characters without terminal colours. A failure
+outside any cell (kernel died, notebook unreadable) has ``cell`` null. No outcome file means
+the process never got that far (killed, timed out).
 """
 
 from __future__ import annotations
@@ -28,9 +41,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import traceback as _traceback
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+TRACEBACK_CHARS = 8000
 
 
 def _ipc_kernel_manager(folder: str):
@@ -54,12 +72,44 @@ def _ipc_kernel_manager(folder: str):
     return IpcKernelManager
 
 
+def _plain(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def _task_cell(notebook: str, params: dict, kernel: str, executed_index: int) -> int | None:
+    """The index in the given notebook of papermill's executed cell ``executed_index``: the
+    notebook prepared the way ``execute_notebook`` prepares it (papermill's own functions),
+    its injected parameters cell not counted."""
+    try:
+        from papermill.execute import remove_error_markers
+        from papermill.iorw import load_notebook_node
+        from papermill.parameterize import parameterize_notebook
+
+        nb = load_notebook_node(notebook)
+        if params:
+            nb = parameterize_notebook(nb, params, kernel_name=kernel)
+        nb = remove_error_markers(nb)
+    except Exception:  # noqa: BLE001 - papermill moved a function: the error's other fields stand
+        return None
+    return sum(1 for c in nb.cells[:executed_index] if "injected-parameters" not in c.get("metadata", {}).get("tags", []))
+
+
+def write_outcome(path: str, returncode: int, error: dict | None) -> None:
+    """Write the outcome JSON atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump({"status": "ok" if returncode == 0 else "failed", "returncode": returncode, "error": error}, fh,
+                  default=str)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m autolab._papermill_run", description=__doc__.split("\n")[0])
     ap.add_argument("notebook")
     ap.add_argument("output")
     ap.add_argument("--params", default="{}", help="a JSON object of notebook parameters")
     ap.add_argument("--kernel", default="python3")
+    ap.add_argument("--outcome", default=None, help="write how the execution ended to this JSON file")
     a = ap.parse_args(argv)
     try:
         params = json.loads(a.params)
@@ -81,16 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         from autolab.sandbox import PRIVATE_PATHS_ENV, private_paths
 
         os.environ[PRIVATE_PATHS_ENV] = private_paths(folder)
+    returncode, error = 0, None
     try:
         pm.execute_notebook(a.notebook, a.output, parameters=params, kernel_name=a.kernel, progress_bar=False,
                             shutdown_kernel="immediate", extra_arguments=["--HistoryManager.enabled=False"], **extra)
     except PapermillExecutionError as e:
         print(f"papermill: the notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
-        return 1
+        returncode = 1
+        error = {"cell": _task_cell(a.notebook, params, a.kernel, e.cell_index), "executed_cell": e.cell_index,
+                 "execution_count": e.exec_count, "ename": e.ename, "evalue": _plain(str(e.evalue)),
+                 "traceback": _plain("\n".join(e.traceback or []))[-TRACEBACK_CHARS:]}
+    except Exception as e:  # noqa: BLE001 - recorded in the outcome, then reported like an uncaught error
+        _traceback.print_exc()
+        returncode = 1
+        error = {"cell": None, "executed_cell": None, "execution_count": None, "ename": type(e).__name__,
+                 "evalue": _plain(str(e)), "traceback": _plain(_traceback.format_exc())[-TRACEBACK_CHARS:]}
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
-    return 0
+    if a.outcome:
+        write_outcome(a.outcome, returncode, error)
+    return returncode
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Run a candidate: one papermill execution of the task's benchmark notebook per seed.
 
 Each run is appended to the log as RUNNING before it starts and as COMPLETE, FAILED or
-KILLED when it ends, with metrics, timings, the executed notebook's path and, on
-failure, the failing cell, error name and traceback. Nothing here raises for a failed
-run: a failure is a state.
+KILLED when it ends, with metrics, timings, the executed notebook's path, the preset and
+limits it ran under and, on failure, the failing cell, error name and traceback (from the
+outcome file the papermill wrapper writes). Nothing here raises for a failed run: a
+failure is a state. How a job becomes a process is the executors' business.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ import math
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .executors import Executor, Job, JobResult, get_executor
+from .executors import Executor, Job, JobLimits, JobResult, get_executor
+from .executors.notebook import executed_path, outcome_path
 from .lab import Lab
 from .records import Candidate, Run, State, new_id, now
 from .sandbox import PRIVATE_PATHS_ENV, private_paths
+from .task import Preset
 
 # The seed policy (SEED_BASE, missing_seeds, fresh_seeds), run ownership and reaping live in
 # the ledger, the one module that answers questions about the log; imported here for this
@@ -37,38 +39,61 @@ EventFn = Callable[[dict], None]
 
 
 # ---------------------------------------------------------------------------- one run
+#
+# A run is: the RUNNING record and its Job (new_run, build_job), handed to an executor
+# (submit_run), whose JobResult, the notebook's result JSON and the wrapper's outcome file
+# become the final record (finish_run); run() submits several and blocks.
 
-def papermill_argv(notebook: Path, out_nb: Path, params: dict) -> list[str]:
-    """The command of one run: papermill in its own process (through autolab._papermill_run,
-    which only trims start-up and tear-down; the executed notebook is papermill's)."""
-    return [sys.executable, "-m", "autolab._papermill_run", str(notebook), str(out_nb), "--kernel", "python3",
-            "--params", json.dumps(params, default=str)]
-
-
-_PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
+RESULT_FILE = "result.json"        # the notebook's result JSON, under the run folder
+TIMEOUT_GRACE_S = 60.0             # papermill's start-up and tear-down on top of the preset's timeout_s
 
 
-def _notebook_error(nb_path: Path) -> dict | None:
-    """The first error output in an executed notebook. ``cell`` is the index in the task's
-    notebook (papermill's injected cells not counted); ``executed_cell`` the index in the
-    executed copy; ``execution_count`` the ``In [N]`` shown."""
-    try:
-        import nbformat
+def job_limits(preset: Preset) -> JobLimits:
+    """The limits of one run of ``preset``: the whole execution's wall clock (the preset's
+    ``timeout_s`` plus papermill's start-up and tear-down), its GPUs and CPU threads."""
+    return JobLimits(timeout_s=preset.timeout_s + TIMEOUT_GRACE_S, gpus=preset.gpus,
+                     threads=int(preset.settings.get("threads", 1)))
 
-        nb = nbformat.read(nb_path, as_version=4)
-    except Exception:
-        return None
-    src_index = -1
-    for i, cell in enumerate(nb.cells):
-        if not _PAPERMILL_TAGS & set(cell.get("metadata", {}).get("tags", [])):
-            src_index += 1
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and out.get("ename") != "PapermillExecutionError":
-                tb = _ANSI.sub("", "\n".join(out.get("traceback", [])))
-                return {"cell": src_index, "executed_cell": i, "execution_count": cell.get("execution_count"),
-                        "ename": out.get("ename"), "evalue": _ANSI.sub("", str(out.get("evalue"))),
-                        "traceback": tb[-8000:]}
-    return None
+
+def preset_record(preset: Preset) -> dict:
+    """The preset as resolved for a run, recorded in ``Run.meta["preset"]`` (the audit reads
+    it there: a task.toml edited later does not change what a past run ran under)."""
+    return {"name": preset.name, "device": preset.device, "budget_s": preset.budget_s, "timeout_s": preset.timeout_s,
+            "gpus": preset.gpus, "settings": dict(preset.settings)}
+
+
+def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: Preset, limits: JobLimits,
+            executor_name: str) -> Run:
+    """The RUNNING record of one run (not yet logged), with its run folder created."""
+    prior = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.seed == seed
+             and r.purpose == purpose and r.preset == preset.name]
+    run_id = new_id("r")
+    run_dir = lab.path / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / RESULT_FILE
+    params = {"candidate_dir": str(lab.candidate_dir(candidate)), "seed": seed, "preset": preset.name,
+              "result_path": str(result_path)}
+    return Run(id=run_id, task=lab.task.name, candidate_id=candidate.id, preset=preset.name, seed=seed,
+               purpose=purpose, notebook=str(executed_path(run_dir)), result_path=str(result_path),
+               attempt=len(prior) + 1, executor=executor_name,
+               meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict()})
+
+
+def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Job:
+    """The Job of a RUNNING record: the task's notebook with the run's parameters, in the task
+    folder, the candidate's files, and an environment that names the paths a sandboxed child
+    may not read (the log, which holds LLM prompts and answers)."""
+    cand_dir = Path(run.meta["params"]["candidate_dir"])
+    return Job(run_id=run.id, notebook=str(lab.task.notebook), cwd=str(lab.task.path), run_dir=str(_run_dir(run)),
+               limits=limits, params=dict(run.meta["params"]),
+               env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run.id,
+                    PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm")))},
+               files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
+               collect=(Path(run.result_path).name,))
+
+
+def _run_dir(run: Run) -> Path:
+    return Path(run.notebook or run.result_path or ".").parent
 
 
 def _finite_numbers(d: dict | None) -> dict[str, float]:
@@ -81,54 +106,75 @@ def _finite_numbers(d: dict | None) -> dict[str, float]:
     return out
 
 
+def read_result(path: str | Path | None) -> dict:
+    """The notebook's result JSON ({} when it wrote none; a failed status when unreadable)."""
+    if not path or not Path(path).exists():
+        return {}
+    try:
+        result = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return {"status": "failed", "reason": f"result JSON unreadable: {e}"}
+    return result if isinstance(result, dict) else {"status": "failed", "reason": "result JSON is not an object"}
+
+
+def read_outcome(run_dir: str | Path) -> dict | None:
+    """The outcome file ``autolab._papermill_run`` wrote for the run (None when it wrote none:
+    the process was killed, or the run did not go through it)."""
+    p = outcome_path(run_dir)
+    try:
+        outcome = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return outcome if isinstance(outcome, dict) else None
+
+
+def _judge(res: JobResult, result: dict, outcome: dict | None, metrics: dict[str, float],
+           metric: str) -> tuple[State, dict | None]:
+    """The final state and error of a run from what its executor, the notebook's result and
+    the wrapper's outcome say (in that order of authority)."""
+    status = result.get("status")
+    reason = str(result.get("reason", ""))
+    if res.timed_out or res.returncode is None:
+        why = res.killed_reason or "killed"
+        return State.KILLED, {"ename": "Timeout" if res.timed_out else "Killed", "reason": why,
+                              "evalue": f"the run was stopped: {why} after {res.wall_s:.0f} s",
+                              "cell": None, "traceback": res.output_tail[-4000:]}
+    if status == "killed":
+        ename = "BudgetExceeded" if "budget" in reason or "timeout" in reason else "Killed"
+        return State.KILLED, {"ename": ename, "evalue": reason or "killed by the harness",
+                              "reason": result.get("reason", ""), "cell": None, "traceback": ""}
+    if res.returncode == 0 and status == "ok":
+        if metric in metrics and math.isfinite(metrics[metric]):
+            return State.COMPLETE, None
+        return State.FAILED, {"ename": "MissingMetric", "evalue": f"the result has no finite {metric!r}", "cell": None,
+                              "reason": "missing metric", "traceback": ""}
+    error = dict((outcome or {}).get("error") or {})
+    if not error.get("ename"):
+        error = {"ename": "RunFailed", "evalue": reason or f"papermill exited {res.returncode}", "cell": None,
+                 "traceback": res.output_tail[-4000:]}
+    error["reason"] = result.get("reason", "")
+    return State.FAILED, error
+
+
 def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str, str]) -> Run:
-    """Turn an executor's JobResult and the notebook's result JSON into the final Run record."""
-    run_dir = Path(run.result_path).parent
+    """Turn an executor's JobResult, the notebook's result JSON and the wrapper's outcome file
+    into the final Run record, and log it."""
+    run_dir = _run_dir(run)
     for rel, data in res.files.items():   # remote executors bring files back
         p = run_dir / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     after = lab.task.protected_hashes()
     changed = sorted(k for k in set(protected_before) | set(after) if protected_before.get(k) != after.get(k))
-    result: dict = {}
-    if run.result_path and Path(run.result_path).exists():
-        try:
-            result = json.loads(Path(run.result_path).read_text())
-        except json.JSONDecodeError as e:
-            result = {"status": "failed", "reason": f"result JSON unreadable: {e}"}
+    result = read_result(run.result_path)
+    outcome = read_outcome(run_dir) if run.notebook else None
     metrics = _finite_numbers(result.get("metrics"))
     timings = _finite_numbers(result.get("timings"))
     timings["papermill_s"] = res.wall_s
     meta = {**run.meta, "protected_changed": changed, "violations": result.get("violations", []),
             "probes": result.get("probes", {}), "summary": result.get("summary", {}), "corpus": result.get("corpus"),
             "host": res.host, "status": result.get("status")}
-    status = result.get("status")
-    error = None
-    if res.timed_out or res.returncode is None:
-        state = State.KILLED
-        error = {"ename": "Timeout" if res.timed_out else "Killed", "reason": res.killed_reason or "killed",
-                 "evalue": f"the run was stopped: {res.killed_reason or 'killed'} after {res.wall_s:.0f} s",
-                 "cell": None, "traceback": res.output_tail[-4000:]}
-    elif status == "killed":
-        state = State.KILLED
-        error = {"ename": "BudgetExceeded" if "budget" in str(result.get("reason", "")) or "timeout" in str(result.get("reason", "")) else "Killed",
-                 "evalue": str(result.get("reason", "killed by the harness")), "reason": result.get("reason", ""),
-                 "cell": None, "traceback": ""}
-    elif res.returncode == 0 and status == "ok":
-        name = lab.task.metric.name
-        if name in metrics and math.isfinite(metrics[name]):
-            state = State.COMPLETE
-        else:
-            state = State.FAILED
-            error = {"ename": "MissingMetric", "evalue": f"the result has no finite {name!r}", "cell": None,
-                     "reason": "missing metric", "traceback": ""}
-    else:
-        state = State.FAILED
-        error = _notebook_error(Path(run.notebook)) if run.notebook and Path(run.notebook).exists() else None
-        if error is None:
-            error = {"ename": "RunFailed", "evalue": str(result.get("reason") or f"papermill exited {res.returncode}"),
-                     "cell": None, "traceback": res.output_tail[-4000:]}
-        error["reason"] = result.get("reason", "")
+    state, error = _judge(res, result, outcome, metrics, lab.task.metric.name)
     if changed and state is State.COMPLETE:
         meta["protected_violation"] = True
     final = run.with_state(state, metrics=metrics, timings=timings, error=error, ended_at=now(), slot=res.slot,
@@ -137,8 +183,9 @@ def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str
     return final
 
 
-def _tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.Event) -> None:
-    """Follow the harness's events.jsonl under the run folder and forward curve points."""
+def tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.Event) -> None:
+    """Follow the harness's events.jsonl under the run folder and forward curve points until
+    ``stop`` is set (then read what is left once more)."""
     offsets: dict[Path, int] = {}
     while True:
         final = stop.is_set()
@@ -165,36 +212,19 @@ def _tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.
 
 def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, executor: Executor,
                preset: str | None = None, on_event: EventFn | None = None) -> tuple[Run, "Future[Run]"]:
-    """Start one run; returns the RUNNING record and a future of the final record."""
-    preset_name = preset or lab.preset_name
-    p = lab.task.preset(preset_name)
-    prior = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.seed == seed
-             and r.purpose == purpose and r.preset == preset_name]
-    run_id = new_id("r")
-    run_dir = lab.path / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cand_dir = lab.candidate_dir(candidate)
-    result_path = run_dir / "result.json"
-    out_nb = run_dir / "notebook.ipynb"
-    params = {"candidate_dir": str(cand_dir), "seed": seed, "preset": preset_name, "result_path": str(result_path)}
-    run = Run(id=run_id, task=lab.task.name, candidate_id=candidate.id, preset=preset_name, seed=seed, purpose=purpose,
-              notebook=str(out_nb), result_path=str(result_path), attempt=len(prior) + 1,
-              executor=getattr(executor, "name", "local"), meta={"owner": _owner(), "params": params})
+    """Start one run; returns the RUNNING record and a future of the final record. The preset
+    is resolved here, once: its limits travel in the Job and are recorded on the Run."""
+    p = lab.task.preset(preset or lab.preset_name)
+    limits = job_limits(p)
+    run = new_run(lab, candidate, seed, purpose=purpose, preset=p, limits=limits, executor_name=executor.name)
+    job = build_job(lab, candidate, run, limits)
     lab.log.append(run)
     if on_event:
-        on_event({"type": "run_start", "run_id": run_id, "seed": seed, "candidate_id": candidate.id, "purpose": purpose})
-    threads = int(p.settings.get("threads", 1))
-    job = Job(run_id=run_id, argv=tuple(papermill_argv(lab.task.notebook, out_nb, params)), cwd=str(lab.task.path),
-              timeout_s=p.timeout_s + 60, gpus=p.gpus, threads=threads, run_dir=str(run_dir),
-              env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run_id,   # sandboxed children may not read the log
-                   PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm")))},
-              files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
-              collect=("notebook.ipynb", "result.json"), notebook=str(lab.task.notebook), params=params,
-              task_dir=str(lab.task.path))
+        on_event({"type": "run_start", "run_id": run.id, "seed": seed, "candidate_id": candidate.id, "purpose": purpose})
     before = lab.task.protected_hashes()
     stop = threading.Event()
     if on_event:
-        threading.Thread(target=_tail_events, args=(run_dir, run_id, on_event, stop), daemon=True).start()
+        threading.Thread(target=tail_events, args=(_run_dir(run), run.id, on_event, stop), daemon=True).start()
     job_future = executor.submit(job)
     out: Future[Run] = Future()
 
@@ -207,7 +237,7 @@ def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, execu
                                    error={"ename": type(e).__name__, "evalue": str(e), "cell": None, "traceback": ""})
             lab.log.append(final)
         if on_event:
-            on_event({"type": "run_end", "run_id": run_id, "run": final})
+            on_event({"type": "run_end", "run_id": run.id, "run": final})
         out.set_result(final)
 
     job_future.add_done_callback(done)
@@ -220,25 +250,34 @@ def run(lab: Lab, candidate: Candidate | None = None, seeds: int | Sequence[int]
     """Run ``candidate`` (default: the seed) on ``seeds`` (a count of fresh seeds, or explicit seeds);
     blocks until all runs end and returns their final records."""
     candidate = candidate or lab.seed_candidate()
-    ex = get_executor(executor or "local") if isinstance(executor, str) or executor is None else executor
+    ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     seed_list = list(seeds) if not isinstance(seeds, int) else fresh_seeds(lab, candidate, purpose, seeds, preset)
     futures = [submit_run(lab, candidate, s, purpose=purpose, executor=ex, preset=preset, on_event=on_event)[1]
                for s in seed_list]
+    try:
+        return _wait_all(futures, progress=progress, desc=f"runs of {candidate.id}", metric=lab.task.metric.name)
+    finally:
+        if ex is not executor:
+            ex.shutdown()
+
+
+def _wait_all(futures: "list[Future[Run]]", *, progress: bool, desc: str, metric: str) -> list[Run]:
+    """Block until every run ends; their final records in submission order."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(futures), desc=f"runs of {candidate.id}", unit="run")
+        bar = tqdm(total=len(futures), desc=desc, unit="run")
     results = []
-    for f in futures:
-        results.append(f.result())
+    try:
+        for f in futures:
+            results.append(f.result())
+            if bar:
+                bar.update(1)
+                bar.set_postfix_str(_short(results[-1], metric))
+    finally:
         if bar:
-            bar.update(1)
-            bar.set_postfix_str(_short(results[-1], lab.task.metric.name))
-    if bar:
-        bar.close()
-    if ex is not executor:
-        ex.shutdown()
+            bar.close()
     return results
 
 

@@ -450,7 +450,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     new work after that many seconds (runs under way finish). ``LoopSummary.reason`` says
     why it ended (STOP_REASONS): only "goal" means ``iterations`` ideas were tried."""
     t0 = time.monotonic()
-    ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
+    ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
     bar = None
     with _LabLock(lab):
@@ -484,18 +484,11 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             sched.baseline = _Baseline(lab, ex, on_event, bar, wake)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
-            preset = lab.preset
-            if hasattr(ex, "slots_for"):   # slots for this preset's kind of run (GPU or CPU threads)
-                try:
-                    n_slots = ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1)))
-                except TypeError:
-                    n_slots = ex.slots_for(preset.gpus)
-            else:
-                n_slots = getattr(ex, "slots", 1)
-            n_slots = max(1, n_slots)
+            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
+            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
             n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
-            busy0 = getattr(ex, "busy_s", None)
+            busy0 = ex.busy_s
             w0 = time.monotonic()
             for w in workers:
                 w.start()
@@ -505,7 +498,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             if sched.error is not None:
                 raise sched.error
             idle = None
-            if busy0 is not None and wall_loop > 0:
+            if wall_loop > 0:
                 idle = max(0.0, 1.0 - (ex.busy_s - busy0) / (n_slots * wall_loop))
             for f in sched.baseline.futs:
                 f.result()
@@ -552,7 +545,7 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
 
     n = n or lab.task.seeds.final
     seed = lab.seed_candidate()
-    ex = get_executor(executor or "local") if not hasattr(executor, "submit") else executor
+    ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -1,11 +1,20 @@
+import dataclasses
 import json
+import subprocess
+import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
+import nbformat
 import pytest
 
 import autolab
-from autolab.records import State
+from autolab.executors import Job, JobLimits, JobResult
+from autolab.executors.local import LocalExecutor
+from autolab.executors.notebook import OUTCOME, command
+from autolab.records import Run, State
+from autolab.run import TIMEOUT_GRACE_S, finish_run
 
 
 def test_run_success_records_metrics_and_notebook(toy_lab):
@@ -43,29 +52,16 @@ def test_hung_run_is_killed_and_recorded(toy_task, tmp_path):
     (cand_dir / "solution.py").write_text("X = 1.0\nHANG = True\n")
     cand = lab.candidate_from_dir(cand_dir)
     t0 = time.monotonic()
-    (r,) = autolab.run(lab, cand, seeds=1, executor=_ShortTimeoutExecutor())
+    (r,) = autolab.run(lab, cand, seeds=1, executor=_ShortTimeoutExecutor(cpu_slots=1))
     assert r.state is State.KILLED and r.error["ename"] == "Timeout"
     assert time.monotonic() - t0 < 40
 
 
-class _ShortTimeoutExecutor:
+class _ShortTimeoutExecutor(LocalExecutor):
     """The real local executor, with every job's timeout cut to 6 s."""
 
-    name = "local"
-
-    def __init__(self):
-        from autolab.executors.local import LocalExecutor
-
-        self.inner = LocalExecutor()
-        self.slots = self.inner.slots
-
     def submit(self, job):
-        import dataclasses
-
-        return self.inner.submit(dataclasses.replace(job, timeout_s=6))
-
-    def shutdown(self, wait=True):
-        self.inner.shutdown(wait)
+        return super().submit(dataclasses.replace(job, limits=dataclasses.replace(job.limits, timeout_s=6)))
 
 
 def test_protected_file_change_is_detected(toy_lab, toy_task):
@@ -84,26 +80,153 @@ def test_protected_file_change_is_detected(toy_lab, toy_task):
 
 
 def test_papermill_command_passes_typed_parameters_and_rejects_bad_ones(toy_task, tmp_path):
-    """The per-run command (autolab._papermill_run): parameters arrive with their JSON types in the
-    injected cell; a malformed --params stops with a message before any kernel starts."""
-    import subprocess
-    import sys
-
-    from autolab.run import papermill_argv
-
-    out = tmp_path / "out.ipynb"
-    argv = papermill_argv(toy_task / "benchmark.ipynb", out, {"seed": 7, "preset": "quick",
-                                                               "result_path": str(tmp_path / "r.json")})
+    """The per-run command (autolab._papermill_run, built by executors.notebook.command): parameters
+    arrive with their JSON types in the injected cell, the outcome file says the run ended well; a
+    malformed --params stops with a message before any kernel starts."""
+    job = Job(run_id="r-1", notebook=str(toy_task / "benchmark.ipynb"), cwd=str(toy_task), run_dir=str(tmp_path),
+              limits=JobLimits(timeout_s=120), params={"seed": 7, "preset": "quick",
+                                                       "result_path": str(tmp_path / "r.json")})
+    argv = command(job)
     assert argv[1:3] == ["-m", "autolab._papermill_run"]
     p = subprocess.run(argv, cwd=toy_task, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    nb = json.loads(out.read_text())
+    nb = json.loads((tmp_path / "notebook.ipynb").read_text())
     injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
     assert "seed = 7\n" in "".join(injected["source"])
     assert nb["metadata"]["papermill"]["parameters"]["seed"] == 7
+    assert json.loads((tmp_path / OUTCOME).read_text()) == {"status": "ok", "returncode": 0, "error": None}
     bad = subprocess.run([sys.executable, "-m", "autolab._papermill_run", "a.ipynb", "b.ipynb", "--params", "{seed"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--params is not JSON" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- the outcome file
+
+def _crash_notebook(path: Path, with_parameters: bool) -> None:
+    """markdown, [parameters], ok cell, failing cell (colours in its message), ok cell."""
+    nb = nbformat.v4.new_notebook()
+    cells = [nbformat.v4.new_markdown_cell("# crash")]
+    if with_parameters:
+        p = nbformat.v4.new_code_cell("x = 1\n")
+        p.metadata["tags"] = ["parameters"]
+        cells.append(p)
+    cells += [nbformat.v4.new_code_cell("y = 2\n"),
+              nbformat.v4.new_code_cell("raise ValueError('\\x1b[31mred\\x1b[0m failure')\n"),
+              nbformat.v4.new_code_cell("z = 3\n")]
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.mark.parametrize("with_parameters, params", [(True, {"x": 5}), (False, {})])
+def test_papermill_wrapper_writes_the_failing_cells_fields_to_the_outcome(tmp_path, with_parameters, params):
+    src, out, outcome = tmp_path / "crash.ipynb", tmp_path / "out.ipynb", tmp_path / "outcome.json"
+    _crash_notebook(src, with_parameters)
+    p = subprocess.run([sys.executable, "-m", "autolab._papermill_run", str(src), str(out), "--outcome", str(outcome),
+                        "--params", json.dumps(params)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    o = json.loads(outcome.read_text())
+    failing = 3 if with_parameters else 2          # index in the notebook as given (one markdown cell first)
+    injected = 1 if params else 0
+    assert o["status"] == "failed" and o["returncode"] == 1
+    e = o["error"]
+    assert e["cell"] == failing and e["executed_cell"] == failing + injected
+    assert e["ename"] == "ValueError" and e["evalue"] == "red failure"       # terminal colours removed
+    assert e["execution_count"] == failing + injected and "\x1b[" not in e["traceback"] and "ValueError" in e["traceback"]
+    # the executed notebook is papermill's: its error banner and anchor, the error output in place
+    nb = json.loads(out.read_text())
+    assert "papermill-error-cell-tag" in nb["cells"][0]["metadata"]["tags"]
+    failed = nb["cells"][e["executed_cell"] + 2]
+    assert failed["execution_count"] == e["execution_count"]
+    assert failed["outputs"][0]["ename"] == "ValueError"
+
+
+def test_papermill_wrapper_outcome_for_a_failure_outside_any_cell(tmp_path):
+    outcome = tmp_path / "outcome.json"
+    p = subprocess.run([sys.executable, "-m", "autolab._papermill_run", str(tmp_path / "missing.ipynb"),
+                        str(tmp_path / "out.ipynb"), "--outcome", str(outcome)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    o = json.loads(outcome.read_text())
+    assert o["status"] == "failed" and o["error"]["cell"] is None
+    assert o["error"]["ename"] and "missing.ipynb" in o["error"]["evalue"] + o["error"]["traceback"]
+
+
+class _OutcomeOnlyExecutor(LocalExecutor):
+    """The real local executor; when a job ends, its executed notebook is replaced by the task's
+    unexecuted one (no error output left in it) and the outcome's message is marked. A run whose
+    error fields are right can then only have read them from the outcome file."""
+
+    def submit(self, job):
+        out: Future = Future()
+
+        def tamper(f):
+            res = f.result()
+            run_dir = Path(job.run_dir)
+            (run_dir / "notebook.ipynb").write_bytes(Path(job.notebook).read_bytes())
+            o = json.loads((run_dir / OUTCOME).read_text())
+            o["error"]["evalue"] += " [from the outcome file]"
+            (run_dir / OUTCOME).write_text(json.dumps(o))
+            out.set_result(res)
+
+        super().submit(job).add_done_callback(tamper)
+        return out
+
+
+def test_a_failed_runs_error_fields_come_from_the_outcome_file(toy_lab, tmp_path):
+    cand_dir = tmp_path / "crash"
+    cand_dir.mkdir()
+    (cand_dir / "solution.py").write_text("X = 1.0\nCRASH = True\n")
+    cand = toy_lab.candidate_from_dir(cand_dir)
+    (r,) = autolab.run(toy_lab, cand, seeds=1, executor=_OutcomeOnlyExecutor(cpu_slots=1))
+    assert r.state is State.FAILED
+    assert r.error["evalue"] == "the candidate asked to crash [from the outcome file]"
+    assert r.error["ename"] == "RuntimeError" and r.error["cell"] == 2 and r.error["executed_cell"] == 3
+    assert "RuntimeError" in r.error["traceback"]
+    nb = json.loads(Path(r.notebook).read_text())   # the notebook holds no error any more
+    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_finish_run_without_an_outcome_reports_the_process(toy_lab):
+    """No outcome file (the wrapper never got to write one): the error is the process's exit and output."""
+    run_dir = toy_lab.path / "runs" / "r-x"
+    run_dir.mkdir(parents=True)
+    cand = toy_lab.seed_candidate()
+    run = Run(id="r-x", task=toy_lab.task.name, candidate_id=cand.id, preset=toy_lab.preset_name, seed=1,
+              notebook=str(run_dir / "notebook.ipynb"), result_path=str(run_dir / "result.json"))
+    toy_lab.log.append(run)
+    final = finish_run(toy_lab, run, JobResult("r-x", 3, 1.0, output_tail="Traceback: boom"),
+                                   protected_before=toy_lab.task.protected_hashes())
+    assert final.state is State.FAILED and final.error["ename"] == "RunFailed"
+    assert final.error["evalue"] == "papermill exited 3" and "boom" in final.error["traceback"]
+
+
+# ---------------------------------------------------------------------------- the preset, resolved once
+
+def test_the_run_records_its_preset_and_limits_and_the_audit_reads_them(toy_lab):
+    from autolab.audit import run_checks
+
+    (r,) = autolab.run(toy_lab, seeds=1)
+    p = toy_lab.task.preset("quick")
+    assert r.meta["preset"] == {"name": "quick", "device": "cpu", "budget_s": p.budget_s, "timeout_s": p.timeout_s,
+                                "gpus": 0, "settings": dict(p.settings)}
+    assert r.meta["limits"] == {"timeout_s": p.timeout_s + TIMEOUT_GRACE_S, "gpus": 0, "threads": 1}
+
+    # the budget check takes the preset's budget_overrun_s from the run's record, not from task.toml
+    cand = toy_lab.add_candidate({"solution.py": "X = 2.0\n"}, toy_lab.seed_candidate())
+    timings = {"train_s": 12.0, "budget_s": 5.0, "allowance_s": 15.0, "clock_start_s": 6.0,
+               "train_window_s": 12.0, "script_train_s": 12.0, "clock_train_s": 12.0}
+
+    def record(rid, settings):
+        base = Run(id=rid, task=toy_lab.task.name, candidate_id=cand.id, preset="quick", seed=1, purpose="redteam",
+                   meta={"protected_changed": [], "violations": [], "probes": {}, "summary": {},
+                         "preset": {**r.meta["preset"], "settings": settings}})
+        toy_lab.log.append(base.with_state(State.COMPLETE, metrics={"loss": 1.0, "hidden_loss": 1.0}, timings=timings))
+
+    record("r-wide", {**p.settings, "budget_overrun_s": 10.0})
+    assert {c.name: c for c in run_checks(toy_lab, cand)}["budget"].passed
+    record("r-narrow", dict(p.settings))
+    chk = {c.name: c for c in run_checks(toy_lab, cand)}["budget"]
+    assert not chk.passed and "r-narrow" in chk.detail and "r-wide" not in chk.detail
 
 
 @pytest.mark.skipif(__import__("os").name != "posix", reason="IPC kernel sockets are POSIX-only")

@@ -141,10 +141,7 @@ def _budget(ctx: AuditContext) -> Check:
         window = t.get("train_window_s")
         if window is None or budget is None:
             continue
-        try:
-            preset = ctx.lab.task.preset(r.preset).settings
-        except Exception:  # noqa: BLE001 - a preset renamed since the run: use the task's defaults
-            preset = {}
+        preset = (r.meta.get("preset") or {}).get("settings", {})   # as resolved when the run started
         slack = float(cfg.get("budget_slack_s", 1.5)) + float(cfg.get("budget_slack_frac", 0.05)) * budget
         overrun = max(float(preset.get("budget_overrun_s", cfg.get("budget_overrun_s", 5.0))),
                       float(cfg.get("budget_overrun_frac", 0.1)) * budget)

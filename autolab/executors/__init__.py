@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import registry
-from .base import Executor, Job, JobResult
+from .base import Executor, Job, JobLimits, JobResult
 
 
 def register_executor(name: str, factory: Callable[..., Executor]) -> None:
@@ -20,4 +20,4 @@ def get_executor(name: str = "local", **kwargs) -> Executor:
     return registry.get("executor", name)(**kwargs)
 
 
-__all__ = ["Executor", "Job", "JobResult", "get_executor", "register_executor"]
+__all__ = ["Executor", "Job", "JobLimits", "JobResult", "get_executor", "register_executor"]

@@ -1,6 +1,6 @@
 """The local executor: a pool of slots, one per GPU (CUDA_VISIBLE_DEVICES pinned) or,
 on machines without GPUs, CPU slots of ``threads`` cores each. Every job is its own
-process session, killed as a whole on timeout."""
+process session, killed as a whole on timeout. The command comes from ``notebook.command``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
-from .base import Job, JobResult
+from .base import Executor, Job, JobResult
+from .notebook import command
 
 
 def _gpu_count() -> int:
@@ -54,7 +56,7 @@ class _Cores:
             self.cv.notify_all()
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """``LocalExecutor(gpu_slots=None, cpu_slots=None)``: one slot per visible GPU for GPU
     jobs; CPU jobs share the machine's cores (``cpu_slots`` overrides the count), each taking
     as many cores as it runs threads."""
@@ -77,7 +79,12 @@ class LocalExecutor:
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self.busy_s = 0.0   # slot-seconds spent executing jobs (for idle-time measurements)
+        self._busy_s = 0.0
+
+    @property
+    def busy_s(self) -> float:
+        """Slot-seconds spent executing jobs (for idle-time measurements)."""
+        return self._busy_s
 
     @property
     def slots(self) -> int:
@@ -98,17 +105,18 @@ class LocalExecutor:
         return fut
 
     def _execute(self, job: Job, fut: Future) -> None:
-        if job.gpus and not self._n_gpu:
+        lim = job.limits
+        if lim.gpus and not self._n_gpu:
             fut.set_result(JobResult(job.run_id, None, 0.0, killed_reason="no GPU on this machine",
                                      output_tail="this preset needs a CUDA GPU; choose a cpu preset or run on a GPU machine",
                                      host=socket.gethostname()))
             return
         gpu_ids: list[str] = []
         taken = 0
-        if job.gpus:
-            gpu_ids = [self._gpu_ids.get() for _ in range(job.gpus)]
+        if lim.gpus:
+            gpu_ids = [self._gpu_ids.get() for _ in range(lim.gpus)]
         else:
-            taken = self._cores.take(1 if self._runs_per_slot else job.threads)
+            taken = self._cores.take(1 if self._runs_per_slot else lim.threads)
         slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
         env = dict(os.environ)
         env.update(job.env)
@@ -118,7 +126,8 @@ class LocalExecutor:
         try:
             if self._closed:
                 raise RuntimeError("executor is shut down")
-            proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+            proc = subprocess.Popen(command(job), cwd=job.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True, text=True, errors="replace")
             with self._lock:
                 self._procs.add(proc)
@@ -127,7 +136,7 @@ class LocalExecutor:
             reader.start()
             timed_out = False
             try:
-                proc.wait(timeout=job.timeout_s)
+                proc.wait(timeout=lim.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _kill_session(proc)
@@ -145,7 +154,7 @@ class LocalExecutor:
         finally:
             with self._lock:
                 self._procs = {p for p in self._procs if p.poll() is None}
-            self.busy_s += time.monotonic() - start
+                self._busy_s += time.monotonic() - start
             if gpu_ids:
                 for g in gpu_ids:
                     self._gpu_ids.put(g)

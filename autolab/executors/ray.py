@@ -3,11 +3,13 @@
     ex = RayExecutor(address="head-node:6379")       # or get_executor("ray", address=...)
     autolab.loop(lab, iterations=20, executor=ex)
 
-A task reserves ``num_gpus=job.gpus`` (GPU presets) or ``num_cpus=job.threads`` (CPU
-presets). The candidate's files travel with the task; the worker writes them into a fresh
-temporary folder, rebuilds the papermill command with worker-local paths, runs it in its own
-process session under the job's timeout, and sends back the executed notebook and the result
-JSON. The driver alone writes the research log (``run.finish_run`` stores the files).
+A task reserves ``num_gpus=job.limits.gpus`` (GPU presets) or ``num_cpus=job.limits.threads``
+(CPU presets). The Job itself travels with the task; the worker writes the candidate's files into a
+fresh temporary folder, re-roots the job there (``notebook.on_worker``), builds its command
+with the same function as the local executor (``notebook.command``), runs it in its own process
+session under the job's timeout, and sends back the executed notebook, the outcome file and
+the job's ``collect`` files (the result JSON). The driver alone writes the research log
+(``run.finish_run`` stores the files).
 
 Failures of the cluster (a node died, a worker process crashed, an object was lost) come back
 as ``JobResult(returncode=None, killed_reason="worker lost")``: the run is recorded KILLED and
@@ -38,7 +40,8 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..errors import AutolabError
-from .base import Job, JobResult
+from .base import Executor, Job, JobResult
+from .notebook import command, files_to_collect, on_worker
 
 INSTALL_HINT = "pip install 'autolab[ray]'"
 LOST = "worker lost"               # run.RETRYABLE: the loop re-queues these
@@ -113,31 +116,30 @@ def _kill_session(pid: int) -> None:
         pass
 
 
-def _run_job(spec: dict, task_box: list) -> dict:
-    """The Ray task: one papermill execution in a private folder on the worker.
+def _run_job(job: Job, cpus: float, task_box: list) -> dict:
+    """The Ray task: one papermill execution of ``job`` in a private folder on the worker.
 
     ``task_box`` is ``[]`` or ``[ObjectRef of the task folder's files]``; the reference is
     nested in a list so that Ray fetches the files only when this worker needs them."""
     import ray
 
-    from ..run import papermill_argv
-
     host = socket.gethostname()
     node_ip = ray.util.get_node_ip_address()
     node = ray.get_runtime_context().get_node_id()[:8]
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    slot = f"ray:{node_ip}:{node}:" + (f"gpu:{','.join(gpu_ids)}" if spec["gpus"] else f"cpu:{spec['cpus']}")
+    gpus = job.limits.gpus
+    slot = f"ray:{node_ip}:{node}:" + (f"gpu:{','.join(gpu_ids)}" if gpus else f"cpu:{cpus}")
     out = {"returncode": None, "wall_s": 0.0, "timed_out": False, "killed_reason": "", "output_tail": "",
            "slot": slot, "host": host, "files": {}}
     root = _work_root()
     _clean_stale(root)
-    work = Path(tempfile.mkdtemp(prefix=f"{spec['run_id']}-{os.getpid()}-", dir=root))
+    work = Path(tempfile.mkdtemp(prefix=f"{job.run_id}-{os.getpid()}-", dir=root))
     try:
         cand, run_dir = work / "candidate", work / "run"
         cand.mkdir()
         run_dir.mkdir()
-        _write_tree(cand, spec["files"])
-        task_dir, notebook = Path(spec["task_dir"]), Path(spec["notebook"])
+        _write_tree(cand, job.files)
+        task_dir, notebook = Path(job.cwd), Path(job.notebook)
         if not (task_dir.is_dir() and notebook.is_file()):
             if not task_box:
                 raise FileNotFoundError(f"{notebook} does not exist on {host} and the task folder was too large to "
@@ -146,22 +148,20 @@ def _run_job(spec: dict, task_box: list) -> dict:
             _write_tree(shipped, ray.get(task_box[0]))
             notebook = shipped / notebook.relative_to(task_dir)
             task_dir = shipped
-        params = dict(spec["params"])
-        params["candidate_dir"] = str(cand)
-        params["result_path"] = str(run_dir / spec["result_rel"])
-        argv = papermill_argv(notebook, run_dir / "notebook.ipynb", params)
+        local = on_worker(job, notebook=notebook, cwd=task_dir, run_dir=run_dir, candidate_dir=cand)
+        argv = command(local)
 
         env = dict(os.environ)
         env.pop("OMP_NUM_THREADS", None)   # Ray sets it to the task's CPUs; runs see what the local executor gives
-        env.update(spec["env"])
-        if spec["gpus"]:
+        env.update(job.env)
+        if gpus:
             # Ray has pinned this worker's CUDA_VISIBLE_DEVICES to the GPUs it assigned
             env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(gpu_ids)
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""
 
         start = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=task_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, cwd=local.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         reaper = subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), str(proc.pid)],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -179,7 +179,7 @@ def _run_job(spec: dict, task_box: list) -> dict:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            proc.wait(timeout=spec["timeout_s"])
+            proc.wait(timeout=job.limits.timeout_s)
         except subprocess.TimeoutExpired:
             out.update(timed_out=True, killed_reason="timeout")
             _kill_session(proc.pid)
@@ -191,7 +191,7 @@ def _run_job(spec: dict, task_box: list) -> dict:
         out["wall_s"] = time.monotonic() - start
         out["returncode"] = None if out["timed_out"] else proc.returncode
         out["output_tail"] = "".join(chunks)[-_TAIL_CHARS:]
-        for rel in spec["collect"]:
+        for rel in files_to_collect(job):
             p = run_dir / _safe_rel(rel)
             if p.is_file():
                 out["files"][rel] = p.read_bytes()
@@ -237,7 +237,7 @@ def _running_cluster(ray) -> str | None:
     return found
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """``RayExecutor(address=None, num_cpus_per_run=None, max_retries=0, resources=None, ...)``.
 
     address: the cluster (``"host:6379"``, ``"auto"``, or ``"ray://host:10001"``). With an
@@ -275,7 +275,7 @@ class RayExecutor:
         self._waiters: set[threading.Thread] = set()
         self._task_refs: dict[str, object] = {}
         self._closed = False
-        self.busy_s = 0.0   # seconds runs spent executing on workers (the loop's idle-time measure)
+        self._busy_s = 0.0
         self._owns_connection = self._connect(address, init_kwargs)
         self._remote = self._ray.remote(_run_job)
 
@@ -314,6 +314,11 @@ class RayExecutor:
                 signal.signal(signal.SIGTERM, old)
         return True
 
+    @property
+    def busy_s(self) -> float:
+        """Seconds runs spent executing on workers (the loop's idle-time measure)."""
+        return self._busy_s
+
     # -- capacity
     def _alive_nodes(self) -> list[dict]:
         """Total resources of each live node (cached for a second: every waiting run asks)."""
@@ -342,13 +347,14 @@ class RayExecutor:
         """What one run of ``job`` reserves (CPU capped at the largest node, as the local
         executor caps threads at the machine's cores)."""
         need: dict[str, float] = dict(self.resources)
-        cpus = self.num_cpus_per_run if self.num_cpus_per_run is not None else (1 if job.gpus else max(1, job.threads))
+        lim = job.limits
+        cpus = self.num_cpus_per_run if self.num_cpus_per_run is not None else (1 if lim.gpus else max(1, lim.threads))
         biggest = max((n.get("CPU", 0) for n in self._alive_nodes()), default=0)
         if biggest and cpus > biggest:
             cpus = biggest
         need["CPU"] = cpus
-        if job.gpus:
-            need["GPU"] = job.gpus
+        if lim.gpus:
+            need["GPU"] = lim.gpus
         return need
 
     def _unschedulable(self, need: dict[str, float]) -> str:
@@ -380,15 +386,12 @@ class RayExecutor:
             self._task_refs[task_dir] = self._ray.put(files) if files else None
         return self._task_refs[task_dir]
 
-    # -- the Executor protocol
+    # -- running jobs
     def submit(self, job: Job) -> "Future[JobResult]":
         fut: Future[JobResult] = Future()
         try:
             if self._closed:
                 raise AutolabError("the ray executor is shut down")
-            if not job.notebook:
-                raise AutolabError("this job carries no notebook/params; the ray executor rebuilds the papermill "
-                                   "command from them (autolab.run.submit_run sets them)")
             need = self._request(job)
             why = self._unschedulable(need)
             if why:   # not retryable: the loop would only hit the same wall again
@@ -397,23 +400,13 @@ class RayExecutor:
                                                      "--num-gpus/--num-cpus) or choose another preset",
                                          host=socket.gethostname()))
                 return fut
-            result_rel = "result.json"
-            rp = job.params.get("result_path")
-            if rp and job.run_dir:
-                try:
-                    result_rel = Path(rp).relative_to(job.run_dir).as_posix()
-                except ValueError:
-                    pass
-            spec = {"run_id": job.run_id, "files": dict(job.files), "notebook": job.notebook,
-                    "task_dir": job.task_dir or str(Path(job.notebook).parent), "params": dict(job.params),
-                    "result_rel": result_rel, "env": dict(job.env), "timeout_s": job.timeout_s,
-                    "gpus": job.gpus, "cpus": need["CPU"], "collect": tuple(job.collect)}
-            box = [ref for ref in [self._task_ref(spec["task_dir"])] if ref is not None]
+            cpus = need["CPU"]
+            box = [ref for ref in [self._task_ref(job.cwd)] if ref is not None]
             opts = {"num_cpus": need.pop("CPU"), "num_gpus": need.pop("GPU", 0), "max_retries": self.max_retries,
                     "retry_exceptions": False, "name": f"autolab:{job.run_id}"}
             if need:
                 opts["resources"] = need
-            ref = self._remote.options(**opts).remote(spec, box)
+            ref = self._remote.options(**opts).remote(job, cpus, box)
         except BaseException as e:  # never leave a future unresolved
             fut.set_result(JobResult(job.run_id, None, 0.0, killed_reason=f"executor error: {e}",
                                      output_tail=repr(e), host=socket.gethostname()))
@@ -468,7 +461,7 @@ class RayExecutor:
             with self._lock:
                 self._refs.pop(job.run_id, None)
                 self._waiters.discard(threading.current_thread())
-                self.busy_s += res.wall_s
+                self._busy_s += res.wall_s
             fut.set_result(res)
 
     def _failure(self, job: Job, e: BaseException, wall: float) -> JobResult:
@@ -504,12 +497,6 @@ class RayExecutor:
         if self._owns_connection and self._ray.is_initialized():
             self._ray.shutdown()
             self._owns_connection = False
-
-    def __enter__(self) -> "RayExecutor":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
 
 
 __all__ = ["RayExecutor", "INSTALL_HINT"]

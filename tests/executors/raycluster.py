@@ -14,6 +14,7 @@ hard-coded 15 s start-up wait on a loaded 2-core machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -71,7 +72,11 @@ class LocalRayCluster:
         (shim / "rfc3987_syntax.py").write_text('raise ImportError("test cluster: skip the slow rfc3987 grammar")\n')
         # RAY_AUTH_MODE: explicit, or a token left in ~/.ray by an earlier local ray.init() turns
         # token auth on for the head only, and the other nodes cannot join
-        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(shim), RAY_AUTH_MODE="disabled")
+        # the nodes import the autolab this process imports (a worktree's, not only the installed one):
+        # their runs start `python -m autolab._papermill_run` with the nodes' environment
+        code = Path(importlib.util.find_spec("autolab").origin).resolve().parent.parent
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join([str(shim), str(code)]),
+                        RAY_AUTH_MODE="disabled")
         self.env.pop("RAY_ADDRESS", None)
         self.port = free_port()
         self.nodes: dict[str, subprocess.Popen] = {}

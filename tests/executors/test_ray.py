@@ -22,7 +22,9 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray executor tests need `pip install 'autolab[ray]'`")
 
 import autolab  # noqa: E402
-from autolab.executors import Job, get_executor  # noqa: E402
+from autolab.executors import Job, JobLimits, get_executor  # noqa: E402
+from autolab.executors.local import LocalExecutor  # noqa: E402
+from autolab.executors.notebook import command, on_worker  # noqa: E402
 from autolab.executors.ray import RayExecutor  # noqa: E402
 from autolab.records import State  # noqa: E402
 
@@ -80,7 +82,8 @@ cand = pathlib.Path(candidate_dir)
 pathlib.Path(result_path).write_text(json.dumps({
     "status": "ok", "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "cwd": os.getcwd(),
     "candidate": {p.name: p.read_text() for p in cand.iterdir()}, "seed": seed,
-    "task_file": (pathlib.Path.cwd() / "marker.txt").read_text()}))
+    "task_file": (pathlib.Path.cwd() / "marker.txt").read_text(),
+    "argv": open(f"/proc/{os.getppid()}/cmdline").read().split("\\0")[:-1]}))   # the papermill process's
 '''
 
 
@@ -101,10 +104,10 @@ def probe_job(task: Path, run_id: str, gpus: int, sleep: float, run_root: Path) 
     run_dir = run_root / run_id
     params = {"candidate_dir": str(run_root / "nowhere"), "seed": 7, "preset": "probe",
               "result_path": str(run_dir / "result.json")}
-    return Job(run_id=run_id, argv=(), cwd=str(task), timeout_s=120, gpus=gpus, threads=1, run_dir=str(run_dir),
+    return Job(run_id=run_id, notebook=str(task / "benchmark.ipynb"), cwd=str(task), run_dir=str(run_dir),
+               limits=JobLimits(timeout_s=120, gpus=gpus, threads=1), params=params,
                env={"PROBE_SLEEP": str(sleep), "AUTOLAB_RUN_ID": run_id},
-               files={"solution.py": f"X = {run_id!r}\n".encode()}, collect=("notebook.ipynb", "result.json"),
-               notebook=str(task / "benchmark.ipynb"), params=params, task_dir=str(task))
+               files={"solution.py": f"X = {run_id!r}\n".encode()}, collect=("result.json",))
 
 
 def test_the_gpu_ray_assigns_is_the_one_the_run_uses(cluster, tmp_path):
@@ -122,7 +125,8 @@ def test_the_gpu_ray_assigns_is_the_one_the_run_uses(cluster, tmp_path):
     out = {}
     for rid, r in res.items():
         assert r.returncode == 0, (rid, r.killed_reason, r.output_tail[-2000:])
-        assert set(r.files) == {"notebook.ipynb", "result.json"}
+        assert set(r.files) == {"notebook.ipynb", "outcome.json", "result.json"}
+        assert json.loads(r.files["outcome.json"]) == {"status": "ok", "returncode": 0, "error": None}
         out[rid] = json.loads(r.files["result.json"])
         assert out[rid]["candidate"] == {"solution.py": f"X = {rid!r}\n"}   # the candidate travelled
         assert out[rid]["seed"] == 7 and out[rid]["task_file"] == "task folder here"
@@ -137,6 +141,35 @@ def test_the_gpu_ray_assigns_is_the_one_the_run_uses(cluster, tmp_path):
     # a request no node can satisfy is refused at once, and is not a retryable loss
     r = ex.submit(probe_job(task, "big", 3, 0, tmp_path / "runs")).result(timeout=30)
     assert r.returncode is None and r.killed_reason == "unschedulable" and "GPU=3" in r.output_tail
+
+
+def test_ray_and_local_run_the_same_command_up_to_paths(cluster, tmp_path):
+    """One job on both executors: the papermill process each started (read by the notebook from
+    /proc) is notebook.command of the job, re-rooted on the worker for Ray."""
+    task = make_probe_task(tmp_path)
+    job = probe_job(task, "same", 0, 0, tmp_path / "runs")
+    cand = Path(job.params["candidate_dir"])   # the local executor runs the candidate where it lies
+    cand.mkdir(parents=True)
+    for rel, data in job.files.items():
+        (cand / rel).write_bytes(data)
+    local_ex = LocalExecutor(cpu_slots=1)
+    try:
+        lr = local_ex.submit(job).result(timeout=180)
+    finally:
+        local_ex.shutdown()
+    rr = cluster.executor.submit(job).result(timeout=300)
+    assert lr.returncode == 0 and rr.returncode == 0, (lr.output_tail[-1500:], rr.output_tail[-1500:])
+    local_argv = json.loads(Path(job.params["result_path"]).read_text())["argv"]
+    ray_out = json.loads(rr.files["result.json"])
+    ray_argv = ray_out["argv"]
+    assert local_argv[1:] == command(job)[1:]
+    params = json.loads(ray_argv[ray_argv.index("--params") + 1])
+    worker_run = Path(params["result_path"]).parent
+    rebuilt = command(on_worker(job, notebook=ray_argv[3], cwd=ray_out["cwd"], run_dir=worker_run,
+                                candidate_dir=params["candidate_dir"]))
+    assert ray_argv[1:] == rebuilt[1:] and len(ray_argv) == len(local_argv)
+    assert ray_argv[3] == local_argv[3] == job.notebook          # the task folder is used in place here
+    assert worker_run != Path(job.run_dir) and params["seed"] == 7
 
 
 # ---------------------------------------------------------------------------- a loop across the cluster
