@@ -86,7 +86,8 @@ if __name__ == "__main__":
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(int(cfg.get("threads", 1)))
     T, B = cfg["seq_len"], 8
-    model = GPT(cfg["vocab_size"], 64, 4, 1, T).to(cfg["device"])
+    args = dict(vocab=cfg["vocab_size"], d=64, nh=4, depth=1, T=T)
+    model = GPT(**args).to(cfg["device"])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     step = tokens = 0
     for x, y in H.train_loader(B, T, cfg["device"]):
@@ -99,7 +100,7 @@ if __name__ == "__main__":
         step, tokens = step + 1, tokens + x.numel()
         H.log(step, loss.item())
     secs = H.elapsed()
-    H.finish(model)
+    H.finish(model, args)
     print("---")
     print(f"steps: {step}")
     print(f"tokens: {tokens}")
@@ -271,9 +272,21 @@ def test_log_and_finish(api, gpt_cls, tmp_path):
             self._orig_mod = m
 
     model = gpt_cls(50, 32, 4, 1, 16)
-    path = H.finish(Compiled(model))
-    obj = torch.load(path, weights_only=False)
-    assert type(obj["model"]).__name__ == "GPT" and set(obj["state_dict"]) == set(model.state_dict())
+    with pytest.raises(TypeError, match="init_kwargs"):
+        H.finish(model)
+    with pytest.raises(TypeError, match="plain JSON"):
+        H.finish(model, {"vocab": torch.tensor(50)})
+    path = H.finish(Compiled(model), dict(vocab=50, d=32, nh=4, depth=1, T=16))
+    state = torch.load(path, weights_only=True)                 # weights only: a state dict of tensors
+    assert set(state) == set(model.state_dict())
+    assert json.loads((tmp_path / "model.json").read_text()) == {
+        "format": 2, "factory": "GPT", "init_kwargs": {"vocab": 50, "d": 32, "nh": 4, "depth": 1, "T": 16}}
+    import types
+
+    rebuilt = E.load_model(tmp_path, types.SimpleNamespace(GPT=gpt_cls)).eval()
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
     assert json.loads((tmp_path / "finish.json").read_text())["batches"] == 0
 
 
@@ -314,7 +327,7 @@ def shared_cache(monkeypatch):
         pytest.skip("no techtext corpus")
 
 
-FAST = {"budget_s": 3, "eval_tokens": 4096}
+FAST = {"budget_s": 3, "eval_tokens": 4096, "allowance_s": 40}   # start-up on a crowded machine
 
 
 def test_end_to_end_cpu_tiny(tmp_path, shared_cache):

@@ -426,30 +426,33 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if not main or not main.get("final") or not (workdir / "model.pt").exists():
         return done("failed", f"{SCRIPT} finished without H.finish(model): no final validation and no saved model")
 
-    # --- the out-of-process re-check of the final validation (and hidden_val, and the probes)
+    # --- the out-of-process re-check of the final validation (and hidden_val, and the probes): a
+    # trusted process holds the targets, a sandboxed model process sees only a fresh folder with
+    # train_gpt.py and the weights-only model (nanochat_harness.runner.split_evaluation)
     event(type="phase", phase="eval")
     eval_cfg_path, eval_out = hdir / "eval_config.json", hdir / "eval.json"
-    atomic_write_json(eval_cfg_path, {**common, "run_config": str(run_cfg_path), "world_size": 1,
+    atomic_write_json(eval_cfg_path, {**common, "world_size": 1,
                                       "data": {"val": data["splits"]["val"], "hidden_val": data["splits"]["hidden_val"]},
-                                      "deny_after_load": [data["corpus"]["root"]]})
+                                      "eval_timeout_s": float(settings.get("eval_timeout_s", 300))})
     eval_env = {k: v for k, v in env.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     if device == "cpu":
         eval_env.update(OMP_NUM_THREADS=str(settings.get("threads", 2)), MKL_NUM_THREADS=str(settings.get("threads", 2)))
-    ev = _sandboxed([sys.executable, "-m", "speedrun_harness.evaluate", "--workdir", str(workdir),
-                     "--config", str(eval_cfg_path), "--out", str(eval_out)],
-                    # started in hdir, which the training processes could not write: `-m` puts the start
-                    # folder first on sys.path, so a `speedrun_harness/` planted in workdir must not be there
-                    cwd=hdir, env=eval_env, read_deny=(data["corpus"]["root"],),
-                    write_allow=(str(workdir), str(hdir)), wall_s=float(settings.get("eval_timeout_s", 300)),
-                    mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden)
+    from nanochat_harness.runner import split_evaluation
+
+    ev, er = split_evaluation(
+        script=SCRIPT, cand=cand, workdir=workdir, mdir=result_path.parent / (result_path.stem + ".model"), hdir=hdir,
+        eval_cfg_path=eval_cfg_path, eval_out=eval_out, trusted_module="speedrun_harness.evaluate",
+        model_cfg={**common, "world_size": 1, "role": "model"}, config_env=ENV_CONFIG, env=eval_env,
+        deny=[data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
+        + [data["corpus"]["root"], str(workdir), str(hdir), str(Path(data["token_bytes"]).parent)],
+        device=device, threads=int(settings.get("threads", 2)), wall_s=float(settings.get("eval_timeout_s", 300)),
+        mem_mb=mem_mb, echo=echo, harden=harden)
     result["timings"]["eval_s"] = round(ev["wall_s"], 3)
     result["violations"] += [{**v, "phase": "eval"} for v in ev["violations"]]
     result["sandbox"]["eval"] = {"isolation": ev["isolation"], "peak_memory_mb": ev["peak_memory_mb"],
                                  "state": ev["state"], "reason": ev["kill_reason"]}
-    try:
-        er = json.loads(eval_out.read_text())
-    except (OSError, ValueError):
-        er = {"ok": False, "error": "the evaluation wrote no result"}
+    if er.get("violation"):
+        result["violations"].append({**er["violation"], "phase": "eval"})
     if ev["killed"]:
         return done("failed", f"the re-check was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
                               f"{settings.get('eval_timeout_s', 300)}s")
@@ -481,7 +484,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         result["probes"]["hidden_gap"] = _probe(gap <= gmax, f"hidden_val − val loss gap {gap:+.4f} (at most "
                                                              f"{gmax:+.3f}; a model tuned to val shows a larger gap)",
                                                 gap=round(gap, 5))
-    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "rows", "seq_len", "timings") if k in er}
+    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "rows", "seq_len", "timings", "transport") if k in er}
     timed = float(main["timed_s"])
     if not _finite(val_loss):
         return done("failed", f"the final validation loss is not finite ({val_loss})")
