@@ -129,6 +129,7 @@ class _State:
         self.step = 0
         self.pre_s: float | None = None   # import -> clock start
         self.finished_at: float | None = None
+        self.tamper: list[str] = []      # calls of the clock's private functions from outside the harness
 
 
 _S = _State()
@@ -307,7 +308,8 @@ def _clock_intact() -> dict[str, Any]:
                                ("time.time", _wall, time.time)) if f is not now or type(f).__name__ != "builtin_function_or_method"]
     mod = sys.modules.get(__name__)
     mine = [n for n in _ORIGINALS if getattr(mod, n, None) is not _ORIGINALS[n]]
-    return {"passed": not bad and not mine, "replaced": bad + [f"speedrun_harness.{n}" for n in mine]}
+    return {"passed": not bad and not mine and not _S.tamper,
+            "replaced": bad + [f"speedrun_harness.{n}" for n in mine] + _S.tamper[:5]}
 
 
 # ----------------------------------------------------------------------------- the clock
@@ -336,13 +338,23 @@ def out_of_time() -> bool:
     return _S.out_of_time
 
 
+def _called_from_outside(what: str) -> None:
+    """The clock's private functions are the harness's own: a call from elsewhere (the candidate
+    pausing or restarting the clock) is recorded, and fails the clock_intact probe."""
+    caller = sys._getframe(2)
+    if caller.f_globals.get("__name__") != __name__:
+        _S.tamper.append(f"{what} called from {caller.f_code.co_filename}:{caller.f_lineno}")
+
+
 def _stop_clock() -> None:
+    _called_from_outside("_stop_clock")
     if _S.since is not None:
         _S.acc += _perf() - _S.since
         _S.since = None
 
 
 def _start_clock() -> None:
+    _called_from_outside("_start_clock")
     if _S.phase == "timed" and _S.since is None:
         _S.since = _perf()
 

@@ -132,41 +132,71 @@ def _probe(passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
 
 
 def clock_check(stamps: list[dict[str, Any]], reported_s: float, allowance_s: float, tol_s: float,
-                wall_s: float | None = None, untimed_max_s: float | None = None) -> dict[str, Any]:
+                wall_s: float | None = None, untimed_max_s: float | None = None, rel_tol: float = 0.03,
+                floor_s: float = 0.25, validations: int | None = None,
+                val_allowance_s: float | None = None) -> dict[str, Any]:
     """The outside view of the clock: the seconds between clock_start and clock_stop as the
-    runner saw them, less the validation pauses, must match the harness's timed seconds; the
-    clock must have started within ``allowance_s`` of launch; and the process's whole life
-    (``wall_s``, measured by the sandbox) less the clock must fit ``untimed_max_s``."""
+    runner saw them (its own time stamps of the events' arrival), less the validation pauses,
+    must match the harness's timed seconds within ``min(tol_s, max(floor_s, rel_tol * reported))``
+    (+ 0.05 s per pause): relative as well as absolute, so a short run cannot hide a fixed
+    fraction of a second. The clock must have started within ``allowance_s`` of launch; the
+    process's whole life (``wall_s``, measured by the sandbox) less the clock must fit
+    ``untimed_max_s``; the pauses must be as many as the recorded ``validations`` and sum to at
+    most ``val_allowance_s``. ``outside_s`` is what the run is timed by (with the reported figure
+    as a floor): nothing the train process does to its own clock can make it shorter."""
     first = {}
     for s in stamps:
         first.setdefault(s["ev"], s["t_out"])
     if "clock_start" not in first or "clock_stop" not in first:
         return _probe(False, "the clock's start or stop was not seen in events.jsonl")
-    pauses, open_at, n = 0.0, None, 0
+    pauses, open_at, n, pause_list = 0.0, None, 0, []
     for s in stamps:
-        if s["ev"] == "val_start":
+        if s["t_out"] < first["clock_start"] or s["t_out"] > first["clock_stop"]:
+            continue        # pauses count only between the clock's first start and first stop
+        if s["ev"] == "val_start" and open_at is None:
             open_at = s["t_out"]
         elif s["ev"] == "val_end" and open_at is not None:
+            pause_list.append(round(s["t_out"] - open_at, 4))
             pauses += s["t_out"] - open_at
             open_at, n = None, n + 1
     outside = first["clock_stop"] - first["clock_start"] - pauses
-    tol = tol_s + 0.05 * n
+    tol = min(tol_s, max(floor_s, rel_tol * max(reported_s, 0.0))) + 0.05 * n
     pre = first["clock_start"]
     problems = []
     if abs(outside - reported_s) > tol:
         problems.append(f"the harness reports {reported_s:.2f} s on the clock, the runner saw {outside:.2f} s "
-                        f"(tolerance {tol:.2f} s)")
+                        f"(tolerance {tol:.2f} s: {tol_s:g} s or {100 * rel_tol:g}% of the clock, whichever is "
+                        f"smaller, at least {floor_s:g} s, + 0.05 s per validation)")
     if pre > allowance_s + tol:
         problems.append(f"the clock started {pre:.1f} s after launch, past the {allowance_s:g} s allowance for "
                         f"start-up, compilation and warm-up")
     if wall_s is not None and untimed_max_s is not None and wall_s - reported_s > untimed_max_s + tol:
         problems.append(f"the process lived {wall_s:.1f} s, {wall_s - reported_s:.1f} s more than the clock ran, past "
                         f"the {untimed_max_s:g} s allowed off the clock")
+    if validations is not None and n != validations:
+        problems.append(f"the clock paused {n} times but {validations} validations were recorded: a pause that is not "
+                        f"a validation stops the clock")
+    if val_allowance_s is not None and pauses > val_allowance_s + tol:
+        problems.append(f"validation pauses took {pauses:.1f} s, past val_allowance_s = {val_allowance_s:g} s")
     detail = "; ".join(problems) if problems else (
-        f"clock {reported_s:.2f} s vs {outside:.2f} s seen from outside ({n} validation pauses, {pauses:.2f} s); "
-        f"clock started {pre:.1f} s after launch (allowance {allowance_s:g} s)")
+        f"clock {reported_s:.2f} s vs {outside:.2f} s seen from outside ({n} validation pauses, {pauses:.2f} s; "
+        f"tolerance {tol:.2f} s); clock started {pre:.1f} s after launch (allowance {allowance_s:g} s)")
     return _probe(not problems, detail, outside_s=round(outside, 4), pauses_s=round(pauses, 4), pre_s=round(pre, 4),
-                  tolerance_s=round(tol, 3))
+                  tolerance_s=round(tol, 3), pause_list=pause_list)
+
+
+def pause_check(probe: dict[str, Any], val_pass_s: float, factor: float = 3.0, slack_s: float = 1.0) -> dict[str, Any]:
+    """After the re-check: no validation pause may be longer than ``factor`` times the trusted
+    side's own pass over the val rows (``val_pass_s``, measured outside the train process) plus
+    ``slack_s``: a longer pause stopped the clock for more than a validation."""
+    bound = factor * val_pass_s + slack_s
+    long = [p for p in probe.get("pause_list", []) if p > bound]
+    if not long or not probe.get("passed", True):
+        return {**probe, "pause_bound_s": round(bound, 3)}
+    return {**probe, "passed": False, "pause_bound_s": round(bound, 3),
+            "detail": f"validation pauses of {', '.join(f'{p:.2f}' for p in long[:5])} s, longer than {factor:g}x the "
+                      f"harness's own pass over the val rows ({val_pass_s:.2f} s) + {slack_s:g} s: the clock was stopped "
+                      f"for more than a validation"}
 
 
 def harness_probes(records: list[dict[str, Any]], *, world_size: int, target: float, val_tokens: int,
@@ -405,9 +435,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                                vocab_size=int(data["vocab_size"]), budget_s=budget_s,
                                                init_slack=float(settings.get("init_loss_slack", 1.0))))
     if main and main.get("final"):
-        result["probes"]["wall_consistent"] = clock_check(tail.stamps, float(main["timed_s"]), allowance_s,
-                                                          float(settings.get("clock_tolerance_s", 1.0)),
-                                                          wall_s=tr["wall_s"], untimed_max_s=allowance_s + val_allowance_s)
+        result["probes"]["wall_consistent"] = clock_check(
+            tail.stamps, float(main["timed_s"]), allowance_s, float(settings.get("clock_tolerance_s", 1.0)),
+            wall_s=tr["wall_s"], untimed_max_s=allowance_s + val_allowance_s,
+            rel_tol=float(settings.get("clock_rel_tolerance", 0.03)),
+            floor_s=float(settings.get("clock_floor_s", 0.25)), validations=len(main.get("validations") or []),
+            val_allowance_s=val_allowance_s)
         result["timings"]["pre_s"] = result["probes"]["wall_consistent"].get("pre_s")
     if tr["killed"]:
         why = {"timeout": f"timeout: the train process ran past allowance_s + budget_s + val_allowance_s = {limit:g}s "
@@ -485,7 +518,15 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                                              f"{gmax:+.3f}; a model tuned to val shows a larger gap)",
                                                 gap=round(gap, 5))
     result["eval"] = {k: er[k] for k in ("val", "hidden_val", "rows", "seq_len", "timings", "transport") if k in er}
+    wc = result["probes"].get("wall_consistent")
+    if wc and _finite((er.get("timings") or {}).get("val_pass_s")):
+        result["probes"]["wall_consistent"] = pause_check(wc, float(er["timings"]["val_pass_s"]))
+    # the run is timed from outside: the runner's own stamps of the clock's start and stop, less the
+    # validation pauses; the train process's figure is a floor (it cannot make the run shorter)
     timed = float(main["timed_s"])
+    if wc and _finite(wc.get("outside_s")):
+        result["timings"]["outside_s"] = wc["outside_s"]
+        timed = max(timed, float(wc["outside_s"]))
     if not _finite(val_loss):
         return done("failed", f"the final validation loss is not finite ({val_loss})")
     if timed > budget_s:
