@@ -338,15 +338,22 @@ class RemoteModel:
     """The candidate's model in the model process, seen from here: ``remote(idx)`` sends the
     rows and returns the logits (on ``device``, float32), after checking their shape and dtype.
     ``submit``/``result`` keep a few requests in flight (a sender thread, so a large reply never
-    blocks a request). Breaches of the logits contract that could be worked around (a Tensor
-    subclass) are appended to CONTRACT."""
+    blocks a request). On CUDA the logits come through CUDA IPC buffers when ``ipc`` allows and
+    the mapping works (tried on the first request; else raw bytes through the socket). Breaches
+    of the logits contract that could be worked around (a Tensor subclass) are appended to
+    CONTRACT."""
 
-    def __init__(self, sock: socket.socket, device: torch.device, vocab_size: int, timeout_s: float = 300.0):
+    def __init__(self, sock: socket.socket, device: torch.device, vocab_size: int, timeout_s: float = 300.0,
+                 ipc: bool = True):
         self.sock, self.device, self.vocab = sock, device, int(vocab_size)
         self.sock.settimeout(timeout_s)
         self._next, self._outbox = 0, queue.Queue()
-        self._shapes: dict[int, tuple[int, int]] = {}
+        self._pending: dict[int, np.ndarray] = {}
+        self._stash: dict[int, tuple[dict, bytearray]] = {}
+        self._slots: dict[int, torch.Tensor] = {}
         self._send_error: list[BaseException] = []
+        self.ipc: bool | None = None if (ipc and device.type == "cuda") else False
+        self.ipc_error = ""
         self.calls, self.bytes = 0, 0
         self._sender = threading.Thread(target=self._send_loop, daemon=True, name="eval-sender")
         self._sender.start()
@@ -365,26 +372,53 @@ class RemoteModel:
                 self._send_error.append(e)
                 return
 
-    def submit(self, x) -> int:
-        arr = np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.int32)
+    def _send(self, arr: np.ndarray, ipc: bool) -> int:
         rid = self._next
         self._next += 1
-        self._shapes[rid] = (int(arr.shape[0]), int(arr.shape[1]))
-        self._outbox.put(({"op": "forward", "id": rid, "shape": list(arr.shape)}, arr.tobytes()))
+        self._pending[rid] = arr
+        self._outbox.put(({"op": "forward", "id": rid, "shape": list(arr.shape), "ipc": ipc}, arr.tobytes()))
         return rid
 
-    def result(self, rid: int) -> torch.Tensor:
+    def submit(self, x) -> int:
+        arr = np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.int32)
+        if self.ipc is None:          # the first request tries CUDA IPC; the others wait for its answer
+            self.ipc = "trying"       # type: ignore[assignment]
+            return self._send(arr, True)
+        return self._send(arr, self.ipc is True)
+
+    def _reply(self, rid: int) -> tuple[dict, bytearray]:
         from . import wire
 
-        B, T = self._shapes.pop(rid)
-        try:
-            head, payload = wire.recv(self.sock, B * T * self.vocab * 4)
-        except (OSError, wire.WireError) as e:
-            why = f"; sending failed: {self._send_error[0]}" if self._send_error else ""
-            raise RuntimeError(f"the model process stopped answering ({type(e).__name__}: {e}{why}); see eval.log") \
-                from None
-        if head.get("id") != rid:
-            raise RuntimeError(f"the model process answered request {head.get('id')!r} instead of {rid}")
+        while rid not in self._stash:
+            B, T = self._pending.get(rid, np.zeros((0, 0))).shape
+            try:
+                head, payload = wire.recv(self.sock, max(B * T * self.vocab * 4, 1 << 20))
+            except (OSError, wire.WireError) as e:
+                why = f"; sending failed: {self._send_error[0]}" if self._send_error else ""
+                raise RuntimeError(f"the model process stopped answering ({type(e).__name__}: {e}{why}); see "
+                                   f"eval.log") from None
+            got = head.get("id")
+            if not isinstance(got, int) or got not in self._pending:
+                raise RuntimeError(f"the model process answered request {got!r}, which was not asked")
+            self._stash[got] = (head, payload)
+        return self._stash.pop(rid)
+
+    def _open_slot(self, info: dict) -> torch.Tensor:
+        import base64
+
+        def dec(v):
+            return base64.b64decode(v["b64"]) if isinstance(v, dict) and "b64" in v else v
+
+        st = torch.UntypedStorage._new_shared_cuda(int(info["device"]), dec(info["handle"]), int(info["size"]),
+                                                   int(info["offset"]), dec(info["rc_handle"]), int(info["rc_offset"]),
+                                                   dec(info["event"]), bool(info["event_sync"]))
+        return torch._utils._rebuild_tensor(torch.storage.TypedStorage(wrap_storage=st, dtype=torch.uint8,
+                                                                       _internal=True), 0, (int(info["size"]),), (1,))
+
+    def result(self, rid: int) -> torch.Tensor:
+        head, payload = self._reply(rid)
+        arr = self._pending.pop(rid)
+        B, T = arr.shape
         if head.get("op") == "error":
             raise ValueError(str(head.get("error"))[:2000])
         want = (B, T, self.vocab)
@@ -393,13 +427,36 @@ class RemoteModel:
             raise ValueError(f"model(idx) returned logits of shape {tuple(shape or ())}; expected {want} (B, T, vocab_size)")
         if dtype is None:
             raise ValueError(f"model(idx) returned logits of dtype {head.get('dtype')!r}; expected a floating dtype")
-        if len(payload) != B * T * self.vocab * torch.tensor([], dtype=dtype).element_size():
-            raise ValueError("the model process sent logits of the wrong size")
+        nbytes = B * T * self.vocab * torch.tensor([], dtype=dtype).element_size()
         if head.get("subclass"):
             msg = (f"model(idx) returned a {str(head['subclass'])[:200]}, a Tensor subclass; logits must be a plain "
                    f"torch.Tensor")
             if msg not in CONTRACT:
                 CONTRACT.append(msg)
+        if "slot" in head:
+            if self.ipc is False and not isinstance(head.get("ipc"), dict) and head.get("slot") not in self._slots:
+                raise RuntimeError("the model process answered through CUDA IPC, which was not asked")
+            try:
+                slot = int(head["slot"])
+                if isinstance(head.get("ipc"), dict):
+                    self._slots[slot] = self._open_slot(head["ipc"])
+                buf = self._slots[slot]
+                if buf.numel() < nbytes:
+                    raise ValueError("the CUDA IPC buffer is smaller than the logits")
+                out = buf[:nbytes].view(dtype).view(*want).clone()    # ours, before the buffer is reused
+                torch.cuda.synchronize(self.device)
+            except Exception as e:  # noqa: BLE001 - no IPC here: the same rows again, as bytes
+                self.ipc, self.ipc_error = False, f"{type(e).__name__}: {e}"[:300]
+                self._slots.clear()
+                return self.result(self._send(arr, False))
+            if self.ipc != True:   # noqa: E712 - "trying" -> True
+                self.ipc = True
+            self.calls += 1
+            return _to_float(out)
+        if self.ipc == "trying":
+            self.ipc = False
+        if len(payload) != nbytes:
+            raise ValueError("the model process sent logits of the wrong size")
         self.calls += 1
         self.bytes += len(payload)
         out = torch.frombuffer(payload, dtype=dtype).view(*want)
@@ -679,7 +736,8 @@ def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path,
     if device.type == "cpu":
         torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
     conn = accept_model(listener, float(cfg.get("connect_timeout_s", 120)))
-    remote = RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)))
+    remote = RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)),
+                         ipc=bool(cfg.get("eval_cuda_ipc", True)))
     t_load = time.monotonic() - t0
     batch_rows = int(cfg.get("eval_batch_size", 8))
     rng = np.random.default_rng(secrets.randbits(128))    # fresh each run: not the run's seed
@@ -707,7 +765,8 @@ def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path,
         "val_bpb": res["val"]["bpb"], "hidden_val_bpb": res["hidden_val"]["bpb"],
         "val": res["val"], "hidden_val": res["hidden_val"], "eval_rows": len(sets["val"]), "seq_len": seq_len,
         "num_params": weights["num_params"], "probes": probes,
-        "transport": {"kind": "unix-socket", "batches": remote.calls, "logits_mib": round(remote.bytes / 2**20, 1)},
+        "transport": {"kind": "cuda-ipc" if remote.ipc is True else "unix-socket", "batches": remote.calls,
+                      "logits_mib_through_host": round(remote.bytes / 2**20, 1), "ipc_error": remote.ipc_error},
         "timings": {"load_s": round(t_load, 3), "metric_s": round(t_metric, 3), "total_s": round(time.monotonic() - t0, 3)},
     }
 

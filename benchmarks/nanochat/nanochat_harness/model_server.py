@@ -11,7 +11,9 @@ It holds no targets, no split files and nothing of the harness worth taking. In 
 3. import the script as ``__autolab_candidate__`` (its ``__main__`` block does not run), call
    ``<factory>(**init_kwargs)`` and ``load_state_dict(strict=True)``;
 4. answer ``forward`` requests (int32 token rows (B, T)) with the logits of ``model(idx)``, as
-   raw bytes, until the evaluator says ``bye``.
+   raw bytes, until the evaluator says ``bye``. On CUDA, a request may ask for the logits in a
+   CUDA IPC buffer instead (two buffers, alternating by request id, shared once with the
+   evaluator): no copy through host memory.
 
 Nothing here is trusted by the evaluator: it checks every reply's shape, dtype and size itself.
 """
@@ -94,10 +96,24 @@ def _plain(out):
     return plain, name
 
 
+def _b64(v):
+    import base64
+
+    return {"b64": base64.b64encode(bytes(v)).decode()} if isinstance(v, (bytes, bytearray)) else v
+
+
+def _share(buf) -> dict[str, Any]:
+    """The CUDA IPC description of ``buf``'s storage (torch's own, as plain JSON data)."""
+    dev, handle, size, off, rc_h, rc_off, ev_h, ev_sync = buf.untyped_storage()._share_cuda_()
+    return {"device": dev, "handle": _b64(handle), "size": size, "offset": off, "rc_handle": _b64(rc_h),
+            "rc_offset": rc_off, "event": _b64(ev_h), "event_sync": bool(ev_sync)}
+
+
 def serve(sock, model, device) -> None:
     import torch
 
     allowed = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    slots: dict[int, Any] = {}
     while True:
         head, payload = wire.recv(sock, MAX_REQUEST)
         op = head.get("op")
@@ -122,12 +138,25 @@ def serve(sock, model, device) -> None:
                 if not out.is_floating_point():
                     raise ValueError(f"model(idx) returned logits of dtype {out.dtype}; expected a floating dtype")
                 out = out.float()
-            data = out.detach().contiguous().to("cpu")
+            out = out.detach().contiguous()
+            head_out = {"op": "logits", "id": rid, "shape": list(out.shape), "dtype": allowed[out.dtype],
+                        "subclass": subclass}
+            if head.get("ipc") and out.is_cuda:
+                slot, need = int(rid) % 2, out.numel() * out.element_size()
+                buf = slots.get(slot)
+                if buf is None or buf.numel() < need:
+                    buf = slots[slot] = torch.empty(need, dtype=torch.uint8, device=out.device)
+                    head_out["ipc"] = _share(buf)
+                buf[:need].view(out.dtype).view(out.shape).copy_(out)
+                torch.cuda.synchronize(out.device)
+                head_out["slot"] = slot
+                wire.send(sock, head_out)
+                continue
+            data = out.to("cpu")
         except Exception as e:  # noqa: BLE001 - reported to the evaluator, which fails the run with it
             wire.send(sock, {"op": "error", "id": rid, "error": f"{type(e).__name__}: {e}"})
             continue
-        wire.send(sock, {"op": "logits", "id": rid, "shape": list(data.shape), "dtype": allowed[data.dtype],
-                         "subclass": subclass}, data.view(torch.uint8).numpy().data if data.numel() else b"")
+        wire.send(sock, head_out, data.view(torch.uint8).numpy().data if data.numel() else b"")
 
 
 def main(argv: list[str] | None = None) -> int:

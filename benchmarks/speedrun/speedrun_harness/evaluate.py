@@ -47,7 +47,8 @@ def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path, log=
 
         torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
     conn = NE.accept_model(listener, float(cfg.get("connect_timeout_s", 120)))
-    remote = NE.RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)))
+    remote = NE.RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)),
+                            ipc=bool(cfg.get("eval_cuda_ipc", True)))
     t_load = time.monotonic() - t0
     batch = int(cfg.get("eval_batch_size", 16))
     rng = np.random.default_rng(secrets.randbits(128))      # fresh each run: not the run's seed
@@ -76,7 +77,8 @@ def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path, log=
     return {"val_loss": out["val"]["loss"], "hidden_val_loss": out["hidden_val"]["loss"],
             "tokens": out["val"]["tokens"], "val": out["val"], "hidden_val": out["hidden_val"],
             "rows": len(sets["val"]), "seq_len": seq_len, "num_params": weights["num_params"], "probes": probes,
-            "transport": {"kind": "unix-socket", "batches": remote.calls, "logits_mib": round(remote.bytes / 2**20, 1)},
+            "transport": {"kind": "cuda-ipc" if remote.ipc is True else "unix-socket", "batches": remote.calls,
+                          "logits_mib_through_host": round(remote.bytes / 2**20, 1), "ipc_error": remote.ipc_error},
             "timings": {"load_s": round(t_load, 3), "metric_s": round(t_metric, 3),
                         "val_pass_s": round(t_metric * val_batches / max(1, remote.calls), 3), "total_s": round(time.monotonic() - t0, 3)}}
 
