@@ -409,6 +409,14 @@ class RemoteModel:
         def dec(v):
             return base64.b64decode(v["b64"]) if isinstance(v, dict) and "b64" in v else v
 
+        import re
+
+        rc = dec(info["rc_handle"])
+        # the ref counter names a shared-memory file that this process opens and writes to: only a
+        # name of the form torch gives its own (never a path), only the device this process uses
+        if not isinstance(rc, bytes) or not re.fullmatch(rb"/torch_[0-9]+_[0-9]+(_[0-9]+)?", rc) \
+                or int(info["device"]) != (self.device.index or 0) or not 0 <= int(info["rc_offset"]) < 1 << 20:
+            raise ValueError("unexpected CUDA IPC description")
         st = torch.UntypedStorage._new_shared_cuda(int(info["device"]), dec(info["handle"]), int(info["size"]),
                                                    int(info["offset"]), dec(info["rc_handle"]), int(info["rc_offset"]),
                                                    dec(info["event"]), bool(info["event_sync"]))
