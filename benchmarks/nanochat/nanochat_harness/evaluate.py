@@ -315,8 +315,12 @@ def check_weights(path: Path) -> dict[str, Any]:
     try:
         sd = _load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        raise UnsafeModelFile(f"{path.name} is not weights-only: torch.load(weights_only=True) refused it "
-                              f"({str(e).splitlines()[0][:300]})") from None
+        import re
+
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0][:300]
+        raise UnsafeModelFile(f"{path.name} is not weights-only: torch.load(weights_only=True) refused it ({first}); "
+                              f"save the model with H.finish(model, init_kwargs), which writes a plain state dict") \
+            from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise ValueError(f"{path.name} must hold a state dict (name -> tensor), not {type(sd).__name__}; save the "
                          f"model with H.finish(model, init_kwargs)")
