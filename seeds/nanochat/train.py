@@ -4,9 +4,10 @@ nanochat seed: train a small GPT for a fixed wall-clock budget, lowest val bits-
 One file, read top to bottom: settings, model, optimizer, training, summary.
 The protected harness (`nanochat_harness`) owns the data, the clock and the metric; this
 script only asks it for settings and batches, trains until the budget is spent, and hands
-the model back with `H.finish(model)`. The harness evaluates it in a separate process that
-imports this file as a module, so every class is module-level and all training runs under
-`if __name__ == "__main__":`.
+the model back with `H.finish(model, init_kwargs)`: its weights (a state dict) and the arguments
+that rebuild it. The harness evaluates it in a separate process that imports this file as a
+module and calls `GPT(**init_kwargs)`, so every class is module-level and all training runs
+under `if __name__ == "__main__":`.
 
 The recipe, all written here: a GPT with rotary position embeddings, QK-norm, ReLU^2 MLP,
 parameter-free RMSNorm, untied input/output embeddings, logit soft-capping, optional value
@@ -389,7 +390,9 @@ def main():
     training_seconds = H.elapsed()
     steady_t1 = time.time()  # the end of the MFU window: saving the model below is not training
     H.log(step, loss_val, lr_mult=0.0)
-    H.finish(model)
+    H.finish(model, dict(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, depth=DEPTH, n_embd=n_embd, n_head=N_HEAD,
+                         mlp_ratio=MLP_RATIO, qk_norm=QK_NORM, relu2=RELU2, softcap=SOFTCAP if LOGIT_SOFTCAP else 0.0,
+                         value_embeds=VALUE_EMBEDS, x0_skip=X0_SKIP))  # weights + how to rebuild the model
 
     # ---------------------------------------------------------------------------
     # summary

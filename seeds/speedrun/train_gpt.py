@@ -5,7 +5,7 @@ One file, read top to bottom: settings, model, optimizer, training, summary.
 The protected harness (`speedrun_harness`) owns the clock, the data streams, the validation
 and the target; this script builds a model, warms it up off the clock (compilation) on random
 tokens, lets the harness restore and verify the initial state, then trains a fixed number of
-optimizer steps and hands the model to `H.finish(model)`, which stops the clock and runs the
+optimizer steps and hands the model to `H.finish(model, step, init_kwargs)`, which stops the clock and runs the
 final validation. The harness re-checks that validation in a separate process that imports
 this file as a module, so every class is module-level and all training runs under
 `if __name__ == "__main__":`.
@@ -340,7 +340,8 @@ def main():
                 break
     loss_val = loss.item() if step else loss_val
     steady_tps = (step - steady_step) * tokens_per_step / max(H.elapsed() - steady_t, 1e-9) if steady_t else 0.0
-    val_loss = H.finish(model, step)  # stops the clock, final validation, saves the model
+    val_loss = H.finish(model, step, init_kwargs=dict(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, depth=DEPTH, n_embd=N_EMBD,
+                                                     n_head=N_HEAD, mlp_ratio=MLP_RATIO, softcap=SOFTCAP))  # stops the clock, final validation, saves the weights
     time_s = H.elapsed()  # the clock's final reading: the run's time
 
     # ---------------------------------------------------------------------------

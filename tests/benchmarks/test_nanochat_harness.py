@@ -86,7 +86,8 @@ if __name__ == "__main__":
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(int(cfg.get("threads", 1)))
     T, B = cfg["seq_len"], 8
-    model = GPT(cfg["vocab_size"], 64, 4, 1, T).to(cfg["device"])
+    args = dict(vocab=cfg["vocab_size"], d=64, nh=4, depth=1, T=T)
+    model = GPT(**args).to(cfg["device"])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     step = tokens = 0
     for x, y in H.train_loader(B, T, cfg["device"]):
@@ -99,7 +100,7 @@ if __name__ == "__main__":
         step, tokens = step + 1, tokens + x.numel()
         H.log(step, loss.item())
     secs = H.elapsed()
-    H.finish(model)
+    H.finish(model, args)
     print("---")
     print(f"steps: {step}")
     print(f"tokens: {tokens}")
@@ -204,6 +205,179 @@ def test_causality_probe(gpt_cls):
     assert not E.causality_probe(NextToken().eval(), torch.device("cpu"), 97, 64)["passed"]
 
 
+# ----------------------------------------------------------------------------- the split evaluation
+
+def _two_splits(V: int, T: int = 20, n: int = 7, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sets = {}
+    for i, name in enumerate(("val", "hidden_val")):
+        rows = rng.integers(1, V, (n + i, T + 1)).astype(np.int64)
+        rows[:, 0] = 0
+        rows[:, 9] = 0                                      # BOS targets inside rows: excluded
+        sets[name] = rows
+    token_bytes = rng.integers(1, 5, V).astype(np.int64)
+    token_bytes[0] = 0
+    return sets, token_bytes
+
+
+def test_split_metric_equals_hand_computation():
+    """Rows of both splits shuffled together into batches, padded to one shape, probe batches mixed
+    in: each split's nats and bytes are still exactly those of its own rows."""
+    V = 50
+    sets, tb = _two_splits(V)
+    model = Bigram(V).eval()
+    res = E.split_metric(model, sets, torch.device("cpu"), V, batch_rows=4, token_bytes=torch.from_numpy(tb),
+                         rng=np.random.default_rng(5), twins=2, repeats=2)
+    for name, rows in sets.items():
+        got = res[name]["nats"] / (math.log(2) * res[name]["bytes"])
+        assert abs(got - _hand_bpb(model, rows, tb)) < 1e-6 * got, name
+        assert res[name]["bytes"] == int(tb[rows[:, 1:]].sum())
+        assert res[name]["tokens"] == int((tb[rows[:, 1:]] > 0).sum()) and res[name]["finite"]
+    p = res["probes"]
+    assert p["noise"] == 0.0 and p["cross_row"] == 0.0 and p["causal_max_rel"] == 0.0
+    assert p["twin_rows"] == 8 and p["repeats"] == 2 and p["requests"] == 4 + 4     # 15 rows -> 4 batches of 4
+    # without token bytes every target counts (speedrun's mean loss)
+    plain = E.split_metric(model, sets, torch.device("cpu"), V, batch_rows=4, rng=np.random.default_rng(1))
+    assert plain["val"]["tokens"] == sets["val"][:, 1:].size
+
+
+def test_split_metric_probes_catch_future_memory_and_cross_row(gpt_cls):
+    V, T = 97, 32
+    sets, tb = _two_splits(V, T=T, n=12)
+    torch.manual_seed(0)
+    tbt = torch.from_numpy(tb)
+
+    def run(model):
+        res = E.split_metric(model.eval(), sets, torch.device("cpu"), V, batch_rows=4, token_bytes=tbt,
+                             rng=np.random.default_rng(3), twins=3, repeats=2)
+        return E.probes_from(res, {"passed": True, "detail": "", "tolerance": 1e-4}, torch.device("cpu"))
+
+    honest = run(gpt_cls(V, 32, 4, 1, T))
+    assert honest["causality"]["passed"] and honest["logits"]["passed"], honest
+    assert not run(gpt_cls(V, 32, 4, 1, T, causal=False))["causality"]["passed"]   # sees the future
+
+    class Memory(nn.Module):            # remembers every row it was asked about (state across calls)
+        def __init__(self):
+            super().__init__()
+            self.inner, self.seen = gpt_cls(V, 32, 4, 1, T), set()
+
+        def forward(self, idx):
+            out = self.inner(idx)
+            for r in range(idx.shape[0]):
+                key = tuple(idx[r, :8].tolist())
+                if key in self.seen:
+                    out[r] = out[r] + F.one_hot(torch.roll(idx[r], -1), V).float()
+                self.seen.add(key)
+            return out
+
+    mem = run(Memory())
+    assert not (mem["logits"]["passed"] and mem["causality"]["passed"]), mem
+
+    class CrossRow(nn.Module):           # mixes in the next row of the batch
+        def __init__(self):
+            super().__init__()
+            self.inner = gpt_cls(V, 32, 4, 1, T)
+
+        def forward(self, idx):
+            out = self.inner(idx)
+            return out + 0.5 * out.roll(1, dims=0)
+
+    cross = run(CrossRow())
+    assert not cross["logits"]["passed"] and "rows must not see each other" in cross["logits"]["detail"]
+
+
+def _model_folder(tmp_path: Path, gpt_cls, src: str = None, V: int = 97, T: int = 32) -> tuple[Path, nn.Module]:
+    """A model process's folder: train.py, model.pt (state dict), model.json."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "train.py").write_text(src or CANDIDATE)
+    torch.manual_seed(1)
+    args = dict(vocab=V, d=32, nh=4, depth=1, T=T)
+    model = gpt_cls(**args).eval()
+    torch.save(model.state_dict(), d / "model.pt")
+    (d / "model.json").write_text(json.dumps({"format": 2, "factory": "GPT", "init_kwargs": args}))
+    return d, model
+
+
+def _serve(d: Path):
+    import subprocess
+
+    from nanochat_harness import wire
+
+    sock = str(d / ".eval.sock")
+    listener = wire.listen(sock)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TASK_DIR), str(REPO)]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat_harness.model_server", "--socket", sock, "--script",
+                             "train.py", "--threads", "1"], cwd=d, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return listener, proc
+
+
+def test_metric_through_the_model_process_equals_in_process(tmp_path, gpt_cls):
+    """A real model process (imports train.py, rebuilds the model weights-only, answers over the
+    socket): the metric computed from its logits equals the in-process computation."""
+    V, T = 97, 32
+    d, model = _model_folder(tmp_path, gpt_cls, V=V, T=T)
+    sets, tb = _two_splits(V, T=T, n=9)
+    listener, proc = _serve(d)
+    try:
+        remote = E.RemoteModel(E.accept_model(listener, 120), torch.device("cpu"), V, timeout_s=120)
+        got = E.split_metric(remote, sets, torch.device("cpu"), V, batch_rows=4, token_bytes=torch.from_numpy(tb),
+                             rng=np.random.default_rng(2))
+        causal = E.causality_probe(remote, torch.device("cpu"), V, T, seed=3, rows=4)
+        remote.close()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    for name, rows in sets.items():
+        want = E.bits_per_byte(model, rows, torch.from_numpy(tb), torch.device("cpu"), V, batch_rows=3)
+        assert abs(got[name]["nats"] - want["nats"]) < 1e-4 * want["nats"] and got[name]["bytes"] == want["bytes"]
+    assert causal["passed"] and got["probes"]["noise"] == 0.0
+
+
+def test_model_rebuild_errors_reach_the_evaluator(tmp_path, gpt_cls):
+    d, _ = _model_folder(tmp_path, gpt_cls)
+    (d / "model.json").write_text(json.dumps({"format": 2, "factory": "GPT", "init_kwargs": {"vocab": 97}}))
+    listener, proc = _serve(d)
+    try:
+        with pytest.raises(RuntimeError, match="could not be rebuilt: TypeError"):
+            E.accept_model(listener, 120)
+        proc.communicate(timeout=60)
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("import builtins; builtins._autolab_test_payload_ran = True",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    import builtins
+
+    from nanochat_harness import model_server
+
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(3), "x": _Payload()}, path)
+    with pytest.raises(E.UnsafeModelFile, match="not weights-only"):
+        E.check_weights(path)
+    import pickle
+
+    with pytest.raises(pickle.UnpicklingError):
+        model_server.load_weights(path)
+    assert not hasattr(builtins, "_autolab_test_payload_ran")
+    torch.save({"w": torch.zeros(3), "b": torch.ones(2, 2)}, path)
+    assert E.check_weights(path) == {"tensors": 2, "num_params": 7}
+    torch.save([torch.zeros(3)], path)
+    with pytest.raises(ValueError, match="state dict"):
+        E.check_weights(path)
+
+
 def test_harness_intact_detects_replaced_functions(monkeypatch):
     assert E.harness_intact()["passed"]
     monkeypatch.setattr(F, "log_softmax", lambda *a, **k: None)
@@ -271,9 +445,21 @@ def test_log_and_finish(api, gpt_cls, tmp_path):
             self._orig_mod = m
 
     model = gpt_cls(50, 32, 4, 1, 16)
-    path = H.finish(Compiled(model))
-    obj = torch.load(path, weights_only=False)
-    assert type(obj["model"]).__name__ == "GPT" and set(obj["state_dict"]) == set(model.state_dict())
+    with pytest.raises(TypeError, match="init_kwargs"):
+        H.finish(model)
+    with pytest.raises(TypeError, match="plain JSON"):
+        H.finish(model, {"vocab": torch.tensor(50)})
+    path = H.finish(Compiled(model), dict(vocab=50, d=32, nh=4, depth=1, T=16))
+    state = torch.load(path, weights_only=True)                 # weights only: a state dict of tensors
+    assert set(state) == set(model.state_dict())
+    assert json.loads((tmp_path / "model.json").read_text()) == {
+        "format": 2, "factory": "GPT", "init_kwargs": {"vocab": 50, "d": 32, "nh": 4, "depth": 1, "T": 16}}
+    import types
+
+    rebuilt = E.load_model(tmp_path, types.SimpleNamespace(GPT=gpt_cls)).eval()
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
     assert json.loads((tmp_path / "finish.json").read_text())["batches"] == 0
 
 
@@ -314,7 +500,7 @@ def shared_cache(monkeypatch):
         pytest.skip("no techtext corpus")
 
 
-FAST = {"budget_s": 3, "eval_tokens": 4096}
+FAST = {"budget_s": 3, "eval_tokens": 4096, "allowance_s": 120}   # start-up on a crowded machine
 
 
 def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
@@ -373,6 +559,70 @@ def test_a_harness_planted_in_the_workdir_is_not_the_one_that_evaluates(tmp_path
     assert (res_path.parent / "result.work" / "nanochat_harness" / "evaluate.py").exists()   # the attempt was made
     assert res["status"] == "ok", res["reason"]
     assert res["metrics"]["val_bpb"] > 0.5 and res["metrics"]["hidden_val_bpb"] > 0.5, res["metrics"]
+
+
+SEARCHER = """
+
+_CALLS = []
+
+
+def _search(idx):
+    # everything this process holds that looks like evaluation rows with their targets
+    import gc, sys
+    _CALLS.append(1)
+    if len(_CALLS) > 10:     # the first ten calls (metric and probe batches mixed) are enough
+        return
+    import numpy as np
+    T = idx.shape[1]
+    found = {"frames": 0, "gc": 0, "modules": 0}
+
+    def hit(v):
+        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        return isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[1] > T and a.dtype.kind in "iu"
+
+    f = sys._getframe(1)
+    while f is not None:
+        for v in list(f.f_locals.values()):
+            vals = list(v.values()) if isinstance(v, dict) else list(v) if isinstance(v, (list, tuple)) else [v]
+            found["frames"] += sum(hit(w) for w in vals[:100])
+        f = f.f_back
+    for o in gc.get_objects():
+        try:
+            found["gc"] += sum(hit(r) for r in gc.get_referents(o))
+        except Exception:
+            pass
+    for name, mod in list(sys.modules.items()):
+        for v in list(vars(mod).values()) if mod is not None else []:
+            try:
+                cells = [c.cell_contents for c in (v.__closure__ or [])] if type(v).__name__ == "function" else []
+            except ValueError:
+                cells = []
+            found["modules"] += sum(hit(w) for w in [v, *cells])
+    print("SEARCH", json.dumps(found), flush=True)
+"""
+
+
+def test_the_model_process_holds_no_targets(tmp_path, shared_cache):
+    """A model that searches its own process (frames up from its forward, the garbage collector's
+    referents, every module's globals and closures) for integer rows longer than its input finds
+    nothing: the split evaluation's model process receives input rows only."""
+    src = CANDIDATE.replace("import torch\n", "import json\nimport torch\n", 1).replace(
+        "        return self.head(self.ln(x))\n",
+        "        out = self.head(self.ln(x))\n        if not self.training:\n            _search(idx)\n        return out\n"
+    ).replace("\n\nSNOOP = []", SEARCHER + "\n\nSNOOP = []")
+    cand = _candidate(tmp_path, src)
+    res_path = tmp_path / "run" / "result.json"
+    res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand),
+                          overrides={**FAST, "eval_timeout_s": 600}, echo=False)
+    assert res["status"] == "ok", res["reason"]
+    log = (res_path.parent / "result.harness" / "eval.log").read_text()
+    reports = [json.loads(line.split("SEARCH ", 1)[1]) for line in log.splitlines() if line.startswith("SEARCH ")]
+    assert len(reports) >= 8, log[-2000:]                  # it searched on every call
+    assert all(r == {"frames": 0, "gc": 0, "modules": 0} for r in reports), reports[:5]
+    # the model process's folder held the script and the weights-only model, nothing of the run
+    assert sorted(p.name for p in (res_path.parent / "result.model").iterdir() if not p.name.startswith(".")) == [
+        "model.json", "model.pt", "model_config.json", "train.py"]
+    assert res["eval"]["transport"]["batches"] >= 8 and all(res["probes"][k]["passed"] for k in ("causality", "logits"))
 
 
 SLEEPER = "import time\nimport nanochat_harness as H\nif __name__ == '__main__':\n    H.config()\n    time.sleep(600)\n"
@@ -454,3 +704,49 @@ def test_gpu_seed_end_to_end_and_budget_kill(tmp_path, shared_cache):
     res = R.run_benchmark(cand, 1, "h100-90s", tmp_path / "kill" / "r.json", task_dir=_task_copy(tmp_path, cand),
                           overrides={**GPU_FAST, "budget_s": 1, "allowance_s": 2}, echo=False)
     assert res["status"] == "killed", res
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("ipc", [True, False])
+def test_gpu_split_metric_through_the_sandboxed_model_process(tmp_path, gpt_cls, ipc):
+    """On CUDA: the model process, sandboxed as in a run, answers through CUDA IPC buffers (or raw
+    bytes); the metric equals the in-process one. Where the sandbox's namespaces break CUDA IPC the
+    evaluator falls back to bytes and says why (transport)."""
+    import threading
+
+    from autolab.sandbox import Limits, Policy, run_sandboxed
+    from nanochat_harness import wire
+
+    V, T = 300, 128
+    d, model = _model_folder(tmp_path, gpt_cls, V=V, T=T)
+    sets, tb = _two_splits(V, T=T, n=10)
+    sock = str(d / ".eval.sock")
+    listener = wire.listen(sock)
+    box: dict = {}
+    env = {"PYTHONPATH": os.pathsep.join([str(TASK_DIR), str(REPO)])}
+
+    def serve():
+        box["r"] = run_sandboxed([sys.executable, "-m", "nanochat_harness.model_server", "--socket", sock, "--device",
+                                  "cuda"], cwd=d, env=env, policy=Policy(write_allow=(str(d),)),
+                                 limits=Limits(wall_s=300, memory_mb=None))
+
+    th = threading.Thread(target=serve)
+    th.start()
+    dev = torch.device("cuda")
+    try:
+        remote = E.RemoteModel(E.accept_model(listener, 240), dev, V, timeout_s=240, ipc=ipc)
+        got = E.split_metric(remote, sets, dev, V, batch_rows=4, token_bytes=torch.from_numpy(tb),
+                             rng=np.random.default_rng(2))
+        remote.close()
+    finally:
+        listener.close()
+        th.join(timeout=120)
+    assert box["r"].returncode == 0, box["r"].stdout_tail[-3000:]
+    print("transport:", "cuda-ipc" if remote.ipc is True else "bytes", remote.ipc_error)
+    assert remote.ipc is (True if ipc and not remote.ipc_error else False)
+    m = model.cuda().eval()
+    for name, rows in sets.items():
+        want = E.bits_per_byte(m, rows, torch.from_numpy(tb), dev, V, batch_rows=4)
+        assert abs(got[name]["nats"] - want["nats"]) < 1e-3 * want["nats"], name
+    assert got["probes"]["noise"] < 1e-2 and got["probes"]["causal_max_rel"] < 1e-3

@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from speedrun_harness import metric as M  # noqa: E402
 from speedrun_harness import state as S  # noqa: E402
 from speedrun_harness.record import counted, one_sample_below, record_rule  # noqa: E402
-from speedrun_harness.runner import clock_check, harness_probes  # noqa: E402
+from speedrun_harness.runner import clock_check, harness_probes, pause_check  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -194,6 +194,36 @@ def test_clock_check():
     assert clock_check(_stamps(), 22.5, 20, 0.5, wall_s=40.0, untimed_max_s=40)["passed"]
     long = clock_check(_stamps(), 22.5, 20, 0.5, wall_s=90.0, untimed_max_s=40)
     assert not long["passed"] and "more than the clock ran" in long["detail"]
+
+
+def test_clock_tolerance_is_relative_as_well_as_absolute():
+    """0.59 s hidden of a 5.17 s run is under a 1.5 s absolute tolerance, but 11% of the run."""
+    stamps = _stamps(start=5.0, pauses=(), stop=5.0 + 5.17)
+    assert clock_check(stamps, 5.17, 20, 1.5)["passed"]
+    assert clock_check(stamps, 5.17 - 0.05, 20, 1.5)["passed"]                 # polling jitter passes
+    hidden = clock_check(stamps, 5.17 - 0.59, 20, 1.5)
+    assert not hidden["passed"] and "runner saw" in hidden["detail"] and hidden["tolerance_s"] < 0.59
+    # a long run keeps the absolute tolerance
+    assert clock_check(_stamps(start=5.0, pauses=(), stop=205.0), 199.2, 20, 1.0)["passed"]
+    assert not clock_check(_stamps(start=5.0, pauses=(), stop=205.0), 198.0, 20, 1.0)["passed"]
+
+
+def test_pauses_must_be_validations():
+    # two pauses but one validation recorded: a pause that is not a validation stopped the clock
+    extra = clock_check(_stamps(), 22.5, 20, 0.5, validations=1)
+    assert not extra["passed"] and "paused 2 times but 1 validations" in extra["detail"]
+    assert clock_check(_stamps(), 22.5, 20, 0.5, validations=2)["passed"]
+    # pauses beyond the validation allowance
+    assert not clock_check(_stamps(pauses=((10.0, 20.0),), stop=40.0), 25.0, 20, 0.5, validations=1,
+                           val_allowance_s=5.0)["passed"]
+    # pauses before the clock's start or after its stop are not subtracted
+    pre = [{"ev": "val_start", "t_out": 1.0}, {"ev": "val_end", "t_out": 4.0}] + _stamps(pauses=())
+    assert clock_check(pre, 25.0, 20, 0.5)["outside_s"] == pytest.approx(25.0)
+    # each pause is bounded by the trusted side's own pass over the val rows
+    ok = clock_check(_stamps(), 22.5, 20, 0.5, validations=2)
+    assert pause_check(ok, val_pass_s=0.4)["passed"]                          # 1.0 and 1.5 s <= 3 x 0.4 + 1
+    slow = pause_check(ok, val_pass_s=0.1)
+    assert not slow["passed"] and "longer than 3x" in slow["detail"]
 
 
 def _record(rank=0, **kw):

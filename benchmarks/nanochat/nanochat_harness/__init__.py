@@ -46,14 +46,22 @@ API
 ``token_bytes(device="cpu") -> LongTensor``
     UTF-8 byte length of each token id (0 for ``<|bos|>``), the weights of bits-per-byte.
 
-``finish(model)``
-    Save the trained model for evaluation (``model.pt`` in the working directory: the whole
-    module, unwrapped from ``torch.compile``, on CPU, plus its state_dict). Call it last, then
-    print the closing ``---`` block of ``key: value`` lines and exit.
+``finish(model, init_kwargs, factory=None)``
+    Save the trained model for evaluation, weights only: ``model.pt`` (the state dict, on CPU,
+    unwrapped from ``torch.compile``; loadable with ``torch.load(..., weights_only=True)``) and
+    ``model.json`` (how to rebuild it, plain JSON data: the class name, or ``factory``, the name
+    of a module-level function of train.py, and ``init_kwargs``). Call it last, then print the
+    closing ``---`` block of ``key: value`` lines and exit.
 
-The evaluation imports ``train.py`` as a module (its training must sit under
-``if __name__ == "__main__":``), unpickles the model, and calls ``model(idx)`` with ``idx`` of
-shape (B, T) int64; it must return logits of shape (B, T, vocab_size).
+The evaluation runs in two processes. A sandboxed model process, in a fresh folder that holds
+only a copy of the candidate's ``train.py``, ``model.pt`` and ``model.json`` (no other file of
+the run is visible to it), imports ``train.py`` as a module (its training must sit under
+``if __name__ == "__main__":``), calls ``<class or factory>(**init_kwargs)``, loads the state
+dict (strict: every key must match) and answers ``model(idx)`` calls (``idx`` int64 of shape
+(B, T); it must return logits of shape (B, T, vocab_size)). Everything the model needs must
+therefore be in its constructor's arguments or in its state dict (parameters and persistent
+buffers). A trusted process, which never imports candidate code, holds the targets, sends the
+input batches, computes the metric from the returned logits and runs the probes.
 """
 
 from __future__ import annotations
@@ -195,20 +203,49 @@ def log(step: int, loss: float, **extra: Any) -> None:
             **{k: _num(v) for k, v in extra.items()}})
 
 
-def finish(model, path: str = "model.pt") -> str:
-    """Save the model for the harness's evaluation; returns the file's path."""
+MODEL_FILE = "model.pt"
+MODEL_SPEC = "model.json"
+MAX_SPEC_BYTES = 1 << 20
+
+
+def finish(model, init_kwargs: dict[str, Any] | None = None, factory: str | None = None,
+           path: str = MODEL_FILE) -> str:
+    """Save the model for the harness's evaluation, weights only; returns the weights' path.
+
+    ``init_kwargs``: the keyword arguments that rebuild the model (plain JSON data); the
+    evaluation calls ``factory(**init_kwargs)`` (a module-level function of train.py) or, without
+    a factory, ``<the model's class>(**init_kwargs)``, then loads the state dict."""
     import torch
 
     t_train = elapsed()
     m = getattr(model, "_orig_mod", model)         # unwrap torch.compile
-    m = m.to("cpu")
+    if init_kwargs is None:
+        raise TypeError("nanochat_harness.finish(model, init_kwargs): pass the keyword arguments that rebuild the "
+                        "model, e.g. H.finish(model, dict(vocab_size=V, depth=D, ...)); the evaluation calls "
+                        f"{type(m).__name__}(**init_kwargs) and loads the weights (no pickled code is evaluated)")
+    name = factory or type(m).__name__
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"nanochat_harness.finish: factory must be the name of a module-level function of train.py, "
+                         f"got {factory!r}")
+    try:
+        spec = json.dumps({"format": 2, "factory": name, "init_kwargs": dict(init_kwargs)}, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"nanochat_harness.finish: init_kwargs must be plain JSON data (numbers, strings, bools, "
+                        f"lists, dicts): {e}") from None
+    if len(spec) > MAX_SPEC_BYTES:
+        raise ValueError(f"nanochat_harness.finish: init_kwargs take {len(spec)} bytes as JSON (at most "
+                         f"{MAX_SPEC_BYTES}); put tensors in the model's state dict instead")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in m.state_dict().items()}
     tmp = f".{path}.tmp-{os.getpid()}"
     try:
-        torch.save({"model": m, "state_dict": m.state_dict(), "format": 1}, tmp)
+        torch.save(state, tmp)
     except Exception as e:
-        raise RuntimeError(f"nanochat_harness.finish: could not save the model ({type(e).__name__}: {e}); the "
-                           f"whole nn.Module is pickled, so it must not hold lambdas, open files or compiled "
-                           f"callables; keep those outside the module") from e
+        raise RuntimeError(f"nanochat_harness.finish: could not save the model's state dict "
+                           f"({type(e).__name__}: {e})") from e
+    spec_tmp = f".{MODEL_SPEC}.tmp-{os.getpid()}"
+    with open(spec_tmp, "w") as fh:
+        fh.write(spec)
+    os.replace(spec_tmp, MODEL_SPEC)
     os.replace(tmp, path)
     try:   # the runner notes this line's arrival: the end of the training window, seen from outside
         os.write(1, (SAVED_LINE + "\n").encode())

@@ -118,8 +118,8 @@ class _Tail(threading.Thread):
 
 def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
-               echo: bool, read_allow: tuple[str, ...] | None = None, end_marker: str | None = None,
-               after_end_s: float = 10.0) -> dict[str, Any]:
+               echo: bool, harden: bool = True, read_allow: tuple[str, ...] | None = None,
+               end_marker: str | None = None, after_end_s: float = 10.0) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
     echo) and to log_path. ``read_allow``: reads by allow-list (see Policy.read_allow);
     ``end_marker``: the line that ends the candidate's work (after it, a process but the main one
@@ -144,7 +144,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     kw = {"memory_mb": int(mem_mb)} if mem_mb else {}
     t_launch = time.monotonic()
     res = run_sandboxed(argv, cwd=cwd, env=env, on_line=on_line, log_path=log_path,
-                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow),
+                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), harden=harden,
                                       read_allow=None if read_allow is None else tuple(read_allow)),
                         limits=Limits(wall_s=float(wall_s), end_marker=end_marker, after_end_s=float(after_end_s),
                                       **kw))
@@ -191,6 +191,92 @@ def _guard_violations(reads_log: Path, workdir: Path, output: str, canary: str, 
                     "detail": f"the canary API key planted in the environment appeared in {', '.join(where[:5])}: "
                               f"the code read the environment and used what it found"})
     return out
+
+
+# ----------------------------------------------------------------------------- split evaluation
+
+def _copy_model(workdir: Path, mdir: Path, cand: Path, script: str) -> str | None:
+    """A fresh folder for the model process: the candidate's script (from the candidate's own
+    folder, not the workdir training could rewrite), model.pt and model.json; nothing else."""
+    if mdir.exists():
+        shutil.rmtree(mdir)
+    mdir.mkdir(parents=True)
+    for name in ("model.pt", "model.json"):
+        src = workdir / name
+        if not src.is_file() or src.is_symlink():
+            return (f"train.py saved no {name} (or not as a plain file); save the model with "
+                    f"H.finish(model, init_kwargs): its weights and how to rebuild it")
+        shutil.copyfile(src, mdir / name)
+    if not (cand / script).is_file():
+        return f"the candidate has no {script}"
+    shutil.copyfile(cand / script, mdir / script)
+    return None
+
+
+def _model_process_reads(mdir: Path, trusted_module: str) -> tuple[str, ...]:
+    """What the model process may read (besides the Python environment and the system): its own
+    fresh folder, the harness code (nanochat's and the task's own) and autolab; no data file."""
+    import autolab
+
+    task_harness = Path(sys.modules[trusted_module.partition(".")[0]].__file__).resolve().parent
+    return tuple(dict.fromkeys((str(mdir), str(Path(__file__).resolve().parent), str(task_harness),
+                                str(Path(autolab.__file__).resolve().parent))))
+
+
+def split_evaluation(*, script: str, cand: Path, workdir: Path, mdir: Path, hdir: Path, eval_cfg_path: Path,
+                     eval_out: Path, trusted_module: str, model_cfg: dict[str, Any], config_env: str,
+                     env: dict[str, str], deny: list[str], device: str, threads: int, wall_s: float,
+                     mem_mb: int | None, echo: bool, harden: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate a trained model in two processes (shared with speedrun): the trusted
+    ``trusted_module`` (never imports candidate code; holds the targets; started first, listening
+    on a socket in ``mdir``) and the sandboxed model server in ``mdir`` (a fresh folder with the
+    script and the weights-only model; the run's workdir, the harness folder and the split files
+    denied). Returns (the model process's sandbox result, the trusted process's JSON)."""
+    import subprocess
+
+    from autolab.sandbox import scrubbed_env
+
+    why = _copy_model(workdir, mdir, cand, script)
+    if why:
+        return ({"wall_s": 0.0, "violations": [], "output": "", "isolation": {}, "peak_memory_mb": 0.0,
+                 "state": "failed", "kill_reason": "", "killed": False, "returncode": None},
+                {"ok": False, "error": why})
+    atomic_write_json(mdir / "model_config.json", model_cfg)
+    sock = mdir / ".eval.sock"
+    if eval_out.exists():
+        eval_out.unlink()
+    tenv = scrubbed_env({"PYTHONPATH": env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1",
+                         "PYTHONDONTWRITEBYTECODE": "1",
+                         **{k: v for k, v in env.items() if k.endswith("_NUM_THREADS") or k == "CUDA_VISIBLE_DEVICES"}})
+    with open(hdir / "eval_trusted.log", "w") as log:
+        trusted = subprocess.Popen([sys.executable, "-m", trusted_module, "--config", str(eval_cfg_path), "--out",
+                                    str(eval_out), "--socket", str(sock), "--model-dir", str(mdir)],
+                                   cwd=hdir, env=tenv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            menv = {**env, config_env: str(mdir / "model_config.json")}
+            ev = _sandboxed([sys.executable, "-m", "nanochat_harness.model_server", "--socket", str(sock), "--script",
+                             script, "--device", device, "--threads", str(threads)],
+                            cwd=mdir, env=menv, read_deny=tuple(dict.fromkeys(deny)), write_allow=(str(mdir),),
+                            wall_s=wall_s, mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden,
+                            read_allow=_model_process_reads(mdir, trusted_module))
+            try:
+                trusted.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                trusted.kill()
+                trusted.wait()
+        finally:
+            if trusted.poll() is None:
+                trusted.kill()
+                trusted.wait()
+    try:
+        er = json.loads(eval_out.read_text())
+    except (OSError, ValueError):
+        tail = "\n".join((hdir / "eval_trusted.log").read_text(errors="replace").strip().splitlines()[-10:])
+        er = {"ok": False, "error": f"the trusted evaluation wrote no result (exit code {trusted.returncode}):\n{tail}"}
+    if echo:
+        print((hdir / "eval_trusted.log").read_text(errors="replace").rstrip(), flush=True)
+    return ev, er
 
 
 # ----------------------------------------------------------------------------- the run
@@ -400,33 +486,31 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if not (workdir / "model.pt").exists():
         return done("failed", "train.py finished without saving a model; call H.finish(model) at the end of training")
 
-    # --- evaluate
+    # --- evaluate: a trusted process (the targets, the metric) and a sandboxed model process that
+    # sees only a fresh folder with train.py and the weights-only model (split_evaluation)
     event(type="phase", phase="eval")
+    mdir = result_path.parent / (result_path.stem + ".model")
     eval_cfg_path, eval_out = hdir / "eval_config.json", hdir / "eval.json"
-    atomic_write_json(eval_cfg_path, {**common, "run_config": str(run_cfg_path),
-                                      "data": {"val": data["splits"]["val"], "hidden_val": data["splits"]["hidden_val"],
-                                               "token_bytes": data["token_bytes"]},
-                                      "deny_after_load": [data["corpus"]["root"]],
-                                      "reads_log": str(hdir / "eval_reads.jsonl")})
-    eval_env = {**env, "AUTOLAB_RUN_CONFIG": str(run_cfg_path), "AUTOLAB_NANOCHAT_ROLE": "eval"}
-    eval_env.pop(CANARY_ENV, None)
-    ev = _sandboxed([sys.executable, "-m", "nanochat_harness.evaluate", "--workdir", str(workdir),
-                     "--config", str(eval_cfg_path), "--out", str(eval_out)],
-                    # started in hdir, which train.py could not write: `-m` puts the start folder first
-                    # on sys.path, so a `nanochat_harness/` planted in workdir must not be there
-                    cwd=hdir, env=eval_env, read_deny=(data["corpus"]["root"],),
-                    write_allow=(str(workdir), str(hdir)), wall_s=float(settings.get("eval_timeout_s", 300)),
-                    mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo)
+    atomic_write_json(eval_cfg_path, {**common, "data": {"val": data["splits"]["val"],
+                                                         "hidden_val": data["splits"]["hidden_val"],
+                                                         "token_bytes": data["token_bytes"]},
+                                      "eval_timeout_s": float(settings.get("eval_timeout_s", 300))})
+    ev, er = split_evaluation(
+        script="train.py", cand=cand, workdir=workdir, mdir=mdir, hdir=hdir, eval_cfg_path=eval_cfg_path,
+        eval_out=eval_out, trusted_module="nanochat_harness.evaluate", model_cfg={**common, "role": "model"},
+        config_env="AUTOLAB_RUN_CONFIG", env={k: v for k, v in env.items() if k != CANARY_ENV} | {
+            "AUTOLAB_NANOCHAT_ROLE": "eval"},
+        deny=denied + [str(workdir), str(hdir), str(Path(data["token_bytes"]).parent)], device=device,
+        threads=int(settings.get("threads", 2)), wall_s=float(settings.get("eval_timeout_s", 300)), mem_mb=mem_mb,
+        echo=echo)
     result["timings"]["eval_s"] = round(ev["wall_s"], 3)
     result["violations"] += [{**v, "phase": "eval"} for v in ev["violations"]]
-    result["violations"] += _guard_violations(hdir / "eval_reads.jsonl", workdir, ev["output"],
+    result["violations"] += _guard_violations(hdir / "eval_reads.jsonl", mdir, ev["output"],
                                               CANARY_PREFIX + canary_suffix, "eval")
     result["sandbox"]["eval"] = {"isolation": ev["isolation"], "peak_memory_mb": ev["peak_memory_mb"],
                                  "state": ev["state"], "reason": ev["kill_reason"]}
-    try:
-        er = json.loads(eval_out.read_text())
-    except (OSError, ValueError):
-        er = {"ok": False, "error": "the evaluation wrote no result"}
+    if er.get("violation"):
+        result["violations"].append({**er["violation"], "phase": "eval"})
     if ev["killed"]:
         return done("failed", f"evaluation was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
                               f"{settings.get('eval_timeout_s', 300)}s")
@@ -438,7 +522,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             result["metrics"][k] = float(er[k])
     if "num_params" not in result["metrics"] and _finite(er.get("num_params")):
         result["metrics"]["num_params"] = er["num_params"]
-    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "eval_rows", "seq_len", "timings") if k in er}
+    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "eval_rows", "seq_len", "timings", "transport") if k in er}
+    denied_reads = [v["detail"] for v in ev["violations"] if v.get("kind") == "file_read"]
+    if denied_reads and "harness_intact" in result["probes"]:
+        result["probes"]["harness_intact"] = {**result["probes"]["harness_intact"], "passed": False,
+                                              "detail": f"the model process tried to read files outside its folder: "
+                                                        f"{denied_reads[:3]}"}
     if not _finite(er.get("val_bpb")):
         return done("failed", f"val_bpb is not finite ({er.get('val_bpb')}): the model's logits overflowed or are NaN")
     return done("ok")

@@ -1,106 +1,90 @@
-"""The re-check process: ``python -m speedrun_harness.evaluate --workdir W --config C --out O``.
+"""The trusted side of speedrun's re-check:
+``python -m speedrun_harness.evaluate --config C --out O --socket S --model-dir D``.
 
-Run by the runner (sandboxed) after training. It packs the fixed val and hidden_val rows from the
-runner's own configuration, imports the candidate's ``train_gpt.py`` as a module (its training
-block does not run), unpickles the model ``H.finish`` saved, and computes the validation loss
-(:mod:`speedrun_harness.metric`, with torch functions captured before the candidate's module
-is imported) on val and hidden_val, plus nanochat's probes: ``logits`` (shape, dtype,
-finiteness), ``causality`` (changing later tokens must not change earlier logits) and
-``harness_intact`` (the torch functions the evaluation uses were not replaced).
+The split evaluation of :mod:`nanochat_harness.evaluate`, with speedrun's metric: the runner
+starts this process (it never imports candidate code) and a sandboxed model process
+(:mod:`nanochat_harness.model_server`, in the fresh folder ``D`` holding only ``train_gpt.py``
+and the weights-only model). This process checks ``model.pt`` weights-only, packs the fixed val
+and hidden_val rows from the runner's configuration, sends the input rows of both splits,
+shuffled together with real-text probe batches, and computes the validation loss (mean
+cross-entropy in nats over every target, BOS included) of each split from the returned logits,
+plus nanochat's probes: ``logits`` (finite, deterministic, rows independent), ``causality``
+(changing later tokens must not change earlier logits, on random tokens and on real text) and
+``harness_intact``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import secrets
+import socket
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-# Import order matters: the metric and nanochat's evaluation capture torch's functions now,
-# before any candidate code runs.
-from . import metric as M  # noqa: I001
-from nanochat_harness import evaluate as NE  # noqa: E402
+import numpy as np
+import torch
 
-import torch  # noqa: E402
+from nanochat_harness import evaluate as NE
 
-from autolab.harnesskit import atomic_write_json, load_module  # noqa: E402
-
-CANDIDATE_MODULE = "__autolab_candidate__"
-SCRIPT = "train_gpt.py"
+from . import metric as M
 
 
-def load_candidate(workdir: Path) -> Any:
-    """Import ``train_gpt.py`` as ``__autolab_candidate__`` (its ``__main__`` block does not run)."""
-    return load_module(workdir / SCRIPT, CANDIDATE_MODULE)
-
-
-def evaluate(workdir: Path, cfg: dict[str, Any], log=print) -> dict[str, Any]:
+def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path, log=print) -> dict[str, Any]:
+    """The re-check's result: val_loss, hidden_val_loss, tokens and the probes."""
     from nanochat_harness.data import load_split
 
     t0 = time.monotonic()
-    vocab = int(cfg["vocab_size"])
+    vocab, seq_len = int(cfg["vocab_size"]), int(cfg["seq_len"])
+    weights = NE.check_weights(model_dir / "model.pt")
     sets = {}
     for split in ("val", "hidden_val"):
         tokens, offsets = load_split(cfg["data"][split])
         sets[split] = M.fixed_rows(tokens, offsets, cfg)
-    deny = [cfg["data"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
-    hits: list[str] = []
-    NE._deny_reads(deny + list(cfg.get("deny_after_load", [])), hits)
-
     device = torch.device("cuda:0" if cfg.get("device") == "cuda" else "cpu")
     if device.type == "cpu":
-        torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
-    else:
-        torch.cuda.set_device(device)
-    os.chdir(workdir)
-    module = load_candidate(workdir)
-    model = NE.load_model(workdir, module).to(device)
-    model.eval()
-    t_load = time.monotonic() - t0
+        import os
 
-    probes: dict[str, Any] = {}
-    probes["logits"] = NE.logits_probe(model, sets["val"], device, vocab)
-    probes["causality"] = NE.causality_probe(model, device, vocab, int(cfg["seq_len"]), seed=int(cfg.get("seed", 0)))
-    t1 = time.monotonic()
+        torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
+    conn = NE.accept_model(listener, float(cfg.get("connect_timeout_s", 120)))
+    remote = NE.RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)),
+                            ipc=bool(cfg.get("eval_cuda_ipc", True)))
+    t_load = time.monotonic() - t0
     batch = int(cfg.get("eval_batch_size", 16))
-    val = M.loss_over_rows(model, sets["val"], device, vocab, batch)
-    hidden = M.loss_over_rows(model, sets["hidden_val"], device, vocab, batch)
+    rng = np.random.default_rng(secrets.randbits(128))      # fresh each run: not the run's seed
+    probe_seed = int(rng.integers(0, 2**31 - 1))
+    t1 = time.monotonic()
+    try:
+        stream = NE.split_metric(remote, sets, device, vocab, batch, token_bytes=None, rng=rng, twins=2, repeats=2,
+                                 extra=lambda: NE.causality_probe(remote, device, vocab, seq_len, seed=probe_seed,
+                                                                  rows=min(batch, 8)))
+    finally:
+        remote.close()
     t_metric = time.monotonic() - t1
-    intact = NE.harness_intact()
-    if hits:
-        intact = {**intact, "passed": False, "detail": intact["detail"] + f"; candidate code tried to read evaluation "
-                  f"data: {sorted(set(hits))}"}
-    probes["harness_intact"] = intact
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"val_loss {val['loss']:.6f}  hidden_val_loss {hidden['loss']:.6f}  ({val['tokens']} tokens, {t_metric:.1f}s)")
-    return {"val_loss": val["loss"], "hidden_val_loss": hidden["loss"], "tokens": val["tokens"], "val": val,
-            "hidden_val": hidden, "rows": len(sets["val"]), "seq_len": int(cfg["seq_len"]), "num_params": n_params,
-            "probes": probes, "timings": {"load_s": round(t_load, 3), "metric_s": round(t_metric, 3),
-                                          "total_s": round(time.monotonic() - t0, 3)}}
+    probes = NE.probes_from(stream, stream["extra"] or {"passed": False, "detail": "not run"}, device)
+    probes["harness_intact"] = {**NE.harness_intact(), "detail": "the losses were computed in a process that never "
+                                "ran candidate code (split evaluation); its torch functions are unchanged"}
+    out: dict[str, Any] = {}
+    for n in ("val", "hidden_val"):
+        a = stream[n]
+        a["loss"] = a["nats"] / a["tokens"] if a["tokens"] and a["finite"] else float("nan")
+        out[n] = a
+    # the trusted side's cost of one pass over val (the runner bounds the train process's
+    # validation pauses with it)
+    val_batches = -(-len(sets["val"]) // max(1, min(batch, len(sets["val"]) + len(sets["hidden_val"]))))
+    log(f"val_loss {out['val']['loss']:.6f}  hidden_val_loss {out['hidden_val']['loss']:.6f}  "
+        f"({out['val']['tokens']} tokens, {t_metric:.1f}s)")
+    return {"val_loss": out["val"]["loss"], "hidden_val_loss": out["hidden_val"]["loss"],
+            "tokens": out["val"]["tokens"], "val": out["val"], "hidden_val": out["hidden_val"],
+            "rows": len(sets["val"]), "seq_len": seq_len, "num_params": weights["num_params"], "probes": probes,
+            "transport": {"kind": "cuda-ipc" if remote.ipc is True else "unix-socket", "batches": remote.calls,
+                          "logits_mib_through_host": round(remote.bytes / 2**20, 1), "ipc_error": remote.ipc_error},
+            "timings": {"load_s": round(t_load, 3), "metric_s": round(t_metric, 3),
+                        "val_pass_s": round(t_metric * val_batches / max(1, remote.calls), 3), "total_s": round(time.monotonic() - t0, 3)}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m speedrun_harness.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", required=True, type=Path)
-    ap.add_argument("--config", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    a = ap.parse_args(argv)
-    cfg = json.loads(a.config.read_text())
-    out = a.out.resolve()
-    from . import ENV_CONFIG
-
-    os.environ[ENV_CONFIG] = str(cfg.get("run_config", ""))   # the candidate module may call H.config()
-    try:
-        res = {"ok": True, **evaluate(a.workdir.resolve(), cfg)}
-    except Exception as e:  # noqa: BLE001 - the runner records it as a failed run
-        traceback.print_exc()
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    atomic_write_json(out, res, sort_keys=False, default=str, newline=False)
-    return 0 if res["ok"] else 1
+    return NE.serve_main(argv, evaluate, "python -m speedrun_harness.evaluate")
 
 
 if __name__ == "__main__":

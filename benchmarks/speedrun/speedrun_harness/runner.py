@@ -137,41 +137,71 @@ def _probe(passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
 
 
 def clock_check(stamps: list[dict[str, Any]], reported_s: float, allowance_s: float, tol_s: float,
-                wall_s: float | None = None, untimed_max_s: float | None = None) -> dict[str, Any]:
+                wall_s: float | None = None, untimed_max_s: float | None = None, rel_tol: float = 0.03,
+                floor_s: float = 0.25, validations: int | None = None,
+                val_allowance_s: float | None = None) -> dict[str, Any]:
     """The outside view of the clock: the seconds between clock_start and clock_stop as the
-    runner saw them, less the validation pauses, must match the harness's timed seconds; the
-    clock must have started within ``allowance_s`` of launch; and the process's whole life
-    (``wall_s``, measured by the sandbox) less the clock must fit ``untimed_max_s``."""
+    runner saw them (its own time stamps of the events' arrival), less the validation pauses,
+    must match the harness's timed seconds within ``min(tol_s, max(floor_s, rel_tol * reported))``
+    (+ 0.05 s per pause): relative as well as absolute, so a short run cannot hide a fixed
+    fraction of a second. The clock must have started within ``allowance_s`` of launch; the
+    process's whole life (``wall_s``, measured by the sandbox) less the clock must fit
+    ``untimed_max_s``; the pauses must be as many as the recorded ``validations`` and sum to at
+    most ``val_allowance_s``. ``outside_s`` is what the run is timed by (with the reported figure
+    as a floor): nothing the train process does to its own clock can make it shorter."""
     first = {}
     for s in stamps:
         first.setdefault(s["ev"], s["t_out"])
     if "clock_start" not in first or "clock_stop" not in first:
         return _probe(False, "the clock's start or stop was not seen in events.jsonl")
-    pauses, open_at, n = 0.0, None, 0
+    pauses, open_at, n, pause_list = 0.0, None, 0, []
     for s in stamps:
-        if s["ev"] == "val_start":
+        if s["t_out"] < first["clock_start"] or s["t_out"] > first["clock_stop"]:
+            continue        # pauses count only between the clock's first start and first stop
+        if s["ev"] == "val_start" and open_at is None:
             open_at = s["t_out"]
         elif s["ev"] == "val_end" and open_at is not None:
+            pause_list.append(round(s["t_out"] - open_at, 4))
             pauses += s["t_out"] - open_at
             open_at, n = None, n + 1
     outside = first["clock_stop"] - first["clock_start"] - pauses
-    tol = tol_s + 0.05 * n
+    tol = min(tol_s, max(floor_s, rel_tol * max(reported_s, 0.0))) + 0.05 * n
     pre = first["clock_start"]
     problems = []
     if abs(outside - reported_s) > tol:
         problems.append(f"the harness reports {reported_s:.2f} s on the clock, the runner saw {outside:.2f} s "
-                        f"(tolerance {tol:.2f} s)")
+                        f"(tolerance {tol:.2f} s: {tol_s:g} s or {100 * rel_tol:g}% of the clock, whichever is "
+                        f"smaller, at least {floor_s:g} s, + 0.05 s per validation)")
     if pre > allowance_s + tol:
         problems.append(f"the clock started {pre:.1f} s after launch, past the {allowance_s:g} s allowance for "
                         f"start-up, compilation and warm-up")
     if wall_s is not None and untimed_max_s is not None and wall_s - reported_s > untimed_max_s + tol:
         problems.append(f"the process lived {wall_s:.1f} s, {wall_s - reported_s:.1f} s more than the clock ran, past "
                         f"the {untimed_max_s:g} s allowed off the clock")
+    if validations is not None and n != validations:
+        problems.append(f"the clock paused {n} times but {validations} validations were recorded: a pause that is not "
+                        f"a validation stops the clock")
+    if val_allowance_s is not None and pauses > val_allowance_s + tol:
+        problems.append(f"validation pauses took {pauses:.1f} s, past val_allowance_s = {val_allowance_s:g} s")
     detail = "; ".join(problems) if problems else (
-        f"clock {reported_s:.2f} s vs {outside:.2f} s seen from outside ({n} validation pauses, {pauses:.2f} s); "
-        f"clock started {pre:.1f} s after launch (allowance {allowance_s:g} s)")
+        f"clock {reported_s:.2f} s vs {outside:.2f} s seen from outside ({n} validation pauses, {pauses:.2f} s; "
+        f"tolerance {tol:.2f} s); clock started {pre:.1f} s after launch (allowance {allowance_s:g} s)")
     return _probe(not problems, detail, outside_s=round(outside, 4), pauses_s=round(pauses, 4), pre_s=round(pre, 4),
-                  tolerance_s=round(tol, 3))
+                  tolerance_s=round(tol, 3), pause_list=pause_list)
+
+
+def pause_check(probe: dict[str, Any], val_pass_s: float, factor: float = 3.0, slack_s: float = 1.0) -> dict[str, Any]:
+    """After the re-check: no validation pause may be longer than ``factor`` times the trusted
+    side's own pass over the val rows (``val_pass_s``, measured outside the train process) plus
+    ``slack_s``: a longer pause stopped the clock for more than a validation."""
+    bound = factor * val_pass_s + slack_s
+    long = [p for p in probe.get("pause_list", []) if p > bound]
+    if not long or not probe.get("passed", True):
+        return {**probe, "pause_bound_s": round(bound, 3)}
+    return {**probe, "passed": False, "pause_bound_s": round(bound, 3),
+            "detail": f"validation pauses of {', '.join(f'{p:.2f}' for p in long[:5])} s, longer than {factor:g}x the "
+                      f"harness's own pass over the val rows ({val_pass_s:.2f} s) + {slack_s:g} s: the clock was stopped "
+                      f"for more than a validation"}
 
 
 def harness_probes(records: list[dict[str, Any]], *, world_size: int, target: float, val_tokens: int,
@@ -415,9 +445,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                                vocab_size=int(data["vocab_size"]), budget_s=budget_s,
                                                init_slack=float(settings.get("init_loss_slack", 1.0))))
     if main and main.get("final"):
-        result["probes"]["wall_consistent"] = clock_check(tail.stamps, float(main["timed_s"]), allowance_s,
-                                                          float(settings.get("clock_tolerance_s", 1.0)),
-                                                          wall_s=tr["wall_s"], untimed_max_s=allowance_s + val_allowance_s)
+        result["probes"]["wall_consistent"] = clock_check(
+            tail.stamps, float(main["timed_s"]), allowance_s, float(settings.get("clock_tolerance_s", 1.0)),
+            wall_s=tr["wall_s"], untimed_max_s=allowance_s + val_allowance_s,
+            rel_tol=float(settings.get("clock_rel_tolerance", 0.03)),
+            floor_s=float(settings.get("clock_floor_s", 0.25)), validations=len(main.get("validations") or []),
+            val_allowance_s=val_allowance_s)
         result["timings"]["pre_s"] = result["probes"]["wall_consistent"].get("pre_s")
     if tr["killed"]:
         why = {"timeout": f"timeout: the train process ran past allowance_s + budget_s + val_allowance_s = {limit:g}s "
@@ -436,30 +469,33 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if not main or not main.get("final") or not (workdir / "model.pt").exists():
         return done("failed", f"{SCRIPT} finished without H.finish(model): no final validation and no saved model")
 
-    # --- the out-of-process re-check of the final validation (and hidden_val, and the probes)
+    # --- the out-of-process re-check of the final validation (and hidden_val, and the probes): a
+    # trusted process holds the targets, a sandboxed model process sees only a fresh folder with
+    # train_gpt.py and the weights-only model (nanochat_harness.runner.split_evaluation)
     event(type="phase", phase="eval")
     eval_cfg_path, eval_out = hdir / "eval_config.json", hdir / "eval.json"
-    atomic_write_json(eval_cfg_path, {**common, "run_config": str(run_cfg_path), "world_size": 1,
+    atomic_write_json(eval_cfg_path, {**common, "world_size": 1,
                                       "data": {"val": data["splits"]["val"], "hidden_val": data["splits"]["hidden_val"]},
-                                      "deny_after_load": [data["corpus"]["root"]]})
+                                      "eval_timeout_s": float(settings.get("eval_timeout_s", 300))})
     eval_env = {k: v for k, v in env.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     if device == "cpu":
         eval_env.update(OMP_NUM_THREADS=str(settings.get("threads", 2)), MKL_NUM_THREADS=str(settings.get("threads", 2)))
-    ev = _sandboxed([sys.executable, "-m", "speedrun_harness.evaluate", "--workdir", str(workdir),
-                     "--config", str(eval_cfg_path), "--out", str(eval_out)],
-                    # started in hdir, which the training processes could not write: `-m` puts the start
-                    # folder first on sys.path, so a `speedrun_harness/` planted in workdir must not be there
-                    cwd=hdir, env=eval_env, read_deny=(data["corpus"]["root"],),
-                    write_allow=(str(workdir), str(hdir)), wall_s=float(settings.get("eval_timeout_s", 300)),
-                    mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden)
+    from nanochat_harness.runner import split_evaluation
+
+    ev, er = split_evaluation(
+        script=SCRIPT, cand=cand, workdir=workdir, mdir=result_path.parent / (result_path.stem + ".model"), hdir=hdir,
+        eval_cfg_path=eval_cfg_path, eval_out=eval_out, trusted_module="speedrun_harness.evaluate",
+        model_cfg={**common, "world_size": 1, "role": "model"}, config_env=ENV_CONFIG, env=eval_env,
+        deny=[data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
+        + [data["corpus"]["root"], str(workdir), str(hdir), str(Path(data["token_bytes"]).parent)],
+        device=device, threads=int(settings.get("threads", 2)), wall_s=float(settings.get("eval_timeout_s", 300)),
+        mem_mb=mem_mb, echo=echo, harden=harden)
     result["timings"]["eval_s"] = round(ev["wall_s"], 3)
     result["violations"] += [{**v, "phase": "eval"} for v in ev["violations"]]
     result["sandbox"]["eval"] = {"isolation": ev["isolation"], "peak_memory_mb": ev["peak_memory_mb"],
                                  "state": ev["state"], "reason": ev["kill_reason"]}
-    try:
-        er = json.loads(eval_out.read_text())
-    except (OSError, ValueError):
-        er = {"ok": False, "error": "the evaluation wrote no result"}
+    if er.get("violation"):
+        result["violations"].append({**er["violation"], "phase": "eval"})
     if ev["killed"]:
         return done("failed", f"the re-check was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
                               f"{settings.get('eval_timeout_s', 300)}s")
@@ -491,8 +527,16 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         result["probes"]["hidden_gap"] = _probe(gap <= gmax, f"hidden_val − val loss gap {gap:+.4f} (at most "
                                                              f"{gmax:+.3f}; a model tuned to val shows a larger gap)",
                                                 gap=round(gap, 5))
-    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "rows", "seq_len", "timings") if k in er}
+    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "rows", "seq_len", "timings", "transport") if k in er}
+    wc = result["probes"].get("wall_consistent")
+    if wc and _finite((er.get("timings") or {}).get("val_pass_s")):
+        result["probes"]["wall_consistent"] = pause_check(wc, float(er["timings"]["val_pass_s"]))
+    # the run is timed from outside: the runner's own stamps of the clock's start and stop, less the
+    # validation pauses; the train process's figure is a floor (it cannot make the run shorter)
     timed = float(main["timed_s"])
+    if wc and _finite(wc.get("outside_s")):
+        result["timings"]["outside_s"] = wc["outside_s"]
+        timed = max(timed, float(wc["outside_s"]))
     if not _finite(val_loss):
         return done("failed", f"the final validation loss is not finite ({val_loss})")
     if timed > budget_s:
