@@ -91,7 +91,7 @@ def cmd_data(args) -> int:
 
 def cmd_run(args) -> int:
     from .records import Purpose
-    from .run import run
+    from ._run import run
 
     lab = _lab(args, args.task, args.preset)
     if not args.candidate:
@@ -125,7 +125,7 @@ def cmd_run(args) -> int:
 
 # ---------------------------------------------------------------------------- loop: LLM settings, exit codes
 
-# `autolab loop` exit codes, one per LoopSummary.reason (autolab.search.STOP_REASONS). Errors
+# `autolab loop` exit codes, one per LoopSummary.reason (autolab._loop.STOP_REASONS). Errors
 # raised before the loop starts (bad arguments, a broken lab) also exit with ERROR.
 EXIT_CODES = {
     "goal": 0,           # the lab holds --iterations ideas, each tried (the only success)
@@ -194,8 +194,8 @@ def _warn(msg: str) -> None:
 
 def cmd_loop(args) -> int:
     from . import registry
-    from .propose import get_proposer
-    from .search import loop
+    from ._propose import get_proposer
+    from ._loop import loop
 
     llm_opts = {flag: k for k, flag in _LLM_OPTIONS.items() if getattr(args, k, None) not in (None, [])}
     name = args.proposer.partition(":")[0]
@@ -305,7 +305,7 @@ def cmd_demo(args) -> int:
     import shutil
 
     from .lab import Lab
-    from .search import final_comparison, loop
+    from ._loop import final_comparison, loop
 
     lab_path = Path(args.lab)
     if args.fresh and lab_path.exists():

@@ -6,13 +6,15 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Mapping
 
-from .errors import AutolabError, TaskError
+from .diffs import unified_diff
+from .errors import AutolabError, CandidateError, TaskError
 from .ledger import Ledger, first_seed_in_log
 from .log import ResearchLog
 from .records import Candidate, State, now
+from .store import Store, candidate_id, sha256
 from .task import Task, load_task
-from .workspace import Store, candidate_id, sha256, unified_diff
 
 
 _WARNED: set[tuple[str, str]] = set()   # (lab, disk seed) pairs already warned about in this process
@@ -20,6 +22,22 @@ _WARNED: set[tuple[str, str]] = set()   # (lab, disk seed) pairs already warned 
 
 class SeedChangedWarning(UserWarning):
     """The task's seed on disk is not the seed a lab pinned."""
+
+
+def check_compiles(files: Mapping[str, str], where: str = "after the edits") -> None:
+    """Raise CandidateError if a .py file does not compile (nothing is executed)."""
+    where = f" {where}" if where else ""
+    for path, src in sorted(files.items()):
+        if not path.endswith(".py"):
+            continue
+        try:
+            compile(src, path, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            line = (e.text or "").rstrip()
+            raise CandidateError(f"{path} does not compile{where}: {e.msg} at line {e.lineno}"
+                                 + (f":\n    {line}" if line else "")) from None
+        except ValueError as e:
+            raise CandidateError(f"{path} does not compile{where}: {e}") from None
 
 
 class Lab:
@@ -168,8 +186,6 @@ class Lab:
     def add_candidate(self, files: dict[str, str | bytes], parent: Candidate | None, *, idea_id: str | None = None,
                       thread: str = "main", meta: dict | None = None) -> Candidate:
         """Snapshot files as a candidate of ``parent``; unknown or protected files are refused."""
-        from .errors import CandidateError
-
         for rel in files:
             if not self.task.is_editable(rel):
                 raise CandidateError(f"{rel!r} is not an editable file of task {self.task.name!r} "
@@ -187,9 +203,6 @@ class Lab:
 
     def candidate_from_dir(self, folder: str | os.PathLike, parent: Candidate | None = None) -> Candidate:
         """A hand-made candidate from a folder holding (some of) the task's editable files."""
-        from .errors import CandidateError
-        from .implement import check_compiles
-
         folder = Path(folder)
         if not folder.is_dir():
             hint = (f"; {folder} looks like a candidate id: use lab.candidate({str(folder)!r}) or its folder "

@@ -39,7 +39,7 @@ __all__ = ["EditBlock", "EditFormatError", "EditApplyError", "parse_edit_blocks"
            "check_compiles", "LLMImplementer", "make_llm_implementer"]
 
 
-from .implement import check_compiles  # noqa: E402  (the one compile check, shared)
+from .lab import check_compiles  # noqa: E402  (the one compile check, shared)
 
 
 class EditFormatError(CandidateError):

@@ -15,10 +15,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from .errors import LogError, SchemaVersionError
-from .records import RECORD_TYPES, Candidate, Idea, Insight, Purpose, Run, State, Verdict, _Record, now, record_from_dict
+from .records import RECORD_TYPES, Candidate, Idea, Insight, Purpose, Run, Verdict, _Record, now, record_from_dict
 
 SCHEMA_VERSION = 1
 

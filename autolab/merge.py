@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 
-from .implement import check_compiles
+from .lab import check_compiles
 from .lab import Lab
 from .ledger import Ledger
 from .records import Candidate, Idea, State, new_id
-from .workspace import merge3
+from .diffs import merge3
 
 RESOLVE_PROMPT = """Two changes to the same file conflict. Resolve the conflict so that the file keeps the intent
 of BOTH changes. Answer with the complete resolved file in one ```python fenced block, nothing else.

@@ -40,18 +40,18 @@ GROUPS = {"executor": "autolab.executors", "proposer": "autolab.proposers", "che
 _BUILTINS: dict[str, dict[str, str]] = {
     "executor": {"local": "autolab.executors.local:LocalExecutor",
                  "ray": "autolab.executors.ray:RayExecutor"},
-    "proposer": {"playbook": "autolab.propose:PlaybookProposer",
-                 "random": "autolab.propose:RandomProposer",
+    "proposer": {"playbook": "autolab._propose:PlaybookProposer",
+                 "random": "autolab._propose:RandomProposer",
                  "llm": "autolab.llm_propose:make_llm_proposer"},
     "check": {},
     "command": {"tasks": "autolab.cli:setup_tasks", "data": "autolab.cli:setup_data", "run": "autolab.cli:setup_run",
                 "loop": "autolab.cli:setup_loop", "log": "autolab.cli:setup_log", "report": "autolab.cli:setup_report",
                 "stop": "autolab.cli:setup_stop", "demo": "autolab.cli:setup_demo",
-                "redteam": "autolab.audit.redteam:add_command"},
+                "redteam": "autolab._audit.redteam:add_command"},
 }
 # modules whose definitions register themselves (``@register_check``): imported on the kind's first lookup
 _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
-    "check": ("autolab.audit.checks", "autolab.audit.probes"),
+    "check": ("autolab._audit.checks", "autolab._audit.probes"),
 }
 
 HOWTO = {

@@ -346,7 +346,7 @@ def audit_summary_html(log: ResearchLog) -> str:
 def best_diff_html(log: ResearchLog, lab_dir=None) -> str:
     """The best candidate (the ledger's) against the lab's seed, side by side."""
     from .ui.diffhtml import side_by_side
-    from .workspace import Store
+    from .store import Store
 
     ledger = Ledger(log)
     best, seed = ledger.best(), ledger.seed()

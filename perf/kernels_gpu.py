@@ -63,7 +63,7 @@ def per_problem(result: dict) -> dict:
 
 
 def apply_edit(text: str, setting: str, op: str, value, cast: str = "float") -> str:
-    """The playbook's one-line rewrite (same rule as autolab.implement.apply_setting_edit)."""
+    """The playbook's one-line rewrite (same rule as autolab._implement.apply_setting_edit)."""
     import re
 
     pat = re.compile(rf"^(?P<name>{re.escape(setting)})\s*=\s*(?P<expr>.+?)(?P<comment>\s+#.*)?$", re.M)

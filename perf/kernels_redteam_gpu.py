@@ -4,8 +4,8 @@
 
 For the ``gpu_only`` cases (``--all``: every case) and the seed as a control, this does what
 the benchmark notebook does, ``kernels_harness.runner.run_benchmark`` on the candidate's
-files, and then what autolab does with the result: ``autolab.run.finish_run`` turns the result
-JSON into the Run record and ``autolab.audit.audit`` judges it with the loop's checks. Only the
+files, and then what autolab does with the result: ``autolab._run.finish_run`` turns the result
+JSON into the Run record and ``autolab._audit.audit`` judges it with the loop's checks. Only the
 papermill process around ``run_benchmark`` is left out. Writes ``redteam_gpu.json`` (the same
 fields as ``autolab redteam --json``) and ``redteam_gpu.txt`` under --out.
 """
@@ -34,12 +34,12 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from autolab.audit import audit, run_checks
-    from autolab.audit.redteam import CaseResult, Report, result_from_verdict, load_cases, rebase
+    from autolab._audit import audit, run_checks
+    from autolab._audit.redteam import CaseResult, Report, result_from_verdict, load_cases, rebase
     from autolab.executors import JobResult
     from autolab.lab import Lab
     from autolab.records import Run, new_id
-    from autolab.run import finish_run
+    from autolab._run import finish_run
     from autolab.task import load_task
     from kernels_harness.runner import run_benchmark
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 def one_loop(out: Path, task: str, preset: str, proposer: str, seed: int, experiments: int, final_n: int) -> dict:
     from autolab.lab import Lab
-    from autolab.search import best_candidate, final_comparison, loop
+    from autolab._loop import best_candidate, final_comparison, loop
 
     # each loop starts from an empty cross-task knowledge store, so no loop learns from another
     os.environ["AUTOLAB_HOME"] = str(out / f"{proposer}-{seed}.home")

@@ -1,6 +1,6 @@
 """Per-run scheduling overhead of the Ray executor against the local executor.
 
-The same runs (the toy task's seed candidate, the same seeds) go through ``autolab.run``
+The same runs (the toy task's seed candidate, the same seeds) go through ``autolab._run``
 once with the local executor and once with the Ray executor, in alternating order, one run
 at a time. The difference of their wall times is the Ray executor's overhead per run: task
 submission and placement, shipping the candidate's files, the worker's private folder,

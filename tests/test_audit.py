@@ -3,7 +3,7 @@ import math
 import pytest
 
 import autolab
-from autolab.audit.stats import compare
+from autolab._audit.stats import compare
 from autolab.records import Candidate, Run, State
 
 
@@ -74,7 +74,7 @@ def test_failed_checks_reject_even_with_a_big_gain(toy_lab):
 
 
 def test_budget_and_forged_summary_checks(toy_lab):
-    from autolab.audit import run_checks
+    from autolab._audit import run_checks
 
     c = _child(toy_lab, 2.9)
     r = Run(id="r-x", task="toy", candidate_id=c.id, preset=toy_lab.preset_name, seed=101, purpose="confirm",
@@ -87,7 +87,7 @@ def test_budget_and_forged_summary_checks(toy_lab):
 
 
 def test_static_scan_flags_env_reads(toy_lab):
-    from autolab.audit import run_checks
+    from autolab._audit import run_checks
 
     seed = toy_lab.seed_candidate()
     c = toy_lab.add_candidate({"solution.py": "import os\nKEY = os.environ.get('OPENAI_API_KEY')\nX = 3.0\n"}, seed)
@@ -108,7 +108,7 @@ def _sr_runs(lab, cand, losses, times, failed=()):
 
 
 def test_speedrun_record_rule(tmp_path):
-    from autolab.audit import _record_rule
+    from autolab._audit import _record_rule
 
     lab = autolab.Lab(tmp_path / "sr", task="speedrun", preset="cpu-tiny")
     seed = lab.seed_candidate()
@@ -156,7 +156,7 @@ def _bounded(toy_task, tmp_path, extra=PLAUSIBLE, name="lab"):
 def test_plausibility_check_on_real_runs(tmp_path, toy_task):
     """A real run whose loss lies below the task's floor fails the plausibility check (reject),
     with the figure and the bound; a run above the floor passes it."""
-    from autolab.audit import run_checks
+    from autolab._audit import run_checks
 
     lab = _bounded(toy_task, tmp_path)
     too_good, fine = _child(lab, 3.0), _child(lab, 2.0)     # loss ~ 0 +- 0.05 (below 0.5) and ~ 1.0
@@ -188,7 +188,7 @@ def test_the_loop_never_promotes_a_result_past_the_bound(tmp_path, toy_task):
 
 
 def test_a_ceiling_bounds_a_maximized_metric(tmp_path, toy_task):
-    from autolab.audit import run_checks
+    from autolab._audit import run_checks
 
     toml = toy_task / "task.toml"
     toml.write_text(toml.read_text().replace('direction = "minimize"', 'direction = "maximize"'))

@@ -90,7 +90,7 @@ def test_runs_means_noise_and_seeds(toy_lab):
         add_run(lab, a, 0.0, purpose="confirm", seed=104, state=State.KILLED, reason="worker lost")
     assert led.missing_seeds(a, "confirm", 4) == [105]
     # the old import paths answer the same
-    from autolab.run import missing_seeds, runs_of
+    from autolab._run import missing_seeds, runs_of
 
     assert missing_seeds(lab, a, "confirm", 4) == [105] and len(runs_of(lab, a)) == 3
 
@@ -146,7 +146,7 @@ def _contested_lab(lab):
 def test_every_view_agrees_on_best_and_never_shows_a_rejected_one(toy_lab, tmp_path, capsys):
     from autolab import report as R
     from autolab.cli import main
-    from autolab.search import best_candidate, summarize
+    from autolab._loop import best_candidate, summarize
 
     lab = toy_lab
     k = _contested_lab(lab)
@@ -290,5 +290,5 @@ def test_the_ledger_sits_low_and_nothing_below_the_loop_imports_it_back():
         return out
 
     assert imports("ledger.py") == {"log", "records"}
-    for rel in ("propose.py", "merge.py", "lab.py", "audit/__init__.py", "run.py"):
-        assert "search" not in imports(rel), rel
+    for rel in ("_propose.py", "merge.py", "lab.py", "_audit/__init__.py", "_run.py"):
+        assert "_loop" not in imports(rel), rel

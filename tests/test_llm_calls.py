@@ -216,7 +216,7 @@ def test_local_servers_through_litellm_model_strings(tmp_path, toy_task, model, 
     """The README's local setups: Ollama (/api/chat, /api/generate) and an OpenAI-compatible
     server through OPENAI_API_BASE, proposing and implementing one idea on a real lab."""
     import autolab
-    from autolab.implement import implement
+    from autolab._implement import implement
     from autolab.llm_implement import LLMImplementer
     from autolab.llm_propose import LLMProposer
 

@@ -1,11 +1,11 @@
-"""autolab.propose: the offline playbook proposer and its playbook format."""
+"""autolab._propose: the offline playbook proposer and its playbook format."""
 
 from __future__ import annotations
 
 import pytest
 
 import autolab
-from autolab.propose import PlaybookProposer, load_playbook
+from autolab._propose import PlaybookProposer, load_playbook
 from autolab.task import TaskError
 
 PLAYBOOK = """

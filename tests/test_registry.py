@@ -15,10 +15,10 @@ import pytest
 
 import autolab
 from autolab import registry
-from autolab.audit import run_checks
+from autolab._audit import run_checks
 from autolab.cli import main
 from autolab.executors import get_executor
-from autolab.propose import PlaybookProposer, RandomProposer, get_proposer, register_proposer
+from autolab._propose import PlaybookProposer, RandomProposer, get_proposer, register_proposer
 from autolab.records import State
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,9 +192,9 @@ def test_entry_points_of_every_kind(plugin_dir, tmp_path, toy_task):
         import json, sys
         import autolab
         from autolab import registry
-        from autolab.audit import run_checks
+        from autolab._audit import run_checks
         from autolab.executors import get_executor
-        from autolab.propose import get_proposer
+        from autolab._propose import get_proposer
 
         res = {{}}
         ex = get_executor("fake", address="x")
@@ -297,7 +297,7 @@ def test_llm_proposer_through_the_registry_from_the_cli(capsys, tmp_path, toy_ta
 
 def test_the_audit_package_names_no_task():
     """Probe names, scan patterns and bounds of nanochat, kernels and speedrun live in their
-    task.toml; autolab/audit/ (the red team's docs aside) knows none of them."""
+    task.toml; autolab/_audit/ (the red team's docs aside) knows none of them."""
     hits = []
     for p in sorted((REPO / "autolab" / "audit").glob("*.py")):
         if p.name == "redteam.py":

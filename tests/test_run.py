@@ -14,7 +14,7 @@ from autolab.executors import Job, JobLimits, JobResult
 from autolab.executors.local import LocalExecutor
 from autolab.executors.notebook import OUTCOME, command
 from autolab.records import Run, State
-from autolab.run import TIMEOUT_GRACE_S, finish_run
+from autolab._run import TIMEOUT_GRACE_S, finish_run
 
 
 def test_run_success_records_metrics_and_notebook(toy_lab):
@@ -65,7 +65,7 @@ class _ShortTimeoutExecutor(LocalExecutor):
 
 
 def test_protected_file_change_is_detected(toy_lab, toy_task):
-    from autolab.audit import run_checks
+    from autolab._audit import run_checks
 
     cand_dir = toy_task.parent / "tamper"
     cand_dir.mkdir()
@@ -203,7 +203,7 @@ def test_finish_run_without_an_outcome_reports_the_process(toy_lab):
 # ---------------------------------------------------------------------------- the preset, resolved once
 
 def test_the_run_records_its_preset_and_limits_and_the_audit_reads_them(toy_lab):
-    from autolab.audit import run_checks
+    from autolab._audit import run_checks
 
     (r,) = autolab.run(toy_lab, seeds=1)
     p = toy_lab.task.preset("quick")

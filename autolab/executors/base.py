@@ -20,10 +20,10 @@ class JobLimits:
 
     timeout_s: float                # wall-clock limit of the whole execution (papermill included)
     gpus: int = 0                   # GPUs the job needs (0 on CPU presets)
-    threads: int = 1                # CPU threads the job uses
+    cpu_threads: int = 1            # CPU threads the job uses
 
     def to_dict(self) -> dict:
-        return {"timeout_s": self.timeout_s, "gpus": self.gpus, "threads": self.threads}
+        return {"timeout_s": self.timeout_s, "gpus": self.gpus, "cpu_threads": self.cpu_threads}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class JobResult:
 
 
 class Executor(abc.ABC):
-    """Where runs execute. Everything the loop and ``autolab.run`` ask of an executor is here;
+    """Where runs execute. Everything the loop and ``autolab._run`` ask of an executor is here;
     a subclass that leaves one of them out cannot be instantiated.
 
     ``submit`` must never raise for a run that fails: every outcome (timeout, lost worker,
@@ -80,8 +80,8 @@ class Executor(abc.ABC):
         """Runs in flight at once for this executor's default kind of run."""
 
     @abc.abstractmethod
-    def slots_for(self, gpus: int, threads: int = 1) -> int:
-        """Runs in flight at once of a kind that needs ``gpus`` GPUs (or ``threads`` CPU threads)."""
+    def slots_for(self, gpus: int, cpu_threads: int = 1) -> int:
+        """Runs in flight at once of a kind that needs ``gpus`` GPUs (or ``cpu_threads`` CPU threads)."""
 
     @property
     @abc.abstractmethod

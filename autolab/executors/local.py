@@ -90,13 +90,13 @@ class LocalExecutor(Executor):
     def slots(self) -> int:
         return self._n_gpu if self._n_gpu else self._n_cpu
 
-    def slots_for(self, gpus: int, threads: int = 1) -> int:
+    def slots_for(self, gpus: int, cpu_threads: int = 1) -> int:
         """How many runs of this kind can execute at once."""
         if gpus:
             return self._n_gpu // max(1, gpus)
         if self._runs_per_slot:
             return self._cores.n
-        return max(1, self._cores.n // max(1, min(threads, self._cores.n)))
+        return max(1, self._cores.n // max(1, min(cpu_threads, self._cores.n)))
 
     def submit(self, job: Job) -> "Future[JobResult]":
         fut: Future[JobResult] = Future()
@@ -116,7 +116,7 @@ class LocalExecutor(Executor):
         if lim.gpus:
             gpu_ids = [self._gpu_ids.get() for _ in range(lim.gpus)]
         else:
-            taken = self._cores.take(1 if self._runs_per_slot else lim.threads)
+            taken = self._cores.take(1 if self._runs_per_slot else lim.cpu_threads)
         slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
         env = dict(os.environ)
         env.update(job.env)

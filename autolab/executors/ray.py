@@ -3,7 +3,7 @@
     ex = RayExecutor(address="head-node:6379")       # or get_executor("ray", address=...)
     autolab.loop(lab, iterations=20, executor=ex)
 
-A task reserves ``num_gpus=job.limits.gpus`` (GPU presets) or ``num_cpus=job.limits.threads``
+A task reserves ``num_gpus=job.limits.gpus`` (GPU presets) or ``num_cpus=job.limits.cpu_threads``
 (CPU presets). The Job itself travels with the task; the worker writes the candidate's files into a
 fresh temporary folder, re-roots the job there (``notebook.on_worker``), builds its command
 with the same function as the local executor (``notebook.command``), runs it in its own process
@@ -337,18 +337,18 @@ class RayExecutor(Executor):
             return int(res["GPU"])
         return max(1, int(res.get("CPU", 1) // (self.num_cpus_per_run or 1)))
 
-    def slots_for(self, gpus: int, threads: int = 1) -> int:
+    def slots_for(self, gpus: int, cpu_threads: int = 1) -> int:
         res = self._ray.cluster_resources()
         if gpus:
             return max(1, int(res.get("GPU", 0) // gpus))
-        return max(1, int(res.get("CPU", 1) // (self.num_cpus_per_run or threads or 1)))
+        return max(1, int(res.get("CPU", 1) // (self.num_cpus_per_run or cpu_threads or 1)))
 
     def _request(self, job: Job) -> dict[str, float]:
         """What one run of ``job`` reserves (CPU capped at the largest node, as the local
         executor caps threads at the machine's cores)."""
         need: dict[str, float] = dict(self.resources)
         lim = job.limits
-        cpus = self.num_cpus_per_run if self.num_cpus_per_run is not None else (1 if lim.gpus else max(1, lim.threads))
+        cpus = self.num_cpus_per_run if self.num_cpus_per_run is not None else (1 if lim.gpus else max(1, lim.cpu_threads))
         biggest = max((n.get("CPU", 0) for n in self._alive_nodes()), default=0)
         if biggest and cpus > biggest:
             cpus = biggest

@@ -3,15 +3,12 @@ JupyterLab, in an exported report and in a browser with no stylesheet. No widget
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..records import Candidate, Idea, Insight, Run, State, Verdict, _Record
-
-FONT = "font-family: -apple-system, BlinkMacSystemFont, 'Segoe UI', Helvetica, Arial, sans-serif; font-size: 13px;"
-MONO = "font-family: SFMono-Regular, Menlo, Consolas, 'Liberation Mono', monospace; font-size: 12px;"
+from ._style import FONT, MONO, esc  # noqa: F401  (re-exported)
 
 STATE_COLORS = {
     "PROMOTED": "#1a7f37", "COMPLETE": "#1a7f37", "READY": "#0969da", "PROPOSED": "#8250df",
@@ -20,8 +17,6 @@ STATE_COLORS = {
 }
 
 
-def esc(x: Any) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -114,7 +109,7 @@ def idea_html(i: Idea) -> str:
 
 
 def candidate_html(c: Candidate, *, with_diff: bool = True) -> str:
-    from ..workspace import diff_stat
+    from ..diffs import diff_stat
 
     plus, minus = diff_stat(c.diff)
     head = f"<b>Candidate</b> {code(c.id)} {badge(c.state)}"

@@ -11,7 +11,7 @@ import ipywidgets as W
 
 from ..ledger import Ledger, owner_alive
 from . import _html as H
-from .display import StaticFallback, remember_lab
+from .widgetbase import StaticFallback, remember_lab
 
 
 def _log_of(x: Any):

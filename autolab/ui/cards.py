@@ -10,7 +10,7 @@ import ipywidgets as W
 
 from ..records import Idea, State, Verdict, new_id
 from . import _html as H
-from .display import StaticFallback, find_lab, remember_lab
+from .widgetbase import StaticFallback, find_lab, remember_lab
 
 
 

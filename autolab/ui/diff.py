@@ -9,7 +9,7 @@ import ipywidgets as W
 from ..records import Candidate
 from . import _html as H
 from .diffhtml import code_html, side_by_side, side_by_side_from_unified
-from .display import StaticFallback, find_lab, remember_lab
+from .widgetbase import StaticFallback, find_lab, remember_lab
 
 
 class DiffView(StaticFallback, W.VBox):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Mapping
 
-from ._html import FONT, MONO, esc
+from ._style import FONT, MONO, esc
 
 DEL_BG, ADD_BG = "#ffebe9", "#e6ffec"
 DEL_NO_BG, ADD_NO_BG = "#ffd7d5", "#ccffd8"

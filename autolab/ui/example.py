@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..log import ResearchLog
 from ..records import Candidate, Idea, Run, State, Verdict, new_id, now
-from ..workspace import Store, candidate_id, unified_diff
+from ..diffs import unified_diff
+from ..store import Store, candidate_id
 
 EXAMPLE_SEED = '''"""A tiny training script (example seed)."""
 

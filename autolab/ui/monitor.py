@@ -21,7 +21,7 @@ import ipywidgets as W
 
 from . import _html as H
 from ._plots import curves_png
-from .display import StaticFallback, remember_lab
+from .widgetbase import StaticFallback, remember_lab
 
 
 @dataclass

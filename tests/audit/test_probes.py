@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from autolab.audit import run_checks
-from autolab.audit.probes import set_reviewer
+from autolab._audit import run_checks
+from autolab._audit.probes import set_reviewer
 from autolab.records import Run, State
 
 
@@ -186,7 +186,7 @@ def test_static_scan_adds_the_patterns_the_task_declares(tmp_path, toy_task):
 ])
 def test_lm_tasks_declare_their_harness_and_data_patterns(task, line, what):
     """The patterns about a harness's module and data files live in that task's task.toml."""
-    from autolab.audit.checks import GENERIC_SCAN, scan_code
+    from autolab._audit.checks import GENERIC_SCAN, scan_code
     from autolab.task import load_task
 
     t = load_task(task)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autolab.audit import redteam as RT
+from autolab._audit import redteam as RT
 from autolab.errors import AutolabError
 
 

@@ -44,8 +44,8 @@ def test_runner_settings_merge_preset_and_defaults():
 
 
 def test_every_playbook_edit_applies_to_its_seed_file():
-    from autolab.implement import apply_setting_edit
-    from autolab.propose import load_playbook
+    from autolab._implement import apply_setting_edit
+    from autolab._propose import load_playbook
 
     edits = load_playbook(TASK_DIR / "playbook.toml")
     assert len(edits) >= 40
@@ -68,7 +68,7 @@ def test_every_playbook_edit_applies_to_its_seed_file():
 def test_the_gpu_script_applies_edits_like_autolab():
     sys.path.insert(0, str(REPO / "perf"))
     import kernels_gpu
-    from autolab.implement import apply_setting_edit
+    from autolab._implement import apply_setting_edit
 
     text = (SEEDS / "softmax.py").read_text()
     for setting, op, v in (("BLOCK_SIZE", "set", 2048), ("ROW_IN_REGISTERS", "toggle", None),

@@ -83,8 +83,8 @@ def _settings(src: str) -> dict[str, int]:
 
 
 def test_every_playbook_edit_applies_to_the_seed():
-    from autolab.implement import apply_setting_edit, check_compiles
-    from autolab.propose import load_playbook
+    from autolab._implement import apply_setting_edit, check_compiles
+    from autolab._propose import load_playbook
 
     src = SEED.read_text()
     settings = _settings(src)

@@ -179,7 +179,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_executors_import_nothing_above_them():
-    higher = ("autolab.run", "autolab.lab", "autolab.search", "autolab.audit", "autolab.propose", "autolab.implement",
+    higher = ("autolab._run", "autolab.lab", "autolab._loop", "autolab._audit", "autolab._propose", "autolab._implement",
               "autolab.merge", "autolab.cli", "autolab.ui", "autolab.report", "autolab.task", "autolab.log")
     files = sorted(EXECUTORS.glob("*.py"))
     assert {f.name for f in files} >= {"base.py", "notebook.py", "local.py", "ray.py"}

@@ -105,14 +105,14 @@ def probe_job(task: Path, run_id: str, gpus: int, sleep: float, run_root: Path) 
     params = {"candidate_dir": str(run_root / "nowhere"), "seed": 7, "preset": "probe",
               "result_path": str(run_dir / "result.json")}
     return Job(run_id=run_id, notebook=str(task / "benchmark.ipynb"), cwd=str(task), run_dir=str(run_dir),
-               limits=JobLimits(timeout_s=120, gpus=gpus, threads=1), params=params,
+               limits=JobLimits(timeout_s=120, gpus=gpus, cpu_threads=1), params=params,
                env={"PROBE_SLEEP": str(sleep), "AUTOLAB_RUN_ID": run_id},
                files={"solution.py": f"X = {run_id!r}\n".encode()}, collect=("result.json",))
 
 
 def test_the_gpu_ray_assigns_is_the_one_the_run_uses(cluster, tmp_path):
     ex = cluster.executor
-    assert ex.name == "ray" and ex.slots == 2 and ex.slots_for(0, threads=2) == 2  # 5 CPUs
+    assert ex.name == "ray" and ex.slots == 2 and ex.slots_for(0, cpu_threads=2) == 2  # 5 CPUs
     task = make_probe_task(tmp_path)
     elsewhere = make_probe_task(tmp_path / "copy")   # removed right after submit: its files must be shipped
     jobs = [probe_job(task, "g1", 1, 4, tmp_path / "runs"), probe_job(task, "g2", 1, 4, tmp_path / "runs"),

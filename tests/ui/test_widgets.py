@@ -85,7 +85,7 @@ def test_diff_view_of_the_seed_shows_its_files(filled_lab):
 def test_unified_diff_parsing_matches_full_text_diff():
     old = {"a.py": "x = 1\ny = 2\nz = 3\n", "gone.py": "print('bye')\n"}
     new = {"a.py": "x = 1\ny = 20\nz = 3\nw = 4\n", "new.py": "print('hi')\n"}
-    from autolab.workspace import unified_diff
+    from autolab.diffs import unified_diff
 
     files = {f.path: f for f in parse_unified(unified_diff(old, new))}
     assert set(files) == {"a.py", "gone.py", "new.py"}

@@ -14,40 +14,72 @@ Work is cut into units that run on the executor's slots concurrently:
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Callable
 
-from .audit import audit
+from ._audit import audit
 from .errors import AutolabError, BudgetExceeded, CandidateError
 from .executors import Executor, get_executor
-from .implement import Implementer, implement
+from ._implement import Implementer, implement
 from .lab import Lab
 # every question about the log is the ledger's; best_candidate, mean_metric, noise_sd and
 # latest_verdict are imported here for this module and for callers that import them from search
 from .ledger import (Ledger, best_candidate, current_owner, latest_verdict, mean_metric,  # noqa: F401
                      missing_seeds, noise_sd, owner_alive, reap_interrupted, runs_of)
 from .merge import merge_candidates, merged_pairs
-from .propose import Proposer, get_proposer
-from .records import Candidate, Idea, Purpose, Run, State, Verdict, now
-from .run import submit_run
+from ._propose import Proposer, get_proposer
+from .records import Candidate, Idea, Purpose, Run, State
+from ._run import submit_run
 
 DIRECTIONS = ("optimizer", "architecture", "schedule", "systems", "data")
 
 
 # ---------------------------------------------------------------------------- queries on the log
 
-def thread_names(threads: int) -> list[tuple[str, str]]:
+def research_lines(threads: int) -> list[tuple[str, str]]:
     """(thread name, direction) for K threads; one thread is 'main' with no direction."""
     if threads <= 1:
         return [("main", "")]
     return [(f"t{i}-{DIRECTIONS[i % len(DIRECTIONS)]}", DIRECTIONS[i % len(DIRECTIONS)]) for i in range(threads)]
 
+
+
+# ---------------------------------------------------------------------------- units of work
+
+@dataclass(frozen=True)
+class RunUnit:
+    """One run of ``candidate`` on random seed ``seed`` for ``purpose``."""
+    candidate: Candidate
+    purpose: Purpose
+    seed: int
+
+    @property
+    def claim(self) -> tuple[str, str, int]:
+        return (self.candidate.id, self.purpose, self.seed)
+
+
+@dataclass(frozen=True)
+class AuditUnit:
+    """The audit of ``candidate`` at ``stage`` ("screen" or "confirm") once its runs are in."""
+    candidate: Candidate
+    stage: str
+
+
+@dataclass(frozen=True)
+class ProposeUnit:
+    """Propose a new idea in the next research line and implement it."""
+
+
+@dataclass(frozen=True)
+class ImplementUnit:
+    """Implement an idea an earlier process proposed but left without a candidate."""
+    idea: Idea
+
+
+Unit = RunUnit | AuditUnit | ProposeUnit | ImplementUnit
 
 # ---------------------------------------------------------------------------- loop
 
@@ -160,7 +192,7 @@ class _Scheduler:
     def __init__(self, lab: Lab, iterations: int, threads: list[tuple[str, str]], proposer: Proposer,
                  implementer: Implementer | None, executor: Executor, on_event: Callable[[dict], None] | None,
                  confirm_margin_sd: float, max_confirming: int, bar, insights, merge_llm=None):
-        self.lab, self.iterations, self.threads = lab, iterations, threads
+        self.lab, self.iterations, self.lines = lab, iterations, threads
         self.proposer, self.implementer, self.executor = proposer, implementer, executor
         self.on_event, self.margin_sd, self.max_confirming = on_event, confirm_margin_sd, max_confirming
         self.bar, self.insights, self.merge_llm = bar, insights, merge_llm
@@ -171,7 +203,7 @@ class _Scheduler:
         self.stopped = ""
         self.error: BaseException | None = None
         self.proposing = 0
-        self.thread_rr = 0
+        self.line_rr = 0
         self.exhausted_at: int | None = None   # promotions seen when the proposer last had nothing to try
         self.reason = ""                       # one of STOP_REASONS once a stop is decided
         self.baseline: _Baseline | None = None
@@ -201,7 +233,7 @@ class _Scheduler:
             return True
         return False
 
-    def _next_orphan(self):
+    def _next_orphan(self) -> ImplementUnit | None:
         """Resume step: implement a PROPOSED idea an earlier process left without a candidate."""
         while self.orphans:
             idea = self.orphans.pop(0)
@@ -210,14 +242,14 @@ class _Scheduler:
                 self.orphans.insert(0, idea)
                 self._set_stop(room, "cap")
                 return None
-            return ("implement", idea)
+            return ImplementUnit(idea)
         return None
 
     def _set_stop(self, msg: str, reason: str) -> None:
         if not self.stopped:
             self.stopped, self.reason = msg, reason
 
-    def next_unit(self):
+    def next_unit(self) -> Unit | None:
         lab = self.lab
         if (lab.path / "STOP").exists() and not self.stopped:
             self._set_stop("stop requested", "interrupted")
@@ -230,19 +262,19 @@ class _Scheduler:
             unit = self._next_orphan()
             if unit is not None or self.stopped:
                 return unit
-            if self.early < len(self.threads) and len(goal_ideas(lab)) + self.proposing < self.iterations \
+            if self.early < len(self.lines) and len(goal_ideas(lab)) + self.proposing < self.iterations \
                     and not _llm_room(self.proposer, self.implementer, self.proposing + 1):
                 self.early += 1
-                return ("propose",)
+                return ProposeUnit()
             return None
         confirming = self._confirm_targets()
         for c in confirming[: self.max_confirming]:
             need = lab.task.seeds.confirmation
             for s in missing_seeds(lab, c, Purpose.CONFIRM, need):
-                if (c.id, Purpose.CONFIRM, s) not in self.claimed:
-                    return ("run", c, Purpose.CONFIRM, s)
+                if RunUnit(c, Purpose.CONFIRM, s).claim not in self.claimed:
+                    return RunUnit(c, Purpose.CONFIRM, s)
             if not any(k[0] == c.id for k in self.claimed):
-                return ("audit", c, "confirm", None)
+                return AuditUnit(c, "confirm")
         if self.stopped:
             return None
         unit = self._next_orphan()
@@ -253,11 +285,11 @@ class _Scheduler:
             if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
                     latest_verdict(lab, c, "screen") is None:
                 seeds = missing_seeds(lab, c, Purpose.SCREEN, lab.task.seeds.screening)
-                free = [s for s in seeds if (c.id, Purpose.SCREEN, s) not in self.claimed]
+                free = [s for s in seeds if RunUnit(c, Purpose.SCREEN, s).claim not in self.claimed]
                 if free:
-                    return ("run", c, Purpose.SCREEN, free[0])
+                    return RunUnit(c, Purpose.SCREEN, free[0])
                 if not seeds and not any(k[0] == c.id for k in self.claimed):
-                    return ("audit", c, "screen", None)
+                    return AuditUnit(c, "screen")
         n_ideas = len(goal_ideas(lab))
         if n_ideas + self.proposing < self.iterations and \
                 (self.exhausted_at is None or self.exhausted_at != self._promotions()):
@@ -267,31 +299,30 @@ class _Scheduler:
                 if self.proposing == 0:
                     self._set_stop(room, "cap")
                 return None
-            return ("propose",)   # (after "nothing left to try", only once a promotion gave a new parent)
+            return ProposeUnit()   # (after "nothing left to try", only once a promotion gave a new parent)
         return None
 
     def _promotions(self) -> int:
         return sum(c.state is State.PROMOTED for c in self.lab.log.candidates_list())
 
-    def run_unit(self, unit) -> None:
-        kind = unit[0]
+    def run_unit(self, unit: Unit) -> None:
         lab = self.lab
-        if kind == "run":
-            _, c, purpose, seed = unit
-            run, fut = submit_run(lab, c, seed, purpose=purpose, executor=self.executor, on_event=self.on_event)
+        if isinstance(unit, RunUnit):
+            run, fut = submit_run(lab, unit.candidate, unit.seed, purpose=unit.purpose, executor=self.executor,
+                                  on_event=self.on_event)
             final = fut.result()
             self._tick(final)
-        elif kind == "audit":
-            _, c, stage, _ = unit
+        elif isinstance(unit, AuditUnit):
+            c, stage = unit.candidate, unit.stage
             margin = self.margin_sd * (noise_sd(lab) or 0.0) if stage == "screen" else 0.0
             v = audit(lab, c, stage=stage, screen_margin=margin, final=True)
             self._note(f"{c.id}: {v.state.value} ({v.reason})")
             if v.state is State.PROMOTED:
                 self._maybe_merge()
-        elif kind == "propose":
+        elif isinstance(unit, ProposeUnit):
             self._propose_and_implement()
-        elif kind == "implement":
-            self._implement_orphan(unit[1])
+        elif isinstance(unit, ImplementUnit):
+            self._implement_orphan(unit.idea)
 
     def _implement_orphan(self, idea: Idea) -> None:
         """Implement a PROPOSED idea from an earlier process, or record it abandoned with the reason."""
@@ -321,9 +352,9 @@ class _Scheduler:
     def _propose_and_implement(self) -> None:
         lab = self.lab
         with self.cv:
-            name, direction = self.threads[self.thread_rr % len(self.threads)]
-            self.thread_rr += 1
-        parent = best_candidate(lab, thread=name if len(self.threads) > 1 else None)
+            name, direction = self.lines[self.line_rr % len(self.lines)]
+            self.line_rr += 1
+        parent = best_candidate(lab, thread=name if len(self.lines) > 1 else None)
         try:
             idea = self.proposer.propose(lab, parent, thread=name, direction=direction, insights=self.insights)
         except AutolabError as e:   # spending cap, or an LLM that cannot be reached or refuses the request
@@ -355,11 +386,11 @@ class _Scheduler:
     def _maybe_merge(self) -> None:
         """After a promotion: combine the bests of two threads (3-way merge against their common
         ancestor). Clean merges, or conflicts the LLM resolved, become candidates of their own."""
-        if len(self.threads) < 2:
+        if len(self.lines) < 2:
             return
         ledger = Ledger(self.lab)
         bests = {}
-        for name, _ in self.threads:
+        for name, _ in self.lines:
             b = ledger.best(thread=name)
             if b.state is State.PROMOTED and not b.meta.get("merge_of"):
                 bests[name] = b
@@ -397,11 +428,11 @@ class _Scheduler:
                     self.cv.notify_all()
                     return
                 self.in_flight += 1
-                if unit[0] == "run":
-                    self.claimed.add((unit[1].id, unit[2], unit[3]))
-                elif unit[0] == "audit":
-                    self.busy_candidates.add(unit[1].id)
-                elif unit[0] in ("propose", "implement"):
+                if isinstance(unit, RunUnit):
+                    self.claimed.add(unit.claim)
+                elif isinstance(unit, AuditUnit):
+                    self.busy_candidates.add(unit.candidate.id)
+                else:
                     self.proposing += 1
             try:
                 self.run_unit(unit)
@@ -411,11 +442,11 @@ class _Scheduler:
             finally:
                 with self.cv:
                     self.in_flight -= 1
-                    if unit[0] == "run":
-                        self.claimed.discard((unit[1].id, unit[2], unit[3]))
-                    elif unit[0] == "audit":
-                        self.busy_candidates.discard(unit[1].id)
-                    elif unit[0] in ("propose", "implement"):
+                    if isinstance(unit, RunUnit):
+                        self.claimed.discard(unit.claim)
+                    elif isinstance(unit, AuditUnit):
+                        self.busy_candidates.discard(unit.candidate.id)
+                    else:
                         self.proposing -= 1
                     self.cv.notify_all()
 
@@ -472,7 +503,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 insights = KnowledgeStore().relevant(lab.task.name)
             except Exception:
                 insights = []
-            sched = _Scheduler(lab, iterations, thread_names(threads), prop, implementer, ex, on_event,
+            sched = _Scheduler(lab, iterations, research_lines(threads), prop, implementer, ex, on_event,
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
             if time_limit_s is not None:
                 sched.deadline = t0 + time_limit_s
@@ -541,7 +572,7 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
                      on_event=None, progress: bool = True) -> dict:
     """Measure ``candidate`` against the seed on fresh seeds never used for selection or
     confirmation (the ``final`` range), and test the gain one-sided (Welch)."""
-    from .audit.stats import compare
+    from ._audit.stats import compare
 
     n = n or lab.task.seeds.final
     seed = lab.seed_candidate()

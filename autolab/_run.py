@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import socket
 import threading
-import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from .executors import Executor, Job, JobLimits, JobResult, get_executor
 from .executors.notebook import executed_path, outcome_path
@@ -29,7 +26,7 @@ from .task import Preset
 
 # The seed policy (SEED_BASE, missing_seeds, fresh_seeds), run ownership and reaping live in
 # the ledger, the one module that answers questions about the log; imported here for this
-# module's own use and for the callers that import them from autolab.run.
+# module's own use and for the callers that import them from autolab._run.
 from .ledger import (MAX_ATTEMPTS, RETRYABLE, SEED_BASE, _owner, fresh_seeds, missing_seeds,  # noqa: E402,F401
                      owner_alive, reap_interrupted, runs_of, seed_range)
 
@@ -52,7 +49,7 @@ def job_limits(preset: Preset) -> JobLimits:
     """The limits of one run of ``preset``: the whole execution's wall clock (the preset's
     ``timeout_s`` plus papermill's start-up and tear-down), its GPUs and CPU threads."""
     return JobLimits(timeout_s=preset.timeout_s + TIMEOUT_GRACE_S, gpus=preset.gpus,
-                     threads=int(preset.settings.get("threads", 1)))
+                     cpu_threads=int(preset.settings.get("threads", 1)))
 
 
 def preset_record(preset: Preset) -> dict:
@@ -283,8 +280,3 @@ def _wait_all(futures: "list[Future[Run]]", *, progress: bool, desc: str, metric
 
 def _short(r: Run, metric: str) -> str:
     return f"{r.state.value} {metric}={r.metrics.get(metric, float('nan')):.4f}" if r.ok else r.state.value
-
-
-from ._callable import make_callable as _make_callable  # noqa: E402
-
-_make_callable(__name__, "run")   # `autolab.run(...)` works whether or not the module was imported first

@@ -150,8 +150,3 @@ def _record_insight(lab: Lab, candidate: Candidate, verdict: Verdict, test: Test
 
 
 __all__ = ["audit", "run_checks", "register_check", "compare", "CHECKS", "SELECTION_FREE"]
-
-
-from .._callable import make_callable as _make_callable  # noqa: E402
-
-_make_callable(__name__, "audit")   # `autolab.audit(...)` calls audit() even though it is a package

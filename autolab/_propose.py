@@ -252,8 +252,3 @@ def propose(lab: Lab, proposer: str | Proposer | None = None, parent: Candidate 
     when the proposer has nothing left to try."""
     parent = parent or Ledger(lab).best(thread)
     return get_proposer(proposer).propose(lab, parent, thread=thread, direction=direction, insights=insights)
-
-
-from ._callable import make_callable as _make_callable  # noqa: E402
-
-_make_callable(__name__, "propose")   # `autolab.propose(...)` works whether or not the module was imported first

@@ -2,7 +2,7 @@
 presented as an improvement, and the optional LLM review of the diff.
 
 (The checks of a harness's probes are built from the task's ``[audit.probes.<name>]``
-declarations by :func:`autolab.audit.checks.probe_check`.)
+declarations by :func:`autolab._audit.checks.probe_check`.)
 """
 
 from __future__ import annotations

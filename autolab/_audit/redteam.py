@@ -29,8 +29,8 @@ does not merge cleanly runs as written.
 
 :func:`redteam` makes a fresh lab per task, adds every case as a candidate of the seed (through
 ``Lab.add_candidate``, as an implementer would), runs them all concurrently through one
-executor with :func:`autolab.run.run` (purpose ``"redteam"``; the seed's selection-free
-baseline runs first where hidden_val or a significance case compares against them), and audits each with :func:`autolab.audit.audit`, the loop's own audit:
+executor with :func:`autolab._run.run` (purpose ``"redteam"``; the seed's selection-free
+baseline runs first where hidden_val or a significance case compares against them), and audits each with :func:`autolab._audit.audit`, the loop's own audit:
 ``stage="screen"`` for single-run cases (caught = REJECTED), and screening + confirmation +
 ``stage="confirm"`` for cases that need significance (caught = not PROMOTED). A case whose
 files the lab refuses (a protected file) is caught by ``diff_scope`` without running.
@@ -263,7 +263,7 @@ def _apply_case_edits(path: Path, text: str, files: dict[str, str], where: str) 
                            f"Rewrite that block of {path.name} against the current file.") from None
     if not blocks:
         raise AutolabError(f"{path}: no SEARCH/REPLACE block found; write the case's edit as blocks "
-                           "(see autolab/audit/redteam.py) or delete the file")
+                           "(see autolab/_audit/redteam.py) or delete the file")
     return {k: v for k, v in new.items() if files.get(k) != v}
 
 
@@ -279,7 +279,7 @@ def _read_files(d: Path) -> dict[str, str]:
 def rebase(case: Case, current: dict[str, str]) -> tuple[dict[str, str], bool]:
     """The case's files with its edits re-applied to the ``current`` seed files (see the module
     docstring); returns (files, whether every file merged cleanly)."""
-    from ..workspace import merge3
+    from ..diffs import merge3
 
     out, clean = dict(case.files), True
     for rel, text in case.files.items():
@@ -435,7 +435,7 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
     from ..task import discover_tasks, load_task
     from . import audit
     from ..executors import get_executor
-    from ..run import run
+    from .._run import run
     from ..ledger import noise_sd
 
     t0 = time.monotonic()
@@ -461,7 +461,7 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
             if tasks:
                 where = corpus or corpus_dir(task)
                 raise AutolabError(f"task {task.name!r} has no red-team cases{' named ' + ', '.join(cases) if cases else ''} "
-                                   f"in {where}; add folders with a case.toml (see autolab/audit/redteam.py)")
+                                   f"in {where}; add folders with a case.toml (see autolab/_audit/redteam.py)")
             continue
         pname = redteam_preset(task, preset)
         device = task.preset(pname).device

@@ -1,7 +1,8 @@
 import pytest
 
 from autolab.errors import CandidateError
-from autolab.workspace import Store, candidate_id, diff_stat, merge3, unified_diff
+from autolab.diffs import diff_stat, merge3, unified_diff
+from autolab.store import Store, candidate_id
 
 
 def test_snapshot_is_content_addressed(tmp_path):

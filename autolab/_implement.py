@@ -11,8 +11,8 @@ import re
 from typing import Any, Mapping, Protocol
 
 from .errors import CandidateError
-from .lab import Lab
-from .propose import SETTING_LINE
+from .lab import Lab, check_compiles  # noqa: F401  (check_compiles re-exported: implementers use it)
+from ._propose import SETTING_LINE
 from .records import Candidate, Idea, State
 
 
@@ -43,22 +43,6 @@ def apply_setting_edit(text: str, edit: Mapping[str, Any], *, path: str = "<file
         raise CandidateError(f"unknown edit op {op!r}; use scale, set or toggle")
     line = f"{m.group('name')} = {new}{m.group('comment') or ''}"
     return text[:m.start()] + line + text[m.end():]
-
-
-def check_compiles(files: Mapping[str, str], where: str = "after the edits") -> None:
-    """Raise CandidateError if a .py file does not compile (nothing is executed)."""
-    where = f" {where}" if where else ""
-    for path, src in sorted(files.items()):
-        if not path.endswith(".py"):
-            continue
-        try:
-            compile(src, path, "exec", dont_inherit=True)
-        except SyntaxError as e:
-            line = (e.text or "").rstrip()
-            raise CandidateError(f"{path} does not compile{where}: {e.msg} at line {e.lineno}"
-                                 + (f":\n    {line}" if line else "")) from None
-        except ValueError as e:
-            raise CandidateError(f"{path} does not compile{where}: {e}") from None
 
 
 def implement_files(lab: Lab, idea: Idea, files: Mapping[str, str], parent: Candidate | None = None,
@@ -95,8 +79,3 @@ def implement(lab: Lab, idea: Idea, implementer: Implementer | None = None) -> C
     lab.log.append(idea.with_state(State.READY, meta={**idea.meta, "candidate_id": cand.id}))
     lab.log.event("implement", idea_id=idea.id, ok=True, candidate_id=cand.id)
     return cand
-
-
-from ._callable import make_callable as _make_callable  # noqa: E402
-
-_make_callable(__name__, "implement")   # `autolab.implement(...)` works whether or not the module was imported first
