@@ -520,6 +520,12 @@ HONEST_HOST_PYTHON = textwrap.dedent("""
         n = abs(x.shape[-1] - 1) + pow(2, 3)
         y = torch.empty_like(x)
         return y
+
+    def kernel2(*inputs):
+        biggest = max(inputs, key=lambda t: t.numel())      # builtin max over the inputs tuple
+        total = sum(t.numel() for t in inputs)
+        first, *rest = inputs
+        return torch.empty_like(biggest if total else first)
 """)
 
 
@@ -540,6 +546,8 @@ def test_static_scan_has_no_false_positive_on_host_side_python():
     ("import torch\ndef kernel(x):\n    return (x.float() * 2).exp().to(x.dtype)\n", "exp"),
     ("import torch\ndef _h(t):\n    return t.add(1)\ndef kernel(x):\n    return _h(x)\n", "add"),
     ("import torch\ndef kernel(*inputs):\n    a, b = inputs\n    return a.add(b)\n", "add"),
+    ("import torch\ndef kernel(*inputs):\n    return inputs[0].mul(inputs[1])\n", "mul"),
+    ("import torch\ndef kernel(*inputs):\n    for t in inputs:\n        t.exp()\n", "exp"),
     ("import torch\ndef kernel(x):\n    return torch.Tensor.sum(x)\n", "sum"),
     ("import torch\ndef kernel(x):\n    return sum(x)\n", "sum"),
     ("import torch\nS = torch.softmax\ndef kernel(x):\n    return S(x, -1)\n", "softmax"),

@@ -156,6 +156,7 @@ def _is_device_code(fn: ast.AST) -> bool:
 # name) a host function of the file, ("builtin", name) and ("unknown",).
 
 UNKNOWN, PY, TENSOR = ("unknown",), ("py",), ("tensor",)
+TENSORS = ("tensors",)        # a tuple of tensors: kernel(*inputs)
 
 
 def _resolve_torch(path: str) -> tuple:
@@ -209,6 +210,8 @@ def kind_of(node, env: _Env) -> tuple:
         return _call_kind(node, env)
     if isinstance(node, ast.Subscript):
         base = kind_of(node.value, env)
+        if base == TENSORS:
+            return TENSORS if isinstance(node.slice, ast.Slice) else TENSOR
         if base == TENSOR or base[0] == "ext":
             return base
         if isinstance(node.value, ast.Attribute) and node.value.attr in ("shape", "stride") \
@@ -243,7 +246,7 @@ def _attr_kind(base: tuple, attr: str) -> tuple:
         return ("tmethod", attr)
     if base[0] == "ext":
         return ("ext", f"{base[1]}.{attr}")
-    if base == PY:
+    if base in (PY, TENSORS):
         return ("pymethod", attr)
     return ("umethod", attr)
 
@@ -282,7 +285,7 @@ def _bind(target, value_kind: tuple, env: _Env, joined: dict) -> None:
     if isinstance(target, ast.Name):
         joined[target.id] = _join(value_kind, joined.get(target.id))
     elif isinstance(target, (ast.Tuple, ast.List)):
-        elem = TENSOR if value_kind == TENSOR else (PY if value_kind == PY else UNKNOWN)
+        elem = TENSOR if value_kind in (TENSOR, TENSORS) else (PY if value_kind == PY else UNKNOWN)
         for t in target.elts:
             _bind(t, elem, env, joined)
     elif isinstance(target, ast.Starred):
@@ -350,7 +353,7 @@ def _param_kinds(fn, forced: dict[str, tuple]) -> dict[str, tuple]:
         else:
             out[p.arg] = forced.get(p.arg, UNKNOWN)
     if a.vararg is not None:
-        out[a.vararg.arg] = TENSOR if fn.name == "kernel" else PY
+        out[a.vararg.arg] = TENSORS if fn.name == "kernel" else PY
     if a.kwarg is not None:
         out[a.kwarg.arg] = PY
     return out
@@ -411,7 +414,7 @@ class _Types:
                     it = kind_of(n.iter, env)
                     rng = isinstance(n.iter, ast.Call) and isinstance(n.iter.func, ast.Name) \
                         and n.iter.func.id == "range"
-                    _bind(n.target, TENSOR if it == TENSOR else (PY if rng else UNKNOWN), env, joined)
+                    _bind(n.target, TENSOR if it in (TENSOR, TENSORS) else (PY if rng else UNKNOWN), env, joined)
                 elif isinstance(n, ast.withitem) and n.optional_vars is not None:
                     _bind(n.optional_vars, UNKNOWN, env, joined)
                 elif isinstance(n, ast.NamedExpr):
