@@ -23,8 +23,9 @@
    - ``evasion`` (violation, reported under the ``reference_ops`` probe): the dispatch
      machinery the recorder below is built on (``torch.utils._python_dispatch``,
      ``_disable_current_modes``, ``_get_current_dispatch_mode``, ``TorchDispatchMode``,
-     ``torch.overrides``, the profiler ..., by attribute, import or string constant): with it
-     a kernel could see whether it is watched, or switch the recorder off around a PyTorch call;
+     ``torch.overrides``, the profiler ..., by attribute, import or string constant) and CUDA
+     graphs (``torch.cuda.graph``, ``CUDAGraph``: work captured once replays unseen): with it
+     a kernel could see whether it is watched, or compute with PyTorch where the recorder is blind;
    - ``suspicious`` (reported, not a violation): a compute-named method on a value the pass
      cannot type (``_CACHE.get(k).exp()``), a ``getattr`` on torch or a tensor whose name is
      computed (``getattr(torch, "su" + "m")``), ``data_ptr()`` use, ``functools`` caches,
@@ -78,9 +79,12 @@ DISPATCH_INTERNALS = frozenset({
     "_ExcludeDispatchKeyGuard", "_ForceDispatchKeyGuard", "_IncludeDispatchKeyGuard", "no_dispatch",
     "_is_torch_function_mode_enabled", "_profiler_enabled", "_is_in_torch_dispatch_mode", "is_in_torch_dispatch_mode",
     "__torch_dispatch__", "__torch_function__", "_dispatch_tls_local_exclude_set", "_dispatch_tls_is_dispatch_key_excluded",
-    "_dispatch_tls_set_dispatch_key_excluded", "overrides", "profiler",
+    "_dispatch_tls_set_dispatch_key_excluded", "overrides", "profiler", "CUDAGraph", "graph", "graphs",
+    "make_graphed_callables", "_graph_pool_handle",
 })
-TORCH_ONLY_INTERNALS = frozenset({"overrides", "profiler"})   # common words: only as attributes of torch
+TORCH_ONLY_INTERNALS = frozenset({"overrides", "profiler", "CUDAGraph", "graph", "graphs", "make_graphed_callables",
+                                  "_graph_pool_handle"})   # common words: only as attributes of torch
+# (CUDA graphs: work captured once, e.g. at import, replays with no op the recorder can see)
 DISPATCH_MODULES = ("torch.utils._python_dispatch", "torch.overrides", "torch.profiler", "torch.autograd.profiler",
                     "torch._C", "torch._ops")
 
@@ -238,6 +242,8 @@ def kind_of(node, env: _Env) -> tuple:
 def _attr_kind(base: tuple, attr: str) -> tuple:
     if base[0] == "torch":
         return _resolve_torch(f"{base[1]}.{attr}")
+    if base[0] == "fn":               # torch.ops.aten._softmax, torch.softmax.__call__
+        return ("fn", f"{base[1]}.{attr}")
     if base == TENSOR:
         if attr in TENSOR_DATA_ATTRS:
             return PY
@@ -502,7 +508,7 @@ class _Scanner(ast.NodeVisitor):
         elif mod.startswith(DISPATCH_MODULES):
             self.add("evasion", mod, node, f"imports from {mod}, the machinery the harness watches PyTorch calls with")
         for a in node.names:
-            if a.name in DISPATCH_INTERNALS:
+            if a.name in DISPATCH_INTERNALS and (a.name not in TORCH_ONLY_INTERNALS or mod.split(".")[0] == "torch"):
                 self.add("evasion", a.name, node, f"imports {a.name} (the dispatch recorder's machinery)")
             full = _resolve_torch(f"{mod}.{a.name}") if mod.split(".")[0] == "torch" else None
             if a.name in self.banned or (full is not None and full[0] == "fn" and _is_compute(a.name, frozenset())):
