@@ -520,6 +520,12 @@ HONEST_HOST_PYTHON = textwrap.dedent("""
         n = abs(x.shape[-1] - 1) + pow(2, 3)
         y = torch.empty_like(x)
         return y
+
+    def kernel2(*inputs):
+        biggest = max(inputs, key=lambda t: t.numel())      # builtin max over the inputs tuple
+        total = sum(t.numel() for t in inputs)
+        first, *rest = inputs
+        return torch.empty_like(biggest if total else first)
 """)
 
 
@@ -540,9 +546,12 @@ def test_static_scan_has_no_false_positive_on_host_side_python():
     ("import torch\ndef kernel(x):\n    return (x.float() * 2).exp().to(x.dtype)\n", "exp"),
     ("import torch\ndef _h(t):\n    return t.add(1)\ndef kernel(x):\n    return _h(x)\n", "add"),
     ("import torch\ndef kernel(*inputs):\n    a, b = inputs\n    return a.add(b)\n", "add"),
+    ("import torch\ndef kernel(*inputs):\n    return inputs[0].mul(inputs[1])\n", "mul"),
+    ("import torch\ndef kernel(*inputs):\n    for t in inputs:\n        t.exp()\n", "exp"),
     ("import torch\ndef kernel(x):\n    return torch.Tensor.sum(x)\n", "sum"),
     ("import torch\ndef kernel(x):\n    return sum(x)\n", "sum"),
     ("import torch\nS = torch.softmax\ndef kernel(x):\n    return S(x, -1)\n", "softmax"),
+    ("import torch\ndef kernel(x):\n    return torch.ops.aten._softmax(x, -1, False)\n", "_softmax"),
 ])
 def test_static_scan_still_sees_ops_on_tensors_and_torch_aliases(body, name):
     found = [f for f in scan.scan_source(body) if f.kind == "reference_op"]
@@ -556,9 +565,12 @@ def test_static_scan_flags_dynamic_getattr_and_the_dispatch_machinery():
                 "import torch\ndef kernel(x):\n    with torch.utils._python_dispatch._disable_current_modes():\n"
                 "        return x\n",
                 "import torch\ndef kernel(x):\n    m = getattr(torch.utils, '_python_dispatch')\n    return x\n",
-                "import torch\ndef kernel(x):\n    return torch.overrides.has_torch_function((x,))\n"):
+                "import torch\ndef kernel(x):\n    return torch.overrides.has_torch_function((x,))\n",
+                "import torch\nG = torch.cuda.CUDAGraph()\ndef kernel(x):\n    G.replay()\n    return x\n",
+                "import torch as T\ndef kernel(x):\n    with T.cuda.graph(None):\n        return x\n"):
         assert any(f.kind == "evasion" for f in scan.scan_source(src)), src
-    assert scan.scan_source("import torch\nprofiler = 3\ndef kernel(x):\n    return x\n") == []
+    assert scan.scan_source("import torch\nprofiler = 3\ngraph = {}\ndef kernel(x):\n    graph.get(1)\n"
+                            "    return x\n") == []
 
 
 def test_switching_the_recorder_off_around_the_reference_op_is_caught(seed):

@@ -23,8 +23,9 @@
    - ``evasion`` (violation, reported under the ``reference_ops`` probe): the dispatch
      machinery the recorder below is built on (``torch.utils._python_dispatch``,
      ``_disable_current_modes``, ``_get_current_dispatch_mode``, ``TorchDispatchMode``,
-     ``torch.overrides``, the profiler ..., by attribute, import or string constant): with it
-     a kernel could see whether it is watched, or switch the recorder off around a PyTorch call;
+     ``torch.overrides``, the profiler ..., by attribute, import or string constant) and CUDA
+     graphs (``torch.cuda.graph``, ``CUDAGraph``: work captured once replays unseen): with it
+     a kernel could see whether it is watched, or compute with PyTorch where the recorder is blind;
    - ``suspicious`` (reported, not a violation): a compute-named method on a value the pass
      cannot type (``_CACHE.get(k).exp()``), a ``getattr`` on torch or a tensor whose name is
      computed (``getattr(torch, "su" + "m")``), ``data_ptr()`` use, ``functools`` caches,
@@ -78,9 +79,12 @@ DISPATCH_INTERNALS = frozenset({
     "_ExcludeDispatchKeyGuard", "_ForceDispatchKeyGuard", "_IncludeDispatchKeyGuard", "no_dispatch",
     "_is_torch_function_mode_enabled", "_profiler_enabled", "_is_in_torch_dispatch_mode", "is_in_torch_dispatch_mode",
     "__torch_dispatch__", "__torch_function__", "_dispatch_tls_local_exclude_set", "_dispatch_tls_is_dispatch_key_excluded",
-    "_dispatch_tls_set_dispatch_key_excluded", "overrides", "profiler",
+    "_dispatch_tls_set_dispatch_key_excluded", "overrides", "profiler", "CUDAGraph", "graph", "graphs",
+    "make_graphed_callables", "_graph_pool_handle",
 })
-TORCH_ONLY_INTERNALS = frozenset({"overrides", "profiler"})   # common words: only as attributes of torch
+TORCH_ONLY_INTERNALS = frozenset({"overrides", "profiler", "CUDAGraph", "graph", "graphs", "make_graphed_callables",
+                                  "_graph_pool_handle"})   # common words: only as attributes of torch
+# (CUDA graphs: work captured once, e.g. at import, replays with no op the recorder can see)
 DISPATCH_MODULES = ("torch.utils._python_dispatch", "torch.overrides", "torch.profiler", "torch.autograd.profiler",
                     "torch._C", "torch._ops")
 
@@ -156,6 +160,7 @@ def _is_device_code(fn: ast.AST) -> bool:
 # name) a host function of the file, ("builtin", name) and ("unknown",).
 
 UNKNOWN, PY, TENSOR = ("unknown",), ("py",), ("tensor",)
+TENSORS = ("tensors",)        # a tuple of tensors: kernel(*inputs)
 
 
 def _resolve_torch(path: str) -> tuple:
@@ -209,6 +214,8 @@ def kind_of(node, env: _Env) -> tuple:
         return _call_kind(node, env)
     if isinstance(node, ast.Subscript):
         base = kind_of(node.value, env)
+        if base == TENSORS:
+            return TENSORS if isinstance(node.slice, ast.Slice) else TENSOR
         if base == TENSOR or base[0] == "ext":
             return base
         if isinstance(node.value, ast.Attribute) and node.value.attr in ("shape", "stride") \
@@ -235,6 +242,8 @@ def kind_of(node, env: _Env) -> tuple:
 def _attr_kind(base: tuple, attr: str) -> tuple:
     if base[0] == "torch":
         return _resolve_torch(f"{base[1]}.{attr}")
+    if base[0] == "fn":               # torch.ops.aten._softmax, torch.softmax.__call__
+        return ("fn", f"{base[1]}.{attr}")
     if base == TENSOR:
         if attr in TENSOR_DATA_ATTRS:
             return PY
@@ -243,7 +252,7 @@ def _attr_kind(base: tuple, attr: str) -> tuple:
         return ("tmethod", attr)
     if base[0] == "ext":
         return ("ext", f"{base[1]}.{attr}")
-    if base == PY:
+    if base in (PY, TENSORS):
         return ("pymethod", attr)
     return ("umethod", attr)
 
@@ -282,7 +291,7 @@ def _bind(target, value_kind: tuple, env: _Env, joined: dict) -> None:
     if isinstance(target, ast.Name):
         joined[target.id] = _join(value_kind, joined.get(target.id))
     elif isinstance(target, (ast.Tuple, ast.List)):
-        elem = TENSOR if value_kind == TENSOR else (PY if value_kind == PY else UNKNOWN)
+        elem = TENSOR if value_kind in (TENSOR, TENSORS) else (PY if value_kind == PY else UNKNOWN)
         for t in target.elts:
             _bind(t, elem, env, joined)
     elif isinstance(target, ast.Starred):
@@ -350,7 +359,7 @@ def _param_kinds(fn, forced: dict[str, tuple]) -> dict[str, tuple]:
         else:
             out[p.arg] = forced.get(p.arg, UNKNOWN)
     if a.vararg is not None:
-        out[a.vararg.arg] = TENSOR if fn.name == "kernel" else PY
+        out[a.vararg.arg] = TENSORS if fn.name == "kernel" else PY
     if a.kwarg is not None:
         out[a.kwarg.arg] = PY
     return out
@@ -411,7 +420,7 @@ class _Types:
                     it = kind_of(n.iter, env)
                     rng = isinstance(n.iter, ast.Call) and isinstance(n.iter.func, ast.Name) \
                         and n.iter.func.id == "range"
-                    _bind(n.target, TENSOR if it == TENSOR else (PY if rng else UNKNOWN), env, joined)
+                    _bind(n.target, TENSOR if it in (TENSOR, TENSORS) else (PY if rng else UNKNOWN), env, joined)
                 elif isinstance(n, ast.withitem) and n.optional_vars is not None:
                     _bind(n.optional_vars, UNKNOWN, env, joined)
                 elif isinstance(n, ast.NamedExpr):
@@ -499,7 +508,7 @@ class _Scanner(ast.NodeVisitor):
         elif mod.startswith(DISPATCH_MODULES):
             self.add("evasion", mod, node, f"imports from {mod}, the machinery the harness watches PyTorch calls with")
         for a in node.names:
-            if a.name in DISPATCH_INTERNALS:
+            if a.name in DISPATCH_INTERNALS and (a.name not in TORCH_ONLY_INTERNALS or mod.split(".")[0] == "torch"):
                 self.add("evasion", a.name, node, f"imports {a.name} (the dispatch recorder's machinery)")
             full = _resolve_torch(f"{mod}.{a.name}") if mod.split(".")[0] == "torch" else None
             if a.name in self.banned or (full is not None and full[0] == "fn" and _is_compute(a.name, frozenset())):
