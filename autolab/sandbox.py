@@ -269,6 +269,10 @@ def _read_allow_config(policy: Policy, argv: Sequence[str], cwd: str, write_dirs
     # folders Python lists to import from: names only, never contents
     lists = [p for p in child_env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
     lists += [p for p in sys.path[1:] if p and os.path.isabs(p)]  # not [0]: the calling script's folder
+    # ...and the distribution metadata in them (importlib.metadata reads it: `import torch` looks
+    # up its backends' entry points on every sys.path folder); metadata holds no data of a run
+    trees += [str(m) for d in lists if os.path.isdir(d) for pat in ("*.dist-info", "*.egg-info")
+              for m in Path(d).glob(pat) if m.is_dir()]
 
     def real(paths: Iterable[str]) -> list[str]:
         return list(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.lexists(p)))
