@@ -338,16 +338,7 @@ class _Scheduler:
             self._note(f"idea {idea.id} abandoned: free-form and no implementer")
             return
         self._note(f"resuming idea {idea.id} ({idea.title!r}): implementing it")
-        try:
-            cand = implement(lab, idea, self.implementer)
-        except CandidateError as e:
-            self._note(f"idea {idea.id} not implemented: {e}")
-            return
-        except AutolabError as e:
-            self._stop(e)
-            return
-        if cand is not None:
-            self._note(f"{idea.title} -> {cand.id}")
+        self._implement(idea)
 
     def _propose_and_implement(self) -> None:
         lab = self.lab
@@ -366,8 +357,13 @@ class _Scheduler:
             return
         if idea.state is not State.PROPOSED:
             return   # a failed or rejected proposal is recorded and counts as an experiment
+        self._implement(idea)
+
+    def _implement(self, idea: Idea) -> None:
+        """Implement ``idea`` as a candidate; a bad edit is the idea's failure, a cap or an
+        unreachable LLM stops the loop."""
         try:
-            cand = implement(lab, idea, self.implementer)
+            cand = implement(self.lab, idea, self.implementer)
         except CandidateError as e:
             self._note(f"idea {idea.id} not implemented: {e}")
             return

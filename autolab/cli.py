@@ -353,26 +353,23 @@ def _title(lab, c) -> str:
 
 # ---------------------------------------------------------------------------- parser
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 1 (seeds, experiments, threads)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} is below 1; pass 1 or more")
-    return n
+def _whole(minimum: int):
+    """argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{n} is below {minimum}; pass {minimum} or more")
+        return n
+
+    return parse
 
 
-def _count0(text: str) -> int:
-    """argparse type: a whole number >= 0 (retries)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} is below 0; pass 0 or more")
-    return n
+_count = _whole(1)    # seeds, experiments, threads
+_count0 = _whole(0)   # retries
 
 
 def _nonneg(text: str) -> float:

@@ -731,6 +731,23 @@ def probes_from(stream: dict[str, Any], causal: dict[str, Any], device: torch.de
     return {"logits": logits, "causality": c}
 
 
+def connect_model(listener: socket.socket, cfg: dict[str, Any], vocab: int) -> tuple[torch.device, "RemoteModel"]:
+    """The trusted side's end of the wire (shared with speedrun): the evaluation's device and the
+    model process, once it has connected."""
+    device = torch.device("cuda:0" if cfg.get("device") == "cuda" else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
+    conn = accept_model(listener, float(cfg.get("connect_timeout_s", 120)))
+    return device, RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)),
+                               ipc=bool(cfg.get("eval_cuda_ipc", True)))
+
+
+def fresh_randomness() -> tuple[np.random.Generator, int]:
+    """Where the probes are drawn from: fresh each run from the OS, never the run's seed."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    return rng, int(rng.integers(0, 2**31 - 1))
+
+
 def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     t0 = time.monotonic()
@@ -738,16 +755,10 @@ def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path,
     weights = check_weights(model_dir / "model.pt")
     sets = load_sets(cfg)
     token_bytes = torch.from_numpy(np.load(cfg["data"]["token_bytes"]).astype(np.int64))
-    device = torch.device("cuda:0" if cfg.get("device") == "cuda" else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
-    conn = accept_model(listener, float(cfg.get("connect_timeout_s", 120)))
-    remote = RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)),
-                         ipc=bool(cfg.get("eval_cuda_ipc", True)))
+    device, remote = connect_model(listener, cfg, vocab)
     t_load = time.monotonic() - t0
     batch_rows = int(cfg.get("eval_batch_size", 8))
-    rng = np.random.default_rng(secrets.randbits(128))    # fresh each run: not the run's seed
-    probe_seed = int(rng.integers(0, 2**31 - 1))
+    rng, probe_seed = fresh_randomness()
     t1 = time.monotonic()
     try:
         stream = split_metric(remote, sets, device, vocab, batch_rows, token_bytes=token_bytes, rng=rng,

@@ -15,15 +15,12 @@ plus nanochat's probes: ``logits`` (finite, deterministic, rows independent), ``
 
 from __future__ import annotations
 
-import secrets
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
 from nanochat_harness import evaluate as NE
 
@@ -41,18 +38,10 @@ def evaluate(cfg: dict[str, Any], listener: socket.socket, model_dir: Path, log=
     for split in ("val", "hidden_val"):
         tokens, offsets = load_split(cfg["data"][split])
         sets[split] = M.fixed_rows(tokens, offsets, cfg)
-    device = torch.device("cuda:0" if cfg.get("device") == "cuda" else "cpu")
-    if device.type == "cpu":
-        import os
-
-        torch.set_num_threads(int(cfg.get("threads", 0) or os.cpu_count() or 1))
-    conn = NE.accept_model(listener, float(cfg.get("connect_timeout_s", 120)))
-    remote = NE.RemoteModel(conn, device, vocab, timeout_s=float(cfg.get("eval_timeout_s", 300)),
-                            ipc=bool(cfg.get("eval_cuda_ipc", True)))
+    device, remote = NE.connect_model(listener, cfg, vocab)
     t_load = time.monotonic() - t0
     batch = int(cfg.get("eval_batch_size", 16))
-    rng = np.random.default_rng(secrets.randbits(128))      # fresh each run: not the run's seed
-    probe_seed = int(rng.integers(0, 2**31 - 1))
+    rng, probe_seed = NE.fresh_randomness()
     t1 = time.monotonic()
     try:
         stream = NE.split_metric(remote, sets, device, vocab, batch, token_bytes=None, rng=rng, twins=2, repeats=2,
