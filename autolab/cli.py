@@ -233,7 +233,8 @@ def cmd_loop(args) -> int:
     code = EXIT_CODES.get(s.reason, EXIT_CODES["error"])
     text = (f"lab {s.lab}: {s.experiments} experiments ({s.ideas_failed} failed, {s.ideas_rejected} rejected as "
             f"duplicates, {s.ideas_abandoned} abandoned, {s.ideas_pending} not implemented yet), {s.runs} runs "
-            f"({s.failed} failed, {s.killed} killed), {s.promoted} promoted; LLM: {s.llm_calls} calls, ${s.llm_cost:.4f}\n"
+            f"({s.failed} failed, {s.killed} killed), {s.promoted} promoted, {s.decisions} decided at "
+            f"{s.runs_per_decision if s.runs_per_decision is not None else '-'} runs per decision; LLM: {s.llm_calls} calls, ${s.llm_cost:.4f}\n"
             f"baseline {s.baseline}  best {s.best} ({s.best_id})  [{s.reason}: {s.stopped}]  exit code {code}")
     _emit(args, {**s.to_dict(), "exit_code": code}, text)
     if code == EXIT_CODES["error"]:
