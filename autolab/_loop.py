@@ -5,10 +5,13 @@ loop killed at any moment and started again with the same command picks up where
 says it was (interrupted runs are marked KILLED and re-queued; nothing completed is redone).
 
 Work is cut into units that run on the executor's slots concurrently:
-  - screen:  propose + implement a new idea in a thread, then one screening run;
-  - confirm: one confirmation run (fresh seeds, never the screening ones) of a candidate
-             whose screening beat its parent by the noise margin;
-  - audit:   once a candidate's confirmation runs are in, the significance rule decides.
+  - screen:  propose + implement a new idea in a thread, then one screening run (and the
+             parent's run on the same seed if it has none: comparisons are paired);
+  - confirm: one confirmation seed at a time (fresh seeds, never the screening ones; the
+             parent's run on that seed too where it lacks it) of a candidate whose screening
+             beat its parent by the noise margin;
+  - audit:   after each confirmation seed the sequential rule stops a clear loser, asks for
+             another seed, or, at the cap, lets the paired significance test decide.
 """
 
 from __future__ import annotations
