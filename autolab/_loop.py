@@ -5,10 +5,13 @@ loop killed at any moment and started again with the same command picks up where
 says it was (interrupted runs are marked KILLED and re-queued; nothing completed is redone).
 
 Work is cut into units that run on the executor's slots concurrently:
-  - screen:  propose + implement a new idea in a thread, then one screening run;
-  - confirm: one confirmation run (fresh seeds, never the screening ones) of a candidate
-             whose screening beat its parent by the noise margin;
-  - audit:   once a candidate's confirmation runs are in, the significance rule decides.
+  - screen:  propose + implement a new idea in a thread, then one screening run (and the
+             parent's run on the same seed if it has none: comparisons are paired);
+  - confirm: one confirmation seed at a time (fresh seeds, never the screening ones; the
+             parent's run on that seed too where it lacks it) of a candidate whose screening
+             beat its parent by the noise margin;
+  - audit:   after each confirmation seed the sequential rule stops a clear loser, asks for
+             another seed, or, at the cap, lets the paired significance test decide.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .lab import Lab
 # latest_verdict are imported here for this module and for callers that import them from search
 from .ledger import (Ledger, best_candidate, current_owner, latest_verdict, mean_metric,  # noqa: F401
                      missing_seeds, noise_sd, owner_alive, reap_interrupted, runs_of)
+from .ledger import seed_range as ledger_seed_range
 from .merge import merge_candidates, merged_pairs
 from ._propose import Proposer, get_proposer
 from .records import Candidate, Idea, Purpose, Run, State
@@ -106,6 +110,10 @@ class LoopSummary:
     ideas_rejected: int = 0       # near-duplicates refused
     ideas_abandoned: int = 0      # PROPOSED ideas given up with their reason (not counted toward the goal)
     ideas_pending: int = 0        # PROPOSED ideas still without a candidate (implemented on resume)
+    decisions: int = 0            # candidates (not the seed) decided: PROMOTED or REJECTED
+    runs_per_decision: float | None = None          # the decided candidates' screening + confirmation runs, per decision
+    confirm_runs_per_decision: float | None = None  # of which confirmation runs (the sequential rule's cost)
+    pairing_runs: int = 0         # runs of parents on their children's seeds (shared by siblings; not in runs_per_decision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -269,12 +277,9 @@ class _Scheduler:
             return None
         confirming = self._confirm_targets()
         for c in confirming[: self.max_confirming]:
-            need = lab.task.seeds.confirmation
-            for s in missing_seeds(lab, c, Purpose.CONFIRM, need):
-                if RunUnit(c, Purpose.CONFIRM, s).claim not in self.claimed:
-                    return RunUnit(c, Purpose.CONFIRM, s)
-            if not any(k[0] == c.id for k in self.claimed):
-                return AuditUnit(c, "confirm")
+            unit = self._paired_step(c, Purpose.CONFIRM, self._confirm_want(c))
+            if unit is not None:
+                return unit
         if self.stopped:
             return None
         unit = self._next_orphan()
@@ -284,12 +289,9 @@ class _Scheduler:
         for c in lab.log.candidates_list():
             if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
                     latest_verdict(lab, c, "screen") is None:
-                seeds = missing_seeds(lab, c, Purpose.SCREEN, lab.task.seeds.screening)
-                free = [s for s in seeds if RunUnit(c, Purpose.SCREEN, s).claim not in self.claimed]
-                if free:
-                    return RunUnit(c, Purpose.SCREEN, free[0])
-                if not seeds and not any(k[0] == c.id for k in self.claimed):
-                    return AuditUnit(c, "screen")
+                unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
+                if unit is not None:
+                    return unit
         n_ideas = len(goal_ideas(lab))
         if n_ideas + self.proposing < self.iterations and \
                 (self.exhausted_at is None or self.exhausted_at != self._promotions()):
@@ -300,6 +302,35 @@ class _Scheduler:
                     self._set_stop(room, "cap")
                 return None
             return ProposeUnit()   # (after "nothing left to try", only once a promotion gave a new parent)
+        return None
+
+    def _cap(self) -> int:
+        """The most confirmation seeds a candidate gets (the sequential rule's cap)."""
+        return max(self.lab.task.seeds.confirmation, self.lab.task.significance.min_seeds)
+
+    def _confirm_want(self, c: Candidate) -> int:
+        """How many confirmation seeds ``c`` needs now: one more than at its last undecided look
+        (the sequential rule), up to the cap; a task's own rule (the record rule) takes them all at once."""
+        if self.lab.task.significance.test == "one_sample_below_target":
+            return self._cap()
+        v = latest_verdict(self.lab, c, "confirm")
+        looked = int(v.meta.get("seeds_run") or 0) if v is not None and v.state is State.PENDING else 0
+        return min(self._cap(), looked + 1)
+
+    def _paired_step(self, c: Candidate, purpose: Purpose, n: int) -> Unit | None:
+        """The next unit of a paired comparison on the first ``n`` seeds of ``purpose``: a run of the
+        candidate, then one of its parent on a seed the parent lacks (reused by every sibling), then
+        the audit once nothing of either is missing or in flight. None while runs are in flight."""
+        lab = self.lab
+        parent = lab.candidate(c.parent_id) if c.parent_id else None
+        sides = [c] + ([parent] if parent is not None else [])
+        missing = [(x, s) for x in sides for s in missing_seeds(lab, x, purpose, n)]
+        for x, s in missing:
+            if RunUnit(x, purpose, s).claim not in self.claimed:
+                return RunUnit(x, purpose, s)
+        ids = {x.id for x in sides}
+        if not missing and not any(k[0] == c.id or (k[0] in ids and k[1] == purpose) for k in self.claimed):
+            return AuditUnit(c, purpose.value if purpose is Purpose.SCREEN else "confirm")
         return None
 
     def _promotions(self) -> int:
@@ -314,8 +345,9 @@ class _Scheduler:
             self._tick(final)
         elif isinstance(unit, AuditUnit):
             c, stage = unit.candidate, unit.stage
-            margin = self.margin_sd * (noise_sd(lab) or 0.0) if stage == "screen" else 0.0
-            v = audit(lab, c, stage=stage, screen_margin=margin, final=True)
+            margin = self.margin_sd * (Ledger(lab).noise()["screen_sd"] or 0.0) if stage == "screen" else 0.0
+            final = stage == "screen" or Ledger(lab).seeds_run(c, Purpose.CONFIRM) >= self._cap()
+            v = audit(lab, c, stage=stage, screen_margin=margin, final=final)
             self._note(f"{c.id}: {v.state.value} ({v.reason})")
             if v.state is State.PROMOTED:
                 self._maybe_merge()
@@ -549,6 +581,17 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason:
     seed = ledger.seed()
     best = ledger.best()
     totals = lab.log.llm_totals()
+    decided = [c for c in lab.log.candidates_list() if c.parent_id and c.state in (State.PROMOTED, State.REJECTED)]
+    ids = {c.id for c in decided}
+    counted = (Purpose.SCREEN.value, Purpose.CONFIRM.value)
+    mine = [r for r in runs if r.candidate_id in ids and Purpose.canonical_of(r.purpose) in counted
+            and r.state is not State.RUNNING and r.preset == lab.preset_name]
+    parents = {c.parent_id for c in lab.log.candidates_list() if c.parent_id}
+    # a parent's screening runs exist only for pairing; its confirmation runs past the baseline's count too
+    pairing = [r for r in runs if r.candidate_id in parents and r.preset == lab.preset_name and r.state is State.COMPLETE
+               and (Purpose.canonical_of(r.purpose) == Purpose.SCREEN.value
+                    or (Purpose.canonical_of(r.purpose) == Purpose.CONFIRM.value
+                        and r.seed >= ledger_seed_range(Purpose.CONFIRM) + lab.task.seeds.confirmation))]
     return LoopSummary(
         lab=str(lab.path), task=lab.task.name, preset=lab.preset_name,
         experiments=len(lab.log.ideas_list()), runs=len(runs),
@@ -561,14 +604,21 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason:
         ideas_rejected=sum(i.state is State.REJECTED for i in ideas),
         ideas_abandoned=sum(bool(i.meta.get("abandoned")) for i in ideas),
         ideas_pending=sum(i.state is State.PROPOSED for i in ideas),
+        decisions=len(decided),
+        runs_per_decision=round(len(mine) / len(decided), 3) if decided else None,
+        confirm_runs_per_decision=(round(sum(Purpose.canonical_of(r.purpose) == Purpose.CONFIRM.value for r in mine)
+                                         / len(decided), 3) if decided else None),
+        pairing_runs=len(pairing),
     )
 
 
 def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, executor: Executor | str | None = None,
                      on_event=None, progress: bool = True) -> dict:
     """Measure ``candidate`` against the seed on fresh seeds never used for selection or
-    confirmation (the ``final`` range), and test the gain one-sided (Welch)."""
-    from ._audit.stats import compare
+    confirmation (the ``final`` range, the same seeds on both sides), and test the gain
+    one-sided by a paired t-test on the per-seed differences (``welch_p_value``: the unpaired
+    test of the same runs, for comparison)."""
+    from ._audit.stats import compare, paired
 
     n = n or lab.task.seeds.final
     seed = lab.seed_candidate()
@@ -592,10 +642,12 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
             bar.close()
         if ex is not executor:
             ex.shutdown()
-    name = lab.task.metric.name
-    a = [r.metrics[name] for r in runs_of(lab, candidate, purposes=(Purpose.FINAL,))][:n]
-    b = [r.metrics[name] for r in runs_of(lab, seed, purposes=(Purpose.FINAL,))][:n]
-    t = compare(a, b, direction=lab.task.metric.direction, test="welch")
-    return {"candidate_id": candidate.id, "candidate_final": a, "seed_final": b,
+    direction = lab.task.metric.direction
+    prs = Ledger(lab).pairs(candidate, seed, (Purpose.FINAL.value,))[:n]
+    a, b = [c for _, c, _ in prs], [p for _, _, p in prs]
+    t = paired(a, b, direction=direction) if candidate.id != seed.id else compare(a, b, direction=direction)
+    w = compare(a, b, direction=direction, test="welch")
+    return {"candidate_id": candidate.id, "candidate_final": a, "seed_final": b, "seeds": [s for s, _, _ in prs],
             "candidate_mean": sum(a) / len(a) if a else None, "seed_mean": sum(b) / len(b) if b else None,
-            "p_value": t.p_value, "effect": t.effect, "ci": [t.ci_low, t.ci_high]}
+            "test": t.test, "p_value": t.p_value, "effect": t.effect, "ci": [t.ci_low, t.ci_high],
+            "welch_p_value": w.p_value}

@@ -233,7 +233,8 @@ def cmd_loop(args) -> int:
     code = EXIT_CODES.get(s.reason, EXIT_CODES["error"])
     text = (f"lab {s.lab}: {s.experiments} experiments ({s.ideas_failed} failed, {s.ideas_rejected} rejected as "
             f"duplicates, {s.ideas_abandoned} abandoned, {s.ideas_pending} not implemented yet), {s.runs} runs "
-            f"({s.failed} failed, {s.killed} killed), {s.promoted} promoted; LLM: {s.llm_calls} calls, ${s.llm_cost:.4f}\n"
+            f"({s.failed} failed, {s.killed} killed), {s.promoted} promoted, {s.decisions} decided at "
+            f"{s.runs_per_decision if s.runs_per_decision is not None else '-'} runs per decision; LLM: {s.llm_calls} calls, ${s.llm_cost:.4f}\n"
             f"baseline {s.baseline}  best {s.best} ({s.best_id})  [{s.reason}: {s.stopped}]  exit code {code}")
     _emit(args, {**s.to_dict(), "exit_code": code}, text)
     if code == EXIT_CODES["error"]:
@@ -323,10 +324,11 @@ def cmd_demo(args) -> int:
     name = lab.task.metric.name
     obj = {
         f"baseline_{name}": fc["seed_mean"], f"best_{name}": fc["candidate_mean"], "p_value": fc["p_value"],
-        "effect": fc["effect"], "effect_ci95": fc["ci"], "best_candidate": best.id,
+        "effect": fc["effect"], "effect_ci95": fc["ci"], "test": fc["test"], "best_candidate": best.id,
         "best_title": _title(lab, best), "experiments": s.experiments, "runs": len(lab.log.runs_list()),
         "failed": s.failed, "killed": s.killed, "promoted": s.promoted, "lab": str(lab.path),
         "wall_s": round(time.monotonic() - t0, 1), "seed_final": fc["seed_final"], "best_final": fc["candidate_final"],
+        "decisions": s.decisions, "runs_per_decision": s.runs_per_decision,
     }
     p = fc["p_value"]
     text = "\n".join([
@@ -335,7 +337,7 @@ def cmd_demo(args) -> int:
         f"best: {best.id}  {obj['best_title']}",
         f"baseline {name} (seed, fresh seeds): {fc['seed_mean']:.4f}  {fc['seed_final']}" if fc["seed_mean"] else "",
         f"best {name} (fresh seeds):           {fc['candidate_mean']:.4f}  {fc['candidate_final']}" if fc["candidate_mean"] else "",
-        f"one-sided Welch p-value: {p:.4g}" if p is not None and not math.isnan(p) else "p-value: n/a (no promoted candidate)",
+        f"one-sided {'paired t' if fc['test'] == 'paired_t' else 'Welch'} p-value (same seeds): {p:.4g}" if p is not None and not math.isnan(p) else "p-value: n/a (no promoted candidate)",
         f"lab: {lab.path}   (autolab log --lab {lab.path}; autolab report --lab {lab.path} -o report.html)",
         f"wall time: {obj['wall_s']:.0f} s",
     ])

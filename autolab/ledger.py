@@ -32,6 +32,9 @@ from .records import Candidate, Purpose, Run, State, Verdict, now
 # Runs whose seeds were not used to select the candidate: the evidence for promotion and for "best".
 SELECTION_FREE: tuple[str, ...] = tuple(p.value for p in Purpose.aliases(Purpose.CONFIRM))
 
+# Runs that select a candidate (screening, and runs made by hand): paired with the parent's on the same seeds.
+SELECTION_BY_RUN: tuple[str, ...] = (Purpose.SCREEN.value, Purpose.MANUAL.value)
+
 # ---------------------------------------------------------------------------- seed policy
 # Seeds are drawn from separate ranges so that confirmation and final seeds are never the
 # ones used for selection (screening).
@@ -177,6 +180,75 @@ class Ledger:
         dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
         return math.sqrt(num / dof) if dof > 0 else None
 
+    def by_seed(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
+                runs: Sequence[Run] | None = None) -> dict[int, list[float]]:
+        """{random seed: the metric of each COMPLETE run of the candidate on it} (these purposes)."""
+        out: dict[int, list[float]] = {}
+        for r in self.runs_of(candidate, purposes=purposes, runs=runs):
+            v = r.metrics.get(self.metric)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.setdefault(int(r.seed), []).append(float(v))
+        return out
+
+    def pairs(self, candidate: Candidate | str, parent: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
+              runs: Sequence[Run] | None = None) -> list[tuple[int, float, float]]:
+        """(seed, candidate value, parent value) for every random seed both have a COMPLETE run
+        on (these purposes), by seed; repeats of a seed count by their mean."""
+        purposes = tuple(purposes)
+        runs = self.log.runs_list() if runs is None else runs
+        a, b = self.by_seed(candidate, purposes, runs=runs), self.by_seed(parent, purposes, runs=runs)
+        return [(s, sum(a[s]) / len(a[s]), sum(b[s]) / len(b[s])) for s in sorted(set(a) & set(b))]
+
+    def paired_sd(self) -> float | None:
+        """The paired noise: pooled standard deviation, within each candidate, of its per-seed
+        differences from its parent on the seeds both ran (screening, confirmation and final
+        seeds, each paired within its purpose). A candidate's true effect is the same on every
+        seed, so the spread of its differences is noise only. None until some candidate has two
+        paired seeds."""
+        runs = self.log.runs_list()
+        num, dof = 0.0, 0
+        for c in self.log.candidates_list():
+            if not c.parent_id:
+                continue
+            d = []
+            for ps in (SELECTION_BY_RUN, (Purpose.FINAL.value,), SELECTION_FREE):
+                d += [cv - pv for _, cv, pv in self.pairs(c, c.parent_id, ps, runs=runs)]
+            if len(d) > 1:
+                num += (len(d) - 1) * statistics.variance(d)
+                dof += len(d) - 1
+        return math.sqrt(num / dof) if dof > 0 else None
+
+    def repeat_sd(self) -> float | None:
+        """The same-seed repeat spread: pooled standard deviation of repeated COMPLETE runs of one
+        candidate on one random seed (machine noise alone); None without repeats."""
+        groups: dict[tuple, list[float]] = {}
+        for r in self.log.runs_list():
+            v = r.metrics.get(self.metric)
+            if r.state is State.COMPLETE and self._preset_ok(r, None) and isinstance(v, (int, float)) \
+                    and not isinstance(v, bool) and math.isfinite(v):
+                groups.setdefault((r.candidate_id, r.seed), []).append(float(v))
+        num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
+        dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
+        return math.sqrt(num / dof) if dof > 0 else None
+
+    def noise(self) -> dict[str, float | None]:
+        """Every noise figure of the lab: ``cross_seed_sd`` (:meth:`noise_sd`), ``paired_sd``,
+        ``repeat_sd``, and ``diff_sd``, the sd of one candidate-minus-parent difference that
+        screening and the sequential rule use: the paired figure when it exists, else
+        sqrt(2) x the cross-seed one (two independent runs); ``diff_source`` says which; and
+        ``screen_sd``, the screening margin's unit: the paired figure when it exists, else the
+        cross-seed one (the margin of labs made before pairing); ``screen_source`` says which."""
+        cross, paired_, rep = self.noise_sd(), self.paired_sd(), self.repeat_sd()
+        if paired_ is not None:
+            diff, src = paired_, "paired"
+        elif cross is not None:
+            diff, src = math.sqrt(2) * cross, "cross_seed"
+        else:
+            diff, src = None, None
+        screen, screen_src = (paired_, "paired") if paired_ is not None else (cross, "cross_seed" if cross is not None else None)
+        return {"cross_seed_sd": cross, "paired_sd": paired_, "repeat_sd": rep, "diff_sd": diff, "diff_source": src,
+                "screen_sd": screen, "screen_source": screen_src}
+
     # ------------------------------------------------------------------ best
     def is_kept(self, c: Candidate, seed: Candidate | None = None) -> bool:
         """A candidate whose number may stand as a result: the seed, or a PROMOTED one."""
@@ -272,6 +344,15 @@ class Ledger:
                 target.append(s)
             s += 1
         return [s for s in target if s not in done]
+
+    def seeds_run(self, candidate: Candidate | str, purpose: str, preset: str | None = None) -> int:
+        """How many seeds of the purpose the candidate has finished (COMPLETE, FAILED, or KILLED
+        for good; interrupted runs that will be re-queued and runs in flight do not count)."""
+        cid, base = self._cid(candidate), Purpose.canonical_of(purpose)
+        return len({r.seed for r in self.log.runs_list()
+                    if r.candidate_id == cid and self._preset_ok(r, preset) and Purpose.canonical_of(r.purpose) == base
+                    and r.state in (State.COMPLETE, State.FAILED, State.KILLED)
+                    and not (r.state is State.KILLED and (r.error or {}).get("reason") in RETRYABLE)})
 
     def fresh_seeds(self, candidate: Candidate | str, purpose: str, n: int, preset: str | None = None) -> list[int]:
         """The next ``n`` seeds of the purpose's range this candidate has never run."""

@@ -197,3 +197,114 @@ def test_a_ceiling_bounds_a_maximized_metric(tmp_path, toy_task):
     _runs(lab, c, [2.5, 3.5], purpose="screen")
     chk = {c.name: c for c in run_checks(lab, c)}["plausibility"]
     assert not chk.passed and "loss 3.5 is above the ceiling 3 of preset quick" in chk.detail and "2.5" not in chk.detail
+
+
+# ---------------------------------------------------------------------------- paired test and the sequential rule
+
+def test_paired_t_matches_scipy_in_both_directions():
+    from scipy import stats
+
+    from autolab._audit.stats import gains, paired
+
+    cand, par = [0.931, 0.946, 0.9365, 0.9402], [0.9352, 0.9485, 0.9443, 0.9402]
+    r = paired(cand, par, direction="minimize")
+    ref = stats.ttest_rel(cand, par, alternative="less")
+    assert r.test == "paired_t" and r.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+    assert r.statistic == pytest.approx(-ref.statistic, rel=1e-12)       # positive statistic = better
+    d = gains(cand, par, "minimize")
+    assert r.effect == pytest.approx(sum(d) / 4) and r.effect > 0
+    half = stats.t.ppf(0.975, 3) * stats.tstd(d) / 2
+    assert (r.ci_low, r.ci_high) == (pytest.approx(r.effect - half), pytest.approx(r.effect + half))
+    up = paired(par, cand, direction="maximize")                          # the same data, the other way round
+    assert up.p_value == pytest.approx(stats.ttest_rel(par, cand, alternative="greater").pvalue, rel=1e-12)
+    assert paired(cand, par, direction="maximize").p_value == pytest.approx(1 - r.p_value)
+    # one pair cannot be tested; identical gains are decisive; a worse candidate never passes
+    assert paired([1.0], [2.0], direction="minimize").p_value is None
+    assert paired([1.0, 2.0, 3.0], [1.5, 2.5, 3.5], direction="minimize").p_value == 0.0
+    assert paired([2.0, 3.0, 4.0], [1.5, 2.5, 3.5], direction="minimize").p_value == 1.0
+    with pytest.raises(ValueError, match="aligned"):
+        paired([1.0, 2.0], [1.0], direction="minimize")
+
+
+def test_sequential_rule_boundaries_and_looks():
+    from autolab._audit.stats import SEQ_BETA, sequential_look, sprt_llr
+
+    lower = math.log(SEQ_BETA / 0.95)
+    # Wald's log-likelihood ratio for N(delta, s) against N(0, s): (delta / s^2) (sum d - n delta / 2)
+    assert sprt_llr([0.002, -0.001, 0.0015], 0.001, 0.001) == pytest.approx(1000 * (0.0025 - 0.0015))
+    clear_loser = sequential_look([-0.003], sigma=0.001, alpha=0.05, cap=3)
+    assert clear_loser.decision == "futile" and clear_loser.n == 1 and clear_loser.llr <= lower == clear_loser.lower
+    close = sequential_look([0.0004], sigma=0.001, alpha=0.05, cap=3)
+    assert close.decision == "continue" and lower < close.llr
+    assert sequential_look([0.0004, 0.0011, 0.0009], sigma=0.001, alpha=0.05, cap=3).decision == "cap"
+    assert sequential_look([-0.0004, -0.0011], sigma=0.001, alpha=0.05, cap=3).decision == "futile"
+    # no noise estimate yet: no futility stop, the cap decides
+    assert sequential_look([-5.0], sigma=None, alpha=0.05, cap=3).decision == "continue"
+    # noiseless pairs: the sign decides at once
+    assert sequential_look([0.0], sigma=0.0, alpha=0.05, cap=3).decision == "futile"
+    assert sequential_look([0.1], sigma=0.0, alpha=0.05, cap=3).decision == "continue"
+
+
+def _whole_rule(d, sigma, alpha, cap):
+    """The audit's paired rule on a stream of gains: (promoted, seeds used)."""
+    from autolab._audit.stats import paired, sequential_look
+
+    for n in range(1, cap + 1):
+        look = sequential_look(d[:n], sigma=sigma, alpha=alpha, cap=cap)
+        if look.decision == "futile":
+            return False, n
+        if look.decision == "cap":
+            t = paired([-x for x in d[:n]], [0.0] * n, direction="minimize")
+            return bool(t.p_value is not None and t.p_value < alpha and t.effect > 0), n
+    raise AssertionError("the rule must decide by the cap")
+
+
+def test_sequential_rule_keeps_its_stated_error_rates():
+    """Simulated paired gains (a fixed random stream): with no true gain, promotions stay under
+    alpha; with a true gain of delta (one paired sd) the futility stop loses at most
+    beta / (1 - alpha) of them; a true loss of two paired sds mostly stops after one seed."""
+    import random
+
+    from autolab._audit.stats import SEQ_BETA
+
+    rng, sigma, alpha, cap, n_sim = random.Random(7), 0.001, 0.05, 3, 1500
+    null = [_whole_rule([rng.gauss(0, sigma) for _ in range(cap)], sigma, alpha, cap) for _ in range(n_sim)]
+    gain = [_whole_rule([rng.gauss(sigma, sigma) for _ in range(cap)], sigma, alpha, cap) for _ in range(n_sim)]
+    false_promotions = sum(p for p, _ in null) / n_sim
+    futile_with_gain = sum(n < cap and not p for p, n in gain) / n_sim
+    assert false_promotions < alpha + 0.01
+    assert futile_with_gain < SEQ_BETA / (1 - alpha) + 0.01
+    loss = [_whole_rule([rng.gauss(-2 * sigma, sigma) for _ in range(cap)], sigma, alpha, cap) for _ in range(n_sim)]
+    assert not any(p for p, _ in loss)
+    assert sum(n == 1 for _, n in loss) / n_sim > 0.75         # clear losers stop after one paired seed
+    assert sum(n for _, n in null) / n_sim < cap - 0.2         # null ideas stop early too, less often
+
+
+def test_an_old_unpaired_lab_still_decides(toy_lab):
+    """Runs recorded before pairing (the candidate screened on seed 1, the parent only on its
+    confirmation seeds): screening falls back to the parent's mean over other seeds."""
+    seed = toy_lab.seed_candidate()
+    _runs(toy_lab, seed, [4.0, 4.05, 3.95])
+    c = _child(toy_lab, 2.0)
+    r = Run(id="r-old-screen", task="toy", candidate_id=c.id, preset=toy_lab.preset_name, seed=1, purpose="screen",
+            meta={"protected_changed": [], "violations": [], "probes": {}})
+    toy_lab.log.append(r.with_state(State.COMPLETE, metrics={"loss": 1.0, "hidden_loss": 1.0},
+                                    timings={"train_s": 1.0, "budget_s": 5.0, "allowance_s": 1.0}))
+    v = autolab.audit(toy_lab, c, stage="screen", screen_margin=0.05, final=True)
+    assert v.state is State.PENDING and v.meta["design"] == "unpaired" and "mean over other seeds" in v.reason
+    assert v.meta["noise"]["screen_source"] == "cross_seed" and v.meta["screen_margin"] == 0.05
+    _runs(toy_lab, c, [1.0, 1.05, 0.96])
+    v = autolab.audit(toy_lab, c, final=True)
+    assert v.state is State.PROMOTED and v.meta["design"] == "paired" and v.meta["test"] == "paired_t"
+    assert v.meta["paired_seeds"] == [101, 102, 103] and v.meta["sequential"]["decision"] == "cap"
+
+
+def test_confirmation_stops_a_clear_loser_after_one_paired_seed(toy_lab):
+    seed = toy_lab.seed_candidate()
+    _runs(toy_lab, seed, [4.0, 4.05, 3.95])
+    c = _child(toy_lab, 1.5)
+    _runs(toy_lab, c, [4.6])
+    v = autolab.audit(toy_lab, c)
+    assert v.state is State.REJECTED and "futility after 1 paired seed" in v.reason, v.reason
+    assert v.meta["sequential"]["n"] == 1 and v.meta["noise"]["diff_source"] == "cross_seed"
+    assert toy_lab.candidate(c.id).state is State.REJECTED

@@ -4,6 +4,7 @@ agreement of every view on "best", the Purpose enum, and the lab's pinned seed."
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import warnings
@@ -93,6 +94,42 @@ def test_runs_means_noise_and_seeds(toy_lab):
     from autolab._run import missing_seeds, runs_of
 
     assert missing_seeds(lab, a, "confirm", 4) == [105] and len(runs_of(lab, a)) == 3
+
+
+def test_pairs_and_the_three_noise_figures(toy_lab):
+    lab, led = toy_lab, toy_lab.ledger
+    seed = lab.seed_candidate()
+    assert led.noise() == {"cross_seed_sd": None, "paired_sd": None, "repeat_sd": None, "diff_sd": None,
+                           "diff_source": None, "screen_sd": None, "screen_source": None}
+    confirm(lab, seed, [4.0, 4.4, 3.8], purpose="baseline")
+    a = add_cand(lab, seed, 2.0)
+    confirm(lab, a, [3.0, 3.5])                                     # paired on 101, 102; not on 103
+    add_run(lab, a, 9.0, purpose="screen", seed=1)                  # the parent has no seed-1 run: no screening pair
+    assert led.pairs(a, seed) == [(101, 3.0, 4.0), (102, 3.5, 4.4)]
+    assert led.pairs(a, seed, ("screen", "manual")) == []
+    # the paired noise: the spread of the per-seed differences -1.0 and -0.9
+    assert led.paired_sd() == pytest.approx(statistics.stdev([-1.0, -0.9]))
+    n = led.noise()
+    assert n["cross_seed_sd"] == pytest.approx(led.noise_sd()) and n["diff_source"] == n["screen_source"] == "paired"
+    assert n["diff_sd"] == n["screen_sd"] == pytest.approx(0.1 / 2 ** 0.5)
+    assert n["repeat_sd"] is None
+    # the parent's run on the screening seed pairs with it; a second candidate pools with the first
+    add_run(lab, seed, 4.2, purpose="screen", seed=1)
+    assert led.pairs(a, seed, ("screen", "manual")) == [(1, 9.0, 4.2)]
+    b = add_cand(lab, seed, 2.5)
+    confirm(lab, b, [1.0, 1.6, 0.6])
+    da = [3.0 - 4.0, 3.5 - 4.4, 9.0 - 4.2]
+    db = [1.0 - 4.0, 1.6 - 4.4, 0.6 - 3.8]
+    pooled = ((len(da) - 1) * statistics.variance(da) + (len(db) - 1) * statistics.variance(db)) / (len(da) + len(db) - 2)
+    assert led.paired_sd() == pytest.approx(pooled ** 0.5)
+    # repeats of one seed give the same-seed spread; a repeated seed pairs by its mean
+    add_run(lab, seed, 4.1, purpose="confirm", seed=101)
+    assert led.repeat_sd() == pytest.approx(statistics.stdev([4.0, 4.1]))
+    assert led.pairs(a, seed)[0] == (101, 3.0, pytest.approx(4.05))
+    # seeds_run: finished seeds of a purpose (a failed one counts, an interrupted one does not)
+    add_run(lab, a, 0.0, purpose="confirm", seed=103, state=State.FAILED, reason="boom")
+    add_run(lab, a, 0.0, purpose="confirm", seed=104, state=State.KILLED, reason="interrupted")
+    assert led.seeds_run(a, "confirm") == 3 and led.seeds_run(a, "screen") == 1
 
 
 def test_ownership_and_reaping(toy_lab):

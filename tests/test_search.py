@@ -9,7 +9,7 @@ from pathlib import Path
 
 import autolab
 from autolab.records import State
-from autolab.ledger import best_candidate, noise_sd
+from autolab.ledger import best_candidate, latest_verdict, noise_sd
 
 LOOP = r"""
 import sys
@@ -80,3 +80,83 @@ def test_kill_minus_9_then_resume(tmp_path, toy_task):
         assert complete[(k.candidate_id, k.purpose, k.seed)] == 1
     assert len(lab.log.ideas_list()) == 5
     assert not (lab_dir / "loop.lock").exists()
+
+
+def test_a_paired_design_detects_a_gain_the_unpaired_one_cannot(tmp_path):
+    """The toy's noise is all per random seed (sd 3 here): on the same seeds a candidate and its
+    parent share it, so the paired test sees gains that the unpaired Welch test of the very
+    same runs cannot tell from noise."""
+    from toytask import make_toy_task
+
+    from autolab._audit.stats import compare
+
+    lab = autolab.Lab(tmp_path / "lab", task=str(make_toy_task(tmp_path / "tasks", noise=3.0)))
+    s = autolab.loop(lab, iterations=4, proposer_seed=0, progress=False)
+    assert s.promoted >= 1 and s.best < s.baseline, s
+    assert s.decisions >= 1 and s.runs_per_decision is not None and s.pairing_runs >= 1
+    for v in lab.log.verdicts_list():
+        if v.state is State.PROMOTED:
+            assert v.meta["design"] == "paired" and v.meta["paired_seeds"] == [101, 102, 103] and v.p_value < 0.05
+            cand = [r.metrics["loss"] for r in lab.log.runs_list() if r.candidate_id == v.candidate_id and r.purpose == "confirm"]
+            parent = [r.metrics["loss"] for r in lab.log.runs_list()
+                      if r.candidate_id == v.parent_id and r.purpose in ("confirm", "baseline")]
+            assert compare(cand, parent, direction="minimize", test="welch").p_value > 0.05
+
+
+def _done(lab, cand, purpose, seed, loss):
+    from autolab.records import Run, new_id
+
+    r = Run(id=new_id("r"), task=lab.task.name, candidate_id=cand.id, preset=lab.preset_name, seed=seed,
+            purpose=purpose, meta={"protected_changed": [], "violations": [], "probes": {}})
+    lab.log.append(r.with_state(State.COMPLETE, metrics={"loss": loss, "hidden_loss": loss},
+                                timings={"train_s": 1.0, "budget_s": 5.0, "allowance_s": 1.0}))
+
+
+def test_the_scheduler_runs_the_parents_missing_paired_seeds_and_looks_after_each_seed(toy_lab):
+    from autolab._loop import AuditUnit, RunUnit, _Scheduler
+    from autolab.records import Purpose
+
+    lab = toy_lab
+    seed = lab.seed_candidate()
+    for k, v in enumerate([4.0, 4.2]):                  # the baseline has 2 of the 3 confirmation seeds
+        _done(lab, seed, "baseline", 101 + k, v)
+    c = lab.add_candidate({"solution.py": "X = 2.0\nSTEP = 2\nUSE_TRICK = False\n"}, seed)
+    sched = _Scheduler(lab, 0, [("main", "")], None, None, None, None, 1.0, 2, None, [])
+
+    def step(expect):
+        unit = sched.next_unit()
+        assert unit == expect, unit
+        if isinstance(unit, RunUnit):
+            sched.claimed.add(unit.claim)
+        return unit
+
+    def finish(*runs):
+        for cand, purpose, s, loss in runs:
+            _done(lab, cand, purpose, s, loss)
+            sched.claimed.discard((cand.id, purpose, s))
+
+    # screening: the candidate's seed 1, then the parent's seed 1 (it has none), then the audit
+    step(RunUnit(c, Purpose.SCREEN, 1))
+    step(RunUnit(seed, Purpose.SCREEN, 1))
+    assert sched.next_unit() is None                    # both in flight: nothing to audit yet
+    finish((c, "screen", 1, 1.1), (seed, "screen", 1, 4.1))
+    sched.run_unit(step(AuditUnit(c, "screen")))
+    assert latest_verdict(lab, c, "screen").meta["design"] == "paired"
+    # confirmation, one paired seed per look
+    step(RunUnit(c, Purpose.CONFIRM, 101))
+    finish((c, "confirm", 101, 1.0))
+    sched.run_unit(step(AuditUnit(c, "confirm")))
+    assert latest_verdict(lab, c, "confirm").state is State.PENDING
+    step(RunUnit(c, Purpose.CONFIRM, 102))
+    finish((c, "confirm", 102, 1.2))
+    sched.run_unit(step(AuditUnit(c, "confirm")))
+    v = latest_verdict(lab, c, "confirm")
+    assert v.state is State.PENDING and v.meta["seeds_run"] == 2 and "undecided after 2 paired seeds" in v.reason
+    # the third look needs seed 103 on both sides: the parent's run is scheduled too
+    step(RunUnit(c, Purpose.CONFIRM, 103))
+    step(RunUnit(seed, Purpose.CONFIRM, 103))
+    finish((c, "confirm", 103, 0.9), (seed, "confirm", 103, 3.9))
+    sched.run_unit(step(AuditUnit(c, "confirm")))
+    v = latest_verdict(lab, c, "confirm")
+    assert v.state is State.PROMOTED and v.meta["paired_seeds"] == [101, 102, 103] and v.meta["test"] == "paired_t"
+    assert lab.candidate(c.id).state is State.PROMOTED and sched.next_unit() is None

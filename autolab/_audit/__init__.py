@@ -1,18 +1,22 @@
 """Audit a candidate: generic checks, task probes, and the significance rule for promotion.
 
-A candidate is promoted over its parent only when every reject-severity check passes and
-its gain beats the noise: at least ``min_seeds`` selection-free runs on each side and a
-one-sided test at the task's alpha. Screening uses one seed and can only reject or pass a
-candidate on to confirmation, never promote it.
+A candidate is compared with its parent on the same random seeds (paired), within a purpose:
+screening seeds (1, ...) against the parent's screening runs on those seeds, confirmation seeds
+(101, ...) against the parent's confirmation runs on those seeds. Screening can only reject a
+candidate or pass it on to confirmation. Confirmation follows the sequential rule of
+``stats`` (futility stop after any look, otherwise more seeds up to the cap, then a one-sided
+paired t-test at the task's alpha). A lab whose parent has no run on the candidate's seeds (made
+before pairing) is judged as before: against the parent's mean over its own selection-free
+seeds, by the task's test (Welch by default). A task's own rule (speedrun's record rule) stays.
 """
 
 from __future__ import annotations
 
 from ..lab import Lab
-from ..ledger import SELECTION_FREE, Ledger, runs_of   # SELECTION_FREE: runs whose seeds did not select the candidate
+from ..ledger import SELECTION_BY_RUN, SELECTION_FREE, Ledger, runs_of   # SELECTION_FREE: runs whose seeds did not select the candidate
 from ..records import Candidate, Check, Insight, Purpose, State, Verdict, new_id
 from .checks import CHECKS, AuditContext, checks_for, register_check
-from .stats import TestResult, compare
+from .stats import TestResult, compare, gains, paired, sequential_look
 
 
 def run_checks(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, preset: str | None = None,
@@ -48,29 +52,40 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
     checks = run_checks(lab, candidate, parent, preset=preset)
     failed = [c for c in checks if not c.passed and c.severity == "reject"]
     metric, sig = task.metric, task.significance
-    parent_vals = [r.metrics[metric.name] for r in runs_of(lab, parent, purposes=SELECTION_FREE, preset=preset)] if parent else []
-    if stage == "screen":
-        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=(Purpose.SCREEN, Purpose.MANUAL), preset=preset)]
-    else:
-        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=SELECTION_FREE, preset=preset)]
+    ledger = Ledger(lab, preset=preset)
+    noise = ledger.noise()
+    # paired design: the candidate and its parent on the same random seeds (within a purpose)
+    prs = ledger.pairs(candidate, parent, SELECTION_BY_RUN if stage == "screen" else SELECTION_FREE) if parent else []
+    design = "paired" if prs else "unpaired"
+    if prs:
+        cand_vals, parent_vals = [c for _, c, _ in prs], [p for _, _, p in prs]
+    else:   # a lab recorded before pairing, or a parent without runs on these seeds: its mean over other seeds
+        parent_vals = [r.metrics[metric.name] for r in runs_of(lab, parent, purposes=SELECTION_FREE, preset=preset)] if parent else []
+        cand_vals = [r.metrics[metric.name] for r in runs_of(lab, candidate, purposes=(SELECTION_BY_RUN if stage == "screen" else SELECTION_FREE), preset=preset)]
     cmean = sum(cand_vals) / len(cand_vals) if cand_vals else None
     pmean = sum(parent_vals) / len(parent_vals) if parent_vals else None
     test = TestResult(sig.test, None, None, None, None, None, len(cand_vals), len(parent_vals))
+    seq = None
+    seeds_run = ledger.seeds_run(candidate, Purpose.CONFIRM, preset)
+    cap = max(task.seeds.confirmation, sig.min_seeds)
     if failed:
         state, reason = State.REJECTED, "audit failed: " + ", ".join(c.name for c in failed)
     elif parent is None:
         state, reason = State.PENDING, "the seed has no parent to beat"
     elif stage == "screen":
+        on = "on the same seed" + ("s" if len(prs) > 1 else "") if prs else "(its mean over other seeds)"
         if cmean is None or pmean is None:
             state, reason = (State.REJECTED if final else State.PENDING), "no screening result or no parent baseline"
         elif metric.gain(cmean, pmean) > screen_margin:
-            state, reason = State.PENDING, (f"screening: {cmean:.4f} beats the parent's {pmean:.4f} by more than "
+            state, reason = State.PENDING, (f"screening: {cmean:.4f} beats the parent's {pmean:.4f} {on} by more than "
                                             f"{screen_margin:.4f}; confirm on more seeds")
         else:
-            state, reason = State.REJECTED, (f"screening: {cmean:.4f} does not beat the parent's {pmean:.4f} "
+            state, reason = State.REJECTED, (f"screening: {cmean:.4f} does not beat the parent's {pmean:.4f} {on} "
                                              f"by the noise margin {screen_margin:.4f}")
     elif sig.test == "one_sample_below_target":
         state, reason, test = _record_rule(lab, candidate, parent, preset, final)
+    elif prs:
+        state, reason, test, seq = _paired_rule(lab, cand_vals, parent_vals, noise, cap, final)
     else:
         test = compare(cand_vals, parent_vals, direction=metric.direction, test=sig.test, target=sig.target)
         need = sig.min_seeds
@@ -88,7 +103,10 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
                       preset=preset, state=state, checks=[c.to_dict() for c in checks], metric=metric.name,
                       candidate_mean=cmean, parent_mean=pmean, effect=test.effect, p_value=test.p_value,
                       n_candidate=len(cand_vals), n_parent=len(parent_vals), reason=reason,
-                      meta={"stage": stage, "ci": [test.ci_low, test.ci_high], "test": test.test})
+                      meta={"stage": stage, "ci": [test.ci_low, test.ci_high], "test": test.test, "design": design,
+                            "paired_seeds": [s for s, _, _ in prs], "noise": noise, "screen_margin": screen_margin,
+                            "sequential": seq.to_dict() if seq is not None else None, "seeds_run": seeds_run,
+                            "cap": cap})
     lab.log.append(verdict)
     if decide and state in (State.PROMOTED, State.REJECTED):
         latest = lab.candidate(candidate.id)
@@ -97,6 +115,33 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
         if state is State.PROMOTED:
             _record_insight(lab, candidate, verdict, test)
     return verdict
+
+
+def _paired_rule(lab: Lab, cand_vals: list[float], parent_vals: list[float], noise: dict, cap: int, final: bool):
+    """Confirmation on paired seeds under the sequential rule (see ``stats``): stop early for
+    futility, else another seed up to ``cap``; at the cap, the one-sided paired t-test at alpha."""
+    metric, sig = lab.task.metric, lab.task.significance
+    test = paired(cand_vals, parent_vals, direction=metric.direction)
+    d = gains(cand_vals, parent_vals, metric.direction)
+    seq = sequential_look(d, sigma=noise.get("diff_sd"), alpha=sig.alpha, cap=cap)
+    n, need = len(d), max(2, sig.min_seeds)
+    at_cap = final or seq.decision == "cap"
+    if seq.decision == "futile":
+        return (State.REJECTED, f"sequential rule: stopped for futility after {n} paired seed{'s' if n > 1 else ''} "
+                f"(mean gain {test.effect:+.4f}; log-likelihood ratio {seq.llr:.3g} <= {seq.lower:.3g})", test, seq)
+    if not at_cap:
+        if n < need:
+            return State.PENDING, f"needs {need} selection-free runs on each side (has {n} paired seed{'s' if n != 1 else ''}); another seed", test, seq
+        return (State.PENDING, f"undecided after {n} paired seeds (mean gain {test.effect:+.4f}, log-likelihood ratio "
+                f"{seq.llr if seq.llr is None else round(seq.llr, 3)}); another seed, up to {cap}", test, seq)
+    if n < need:
+        return (State.REJECTED, f"only {n} paired selection-free seeds completed; promotion needs {need} on each side",
+                test, seq)
+    if test.p_value is not None and test.p_value < sig.alpha and (test.effect or 0) > 0:
+        return State.PROMOTED, f"paired t p={test.p_value:.3g} < {sig.alpha} over {n} seeds: gain {test.effect:+.4f}", test, seq
+    p = "n/a" if test.p_value is None else f"{test.p_value:.3g}"
+    return (State.REJECTED, f"gain {test.effect if test.effect is not None else float('nan'):+.4f} not significant "
+            f"(paired t p={p} over {n} seeds, alpha {sig.alpha})", test, seq)
 
 
 def _record_rule(lab: Lab, candidate: Candidate, parent: Candidate | None, preset: str, final: bool):
