@@ -217,10 +217,10 @@ class _Baseline:
                  fits: Callable[[str], bool] | None = None, track: Callable[[Run, object], None] | None = None):
         seed = lab.seed_candidate()
         seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
-        if seeds and fits is not None and not fits(Purpose.CONFIRM):
-            seeds = []   # a time limit too short for one run: the loop stops and says why
         self.futs = []
         for s in seeds:
+            if fits is not None and not fits(Purpose.CONFIRM):
+                break   # the time limit holds no more of them: the loop stops and says why
             run, fut = submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)
             if track is not None:
                 track(run, fut)
@@ -286,6 +286,7 @@ class _Scheduler:
         self.limit: TimeLimit | None = None    # no run starts that would likely end past it
         self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
         self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
+        self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
         # PROPOSED ideas left without a candidate by an earlier process: implemented first
         self.orphans: list[Idea] = unimplemented_ideas(lab)
 
@@ -385,11 +386,15 @@ class _Scheduler:
         if self.limit is None:
             return True
         est, how = run_duration_estimate(self.lab, purpose)
+        # runs in flight on every slot: this one waits for a slot first (a conservative wave count)
+        ahead = len(self.inflight_runs)
+        waves = 1 + ahead // max(1, self.n_slots)
         left = self.limit.left()
-        if est <= left:
+        if waves * est <= left:
             return True
+        queue = f", after {ahead} runs in flight on {self.n_slots} slot(s)" if waves > 1 else ""
         self._set_stop(f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
-                       f"({how}) and {max(0.0, left):.0f} s are left; no new run started", "time_limit")
+                       f"({how}{queue}) and {max(0.0, left):.0f} s are left, so it was not started", "time_limit")
         return False
 
     def admit(self, unit: Unit) -> bool:
@@ -428,7 +433,11 @@ class _Scheduler:
             self.lab.log.append(k)
             killed.append(k)
         if killed:
-            self._note(f"hard time limit: {len(killed)} run(s) killed and recorded KILLED 'time limit' (re-run on resume)")
+            msg = f"at the hard limit {len(killed)} run(s) still going were killed and recorded KILLED 'time limit' " \
+                  "(re-run when the loop resumes)"
+            self._note(msg)
+            with self.cv:
+                self.stopped = f"{self.stopped}; {msg}"
         return killed
 
     def track(self, run: Run, fut) -> None:
@@ -661,16 +670,17 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             sched = _Scheduler(lab, iterations, research_lines(threads), prop, implementer, ex, on_event,
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
             sched.limit = limit
+            # one worker more than slots: it prepares the next proposal (slow with an LLM) while
+            # every slot runs; its run then waits in the executor for a free slot
+            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
+            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
+            sched.n_slots = n_slots
 
             def wake() -> None:
                 with sched.cv:
                     sched.cv.notify_all()
 
             sched.baseline = _Baseline(lab, ex, on_event, bar, wake, fits=sched.fits, track=sched.track)
-            # one worker more than slots: it prepares the next proposal (slow with an LLM) while
-            # every slot runs; its run then waits in the executor for a free slot
-            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
-            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
             n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
             busy0 = ex.busy_s

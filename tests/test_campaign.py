@@ -101,7 +101,7 @@ def test_limit_shorter_than_the_preset_timeout_starts_nothing(capsys, tmp_path, 
     code, obj = _json(capsys, ["loop", str(toy_task), "--lab", lab, "--max-time", "30s", "--json"])
     assert code == EXIT_CODES["time_limit"] == 4 and obj["reason"] == "time_limit"
     assert obj["runs"] == 0 and obj["experiments"] == 0
-    assert "timeout_s" in obj["stopped"] and "no new run started" in obj["stopped"]
+    assert "timeout_s" in obj["stopped"] and "so it was not started" in obj["stopped"]
 
 
 def test_limit_shorter_than_a_measured_run_starts_nothing(capsys, tmp_path):
@@ -130,6 +130,7 @@ def test_hard_limit_kills_runs_in_flight_for_requeue(capsys, tmp_path):
     lab_dir = tmp_path / "lab"
     code, obj = _json(capsys, ["loop", str(task), "--lab", str(lab_dir), "--max-time", "6s", "--hard-limit", "--json"])
     assert code == 4 and obj["reason"] == "time_limit" and obj["wall_s"] < 50, obj
+    assert "recorded KILLED 'time limit'" in obj["stopped"], obj["stopped"]
     lab = autolab.Lab(lab_dir)
     runs = lab.log.runs_list()
     assert runs and all(r.state is State.KILLED and r.error["reason"] == "time limit" for r in runs), \
