@@ -16,6 +16,7 @@ This module knows only the lab's folder layout (standard library only), so it si
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import sqlite3
 import tarfile
@@ -154,7 +155,12 @@ def import_lab(archive: str | os.PathLike, dest: str | os.PathLike) -> dict:
         for need in ("lab.json", LOG):
             if not (unpacked / need).is_file():
                 raise AutolabError(f"{archive} has no {PREFIX}/{need}; it is not a lab archive from `autolab export-lab`")
+        try:
+            task = json.loads((unpacked / "lab.json").read_text()).get("task", "")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise AutolabError(f"{archive}: {PREFIX}/lab.json is not a lab's JSON; it is not an archive from "
+                               "`autolab export-lab`") from None
         if dest.exists():
             dest.rmdir()
         os.replace(unpacked, dest)
-    return {"lab": str(dest), "files": sum(1 for m in members if m.isfile())}
+    return {"lab": str(dest), "task": task, "files": sum(1 for m in members if m.isfile())}

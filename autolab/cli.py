@@ -522,7 +522,7 @@ def cmd_import_lab(args) -> int:
 
     info = import_lab(args.archive, args.lab)
     _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}; resume it with: "
-                      f"autolab loop TASK --lab {info['lab']}")
+                      f"autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
     return 0
 
 

@@ -182,7 +182,7 @@ def test_iterations_is_a_total_more_adds_and_archive_round_trip(capsys, tmp_path
     shutil.rmtree(lab)   # the lab moves: only the archive is left
     new = tmp_path / "moved" / "lab2"
     code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(new), "--json"])
-    assert code == 0 and obj["lab"] == str(new.resolve())
+    assert code == 0 and obj["lab"] == str(new.resolve()) and obj["task"] == "toy"
     moved = autolab.Lab(new)
     assert moved.log.integrity_check() == "ok" and moved.ledger.leaderboard().to_json() == before
     # it resumes there: --more 1 adds one experiment, and nothing done is redone
