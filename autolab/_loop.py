@@ -17,9 +17,11 @@ Work is cut into units that run on the executor's slots concurrently:
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
+from datetime import datetime
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -132,6 +134,71 @@ def goal_ideas(lab: Lab) -> list[Idea]:
     return [i for i in lab.log.ideas_list() if i.source != "merge" and not i.meta.get("abandoned")]
 
 
+# ---------------------------------------------------------------------------- time-boxed loops
+
+TIME_LIMIT_REASON = "time limit"   # Run.error["reason"] of a run a hard time limit killed (re-queued on resume)
+
+
+def run_wall_s(r: Run) -> float | None:
+    """The wall time a run took: the executor's measure, else its start and end stamps."""
+    w = (r.timings or {}).get("papermill_s")
+    if isinstance(w, (int, float)) and w >= 0:
+        return float(w)
+    try:
+        return max(0.0, (datetime.fromisoformat(r.ended_at) - datetime.fromisoformat(r.started_at)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def p90(xs: list[float]) -> float:
+    """The 90th percentile (nearest rank) of a non-empty list."""
+    ys = sorted(xs)
+    return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
+
+
+def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None) -> tuple[float, str]:
+    """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
+    found: the p90 of the wall time of completed runs of the same preset and purpose, else of
+    the same preset and any purpose; before any run, the preset's ``timeout_s``."""
+    preset = lab.preset_name
+    done = [r for r in (lab.log.runs_list() if runs is None else runs)
+            if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
+    same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
+    for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
+        if pool:
+            return p90([run_wall_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
+    return float(lab.preset.timeout_s), f"no completed run yet: the preset {preset}'s timeout_s"
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """When a loop must be done: ``deadline`` in ``time.monotonic()`` seconds; ``hard``: runs still
+    going at the deadline are killed and recorded KILLED "time limit" (re-run on resume); else they
+    finish. ``label`` says where the limit came from, for messages."""
+    deadline: float
+    hard: bool = False
+    label: str = ""
+
+    @classmethod
+    def make(cls, max_time_s: float | None = None, deadline: datetime | None = None, hard: bool = False,
+             start: float | None = None) -> "TimeLimit | None":
+        """The earlier of ``max_time_s`` after ``start`` (default now) and the wall-clock ``deadline``."""
+        t0 = time.monotonic() if start is None else start
+        options = []
+        if max_time_s is not None:
+            options.append((t0 + max_time_s, f"max time {max_time_s:g} s"))
+        if deadline is not None:
+            left = (deadline - datetime.now(deadline.tzinfo)).total_seconds()
+            options.append((time.monotonic() + left, f"deadline {deadline.isoformat()}"))
+        if not options:
+            return None
+        when, label = min(options)
+        return cls(when, hard, label + (" (hard)" if hard else ""))
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
 def unimplemented_ideas(lab: Lab) -> list[Idea]:
     """PROPOSED ideas that never got a candidate (a kill or a cap stopped their implementation)."""
     return [i for i in lab.log.ideas_list() if i.state is State.PROPOSED and i.source != "merge"]
@@ -154,10 +221,18 @@ def _llm_room(proposer, implementer, need_units: int) -> str:
 class _Baseline:
     """The seed's selection-free runs, started without waiting: proposals are prepared while they run."""
 
-    def __init__(self, lab: Lab, executor: Executor, on_event, bar, notify: Callable[[], None]):
+    def __init__(self, lab: Lab, executor: Executor, on_event, bar, notify: Callable[[], None],
+                 fits: Callable[[str], bool] | None = None, track: Callable[[Run, object], None] | None = None):
         seed = lab.seed_candidate()
         seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
-        self.futs = [submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)[1] for s in seeds]
+        self.futs = []
+        for s in seeds:
+            if fits is not None and not fits(Purpose.CONFIRM):
+                break   # the time limit holds no more of them: the loop stops and says why
+            run, fut = submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)
+            if track is not None:
+                track(run, fut)
+            self.futs.append(fut)
         for f in self.futs:
             f.add_done_callback(lambda _f: (bar.update(1) if bar is not None else None, notify()))
 
@@ -216,7 +291,10 @@ class _Scheduler:
         self.reason = ""                       # one of STOP_REASONS once a stop is decided
         self.baseline: _Baseline | None = None
         self.early = 0                         # proposals started while the baseline runs
-        self.deadline: float | None = None     # time.monotonic() after which no new work starts
+        self.limit: TimeLimit | None = None    # no run starts that would likely end past it
+        self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
+        self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
+        self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
         # PROPOSED ideas left without a candidate by an earlier process: implemented first
         self.orphans: list[Idea] = unimplemented_ideas(lab)
 
@@ -261,8 +339,8 @@ class _Scheduler:
         lab = self.lab
         if (lab.path / "STOP").exists() and not self.stopped:
             self._set_stop("stop requested", "interrupted")
-        if self.deadline is not None and time.monotonic() > self.deadline and not self.stopped:
-            self._set_stop("time limit reached", "time_limit")
+        if self.limit is not None and self.limit.left() <= 0 and not self.stopped:
+            self._set_stop(f"time limit reached ({self.limit.label})", "time_limit")
         if not self._baseline_ready():
             # while the seed's runs go on, only prepare ideas (one per research thread)
             if self.stopped:
@@ -333,6 +411,76 @@ class _Scheduler:
             return AuditUnit(c, purpose.value if purpose is Purpose.SCREEN else "confirm")
         return None
 
+    def fits(self, purpose: str) -> bool:
+        """True when a run of ``purpose`` started now would likely end before the time limit;
+        else the loop stops for the time limit with a message that says why."""
+        if self.limit is None:
+            return True
+        est, how = run_duration_estimate(self.lab, purpose)
+        # runs in flight on every slot: this one waits for a slot first (a conservative wave count)
+        ahead = len(self.inflight_runs)
+        waves = 1 + ahead // max(1, self.n_slots)
+        left = self.limit.left()
+        if waves * est <= left:
+            return True
+        queue = f", after {ahead} runs in flight on {self.n_slots} slot(s)" if waves > 1 else ""
+        self._set_stop(f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
+                       f"({how}{queue}) and {max(0.0, left):.0f} s are left, so it was not started", "time_limit")
+        return False
+
+    def admit(self, unit: Unit) -> bool:
+        """The time limit's one gate on new work (called with the lock held): a run starts only if it
+        would likely end in time; a proposal only if its screening run would; once the time limit
+        stopped the loop, no run starts (runs under way finish), and after a hard kill nothing does."""
+        if self.hard_killed:
+            return False
+        if self.limit is None:
+            return True
+        if isinstance(unit, RunUnit):
+            return self.reason != "time_limit" and self.fits(unit.purpose)
+        if isinstance(unit, (ProposeUnit, ImplementUnit)):
+            return self.reason != "time_limit" and self.fits(Purpose.SCREEN)
+        return True
+
+    def kill_in_flight(self, executor: Executor) -> list[Run]:
+        """A hard time limit: stop every run still going (the executor is shut down) and record each
+        that did not complete as KILLED "time limit", which the ledger re-queues on resume."""
+        with self.cv:
+            self.hard_killed = True
+            self._set_stop(f"time limit reached ({self.limit.label if self.limit else ''})", "time_limit")
+            going = list(self.inflight_runs.values())
+        executor.shutdown()
+        killed = []
+        for run, fut in going:
+            try:
+                final = fut.result(timeout=120)
+            except Exception:   # noqa: BLE001 - the record below says what happened
+                final = self.lab.log.get("run", run.id) or run
+            if final.state is State.COMPLETE:
+                continue
+            k = final.with_state(State.KILLED, error={
+                "ename": "TimeLimit", "evalue": f"killed at the loop's hard time limit ({self.limit.label if self.limit else ''}); "
+                "re-run when the loop resumes", "reason": TIME_LIMIT_REASON, "cell": None, "traceback": ""})
+            self.lab.log.append(k)
+            killed.append(k)
+        if killed:
+            msg = f"at the hard limit {len(killed)} run(s) still going were killed and recorded KILLED 'time limit' " \
+                  "(re-run when the loop resumes)"
+            self._note(msg)
+            with self.cv:
+                self.stopped = f"{self.stopped}; {msg}"
+        return killed
+
+    def track(self, run: Run, fut) -> None:
+        """Keep ``run`` among the runs in flight until its future resolves (for a hard time limit)."""
+        with self.cv:
+            self.inflight_runs[run.id] = (run, fut)
+
+        def gone(_f) -> None:
+            with self.cv:
+                self.inflight_runs.pop(run.id, None)
+        fut.add_done_callback(gone)
+
     def _promotions(self) -> int:
         return sum(c.state is State.PROMOTED for c in self.lab.log.candidates_list())
 
@@ -341,6 +489,7 @@ class _Scheduler:
         if isinstance(unit, RunUnit):
             run, fut = submit_run(lab, unit.candidate, unit.seed, purpose=unit.purpose, executor=self.executor,
                                   on_event=self.on_event)
+            self.track(run, fut)
             final = fut.result()
             self._tick(final)
         elif isinstance(unit, AuditUnit):
@@ -449,6 +598,8 @@ class _Scheduler:
                 unit = None
                 while self.error is None:
                     unit = self.next_unit()
+                    if unit is not None and not self.admit(unit):
+                        unit = None   # the time limit refused it (the stop says why)
                     if unit is not None or (self.in_flight == 0 and self.proposing == 0 and self._baseline_ready()):
                         break
                     self.cv.wait(timeout=1.0)
@@ -496,7 +647,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
          implementer: Implementer | None = None, executor: Executor | str | None = None,
          on_event: Callable[[dict], None] | None = None, progress: bool = True, confirm_margin_sd: float = 1.0,
          max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None,
-         time_limit_s: float | None = None) -> LoopSummary:
+         time_limit_s: float | None = None, more: int | None = None, max_time_s: float | None = None,
+         deadline: datetime | None = None, hard_limit: bool = False) -> LoopSummary:
     """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
     every promising one is confirmed and audited, or a stop is requested. Resumable.
 
@@ -505,10 +657,21 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     resolves conflicts; without one a conflicting merge is skipped and recorded).
 
     The first proposals are prepared while the seed's baseline runs; PROPOSED ideas an
-    earlier process left without a candidate are implemented first. ``time_limit_s`` stops
-    new work after that many seconds (runs under way finish). ``LoopSummary.reason`` says
-    why it ended (STOP_REASONS): only "goal" means ``iterations`` ideas were tried."""
+    earlier process left without a candidate are implemented first. ``LoopSummary.reason`` says
+    why it ended (STOP_REASONS): only "goal" means ``iterations`` ideas were tried.
+
+    ``iterations`` is the total number of experiments in the lab (a rerun with the same value
+    only finishes pending work); ``more=N`` asks for N more than the lab holds now instead.
+
+    Time-boxed (Slurm jobs, spot instances): with ``max_time_s`` (seconds from now; ``time_limit_s``
+    is its old name) and/or ``deadline`` (an aware or local ``datetime``), the earlier of the two is
+    the limit: no run starts that would likely end past it, judged from the lab's measured run
+    durations (``run_duration_estimate``). Runs under way finish; with ``hard_limit`` they are
+    killed at the limit and recorded KILLED "time limit", re-run when the loop resumes."""
     t0 = time.monotonic()
+    if max_time_s is None:
+        max_time_s = time_limit_s
+    limit = TimeLimit.make(max_time_s, deadline, hard_limit, start=t0)
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
     bar = None
@@ -516,7 +679,12 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
         (lab.path / "STOP").unlink(missing_ok=True)
         reaped = reap_interrupted(lab)
         llm_reaped = lab.log.reap_llm_calls()
+        n_start = len(goal_ideas(lab))
+        if more is not None:
+            iterations = n_start + more
+        runs_start, verdicts_start = len(lab.log.runs_list()), len(lab.log.verdicts_list())
         lab.log.event("loop_start", iterations=iterations, threads=threads, proposer=getattr(prop, "name", str(proposer)),
+                      time_limit=None if limit is None else {"label": limit.label, "left_s": round(limit.left(), 1)},
                       resumed_runs=[r.id for r in reaped], interrupted_llm_calls=llm_reaped,
                       unimplemented_ideas=[i.id for i in unimplemented_ideas(lab)])
         if progress:
@@ -533,18 +701,18 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 insights = []
             sched = _Scheduler(lab, iterations, research_lines(threads), prop, implementer, ex, on_event,
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
-            if time_limit_s is not None:
-                sched.deadline = t0 + time_limit_s
+            sched.limit = limit
+            # one worker more than slots: it prepares the next proposal (slow with an LLM) while
+            # every slot runs; its run then waits in the executor for a free slot
+            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
+            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
+            sched.n_slots = n_slots
 
             def wake() -> None:
                 with sched.cv:
                     sched.cv.notify_all()
 
-            sched.baseline = _Baseline(lab, ex, on_event, bar, wake)
-            # one worker more than slots: it prepares the next proposal (slow with an LLM) while
-            # every slot runs; its run then waits in the executor for a free slot
-            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
-            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
+            sched.baseline = _Baseline(lab, ex, on_event, bar, wake, fits=sched.fits, track=sched.track)
             n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
             busy0 = ex.busy_s
@@ -552,7 +720,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             for w in workers:
                 w.start()
             for w in workers:
-                w.join()
+                while w.is_alive():
+                    w.join(timeout=0.5)
+                    if limit is not None and limit.hard and limit.left() <= 0 and not sched.hard_killed:
+                        sched.kill_in_flight(ex)
             wall_loop = time.monotonic() - w0
             if sched.error is not None:
                 raise sched.error
@@ -564,6 +735,11 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             n_ideas = len(goal_ideas(lab))
             stopped = sched.stopped or ("done" if n_ideas >= iterations else "the proposer has nothing left to try")
             reason = sched.reason or ("goal" if n_ideas >= iterations else "exhausted")
+            if reason == "goal" and n_start >= iterations and len(lab.log.runs_list()) == runs_start \
+                    and len(lab.log.verdicts_list()) == verdicts_start:
+                stopped = (f"nothing to do: the lab already holds {n_start} experiments and iterations={iterations} "
+                           "is the total in the lab, not a number to add; to run N more, pass --more N "
+                           "(autolab.loop(lab, more=N))")
         finally:
             if bar is not None:
                 bar.close()

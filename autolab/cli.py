@@ -7,13 +7,16 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from .errors import AutolabError
 
 DEFAULT_LAB = "labs/{task}-{preset}"
+DEFAULT_ITERATIONS = 8   # `autolab loop`'s total experiments when neither --iterations nor --more is given
 
 
 def _lab(args, task: str | None = None, preset: str | None = None):
@@ -131,17 +134,20 @@ EXIT_CODES = {
     "goal": 0,           # the lab holds --iterations ideas, each tried (the only success)
     "error": 2,          # an error stopped it: LLM server unreachable or refusing, a bad setting...
     "cap": 3,            # --max-llm-calls or --max-cost reached
-    "time_limit": 4,     # --time-limit reached
+    "time_limit": 4,     # --max-time / --deadline: the next run would likely end past the limit
     "exhausted": 5,      # the proposer has nothing left to try before --iterations
     "interrupted": 130,  # Ctrl-C or `autolab stop`
 }
 
 LOOP_EPILOG = """\
 exit codes:
-  0    goal reached: the lab holds --iterations ideas (failed and abandoned ones are counted in the summary)
+  0    goal reached: the lab holds --iterations ideas (failed and abandoned ones are counted in the summary);
+       also when there was nothing to do (the message says so: --iterations is a total, --more N adds N)
   2    error: e.g. the LLM server unreachable or refusing (see the message), a bad option or lab
   3    an LLM cap was reached (--max-llm-calls, --max-cost); raise it and run the same command to resume
-  4    --time-limit was reached; run the same command to resume
+  4    --max-time / --deadline: the next run would likely have ended past the limit (judged from the
+       lab's measured run durations), or the limit passed; run the loop again to resume (with --hard-limit,
+       runs killed at the limit are recorded KILLED "time limit" and re-run then)
   5    the proposer had nothing left to try before --iterations
   130  interrupted (Ctrl-C or `autolab stop`); run the same command to resume
 
@@ -227,9 +233,10 @@ def cmd_loop(args) -> int:
         from .executors import get_executor
 
         executor = get_executor("ray", address=args.ray_address)
-    s = loop(lab, args.iterations, threads=args.threads, proposer=proposer, implementer=implementer,
+    iterations = DEFAULT_ITERATIONS if args.iterations is None else args.iterations
+    s = loop(lab, iterations, threads=args.threads, proposer=proposer, implementer=implementer,
              executor=executor, progress=not args.json, proposer_seed=args.proposer_seed, merge_llm=resolver,
-             time_limit_s=args.time_limit)
+             more=args.more, max_time_s=args.max_time, deadline=args.deadline, hard_limit=args.hard_limit)
     code = EXIT_CODES.get(s.reason, EXIT_CODES["error"])
     text = (f"lab {s.lab}: {s.experiments} experiments ({s.ideas_failed} failed, {s.ideas_rejected} rejected as "
             f"duplicates, {s.ideas_abandoned} abandoned, {s.ideas_pending} not implemented yet), {s.runs} runs "
@@ -384,6 +391,37 @@ def _nonneg(text: str) -> float:
     return x
 
 
+_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(text: str) -> float:
+    """argparse type: a duration in seconds from ``90s``, ``20m``, ``1h30m``, ``1h30m15s`` or plain
+    seconds (``5400``, ``2.5``); above 0."""
+    t = text.strip().lower()
+    try:
+        x = float(t)
+    except ValueError:
+        m = _DURATION.match(t)
+        if not t or m is None or not any(m.groupdict().values()):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 90s, 20m, 1h30m or plain "
+                                             "seconds") from None
+        x = sum(float(v) * k for v, k in ((m["h"], 3600), (m["m"], 60), (m["s"], 1)) if v)
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a duration above 0")
+    return x
+
+
+def parse_deadline(text: str) -> datetime:
+    """argparse type: an ISO 8601 time (``2026-12-07T18:00``, ``...+01:00``, ``...Z``); without a
+    time zone it is this machine's local time."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO time; write e.g. 2026-12-07T18:00 or "
+                                         "2026-12-07T18:00:00+00:00 (try: date -Iseconds -d '+2 hours')") from None
+    return dt if dt.tzinfo is not None else dt.astimezone()
+
+
 def _positive(text: str) -> float:
     try:
         x = float(text)
@@ -419,14 +457,29 @@ def setup_run(add) -> None:
 def setup_loop(add) -> None:
     sp = add("loop", cmd_loop, "run the research loop (resumable: the same command continues)")
     sp.add_argument("task"); sp.add_argument("--preset", default=None)
-    sp.add_argument("--iterations", type=_count, default=8, help="experiments (ideas) in the lab in total")
+    goal = sp.add_mutually_exclusive_group()
+    goal.add_argument("--iterations", type=_count, default=None, metavar="N",
+                      help=f"the total number of experiments (ideas) the lab should hold, counting those of earlier "
+                           f"runs of the loop (default {DEFAULT_ITERATIONS}); a rerun with the same N only finishes "
+                           "pending work")
+    goal.add_argument("--more", type=_count, default=None, metavar="N",
+                      help="run N more experiments than the lab holds now")
     sp.add_argument("--threads", type=_count, default=1, help="parallel lines of research")
     sp.add_argument("--proposer", default="playbook", help="playbook | random | llm:<litellm model>")
     sp.add_argument("--proposer-seed", type=int, default=None)
     sp.add_argument("--executor", default="local", help="local | ray")
     sp.add_argument("--ray-address", default=None)
-    sp.add_argument("--time-limit", type=_positive, default=None, metavar="SECONDS",
-                    help="start no new work after this long (runs under way finish); exit code 4")
+    sp.add_argument("--max-time", "--time-limit", dest="max_time", type=parse_duration, default=None,
+                    metavar="DURATION",
+                    help="time box from now (90s, 20m, 1h30m or seconds): start no run that would likely end past "
+                         "it, judged from the p90 of the lab's completed runs (before any run, the preset's "
+                         "timeout_s); runs under way finish; exit code 4. --time-limit is an alias")
+    sp.add_argument("--deadline", type=parse_deadline, default=None, metavar="ISO-TIME",
+                    help="the same, as a wall-clock time (e.g. 2026-12-07T18:00+00:00; local time without a zone); "
+                         "with --max-time too, the earlier one holds")
+    sp.add_argument("--hard-limit", action="store_true",
+                    help="at the limit, kill runs still going and record them KILLED \"time limit\" (re-run on resume) "
+                         "instead of letting them finish")
     sp.epilog, sp.formatter_class = LOOP_EPILOG, argparse.RawDescriptionHelpFormatter
     g = sp.add_argument_group("LLM (with --proposer llm:<litellm model>)")
     g.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
@@ -451,6 +504,39 @@ def setup_loop(add) -> None:
     g.add_argument("--max-cost", type=_positive, default=None, help="stop when LLM spend in this lab reaches this (USD)")
     g.add_argument("--max-llm-calls", type=_count, default=None, help="stop after this many LLM calls in this lab")
     sp.add_argument("--lab", default=None)
+
+
+def cmd_export_lab(args) -> int:
+    from .archive import export_lab
+
+    info = export_lab(args.lab, args.output)
+    left = info["left_out"]
+    text = (f"wrote {info['archive']}: {info['files']} files ({info['bytes'] / 1e6:.1f} MB, "
+            f"{info['archive_bytes'] / 1e6:.1f} MB compressed) of lab {info['lab']}"
+            + (f"; left out {len(left)}: " + ", ".join(left[:8]) + (" ..." if len(left) > 8 else "") if left else "")
+            + f"\nunpack it with: autolab import-lab {info['archive']} --lab NEW")
+    _emit(args, info, text)
+    return 0
+
+
+def cmd_import_lab(args) -> int:
+    from .archive import import_lab
+
+    info = import_lab(args.archive, args.lab)
+    _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}; resume it with: "
+                      f"autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
+    return 0
+
+
+def setup_export_lab(add) -> None:
+    sp = add("export-lab", cmd_export_lab, "write a lab's resumable core (log, candidates, runs; no model files "
+                                           "or caches) into one .tar.gz, to move it to another machine")
+    sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", required=True, help="e.g. lab.tar.gz")
+
+
+def setup_import_lab(add) -> None:
+    sp = add("import-lab", cmd_import_lab, "unpack an archive from `autolab export-lab` into a new lab folder")
+    sp.add_argument("archive"); sp.add_argument("--lab", required=True, help="the new lab folder (must not exist)")
 
 
 def setup_log(add) -> None:

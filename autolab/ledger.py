@@ -41,7 +41,7 @@ SELECTION_BY_RUN: tuple[str, ...] = (Purpose.SCREEN.value, Purpose.MANUAL.value)
 _RANGE_START = {Purpose.SCREEN: 1, Purpose.MANUAL: 1, Purpose.REDTEAM: 1, Purpose.CONFIRM: 101, Purpose.FINAL: 1001}
 SEED_BASE: dict[str, int] = {p.value: _RANGE_START[p.canonical] for p in Purpose}
 MAX_ATTEMPTS = 3
-RETRYABLE = ("interrupted", "worker lost")   # KILLED reasons that re-queue the seed
+RETRYABLE = ("interrupted", "worker lost", "time limit")   # KILLED reasons that re-queue the seed (the last: a hard loop time limit)
 
 
 def seed_range(purpose: str) -> int:

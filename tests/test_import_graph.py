@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("autolab.log", "autolab.ledger", "autolab.task", "autolab.store", "autolab.diffs", "autolab.sandbox",
      "autolab._sandbox_boot", "autolab.llm", "autolab._papermill_run", "autolab.executors", "autolab.executors.*"),
     # a lab: one folder, one task, one log
-    ("autolab.lab", "autolab.knowledge"),
+    ("autolab.lab", "autolab.knowledge", "autolab.archive"),
     # the steps
     ("autolab._propose", "autolab._implement", "autolab._run", "autolab._audit", "autolab._audit.*", "autolab.merge",
      "autolab.llm_propose", "autolab.llm_implement"),

@@ -36,7 +36,10 @@ def test_loop_finds_and_promotes_a_real_gain(toy_lab):
             assert {r.seed for r in runs} == {101, 102, 103}
     # the same command again is a no-op: the lab already holds 4 experiments
     s2 = autolab.loop(toy_lab, iterations=4, proposer_seed=0, progress=False)
-    assert s2.experiments == 4 and s2.runs == s.runs
+    assert s2.experiments == 4 and s2.runs == s.runs and s2.reason == "goal"
+    assert "nothing to do" in s2.stopped and "more=N" in s2.stopped   # said plainly, with the way to run more
+    s3 = autolab.loop(toy_lab, more=1, proposer_seed=0, progress=False)   # more=N adds N to what the lab holds
+    assert s3.experiments == 5 and s3.runs > s.runs
 
 
 def test_stop_request(toy_lab):

@@ -1,0 +1,166 @@
+"""A lab as one archive, to move a campaign between machines: ``export_lab`` writes the lab's
+resumable core into a ``.tar.gz``, ``import_lab`` unpacks it into a new lab folder, where
+``autolab loop`` resumes it.
+
+What goes in (``lab_files``): ``lab.json``, the research log (a consistent copy made with
+SQLite's backup API, so a loop may be writing meanwhile and the WAL is folded in),
+``objects/``, ``candidates/`` and ``runs/``, without model files (``*.pt``, ``*.pth``,
+``*.safetensors``, ``*.ckpt``, ``*.model/`` folders), ``__pycache__`` and cache folders. Nothing
+else of the lab folder travels (``loop.lock``, ``STOP``, exports); the summary names what was
+left out. Regular files only: a link is left out and named.
+
+This module knows only the lab's folder layout (standard library only), so it sits beside
+``autolab.lab``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sqlite3
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .errors import AutolabError
+
+LAB_FILES = ("lab.json",)                       # top-level files that travel as they are
+LAB_FOLDERS = ("objects", "candidates", "runs")  # top-level folders that travel, filtered
+LOG = "log.db"                                  # copied through SQLite's backup API
+MODEL_FILES = ("*.pt", "*.pth", "*.safetensors", "*.ckpt")
+SKIP_FOLDERS = ("*.model", "__pycache__", ".ipynb_checkpoints", ".cache", "cache", "caches", "*_cache",
+                "torchinductor_*", "triton", ".triton")
+PREFIX = "lab"                                  # every member of the archive lies under lab/
+
+
+def _skipped(rel: Path) -> str:
+    """Why a path under the lab is left out of the archive ('' when it goes in)."""
+    for part in rel.parts[:-1]:
+        if any(fnmatch.fnmatch(part, pat) for pat in SKIP_FOLDERS):
+            return f"folder {part}"
+    if any(fnmatch.fnmatch(rel.name, pat) for pat in MODEL_FILES):
+        return "model file"
+    if rel.suffix == ".pyc":
+        return "bytecode"
+    return ""
+
+
+def lab_files(lab_path: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """(the lab's files that go into an archive, relative to the lab folder, log.db excepted;
+    what was left out, as 'path (why)'). Only this function decides what goes in."""
+    root = Path(lab_path)
+    keep: list[Path] = []
+    left: list[str] = []
+    for name in LAB_FILES:
+        if (root / name).is_file():
+            keep.append(Path(name))
+    for child in sorted(root.iterdir()):
+        if child.name not in LAB_FILES + LAB_FOLDERS + (LOG, f"{LOG}-wal", f"{LOG}-shm"):
+            left.append(f"{child.name} (not part of a lab's resumable core)")
+    for folder in LAB_FOLDERS:
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            d = Path(dirpath)
+            for sub in list(dirnames):
+                if any(fnmatch.fnmatch(sub, pat) for pat in SKIP_FOLDERS):
+                    dirnames.remove(sub)
+                    left.append(f"{(d / sub).relative_to(root)}/ (model or cache folder)")
+                elif (d / sub).is_symlink():
+                    dirnames.remove(sub)
+                    left.append(f"{(d / sub).relative_to(root)} (a link)")
+            for fn in sorted(filenames):
+                p = d / fn
+                rel = p.relative_to(root)
+                why = "a link" if p.is_symlink() else ("not a regular file" if not p.is_file() else _skipped(rel))
+                if why:
+                    left.append(f"{rel} ({why})")
+                else:
+                    keep.append(rel)
+    return keep, left
+
+
+def _log_copy(src: Path, dest: Path) -> None:
+    """A consistent copy of the research log (its WAL folded in) through SQLite's backup API."""
+    s = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    d = sqlite3.connect(dest)
+    try:
+        s.backup(d)
+        d.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        d.close()
+        s.close()
+
+
+def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Write the lab at ``lab_path`` into the archive ``out`` (.tar.gz); returns a summary:
+    ``archive``, ``files``, ``bytes`` (uncompressed), ``left_out`` ('path (why)' each)."""
+    root = Path(lab_path).resolve()
+    out = Path(out).resolve()
+    if not (root / "lab.json").is_file() or not (root / LOG).is_file():
+        raise AutolabError(f"no lab at {root} (it needs lab.json and {LOG}); pass the lab folder with --lab")
+    if out.is_dir():
+        raise AutolabError(f"{out} is a folder; pass the archive's file name, e.g. -o lab.tar.gz")
+    if out == root or root in out.parents:
+        raise AutolabError(f"{out} lies inside the lab {root}; write the archive outside it")
+    files, left = lab_files(root)
+    total = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with tempfile.TemporaryDirectory(prefix="autolab-export-") as tmp:
+        log_copy = Path(tmp) / LOG
+        _log_copy(root / LOG, log_copy)
+        try:
+            with tarfile.open(tmp_out, "w:gz") as tar:
+                tar.add(log_copy, arcname=f"{PREFIX}/{LOG}", recursive=False)
+                total += log_copy.stat().st_size
+                for rel in files:
+                    p = root / rel
+                    tar.add(p, arcname=f"{PREFIX}/{rel.as_posix()}", recursive=False)
+                    total += p.stat().st_size
+            os.replace(tmp_out, out)
+        finally:
+            tmp_out.unlink(missing_ok=True)
+    return {"archive": str(out), "lab": str(root), "files": len(files) + 1, "bytes": total,
+            "archive_bytes": out.stat().st_size, "left_out": left}
+
+
+def import_lab(archive: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """Unpack an archive made by ``export_lab`` into the new lab folder ``dest`` (which must not
+    exist, or be empty); returns ``lab``, ``files``. Members outside ``lab/``, absolute paths,
+    ``..``, links and devices are refused (tarfile's "data" filter)."""
+    archive, dest = Path(archive), Path(dest).resolve()
+    if not archive.is_file():
+        raise AutolabError(f"no archive at {archive}; pass the file `autolab export-lab` wrote")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise AutolabError(f"{dest} already exists and is not empty; pass a new folder with --lab")
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise AutolabError(f"{archive} is not a readable archive ({e}); pass a file `autolab export-lab` wrote") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tar, tempfile.TemporaryDirectory(prefix=".autolab-import-", dir=dest.parent) as tmp:
+        members = tar.getmembers()
+        bad = [m.name for m in members if not (m.name == PREFIX or m.name.startswith(PREFIX + "/"))]
+        if bad:
+            raise AutolabError(f"{archive} is not a lab archive (member {bad[0]!r} is not under {PREFIX}/); "
+                               "make it with `autolab export-lab`")
+        try:
+            tar.extractall(tmp, members=members, filter="data")
+        except tarfile.FilterError as e:
+            raise AutolabError(f"{archive} holds an unsafe member ({e}); it was not unpacked") from None
+        unpacked = Path(tmp) / PREFIX
+        for need in ("lab.json", LOG):
+            if not (unpacked / need).is_file():
+                raise AutolabError(f"{archive} has no {PREFIX}/{need}; it is not a lab archive from `autolab export-lab`")
+        try:
+            task = json.loads((unpacked / "lab.json").read_text()).get("task", "")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise AutolabError(f"{archive}: {PREFIX}/lab.json is not a lab's JSON; it is not an archive from "
+                               "`autolab export-lab`") from None
+        if dest.exists():
+            dest.rmdir()
+        os.replace(unpacked, dest)
+    return {"lab": str(dest), "task": task, "files": sum(1 for m in members if m.isfile())}
