@@ -119,7 +119,7 @@ class _Tail(threading.Thread):
 def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
                echo: bool, harden: bool = True, read_allow: tuple[str, ...] | None = None,
-               end_marker: str | None = None, after_end_s: float = 10.0) -> dict[str, Any]:
+               end_marker: str | None = None, after_end_s: float = 10.0, relax: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
     echo) and to log_path. ``read_allow``: reads by allow-list (see Policy.read_allow);
     ``end_marker``: the line that ends the candidate's work (after it, a process but the main one
@@ -144,7 +144,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     kw = {"memory_mb": int(mem_mb)} if mem_mb else {}
     t_launch = time.monotonic()
     res = run_sandboxed(argv, cwd=cwd, env=env, on_line=on_line, log_path=log_path,
-                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), harden=harden,
+                        policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), harden=harden, relax=relax,
                                       read_allow=None if read_allow is None else tuple(read_allow)),
                         limits=Limits(wall_s=float(wall_s), end_marker=end_marker, after_end_s=float(after_end_s),
                                       **kw))
@@ -213,6 +213,13 @@ def _copy_model(workdir: Path, mdir: Path, cand: Path, script: str) -> str | Non
     return None
 
 
+# CUDA IPC (the logits handed to the trusted process without a copy through host memory) needs
+# the exporting process in the host's PID and IPC namespaces and torch's reference-counter file
+# in the host's /dev/shm. The model process keeps Landlock, the read allow-list, no network and
+# no capabilities; the trusted process is undumpable, so the model process cannot read its memory.
+_CUDA_IPC_RELAX = ("pid", "ipc", "shm")
+
+
 def _model_process_reads(mdir: Path, trusted_module: str) -> tuple[str, ...]:
     """What the model process may read (besides the Python environment and the system): its own
     fresh folder, the harness code (nanochat's and the task's own) and autolab; no data file."""
@@ -259,7 +266,7 @@ def split_evaluation(*, script: str, cand: Path, workdir: Path, mdir: Path, hdir
                              script, "--device", device, "--threads", str(threads)],
                             cwd=mdir, env=menv, read_deny=tuple(dict.fromkeys(deny)), write_allow=(str(mdir),),
                             wall_s=wall_s, mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden,
-                            read_allow=_model_process_reads(mdir, trusted_module))
+                            read_allow=_model_process_reads(mdir, trusted_module), relax=_CUDA_IPC_RELAX if device == "cuda" else ())
             try:
                 trusted.wait(timeout=60)
             except subprocess.TimeoutExpired:
