@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -249,7 +250,9 @@ def split_evaluation(*, script: str, cand: Path, workdir: Path, mdir: Path, hdir
                  "state": "failed", "kill_reason": "", "killed": False, "returncode": None},
                 {"ok": False, "error": why})
     atomic_write_json(mdir / "model_config.json", model_cfg)
-    sock = mdir / ".eval.sock"
+    # the socket lives in a short private folder: a path under the lab can pass AF_UNIX's 107 bytes
+    sockdir = Path(tempfile.mkdtemp(prefix="al-ev-"))
+    sock = sockdir / "s"
     if eval_out.exists():
         eval_out.unlink()
     tenv = scrubbed_env({"PYTHONPATH": env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1",
@@ -264,7 +267,7 @@ def split_evaluation(*, script: str, cand: Path, workdir: Path, mdir: Path, hdir
             menv = {**env, config_env: str(mdir / "model_config.json")}
             ev = _sandboxed([sys.executable, "-m", "nanochat_harness.model_server", "--socket", str(sock), "--script",
                              script, "--device", device, "--threads", str(threads)],
-                            cwd=mdir, env=menv, read_deny=tuple(dict.fromkeys(deny)), write_allow=(str(mdir),),
+                            cwd=mdir, env=menv, read_deny=tuple(dict.fromkeys(deny)), write_allow=(str(mdir), str(sockdir)),
                             wall_s=wall_s, mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden,
                             read_allow=_model_process_reads(mdir, trusted_module), relax=_CUDA_IPC_RELAX if device == "cuda" else ())
             try:
@@ -276,6 +279,7 @@ def split_evaluation(*, script: str, cand: Path, workdir: Path, mdir: Path, hdir
             if trusted.poll() is None:
                 trusted.kill()
                 trusted.wait()
+            shutil.rmtree(sockdir, ignore_errors=True)
     try:
         er = json.loads(eval_out.read_text())
     except (OSError, ValueError):
