@@ -285,3 +285,39 @@ def test_the_loop_keeps_a_model_only_while_it_can_be_needed_and_gc_reclaims_the_
     assert left == set(lab.ledger.models_needed(0)) and left < with_model
     assert _du(lab.path / "runs") == size - dry["freed_bytes"]
     assert json.loads((lab.path / "lab.json").read_text())["keep_models"] == 0
+
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "techtext" / "manifest.json"
+
+
+@pytest.mark.slow
+def test_a_nanochat_run_keeps_its_views_and_one_copy_of_its_model():
+    """One real nanochat cpu-smoke run through the lab: the split evaluation's copy of the model
+    is gone when the run ends, the run keeps one model.pt (the best's), and everything else it
+    keeps (notebook, result, outcome, configs, logs) is a small fraction of the 10 MB a run may use."""
+    if not CORPUS.exists() and not os.environ.get("AUTOLAB_DATA"):
+        pytest.skip("no techtext corpus")
+    # a short lab path: the split evaluation's socket lives in the run folder, and an AF_UNIX
+    # path may not exceed 107 bytes (pytest's tmp_path is too deep for it)
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="al-"))
+    try:
+        _nanochat_footprint(short / "lab")
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _nanochat_footprint(path: Path) -> None:
+    lab = Lab(path, task="nanochat", preset="cpu-smoke")
+    (r,) = autolab.run(lab, seeds=1)
+    assert r.state is State.COMPLETE, (r.error or {}).get("evalue")
+    d = lab.run_dir(r)
+    assert not any(p.name.endswith(".model") for p in d.iterdir())
+    (model,) = lab.model_files(r)
+    assert model == d / "result.work" / "model.pt" and lab.ledger.models_needed(0) == {r.id: "the best candidate"}
+    for name in ("notebook.ipynb", "result.json", "outcome.json"):
+        assert (d / name).is_file()
+    assert (d / "result.harness" / "eval.json").is_file() and (d / "result.harness" / "train.log").is_file()
+    besides_model = _du(lab.path) - model.stat().st_size
+    assert besides_model < 1_000_000, besides_model   # measured: about 0.2 MB (log.db, objects, the run's files)
