@@ -68,10 +68,11 @@ def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: 
     run_dir = lab.path / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / RESULT_FILE
-    params = {"candidate_dir": str(lab.candidate_dir(candidate)), "seed": seed, "preset": preset.name,
-              "result_path": str(result_path)}
+    # paths relative to the lab folder, so that a copied lab finds its files (build_job resolves them)
+    params = {"candidate_dir": lab.relative(lab.candidate_dir(candidate)), "seed": seed, "preset": preset.name,
+              "result_path": lab.relative(result_path)}
     return Run(id=run_id, task=lab.task.name, candidate_id=candidate.id, preset=preset.name, seed=seed,
-               purpose=purpose, notebook=str(executed_path(run_dir)), result_path=str(result_path),
+               purpose=purpose, notebook=lab.relative(executed_path(run_dir)), result_path=lab.relative(result_path),
                attempt=len(prior) + 1, executor=executor_name,
                meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict()})
 
@@ -79,18 +80,23 @@ def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: 
 def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Job:
     """The Job of a RUNNING record: the task's notebook with the run's parameters, in the task
     folder, the candidate's files, and an environment that names the paths a sandboxed child
-    may not read (the log, which holds LLM prompts and answers)."""
-    cand_dir = Path(run.meta["params"]["candidate_dir"])
-    return Job(run_id=run.id, notebook=str(lab.task.notebook), cwd=str(lab.task.path), run_dir=str(_run_dir(run)),
-               limits=limits, params=dict(run.meta["params"]),
+    may not read (the log, which holds LLM prompts and answers). The Job's paths are absolute."""
+    params = dict(run.meta["params"])
+    for key in ("candidate_dir", "result_path"):
+        if params.get(key):
+            params[key] = str(lab.file(params[key]))
+    cand_dir = Path(params["candidate_dir"])
+    return Job(run_id=run.id, notebook=str(lab.task.notebook), cwd=str(lab.task.path), run_dir=str(_run_dir(lab, run)),
+               limits=limits, params=params,
                env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run.id,
                     PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm")))},
                files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
                collect=(Path(run.result_path).name,))
 
 
-def _run_dir(run: Run) -> Path:
-    return Path(run.notebook or run.result_path or ".").parent
+def _run_dir(lab: Lab, run: Run) -> Path:
+    """The run's folder (its stored paths are relative to the lab, or absolute in older labs)."""
+    return lab.run_dir(run)
 
 
 def _finite_numbers(d: dict | None) -> dict[str, float]:
@@ -156,14 +162,14 @@ def _judge(res: JobResult, result: dict, outcome: dict | None, metrics: dict[str
 def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str, str]) -> Run:
     """Turn an executor's JobResult, the notebook's result JSON and the wrapper's outcome file
     into the final Run record, and log it."""
-    run_dir = _run_dir(run)
+    run_dir = _run_dir(lab, run)
     for rel, data in res.files.items():   # remote executors bring files back
         p = run_dir / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     after = lab.task.protected_hashes()
     changed = sorted(k for k in set(protected_before) | set(after) if protected_before.get(k) != after.get(k))
-    result = read_result(run.result_path)
+    result = read_result(lab.file(run.result_path))
     outcome = read_outcome(run_dir) if run.notebook else None
     metrics = _finite_numbers(result.get("metrics"))
     timings = _finite_numbers(result.get("timings"))
@@ -177,6 +183,7 @@ def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str
     final = run.with_state(state, metrics=metrics, timings=timings, error=error, ended_at=now(), slot=res.slot,
                            meta=meta)
     lab.log.append(final)
+    lab.after_run(final)   # the lab's space policy: scratch removed, model files kept only while needed
     return final
 
 
@@ -221,7 +228,7 @@ def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, execu
     before = lab.task.protected_hashes()
     stop = threading.Event()
     if on_event:
-        threading.Thread(target=tail_events, args=(_run_dir(run), run.id, on_event, stop), daemon=True).start()
+        threading.Thread(target=tail_events, args=(_run_dir(lab, run), run.id, on_event, stop), daemon=True).start()
     job_future = executor.submit(job)
     out: Future[Run] = Future()
 

@@ -112,14 +112,14 @@ def cmd_run(args) -> int:
     name = lab.task.metric.name
     vals = [r.metrics[name] for r in runs if r.ok]
     obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [
-        {"id": r.id, "seed": r.seed, "state": r.state.value, name: r.metrics.get(name), "notebook": r.notebook,
+        {"id": r.id, "seed": r.seed, "state": r.state.value, name: r.metrics.get(name), "notebook": str(lab.file(r.notebook)),
          "error": r.error} for r in runs],
         "mean": sum(vals) / len(vals) if vals else None}
     text = [f"lab {lab.path}, candidate {cand.id}"]
     for r in runs:
         text.append(f"  seed {r.seed}: {r.state.value}" + (f"  {name} = {r.metrics[name]:.4f}" if r.ok else
                     f"  {r.error.get('ename') if r.error else ''}: {str((r.error or {}).get('evalue', ''))[:200]}")
-                    + f"\n    notebook: {r.notebook}")
+                    + f"\n    notebook: {lab.file(r.notebook)}")
     if vals:
         text.append(f"mean {name}: {obj['mean']:.4f} over {len(vals)} runs")
     _emit(args, obj, "\n".join(text))
@@ -210,6 +210,8 @@ def cmd_loop(args) -> int:
         raise AutolabError(f"{', '.join(unused)} only apply to an LLM proposer; add --proposer llm:<model> "
                            f"or leave {'them' if len(unused) > 1 else 'it'} out")
     lab = _lab(args, args.task, args.preset)
+    if args.keep_models is not None:   # saved in lab.json: later runs and `autolab gc` follow it too
+        lab.keep_models = args.keep_models
     # the same lookup as Python's autolab.loop(proposer="...") (autolab.registry, kind "proposer")
     proposer = get_proposer(args.proposer, seed=args.proposer_seed, log=lab.log, **_llm_kwargs(args))
     implementer = resolver = None
@@ -298,6 +300,42 @@ def cmd_report(args) -> int:
     out = build_report(args.lab, args.output)
     _emit(args, {"report": str(out)}, f"report written to {out}")
     return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def cmd_gc(args) -> int:
+    from .lab import Lab
+
+    lab = Lab(args.lab)
+    if args.keep_models is not None and not args.dry_run:
+        lab.keep_models = args.keep_models
+    rec = lab.reclaim(args.keep_models, dry_run=args.dry_run)
+    verb = "would free" if rec.dry_run else "freed"
+    lines = [f"  {_mb(f.bytes):>10}  {f.path}  ({f.why})" for f in rec.freed]
+    lines.append(f"{verb} {_mb(rec.bytes)} in {len(rec.freed)} files or folders of {lab.path}")
+    if rec.kept:
+        lines.append(f"model files kept (keep_models = {rec.keep_models}):")
+        lines += [f"  {_mb(b):>10}  run {r}: {why}" for r, why, b in rec.kept]
+    lines.append(f"the lab now holds {_mb(_folder_bytes(lab.path))}" if not rec.dry_run else
+                 "nothing was removed (--dry-run); run again without it to free the space")
+    _emit(args, {"lab": str(lab.path), **rec.to_dict(), "lab_bytes": _folder_bytes(lab.path)}, "\n".join(lines))
+    return 0
+
+
+def _folder_bytes(path) -> int:
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def cmd_stop(args) -> int:
@@ -480,6 +518,9 @@ def setup_loop(add) -> None:
     sp.add_argument("--hard-limit", action="store_true",
                     help="at the limit, kill runs still going and record them KILLED \"time limit\" (re-run on resume) "
                          "instead of letting them finish")
+    sp.add_argument("--keep-models", type=_count0, default=None, metavar="N",
+                    help="model files kept: the best, promoted and undecided candidates' and the last N runs' "
+                         "(default: lab.json's keep_models, else 2); saved in lab.json. See `autolab gc`")
     sp.epilog, sp.formatter_class = LOOP_EPILOG, argparse.RawDescriptionHelpFormatter
     g = sp.add_argument_group("LLM (with --proposer llm:<litellm model>)")
     g.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
@@ -548,6 +589,15 @@ def setup_log(add) -> None:
 def setup_report(add) -> None:
     sp = add("report", cmd_report, "render a lab's report notebook to self-contained HTML")
     sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", default="report.html")
+
+
+def setup_gc(add) -> None:
+    sp = add("gc", cmd_gc, "free a lab's space: scratch files of ended runs, and model files no longer needed")
+    sp.add_argument("--lab", required=True)
+    sp.add_argument("--dry-run", action="store_true", help="say what would be freed, remove nothing")
+    sp.add_argument("--keep-models", type=_count0, default=None, metavar="N",
+                    help="besides the best, promoted and undecided candidates' models, keep those of the last N runs "
+                         "(default: lab.json's keep_models, else 2); saved in lab.json")
 
 
 def setup_stop(add) -> None:

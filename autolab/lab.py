@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import shutil
+import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -12,12 +16,141 @@ from .diffs import unified_diff
 from .errors import AutolabError, CandidateError, TaskError
 from .ledger import Ledger, first_seed_in_log
 from .log import ResearchLog
-from .records import Candidate, State, now
+from .records import Candidate, Run, State, now
 from .store import Store, candidate_id, sha256
 from .task import Task, load_task
 
 
 _WARNED: set[tuple[str, str]] = set()   # (lab, disk seed) pairs already warned about in this process
+
+# The lab's own folders: an old absolute path is re-rooted at the last of these it names.
+LAB_FOLDERS = ("runs", "candidates", "objects")
+
+
+def lab_file(lab_dir: str | os.PathLike, stored: str | os.PathLike | None) -> Path | None:
+    """The file a record's stored path names, for a lab now at ``lab_dir``.
+
+    Records store paths relative to the lab folder, so a lab copied or moved elsewhere still
+    finds its files. Labs made before that stored absolute paths: one that still exists is
+    used as it is; one that does not (the lab was moved) is re-rooted under ``lab_dir`` from
+    the last lab folder it names (``.../old/lab/runs/r-1/result.json`` becomes
+    ``<lab_dir>/runs/r-1/result.json``). None for no path."""
+    if stored is None or str(stored) == "":
+        return None
+    p, root = Path(stored), Path(lab_dir)
+    if not p.is_absolute():
+        return root / p
+    if p.exists():
+        return p
+    anchors = [i for i, part in enumerate(p.parts) if part in LAB_FOLDERS]
+    for i in reversed(anchors):
+        q = root.joinpath(*p.parts[i:])
+        if q.exists():
+            return q
+    return root.joinpath(*p.parts[anchors[-1]:]) if anchors else p
+
+
+def lab_relative(lab_dir: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` as a record stores it: relative to the lab folder (POSIX separators) when it
+    lies inside it, else absolute."""
+    p, root = Path(path).resolve(), Path(lab_dir).resolve()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+# ---------------------------------------------------------------------------- what a run keeps
+# A finished run keeps what the views need (the executed notebook, result.json, outcome.json,
+# the harness's small configs and reports, its logs); slim_run removes the rest when the run
+# ends, and reclaim removes model files no longer needed (Ledger.models_needed says which).
+DEFAULT_KEEP_MODELS = 2                               # lab.json's keep_models when absent
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")   # a run's model files (kept while needed)
+VIEW_FILES = ("notebook.ipynb", "result.json", "outcome.json")   # never removed nor trimmed
+SCRATCH_DIRS = ("*.model", "__pycache__", "*cache", "*-cache", "*_cache", ".triton", "torchinductor_*")
+SCRATCH_FILE_BYTES = 4 << 20    # a larger file that is no model, view or log is scratch (token caches...)
+LOG_SUFFIXES = (".log", ".jsonl", ".txt", ".out", ".err")
+LOG_MAX_BYTES = 1 << 20         # a longer log keeps its head and tail
+LOG_HEAD_BYTES, LOG_TAIL_BYTES = 128 << 10, 512 << 10
+
+
+@dataclass(frozen=True)
+class Freed:
+    """One file or folder a lab removed (or trimmed) to save space."""
+
+    path: str        # relative to the lab folder
+    bytes: int       # what it gave back
+    why: str
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """What :meth:`Lab.reclaim` freed (or, with ``dry_run``, would free), and the model files it kept."""
+
+    freed: tuple[Freed, ...]
+    kept: tuple[tuple[str, str, int], ...]   # (run id, why, bytes of its model files)
+    keep_models: int
+    dry_run: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.freed)
+
+    def to_dict(self) -> dict:
+        return {"freed_bytes": self.bytes, "dry_run": self.dry_run, "keep_models": self.keep_models,
+                "freed": [vars(f) for f in self.freed],
+                "kept": [{"run_id": r, "why": w, "bytes": b} for r, w, b in self.kept]}
+
+
+def _size(p: Path) -> int:
+    """Bytes under ``p`` (a file or a folder; symbolic links count as nothing and are not followed)."""
+    if p.is_symlink() or not p.exists():
+        return 0
+    if p.is_file():
+        return p.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(p):
+        for f in files:
+            q = Path(root) / f
+            if not q.is_symlink():
+                try:
+                    total += q.stat().st_size
+                except OSError:
+                    pass
+    return total
+
+
+def _remove(p: Path) -> None:
+    if p.is_symlink() or p.is_file():
+        p.unlink(missing_ok=True)
+    elif p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _trim_log(p: Path) -> int:
+    """Keep a long log's first LOG_HEAD_BYTES and last LOG_TAIL_BYTES (whole lines) with a line
+    that says how much was cut; returns the bytes saved. Written beside it, then renamed (a
+    symbolic link is never written through)."""
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        head = f.read(LOG_HEAD_BYTES)
+        f.seek(size - LOG_TAIL_BYTES)
+        tail = f.read()
+    head = head[: head.rfind(b"\n") + 1] or head
+    tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else tail
+    cut = size - len(head) - len(tail)
+    marker = (f"... [autolab: {cut} bytes cut from the middle of this log to keep the lab small] ...\n"
+              if p.suffix != ".jsonl" else json.dumps({"type": "trimmed", "bytes": cut}) + "\n").encode()
+    data = head + marker + tail
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.trim")
+    tmp.write_bytes(data)
+    os.replace(tmp, p)
+    return size - len(data)
+
+
+def _is_model(p: Path) -> bool:
+    return p.suffix in MODEL_SUFFIXES
 
 
 class SeedChangedWarning(UserWarning):
@@ -46,7 +179,9 @@ class Lab:
     Layout: ``log.db`` (the research log), ``lab.json`` (task, preset and the pinned seed
     candidate's id, ``seed_candidate``), ``objects/``
     (candidate files by content hash), ``candidates/<id>/`` (materialized files),
-    ``runs/<run id>/`` (executed notebooks and result JSON).
+    ``runs/<run id>/`` (executed notebooks and result JSON). Every path a record stores is
+    relative to the lab folder (:func:`lab_file` resolves it), so a copied lab works where
+    it lands.
     """
 
     def __init__(self, path: str | os.PathLike, task: str | Task | None = None, preset: str | None = None):
@@ -87,6 +222,7 @@ class Lab:
         self.log.set_meta("direction", self.task.metric.direction)
         self.store = Store(self.path)
         self._meta_file = meta_file
+        self._space_lock = threading.Lock()   # one reclaim at a time (runs end in several threads)
         self._seed_id = self._pin_seed(meta)
         self.log.set_meta("preset", self.preset_name)
         self.log.set_meta("seed_candidate", self._seed_id)
@@ -95,6 +231,157 @@ class Lab:
     @property
     def preset(self):
         return self.task.preset(self.preset_name)
+
+    # ------------------------------------------------------------------ paths
+    def file(self, stored: str | os.PathLike | None) -> Path | None:
+        """The file a record's stored path names (relative to this lab; see :func:`lab_file`)."""
+        return lab_file(self.path, stored)
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` as records store it: relative to the lab folder when inside it."""
+        return lab_relative(self.path, path)
+
+    def run_dir(self, run: Run) -> Path:
+        """A run's folder (where its notebook and result JSON are)."""
+        stored = run.notebook or run.result_path
+        return self.file(stored).parent if stored else self.path / "runs" / run.id
+
+    # ------------------------------------------------------------------ space
+    @property
+    def keep_models(self) -> int:
+        """How many of the last runs keep their model file besides the ones still needed
+        (lab.json's ``keep_models``, default DEFAULT_KEEP_MODELS)."""
+        try:
+            n = json.loads(self._meta_file.read_text()).get("keep_models", DEFAULT_KEEP_MODELS)
+        except (OSError, ValueError):
+            n = DEFAULT_KEEP_MODELS
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise AutolabError(f"{self._meta_file}: keep_models is {n!r}; set it to a whole number >= 0 "
+                               f"(default {DEFAULT_KEEP_MODELS}) or remove the key")
+        return n
+
+    @keep_models.setter
+    def keep_models(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise AutolabError(f"keep_models must be a whole number >= 0, not {n!r}")
+        meta = json.loads(self._meta_file.read_text())
+        if meta.get("keep_models") == n:
+            return
+        meta["keep_models"] = n
+        tmp = self._meta_file.with_name(f".lab.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self._meta_file)
+
+    def _own_run_dir(self, run: Run) -> Path | None:
+        """The run's folder if it lies under this lab's runs/ (nothing outside the lab is ever removed)."""
+        d = self.run_dir(run)
+        try:
+            d.resolve().relative_to((self.path / "runs").resolve())
+        except (ValueError, OSError):
+            return None
+        return d if d.is_dir() and not d.is_symlink() else None
+
+    def slim_run(self, run: Run, *, dry_run: bool = False) -> list[Freed]:
+        """Remove what an ended run's views do not need: the split evaluation's ``*.model/``
+        copies, compile and other caches, any other file over SCRATCH_FILE_BYTES that is no
+        model file, view file or log (token caches copied in, scratch), and trim logs longer
+        than LOG_MAX_BYTES to their head and tail. Model files are left to :meth:`reclaim`.
+        A RUNNING run is never touched."""
+        d = self._own_run_dir(run) if run.state is not State.RUNNING else None
+        if d is None:
+            return []
+        out: list[Freed] = []
+
+        def note(p: Path, n: int, why: str) -> None:
+            out.append(Freed(self.relative(p), n, why, run.id))
+
+        for root, dirs, files in os.walk(d):
+            here = Path(root)
+            for name in list(dirs):
+                p = here / name
+                if p.is_symlink():
+                    continue
+                if any(fnmatch.fnmatch(name, pat) for pat in SCRATCH_DIRS):
+                    dirs.remove(name)
+                    n = _size(p)
+                    if not dry_run:
+                        _remove(p)
+                    note(p, n, "the split evaluation's model copy" if name.endswith(".model") else "a cache")
+            for name in files:
+                p = here / name
+                if p.is_symlink() or (here == d and name in VIEW_FILES) or _is_model(p):
+                    continue
+                try:
+                    size = p.stat().st_size
+                except OSError:
+                    continue
+                if p.suffix in LOG_SUFFIXES:
+                    if size > LOG_MAX_BYTES:
+                        saved = size - LOG_HEAD_BYTES - LOG_TAIL_BYTES if dry_run else _trim_log(p)
+                        note(p, saved, "a long log, trimmed to its head and tail")
+                elif size > SCRATCH_FILE_BYTES:
+                    if not dry_run:
+                        p.unlink(missing_ok=True)
+                    note(p, size, "a large file no view needs")
+        return out
+
+    def model_files(self, run: Run) -> list[Path]:
+        """The model files (MODEL_SUFFIXES) an ended run still has in its folder."""
+        d = self._own_run_dir(run)
+        if d is None:
+            return []
+        return sorted(Path(root) / f for root, _dirs, files in os.walk(d) for f in files
+                      if _is_model(Path(f)) and not (Path(root) / f).is_symlink())
+
+    def reclaim(self, keep_models: int | None = None, *, dry_run: bool = False) -> Reclaimed:
+        """Free the space the lab's ended runs no longer need: :meth:`slim_run` on each, and the
+        model files of every run the ledger does not name in ``models_needed(keep_models)``
+        (default: lab.json's ``keep_models``). With ``dry_run`` nothing is removed. Removals
+        are recorded in the log (event ``reclaimed``)."""
+        n = self.keep_models if keep_models is None else keep_models
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise AutolabError(f"keep_models must be a whole number >= 0, not {n!r}")
+        with self._space_lock:
+            needed = self.ledger.models_needed(n)
+            freed: list[Freed] = []
+            kept: list[tuple[str, str, int]] = []
+            for run in self.log.runs_list():
+                if run.state is State.RUNNING:
+                    continue
+                freed += self.slim_run(run, dry_run=dry_run)
+                models = self.model_files(run)
+                if not models:
+                    continue
+                if run.id in needed:
+                    kept.append((run.id, needed[run.id], sum(_size(m) for m in models)))
+                    continue
+                for m in models:
+                    size = _size(m)
+                    if not dry_run:
+                        m.unlink(missing_ok=True)
+                    freed.append(Freed(self.relative(m), size, "a model file no longer needed", run.id))
+            out = Reclaimed(tuple(freed), tuple(kept), n, dry_run)
+            if freed and not dry_run:
+                self.log.event("reclaimed", bytes=out.bytes, files=len(freed), keep_models=n,
+                               runs=sorted({f.run_id for f in freed}))
+            return out
+
+    def after_run(self, run: Run) -> Reclaimed | None:
+        """What the lab does when a run ends: :meth:`reclaim` with lab.json's ``keep_models``.
+        Never raises (the run is already recorded): a failure is recorded as an event."""
+        return self._reclaim_quietly(run_id=run.id)
+
+    def _reclaim_quietly(self, **context) -> Reclaimed | None:
+        """The space policy, applied when a run ends or a candidate's state changes (which
+        models are needed changes then); a failure is an event, never an exception."""
+        try:
+            return self.reclaim()
+        except Exception as e:  # noqa: BLE001 - the records matter more than the space
+            try:
+                self.log.event("reclaim_failed", error=f"{type(e).__name__}: {e}", **context)
+            except Exception:  # noqa: BLE001
+                pass
+            return None
 
     # ------------------------------------------------------------------ candidates
     def candidate(self, id: str) -> Candidate:
@@ -235,6 +522,8 @@ class Lab:
     def set_state(self, c: Candidate, state: State, **meta) -> Candidate:
         new = c.with_state(state, meta={**c.meta, **meta})
         self.log.append(new)
+        if state is not c.state:   # promoted or rejected: which models are needed has changed
+            self._reclaim_quietly(candidate_id=c.id)
         return new
 
     # ------------------------------------------------------------------ researcher's decisions

@@ -364,6 +364,44 @@ class Ledger:
             s += 1
         return out
 
+    # ------------------------------------------------------------------ retention
+    def models_needed(self, keep_last: int = 2) -> dict[str, str]:
+        """{run id: why} of the ended runs whose model file can still be needed (``Lab.reclaim``
+        removes the other ended runs' model files). One run per candidate that is the best
+        (overall or of a research line), PROMOTED, or undecided (READY, not the seed: a
+        pending audit may still promote it): its latest COMPLETE selection-free run on the
+        lab's preset, else its latest COMPLETE run (red-team runs never stand for a candidate);
+        plus the ``keep_last`` runs that ended last, whatever their state. RUNNING runs are
+        never in the answer and never touched."""
+        runs = [r for r in self.log.runs_list() if r.state is not State.RUNNING]
+        seed = self.seed()
+        why: dict[str, str] = {}
+        best = self.best()
+        if best is not None:
+            why[best.id] = "the best candidate"
+        for thread, b in self.best_by_thread().items():
+            if b is not None:
+                why.setdefault(b.id, f"the best of research line {thread!r}")
+        for c in self.log.candidates_list():
+            if c.state is State.PROMOTED:
+                why.setdefault(c.id, "a promoted candidate")
+            elif c.state is State.READY and (seed is None or c.id != seed.id):
+                why.setdefault(c.id, "an undecided candidate")
+        by_candidate: dict[str, list[Run]] = {}
+        for r in runs:
+            if r.state is State.COMPLETE and r.purpose != Purpose.REDTEAM.value and self._preset_ok(r, None):
+                by_candidate.setdefault(r.candidate_id, []).append(r)
+        keep: dict[str, str] = {}
+        for cid, reason in why.items():
+            mine = by_candidate.get(cid, [])
+            pool = [r for r in mine if r.purpose in SELECTION_FREE] or mine
+            if pool:
+                keep[max(pool, key=lambda r: r.ended_at or r.started_at).id] = reason
+        if keep_last > 0:
+            for r in sorted(runs, key=lambda r: r.ended_at or r.started_at)[-keep_last:]:
+                keep.setdefault(r.id, f"among the last {keep_last} runs")
+        return keep
+
     # ------------------------------------------------------------------ ownership
     def owner(self, run: Run | str) -> dict | None:
         """The {host, pid, start} of the process that started a run (None if not recorded)."""

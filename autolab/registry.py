@@ -46,7 +46,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
     "check": {},
     "command": {"tasks": "autolab.cli:setup_tasks", "data": "autolab.cli:setup_data", "run": "autolab.cli:setup_run",
                 "loop": "autolab.cli:setup_loop", "log": "autolab.cli:setup_log", "report": "autolab.cli:setup_report",
-                "stop": "autolab.cli:setup_stop", "demo": "autolab.cli:setup_demo",
+                "stop": "autolab.cli:setup_stop", "gc": "autolab.cli:setup_gc", "demo": "autolab.cli:setup_demo",
                 "export-lab": "autolab.cli:setup_export_lab", "import-lab": "autolab.cli:setup_import_lab",
                 "redteam": "autolab._audit.redteam:add_command"},
 }

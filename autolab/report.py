@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AutolabError
+from .lab import lab_file
 from .ledger import Ledger
 from .log import ResearchLog
 from .records import Purpose
@@ -104,10 +105,9 @@ def _running_best(values, direction: str, kept=None) -> list[float]:
 
 
 def _curve(run, lab_dir: Path) -> list[dict]:
-    if not run.result_path:
+    p = lab_file(lab_dir, run.result_path)
+    if p is None:
         return []
-    p = Path(run.result_path)
-    p = p if p.is_absolute() else lab_dir / p
     try:
         return list(json.loads(p.read_text()).get("curve") or [])
     except (OSError, ValueError):

@@ -73,14 +73,16 @@ def main() -> int:
 def write_summary(a, lab: Path, rc: int, wall: float, skipped: list) -> tuple[list, dict]:
     """Read the lab's research log back into summary-PRESET.json: one row per run, and per candidate
     the mean and sd of val_bpb and the mean and minimum MFU."""
+    from autolab.lab import lab_file
     from autolab.log import ResearchLog
 
     rows = []
     for r in ResearchLog(lab / "log.db").runs_list():
         m, t = dict(r.metrics), dict(r.timings)
         res = {}
-        if r.result_path and Path(r.result_path).exists():
-            res = json.loads(Path(r.result_path).read_text())
+        rp = lab_file(lab, r.result_path)   # stored relative to the lab folder
+        if rp is not None and rp.exists():
+            res = json.loads(rp.read_text())
         rt = res.get("timings", {})
         rows.append({"candidate": r.candidate_id, "seed": r.seed, "state": r.state.value, "val_bpb": m.get("val_bpb"),
                      "hidden_val_bpb": m.get("hidden_val_bpb"), "steps": m.get("steps"), "tokens": m.get("tokens"),

@@ -23,7 +23,8 @@ def test_run_success_records_metrics_and_notebook(toy_lab):
     assert [r.seed for r in runs] == [1, 2]
     for r in runs:
         assert "loss" in r.metrics and r.timings["papermill_s"] > 0
-        assert r.notebook and json.load(open(r.notebook))["cells"]
+        assert r.notebook and not Path(r.notebook).is_absolute()   # stored relative to the lab folder
+        assert json.loads(toy_lab.file(r.notebook).read_text())["cells"]
         assert r.meta["protected_changed"] == []
     # fresh seeds next time
     assert [r.seed for r in autolab.run(toy_lab, seeds=1)] == [3]
@@ -40,7 +41,7 @@ def test_run_failure_captures_cell_error_and_keeps_notebook(toy_lab, tmp_path):
     assert r.state is State.FAILED
     assert r.error["ename"] == "RuntimeError" and "asked to crash" in r.error["evalue"]
     assert r.error["cell"] == 2 and "RuntimeError" in r.error["traceback"]
-    assert r.notebook and __import__("pathlib").Path(r.notebook).exists()
+    assert r.notebook and toy_lab.file(r.notebook).exists()
 
 
 def test_hung_run_is_killed_and_recorded(toy_task, tmp_path):
@@ -182,7 +183,7 @@ def test_a_failed_runs_error_fields_come_from_the_outcome_file(toy_lab, tmp_path
     assert r.error["evalue"] == "the candidate asked to crash [from the outcome file]"
     assert r.error["ename"] == "RuntimeError" and r.error["cell"] == 2 and r.error["executed_cell"] == 3
     assert "RuntimeError" in r.error["traceback"]
-    nb = json.loads(Path(r.notebook).read_text())   # the notebook holds no error any more
+    nb = json.loads(toy_lab.file(r.notebook).read_text())   # the notebook holds no error any more
     assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
 
 
@@ -209,7 +210,7 @@ def test_the_run_records_its_preset_and_limits_and_the_audit_reads_them(toy_lab)
     p = toy_lab.task.preset("quick")
     assert r.meta["preset"] == {"name": "quick", "device": "cpu", "budget_s": p.budget_s, "timeout_s": p.timeout_s,
                                 "gpus": 0, "settings": dict(p.settings)}
-    assert r.meta["limits"] == {"timeout_s": p.timeout_s + TIMEOUT_GRACE_S, "gpus": 0, "threads": 1}
+    assert r.meta["limits"] == {"timeout_s": p.timeout_s + TIMEOUT_GRACE_S, "gpus": 0, "cpu_threads": 1}
 
     # the budget check takes the preset's budget_overrun_s from the run's record, not from task.toml
     cand = toy_lab.add_candidate({"solution.py": "X = 2.0\n"}, toy_lab.seed_candidate())

@@ -94,8 +94,10 @@ print("loss:", loss)
 '''
 
 
-def make_toy_task(root: Path, name: str = "toy", noise: float = 0.05, solution: str = SOLUTION) -> Path:
-    """Create a toy task folder under root; returns the folder."""
+def make_toy_task(root: Path, name: str = "toy", noise: float = 0.05, solution: str = SOLUTION,
+                  extra: str = "") -> Path:
+    """Create a toy task folder under root; returns the folder. ``extra``: code the benchmark
+    notebook runs after writing the result (e.g. files a harness leaves next to it)."""
     d = Path(root) / name
     (d / "seed").mkdir(parents=True, exist_ok=True)
     (d / "task.toml").write_text(TASK_TOML.format(name=name, noise=noise))
@@ -106,6 +108,8 @@ def make_toy_task(root: Path, name: str = "toy", noise: float = 0.05, solution: 
     p = nbformat.v4.new_code_cell(PARAMS)
     p.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# Toy benchmark"), p, nbformat.v4.new_code_cell(textwrap.dedent(BODY))]
+    if extra:
+        nb.cells.append(nbformat.v4.new_code_cell(textwrap.dedent(extra)))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, d / "benchmark.ipynb")
     return d

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from ..lab import lab_file
 from ..records import Check, Run
 from .checks import AuditContext, register_check
 
@@ -21,11 +22,13 @@ CANARY_PREFIX = "sk-autolab-canary-"
 
 # ---------------------------------------------------------------------------- canary
 
-def _texts(r: Run) -> list[tuple[str, str]]:
-    """(where, text) pairs of what a run left: its record, its result JSON, its notebook."""
+def _texts(r: Run, lab_dir: Path) -> list[tuple[str, str]]:
+    """(where, text) pairs of what a run left: its record, its result JSON, its notebook (their
+    stored paths are relative to the lab folder ``lab_dir``)."""
     out = [("the run record", json.dumps({"summary": r.meta.get("summary"), "error": r.error,
                                           "metrics": r.metrics}, default=str))]
-    for label, path in (("the result JSON", r.result_path), ("the executed notebook", r.notebook)):
+    for label, stored in (("the result JSON", r.result_path), ("the executed notebook", r.notebook)):
+        path = lab_file(lab_dir, stored)
         try:
             if path and Path(path).is_file() and Path(path).stat().st_size < 50_000_000:
                 out.append((label, Path(path).read_text(errors="replace")))
@@ -40,7 +43,7 @@ def _canary(ctx: AuditContext) -> Check:
     environment; nothing honest reads it, so it must not turn up in anything a run left."""
     hits = []
     for r in ctx.runs:
-        for where, text in _texts(r):
+        for where, text in _texts(r, ctx.lab.path):
             if CANARY_PREFIX in text:
                 hits.append(f"{r.id}: {where}")
                 break

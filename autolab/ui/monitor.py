@@ -37,14 +37,16 @@ class _RunState:
     started: float = field(default_factory=time.monotonic)
 
 
-def _result_curve(run: Any) -> tuple[list[float], list[float]] | None:
-    """(t, loss) from a finished run's result JSON, if it recorded a curve."""
+def _result_curve(run: Any, lab: Any = None) -> tuple[list[float], list[float]] | None:
+    """(t, loss) from a finished run's result JSON, if it recorded a curve (its path is relative
+    to the lab's folder; without a lab, to the working directory)."""
     import json
-    from pathlib import Path
 
-    path = getattr(run, "result_path", None)
+    from ..lab import lab_file
+
+    path = lab_file(getattr(lab, "path", None) or ".", getattr(run, "result_path", None))
     try:
-        curve = json.loads(Path(path).read_text()).get("curve") or [] if path else []
+        curve = json.loads(path.read_text()).get("curve") or [] if path else []
     except (OSError, ValueError, AttributeError):
         return None
     pts = [(float(p.get("t", p.get("step", k))), float(p["loss"])) for k, p in enumerate(curve)
@@ -137,7 +139,7 @@ class RunMonitor(StaticFallback, W.VBox):
                         self.metric = key
                     rs.metric = metrics.get(key) if key else None
                     if len(rs.t) < 3:   # few live points (a harness without live events): the result's curve
-                        rs.t, rs.loss = _result_curve(run) or (rs.t, rs.loss)
+                        rs.t, rs.loss = _result_curve(run, self.lab) or (rs.t, rs.loss)
                         rs.step = max(rs.step, len(rs.t) - 1)
                     err = getattr(run, "error", None) or {}
                     rs.error = f"{err.get('ename', '')}: {str(err.get('evalue', err.get('reason', '')))[:160]}" if err else ""

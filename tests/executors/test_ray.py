@@ -181,7 +181,7 @@ def test_loop_across_the_cluster(cluster, toy_lab):
     runs = toy_lab.log.runs_list()
     assert runs and all(r.executor == "ray" and r.state is State.COMPLETE for r in runs)
     for r in runs:   # the driver wrote the notebook and the result the worker sent back
-        assert Path(r.notebook).is_file() and Path(r.result_path).is_file()
+        assert toy_lab.file(r.notebook).is_file() and toy_lab.file(r.result_path).is_file()
         assert r.slot.startswith("ray:") and r.timings["papermill_s"] > 0
     keys = collections.Counter((r.candidate_id, r.purpose, r.seed) for r in runs)
     assert max(keys.values()) == 1
