@@ -82,6 +82,8 @@ class Limits:
     wall_s: float = 600.0          # wall-clock limit: kill the whole tree after this
     memory_mb: int | None = 8192   # memory of the whole process tree (PSS); watchdog kills above it
     cpu_s: int | None = None       # RLIMIT_CPU per process
+    tree_cpu_s: float | None = None  # CPU seconds (user + system) of the whole tree, every process and thread
+    #                                  (polled from /proc like memory); the watchdog kills above it, reason "cpu"
     nproc: int | None = 256        # max processes in the tree (watchdog-enforced; RLIMIT_NPROC is not enforced for root)
     fsize_mb: int | None = 2048    # RLIMIT_FSIZE
     open_files: int = 1024
@@ -833,6 +835,9 @@ def run_sandboxed(
                     reason = "memory"
                     break
                 ender.account(members)
+                if limits.tree_cpu_s is not None and ender.cpu_estimate() > limits.tree_cpu_s:
+                    reason = "cpu"
+                    break
                 if out.marker_t is not None and ender.after_marker(members, pidns, now - out.marker_t):
                     reason = "after_end"
                     break
