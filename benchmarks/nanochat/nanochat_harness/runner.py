@@ -162,6 +162,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     return {
         "returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
         "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s), "cpu_s": res.cpu_s,
+        "wait_s": res.wait_s,
         "survivors": [dict(x) for x in res.survivors],
         "output": "\n".join(lines) if lines else res.stdout_tail,
         "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
@@ -472,6 +473,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
     if idle0 is not None and idle1 is not None:
         result["timings"]["machine_idle_core_s"] = round(idle1 - idle0, 3)
+    if tr["wait_s"] is not None:
+        result["timings"]["train_wait_s"] = tr["wait_s"]      # runnable but waiting for a CPU (a busy machine)
     from .guard import READS_LOG
 
     result["violations"] = list(tr["violations"]) + _guard_violations(
@@ -520,7 +523,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                    f"H.time_left() > 0 and count helper processes' work inside the budget")
         elif cpu_clock and tr["kill_reason"] == "timeout":
             why = _wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get(
-                "machine_idle_core_s"))
+                "machine_idle_core_s"), tr["wait_s"])
         return done("killed", why)
     if cpu_clock and cpu_used > limit + grace_s:
         return done("killed", f"cpu: the train process tree used {cpu_used:.1f} CPU seconds in all (every process "
@@ -610,16 +613,22 @@ def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: flo
             f"process it did not see, or a patched clock); do all the work inside the harness's clock")})
 
 
-def _wall_net_reason(wall_s: float, cpu_used: float, limit: float, factor: float, idle: float | None) -> str:
+def _wall_net_reason(wall_s: float, cpu_used: float, limit: float, factor: float, idle: float | None,
+                     wait: float | None = None) -> str:
     """Why the wall-clock safety net of a cpu-clock run fired: the machine starved the run (an
-    infrastructure failure) or the run waited with CPU to spare (the candidate's)."""
+    infrastructure failure) or the run did not use the CPU it could have (the candidate's).
+    Starved: its processes were running or runnable (waiting for a CPU: ``wait``, the schedstat
+    run delay) at least half of the wall time; where that is not known, the machine had fewer
+    idle core-seconds (``idle``) than the run still needed."""
     need = max(0.0, limit - cpu_used)
     net = f"the wall-clock safety net ({factor:g} x the {limit:g} CPU s limit = {factor * limit:g} s)"
-    if idle is not None and idle < need:
+    starved = (cpu_used + wait >= 0.5 * wall_s) if wait is not None else (idle is not None and idle < need)
+    if starved:
+        waited = f", waited {wait:.0f} s for a CPU" if wait is not None else ""
+        spare = f" (the machine had {idle:.1f} idle core-seconds)" if idle is not None else ""
         return (f"infrastructure: the machine was too busy: in {wall_s:.0f} s of wall time the run got "
-                f"{cpu_used:.1f} of its {limit:g} CPU seconds and the machine had only {idle:.1f} idle core-seconds "
-                f"to give it, so {net} ended it; not the candidate's fault: run it again on a less loaded machine "
-                f"(or raise wall_factor in task.toml)")
+                f"{cpu_used:.1f} of its {limit:g} CPU seconds{waited}{spare}, so {net} ended it; not the "
+                f"candidate's fault: run it again on a less loaded machine (or raise wall_factor in task.toml)")
     return (f"timeout: the train process used only {cpu_used:.1f} CPU seconds in {wall_s:.0f} s of wall time while "
             f"the machine had {'' if idle is None else f'{idle:.0f} '}idle core-seconds: it waited (sleep, I/O, a "
             f"lock) instead of training, past {net}, and was killed")
