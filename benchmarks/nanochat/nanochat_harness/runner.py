@@ -569,6 +569,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if er.get("violation"):
         result["violations"].append({**er["violation"], "phase": "eval"})
     if ev["killed"]:
+        if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
+                and (ev.get("cpu_s") or 0.0) + ev["wait_s"] >= 0.5 * ev["wall_s"]):
+            return done("failed", f"infrastructure: the machine was too busy: the evaluation's model process got "
+                                  f"{ev.get('cpu_s') or 0.0:.1f} CPU seconds and waited {ev['wait_s']:.0f} s for a CPU "
+                                  f"in {ev['wall_s']:.0f} s, past eval_timeout_s = {settings.get('eval_timeout_s', 300)} "
+                                  f"s; not the candidate's fault: run it again on a less loaded machine")
         return done("failed", f"evaluation was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
                               f"{settings.get('eval_timeout_s', 300)}s")
     if not er.get("ok"):
