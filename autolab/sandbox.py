@@ -82,6 +82,8 @@ class Limits:
     wall_s: float = 600.0          # wall-clock limit: kill the whole tree after this
     memory_mb: int | None = 8192   # memory of the whole process tree (PSS); watchdog kills above it
     cpu_s: int | None = None       # RLIMIT_CPU per process
+    tree_cpu_s: float | None = None  # CPU seconds (user + system) of the whole tree, every process and thread
+    #                                  (polled from /proc like memory); the watchdog kills above it, reason "cpu"
     nproc: int | None = 256        # max processes in the tree (watchdog-enforced; RLIMIT_NPROC is not enforced for root)
     fsize_mb: int | None = 2048    # RLIMIT_FSIZE
     open_files: int = 1024
@@ -131,6 +133,8 @@ class SandboxResult:
     peak_memory_mb: float = 0.0
     peak_nproc: int = 0
     cpu_s: float | None = None     # CPU seconds (user + system) of every process of the run, children included
+    wait_s: float | None = None    # seconds its processes' main threads waited for a CPU, runnable (schedstat run
+    #                                delay, as last polled): a run starved by a busy machine waits a lot, a sleeper not
     end_s: float | None = None     # seconds from the start to the end marker's line (None: no marker seen)
     after_end_s: float | None = None  # seconds the run went on after the end marker
     survivors: tuple[dict, ...] = ()  # processes ended because they outlived the main one or the end marker
@@ -405,6 +409,7 @@ class _Ender:
         self.survivors: list[dict] = []
         self.reported: set[int] = set()
         self.ticks: dict[tuple[int, int], int] = {}
+        self.waits: dict[tuple[int, int], int] = {}   # run-queue delay (ns) of each process's main thread
         self.at_end: dict[tuple[int, int], int] | None = None  # ticks when the end marker came
         self.root_over = False
 
@@ -421,9 +426,17 @@ class _Ender:
                 continue
             key = (pid, v[2])
             self.ticks[key] = max(self.ticks.get(key, 0), t)
+            try:
+                with open(f"/proc/{pid}/schedstat", "rb") as f:
+                    self.waits[key] = max(self.waits.get(key, 0), int(f.read().split()[1]))
+            except (OSError, ValueError, IndexError):
+                pass
 
     def cpu_estimate(self) -> float:
         return sum(self.ticks.values()) / (os.sysconf("SC_CLK_TCK") or 100)
+
+    def wait_estimate(self) -> float | None:
+        return sum(self.waits.values()) / 1e9 if self.waits else None
 
     def _find_root(self, members: Mapping[int, tuple], supervisors: set[int], pidns: bool) -> int | None:
         if self.root is not None:
@@ -833,6 +846,9 @@ def run_sandboxed(
                     reason = "memory"
                     break
                 ender.account(members)
+                if limits.tree_cpu_s is not None and ender.cpu_estimate() > limits.tree_cpu_s:
+                    reason = "cpu"
+                    break
                 if out.marker_t is not None and ender.after_marker(members, pidns, now - out.marker_t):
                     reason = "after_end"
                     break
@@ -902,6 +918,7 @@ def run_sandboxed(
             peak_memory_mb=round(peak_kb / 1024, 1),
             peak_nproc=peak_n,
             cpu_s=round(cpu_s, 3),
+            wait_s=None if ender.wait_estimate() is None else round(ender.wait_estimate(), 3),
             end_s=None if out.marker_t is None else round(out.marker_t - start, 3),
             after_end_s=None if out.marker_t is None else round(max(0.0, start + wall - out.marker_t), 3),
             survivors=tuple(ender.survivors),

@@ -122,7 +122,8 @@ def _budget(ctx: AuditContext) -> Check:
     while printing less is caught here."""
     cfg = ctx.audit_cfg
     problems = []
-    killed = [r for r in ctx.runs if r.state is State.KILLED and (r.error or {}).get("reason") not in ("interrupted",)]
+    killed = [r for r in ctx.runs if r.state is State.KILLED and (r.error or {}).get("reason") not in ("interrupted",)
+              and not str((r.error or {}).get("reason", "")).startswith("infrastructure:")]   # the machine's, not the candidate's
     for r in killed:
         problems.append(f"{r.id} killed: {(r.error or {}).get('evalue', '')[:100]}")
     for r in ctx.complete:

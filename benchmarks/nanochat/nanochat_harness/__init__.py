@@ -40,6 +40,15 @@ API
     harness's hard limit (budget + allowance since launch, less a reserve for ``finish``); it
     is never negative. Train while ``time_left() > 0``.
 
+    What the clock counts is the preset's ``clock`` key. ``"wall"`` (the GPU presets): wall
+    seconds. ``"cpu"`` (the CPU presets): CPU seconds (user + system) of the whole training
+    process tree: every thread of this process, its children that were waited for, and its
+    live descendants (read from ``/proc``, rescanned every second). A script that sleeps uses
+    none of its budget; helper processes and threads are charged for the CPU they use; a busy
+    machine slows a run down without shortening its training. The hard limit is then
+    budget + allowance CPU seconds of the tree since launch (also enforced from outside), and
+    a wall-clock limit of ``wall_factor`` times that is only a safety net.
+
 ``log(step, loss, **extra)``
     One point of the live training curve (appended as a JSON line to the run's events file).
 
@@ -75,6 +84,7 @@ __all__ = ["config", "train_loader", "start_clock", "elapsed", "time_left", "log
 
 _IMPORT_T = time.monotonic()
 _T0: float | None = None
+_CPU_T0: float | None = None      # the tree's CPU seconds when the clock started (cpu clock)
 _CONFIG: dict[str, Any] | None = None
 _EVENTS = None
 _LOADERS: list = []
@@ -128,11 +138,81 @@ CLOCK_LINE = "[nanochat-harness] training clock started"
 SAVED_LINE = "[nanochat-harness] model saved for evaluation"
 
 
+class _TreeCPU:
+    """CPU seconds (user + system) used so far by this process (all its threads), its children
+    that were waited for, and its live descendants (with what they waited for in turn). The
+    descendants are found by a scan of /proc at most once a second; between scans only their
+    own stat files are read. Never decreases."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.desc: dict[int, bytes] = {}   # pid -> start time field (a reused pid is not ours)
+        self.next_scan = 0.0
+        self.best = 0.0
+
+    @staticmethod
+    def _stat(pid: int) -> list[bytes] | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        return data[data.rfind(b")") + 2:].split()
+
+    def _scan(self) -> None:
+        children: dict[int, list[tuple[int, bytes]]] = {}
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if name.isdigit():
+                rest = self._stat(int(name))
+                if rest and len(rest) > 19:
+                    children.setdefault(int(rest[1]), []).append((int(name), rest[19]))
+        found: dict[int, bytes] = {}
+        todo = [os.getpid()]
+        while todo:
+            for pid, st in children.get(todo.pop(), ()):
+                if pid not in found:
+                    found[pid] = st
+                    todo.append(pid)
+        self.desc = found
+
+    def __call__(self) -> float:
+        t = os.times()
+        total = t.user + t.system + t.children_user + t.children_system
+        now = time.monotonic()
+        if now >= self.next_scan:
+            self.next_scan = now + 1.0
+            self._scan()
+        ticks = 0
+        for pid, st in list(self.desc.items()):
+            rest = self._stat(pid)
+            if not rest or len(rest) <= 19 or rest[19] != st:
+                del self.desc[pid]        # gone: its CPU is now in its parent's children figures
+                continue
+            ticks += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])   # utime stime cutime cstime
+        self.best = max(self.best, total + ticks / (self.hz or 100))
+        return self.best
+
+
+_tree_cpu = _TreeCPU()
+
+
+def _cpu_clock() -> bool:
+    return _cfg().get("clock", "wall") == "cpu"
+
+
 def start_clock() -> None:
     """Start the training clock now (no effect once started)."""
-    global _T0
+    global _T0, _CPU_T0
     if _T0 is None:
         _T0 = time.monotonic()
+        try:
+            _CPU_T0 = _tree_cpu() if _cpu_clock() else None
+        except RuntimeError:   # no run configuration: a wall clock
+            _CPU_T0 = None
         try:   # the runner times this line's arrival from outside the process (the authoritative clock)
             os.write(1, (CLOCK_LINE + "\n").encode())
         except OSError:
@@ -140,18 +220,27 @@ def start_clock() -> None:
 
 
 def elapsed() -> float:
-    """Seconds since the training clock started (starting it if needed)."""
+    """Training seconds since the clock started (starting it if needed): wall seconds, or on a
+    cpu-clock preset the CPU seconds of the whole process tree."""
     start_clock()
+    if _CPU_T0 is not None:
+        return _tree_cpu() - _CPU_T0
     return time.monotonic() - _T0  # type: ignore[operator]
 
 
 def time_left() -> float:
-    """Training seconds left: budget minus elapsed, capped by the harness's hard deadline."""
+    """Training seconds left: budget minus elapsed, capped by the harness's hard limit (wall:
+    the deadline; cpu clock: budget + allowance CPU seconds of the tree since launch)."""
     cfg = _cfg()
     left = float(cfg["budget_s"]) - elapsed()
-    deadline = cfg.get("deadline")
-    if deadline:
-        left = min(left, float(deadline) - time.time() - float(cfg.get("finish_reserve_s", 2.0)))
+    reserve = float(cfg.get("finish_reserve_s", 2.0))
+    if _CPU_T0 is not None:
+        if cfg.get("cpu_limit_s"):
+            left = min(left, float(cfg["cpu_limit_s"]) - _tree_cpu() - reserve)
+    else:
+        deadline = cfg.get("deadline")
+        if deadline:
+            left = min(left, float(deadline) - time.time() - reserve)
     return max(0.0, left)
 
 
@@ -254,6 +343,8 @@ def finish(model, init_kwargs: dict[str, Any] | None = None, factory: str | None
     for it in _LOADERS:
         it.close()
     info = {"training_s": round(t_train, 4), "since_import_s": round(time.monotonic() - _IMPORT_T, 4),
+            "clock": "cpu" if _CPU_T0 is not None else "wall", "training_wall_s": round(time.monotonic() - _T0, 4),
+            "cpu_before_clock_s": None if _CPU_T0 is None else round(_CPU_T0, 4),
             "batches": sum(it.batches for it in _LOADERS), "epoch": max((it.epoch for it in _LOADERS), default=0)}
     with open("finish.json", "w") as fh:
         json.dump(info, fh)

@@ -11,6 +11,14 @@ The time rule: the harness measures the train process's wall time from the outsi
 imports, data, compile) on top of ``budget_s`` of training; a train process still alive at
 ``budget_s + allowance_s`` (+ ``kill_grace_s`` for the kill itself) is killed and the run is
 recorded as ``killed``.
+
+On a preset with ``clock = "cpu"`` (the CPU presets) the same rule is kept in CPU seconds of the
+whole train process tree (every process and thread; ``autolab.sandbox`` measures it from
+outside): the tree is killed once it has used ``budget_s + allowance_s`` (+ ``kill_grace_s``) CPU
+seconds, and the harness's in-process clock is compared with that figure after the run. The
+wall clock is then only a safety net, ``wall_factor`` times ``budget_s + allowance_s``: a run it
+kills while the machine had no idle CPU to give it was starved, and is recorded as an
+infrastructure failure (its reason starts with ``infrastructure:``), not as the candidate's.
 """
 
 from __future__ import annotations
@@ -120,11 +128,13 @@ class _Tail(threading.Thread):
 def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
                echo: bool, harden: bool = True, read_allow: tuple[str, ...] | None = None,
-               end_marker: str | None = None, after_end_s: float = 10.0, relax: tuple[str, ...] = ()) -> dict[str, Any]:
+               end_marker: str | None = None, after_end_s: float = 10.0, relax: tuple[str, ...] = (),
+               cpu_limit_s: float | None = None) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
     echo) and to log_path. ``read_allow``: reads by allow-list (see Policy.read_allow);
     ``end_marker``: the line that ends the candidate's work (after it, a process but the main one
-    that works is ended and reported; the main one must exit within ``after_end_s``). Returns {returncode, killed,
+    that works is ended and reported; the main one must exit within ``after_end_s``);
+    ``cpu_limit_s``: the whole tree's CPU seconds past which it is killed (reason "cpu"). Returns {returncode, killed,
     kill_reason, state, violations, wall_s, cpu_s, output, peak_memory_mb, isolation, ...}."""
     from autolab.sandbox import Limits, Policy, run_sandboxed
 
@@ -148,11 +158,12 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
                         policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), harden=harden, relax=relax,
                                       read_allow=None if read_allow is None else tuple(read_allow)),
                         limits=Limits(wall_s=float(wall_s), end_marker=end_marker, after_end_s=float(after_end_s),
-                                      **kw))
+                                      tree_cpu_s=cpu_limit_s, **kw))
     killed = res.state == "killed" and res.reason in ("timeout", "memory", "nproc", "cpu")
     return {
         "returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
         "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s), "cpu_s": res.cpu_s,
+        "wait_s": res.wait_s,
         "survivors": [dict(x) for x in res.survivors],
         "output": "\n".join(lines) if lines else res.stdout_tail,
         "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
@@ -160,6 +171,17 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
         "saved_s": (marks["saved"] - t_launch) if "saved" in marks else None,
         "model_changed_after_save": bool(saved_stat) and saved_stat[0] != _stat(cwd / "model.pt"),
     }
+
+
+def _idle_core_s() -> float | None:
+    """Idle CPU seconds of the whole machine so far, summed over its cores (/proc/stat: idle +
+    iowait), or None where it cannot be read."""
+    try:
+        with open("/proc/stat") as fh:
+            f = fh.readline().split()
+        return (int(f[4]) + int(f[5])) / (os.sysconf("SC_CLK_TCK") or 100)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _stat(p: Path) -> tuple | None:
@@ -333,11 +355,19 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     budget_s = float(ov.get("budget_s", p.budget_s))
     allowance_s = float(settings.get("allowance_s", 15.0))
     grace_s = float(settings.get("kill_grace_s", 1.0))
+    clock = str(settings.get("clock", "wall"))
+    if clock not in ("wall", "cpu"):
+        bad_clock = f"preset {p.name}: clock = {clock!r}; use \"wall\" or \"cpu\" in task.toml"
+    else:
+        bad_clock = ""
+    cpu_clock = clock == "cpu"
+    wall_factor = float(settings.get("wall_factor", 4.0)) if cpu_clock else 1.0
     result_path = Path(result_path).resolve()
     result_path.parent.mkdir(parents=True, exist_ok=True)
     cand = _resolve_candidate(candidate_dir, task)
     result: dict[str, Any] = result_skeleton(task.name, p.name, seed, cand,
                                              timings={"budget_s": budget_s, "allowance_s": allowance_s}, corpus={})
+    result["clock"] = clock
 
     def event(**kw: Any) -> None:
         if on_event:
@@ -355,6 +385,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             print(f"[nanochat] {status}" + (f": {reason}" if reason else ""), flush=True)
         return result
 
+    if bad_clock:
+        return done("failed", bad_clock)
     # --- data (cached after the first time)
     event(type="phase", phase="data")
     t0 = time.monotonic()
@@ -389,8 +421,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     run_cfg = {**common, "events_path": str(events_path),
                "data": {"train": data["splits"]["train"], "token_bytes": data["token_bytes"],
                         "tokenizer": data["tokenizer"]},
-               "launch_time": launch, "deadline": launch + budget_s + allowance_s,
-               "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0))}
+               "launch_time": launch, "deadline": launch + wall_factor * (budget_s + allowance_s),
+               "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
+               **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {})}
     atomic_write_json(run_cfg_path, run_cfg)
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
@@ -422,8 +455,10 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     # --- train
     event(type="phase", phase="train", budget_s=budget_s, allowance_s=allowance_s)
     if echo:
-        print(f"[nanochat] training {cand.name}/train.py, seed {seed}, preset {p.name}: budget {budget_s:g}s "
-              f"+ allowance {allowance_s:g}s", flush=True)
+        unit = "CPU s" if cpu_clock else "s"
+        print(f"[nanochat] training {cand.name}/train.py, seed {seed}, preset {p.name}: budget {budget_s:g} {unit} "
+              f"+ allowance {allowance_s:g} {unit}" + (f" (wall safety net {wall_factor * (budget_s + allowance_s):g} s)"
+                                                        if cpu_clock else ""), flush=True)
     tail = _Tail(events_path, on_event) if on_event else None
     if tail:
         tail.start()
@@ -432,17 +467,25 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
         readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
                     data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent))
+        idle0 = _idle_core_s()
         tr = _sandboxed([sys.executable, "train.py"], cwd=workdir, env=env, read_deny=tuple(denied),
-                        write_allow=(str(workdir),), wall_s=budget_s + allowance_s + grace_s, mem_mb=mem_mb,
-                        log_path=hdir / "train.log", echo=echo, read_allow=readable, end_marker=SAVED_LINE,
-                        after_end_s=float(settings.get("after_save_allowance_s", 10.0)))
+                        write_allow=(str(workdir),), wall_s=wall_factor * (budget_s + allowance_s) + grace_s,
+                        mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo, read_allow=readable,
+                        end_marker=SAVED_LINE, after_end_s=float(settings.get("after_save_allowance_s", 10.0)),
+                        cpu_limit_s=budget_s + allowance_s + grace_s if cpu_clock else None)
+        idle1 = _idle_core_s()
     finally:
         if tail:
             tail.stop.set()
             tail.join(timeout=5)
     result["timings"]["train_s"] = round(tr["wall_s"], 3)   # until the last process of the run ended
+    result["timings"]["train_wall_s"] = round(tr["wall_s"], 3)
     if tr["cpu_s"] is not None:
         result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
+    if idle0 is not None and idle1 is not None:
+        result["timings"]["machine_idle_core_s"] = round(idle1 - idle0, 3)
+    if tr["wait_s"] is not None:
+        result["timings"]["train_wait_s"] = tr["wait_s"]      # runnable but waiting for a CPU (a busy machine)
     from .guard import READS_LOG
 
     result["violations"] = list(tr["violations"]) + _guard_violations(
@@ -453,6 +496,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     # last save by H.finish (else the exit)
     end = tr["saved_s"] if tr["saved_s"] is not None else tr["wall_s"]
     result["timings"]["train_window_s"] = round(end - (tr["clock_start_s"] or 0.0), 3)
+    result["timings"]["train_window_wall_s"] = result["timings"]["train_window_s"]
     if tr["saved_s"] is not None:
         result["timings"]["after_save_s"] = round(tr["wall_s"] - tr["saved_s"], 3)
     if tr["model_changed_after_save"]:
@@ -474,6 +518,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if _finite(result["summary"].get("training_seconds")):
         result["timings"]["script_train_s"] = float(result["summary"]["training_seconds"])
     limit = budget_s + allowance_s
+    cpu_used = tr["cpu_s"] if tr["cpu_s"] is not None else 0.0
+    if cpu_clock:
+        _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
     if tr["killed"]:
         why = {"timeout": f"timeout: the train process ran past budget_s + allowance_s = {limit:g}s (budget "
                           f"{budget_s:g}s, allowance {allowance_s:g}s) and was killed",
@@ -481,8 +528,18 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "nproc": "nproc: the train process started too many processes and was killed",
                "cpu": "cpu: the train process hit its CPU-time limit and was killed"}.get(tr["kill_reason"],
                                                                                         tr["kill_reason"])
+        if cpu_clock and tr["kill_reason"] == "cpu":
+            why = (f"cpu: the train process tree used {cpu_used:.1f} CPU seconds (every process and thread counted), "
+                   f"past budget_s + allowance_s = {limit:g} CPU s (clock = \"cpu\"), and was killed; train while "
+                   f"H.time_left() > 0 and count helper processes' work inside the budget")
+        elif cpu_clock and tr["kill_reason"] == "timeout":
+            why = _wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get(
+                "machine_idle_core_s"), tr["wait_s"])
         return done("killed", why)
-    if tr["wall_s"] > limit + grace_s:
+    if cpu_clock and cpu_used > limit + grace_s:
+        return done("killed", f"cpu: the train process tree used {cpu_used:.1f} CPU seconds in all (every process "
+                              f"and thread, measured from outside), past budget_s + allowance_s = {limit:g} CPU s")
+    if not cpu_clock and tr["wall_s"] > limit + grace_s:
         return done("killed", f"timeout: the train process lived {tr['wall_s']:.1f}s, past budget_s + allowance_s "
                               f"= {limit:g}s")
     if tr["kill_reason"] == "after_end":
@@ -523,6 +580,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if er.get("violation"):
         result["violations"].append({**er["violation"], "phase": "eval"})
     if ev["killed"]:
+        if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
+                and (ev.get("cpu_s") or 0.0) + ev["wait_s"] >= 0.5 * ev["wall_s"]):
+            return done("failed", f"infrastructure: the machine was too busy: the evaluation's model process got "
+                                  f"{ev.get('cpu_s') or 0.0:.1f} CPU seconds and waited {ev['wait_s']:.0f} s for a CPU "
+                                  f"in {ev['wall_s']:.0f} s, past eval_timeout_s = {settings.get('eval_timeout_s', 300)} "
+                                  f"s; not the candidate's fault: run it again on a less loaded machine")
         return done("failed", f"evaluation was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
                               f"{settings.get('eval_timeout_s', 300)}s")
     if not er.get("ok"):
@@ -542,6 +605,50 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if not _finite(er.get("val_bpb")):
         return done("failed", f"val_bpb is not finite ({er.get('val_bpb')}): the model's logits overflowed or are NaN")
     return done("ok")
+
+
+def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: float, budget_s: float) -> None:
+    """On a cpu-clock preset the timings the audit compares with the budget are CPU seconds:
+    ``train_s`` is the whole tree's CPU (measured from outside), ``train_window_s`` that less the
+    CPU the harness's clock saw before it started (start-up). The harness's own figure is
+    checked against the outside one: CPU the tree used beyond the clock's count, start-up
+    allowance and a slack is work done out of the clock's view (a hidden helper, a patched clock)."""
+    t, fin = result["timings"], result.get("finish") or {}
+    t["train_s"] = round(cpu_used, 3)
+    before = fin.get("cpu_before_clock_s") if fin.get("clock") == "cpu" else None
+    if _finite(before):
+        t["train_window_s"] = round(max(0.0, cpu_used - float(before)), 3)
+    else:
+        t["train_window_s"] = round(cpu_used, 3)
+    clock_s = t.get("clock_train_s")
+    slack = 1.5 + 0.05 * budget_s
+    if _finite(clock_s) and cpu_used > float(clock_s) + allowance_s + slack:
+        result["violations"].append({"kind": "clock", "phase": "train", "detail": (
+            f"the train process tree used {cpu_used:.1f} CPU seconds (measured from outside, every process and "
+            f"thread), but the harness's CPU clock counted {float(clock_s):.1f} s of training: more than the "
+            f"{allowance_s:g} s start-up allowance (+{slack:.1f} s) was spent out of the clock's view (a helper "
+            f"process it did not see, or a patched clock); do all the work inside the harness's clock")})
+
+
+def _wall_net_reason(wall_s: float, cpu_used: float, limit: float, factor: float, idle: float | None,
+                     wait: float | None = None) -> str:
+    """Why the wall-clock safety net of a cpu-clock run fired: the machine starved the run (an
+    infrastructure failure) or the run did not use the CPU it could have (the candidate's).
+    Starved: its processes were running or runnable (waiting for a CPU: ``wait``, the schedstat
+    run delay) at least half of the wall time; where that is not known, the machine had fewer
+    idle core-seconds (``idle``) than the run still needed."""
+    need = max(0.0, limit - cpu_used)
+    net = f"the wall-clock safety net ({factor:g} x the {limit:g} CPU s limit = {factor * limit:g} s)"
+    starved = (cpu_used + wait >= 0.5 * wall_s) if wait is not None else (idle is not None and idle < need)
+    if starved:
+        waited = f", waited {wait:.0f} s for a CPU" if wait is not None else ""
+        spare = f" (the machine had {idle:.1f} idle core-seconds)" if idle is not None else ""
+        return (f"infrastructure: the machine was too busy: in {wall_s:.0f} s of wall time the run got "
+                f"{cpu_used:.1f} of its {limit:g} CPU seconds{waited}{spare}, so {net} ended it; not the "
+                f"candidate's fault: run it again on a less loaded machine (or raise wall_factor in task.toml)")
+    return (f"timeout: the train process used only {cpu_used:.1f} CPU seconds in {wall_s:.0f} s of wall time while "
+            f"the machine had {'' if idle is None else f'{idle:.0f} '}idle core-seconds: it waited (sleep, I/O, a "
+            f"lock) instead of training, past {net}, and was killed")
 
 
 # ----------------------------------------------------------------------------- by hand
