@@ -64,7 +64,25 @@ def malformed(body: bytes = b'{"id": "chatcmpl-broken", "choices": [ {"message":
     return Reply(200, body, {"Content-Type": "application/json"})
 
 
-class ScriptedServer:
+class _Serving:
+    """stop() and the context manager of the loopback servers below (``start`` sets ``_httpd``)."""
+
+    _httpd: Any = None
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ScriptedServer(_Serving):
     """Threaded HTTP server on 127.0.0.1 (random port) replaying scripted replies."""
 
     def __init__(self, script: Iterable[Reply] = (), *, routes: dict[str, Iterable[Reply]] | None = None):
@@ -156,17 +174,6 @@ class ScriptedServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "ScriptedServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------------- a tiny task for LLM tests
@@ -256,7 +263,7 @@ _TITLES = ("Shrink the tuned parameter", "Try a tiny step for the knob", "Zero o
            "Go negative for contrast", "Flip the sign of the value", "Moderate cut of the value")
 
 
-class ResearchServer:
+class ResearchServer(_Serving):
     """A loopback model server that answers the loop's prompts from their content, in the
     OpenAI (``POST /v1/chat/completions``) and Ollama (``POST /api/chat``, ``POST /api/generate``)
     wire formats.
@@ -378,16 +385,7 @@ class ResearchServer:
 
     def stop(self) -> None:
         self._open.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "ResearchServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        super().stop()
 
 
 def closed_port_url() -> str:
