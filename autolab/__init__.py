@@ -7,6 +7,7 @@ propose → implement → run → audit — on well-defined optimization targets
     cand = autolab.implement(lab, idea)
     runs = autolab.run(lab, cand, seeds=2)
     verdict = autolab.audit(lab, cand)
+    handle = autolab.start_loop(lab, iterations=8)   # the loop beside the notebook; handle.stop(), await handle
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ _LAZY = {
     "audit": ("autolab._audit", "audit"),
     "loop": ("autolab._loop", "loop"),
     "final_comparison": ("autolab._loop", "final_comparison"),
+    "start_loop": ("autolab.background", "start_loop"),
+    "LoopHandle": ("autolab.background", "LoopHandle"),
+    "interactive_frontend": ("autolab.background", "interactive_frontend"),
+    "LoopControl": ("autolab._loop", "LoopControl"),
     "PlaybookProposer": ("autolab._propose", "PlaybookProposer"),
     "RandomProposer": ("autolab._propose", "RandomProposer"),
     "HumanProposer": ("autolab._propose", "HumanProposer"),

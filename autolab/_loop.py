@@ -32,8 +32,8 @@ from ._implement import Implementer, implement
 from .lab import Lab
 # every question about the log is the ledger's; best_candidate, mean_metric, noise_sd and
 # latest_verdict are imported here for this module and for callers that import them from search
-from .ledger import (Ledger, best_candidate, current_owner, latest_verdict, mean_metric,  # noqa: F401
-                     missing_seeds, noise_sd, owner_alive, reap_interrupted, runs_of)
+from .ledger import (CANCELLED, Ledger, best_candidate, current_owner, latest_verdict, mean_metric,  # noqa: F401
+                     missing_seeds, noise_sd, not_a_verdict, owner_alive, reap_interrupted, runs_of)
 from .ledger import seed_range as ledger_seed_range
 from .merge import merge_candidates, merged_pairs
 from ._propose import Proposer, get_proposer
@@ -218,6 +218,108 @@ def _llm_room(proposer, implementer, need_units: int) -> str:
     return ""
 
 
+# ---------------------------------------------------------------------------- steering a running loop
+
+INFRA_RETRIES = 2   # default: how often one run the machine ended (not_a_verdict) is re-run within one loop
+
+
+class LoopControl:
+    """Steers a loop that runs in another thread (``autolab.start_loop``'s handle, the
+    Dashboard's buttons); every method is thread-safe and returns at once.
+
+    - ``stop(cancel_runs=False)``: no new work starts (no run, proposal or implementation;
+      audits of runs that ended still happen); the loop ends when its runs in flight have
+      ended. With ``cancel_runs`` those are cancelled too (see ``cancel_run``).
+    - ``pause()`` / ``resume()``: while paused nothing new starts, runs in flight go on, and the
+      loop waits (it does not end) until resumed or stopped.
+    - ``cancel_run(run_id)``: the run is killed now and recorded KILLED "cancelled by the user",
+      which is not a verdict on its candidate: that candidate's runs of the same purpose wait for
+      the next loop, which re-runs the seed.
+
+    The STOP file (``lab.request_stop()``, ``autolab stop``) still stops a loop started either way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = False
+        self._paused = False
+        self._sched: "_Scheduler | None" = None
+        self.attached = threading.Event()   # set once the loop runs (its lab lock taken)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    @property
+    def paused(self) -> bool:
+        return self._paused and not self._stop
+
+    def stop(self, cancel_runs: bool = False) -> None:
+        with self._lock:
+            self._stop = True
+            sched = self._sched
+        if sched is not None:
+            sched.note("stop requested from the notebook: no new work starts; the loop ends when its runs in flight "
+                       "have ended" + (" (cancelled)" if cancel_runs else ""))
+            sched.wake()
+            for run in sched.runs_in_flight() if cancel_runs else []:
+                try:
+                    sched.cancel(run.id)
+                except AutolabError:
+                    pass   # it ended meanwhile, or the executor cannot cancel: it finishes
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            sched = self._sched
+        if sched is not None:
+            sched.note("paused: no new work starts until resumed (runs in flight go on)")
+
+    def resume(self) -> None:
+        with self._lock:
+            was, self._paused = self._paused, False
+            sched = self._sched
+        if sched is not None:
+            if was:
+                sched.note("resumed")
+            sched.wake()
+
+    def runs_in_flight(self) -> list[Run]:
+        """The RUNNING records of the loop's runs now in flight (oldest first)."""
+        sched = self._sched
+        return sched.runs_in_flight() if sched is not None else []
+
+    def cancel_run(self, run_id: str | None = None) -> str:
+        """Cancel one run in flight (``run_id``; None: the only one in flight). Returns its id."""
+        sched = self._sched
+        if sched is None:
+            raise AutolabError("no loop is running under this control: nothing to cancel")
+        if run_id is None:
+            going = sched.runs_in_flight()
+            if len(going) != 1:
+                raise AutolabError(f"{len(going)} runs are in flight ({', '.join(r.id for r in going) or 'none'}); "
+                                   "name the one to cancel: cancel_run(run_id)")
+            run_id = going[0].id
+        sched.cancel(run_id)
+        return run_id
+
+    def kill_in_flight(self, reason: str) -> None:
+        """Kill every run in flight now, recorded KILLED ``reason`` (the process is exiting)."""
+        sched = self._sched
+        for run in sched.runs_in_flight() if sched is not None else []:
+            sched.executor.cancel(run.id, reason)
+
+    def stopped_because(self) -> str:
+        """The loop's stop message once it decided to stop ('' while it goes on)."""
+        sched = self._sched
+        return sched.stopped if sched is not None else ""
+
+    def _attach(self, sched: "_Scheduler | None") -> None:
+        with self._lock:
+            self._sched = sched
+        if sched is not None:
+            self.attached.set()
+
+
 class _Baseline:
     """The seed's selection-free runs, started without waiting: proposals are prepared while they run."""
 
@@ -295,6 +397,11 @@ class _Scheduler:
         self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
         self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
         self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
+        self.user_stopped = False                        # the user asked to stop: no run starts
+        self.control: LoopControl | None = None          # stop / pause / cancel from another thread
+        self.infra_retries = INFRA_RETRIES               # re-runs of a run the machine ended, per loop
+        self.infra_failures: dict[tuple[str, str, int], int] = {}   # (candidate, purpose, seed) -> failures seen
+        self.held: dict[tuple[str, str], str] = {}       # (candidate, purpose) -> why its runs wait for the next loop
         # PROPOSED ideas left without a candidate by an earlier process: implemented first
         self.orphans: list[Idea] = unimplemented_ideas(lab)
 
@@ -331,14 +438,31 @@ class _Scheduler:
             return ImplementUnit(idea)
         return None
 
+    def _user_stop(self) -> None:
+        """A stop asked by the user (STOP file or LoopControl): nothing new starts, and runs that were
+        submitted but still wait for a slot are dropped (recorded KILLED "interrupted": re-run by the
+        next loop), so the loop ends with the runs actually going."""
+        if self.user_stopped:
+            return
+        self.user_stopped = True
+        self._set_stop("stop requested", "interrupted")
+        for run in self.runs_in_flight():
+            self.executor.cancel(run.id, "interrupted", waiting_only=True)
+
     def _set_stop(self, msg: str, reason: str) -> None:
         if not self.stopped:
             self.stopped, self.reason = msg, reason
 
     def next_unit(self) -> Unit | None:
         lab = self.lab
-        if (lab.path / "STOP").exists() and not self.stopped:
-            self._set_stop("stop requested", "interrupted")
+        stop_file = lab.path / "STOP"
+        if stop_file.exists():   # consumed: a later loop must not find it
+            stop_file.unlink(missing_ok=True)
+            self._user_stop()
+        if self.control is not None and self.control.stop_requested:
+            self._user_stop()
+        if self.control is not None and self.control.paused:
+            return None   # nothing new starts while paused; the workers wait (see worker())
         if self.limit is not None and self.limit.left() <= 0 and not self.stopped:
             self._set_stop(f"time limit reached ({self.limit.label})", "time_limit")
         if not self._baseline_ready():
@@ -404,12 +528,81 @@ class _Scheduler:
         sides = [c] + ([parent] if parent is not None else [])
         missing = [(x, s) for x in sides for s in missing_seeds(lab, x, purpose, n)]
         for x, s in missing:
-            if RunUnit(x, purpose, s).claim not in self.claimed:
+            if RunUnit(x, purpose, s).claim not in self.claimed and self._may_run(x, purpose):
                 return RunUnit(x, purpose, s)
         ids = {x.id for x in sides}
         if not missing and not any(k[0] == c.id or (k[0] in ids and k[1] == purpose) for k in self.claimed):
             return AuditUnit(c, purpose.value if purpose is Purpose.SCREEN else "confirm")
         return None
+
+    def _may_run(self, c: Candidate, purpose: str) -> bool:
+        """False once the user stopped the loop (runs in flight finish, none starts), and for a
+        candidate whose runs of this purpose were held for the next loop (cancelled by the user,
+        or ended by the machine more than ``infra_retries`` times)."""
+        if self.user_stopped:
+            return False
+        return (c.id, Purpose.canonical_of(purpose)) not in self.held
+
+    def _hold(self, run: Run, why: str) -> None:
+        """Run nothing more of ``run``'s candidate and purpose in this loop (called with the lock held)."""
+        key = (run.candidate_id, Purpose.canonical_of(run.purpose))
+        if key not in self.held:
+            self.held[key] = why
+
+    def _after_run(self, final: Run) -> None:
+        """Count a run the machine ended (not a verdict) toward the retry bound; hold its candidate's
+        runs of that purpose for the next loop once the bound is passed."""
+        reason = str((final.error or {}).get("reason") or "")
+        if not not_a_verdict(final) or reason in (CANCELLED, TIME_LIMIT_REASON, "interrupted"):
+            return
+        claim = (final.candidate_id, Purpose.canonical_of(final.purpose), final.seed)
+        with self.cv:
+            n = self.infra_failures[claim] = self.infra_failures.get(claim, 0) + 1
+            if n > self.infra_retries:
+                self._hold(final, f"ended by the machine {n} times (last: {reason}); re-run by the next loop")
+        if n > self.infra_retries:
+            self.note(f"{final.candidate_id} {final.purpose} seed {final.seed}: ended by the machine {n} times, past the "
+                      f"{self.infra_retries} retries of this loop (last: {reason}); its runs wait for the next loop "
+                      "(not a verdict on the candidate)")
+        else:
+            self.note(f"{final.candidate_id} {final.purpose} seed {final.seed}: ended by the machine ({reason}); "
+                      f"re-run ({n} of {self.infra_retries} retries); not a verdict on the candidate")
+
+    def runs_in_flight(self) -> list[Run]:
+        with self.cv:
+            return [run for run, _ in self.inflight_runs.values()]
+
+    def cancel(self, run_id: str) -> None:
+        """Kill one run in flight; it is recorded KILLED "cancelled by the user" (not a verdict) and
+        its candidate's runs of that purpose wait for the next loop."""
+        with self.cv:
+            entry = self.inflight_runs.get(run_id)
+            if entry is None:
+                going = ", ".join(self.inflight_runs) or "none"
+                raise AutolabError(f"run {run_id} is not in flight in this loop (in flight: {going})")
+            run = entry[0]
+            key = (run.candidate_id, Purpose.canonical_of(run.purpose))
+            was_held = key in self.held
+            self._hold(run, "a run was cancelled by the user; re-run by the next loop")
+        if not self.executor.cancel(run_id, CANCELLED):
+            with self.cv:
+                if not was_held:
+                    self.held.pop(key, None)
+            raise AutolabError(f"the {self.executor.name} executor could not cancel run {run_id} (it ended, or this "
+                               "executor cannot cancel one run); stop the loop instead (handle.stop())")
+        self.note(f"run {run_id} ({run.candidate_id} {run.purpose} seed {run.seed}) cancelled by the user; "
+                  "its candidate's runs of that purpose wait for the next loop")
+
+    def wake(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def held_message(self) -> str:
+        if not self.held:
+            return ""
+        parts = [f"{cid} {purpose} ({why})" for (cid, purpose), why in self.held.items()]
+        return (f"runs of {len(self.held)} candidate(s) wait for the next loop: " + "; ".join(parts)
+                + "; run the loop again to re-run them")
 
     def fits(self, purpose: str) -> bool:
         """True when a run of ``purpose`` started now would likely end before the time limit;
@@ -476,9 +669,16 @@ class _Scheduler:
         with self.cv:
             self.inflight_runs[run.id] = (run, fut)
 
-        def gone(_f) -> None:
+        def gone(f) -> None:
             with self.cv:
                 self.inflight_runs.pop(run.id, None)
+            try:
+                final = f.result()
+            except BaseException:   # noqa: BLE001 - submit_run records every ending; nothing to count
+                final = None
+            if isinstance(final, Run):
+                self._after_run(final)
+            self.wake()
         fut.add_done_callback(gone)
 
     def _promotions(self) -> int:
@@ -592,6 +792,8 @@ class _Scheduler:
         if self.on_event:
             self.on_event({"type": "note", "message": msg})
 
+    note = _note
+
     def worker(self) -> None:
         while True:
             with self.cv:
@@ -600,7 +802,10 @@ class _Scheduler:
                     unit = self.next_unit()
                     if unit is not None and not self.admit(unit):
                         unit = None   # the time limit refused it (the stop says why)
-                    if unit is not None or (self.in_flight == 0 and self.proposing == 0 and self._baseline_ready()):
+                    if unit is not None:
+                        break
+                    paused = self.control is not None and self.control.paused and not self.stopped
+                    if not paused and self.in_flight == 0 and self.proposing == 0 and self._baseline_ready():
                         break
                     self.cv.wait(timeout=1.0)
                 if unit is None or self.error is not None:
@@ -648,7 +853,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
          on_event: Callable[[dict], None] | None = None, progress: bool = True, confirm_margin_sd: float = 1.0,
          max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None,
          time_limit_s: float | None = None, more: int | None = None, max_time_s: float | None = None,
-         deadline: datetime | None = None, hard_limit: bool = False) -> LoopSummary:
+         deadline: datetime | None = None, hard_limit: bool = False, infra_retries: int = INFRA_RETRIES,
+         control: LoopControl | None = None) -> LoopSummary:
     """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
     every promising one is confirmed and audited, or a stop is requested. Resumable.
 
@@ -667,7 +873,15 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     is its old name) and/or ``deadline`` (an aware or local ``datetime``), the earlier of the two is
     the limit: no run starts that would likely end past it, judged from the lab's measured run
     durations (``run_duration_estimate``). Runs under way finish; with ``hard_limit`` they are
-    killed at the limit and recorded KILLED "time limit", re-run when the loop resumes."""
+    killed at the limit and recorded KILLED "time limit", re-run when the loop resumes.
+
+    A run the machine ended (``ledger.not_a_verdict``: a signal, a lost worker, the executor's
+    timeout, a starved CPU-clock run) is no verdict on its candidate: it is re-run, at most
+    ``infra_retries`` times per run in this loop; past that the candidate's runs of that purpose
+    wait for the next loop (the summary says which, with reason "interrupted").
+
+    ``control`` (a ``LoopControl``) steers the loop from another thread: stop, pause/resume,
+    cancel one run. ``autolab.start_loop`` runs a loop in a background thread with one."""
     t0 = time.monotonic()
     if max_time_s is None:
         max_time_s = time_limit_s
@@ -675,8 +889,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
     bar = None
+    if infra_retries < 0:
+        raise AutolabError(f"infra_retries={infra_retries}: pass 0 or more (re-runs of a run the machine ended)")
     with _LabLock(lab):
-        (lab.path / "STOP").unlink(missing_ok=True)
+        (lab.path / "STOP").unlink(missing_ok=True)   # a stale request from before this loop
         reaped = reap_interrupted(lab)
         llm_reaped = lab.log.reap_llm_calls()
         n_start = len(goal_ideas(lab))
@@ -702,6 +918,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             sched = _Scheduler(lab, iterations, research_lines(threads), prop, implementer, ex, on_event,
                                confirm_margin_sd, max_confirming, bar, insights, merge_llm=merge_llm)
             sched.limit = limit
+            sched.infra_retries = infra_retries
+            sched.control = control
+            if control is not None:
+                control._attach(sched)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
             preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
@@ -735,12 +955,19 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             n_ideas = len(goal_ideas(lab))
             stopped = sched.stopped or ("done" if n_ideas >= iterations else "the proposer has nothing left to try")
             reason = sched.reason or ("goal" if n_ideas >= iterations else "exhausted")
+            held = sched.held_message()
+            if held:   # work left for the next loop: not the goal
+                stopped = held if reason in ("goal", "exhausted") else f"{stopped}; {held}"
+                reason = "interrupted" if reason in ("goal", "exhausted") else reason
             if reason == "goal" and n_start >= iterations and len(lab.log.runs_list()) == runs_start \
                     and len(lab.log.verdicts_list()) == verdicts_start:
                 stopped = (f"nothing to do: the lab already holds {n_start} experiments and iterations={iterations} "
                            "is the total in the lab, not a number to add; to run N more, pass --more N "
                            "(autolab.loop(lab, more=N))")
         finally:
+            (lab.path / "STOP").unlink(missing_ok=True)   # a request made while this loop ran is consumed by its end
+            if control is not None:
+                control._attach(None)
             if bar is not None:
                 bar.close()
             if ex is not executor:

@@ -27,8 +27,8 @@ from .task import Preset
 # The seed policy (SEED_BASE, missing_seeds, fresh_seeds), run ownership and reaping live in
 # the ledger, the one module that answers questions about the log; imported here for this
 # module's own use and for the callers that import them from autolab._run.
-from .ledger import (MAX_ATTEMPTS, RETRYABLE, SEED_BASE, _owner, fresh_seeds, missing_seeds,  # noqa: E402,F401
-                     owner_alive, reap_interrupted, runs_of, seed_range)
+from .ledger import (CANCELLED, INFRASTRUCTURE, MAX_ATTEMPTS, RETRYABLE, SEED_BASE, _owner, fresh_seeds,  # noqa: E402,F401
+                     missing_seeds, not_a_verdict, owner_alive, reap_interrupted, runs_of, seed_range)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -131,17 +131,51 @@ def read_outcome(run_dir: str | Path) -> dict | None:
     return outcome if isinstance(outcome, dict) else None
 
 
+def _signal_name(returncode: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 def _judge(res: JobResult, result: dict, outcome: dict | None, metrics: dict[str, float],
-           metric: str) -> tuple[State, dict | None]:
+           metric: str, limits: dict | None = None) -> tuple[State, dict | None]:
     """The final state and error of a run from what its executor, the notebook's result and
-    the wrapper's outcome say (in that order of authority)."""
+    the wrapper's outcome say (in that order of authority).
+
+    Endings that are not the candidate's are KILLED with a reason the ledger re-queues
+    (``ledger.not_a_verdict``): the user's cancel (``CANCELLED``), a lost worker or an
+    interrupted executor (``RETRYABLE``), and the machine's, whose reason starts with
+    ``infrastructure:`` — the executor's wall-clock limit (the harness's own budget limits end
+    a run long before it, so reaching it means a loaded machine), the papermill process killed
+    by a signal (the OOM killer, an operator's kill -9; the candidate runs in the harness's
+    sandbox, never in that process) before the notebook finished, an executor error, or a
+    harness that says so itself (a starved run on a CPU-clock preset)."""
     status = result.get("status")
     reason = str(result.get("reason", ""))
     if res.timed_out or res.returncode is None:
         why = res.killed_reason or "killed"
-        return State.KILLED, {"ename": "Timeout" if res.timed_out else "Killed", "reason": why,
+        if res.timed_out:
+            limit = (limits or {}).get("timeout_s")
+            why = (f"{INFRASTRUCTURE} the executor's wall-clock limit"
+                   + (f" of {limit:.0f} s" if isinstance(limit, (int, float)) else "")
+                   + " passed before the notebook ended (the harness's own limits end a run well before it: a loaded machine)")
+        elif why.startswith("executor error"):
+            why = f"{INFRASTRUCTURE} {why}"
+        ename = "Timeout" if res.timed_out else ("Cancelled" if why == CANCELLED else "Killed")
+        return State.KILLED, {"ename": ename, "reason": why,
                               "evalue": f"the run was stopped: {why} after {res.wall_s:.0f} s",
                               "cell": None, "traceback": res.output_tail[-4000:]}
+    if reason.startswith(INFRASTRUCTURE) and status != "ok":   # the harness saw the machine starve the run
+        return State.KILLED, {"ename": "Infrastructure", "evalue": reason, "reason": reason, "cell": None,
+                              "traceback": ""}
+    if res.returncode < 0 and not ((outcome or {}).get("error") or {}).get("ename"):
+        why = (f"{INFRASTRUCTURE} the papermill process was killed by {_signal_name(res.returncode)} "
+               "before the notebook ended (the machine: out of memory, or an operator's kill)")
+        return State.KILLED, {"ename": "Killed", "evalue": why, "reason": why, "cell": None,
+                              "traceback": res.output_tail[-4000:]}
     if status == "killed":
         ename = "BudgetExceeded" if "budget" in reason or "timeout" in reason else "Killed"
         return State.KILLED, {"ename": ename, "evalue": reason or "killed by the harness",
@@ -177,7 +211,7 @@ def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str
     meta = {**run.meta, "protected_changed": changed, "violations": result.get("violations", []),
             "probes": result.get("probes", {}), "summary": result.get("summary", {}), "corpus": result.get("corpus"),
             "host": res.host, "status": result.get("status")}
-    state, error = _judge(res, result, outcome, metrics, lab.task.metric.name)
+    state, error = _judge(res, result, outcome, metrics, lab.task.metric.name, run.meta.get("limits"))
     if changed and state is State.COMPLETE:
         meta["protected_violation"] = True
     final = run.with_state(state, metrics=metrics, timings=timings, error=error, ended_at=now(), slot=res.slot,

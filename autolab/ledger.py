@@ -41,7 +41,19 @@ SELECTION_BY_RUN: tuple[str, ...] = (Purpose.SCREEN.value, Purpose.MANUAL.value)
 _RANGE_START = {Purpose.SCREEN: 1, Purpose.MANUAL: 1, Purpose.REDTEAM: 1, Purpose.CONFIRM: 101, Purpose.FINAL: 1001}
 SEED_BASE: dict[str, int] = {p.value: _RANGE_START[p.canonical] for p in Purpose}
 MAX_ATTEMPTS = 3
-RETRYABLE = ("interrupted", "worker lost", "time limit")   # KILLED reasons that re-queue the seed (the last: a hard loop time limit)
+CANCELLED = "cancelled by the user"   # the reason of a run cancelled from the Dashboard or a loop handle
+RETRYABLE = ("interrupted", "worker lost", "time limit", CANCELLED)   # KILLED reasons that re-queue the seed (time limit: a hard loop time limit)
+INFRASTRUCTURE = "infrastructure:"    # prefix of the reason of a run the machine ended (signal, executor timeout, starvation)
+
+
+def not_a_verdict(run: Run) -> bool:
+    """True for an ended run that says nothing about its candidate: KILLED for a reason in
+    RETRYABLE, or ended for a reason starting with ``infrastructure:`` (the machine's doing).
+    Its seed is re-run (``missing_seeds``) and the audit does not hold it against the candidate."""
+    if run.state not in (State.KILLED, State.FAILED):
+        return False
+    reason = str((run.error or {}).get("reason") or "")
+    return (run.state is State.KILLED and reason in RETRYABLE) or reason.startswith(INFRASTRUCTURE)
 
 
 def seed_range(purpose: str) -> int:
@@ -327,7 +339,7 @@ class Ledger:
         for r in self.log.runs_list():
             if r.candidate_id != cid or not self._preset_ok(r, preset) or Purpose.canonical_of(r.purpose) != base:
                 continue
-            if r.state is State.KILLED and (r.error or {}).get("reason") in RETRYABLE:
+            if not_a_verdict(r):
                 tries[r.seed] = tries.get(r.seed, 0) + 1
             else:
                 done.add(r.seed)   # COMPLETE, RUNNING, FAILED, or KILLED by the budget: not re-run
@@ -347,12 +359,13 @@ class Ledger:
 
     def seeds_run(self, candidate: Candidate | str, purpose: str, preset: str | None = None) -> int:
         """How many seeds of the purpose the candidate has finished (COMPLETE, FAILED, or KILLED
-        for good; interrupted runs that will be re-queued and runs in flight do not count)."""
+        for good; runs that are not a verdict (interrupted, cancelled, infrastructure), which
+        are re-queued, and runs in flight do not count)."""
         cid, base = self._cid(candidate), Purpose.canonical_of(purpose)
         return len({r.seed for r in self.log.runs_list()
                     if r.candidate_id == cid and self._preset_ok(r, preset) and Purpose.canonical_of(r.purpose) == base
                     and r.state in (State.COMPLETE, State.FAILED, State.KILLED)
-                    and not (r.state is State.KILLED and (r.error or {}).get("reason") in RETRYABLE)})
+                    and not not_a_verdict(r)})
 
     def fresh_seeds(self, candidate: Candidate | str, purpose: str, n: int, preset: str | None = None) -> list[int]:
         """The next ``n`` seeds of the purpose's range this candidate has never run."""

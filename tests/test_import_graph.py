@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("autolab._propose", "autolab._implement", "autolab._run", "autolab._audit", "autolab._audit.*", "autolab.merge",
      "autolab.llm_propose", "autolab.llm_implement"),
     # the loop
-    ("autolab._loop",),
+    ("autolab._loop", "autolab.background"),
     # the views
     ("autolab.report", "autolab.ui", "autolab.ui.*", "autolab.cli", "autolab.__main__"),
 ]

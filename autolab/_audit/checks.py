@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from .. import registry
 from ..lab import Lab
+from ..ledger import not_a_verdict
 from ..records import Candidate, Check, Run, State
 from ..task import ProbeSpec, Task
 
@@ -122,8 +123,7 @@ def _budget(ctx: AuditContext) -> Check:
     while printing less is caught here."""
     cfg = ctx.audit_cfg
     problems = []
-    killed = [r for r in ctx.runs if r.state is State.KILLED and (r.error or {}).get("reason") not in ("interrupted",)
-              and not str((r.error or {}).get("reason", "")).startswith("infrastructure:")]   # the machine's, not the candidate's
+    killed = [r for r in ctx.runs if r.state is State.KILLED and not not_a_verdict(r)]   # the machine's or the user's: not the candidate's
     for r in killed:
         problems.append(f"{r.id} killed: {(r.error or {}).get('evalue', '')[:100]}")
     for r in ctx.complete:

@@ -96,6 +96,14 @@ class Executor(abc.ABC):
     def shutdown(self, wait: bool = True) -> None:
         """Stop every job still running and release the executor's resources."""
 
+    def cancel(self, run_id: str, reason: str, *, waiting_only: bool = False) -> bool:
+        """Stop the one job of ``run_id`` (waiting for a slot or running; with ``waiting_only``,
+        only if it has not started) and everything it started; its future then resolves to
+        ``JobResult(returncode=None, killed_reason=reason)``. True when the job was found and
+        cancelled; False when it had ended (or started, with ``waiting_only``), is unknown, or
+        this executor cannot cancel a single job (the default: a subclass that can, says so)."""
+        return False
+
     def __enter__(self) -> "Executor":
         return self
 

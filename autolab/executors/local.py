@@ -42,11 +42,15 @@ class _Cores:
     def __init__(self, n: int):
         self.n, self.free, self.cv = n, n, threading.Condition()
 
-    def take(self, k: int) -> int:
+    def take(self, k: int, give_up=lambda: False) -> int:
+        """Take ``k`` cores (capped at the pool), waiting for them; 0 without taking any once
+        ``give_up()`` is true (a job cancelled while it waits)."""
         k = max(1, min(k, self.n))
         with self.cv:
             while self.free < k:
-                self.cv.wait()
+                if give_up():
+                    return 0
+                self.cv.wait(timeout=0.5)
             self.free -= k
         return k
 
@@ -77,6 +81,8 @@ class LocalExecutor(Executor):
         self._runs_per_slot = cpu_slots is not None
         self._cores = _Cores(cores if cpu_slots is None else cpu_slots)
         self._procs: set[subprocess.Popen] = set()
+        self._jobs: dict[str, subprocess.Popen | None] = {}   # run id -> its process (None: waiting for a slot)
+        self._cancelled: dict[str, str] = {}                  # run id -> why it was cancelled
         self._lock = threading.Lock()
         self._closed = False
         self._busy_s = 0.0
@@ -100,11 +106,37 @@ class LocalExecutor(Executor):
 
     def submit(self, job: Job) -> "Future[JobResult]":
         fut: Future[JobResult] = Future()
+        with self._lock:
+            self._jobs[job.run_id] = None
         t = threading.Thread(target=self._execute, args=(job, fut), name=f"autolab-{job.run_id}", daemon=True)
         t.start()
         return fut
 
+    def cancel(self, run_id: str, reason: str, *, waiting_only: bool = False) -> bool:
+        """Kill the job's whole process session now (or drop it while it waits for a slot); its
+        future resolves to a JobResult with ``killed_reason=reason``."""
+        with self._lock:
+            if run_id not in self._jobs or (waiting_only and self._jobs[run_id] is not None):
+                return False
+            self._cancelled[run_id] = reason
+            proc = self._jobs[run_id]
+        if proc is not None:
+            _kill_session(proc)
+        return True
+
     def _execute(self, job: Job, fut: Future) -> None:
+        try:
+            self._execute_job(job, fut)
+        finally:
+            with self._lock:
+                self._jobs.pop(job.run_id, None)
+                self._cancelled.pop(job.run_id, None)
+
+    def _cancel_reason(self, run_id: str) -> str:
+        with self._lock:
+            return self._cancelled.get(run_id, "")
+
+    def _execute_job(self, job: Job, fut: Future) -> None:
         lim = job.limits
         if lim.gpus and not self._n_gpu:
             fut.set_result(JobResult(job.run_id, None, 0.0, killed_reason="no GPU on this machine",
@@ -113,10 +145,25 @@ class LocalExecutor(Executor):
             return
         gpu_ids: list[str] = []
         taken = 0
+        start = time.monotonic()
         if lim.gpus:
-            gpu_ids = [self._gpu_ids.get() for _ in range(lim.gpus)]
+            while len(gpu_ids) < lim.gpus and not self._cancel_reason(job.run_id):
+                try:
+                    gpu_ids.append(self._gpu_ids.get(timeout=0.5))
+                except queue.Empty:
+                    pass
         else:
-            taken = self._cores.take(1 if self._runs_per_slot else lim.cpu_threads)
+            taken = self._cores.take(1 if self._runs_per_slot else lim.cpu_threads,
+                                     give_up=lambda: bool(self._cancel_reason(job.run_id)))
+        why = self._cancel_reason(job.run_id)
+        if why:   # cancelled while it waited for a slot: it never starts
+            for g in gpu_ids:
+                self._gpu_ids.put(g)
+            if taken:
+                self._cores.give(taken)
+            fut.set_result(JobResult(job.run_id, None, time.monotonic() - start, killed_reason=why,
+                                     output_tail="cancelled before it started", host=socket.gethostname()))
+            return
         slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
         env = dict(os.environ)
         env.update(job.env)
@@ -131,6 +178,10 @@ class LocalExecutor(Executor):
                                     start_new_session=True, text=True, errors="replace")
             with self._lock:
                 self._procs.add(proc)
+                self._jobs[job.run_id] = proc
+                cancelled_now = job.run_id in self._cancelled
+            if cancelled_now:   # cancelled between the slot and the start
+                _kill_session(proc)
             chunks: list[str] = []
             reader = threading.Thread(target=lambda: chunks.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
             reader.start()
@@ -145,6 +196,11 @@ class LocalExecutor(Executor):
             reader.join(timeout=5)
             tail = "".join(chunks)[-20000:]
             wall = time.monotonic() - start
+            why = self._cancel_reason(job.run_id)
+            if why:   # cancelled: killed on purpose, whatever its exit status says
+                fut.set_result(JobResult(job.run_id, None, wall, killed_reason=why, output_tail=tail, slot=slot,
+                                         host=socket.gethostname()))
+                return
             fut.set_result(JobResult(job.run_id, None if timed_out else proc.returncode, wall, timed_out=timed_out,
                                      killed_reason="timeout" if timed_out else "", output_tail=tail, slot=slot,
                                      host=socket.gethostname()))
@@ -164,5 +220,7 @@ class LocalExecutor(Executor):
     def shutdown(self, wait: bool = True) -> None:
         self._closed = True
         with self._lock:
+            for rid in self._jobs:   # killed by the shutdown, not by their candidates: re-run later
+                self._cancelled.setdefault(rid, "interrupted")
             for p in list(self._procs):
                 _kill_session(p)
