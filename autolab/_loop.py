@@ -461,10 +461,10 @@ class _Scheduler:
             self._user_stop()
         if self.control is not None and self.control.stop_requested:
             self._user_stop()
-        if self.control is not None and self.control.paused:
-            return None   # nothing new starts while paused; the workers wait (see worker())
         if self.limit is not None and self.limit.left() <= 0 and not self.stopped:
             self._set_stop(f"time limit reached ({self.limit.label})", "time_limit")
+        if self.control is not None and self.control.paused:
+            return None   # nothing new starts while paused; the workers wait (see worker())
         if not self._baseline_ready():
             # while the seed's runs go on, only prepare ideas (one per research thread)
             if self.stopped:

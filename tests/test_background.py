@@ -4,6 +4,7 @@ through papermill, real signals, a real SQLite log."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -135,8 +136,12 @@ def test_stop_ends_the_loop_after_its_runs_in_flight(toy_lab):
     # the STOP file path (the CLI's) is consumed by the loop it stopped
     handle2 = autolab.start_loop(lab, iterations=6, proposer_seed=0)
     lab.request_stop()
-    s2 = handle2.wait(180)
-    assert s2.reason == "interrupted" and not (lab.path / "STOP").exists()
+
+    async def awaited():
+        return await handle2            # what `await handle` in a notebook cell does
+
+    s2 = asyncio.run(asyncio.wait_for(awaited(), 180))
+    assert s2.reason == "interrupted" and s2 is handle2.summary and not (lab.path / "STOP").exists()
 
 
 def _ts(iso: str) -> float:
