@@ -1,12 +1,16 @@
-"""The quickstart notebook driven in a real browser: JupyterLab on loopback, Debian's
-Chromium through Playwright (headless, a fresh profile, nothing downloaded at run time).
+"""The notebooks driven in a real browser: JupyterLab on loopback (one server for the module),
+Debian's Chromium through Playwright (headless, a fresh profile, nothing downloaded at run time).
 
-The notebook runs with its smoke parameters on the toy task (tests/toytask.py: two-second
+The quickstart runs with its smoke parameters on the toy task (tests/toytask.py: two-second
 runs through the real papermill path); set AUTOLAB_BROWSER_TASK=nanochat to drive it on
 nanochat cpu-tiny instead. The test runs every cell from the Run menu, checks that the
 widgets render, edits and saves the idea in its card, clicks Reject and Stop on the
-dashboard and checks the lab on disk changed, and keeps screenshots under
-artifacts/browser/ (git-ignored).
+dashboard and checks the lab on disk changed.
+
+The unattended notebook starts its loop beside the notebook (a handle, the kernel idle) on the
+toy task; the test clicks the dashboard's Stop loop while runs are in flight, checks that the
+loop ended within its runs in flight plus 10 s with no run started after the click, and that a
+following cell runs. Screenshots are kept under artifacts/browser/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -64,10 +68,12 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> N
     raise TimeoutError(f"JupyterLab did not answer {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def jupyter(tmp_path):
-    """JupyterLab serving a temporary root on 127.0.0.1, token auth; yields (base url, token, root)."""
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory):
+    """JupyterLab serving a temporary root on 127.0.0.1, token auth; yields (base url, token, root).
+    One server for the module's tests (each opens its own notebook and kernel)."""
     _requirements()
+    tmp_path = tmp_path_factory.mktemp("jupyter")
     root = tmp_path / "root"
     root.mkdir()
     port, token = _free_port(), secrets.token_hex(16)
@@ -107,23 +113,29 @@ def jupyter(tmp_path):
 
 def _prepare_notebook(root: Path, lab_dir: Path) -> tuple[str, dict]:
     """The quickstart, parameterized for smoke (papermill's injected-parameters cell), saved unexecuted."""
-    import nbformat
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
-
     task_name = os.environ.get("AUTOLAB_BROWSER_TASK", "toy")
     if task_name == "toy":
         from toytask import make_toy_task  # tests/ is on sys.path (tests/conftest.py)
 
-        params = {"smoke": True, "lab_dir": str(lab_dir), "task": str(make_toy_task(root.parent / "tasks")),
+        params = {"smoke": True, "lab_dir": str(lab_dir), "task": str(make_toy_task(lab_dir.parent / "tasks")),
                   "preset": "quick"}
     else:
         params = {"smoke": True, "lab_dir": str(lab_dir), "task": task_name}
-    nb = load_notebook_node(str(REPO / "notebooks" / "01_quickstart.ipynb"))
-    nb = parameterize_notebook(nb, params)
-    name = "01_quickstart.ipynb"
+    return _write_notebook(root, "01_quickstart.ipynb", params), params
+
+
+def _write_notebook(root: Path, name: str, params: dict, extra_cells: tuple[str, ...] = ()) -> str:
+    """A notebook of notebooks/ with papermill's injected-parameters cell (and ``extra_cells`` at
+    the end), saved unexecuted under the server's root."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = parameterize_notebook(load_notebook_node(str(REPO / "notebooks" / name)), params)
+    for i, src in enumerate(extra_cells):
+        nb.cells.append(nbformat.v4.new_code_cell(src, id=f"extra{i}"))
     nbformat.write(nb, root / name)
-    return name, params
+    return name
 
 
 def _shot(page, name: str) -> Path:
@@ -221,7 +233,94 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
     shutil.rmtree(profile, ignore_errors=True)
 
 
-_STARTED = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(jupyter, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from autolab.log import ResearchLog
+    from autolab.records import State
+    from toytask import make_toy_task
+
+    base, token, root = jupyter
+    lab_dir = tmp_path / "loop-lab"
+    params = {"lab_dir": str(lab_dir), "task": str(make_toy_task(tmp_path / "tasks")), "preset": "quick",
+              "iterations": 20, "threads": 1}
+    name = _write_notebook(root, "02_unattended.ipynb", params,
+                           extra_cells=('print("after the loop:", handle.describe())',))
+    profile = tmp_path / "chromium-profile-02"
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
+                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(60_000)
+            # a workspace of its own: the server's default one may still hold the quickstart's tab
+            page.goto(f"{base}/lab/workspaces/unattended/tree/{name}?token={token}")
+            page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
+            _run_all_cells(page)
+
+            # every cell ran (the loop's cell returned at once) and the loop goes on beside the notebook
+            page.locator(".jp-OutputArea-output", has_text="the loop runs beside the notebook").first.wait_for(
+                timeout=120_000)
+            page.locator(".jp-OutputArea-output", has_text="after the loop: running").first.wait_for(timeout=120_000)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                                  has_text="Traceback")
+            assert errors.count() == 0, errors.first.inner_text()
+            log = ResearchLog(lab_dir / "log.db")
+            # wait until the baseline is in and the loop's own runs are in flight
+            assert _poll(lambda: sum(r.state is State.COMPLETE for r in log.runs_list()) >= 3
+                         and any(r.state is State.RUNNING for r in log.runs_list()), timeout=240), \
+                "the loop did not get runs in flight"
+            dash = page.locator(".autolab-dashboard").first
+            dash.scroll_into_view_if_needed()
+            # the kernel is idle while the dashboard says the loop runs
+            expect(page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first
+                   ).to_be_attached()
+            expect(dash.locator(".widget-html", has_text="running").first).to_be_visible(timeout=20_000)
+            _shot(page, "unattended-running.png")
+
+            t_click = time.time()
+            dash.locator("button", has_text="Stop loop").click()
+            in_flight = {r.id for r in log.runs_list() if r.state is State.RUNNING}
+            assert _poll(lambda: log.events("loop_end"), timeout=300), "the loop did not end after Stop"
+            end = _ts(log.events("loop_end")[-1]["ts"])
+            runs = log.runs_list()
+            started_after = [r.id for r in runs if _ts(r.started_at) > t_click + 1.0]
+            assert not started_after, f"runs started after Stop: {started_after}"
+            last_in_flight = max([_ts(r.ended_at) for r in runs if r.id in in_flight and r.ended_at] + [t_click])
+            assert end - last_in_flight <= 10.0, f"the loop ended {end - last_in_flight:.1f} s after its last run"
+            assert not any(r.state is State.RUNNING for r in runs) and not (lab_dir / "STOP").exists()
+            expect(dash.locator(".widget-html", has_text="finished").first).to_be_visible(timeout=20_000)
+            _shot(page, "unattended-stopped.png")
+
+            # the kernel is free: a following cell runs
+            last = page.locator(".jp-Notebook .jp-CodeCell").last
+            last.scroll_into_view_if_needed()
+            last.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Shift+Enter")
+            expect(page.locator(".jp-OutputArea-output", has_text="after the loop: finished").first).to_be_visible(
+                timeout=30_000)
+            _shot(page, "unattended-after.png")
+            (ARTIFACTS / "unattended.json").write_text(json.dumps({
+                "stop_clicked": t_click, "loop_end": end, "in_flight_at_stop": sorted(in_flight),
+                "end_after_last_run_s": round(end - last_in_flight, 2), "runs": len(runs)}))
+        except Exception:
+            try:
+                _shot(page, "unattended-failure.png")
+            except Exception:
+                pass
+            raise
+        finally:
+            ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+_STARTED = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]
                   .some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"""
 
 
@@ -235,8 +334,8 @@ def _run_all_cells(page) -> None:
         # a kernel that is up and idle; then a moment for the widget manager to attach to it
         # (widget views sent before it listens show "model not found")
         try:
-            page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-                timeout=60_000)
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']"
+                         ).first.wait_for(timeout=60_000)
         except Exception:
             continue
         page.wait_for_timeout(3000)
