@@ -24,7 +24,6 @@ import asyncio
 import atexit
 import threading
 import time
-import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
@@ -36,7 +35,7 @@ from .records import Run
 
 STATES = ("starting", "running", "paused", "stopping", "finished", "failed")
 
-_HANDLES: "weakref.WeakSet[LoopHandle]" = weakref.WeakSet()
+_HANDLES: "set[LoopHandle]" = set()   # loops still running in this process (ended at exit)
 
 
 class LoopHandle:
@@ -172,6 +171,7 @@ def start_loop(lab: Lab, iterations: int = 8, *, start_timeout_s: float = 30.0, 
     if future.done() and future.exception() is not None:
         raise future.exception()
     _HANDLES.add(handle)
+    handle.add_done_callback(_HANDLES.discard)
     return handle
 
 

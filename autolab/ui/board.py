@@ -11,7 +11,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..ledger import Ledger, owner_alive
+from ..ledger import SELECTION_BY_RUN, Ledger, owner_alive
 from . import _html as H
 from .widgetbase import StaticFallback, remember_lab
 
@@ -292,7 +292,7 @@ class Dashboard(StaticFallback, W.VBox):
         self.inflight.value = H.table(["run", "candidate", "thread", "seed", "purpose", "slot", "age"], rows,
                                       caption="Runs in flight", max_height="12em")
 
-        self.tree.value = candidate_tree_html(cands, ideas, {c.id: ledger.mean(c, runs=runs) for c in cands},
+        self.tree.value = candidate_tree_html(cands, ideas, {c.id: _mean_text(ledger, c, runs) for c in cands},
                                               best.id if best is not None else None)
         self.board.refresh()
 
@@ -301,8 +301,8 @@ class Dashboard(StaticFallback, W.VBox):
         opts = []
         for c in reversed(cands):
             title = ideas[c.idea_id].title if c.idea_id in ideas else ("seed" if c.parent_id is None else "")
-            m = ledger.mean(c, runs=runs)
-            label = (f"{c.id} · {title[:40]} · {c.state.value}" + (f" · {m:.4g}" if m is not None and m == m else "")
+            m = _mean_text(ledger, c, runs)
+            label = (f"{c.id} · {title[:40]} · {c.state.value}" + (f" · {m}" if m else "")
                      + (" · best" if best is not None and c.id == best.id else ""))
             opts.append((label, c.id))
         if list(self.candidate.options) != opts:
@@ -434,9 +434,19 @@ class Dashboard(StaticFallback, W.VBox):
         super().close()
 
 
+def _mean_text(ledger: Ledger, c: Any, runs: list) -> str:
+    """A candidate's number as the ledger counts it: its selection-free mean, else its screening
+    mean (marked so); '' with no complete run (a killed or failed run never shows a number)."""
+    m = ledger.mean(c, runs=runs)
+    if m is not None:
+        return H.fmt(m)
+    m = ledger.mean(c, SELECTION_BY_RUN, runs=runs)
+    return f"{H.fmt(m)} (screening)" if m is not None else ""
+
+
 def candidate_tree_html(cands: list, ideas: dict, means: dict, best_id: str | None) -> str:
     """The candidates as a tree, parent → children (oldest first), each with its state, idea
-    title and selection-free mean; the ledger's best is starred."""
+    title and number (``_mean_text``); the ledger's best is starred."""
     ids = {c.id for c in cands}
     children: dict[str | None, list] = {}
     for c in cands:
@@ -450,7 +460,7 @@ def candidate_tree_html(cands: list, ideas: dict, means: dict, best_id: str | No
         lines.append(f'<div style="padding-left:{18 * depth}px; white-space:nowrap;">'
                      + ("└ " if depth else "") + f"{H.code(H.short(c.id, 14))} {H.badge(c.state)} "
                      + f"{H.esc(title[:60])}" + (f" · {H.esc(c.thread)}" if c.thread else "")
-                     + (f" · {H.fmt(m)}" if m is not None else "") + star + "</div>")
+                     + (f" · {H.esc(m)}" if m else "") + star + "</div>")
         for k in children.get(c.id, []):
             walk(k, depth + 1)
 

@@ -27,7 +27,9 @@ def test_dashboard_best_tree_and_reject_follow_the_ledger(filled_lab):
     assert "Candidate tree" in tree and tree.count("└ ") == 2
     assert tree.index(seed.id[:12]) < tree.index(cand.id[:12]) and "Toggle the trick" in tree
     star_line = next(line for line in tree.split("</div>") if "★ best" in line)
-    assert cand.id[:12] in star_line
+    assert cand.id[:12] in star_line and "1.005" in star_line          # its selection-free mean
+    bad_line = next(line for line in tree.split("</div>") if bad.id[:12] in line)
+    assert " · t2" in bad_line and bad_line.rstrip().endswith("t2")    # a failed run shows no number
     assert next(label for label, v in dash.candidate.options if v == cand.id).endswith("· best")
     # Reject asks for a reason first and changes nothing without one
     dash.candidate.value = cand.id
