@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 from .executors import Executor, Job, JobLimits, JobResult, get_executor
 from .executors.notebook import executed_path, outcome_path
+from .harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV
 from .lab import Lab
 from .records import Candidate, Run, State, new_id, now
 from .sandbox import PRIVATE_PATHS_ENV, private_paths
@@ -89,9 +90,26 @@ def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Jo
     return Job(run_id=run.id, notebook=str(lab.task.notebook), cwd=str(lab.task.path), run_dir=str(_run_dir(lab, run)),
                limits=limits, params=params,
                env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run.id,
-                    PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm")))},
+                    PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm"))),
+                    **compile_cache_job_env(lab, candidate)},
                files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
                collect=(Path(run.result_path).name,))
+
+
+def compile_cache_job_env(lab: Lab, candidate: Candidate) -> dict[str, str]:
+    """The variables that give a run its candidate's torch.compile cache on the machine that
+    runs it (``autolab.harnesskit.compile_cache_dir``): the lab's key and the candidate, and the
+    ancestors (nearest first) whose cache its first run starts from."""
+    chain, seen = [], {candidate.id}
+    cur = candidate
+    while cur.parent_id and cur.parent_id not in seen:
+        seen.add(cur.parent_id)
+        chain.append(cur.parent_id)
+        nxt = lab.log.get("candidate", cur.parent_id)
+        if nxt is None:
+            break
+        cur = nxt
+    return {COMPILE_CACHE_ENV: f"{lab.key}/{candidate.id}", COMPILE_CACHE_FROM_ENV: ",".join(chain)}
 
 
 def _run_dir(lab: Lab, run: Run) -> Path:

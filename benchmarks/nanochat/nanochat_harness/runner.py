@@ -444,6 +444,14 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     # Inductor compiles in this process, not in a pool of worker processes that would still be
     # running when the model is saved (nothing of the candidate may outlive its save)
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    # torch.compile's caches: the candidate's own folder, started from its nearest ancestor's
+    # (autolab.harnesskit.compile_cache_dir); the evaluation's processes never see it
+    from autolab.harnesskit import compile_cache_dir, compile_cache_env
+
+    ccache = compile_cache_dir(device)
+    env.update(compile_cache_env(ccache))
+    result["timings"]["compile_cache"] = "warm" if ccache is not None and any(ccache.rglob("*.*")) else (
+        "cold" if ccache is not None else "none")
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="",
@@ -466,10 +474,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         # reads by allow-list: the workdir, the harness, the train split's files (not the folder:
         # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
         readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
-                    data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent))
+                    data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
+                    *((str(ccache),) if ccache is not None else ()))
         idle0 = _idle_core_s()
         tr = _sandboxed([sys.executable, "train.py"], cwd=workdir, env=env, read_deny=tuple(denied),
-                        write_allow=(str(workdir),), wall_s=wall_factor * (budget_s + allowance_s) + grace_s,
+                        write_allow=(str(workdir), *((str(ccache),) if ccache is not None else ())), wall_s=wall_factor * (budget_s + allowance_s) + grace_s,
                         mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo, read_allow=readable,
                         end_marker=SAVED_LINE, after_end_s=float(settings.get("after_save_allowance_s", 10.0)),
                         cpu_limit_s=budget_s + allowance_s + grace_s if cpu_clock else None)
@@ -566,7 +575,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     ev, er = split_evaluation(
         script="train.py", cand=cand, workdir=workdir, mdir=mdir, hdir=hdir, eval_cfg_path=eval_cfg_path,
         eval_out=eval_out, trusted_module="nanochat_harness.evaluate", model_cfg={**common, "role": "model"},
-        config_env="AUTOLAB_RUN_CONFIG", env={k: v for k, v in env.items() if k != CANARY_ENV} | {
+        config_env="AUTOLAB_RUN_CONFIG", env={k: v for k, v in env.items() if k not in (
+            CANARY_ENV, "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")} | {
             "AUTOLAB_NANOCHAT_ROLE": "eval"},
         deny=denied + [str(workdir), str(hdir), str(Path(data["token_bytes"]).parent)], device=device,
         threads=int(settings.get("threads", 2)), wall_s=float(settings.get("eval_timeout_s", 300)), mem_mb=mem_mb,
