@@ -705,7 +705,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
             preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
-            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
+            share = int(preset.settings.get("runs_per_gpu", 1)) if preset.gpus else 1
+            cpu_threads = int(preset.settings.get("threads", 1))
+            n_slots = max(1, ex.slots_for(preset.gpus, cpu_threads, share) if share > 1
+                          else ex.slots_for(preset.gpus, cpu_threads))
             sched.n_slots = n_slots
 
             def wake() -> None:

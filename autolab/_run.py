@@ -50,7 +50,8 @@ def job_limits(preset: Preset) -> JobLimits:
     """The limits of one run of ``preset``: the whole execution's wall clock (the preset's
     ``timeout_s`` plus papermill's start-up and tear-down), its GPUs and CPU threads."""
     return JobLimits(timeout_s=preset.timeout_s + TIMEOUT_GRACE_S, gpus=preset.gpus,
-                     cpu_threads=int(preset.settings.get("threads", 1)))
+                     cpu_threads=int(preset.settings.get("threads", 1)),
+                     runs_per_gpu=int(preset.settings.get("runs_per_gpu", 1)) if preset.gpus else 1)
 
 
 def preset_record(preset: Preset) -> dict:
