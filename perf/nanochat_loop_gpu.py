@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+T_START = time.time()
 sys.path.insert(0, str(REPO))
 
 
@@ -53,16 +54,27 @@ def _autolab(*args: str, log: Path, timeout: float | None = None) -> tuple[int, 
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        if timeout is not None:   # past it: interrupt the loop (it records runs in flight, re-run on resume)
+            import signal
+            import threading
+
+            def stop() -> None:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+                    try:
+                        p.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+
+            timer = threading.Timer(timeout, stop)
+            timer.daemon = True
+            timer.start()
         out = []
         for line in p.stdout:  # type: ignore[union-attr]
             fh.write(line)
             fh.flush()
             out.append(line)
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        p.wait()
     return p.returncode, "".join(out)
 
 
@@ -100,6 +112,9 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--max-time", type=float, required=True, help="the loop's time box, seconds")
     ap.add_argument("--extra", action="append", default=[], help="more `autolab loop` arguments")
+    ap.add_argument("--stop-at", type=float, default=None,
+                    help="seconds after this script's start at which the loop is interrupted, whatever it is doing "
+                         "(so that the lab is exported inside the caller's time limit)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "loop.log"
@@ -109,8 +124,9 @@ def main() -> int:
             print(out[-3000:])
             return rc
     t0 = time.time()
+    stop_in = None if a.stop_at is None else max(10.0, a.stop_at - (time.time() - T_START))
     rc, out = _autolab("loop", a.task, "--preset", a.preset, "--lab", str(a.lab), "--iterations", str(a.iterations),
-                       "--max-time", f"{a.max_time:g}", "--json", *a.extra, log=log, timeout=a.max_time + 600)
+                       "--max-time", f"{a.max_time:g}", "--json", *a.extra, log=log, timeout=stop_in)
     t1 = time.time()
     summary = None
     for line in reversed(out.strip().splitlines()):

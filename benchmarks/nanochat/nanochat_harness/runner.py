@@ -729,6 +729,14 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             elif cpu_clock and tr["kill_reason"] == "timeout":
                 why = _wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get(
                     "machine_idle_core_s"), tr["wait_s"])
+            elif device == "cpu" and tr["kill_reason"] == "timeout" and tr["wait_s"] is not None \
+                    and tr["wait_s"] >= 0.25 * tr["wall_s"]:
+                # a wall-clock CPU preset on a machine too busy to give the run its cores
+                why = (f"infrastructure: the machine was too busy: the train process waited {tr['wait_s']:.0f} s for a "
+                       f"CPU in {tr['wall_s']:.0f} s of wall time (it got {cpu_used:.1f} CPU seconds) and ran past "
+                       f"budget_s + allowance_s = {limit:g} s; not the candidate's fault: run it again on a less "
+                       f"loaded machine, or use a preset with clock = \"cpu\"")
+                return done("failed", why)
             return done("killed", why)
         if cpu_clock and cpu_used > limit + grace_s:
             return done("killed", f"cpu: the train process tree used {cpu_used:.1f} CPU seconds in all (every process "
@@ -752,6 +760,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         # --- evaluate: a trusted process (the targets, the metric) and a sandboxed model process that
         # sees only a fresh folder with train.py and the weights-only model (split_evaluation)
         event(type="phase", phase="eval")
+        if not prewarm:
+            evaluation.start()
         ev, er = evaluation.finish(workdir, cand)
         result["timings"]["eval_s"] = round(ev["eval_s"], 3)             # from the model's save to the metric
         result["timings"]["eval_waited_s"] = round(ev["waited_s"], 3)    # started that long before, during training
@@ -804,7 +814,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             CANARY_ENV, "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")} | {"AUTOLAB_NANOCHAT_ROLE": "eval"},
         deny=denied + [str(workdir), str(hdir), str(Path(data["token_bytes"]).parent)], device=device,
         threads=int(settings.get("threads", 2)), wall_s=float(settings.get("eval_timeout_s", 300)), mem_mb=mem_mb,
-        echo=echo).start(before_s=wall_factor * (budget_s + allowance_s) + grace_s + 60.0)
+        echo=echo)
+    # on a GPU the two start now, beside the training; on a CPU preset (where two more interpreters
+    # importing torch would compete with the training for the cores) when the model is saved
+    prewarm = bool(settings.get("eval_prewarm", device == "cuda"))
+    if prewarm:
+        evaluation.start(before_s=train_limit_s + (gpu_wait_s if baton else 0.0) + 60.0)
     try:
         return _train_and_evaluate()
     finally:
