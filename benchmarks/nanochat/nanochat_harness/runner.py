@@ -730,7 +730,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                 why = _wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get(
                     "machine_idle_core_s"), tr["wait_s"])
             elif device == "cpu" and tr["kill_reason"] == "timeout" and tr["wait_s"] is not None \
-                    and tr["wait_s"] >= 0.25 * tr["wall_s"]:
+                    and tr["wait_s"] >= 0.5 * tr["wall_s"]:
                 # a wall-clock CPU preset on a machine too busy to give the run its cores
                 why = (f"infrastructure: the machine was too busy: the train process waited {tr['wait_s']:.0f} s for a "
                        f"CPU in {tr['wall_s']:.0f} s of wall time (it got {cpu_used:.1f} CPU seconds) and ran past "
