@@ -570,9 +570,9 @@ def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
 
 def test_runs_sharing_a_gpu_take_turns_for_their_timed_work(tmp_path, shared_cache):
     """gpu_baton: two runs started together on one (here: CPU) device. Both start at once; the
-    second's candidate code starts only after the first's evaluation has ended (its go comes
-    after the first wrote its result), the wait is not counted against its limits, and both
-    are complete and honest."""
+    second's candidate code starts only after the first's model is saved (its go), its clock only
+    after the first's evaluation has ended (the first wrote its result), the wait for the go is
+    not counted against its limits, and both are complete and honest."""
     import threading
 
     cand = _candidate(tmp_path, CANDIDATE)
@@ -592,8 +592,10 @@ def test_runs_sharing_a_gpu_take_turns_for_their_timed_work(tmp_path, shared_cac
     assert all(r["status"] == "ok" for r in out.values()), {n: r["reason"] for n, r in out.items()}
     first, second = sorted(out, key=lambda n: out[n]["timings"]["gpu_go_epoch"])
     t1, t2 = out[first]["timings"], out[second]["timings"]
-    assert t2["gpu_go_epoch"] >= (tmp_path / first / "result.json").stat().st_mtime   # after the first's evaluation
-    assert t2["gpu_wait_s"] > t1["eval_s"] and t2["train_wall_s"] - t2["train_s"] == pytest.approx(t2["gpu_wait_s"], abs=0.01)
+    first_done = (tmp_path / first / "result.json").stat().st_mtime
+    assert t2["gpu_clock_epoch"] >= first_done > t1["gpu_clock_epoch"] > t1["gpu_go_epoch"]   # timed windows apart
+    assert t2["gpu_go_epoch"] >= t1["gpu_clock_epoch"] + t1["train_window_s"] - 1   # after the first's save
+    assert t2["gpu_wait_s"] > 1 and t2["train_wall_s"] - t2["train_s"] == pytest.approx(t2["gpu_wait_s"], abs=0.01)
     assert t2["train_s"] <= 3 + t2["allowance_s"] + 2 and t2["startup_s"] < t2["clock_start_s"]
     assert all(out[n]["timings"]["eval_waited_s"] >= out[n]["timings"]["train_s"] - 1 for n in out)   # eval_prewarm
 

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from autolab.harnesskit import result_skeleton
 
-from . import CLOCK_LINE, SAVED_LINE
+from . import CLOCK_LINE, CLOCK_WANT_LINE, SAVED_LINE
 from .boot import READY_LINE
 from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
 
@@ -146,8 +146,13 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     live: dict[str, float] = {}
 
     def on_line(line: str) -> None:
-        if baton is not None and line.startswith(READY_LINE):
-            baton.ready(live, t_launch)
+        if baton is not None:
+            if line.startswith(READY_LINE):
+                baton.ready(live, t_launch)
+            elif line.startswith(CLOCK_WANT_LINE):
+                baton.clock_wanted()
+            elif line.startswith(SAVED_LINE):
+                baton.saved()
         if "clock" not in marks and line.startswith(CLOCK_LINE):
             marks["clock"] = time.monotonic()   # seen from outside: the candidate cannot move it back
         elif line.startswith(SAVED_LINE):
@@ -225,80 +230,27 @@ def _guard_violations(reads_log: Path, workdir: Path, output: str, canary: str, 
 
 # ----------------------------------------------------------------------------- the GPU baton
 
-class GpuBaton:
-    """One run's timed work on a GPU at a time, while the next run starts beside it.
+class _FileLock:
+    """An exclusive file lock (flock) taken by polling, so that a wait can be given up."""
 
-    Runs that share a GPU (``runs_per_gpu`` > 1 in the preset) take turns: a run's train process
-    starts (interpreter, harness, torch, the GPU's context: trusted code only, ``boot.py``), says
-    it is ready, and waits; the runner takes this GPU's lock (a file lock in the machine's cache,
-    one per GPU), then creates the go file, and keeps the lock until the run's evaluation has
-    ended. So the candidate's code, its compilation, its clock and its evaluation have the GPU to
-    themselves; only the start-up of the next run overlaps them. The time spent waiting is not
-    counted against the run's limits (no candidate code runs while it waits), and the hard limit
-    moves by it (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``)."""
+    def __init__(self, path: Path):
+        self.path, self._fh = path, None
 
-    def __init__(self, lock_path: Path, go_file: Path, limit_s: float):
-        self.lock_path, self.go_file, self.limit_s = lock_path, go_file, float(limit_s)
-        self.ready_at: float | None = None
-        self.go_at: float | None = None
-        self.go_epoch: float | None = None
-        self.cpu_at_ready = self.cpu_at_go = None
-        self._fh = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def for_gpu(gpu: str, go_file: Path, limit_s: float) -> "GpuBaton":
-        from autolab.harnesskit import cache_root
-
-        locks = cache_root() / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        key = "".join(c if c.isalnum() or c in "-_" else "-" for c in gpu) or "0"
-        return GpuBaton(locks / f"gpu-{key}.lock", go_file, limit_s)
-
-    @property
-    def waited_s(self) -> float:
-        if self.ready_at is None:
-            return 0.0
-        return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
-
-    def ready(self, live: dict, launched_at: float) -> None:
-        """The train process is ready (called from its output reader: must not block)."""
-        if self._thread is not None:
-            return
-        self.ready_at = time.monotonic()
-        self.cpu_at_ready = live.get("cpu_s")
-        self._thread = threading.Thread(target=self._take, args=(live, launched_at), daemon=True, name="gpu-baton")
-        self._thread.start()
-
-    def _take(self, live: dict, launched_at: float) -> None:
+    def take(self, stop: threading.Event) -> bool:
         import fcntl
 
-        fh = open(self.lock_path, "a+")
-        while not self._stop.is_set():
+        fh = open(self.path, "a+")
+        while not stop.is_set():
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                self._fh = fh
+                return True
             except BlockingIOError:
-                self._stop.wait(0.05)
-        else:
-            fh.close()
-            return
-        self._fh = fh
-        self.go_at, self.go_epoch = time.monotonic(), time.time()
-        self.cpu_at_go = live.get("cpu_s")
-        # the limit counts the time before the wait and after the go, not the wait
-        live["deadline"] = self.go_at + self.limit_s - (self.ready_at - launched_at)
-        self.go_file.write_text("go\n")
-
-    def stop_waiting(self) -> None:
-        """The train process has ended: a wait still going on ends (the lock, if taken, is kept)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+                stop.wait(0.02)
+        fh.close()
+        return False
 
     def release(self) -> None:
-        self.stop_waiting()
         if self._fh is not None:
             import fcntl
 
@@ -307,6 +259,101 @@ class GpuBaton:
             finally:
                 self._fh.close()
                 self._fh = None
+
+
+class GpuBaton:
+    """Runs that share a GPU take turns, so that a timed window has the GPU to itself while the
+    next run starts beside it. Two file locks per GPU, in the machine's cache:
+
+    - the **candidate** lock, from a run's go (before any of its candidate code runs) to its
+      model's save: one candidate's code on the GPU at a time;
+    - the **timed** lock, from the run's clock start to the end of its evaluation: the harness's
+      clock (``H.start_clock``) waits for it, so no other run's candidate code or evaluation
+      runs on the GPU during a timed window (the next run compiles while this one evaluates).
+
+    A run's train process starts with trusted code only (``boot.py``: interpreter, harness, torch,
+    the GPU's context), says it is ready and waits for its go (the candidate lock). That wait is
+    not counted against the run's limits: no candidate code runs in it; the hard limit moves by it
+    (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``). The wait for the clock is counted
+    (candidate code has run by then: it is start-up)."""
+
+    def __init__(self, lock_dir: Path, key: str, folder: Path, limit_s: float):
+        self.cand_lock = _FileLock(lock_dir / f"gpu-{key}.candidate.lock")
+        self.timed_lock = _FileLock(lock_dir / f"gpu-{key}.timed.lock")
+        self.go_file, self.clock_file, self.limit_s = folder / "go", folder / "clock", float(limit_s)
+        self.ready_at: float | None = None
+        self.go_at: float | None = None
+        self.go_epoch: float | None = None
+        self.clock_wait_s = 0.0
+        self.clock_epoch: float | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._clock_asked = False
+
+    @staticmethod
+    def for_gpu(gpu: str, folder: Path, limit_s: float) -> "GpuBaton":
+        from autolab.harnesskit import cache_root
+
+        locks = cache_root() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        key = "".join(c if c.isalnum() or c in "-_" else "-" for c in gpu) or "0"
+        return GpuBaton(locks, key, folder, limit_s)
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds between ready and go (no candidate code ran)."""
+        if self.ready_at is None:
+            return 0.0
+        return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
+
+    def _spawn(self, fn, *args) -> None:
+        th = threading.Thread(target=fn, args=args, daemon=True, name="gpu-baton")
+        self._threads.append(th)
+        th.start()
+
+    def ready(self, live: dict, launched_at: float) -> None:
+        """The train process is ready for its candidate code (called from the output reader:
+        must not block)."""
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+            self._spawn(self._go, live, launched_at)
+
+    def _go(self, live: dict, launched_at: float) -> None:
+        if not self.cand_lock.take(self._stop):
+            return
+        self.go_at, self.go_epoch = time.monotonic(), time.time()
+        # the limit counts the time before the wait and after the go, not the wait
+        live["deadline"] = self.go_at + self.limit_s - (self.ready_at - launched_at)
+        self.go_file.write_text("go\n")
+
+    def clock_wanted(self) -> None:
+        """The harness wants to start its clock (output reader: must not block)."""
+        if not self._clock_asked:
+            self._clock_asked = True
+            self._spawn(self._clock)
+
+    def _clock(self) -> None:
+        t0 = time.monotonic()
+        if self.timed_lock.take(self._stop):
+            self.clock_wait_s, self.clock_epoch = time.monotonic() - t0, time.time()
+            self.clock_file.write_text("clock\n")
+
+    def saved(self) -> None:
+        """The model is saved: the next run's candidate code may start (it will wait for this
+        run's evaluation before its clock)."""
+        self.cand_lock.release()
+
+    def stop_waiting(self) -> None:
+        """The train process has ended: waits still going on end (locks taken are kept)."""
+        self._stop.set()
+        for th in self._threads:
+            th.join(timeout=5)
+
+    def release(self) -> None:
+        """After the evaluation (or when there is none): both locks."""
+        self.stop_waiting()
+        self.cand_lock.release()
+        self.timed_lock.release()
 
 
 # ----------------------------------------------------------------------------- split evaluation
@@ -589,7 +636,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if bdir.exists():
             shutil.rmtree(bdir)
         bdir.mkdir(parents=True)
-        baton = GpuBaton.for_gpu(f"{device}-{os.environ.get('CUDA_VISIBLE_DEVICES', '')}", bdir / "go", train_limit_s)
+        baton = GpuBaton.for_gpu(f"{device}-{os.environ.get('CUDA_VISIBLE_DEVICES', '')}", bdir, train_limit_s)
     launch = time.time()
     run_cfg = {**common, "events_path": str(events_path),
                "data": {"train": data["splits"]["train"], "token_bytes": data["token_bytes"],
@@ -597,7 +644,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "launch_time": launch, "deadline": launch + wall_factor * (budget_s + allowance_s),
                "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
                **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {}),
-               **({"baton_file": str(baton.go_file)} if baton else {})}
+               **({"baton_file": str(baton.go_file), "clock_gate_file": str(baton.clock_file)} if baton else {})}
     atomic_write_json(run_cfg_path, run_cfg)
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
@@ -670,6 +717,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if baton:
             result["timings"]["gpu_wait_s"] = round(waited, 3)
             result["timings"]["gpu_go_epoch"] = baton.go_epoch
+            result["timings"]["gpu_clock_wait_s"] = round(baton.clock_wait_s, 3)   # counted: start-up
+            result["timings"]["gpu_clock_epoch"] = baton.clock_epoch
         if tr["cpu_s"] is not None:
             result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
         if idle0 is not None and idle1 is not None:
