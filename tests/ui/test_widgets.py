@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -71,7 +72,9 @@ def test_diff_view_side_by_side_with_highlighting(filled_lab):
     assert "solution.py" in html and "autolab-diff-replace" in html
     assert "#ffebe9" in html and "#e6ffec" in html          # removed / added tints
     assert 'style="color:#' in html                          # pygments colours, inline
-    assert "2.0" in html and "1.0" in html
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "X = 2.0" in text and "X = 1.0" in text
+    assert re.search(r'class="autolab-diff-mark"[^>]*>1<', html) and re.search(r'class="autolab-diff-mark"[^>]*>2<', html)
     view.whole.value = True                                  # whole files: every line of both sides
     assert view.html.value.count("autolab-diff-equal") >= 3
     assert cand.id in view.static_html() and "solution.py" in view.plain_text()
@@ -95,6 +98,64 @@ def test_unified_diff_parsing_matches_full_text_diff():
     assert (files["gone.py"].added, files["gone.py"].removed) == (0, 1)
     html = side_by_side(old, new)
     assert html.count("autolab-diff-replace") == 1 and "new.py" in html
+
+
+def test_a_long_unchanged_line_wraps_and_both_sides_stay_in_view():
+    """A 300-character unchanged line must not widen the table: each half wraps its lines
+    (fixed layout, pre-wrap), so the added side is still there next to the removed one."""
+    from autolab.diffs import unified_diff
+    from autolab.ui.diffhtml import ADD_MARK, DEL_MARK
+
+    long = "PATH = '" + "abcdefghij" * 30 + "'"
+    old = {"train.py": f"{long}\nlr = 0.01\nsteps = 10\n"}
+    new = {"train.py": f"{long}\nlr = 0.02\nsteps = 10\nwarmup = 5\n"}
+    for html in (side_by_side(old, new), side_by_side_from_unified_(unified_diff(old, new))):
+        table = html[html.index("<table"):]
+        assert "table-layout:fixed" in table and "white-space:pre-wrap" in table and "white-space:pre;" not in table
+        row = re.search(r'<tr class="autolab-diff-equal">.*?</tr>', table).group(0)
+        assert row.count("abcdefghij" * 30) == 2                          # the long line, on both sides
+        changed = re.search(r'<tr class="autolab-diff-replace">.*?</tr>', table).group(0)
+        old_cell, new_cell = changed.split("</td><td", 3)[1], changed.split("</td><td", 3)[3]
+        assert "0." in old_cell and "0." in new_cell                        # removed and added, one row
+        assert re.search(rf'class="autolab-diff-mark" style="[^"]*background:{DEL_MARK}[^"]*">01<', old_cell)
+        assert re.search(rf'class="autolab-diff-mark" style="[^"]*background:{ADD_MARK}[^"]*">02<', new_cell)
+        assert "warmup" in table and "autolab-diff-insert" in table
+    uni = side_by_side(old, new, mode="unified")
+    assert "autolab-diff-unified" in uni and uni.count("abcdefghij" * 30) == 1
+    assert uni.index(">01<") < uni.index(">02<") and "white-space:pre;" not in uni
+    with pytest.raises(ValueError, match="unified"):
+        side_by_side(old, new, mode="wide")
+
+
+def side_by_side_from_unified_(diff):
+    from autolab.ui.diffhtml import side_by_side_from_unified
+
+    return side_by_side_from_unified(diff)
+
+
+def test_inline_changes_mark_the_changed_words_only():
+    from autolab.diffs import inline_changes
+
+    a, b = "lr = 0.01 * scale", "lr = 0.02 * scale  # tuned"
+    da, db = inline_changes(a, b)
+    assert [a[s:e] for s, e in da] == ["01"] and [b[s:e] for s, e in db] == ["02", "  # tuned"]
+    assert inline_changes("import os", "return model(x, y, z)") == ([], [])   # a rewrite: the line is the change
+
+
+def test_diff_view_switches_to_unified(filled_lab):
+    view = ui.DiffView(filled_lab["cand"], filled_lab["lab"])
+    assert "autolab-diff-split" in view.html.value and "autolab-diff-mark" in view.html.value
+    view.layout_buttons.value = "unified"
+    assert "autolab-diff-unified" in view.html.value and view.mode == "unified"
+
+
+def test_a_long_seed_is_collapsed_to_its_file_list():
+    from autolab.ui.diffhtml import code_html
+
+    files = {f"k{i}.py": "".join(f"x{j} = {j}\n" for j in range(60)) for i in range(20)}
+    html = code_html(files)
+    assert html.count("<details") == 20 and " open>" not in html and "20 file(s), 1200 lines" in html
+    assert " open>" in code_html({"a.py": "x = 1\n"})
 
 
 # ---------------------------------------------------------------------------- RunMonitor
