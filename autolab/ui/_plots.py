@@ -26,9 +26,10 @@ def png_bytes(fig, *, dpi: int | None = None) -> bytes:
 
 def curves_png(series: Sequence[tuple[str, Iterable[float], Iterable[float]]], *, xlabel: str = "seconds",
                ylabel: str = "train loss", budget_s: float | None = None, title: str = "",
-               w: float = 6.4, h: float = 2.8) -> bytes:
-    """PNG of loss curves: ``series`` is [(label, xs, ys), ...]."""
-    fig = new_figure(w, h)
+               w: float = 6.4, h: float = 2.8, legend_outside: bool = False) -> bytes:
+    """PNG of loss curves: ``series`` is [(label, xs, ys), ...]. ``legend_outside`` puts the
+    legend to the right of the axes, where it never covers a curve."""
+    fig = new_figure(w, h, dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     drawn = 0
     for k, (label, xs, ys) in enumerate(series):
@@ -48,7 +49,10 @@ def curves_png(series: Sequence[tuple[str, Iterable[float], Iterable[float]]], *
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if drawn > 1 or (drawn == 1 and series and series[0][0]):
-        ax.legend(fontsize=8, loc="upper right")
+        if legend_outside:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        else:
+            ax.legend(fontsize=8, loc="upper right")
     return png_bytes(fig)
 
 

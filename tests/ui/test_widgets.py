@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -226,6 +227,43 @@ def test_run_monitor_start_runs_autolab_run_in_a_thread(filled_lab):
     mon.close()
 
 
+def test_run_monitor_of_a_task_without_curves_shows_problems_not_an_empty_chart(filled_lab):
+    """A kernels-like result: per-problem score and correctness, no loss curve, no steps."""
+    import json
+
+    lab, cand = filled_lab["lab"], filled_lab["cand"]
+    run = [r for r in lab.log.runs_list() if r.candidate_id == cand.id][0]
+    rdir = lab.file(run.result_path).parent
+    (rdir / "result.json").write_text(json.dumps({"status": "ok", "metrics": {"loss": 0.7}, "details": {"problems": {
+        "matmul": {"score": 0.74, "correct": True}, "softmax": {"score": 0.0, "correct": False}}}}))
+    (rdir / "notebook.ipynb").write_text("{}")
+    mon = ui.RunMonitor(lab, throttle_s=0)
+    mon({"type": "run_start", "run_id": run.id, "seed": run.seed, "candidate_id": cand.id})
+    mon({"type": "phase", "run_id": run.id, "phase": "eval"})
+    assert "evaluating" in mon.run_label.value and "step" not in mon.run_label.value
+    mon({"type": "run_end", "run_id": run.id, "run": run})
+    assert mon.plot.layout.display == "none" and not mon.has_curves()          # no empty loss chart
+    assert "Per problem" in mon.problems_html.value and "matmul" in mon.problems_html.value
+    assert "0.74" in mon.problems_html.value and "✗ incorrect" in mon.problems_html.value
+    table = mon.table.value
+    assert "steps" not in table and "last loss" not in table and "Scale X by 2" in table     # the idea, no steps 0
+    href = re.search(r'<a href="([^"]+)"', table).group(1)
+    assert href.endswith("notebook.ipynb") and (Path.cwd() / href).resolve() == (rdir / "notebook.ipynb").resolve()
+    mon.close()
+
+
+def test_run_monitor_names_ideas_and_draws_the_labs_progress(filled_lab):
+    lab, cand, seed = filled_lab["lab"], filled_lab["cand"], filled_lab["seed"]
+    mon = ui.RunMonitor(lab, throttle_s=0, progress=True)
+    assert mon.progress_plot.value[:4] == b"\x89PNG" and mon.progress_plot.layout.display is None
+    for rid, c in (("r-1", cand), ("r-2", seed)):
+        mon({"type": "run_start", "run_id": rid, "seed": 1, "candidate_id": c.id})
+        mon({"type": "curve", "run_id": rid, "step": 1, "t": 0.5, "loss": 2.0})
+    assert mon.plot.layout.display is None and mon.plot.value[:4] == b"\x89PNG"
+    assert (mon.runs["r-1"].label, mon.runs["r-2"].label) == ("Scale X by 2", "seed")
+    mon.close()
+
+
 # ---------------------------------------------------------------------------- AuditView, Leaderboard, Dashboard
 
 def test_audit_view_shows_badge_p_value_and_checks(filled_lab):
@@ -253,6 +291,22 @@ def test_leaderboard_ranks_and_refreshes(filled_lab):
     board.refresh_button.click()
     assert board.html.value.index(other.id) < board.html.value.index(cand.id)   # promoted and better: the new best
     assert "Leaderboard" in board.plain_text()
+
+
+def test_leaderboard_marks_the_ledgers_best_and_refreshes_when_a_run_ends(filled_lab):
+    lab, cand, bad = filled_lab["lab"], filled_lab["cand"], filled_lab["bad"]
+    board = ui.Leaderboard(lab, progress=True)
+    rows = re.findall(r"<tr style=.*?</tr>", board.html.value)
+    assert cand.id in rows[0] and ">best<" in rows[0] and sum(">best<" in r for r in rows) == 1
+    assert board.plot.value[:4] == b"\x89PNG" and "data:image/png;base64," in board.static_html()
+    lab.reject(cand, reason="a leak")
+    add_runs(lab, bad, [0.5, 0.6])
+    board({"type": "run_end", "run_id": "r-x"})
+    deadline = time.time() + 30
+    while bad.id not in board.html.value.split("</tr>")[1] and time.time() < deadline:
+        time.sleep(0.05)
+    rows = re.findall(r"<tr style=.*?</tr>", board.html.value)
+    assert cand.id in rows[-1] and "REJECTED" in rows[-1] and ">best<" not in rows[-1]    # rejected: last, not best
 
 
 def test_dashboard_buttons_change_the_lab(filled_lab):
