@@ -30,12 +30,15 @@ def test_build_report_is_self_contained(small_lab, tmp_path):
     html = out.read_text()
     assert out.exists() and out.suffix == ".html"
     imgs = re.findall(r'<img[^>]*src="data:image/png;base64,[^"]+"[^>]*>', html)
-    assert len(imgs) == 3                                         # progress, lineage, per-thread curves
+    assert len(imgs) == 4                         # progress, lineage, per-thread curves, best vs seed curves
     assert all('alt="' in i and "No description" not in i for i in imgs)
     assert _remote_refs(html) == [], _remote_refs(html)[:5]
     assert "<script src" not in html and "application/vnd.jupyter.widget-view+json" not in html
-    for section in ("Progress", "Leaderboard", "Lineage", "Research threads", "Audit", "The best change"):
+    for section in ("About this report", "Progress", "Leaderboard", "Lineage", "Research threads",
+                    "Best against seed", "Audit", "The best change"):
         assert section in html
+    assert "papermill" not in html and "-p lab" not in html                   # no authoring instructions
+    assert "seed policy" in html and "commit" in html and "hardware" in html
     assert "Raise the peak learning rate" in html and "hidden_val" in html   # leaderboard and audit content
     assert "import autolab.report" not in html                                # code cells are hidden
 
