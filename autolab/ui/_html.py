@@ -169,7 +169,7 @@ def verdict_html(v: Verdict, *, alpha: float | None = None, unit: str = "") -> s
     vs = (f" vs parent {code(short(v.parent_id, 14))}" if v.parent_id else "") + \
         f' <span style="color:#6e7781; font-size:11px;">(verdict {esc(v.id)})</span>'
     u = f" {esc(unit)}" if unit else ""
-    numbers = table(["", "mean", "n"], [
+    numbers = table(["", "mean over this audit's runs", "n"], [
         ("candidate", fmt(v.candidate_mean) + u, str(v.n_candidate)),
         ("parent", fmt(v.parent_mean) + u, str(v.n_parent)),
     ])

@@ -352,16 +352,20 @@ def code_html(files: Mapping[str, str], *, max_height: str | None = "32em", titl
         out.append(f'<div style="{FONT} color:#57606a; margin:2px 0 4px 0;">{len(files)} file(s), {total} lines: '
                    f'click a file to open it.</div>')
     for path, lines_text in texts.items():
-        lines = highlight_lines("\n".join(lines_text), path) if lines_text else []
-        rows = "".join(
-            f'<tr><td style="{_NO} background:#f6f8fa;">{k}</td><td style="{_CODE}">{line}</td></tr>'
-            for k, line in enumerate(lines, 1))
+        if opened:   # a short seed: coloured, numbered lines
+            lines = highlight_lines("\n".join(lines_text), path) if lines_text else []
+            body = ('<table class="autolab-code" style="border-collapse:collapse; width:100%; table-layout:fixed;">'
+                    f'<colgroup><col style="width:{NO_W};"><col></colgroup>'
+                    + "".join(f'<tr><td style="{_NO} background:#f6f8fa;">{k}</td><td style="{_CODE}">{line}</td></tr>'
+                              for k, line in enumerate(lines, 1)) + "</table>")
+        else:        # a long one: plain text, so the saved notebook stays about the size of the files
+            body = (f'<pre class="autolab-code" style="{MONO} {WRAP} margin:0; padding:4px 8px; line-height:1.45;">'
+                    f'{esc(chr(10).join(lines_text))}</pre>')
         scroll = f"max-height:{max_height}; overflow-y:auto;" if max_height else ""
         out.append(f'<details class="autolab-code-file" style="margin-bottom:6px;"{opened}>'
                    f'<summary style="{FONT} background:#f6f8fa; border:1px solid #d0d7de; border-radius:6px; '
                    f'padding:4px 8px; cursor:pointer;"><b>{esc(path)}</b> '
-                   f'<span style="color:#6e7781;">{len(lines)} lines</span></summary>'
+                   f'<span style="color:#6e7781;">{len(lines_text)} lines</span></summary>'
                    f'<div style="border:1px solid #d0d7de; border-top:none; border-radius:0 0 6px 6px; {scroll}">'
-                   f'<table class="autolab-code" style="border-collapse:collapse; width:100%; table-layout:fixed;">'
-                   f'<colgroup><col style="width:{NO_W};"><col></colgroup>{rows}</table></div></details>')
+                   f'{body}</div></details>')
     return "".join(out)

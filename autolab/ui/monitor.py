@@ -186,6 +186,8 @@ class RunMonitor(StaticFallback, W.VBox):
                         rs.t, rs.loss = _result_curve(run, self.lab, result) or (rs.t, rs.loss)
                         rs.step = max(rs.step, len(rs.t) - 1)
                     rs.problems = _problems(result)
+                    if rs.state != "COMPLETE":   # which problems failed is news; a score of a run that did not complete is not
+                        rs.problems = {n: {**p, "score": None} for n, p in rs.problems.items()}
                     rs.notebook = str(getattr(run, "notebook", "") or "")
                     if not rs.label:
                         rs.label = self._label(getattr(run, "candidate_id", None))

@@ -156,6 +156,7 @@ def test_a_long_seed_is_collapsed_to_its_file_list():
     files = {f"k{i}.py": "".join(f"x{j} = {j}\n" for j in range(60)) for i in range(20)}
     html = code_html(files)
     assert html.count("<details") == 20 and " open>" not in html and "20 file(s), 1200 lines" in html
+    assert len(html) < 3 * sum(len(t) for t in files.values())      # plain text when collapsed: a saved notebook stays small
     assert " open>" in code_html({"a.py": "x = 1\n"})
 
 
