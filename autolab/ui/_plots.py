@@ -140,12 +140,16 @@ def progress_figure(log, *, w: float = 9.0, h: float = 4.2, title: str = "Progre
         return fig
     x = list(range(1, len(ex) + 1))
     ok = ex["mean"].notna()
+    is_seed = ex["parent_id"].isna()
+    if (ok & is_seed).any():
+        ax.scatter([x[i] for i in range(len(ex)) if ok.iloc[i] and is_seed.iloc[i]], ex["mean"][ok & is_seed], s=90,
+                   marker="*", color="#0969da", label="seed", zorder=4, edgecolor="white", linewidth=0.5)
     for state, color in STATE_COLORS.items():
-        sel = ok & (ex["state"] == state)
+        sel = ok & ~is_seed & (ex["state"] == state)
         if sel.any():
             ax.scatter([x[i] for i in range(len(ex)) if sel.iloc[i]], ex["mean"][sel], s=40, color=color,
                        label=state.lower(), zorder=3, edgecolor="white", linewidth=0.5)
-    other = ok & ~ex["state"].isin(list(STATE_COLORS))
+    other = ok & ~is_seed & ~ex["state"].isin(list(STATE_COLORS))
     if other.any():
         ax.scatter([x[i] for i in range(len(ex)) if other.iloc[i]], ex["mean"][other], s=32, color="#57606a", zorder=3,
                    label="other")
