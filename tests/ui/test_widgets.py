@@ -302,11 +302,14 @@ def test_leaderboard_marks_the_ledgers_best_and_refreshes_when_a_run_ends(filled
     assert board.plot.value[:4] == b"\x89PNG" and "data:image/png;base64," in board.static_html()
     lab.reject(cand, reason="a leak")
     add_runs(lab, bad, [0.5, 0.6])
+    assert "REJECTED" not in board.html.value                 # not yet refreshed
+    board({"type": "curve", "run_id": "r-x"})                  # only a run's end refreshes
     board({"type": "run_end", "run_id": "r-x"})
     deadline = time.time() + 30
-    while bad.id not in board.html.value.split("</tr>")[1] and time.time() < deadline:
+    while "REJECTED" not in board.html.value and time.time() < deadline:
         time.sleep(0.05)
     rows = re.findall(r"<tr style=.*?</tr>", board.html.value)
+    assert "0.55" in board.html.value                                                     # the new runs' mean
     assert cand.id in rows[-1] and "REJECTED" in rows[-1] and ">best<" not in rows[-1]    # rejected: last, not best
 
 
