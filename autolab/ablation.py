@@ -32,8 +32,8 @@ from .diffs import diff_stat, merge3, unified_diff
 from .errors import AutolabError
 from .executors import Executor, get_executor
 from .lab import Lab, check_compiles
-from .ledger import Ledger, missing_seeds
-from .records import Candidate, Purpose, new_id, now
+from .ledger import RETRYABLE, Ledger, seed_range
+from .records import Candidate, Purpose, State, new_id, now
 from .store import candidate_id
 from ._run import submit_run
 
@@ -212,8 +212,9 @@ def ablate(lab: Lab, candidate: Candidate | str, *, seeds: int | None = None,
            executor: Executor | str | None = None, on_event: Callable[[dict], None] | None = None) -> list[AblationRow]:
     """Measure each change ``candidate`` carries on its own: run the candidate and each
     "candidate minus one change" on the same ``seeds`` fresh seeds of the final range (default:
-    the task's ``[seeds] final``), record one row per change in the log, return the rows.
-    Runs that already exist on those seeds (an earlier ablation or final comparison) are reused."""
+    the task's ``[seeds] final``; :func:`ablation_seeds`), record one row per change in the log,
+    return the rows. Runs that already exist on those seeds (an earlier ablation or the final
+    comparison) are reused; a variant's failed run leaves that seed unpaired (NO_RUNS below 2)."""
     full = lab.candidate(candidate) if isinstance(candidate, str) else lab.candidate(candidate.id)
     seed = lab.seed_candidate()
     if full.id == seed.id:
@@ -229,21 +230,37 @@ def ablate(lab: Lab, candidate: Candidate | str, *, seeds: int | None = None,
         raise AutolabError(f"seeds={n}: an effect's interval and p-value need at least 2 paired seeds; pass 2 or more")
     vs = variants(lab, full)
     to_run = [full] + [lab.candidate(v.candidate_id) for v in vs if v.status == MEASURED and v.candidate_id]
+    want = ablation_seeds(n)
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     try:
         futures = []
         for c in dict((c.id, c) for c in to_run).values():
-            for s in missing_seeds(lab, c, Purpose.FINAL, n):
+            for s in _seeds_to_run(lab, c, want):
                 futures.append(submit_run(lab, c, s, purpose=Purpose.FINAL, executor=ex, on_event=on_event)[1])
         for f in futures:
             f.result()
     finally:
         if ex is not executor:
             ex.shutdown()
-    return _record(lab, full, vs, n)
+    return _record(lab, full, vs, want)
 
 
-def _record(lab: Lab, full: Candidate, vs: Sequence[Variant], n: int) -> list[AblationRow]:
+def ablation_seeds(n: int) -> list[int]:
+    """The random seeds of an ablation: the first ``n`` of the final range, the same for the full
+    candidate and every variant (never seeds that selected anything)."""
+    first = seed_range(Purpose.FINAL.value)
+    return list(range(first, first + n))
+
+
+def _seeds_to_run(lab: Lab, c: Candidate, want: Sequence[int]) -> list[int]:
+    """The seeds of ``want`` the candidate has no final run on yet that counts: a complete, failed
+    or running one, or one killed for a reason of its own (an interrupted run is run again)."""
+    have = {r.seed for r in Ledger(lab).runs_of(c, purposes=(Purpose.FINAL.value,), states=None)
+            if r.state is not State.KILLED or (r.error or {}).get("reason") not in RETRYABLE}
+    return [s for s in want if s not in have]
+
+
+def _record(lab: Lab, full: Candidate, vs: Sequence[Variant], want: Sequence[int]) -> list[AblationRow]:
     from ._audit.stats import paired
 
     ledger = Ledger(lab)
@@ -257,7 +274,7 @@ def _record(lab: Lab, full: Candidate, vs: Sequence[Variant], n: int) -> list[Ab
         if v.status != MEASURED:
             rows.append(AblationRow(status=v.status, detail=v.detail, **base))
             continue
-        prs = ledger.pairs(full, v.candidate_id, (Purpose.FINAL.value,))[:n]
+        prs = [p for p in ledger.pairs(full, v.candidate_id, (Purpose.FINAL.value,)) if p[0] in set(want)]
         a, b = [x for _, x, _ in prs], [y for _, _, y in prs]
         if len(prs) < 2:
             rows.append(AblationRow(status=NO_RUNS, seeds=[s for s, _, _ in prs], full=a, without=b,
@@ -306,5 +323,5 @@ def ablation_table(lab_or_log, candidate: str | None = None, *, latest: bool = T
     return pd.DataFrame(recs, columns=cols) if recs else pd.DataFrame(columns=cols)
 
 
-__all__ = ["Change", "Variant", "AblationRow", "changes", "without", "variants", "ablate", "ablation_rows",
+__all__ = ["Change", "Variant", "AblationRow", "changes", "without", "variants", "ablate", "ablation_seeds", "ablation_rows",
            "ablation_table", "EVENT", "MEASURED", "NOT_REVERSIBLE", "NO_EFFECT", "NOT_COMPILING", "NO_RUNS"]
