@@ -663,12 +663,14 @@ def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, las
     out = [f"lab {lab.path}: task {lab.task.name}, preset {lab.preset_name}, metric {name} ({direction})"]
     bm, sm = summary["best_mean"], summary["seed_mean"]
     gain = lab.task.metric.gain(bm, sm) if bm is not None and sm is not None else None
+    state = lab.candidate(summary["best"]).state.value
     if summary["best"] == summary["seed"]:
-        out.append(f"best: the seed {summary['seed']}, {name} {_num(sm)} over {summary['seed_n']} selection-free seeds "
-                   "(no promoted candidate beats it)")
+        out.append(f"best: {summary['seed']} seed ({state}), {name} {_num(sm)} over {summary['seed_n']} selection-free "
+                   "seeds (the seed: no promoted candidate beats it)")
     else:
-        out.append(f"best: {summary['best']} \"{summary['best_title']}\", {name} {_num(bm)} over {summary['best_n']} "
-                   f"selection-free seeds; the seed {_num(sm)} (n={summary['seed_n']}); gain {_num(gain, '+.4f')}")
+        out.append(f"best: {summary['best']} {summary['best_title']} ({state}), {name} {_num(bm)} over "
+                   f"{summary['best_n']} selection-free seeds; the seed {_num(sm)} (n={summary['seed_n']}); "
+                   f"gain {_num(gain, '+.4f')}")
     if len(summary["best_by_line"]) > 1:
         out.append("best per research line: " + ", ".join(f"{th} {cid}" for th, cid in sorted(summary["best_by_line"].items())))
     nz = summary["noise"]
