@@ -112,7 +112,7 @@ class TerminalProgress:
                 self.runs[rid] = {"seed": event.get("seed"), "cand": event.get("candidate_id"), "purpose": event.get("purpose"),
                                   "t0": time.monotonic(), "phase": "queued", "t": None, "step": None, "loss": None,
                                   "said": 0.0}
-                self._say(rid, "queued" if not self.remote else "submitted")
+                self._say(rid, self._phase_text(self.runs[rid]))
             elif kind == "run_end":
                 st = self.runs.pop(rid, None)
                 run = event.get("run")
@@ -141,6 +141,8 @@ class TerminalProgress:
     def _advance(self, rid: str, st: dict, phase: str) -> bool:
         """Move the run to a later phase (never back); True if it moved."""
         if self.RANK.get(phase, -1) > self.RANK.get(st["phase"], -1):
+            if st["phase"] == "queued" and not self.remote:   # it started now: time it from here, not its queueing
+                st["t0"] = time.monotonic()
             st["phase"] = phase
             self._say(rid, self._phase_text(st))
             return True
@@ -160,10 +162,21 @@ class TerminalProgress:
             return f"ETA > {max(left_train, 0):.0f} s (training left; no earlier run to time the rest)"
         return ""
 
+    def _short(self, st: dict) -> str:
+        """The run's phase in a few words, for the status line when several runs are in flight."""
+        ph = st["phase"]
+        if ph == "training" and self.budget_s:
+            ph = f"training {st['t'] or 0:.0f}/{self.budget_s:g} {self.clock}"
+        elif ph == "queued":
+            ph = "waiting"
+        eta = self._eta(st)
+        return f"{ph}, {time.monotonic() - st['t0']:.0f} s" + (f", {eta.split(' (')[0]}" if eta else "")
+
     def _phase_text(self, st: dict) -> str:
         ph = st["phase"]
         if ph == "queued":
-            text = "submitted (runs remotely)" if self.remote else "queued (waiting for a free slot)"
+            text = ("submitted (runs remotely)" if self.remote else
+                    "waiting to start (for a free slot, then for papermill)")
         elif ph == "start-up":
             text = "start-up (kernel, data, imports, compile)"
         elif ph == "training":
@@ -219,7 +232,9 @@ class TerminalProgress:
     def status_line(self) -> str:
         """The one-line summary of the runs in flight (what the TTY shows)."""
         with self._lock:
-            parts = [f"seed {st['seed']}: {self._phase_text(st)}" for st in list(self.runs.values())[:3]]
+            live = list(self.runs.values())
+            text = self._phase_text if len(live) == 1 else self._short
+            parts = [f"seed {st['seed']}: {text(st)}" for st in live[:3]]
             more = f" +{len(self.runs) - 3} more" if len(self.runs) > 3 else ""
             return f"[{self.done} done, {len(self.runs)} in flight] " + " | ".join(parts) + more
 
@@ -420,8 +435,9 @@ def cmd_audit(args) -> int:
     lab, c = _open_lab_candidate(args)
     ledger = lab.ledger
     if c.id == lab.seed_candidate().id or not c.parent_id:
-        raise AutolabError(f"{c.id} is {'the lab' + chr(39) + 's seed' if c.id == lab.seed_candidate().id else 'a root candidate'}"
-                           ": it has no parent to be audited against; audit a candidate that descends from it")
+        what = "the lab's seed" if c.id == lab.seed_candidate().id else "a root candidate (an ablation's variant)"
+        raise AutolabError(f"{c.id} is {what}: it has no parent to be audited against; audit a candidate that "
+                           "descends from the seed")
     stage = args.stage
     if stage == "auto":   # the loop's order: screened first, confirmed once it has selection-free runs
         stage = "confirm" if ledger.runs_of(c, purposes=SELECTION_FREE) else "screen"
@@ -806,6 +822,7 @@ def cmd_demo(args) -> int:
     from .lab import Lab
     from ._loop import final_comparison, loop
 
+    check_data(args)
     lab_path = Path(args.lab)
     if args.fresh and lab_path.exists():
         shutil.rmtree(lab_path)

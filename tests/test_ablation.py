@@ -90,6 +90,13 @@ def test_ablate_measures_each_change_reports_the_rest_and_survives_a_reopen(tmp_
     assert list(table["change"]) == [1, 2, 3] and list(table["status"]) == [NOT_REVERSIBLE, MEASURED, MEASURED]
     assert table.loc[table["after"] == c.id, "effect"].item() == pytest.approx(1.0)
     assert table.loc[table["after"] == c.id, "n"].item() == 2
+    from autolab.log import ResearchLog
+
+    bare = ablation_table(ResearchLog(lab.path / "log.db"))   # what the report reads: the log alone
+    assert list(bare["status"]) == list(table["status"]) and list(bare["effect"].fillna(-9)) == list(table["effect"].fillna(-9))
+    assert main(["log", "--lab", str(lab.path)]) == 0
+    log_text = capsys.readouterr().out
+    assert "ablations (each change removed alone" in log_text and "without: " in log_text   # the variant's title
 
     # the terminal's table; the full candidate's and the variants' runs are reused: nothing new runs
     assert main(["ablate", str(lab.path), c.id, "--seeds", "2"]) == 0

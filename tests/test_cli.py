@@ -196,7 +196,7 @@ def test_terminal_progress_shows_phase_and_eta(tmp_path, toy_lab):
     tp.close()
     lines = plain.getvalue().splitlines()
     assert [l.split(": ", 1)[1].split(" (")[0].split(",")[0] for l in lines[:4]] == \
-           ["queued", "start-up", "training 2 of 5 s", "evaluation"]
+           ["waiting to start", "start-up", "training 2 of 5 s", "evaluation"]
     assert "ETA > 3 s" in lines[2] and "saving" in lines[4] and lines[5] == "  c-1: PENDING (screening)"
     assert lines[6] == "screen c-1 seed 3 [r-1]: ended" and len(lines) == 7
 
@@ -207,6 +207,9 @@ def test_terminal_progress_shows_phase_and_eta(tmp_path, toy_lab):
         tp(e)
     assert tp.status_line().startswith("[0 done, 1 in flight] seed 3: training 2 of 5 s, step 10, loss 4.5")
     assert "ETA 20 s" in tp.status_line() or "ETA 19 s" in tp.status_line()
+    tp({"type": "run_start", "run_id": "r-2", "seed": 4, "candidate_id": "c-1", "purpose": "screen"})
+    line = tp.status_line()   # two in flight: a few words each
+    assert line.startswith("[0 done, 2 in flight] seed 3: training 2/5 s, 0 s, ETA") and "| seed 4: waiting, 0 s" in line
     tp.close()
     assert "\r\x1b[K" in tty.getvalue() and "\n" not in tty.getvalue()
 
@@ -216,5 +219,5 @@ def test_run_prints_phases_as_plain_lines(capsys, tmp_path, toy_task):
     out, err = capsys.readouterr()
     assert "mean loss" in out
     phases = [l.split("]: ", 1)[1] for l in err.splitlines() if "]: " in l]
-    assert phases[0].startswith("queued") and phases[-1].startswith("COMPLETE loss = ")
+    assert phases[0].startswith("waiting to start") and phases[-1].startswith("COMPLETE loss = ")
     assert any(p.startswith("saving") for p in phases), err
