@@ -451,15 +451,21 @@ def cmd_audit(args) -> int:
     margin = (ledger.noise()["screen_sd"] or 0.0) if stage == "screen" else 0.0
     final = stage == "screen" or ledger.seeds_run(c, "confirm") >= max(lab.task.seeds.confirmation,
                                                                        lab.task.significance.min_seeds)
-    v = audit(lab, c, stage=stage, screen_margin=margin, final=final, decide=not args.no_decide)
+    # as in the loop, a verdict decides an undecided (READY) candidate; one already PROMOTED or REJECTED is
+    # re-checked and keeps its state (no second insight, no flip of a decision made with the evidence of its time)
+    decide = c.state.value == "READY"
+    v = audit(lab, c, stage=stage, screen_margin=margin, final=final, decide=decide)
     name = lab.task.metric.name
     checks = v.checks
     width = max([len(ch["name"]) for ch in checks] + [5])
     ci = (v.meta or {}).get("ci") or [None, None]
+    gain = v.effect
+    if gain is None and v.candidate_mean is not None and v.parent_mean is not None:
+        gain = lab.task.metric.gain(v.candidate_mean, v.parent_mean)
     lines = [f"audit of {c.id} ({_title(lab, c)}) against its parent {v.parent_id}, stage {stage}, preset {v.preset}:",
              f"verdict: {v.state.value}: {v.reason}",
              f"  {name}: candidate {_num(v.candidate_mean)} (n={v.n_candidate}), parent {_num(v.parent_mean)} "
-             f"(n={v.n_parent}), gain {_num(v.effect, '+.4f')}"
+             f"(n={v.n_parent}), gain {_num(gain, '+.4f')}"
              + (f", 95% interval [{_num(ci[0], '+.4f')}, {_num(ci[1], '+.4f')}]" if ci[0] is not None else "")
              + (f", p {v.p_value:.3g}" if v.p_value is not None else "")
              + f" ({(v.meta or {}).get('design', '')})",
@@ -467,9 +473,9 @@ def cmd_audit(args) -> int:
     for ch in checks:
         mark = "pass" if ch["passed"] else ("FAIL" if ch.get("severity", "reject") == "reject" else "warn")
         lines.append(f"  {mark:<4}  {ch['name']:<{width}}  {ch.get('detail', '')}")
-    if args.no_decide:
-        lines.append("(--no-decide: the verdict is recorded; the candidate's state is unchanged)")
-    _emit(args, {"lab": str(lab.path), "stage": stage, "decided": not args.no_decide, **v.to_dict()}, "\n".join(lines))
+    if not decide:
+        lines.append(f"(the candidate was already {c.state.value}: the verdict is recorded, its state is unchanged)")
+    _emit(args, {"lab": str(lab.path), "stage": stage, "decided": decide, **v.to_dict()}, "\n".join(lines))
     return 1 if v.state.value == "REJECTED" else 0
 
 
@@ -975,10 +981,9 @@ def setup_audit(add) -> None:
                     help="screen: its screening/manual runs against the parent's on the same seeds, margin one noise sd; "
                          "confirm: its confirmation runs, the sequential paired test; auto (default): confirm once it "
                          "has confirmation runs, else screen")
-    sp.add_argument("--no-decide", action="store_true",
-                    help="record the verdict but leave the candidate's state (by default a PROMOTED or REJECTED "
-                         "verdict sets it, as in the loop)")
-    sp.epilog = "exit codes: 0 the verdict is PROMOTED or PENDING, 1 REJECTED, 2 bad input (the message says what to do)"
+    sp.epilog = ("as in the loop, a PROMOTED or REJECTED verdict decides an undecided (READY) candidate; one already "
+                 "decided is re-checked and keeps its state. The verdict is recorded in the log either way. "
+                 "exit codes: 0 the verdict is PROMOTED or PENDING, 1 REJECTED, 2 bad input (the message says what to do)")
 
 
 def setup_ablate(add) -> None:

@@ -42,13 +42,15 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
     starts = [i for i, ch in enumerate(rule) if ch == "-" and (i == 0 or rule[i - 1] == " ")]
     assert len(starts) == 8 and all(r[starts[1]:starts[1] + 2] == "c-" for r in rows), text
 
-    # `autolab audit` gives a promoted candidate the loop's verdict; --no-decide leaves its state
+    # `autolab audit` re-checks a promoted candidate: the loop's verdict again, its state (and insights) unchanged
     import autolab
 
     promoted = [c for c in autolab.Lab(lab).log.candidates_list() if c.state.value == "PROMOTED"]
     assert promoted
-    code, v = _json(capsys, ["audit", lab, promoted[0].id, "--no-decide", "--json"])
+    n_insights = len(autolab.Lab(lab).log.insights_list())
+    code, v = _json(capsys, ["audit", lab, promoted[0].id, "--json"])
     assert code == 0 and v["state"] == "PROMOTED" and v["stage"] == "confirm" and v["candidate_id"] == promoted[0].id
+    assert v["decided"] is False and len(autolab.Lab(lab).log.insights_list()) == n_insights
     assert autolab.Lab(lab).candidate(promoted[0].id).state.value == "PROMOTED"
     assert main(["audit", lab, autolab.Lab(lab).seed_candidate().id]) == 2
     assert "is the lab's seed" in capsys.readouterr().err
