@@ -355,15 +355,20 @@ def check_data(args) -> None:
     from .task import load_task
 
     task = load_task(args.task)
+    lab_path = args.lab or DEFAULT_LAB.format(task=args.task, preset=args.preset or "default")
+    data_ready(task, task.preset(args.preset or _lab_preset(lab_path) or task.default_preset), quiet=args.json)
+
+
+def data_ready(task, preset, *, quiet: bool = False) -> None:
+    """Run the task's data step for ``preset`` (nothing when it declares none); an AutolabError with
+    the whole message when the data is not ready."""
     step = _data_step(task)
     if step is None:
         return
     fn, where = step
-    lab_path = args.lab or DEFAULT_LAB.format(task=args.task, preset=args.preset or "default")
-    preset = task.preset(args.preset or _lab_preset(lab_path) or task.default_preset)
     try:
         fn({**preset.settings, "device": preset.device, "budget_s": preset.budget_s},
-           source=preset.settings.get("source"), progress=not args.json)
+           source=preset.settings.get("source"), progress=not quiet)
     except AutolabError as e:
         raise AutolabError(f"the data of task {task.name!r} (preset {preset.name}) is not ready, so no run was "
                            f"started: {e}") from None
@@ -483,6 +488,8 @@ def cmd_ablate(args) -> int:
     from .ablation import MEASURED, NO_RUNS, ablate, changes
 
     lab, c = _open_lab_candidate(args)
+    if args.executor == "local":
+        data_ready(lab.task, lab.preset, quiet=args.json)
     if not args.json:
         chs = changes(lab, c) if c.id != lab.seed_candidate().id else []
         n = args.seeds or lab.task.seeds.final
