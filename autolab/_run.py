@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from .executors import Executor, Job, JobLimits, JobResult, get_executor
 from .executors.notebook import executed_path, outcome_path
 from .harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV
-from .lab import Lab
+from .lab import MODEL_SUFFIXES, Lab
 from .records import Candidate, Run, State, new_id, now
 from .sandbox import PRIVATE_PATHS_ENV, private_paths
 from .task import Preset
@@ -206,12 +206,32 @@ def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str
     return final
 
 
+def _phase_now(run_dir: Path) -> str | None:
+    """The phase the run folder shows: "saving" once the result JSON is written (the notebook's
+    last cells, papermill writing the executed notebook), "evaluation" once the training saved a
+    model file (one folder down), "start-up" once papermill wrote the notebook it executes, else
+    None (not started: waiting for a slot). Training is told by the curve's events."""
+    if (run_dir / RESULT_FILE).exists():
+        return "saving"
+    if any(p.suffix in MODEL_SUFFIXES for p in run_dir.glob("*/*")):
+        return "evaluation"
+    if executed_path(run_dir).exists():
+        return "start-up"
+    return None
+
+
 def tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.Event) -> None:
     """Follow the harness's events.jsonl under the run folder and forward curve points until
-    ``stop`` is set (then read what is left once more)."""
+    ``stop`` is set (then read what is left once more), and a ``phase`` event (``start-up``,
+    ``evaluation``, ``saving``) each time the folder shows a new one (:func:`_phase_now`)."""
     offsets: dict[Path, int] = {}
+    phase = None
     while True:
         final = stop.is_set()
+        now_phase = None if final else _phase_now(run_dir)
+        if now_phase is not None and now_phase != phase and phase != "saving":   # never back from saving
+            phase = now_phase
+            on_event({"type": "phase", "run_id": run_id, "phase": phase})
         for f in run_dir.rglob("events.jsonl"):
             try:
                 with f.open("rb") as fh:

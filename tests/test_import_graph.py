@@ -23,8 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the steps
     ("autolab._propose", "autolab._implement", "autolab._run", "autolab._audit", "autolab._audit.*", "autolab.merge",
      "autolab.llm_propose", "autolab.llm_implement"),
-    # the loop
-    ("autolab._loop",),
+    # the loop (and the ablation, which schedules runs like its final comparison)
+    ("autolab._loop", "autolab.ablation"),
     # the views
     ("autolab.report", "autolab.ui", "autolab.ui.*", "autolab.cli", "autolab.__main__"),
 ]
