@@ -2,7 +2,8 @@
 
 - ``PlaybookProposer`` (offline default): named, parameterized edits from the task's
   ``playbook.toml``, sampled by prior weight, thread direction and insight priors, never
-  repeating an edit already tried on the same parent.
+  repeating an edit already tried on the same parent, and only on files a run of the lab's
+  preset measures (``measured_files``: e.g. the kernels preset's problems).
 - ``RandomProposer``: the random-edit baseline: scale or flip a random UPPERCASE setting.
 - ``HumanProposer``: an idea typed by a researcher.
 - ``LLMProposer`` lives in ``llm_propose`` (through ``autolab.llm``).
@@ -93,6 +94,12 @@ def load_playbook(path) -> list[PlaybookEdit]:
     return edits
 
 
+def measured_files(lab: Lab, files: dict[str, str]) -> set[str]:
+    """The files of ``files`` (a candidate's ``{path: text}``) that a run of the lab's preset
+    measures (``Task.units``): an edit anywhere else would be refused before it runs."""
+    return set().union(*lab.task.units(lab.preset_name, files).values())
+
+
 def _edit_key(edit: dict | None) -> str | None:
     if not edit:
         return None
@@ -137,10 +144,13 @@ class PlaybookProposer:
                 wins[k] = wins.get(k, 0) + 1
         options, weights = [], []
         device = lab.preset.device
+        measured = measured_files(lab, code)
         for e in edits:
             if e.devices and device not in e.devices:
                 continue   # e.g. a choice of CUDA kernels, a no-op on a CPU preset
             fname = e.file or lab.task.editable[0]
+            if fname not in measured:
+                continue   # a problem (or file) this preset never evaluates: the run would measure noise
             if fname not in code or not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
                 continue   # this parent no longer has that setting
             for v in e.values:
@@ -179,8 +189,11 @@ class RandomProposer:
                 insights: Sequence[Insight] = ()) -> Idea | None:
         files = lab.files(parent)
         tried = tried_keys(lab, parent)
+        measured = measured_files(lab, files)
         options = []
         for fname, text in files.items():
+            if fname not in measured:
+                continue
             for m in _NUM_SETTING.finditer(text):
                 expr = m.group("expr").strip()
                 if expr in ("True", "False") or expr.endswith(("True)", "False)")):
