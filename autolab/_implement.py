@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 
 from .errors import CandidateError
 from .lab import Lab, check_compiles  # noqa: F401  (check_compiles re-exported: implementers use it)
-from ._propose import SETTING_LINE
+from ._propose import SETTING_LINE, apply_patch
 from .records import Candidate, Idea, State
 
 
@@ -25,7 +25,10 @@ class Implementer(Protocol):
 
 
 def apply_setting_edit(text: str, edit: Mapping[str, Any], *, path: str = "<file>") -> str:
-    """Rewrite the single module-level line ``SETTING = <expr>  # comment`` per the edit."""
+    """Rewrite the single module-level line ``SETTING = <expr>  # comment`` per the edit (or, for
+    ``op = "patch"``, apply the edit's SEARCH/REPLACE blocks)."""
+    if edit["op"] == "patch":
+        return apply_patch(text, edit["patch"], path=path)
     setting, op, value = edit["setting"], edit["op"], edit.get("value")
     pat = re.compile(SETTING_LINE.format(name=re.escape(setting)), re.M)
     matches = list(pat.finditer(text))

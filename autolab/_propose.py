@@ -25,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import registry
-from .errors import TaskError
+from .errors import CandidateError, TaskError
 from .lab import Lab
 from .ledger import Ledger
 from .records import Candidate, Idea, Insight, State, new_id
@@ -55,6 +55,31 @@ class PlaybookEdit:
     direction: str = ""
     prior: float = 1.0
     devices: tuple[str, ...] = ()   # preset devices the edit is meant for ("cpu", "cuda"); empty: all
+    patch: str = ""                 # op = "patch": SEARCH/REPLACE blocks applied to `file`
+    source: str = ""                # where the idea comes from (paper, blog post, record), in our words
+
+
+OPS = ("scale", "set", "toggle", "patch")
+
+
+def apply_patch(text: str, patch: str, *, path: str = "<file>") -> str:
+    """Apply a playbook patch (SEARCH/REPLACE blocks, the format of ``llm_implement``, the path
+    line optional) to one file's text; a block that does not match raises CandidateError naming
+    the file and the block."""
+    from .llm_implement import apply_edits, parse_edit_blocks
+
+    blocks = parse_edit_blocks(f"{path}\n{patch}")
+    if not blocks:
+        raise CandidateError(f"{path}: the patch holds no SEARCH/REPLACE block; write it as "
+                             "<<<<<<< SEARCH / ======= / >>>>>>> REPLACE blocks")
+    wrong = sorted({b.path for b in blocks} - {path})
+    if wrong:
+        raise CandidateError(f"{path}: a playbook patch edits its own file only, not {', '.join(wrong)}; "
+                             "split it into one [[edit]] per file")
+    try:
+        return apply_edits({path: text}, blocks)[path]
+    except CandidateError as e:
+        raise CandidateError(f"{path}: the patch does not apply to this version of the file: {e}") from None
 
 
 DEVICES = ("cpu", "cuda")
@@ -69,12 +94,15 @@ def load_playbook(path) -> list[PlaybookEdit]:
     edits, names = [], set()
     for i, e in enumerate(data.get("edit", [])):
         where = f"{path}: [[edit]] #{i + 1}"
-        for key in ("name", "setting", "op"):
+        for key in ("name", "op") + (("file", "patch", "source") if e.get("op") == "patch" else ("setting",)):
             if key not in e:
                 raise TaskError(f"{where} has no '{key}'; add it (see docs/ARCHITECTURE.md, playbook format)")
-        if e["op"] not in ("scale", "set", "toggle"):
-            raise TaskError(f"{where} op = {e['op']!r}; use scale, set or toggle")
-        if e["op"] != "toggle" and not e.get("values"):
+        if e["op"] not in OPS:
+            raise TaskError(f"{where} op = {e['op']!r}; use scale, set, toggle or patch")
+        if e["op"] == "patch" and ("<<<<<<< SEARCH" not in e["patch"] or not e["source"].strip()):
+            raise TaskError(f"{where} ({e['name']}): a patch needs SEARCH/REPLACE blocks in 'patch' and the idea's "
+                            "origin in 'source' (paper, blog post or record name)")
+        if e["op"] not in ("toggle", "patch") and not e.get("values"):
             raise TaskError(f"{where} ({e['name']}) has no 'values'; list the parameters to try")
         if e["name"] in names:
             raise TaskError(f"{where}: name {e['name']!r} is used twice; names must be unique")
@@ -84,10 +112,11 @@ def load_playbook(path) -> list[PlaybookEdit]:
             raise TaskError(f"{where} ({e['name']}) devices = {devices!r}; use a list of {', '.join(map(repr, DEVICES))}, "
                             "or leave it out for an edit that applies on every device")
         edits.append(PlaybookEdit(
-            name=e["name"], title=e.get("title", e["name"]), setting=e["setting"], op=e["op"],
-            values=tuple(e.get("values", [None])) if e["op"] != "toggle" else (None,),
+            name=e["name"], title=e.get("title", e["name"]), setting=e.get("setting", e["name"]), op=e["op"],
+            values=tuple(e.get("values", [None])) if e["op"] not in ("toggle", "patch") else (None,),
             hypothesis=e.get("hypothesis", ""), file=e.get("file"), cast=e.get("cast", "float"),
             direction=e.get("direction", ""), prior=float(e.get("prior", 1.0)), devices=tuple(devices),
+            patch=e.get("patch", ""), source=e.get("source", ""),
         ))
     if not edits:
         raise TaskError(f"{path} has no [[edit]] entries; add at least one")
@@ -114,6 +143,8 @@ def tried_keys(lab: Lab, parent: Candidate) -> set[str]:
 def _format_value(op: str, v: Any) -> str:
     if op == "toggle":
         return "toggle"
+    if op == "patch":
+        return "patch"
     if op == "scale":
         return f"×{v:g}"
     return repr(v)
@@ -151,10 +182,19 @@ class PlaybookProposer:
             fname = e.file or lab.task.editable[0]
             if fname not in measured:
                 continue   # a problem (or file) this preset never evaluates: the run would measure noise
-            if fname not in code or not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
+            if fname not in code:
+                continue
+            if e.op == "patch":
+                try:
+                    apply_patch(code[fname], e.patch, path=fname)
+                except CandidateError:
+                    continue   # this parent's file no longer has the lines the patch rewrites (applied already?)
+            elif not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
                 continue   # this parent no longer has that setting
             for v in e.values:
                 edit = {"name": e.name, "file": fname, "setting": e.setting, "op": e.op, "value": v, "cast": e.cast}
+                if e.op == "patch":
+                    edit["patch"] = e.patch
                 if _edit_key(edit) in tried:
                     continue
                 w = e.prior * (3.0 if direction and e.direction == direction else 1.0) * (1 + wins.get(e.name, 0))
@@ -163,11 +203,13 @@ class PlaybookProposer:
         if not options:
             return None
         e, edit = self.rng.choices(options, weights=weights, k=1)[0]
-        idea = Idea(id=new_id("i"), task=lab.task.name, title=f"{e.title} ({e.setting} {_format_value(e.op, edit['value'])})",
-                    hypothesis=e.hypothesis, plan=f"In {edit['file']}, {e.op} {e.setting}"
-                    + (f" by {edit['value']}" if e.op == "scale" else f" to {edit['value']!r}" if e.op == "set" else ""),
+        title = e.title if e.op == "patch" else f"{e.title} ({e.setting} {_format_value(e.op, edit['value'])})"
+        plan = (f"In {edit['file']}, apply the playbook's patch {e.name!r}" if e.op == "patch" else
+                f"In {edit['file']}, {e.op} {e.setting}"
+                + (f" by {edit['value']}" if e.op == "scale" else f" to {edit['value']!r}" if e.op == "set" else ""))
+        idea = Idea(id=new_id("i"), task=lab.task.name, title=title, hypothesis=e.hypothesis, plan=plan,
                     source="playbook", thread=thread, parent_id=parent.id, edit=edit,
-                    meta={"direction": e.direction or direction})
+                    meta={"direction": e.direction or direction, **({"idea_source": e.source} if e.source else {})})
         return lab.log.append(idea)  # type: ignore[return-value]
 
 
