@@ -92,8 +92,12 @@ def load_playbook(path) -> list[PlaybookEdit]:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise TaskError(f"{path}: cannot read the playbook ({e}); fix the TOML syntax") from None
     edits, names = [], set()
-    for i, e in enumerate(data.get("edit", [])):
-        where = f"{path}: [[edit]] #{i + 1}"
+    entries = [(f"[[edit]] #{i + 1}", e) for i, e in enumerate(data.get("edit", []))]
+    entries += [(f"[[patch]] #{i + 1}", {**e, "op": e.get("op", "patch")}) for i, e in enumerate(data.get("patch", []))]
+    for label, e in entries:
+        where = f"{path}: {label}"
+        if label.startswith("[[patch]]") and e["op"] != "patch":
+            raise TaskError(f"{where} has op = {e['op']!r}; a [[patch]] is always a patch: remove 'op'")
         for key in ("name", "op") + (("file", "patch", "source") if e.get("op") == "patch" else ("setting",)):
             if key not in e:
                 raise TaskError(f"{where} has no '{key}'; add it (see docs/ARCHITECTURE.md, playbook format)")
@@ -119,7 +123,7 @@ def load_playbook(path) -> list[PlaybookEdit]:
             patch=e.get("patch", ""), source=e.get("source", ""),
         ))
     if not edits:
-        raise TaskError(f"{path} has no [[edit]] entries; add at least one")
+        raise TaskError(f"{path} has no [[edit]] or [[patch]] entries; add at least one")
     return edits
 
 
