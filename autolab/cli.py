@@ -108,7 +108,8 @@ def cmd_run(args) -> int:
         from .executors import get_executor
 
         executor = get_executor("ray", address=args.ray_address)
-    runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, progress=not args.json)
+    runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, progress=not args.json,
+               full=args.full)
     name = lab.task.metric.name
     vals = [r.metrics[name] for r in runs if r.ok]
     obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [
@@ -490,6 +491,8 @@ def setup_run(add) -> None:
                                                                                          help="folder with the candidate's editable files, or a candidate id of the lab")
     sp.add_argument("--seeds", type=_count, default=1); sp.add_argument("--lab", default=None)
     sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
+    sp.add_argument("--full", action="store_true",
+                    help="re-check everything: never carry the parent's results of unchanged problems (kernels)")
 
 
 def setup_loop(add) -> None:
