@@ -132,3 +132,55 @@ def test_kernels_proposals_target_the_problems_the_preset_evaluates(tmp_path):
     i = autolab.HumanProposer("swiglu", edit={"file": "swiglu.py", "setting": "NUM_WARPS", "op": "set",
                                               "value": 8}).propose(full, full.seed_candidate())
     assert implement(full, i).state is State.READY
+
+
+@pytest.mark.parametrize("files, match", [
+    ('problem_file = "kernel.py"', "without {problem}"),
+    ("carry = true", "declares no problem_file"),
+])
+def test_bad_measured_declarations_are_named_with_the_fix(toy_task, files, match):
+    from autolab.task import load_task_file
+
+    toml = (toy_task / "task.toml").read_text().replace('editable = ["solution.py"]',
+                                                        f'editable = ["solution.py"]\n{files}')
+    (toy_task / "task.toml").write_text(toml)
+    with pytest.raises(TaskError, match=match) as e:
+        load_task_file(toy_task / "task.toml")
+    assert "files." in str(e.value) and "fix:" in str(e.value)
+
+
+def test_a_patch_is_offered_only_where_it_applies(tmp_path, toy_task):
+    """A [[patch]] names its source; once its SEARCH text is gone from the parent (applied, or the
+    code moved on) it is not offered; a patch without a source is refused with the fix."""
+    from autolab._implement import implement
+    from autolab.records import State
+
+    (toy_task / "playbook.toml").write_text(PLAYBOOK + '''
+[[patch]]
+name = "x_three"
+title = "X to three"
+hypothesis = "the optimum"
+file = "solution.py"
+source = "the toy task's own formula"
+patch = """
+<<<<<<< SEARCH
+X = 1.0          # the parameter being tuned
+=======
+X = 3.0          # the parameter being tuned
+>>>>>>> REPLACE
+"""
+''')
+    lab = autolab.Lab(tmp_path / "lab", task=str(toy_task))
+    seed, names, proposer = lab.seed_candidate(), [], PlaybookProposer(seed=1)
+    while (idea := proposer.propose(lab, seed)) is not None:
+        names.append(idea.edit["name"])
+        if idea.edit["name"] == "x_three":
+            assert idea.meta["idea_source"] == "the toy task's own formula" and idea.title == "X to three"
+            child = implement(lab, idea)
+            assert child.state is State.READY and "X = 3.0" in lab.files(child)["solution.py"]
+    assert names.count("x_three") == 1
+    assert "x_three" not in {i.edit["name"] for i in iter(lambda: PlaybookProposer(seed=2).propose(lab, child), None)}
+    (toy_task / "playbook.toml").write_text('[[patch]]\nname = "p"\nfile = "solution.py"\nsource = ""\n'
+                                            'patch = "<<<<<<< SEARCH\\nX\\n=======\\nY\\n>>>>>>> REPLACE\\n"\n')
+    with pytest.raises(TaskError, match="source"):
+        load_playbook(toy_task / "playbook.toml")

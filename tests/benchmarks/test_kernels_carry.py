@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import autolab
-from autolab._run import carry_plan, job_limits, new_run, preset_record
+from autolab._run import build_job, carry_plan, job_limits, new_run, preset_record
 from autolab.records import Purpose, Run, State, new_id, now
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,6 +114,7 @@ def test_carry_comes_from_the_parents_own_verified_run_of_the_preset(tmp_path):
     run = new_run(lab, child, 1, purpose="screen", preset=p, limits=job_limits(p), executor_name="local", carry=plan)
     assert json.loads(run.meta["params"]["carry"]) == plan
     assert run.meta["carried"]["from_run"] == same_seed.id and "softmax" in run.meta["carried"]["problems"]
+    assert json.loads(build_job(lab, child, run, job_limits(p)).params["carry"]) == plan   # what papermill gets
     # a grandchild's unchanged problems come from its own parent's runs, never the grandparent's
     assert carry_plan(lab, lab.add_candidate({"softmax.py": files["softmax.py"] + "\n# g\n"}, child), 1,
                       purpose="screen", preset=p) is None
