@@ -31,7 +31,7 @@ assert interp.patch()     # the harness's fix of the interpreter's bf16 dot and 
 cases = json.loads(open(sys.argv[2]).read())
 EXTRA = {"attention_causal": [{"B": 1, "H": 2, "S": 50, "D": 16}], "softmax": [{"M": 3, "N": 100, "dtype": "bf16"}],
          "cross_entropy": [{"N": 3, "V": 100}], "rmsnorm": [{"M": 3, "N": 100, "dtype": "bf16"}],
-         "matmul_bf16": [{"M": 40, "N": 33, "K": 50}]}
+         "matmul_bf16": [{"M": 40, "N": 33, "K": 50}], "gemv_bf16": [{"M": 24, "K": 200}, {"M": 5, "K": 70}]}
 out = {}
 for name, (problem, path) in cases.items():
     prob = load_problems([problem])[problem]
@@ -77,7 +77,7 @@ def test_every_edit_applies_and_compiles_and_every_patch_names_its_source():
     for e in patches:
         assert e.source and e.hypothesis and e.file, e.name
     # the standard moves: online normalizers, exp2, causal scheduling, cache hints, block pointers
-    assert {"softmax.py", "cross_entropy.py", "attention_causal.py", "rmsnorm.py", "matmul_bf16.py"} <= \
+    assert {"softmax.py", "cross_entropy.py", "attention_causal.py", "rmsnorm.py", "matmul_bf16.py", "gemv_bf16.py"} <= \
         {e.file for e in patches}
 
 
