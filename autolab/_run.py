@@ -21,7 +21,7 @@ from .executors import Executor, Job, JobLimits, JobResult, get_executor
 from .executors.notebook import executed_path, outcome_path
 from .harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV
 from .lab import MODEL_SUFFIXES, Lab
-from .records import Candidate, Run, State, new_id, now
+from .records import Candidate, Purpose, Run, State, new_id, now
 from .sandbox import PRIVATE_PATHS_ENV, private_paths
 from .task import Preset
 
@@ -61,8 +61,50 @@ def preset_record(preset: Preset) -> dict:
             "gpus": preset.gpus, "settings": dict(preset.settings)}
 
 
+def _verified(run: Run, record: dict) -> bool:
+    """A run whose per-problem results may be carried: COMPLETE on exactly this preset record,
+    status ok, every probe passed, no violation, no protected file changed."""
+    m = run.meta
+    return (run.state is State.COMPLETE and m.get("preset") == record and m.get("status") == "ok"
+            and not m.get("violations") and not m.get("protected_violation") and not m.get("protected_changed")
+            and bool(m.get("probes")) and all(isinstance(p, dict) and p.get("passed") for p in m["probes"].values()))
+
+
+def carry_plan(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: Preset,
+               full: bool = False) -> dict | None:
+    """What a run of ``candidate`` may carry from its parent instead of re-running (tasks with
+    ``[files] carry``): the parent's results of every unit (problem) whose files the candidate
+    did not change, from the parent's own verified run of the same preset in this lab's log
+    (``_verified``; same seed and purpose preferred, then the same seed, then the latest), as
+    ``{"from_run", "from_candidate", "from_seed", "from_purpose", "problems": {unit: {metric
+    prefix: value}}, "rechecked": [...]}``. None means a full run: ``full``, a final run, a task or
+    preset without carry, no parent, nothing changed or nothing unchanged, no verified parent run
+    holding every carried unit's results."""
+    task = lab.task
+    if (full or not task.carry or not preset.settings.get("carry", True) or not candidate.parent_id
+            or Purpose.parse(purpose) is Purpose.FINAL):
+        return None
+    parent = lab.candidate(candidate.parent_id)
+    old, new = lab.files(parent), lab.files(candidate)
+    units = task.units(preset.name, new)
+    changed = set(task.changed_units(preset.name, old, new))
+    keep = [u for u in units if u not in changed]
+    if not keep or not changed & set(units):
+        return None
+    record = preset_record(preset)
+    runs = [r for r in lab.log.runs_list() if r.candidate_id == parent.id and r.preset == preset.name
+            and _verified(r, record)]
+    runs.sort(key=lambda r: (r.seed == seed and r.purpose == purpose, r.seed == seed, r.ended_at or ""))
+    for src in reversed(runs):
+        problems = {u: {k[:-len(u) - 1]: v for k, v in src.metrics.items() if k.endswith("." + u)} for u in keep}
+        if all(problems.values()):
+            return {"from_run": src.id, "from_candidate": parent.id, "from_seed": src.seed, "from_purpose": src.purpose,
+                    "problems": problems, "rechecked": sorted(changed & set(units))}
+    return None
+
+
 def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: Preset, limits: JobLimits,
-            executor_name: str) -> Run:
+            executor_name: str, carry: dict | None = None) -> Run:
     """The RUNNING record of one run (not yet logged), with its run folder created."""
     prior = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.seed == seed
              and r.purpose == purpose and r.preset == preset.name]
@@ -73,10 +115,15 @@ def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: 
     # paths relative to the lab folder, so that a copied lab finds its files (build_job resolves them)
     params = {"candidate_dir": lab.relative(lab.candidate_dir(candidate)), "seed": seed, "preset": preset.name,
               "result_path": lab.relative(result_path)}
+    meta_carry = {}
+    if carry:   # the notebook's `carry` parameter; the record keeps where it came from
+        params["carry"] = json.dumps(carry, sort_keys=True)
+        meta_carry = {"carried": {k: v for k, v in carry.items() if k != "problems"} | {"problems": sorted(carry["problems"])}}
     return Run(id=run_id, task=lab.task.name, candidate_id=candidate.id, preset=preset.name, seed=seed,
                purpose=purpose, notebook=lab.relative(executed_path(run_dir)), result_path=lab.relative(result_path),
                attempt=len(prior) + 1, executor=executor_name,
-               meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict()})
+               meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict(),
+                     **meta_carry})
 
 
 def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Job:
@@ -254,12 +301,16 @@ def tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.E
 
 
 def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, executor: Executor,
-               preset: str | None = None, on_event: EventFn | None = None) -> tuple[Run, "Future[Run]"]:
+               preset: str | None = None, on_event: EventFn | None = None, full: bool = False) -> tuple[Run, "Future[Run]"]:
     """Start one run; returns the RUNNING record and a future of the final record. The preset
-    is resolved here, once: its limits travel in the Job and are recorded on the Run."""
+    is resolved here, once: its limits travel in the Job and are recorded on the Run. On a task
+    that carries (``carry_plan``) the run re-checks only what the candidate changed, unless
+    ``full`` or a final run (the final comparison re-verifies everything on fresh seeds)."""
     p = lab.task.preset(preset or lab.preset_name)
     limits = job_limits(p)
-    run = new_run(lab, candidate, seed, purpose=purpose, preset=p, limits=limits, executor_name=executor.name)
+    carry = carry_plan(lab, candidate, seed, purpose=purpose, preset=p, full=full)
+    run = new_run(lab, candidate, seed, purpose=purpose, preset=p, limits=limits, executor_name=executor.name,
+                  carry=carry)
     job = build_job(lab, candidate, run, limits)
     lab.log.append(run)
     if on_event:
@@ -289,14 +340,15 @@ def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, execu
 
 def run(lab: Lab, candidate: Candidate | None = None, seeds: int | Sequence[int] = 1, *, purpose: str = "manual",
         preset: str | None = None, executor: Executor | str | None = None, on_event: EventFn | None = None,
-        progress: bool = False) -> list[Run]:
+        progress: bool = False, full: bool = False) -> list[Run]:
     """Run ``candidate`` (default: the seed) on ``seeds`` (a count of fresh seeds, or explicit seeds);
-    blocks until all runs end and returns their final records."""
+    blocks until all runs end and returns their final records. ``full``: re-check everything, never
+    carry the parent's results (see ``carry_plan``)."""
     candidate = candidate or lab.seed_candidate()
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     seed_list = list(seeds) if not isinstance(seeds, int) else fresh_seeds(lab, candidate, purpose, seeds, preset)
-    futures = [submit_run(lab, candidate, s, purpose=purpose, executor=ex, preset=preset, on_event=on_event)[1]
-               for s in seed_list]
+    futures = [submit_run(lab, candidate, s, purpose=purpose, executor=ex, preset=preset, on_event=on_event,
+                          full=full)[1] for s in seed_list]
     try:
         return _wait_all(futures, progress=progress, desc=f"runs of {candidate.id}", metric=lab.task.metric.name)
     finally:

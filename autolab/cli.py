@@ -397,7 +397,8 @@ def cmd_run(args) -> int:
         executor = get_executor("ray", address=args.ray_address)
     progress = None if args.json else TerminalProgress(lab, remote=args.executor != "local")
     try:
-        runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, on_event=progress)
+        runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, on_event=progress,
+                   full=args.full)
     finally:
         if progress is not None:
             progress.close()
@@ -979,6 +980,8 @@ def setup_run(add) -> None:
                                                                                          help="folder with the candidate's editable files, or a candidate id of the lab")
     sp.add_argument("--seeds", type=_count, default=1); sp.add_argument("--lab", default=None)
     sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
+    sp.add_argument("--full", action="store_true",
+                    help="re-check everything: never carry the parent's results of unchanged problems (kernels)")
 
 
 def setup_audit(add) -> None:
