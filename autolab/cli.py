@@ -689,7 +689,6 @@ def log_summary(lab) -> dict:
 
 def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, last: int) -> str:
     name, direction = lab.task.metric.name, lab.task.metric.direction
-    ledger = lab.ledger
     out = [f"lab {lab.path}: task {lab.task.name}, preset {lab.preset_name}, metric {name} ({direction})"]
     bm, sm = summary["best_mean"], summary["seed_mean"]
     gain = lab.task.metric.gain(bm, sm) if bm is not None and sm is not None else None
@@ -718,7 +717,7 @@ def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, las
                    f"{llm['completion_tokens']} out, ${llm['cost']:.4f}")
 
     sf, key = f"metrics.{name}_selection_free", f"metrics.{name}"
-    rows = [["", "candidate", "state", "line", f"{name} sel.-free", f"all runs (n)", "parent", "title"]]
+    rows = [["", "candidate", "state", "line", f"{name} sel.-free", "all runs (n)", "parent", "title"]]
     for _, r in board.iterrows():
         n = r.get("n")
         allm = f"{_num(r.get(key))} ({int(n)})" if n == n and n is not None else "-"

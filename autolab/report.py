@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AutolabError
-from .lab import lab_file
 from .ledger import Ledger
 from .log import ResearchLog
 from .records import Purpose

@@ -142,7 +142,7 @@ class LocalExecutor(Executor):
             gpu_ids, unit = self._gpus.take(lim.gpus, lim.runs_per_gpu)
         else:
             taken = self._cores.take(1 if self._runs_per_slot else lim.cpu_threads)
-        slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
+        slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else "cpu"
         env = dict(os.environ)
         env.update(job.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids) if gpu_ids else ""
