@@ -159,7 +159,8 @@ def p90(xs: list[float]) -> float:
 def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None) -> tuple[float, str]:
     """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
     found: the p90 of the wall time of completed runs of the same preset and purpose, else of
-    the same preset and any purpose; before any run, the preset's ``timeout_s``."""
+    the same preset and any purpose; before any run, the preset's ``expected_run_s`` if it
+    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run)."""
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
@@ -167,6 +168,9 @@ def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None)
     for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
             return p90([run_wall_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
+    expected = lab.preset.settings.get("expected_run_s")
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
+        return float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"
     return float(lab.preset.timeout_s), f"no completed run yet: the preset {preset}'s timeout_s"
 
 
@@ -925,7 +929,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
             preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
-            n_slots = max(1, ex.slots_for(preset.gpus, int(preset.settings.get("threads", 1))))
+            share = int(preset.settings.get("runs_per_gpu", 1)) if preset.gpus else 1
+            cpu_threads = int(preset.settings.get("threads", 1))
+            n_slots = max(1, ex.slots_for(preset.gpus, cpu_threads, share) if share > 1
+                          else ex.slots_for(preset.gpus, cpu_threads))
             sched.n_slots = n_slots
 
             def wake() -> None:

@@ -2,7 +2,8 @@
 
 - ``PlaybookProposer`` (offline default): named, parameterized edits from the task's
   ``playbook.toml``, sampled by prior weight, thread direction and insight priors, never
-  repeating an edit already tried on the same parent.
+  repeating an edit already tried on the same parent, and only on files a run of the lab's
+  preset measures (``measured_files``: e.g. the kernels preset's problems).
 - ``RandomProposer``: the random-edit baseline: scale or flip a random UPPERCASE setting.
 - ``HumanProposer``: an idea typed by a researcher.
 - ``LLMProposer`` lives in ``llm_propose`` (through ``autolab.llm``).
@@ -24,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import registry
-from .errors import TaskError
+from .errors import CandidateError, TaskError
 from .lab import Lab
 from .ledger import Ledger
 from .records import Candidate, Idea, Insight, State, new_id
@@ -54,6 +55,31 @@ class PlaybookEdit:
     direction: str = ""
     prior: float = 1.0
     devices: tuple[str, ...] = ()   # preset devices the edit is meant for ("cpu", "cuda"); empty: all
+    patch: str = ""                 # op = "patch": SEARCH/REPLACE blocks applied to `file`
+    source: str = ""                # where the idea comes from (paper, blog post, record), in our words
+
+
+OPS = ("scale", "set", "toggle", "patch")
+
+
+def apply_patch(text: str, patch: str, *, path: str = "<file>") -> str:
+    """Apply a playbook patch (SEARCH/REPLACE blocks, the format of ``llm_implement``, the path
+    line optional) to one file's text; a block that does not match raises CandidateError naming
+    the file and the block."""
+    from .llm_implement import apply_edits, parse_edit_blocks
+
+    blocks = parse_edit_blocks(f"{path}\n{patch}")
+    if not blocks:
+        raise CandidateError(f"{path}: the patch holds no SEARCH/REPLACE block; write it as "
+                             "<<<<<<< SEARCH / ======= / >>>>>>> REPLACE blocks")
+    wrong = sorted({b.path for b in blocks} - {path})
+    if wrong:
+        raise CandidateError(f"{path}: a playbook patch edits its own file only, not {', '.join(wrong)}; "
+                             "split it into one [[edit]] per file")
+    try:
+        return apply_edits({path: text}, blocks)[path]
+    except CandidateError as e:
+        raise CandidateError(f"{path}: the patch does not apply to this version of the file: {e}") from None
 
 
 DEVICES = ("cpu", "cuda")
@@ -66,14 +92,21 @@ def load_playbook(path) -> list[PlaybookEdit]:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise TaskError(f"{path}: cannot read the playbook ({e}); fix the TOML syntax") from None
     edits, names = [], set()
-    for i, e in enumerate(data.get("edit", [])):
-        where = f"{path}: [[edit]] #{i + 1}"
-        for key in ("name", "setting", "op"):
+    entries = [(f"[[edit]] #{i + 1}", e) for i, e in enumerate(data.get("edit", []))]
+    entries += [(f"[[patch]] #{i + 1}", {**e, "op": e.get("op", "patch")}) for i, e in enumerate(data.get("patch", []))]
+    for label, e in entries:
+        where = f"{path}: {label}"
+        if label.startswith("[[patch]]") and e["op"] != "patch":
+            raise TaskError(f"{where} has op = {e['op']!r}; a [[patch]] is always a patch: remove 'op'")
+        for key in ("name", "op") + (("file", "patch", "source") if e.get("op") == "patch" else ("setting",)):
             if key not in e:
                 raise TaskError(f"{where} has no '{key}'; add it (see docs/ARCHITECTURE.md, playbook format)")
-        if e["op"] not in ("scale", "set", "toggle"):
-            raise TaskError(f"{where} op = {e['op']!r}; use scale, set or toggle")
-        if e["op"] != "toggle" and not e.get("values"):
+        if e["op"] not in OPS:
+            raise TaskError(f"{where} op = {e['op']!r}; use scale, set, toggle or patch")
+        if e["op"] == "patch" and ("<<<<<<< SEARCH" not in e["patch"] or not e["source"].strip()):
+            raise TaskError(f"{where} ({e['name']}): a patch needs SEARCH/REPLACE blocks in 'patch' and the idea's "
+                            "origin in 'source' (paper, blog post or record name)")
+        if e["op"] not in ("toggle", "patch") and not e.get("values"):
             raise TaskError(f"{where} ({e['name']}) has no 'values'; list the parameters to try")
         if e["name"] in names:
             raise TaskError(f"{where}: name {e['name']!r} is used twice; names must be unique")
@@ -83,14 +116,21 @@ def load_playbook(path) -> list[PlaybookEdit]:
             raise TaskError(f"{where} ({e['name']}) devices = {devices!r}; use a list of {', '.join(map(repr, DEVICES))}, "
                             "or leave it out for an edit that applies on every device")
         edits.append(PlaybookEdit(
-            name=e["name"], title=e.get("title", e["name"]), setting=e["setting"], op=e["op"],
-            values=tuple(e.get("values", [None])) if e["op"] != "toggle" else (None,),
+            name=e["name"], title=e.get("title", e["name"]), setting=e.get("setting", e["name"]), op=e["op"],
+            values=tuple(e.get("values", [None])) if e["op"] not in ("toggle", "patch") else (None,),
             hypothesis=e.get("hypothesis", ""), file=e.get("file"), cast=e.get("cast", "float"),
             direction=e.get("direction", ""), prior=float(e.get("prior", 1.0)), devices=tuple(devices),
+            patch=e.get("patch", ""), source=e.get("source", ""),
         ))
     if not edits:
-        raise TaskError(f"{path} has no [[edit]] entries; add at least one")
+        raise TaskError(f"{path} has no [[edit]] or [[patch]] entries; add at least one")
     return edits
+
+
+def measured_files(lab: Lab, files: dict[str, str]) -> set[str]:
+    """The files of ``files`` (a candidate's ``{path: text}``) that a run of the lab's preset
+    measures (``Task.units``): an edit anywhere else would be refused before it runs."""
+    return set().union(*lab.task.units(lab.preset_name, files).values())
 
 
 def _edit_key(edit: dict | None) -> str | None:
@@ -107,6 +147,8 @@ def tried_keys(lab: Lab, parent: Candidate) -> set[str]:
 def _format_value(op: str, v: Any) -> str:
     if op == "toggle":
         return "toggle"
+    if op == "patch":
+        return "patch"
     if op == "scale":
         return f"×{v:g}"
     return repr(v)
@@ -137,14 +179,26 @@ class PlaybookProposer:
                 wins[k] = wins.get(k, 0) + 1
         options, weights = [], []
         device = lab.preset.device
+        measured = measured_files(lab, code)
         for e in edits:
             if e.devices and device not in e.devices:
                 continue   # e.g. a choice of CUDA kernels, a no-op on a CPU preset
             fname = e.file or lab.task.editable[0]
-            if fname not in code or not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
+            if fname not in measured:
+                continue   # a problem (or file) this preset never evaluates: the run would measure noise
+            if fname not in code:
+                continue
+            if e.op == "patch":
+                try:
+                    apply_patch(code[fname], e.patch, path=fname)
+                except CandidateError:
+                    continue   # this parent's file no longer has the lines the patch rewrites (applied already?)
+            elif not re.search(SETTING_LINE.format(name=re.escape(e.setting)), code[fname], re.M):
                 continue   # this parent no longer has that setting
             for v in e.values:
                 edit = {"name": e.name, "file": fname, "setting": e.setting, "op": e.op, "value": v, "cast": e.cast}
+                if e.op == "patch":
+                    edit["patch"] = e.patch
                 if _edit_key(edit) in tried:
                     continue
                 w = e.prior * (3.0 if direction and e.direction == direction else 1.0) * (1 + wins.get(e.name, 0))
@@ -153,11 +207,13 @@ class PlaybookProposer:
         if not options:
             return None
         e, edit = self.rng.choices(options, weights=weights, k=1)[0]
-        idea = Idea(id=new_id("i"), task=lab.task.name, title=f"{e.title} ({e.setting} {_format_value(e.op, edit['value'])})",
-                    hypothesis=e.hypothesis, plan=f"In {edit['file']}, {e.op} {e.setting}"
-                    + (f" by {edit['value']}" if e.op == "scale" else f" to {edit['value']!r}" if e.op == "set" else ""),
+        title = e.title if e.op == "patch" else f"{e.title} ({e.setting} {_format_value(e.op, edit['value'])})"
+        plan = (f"In {edit['file']}, apply the playbook's patch {e.name!r}" if e.op == "patch" else
+                f"In {edit['file']}, {e.op} {e.setting}"
+                + (f" by {edit['value']}" if e.op == "scale" else f" to {edit['value']!r}" if e.op == "set" else ""))
+        idea = Idea(id=new_id("i"), task=lab.task.name, title=title, hypothesis=e.hypothesis, plan=plan,
                     source="playbook", thread=thread, parent_id=parent.id, edit=edit,
-                    meta={"direction": e.direction or direction})
+                    meta={"direction": e.direction or direction, **({"idea_source": e.source} if e.source else {})})
         return lab.log.append(idea)  # type: ignore[return-value]
 
 
@@ -179,8 +235,11 @@ class RandomProposer:
                 insights: Sequence[Insight] = ()) -> Idea | None:
         files = lab.files(parent)
         tried = tried_keys(lab, parent)
+        measured = measured_files(lab, files)
         options = []
         for fname, text in files.items():
+            if fname not in measured:
+                continue
             for m in _NUM_SETTING.finditer(text):
                 expr = m.group("expr").strip()
                 if expr in ("True", "False") or expr.endswith(("True)", "False)")):

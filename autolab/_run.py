@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 
 from .executors import Executor, Job, JobLimits, JobResult, get_executor
 from .executors.notebook import executed_path, outcome_path
-from .lab import Lab
-from .records import Candidate, Run, State, new_id, now
+from .harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV
+from .lab import MODEL_SUFFIXES, Lab
+from .records import Candidate, Purpose, Run, State, new_id, now
 from .sandbox import PRIVATE_PATHS_ENV, private_paths
 from .task import Preset
 
@@ -49,7 +50,8 @@ def job_limits(preset: Preset) -> JobLimits:
     """The limits of one run of ``preset``: the whole execution's wall clock (the preset's
     ``timeout_s`` plus papermill's start-up and tear-down), its GPUs and CPU threads."""
     return JobLimits(timeout_s=preset.timeout_s + TIMEOUT_GRACE_S, gpus=preset.gpus,
-                     cpu_threads=int(preset.settings.get("threads", 1)))
+                     cpu_threads=int(preset.settings.get("threads", 1)),
+                     runs_per_gpu=int(preset.settings.get("runs_per_gpu", 1)) if preset.gpus else 1)
 
 
 def preset_record(preset: Preset) -> dict:
@@ -59,8 +61,50 @@ def preset_record(preset: Preset) -> dict:
             "gpus": preset.gpus, "settings": dict(preset.settings)}
 
 
+def _verified(run: Run, record: dict) -> bool:
+    """A run whose per-problem results may be carried: COMPLETE on exactly this preset record,
+    status ok, every probe passed, no violation, no protected file changed."""
+    m = run.meta
+    return (run.state is State.COMPLETE and m.get("preset") == record and m.get("status") == "ok"
+            and not m.get("violations") and not m.get("protected_violation") and not m.get("protected_changed")
+            and bool(m.get("probes")) and all(isinstance(p, dict) and p.get("passed") for p in m["probes"].values()))
+
+
+def carry_plan(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: Preset,
+               full: bool = False) -> dict | None:
+    """What a run of ``candidate`` may carry from its parent instead of re-running (tasks with
+    ``[files] carry``): the parent's results of every unit (problem) whose files the candidate
+    did not change, from the parent's own verified run of the same preset in this lab's log
+    (``_verified``; same seed and purpose preferred, then the same seed, then the latest), as
+    ``{"from_run", "from_candidate", "from_seed", "from_purpose", "problems": {unit: {metric
+    prefix: value}}, "rechecked": [...]}``. None means a full run: ``full``, a final run, a task or
+    preset without carry, no parent, nothing changed or nothing unchanged, no verified parent run
+    holding every carried unit's results."""
+    task = lab.task
+    if (full or not task.carry or not preset.settings.get("carry", True) or not candidate.parent_id
+            or Purpose.parse(purpose) is Purpose.FINAL):
+        return None
+    parent = lab.candidate(candidate.parent_id)
+    old, new = lab.files(parent), lab.files(candidate)
+    units = task.units(preset.name, new)
+    changed = set(task.changed_units(preset.name, old, new))
+    keep = [u for u in units if u not in changed]
+    if not keep or not changed & set(units):
+        return None
+    record = preset_record(preset)
+    runs = [r for r in lab.log.runs_list() if r.candidate_id == parent.id and r.preset == preset.name
+            and _verified(r, record)]
+    runs.sort(key=lambda r: (r.seed == seed and r.purpose == purpose, r.seed == seed, r.ended_at or ""))
+    for src in reversed(runs):
+        problems = {u: {k[:-len(u) - 1]: v for k, v in src.metrics.items() if k.endswith("." + u)} for u in keep}
+        if all(problems.values()):
+            return {"from_run": src.id, "from_candidate": parent.id, "from_seed": src.seed, "from_purpose": src.purpose,
+                    "problems": problems, "rechecked": sorted(changed & set(units))}
+    return None
+
+
 def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: Preset, limits: JobLimits,
-            executor_name: str) -> Run:
+            executor_name: str, carry: dict | None = None) -> Run:
     """The RUNNING record of one run (not yet logged), with its run folder created."""
     prior = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.seed == seed
              and r.purpose == purpose and r.preset == preset.name]
@@ -71,10 +115,15 @@ def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: 
     # paths relative to the lab folder, so that a copied lab finds its files (build_job resolves them)
     params = {"candidate_dir": lab.relative(lab.candidate_dir(candidate)), "seed": seed, "preset": preset.name,
               "result_path": lab.relative(result_path)}
+    meta_carry = {}
+    if carry:   # the notebook's `carry` parameter; the record keeps where it came from
+        params["carry"] = json.dumps(carry, sort_keys=True)
+        meta_carry = {"carried": {k: v for k, v in carry.items() if k != "problems"} | {"problems": sorted(carry["problems"])}}
     return Run(id=run_id, task=lab.task.name, candidate_id=candidate.id, preset=preset.name, seed=seed,
                purpose=purpose, notebook=lab.relative(executed_path(run_dir)), result_path=lab.relative(result_path),
                attempt=len(prior) + 1, executor=executor_name,
-               meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict()})
+               meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict(),
+                     **meta_carry})
 
 
 def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Job:
@@ -89,9 +138,26 @@ def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Jo
     return Job(run_id=run.id, notebook=str(lab.task.notebook), cwd=str(lab.task.path), run_dir=str(_run_dir(lab, run)),
                limits=limits, params=params,
                env={"PYTHONUNBUFFERED": "1", "AUTOLAB_RUN_ID": run.id,
-                    PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm")))},
+                    PRIVATE_PATHS_ENV: private_paths(*(str(lab.log.path) + s for s in ("", "-wal", "-shm"))),
+                    **compile_cache_job_env(lab, candidate)},
                files={rel: (cand_dir / rel).read_bytes() for rel in candidate.files},
                collect=(Path(run.result_path).name,))
+
+
+def compile_cache_job_env(lab: Lab, candidate: Candidate) -> dict[str, str]:
+    """The variables that give a run its candidate's torch.compile cache on the machine that
+    runs it (``autolab.harnesskit.compile_cache_dir``): the lab's key and the candidate, and the
+    ancestors (nearest first) whose cache its first run starts from."""
+    chain, seen = [], {candidate.id}
+    cur = candidate
+    while cur.parent_id and cur.parent_id not in seen:
+        seen.add(cur.parent_id)
+        chain.append(cur.parent_id)
+        nxt = lab.log.get("candidate", cur.parent_id)
+        if nxt is None:
+            break
+        cur = nxt
+    return {COMPILE_CACHE_ENV: f"{lab.key}/{candidate.id}", COMPILE_CACHE_FROM_ENV: ",".join(chain)}
 
 
 def _run_dir(lab: Lab, run: Run) -> Path:
@@ -221,12 +287,32 @@ def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str
     return final
 
 
+def _phase_now(run_dir: Path) -> str | None:
+    """The phase the run folder shows: "saving" once the result JSON is written (the notebook's
+    last cells, papermill writing the executed notebook), "evaluation" once the training saved a
+    model file (one folder down), "start-up" once papermill wrote the notebook it executes, else
+    None (not started: waiting for a slot). Training is told by the curve's events."""
+    if (run_dir / RESULT_FILE).exists():
+        return "saving"
+    if any(p.suffix in MODEL_SUFFIXES for p in run_dir.glob("*/*")):
+        return "evaluation"
+    if executed_path(run_dir).exists():
+        return "start-up"
+    return None
+
+
 def tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.Event) -> None:
     """Follow the harness's events.jsonl under the run folder and forward curve points until
-    ``stop`` is set (then read what is left once more)."""
+    ``stop`` is set (then read what is left once more), and a ``phase`` event (``start-up``,
+    ``evaluation``, ``saving``) each time the folder shows a new one (:func:`_phase_now`)."""
     offsets: dict[Path, int] = {}
+    phase = None
     while True:
         final = stop.is_set()
+        now_phase = None if final else _phase_now(run_dir)
+        if now_phase is not None and now_phase != phase and phase != "saving":   # never back from saving
+            phase = now_phase
+            on_event({"type": "phase", "run_id": run_id, "phase": phase})
         for f in run_dir.rglob("events.jsonl"):
             try:
                 with f.open("rb") as fh:
@@ -249,12 +335,16 @@ def tail_events(run_dir: Path, run_id: str, on_event: EventFn, stop: threading.E
 
 
 def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, executor: Executor,
-               preset: str | None = None, on_event: EventFn | None = None) -> tuple[Run, "Future[Run]"]:
+               preset: str | None = None, on_event: EventFn | None = None, full: bool = False) -> tuple[Run, "Future[Run]"]:
     """Start one run; returns the RUNNING record and a future of the final record. The preset
-    is resolved here, once: its limits travel in the Job and are recorded on the Run."""
+    is resolved here, once: its limits travel in the Job and are recorded on the Run. On a task
+    that carries (``carry_plan``) the run re-checks only what the candidate changed, unless
+    ``full`` or a final run (the final comparison re-verifies everything on fresh seeds)."""
     p = lab.task.preset(preset or lab.preset_name)
     limits = job_limits(p)
-    run = new_run(lab, candidate, seed, purpose=purpose, preset=p, limits=limits, executor_name=executor.name)
+    carry = carry_plan(lab, candidate, seed, purpose=purpose, preset=p, full=full)
+    run = new_run(lab, candidate, seed, purpose=purpose, preset=p, limits=limits, executor_name=executor.name,
+                  carry=carry)
     job = build_job(lab, candidate, run, limits)
     lab.log.append(run)
     if on_event:
@@ -284,14 +374,15 @@ def submit_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, execu
 
 def run(lab: Lab, candidate: Candidate | None = None, seeds: int | Sequence[int] = 1, *, purpose: str = "manual",
         preset: str | None = None, executor: Executor | str | None = None, on_event: EventFn | None = None,
-        progress: bool = False) -> list[Run]:
+        progress: bool = False, full: bool = False) -> list[Run]:
     """Run ``candidate`` (default: the seed) on ``seeds`` (a count of fresh seeds, or explicit seeds);
-    blocks until all runs end and returns their final records."""
+    blocks until all runs end and returns their final records. ``full``: re-check everything, never
+    carry the parent's results (see ``carry_plan``)."""
     candidate = candidate or lab.seed_candidate()
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     seed_list = list(seeds) if not isinstance(seeds, int) else fresh_seeds(lab, candidate, purpose, seeds, preset)
-    futures = [submit_run(lab, candidate, s, purpose=purpose, executor=ex, preset=preset, on_event=on_event)[1]
-               for s in seed_list]
+    futures = [submit_run(lab, candidate, s, purpose=purpose, executor=ex, preset=preset, on_event=on_event,
+                          full=full)[1] for s in seed_list]
     try:
         return _wait_all(futures, progress=progress, desc=f"runs of {candidate.id}", metric=lab.task.metric.name)
     finally:

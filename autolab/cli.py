@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 from datetime import datetime
@@ -33,6 +34,238 @@ def _emit(args, obj: dict, text: str) -> None:
         print(json.dumps(obj, default=str, indent=None))
     else:
         print(text)
+
+
+# ---------------------------------------------------------------------------- terminal output
+
+def _num(x, fmt: str = ".4f") -> str:
+    """A number for a table ("-" for none or NaN)."""
+    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)) or x != x:
+        return "-"
+    return format(x, fmt)
+
+
+def _clip(text, width: int) -> str:
+    if text is None or (isinstance(text, float) and text != text):   # None, NaN (a pandas gap)
+        text = ""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def format_table(rows: list[list[str]], align: str = "") -> str:
+    """Rows (the first is the header) as aligned text columns with a rule under the header;
+    ``align`` gives "l" or "r" per column (default left)."""
+    if not rows:
+        return ""
+    n = max(len(r) for r in rows)
+    rows = [list(r) + [""] * (n - len(r)) for r in rows]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(n)]
+    align = (align + "l" * n)[:n]
+
+    def line(r) -> str:
+        cells = [str(c).rjust(w) if a == "r" else str(c).ljust(w) for c, w, a in zip(r, widths, align)]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]])
+
+
+class TerminalProgress:
+    """The terminal's view of runs in flight, fed the same run events as the notebook's
+    RunMonitor (``on_event=``: ``run_start``, the curve points the harness logs, the ``phase``
+    events of ``autolab._run.tail_events``, ``run_end``, the loop's ``note``). Each run shows its
+    phase (queued, start-up/compile, training x of y s, evaluation, saving) and an ETA from the
+    lab's past runs of the same preset (their median wall time; before any, the training budget
+    left is a lower bound). On a TTY one status line is redrawn in place every second; otherwise
+    a plain line is printed at each phase change, every ``every_s`` seconds of training, and when
+    a run ends. Safe from any thread; ``close()`` ends the redrawing."""
+
+    RANK = {"queued": 0, "start-up": 1, "training": 2, "evaluation": 3, "saving": 4}
+
+    def __init__(self, lab, *, stream=None, tty: bool | None = None, every_s: float = 15.0, remote: bool = False):
+        import threading
+
+        self.lab, self.stream = lab, stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.every_s, self.remote = every_s, remote
+        self.metric = lab.task.metric.name
+        preset = lab.preset
+        self.budget_s = float(preset.budget_s) if preset.budget_s else None
+        self.clock = "CPU s" if str(preset.settings.get("clock", "wall")) == "cpu" else "s"
+        self.durations = [float(r.timings["papermill_s"]) for r in lab.log.runs_list()
+                          if r.ok and r.preset == lab.preset_name and isinstance(r.timings.get("papermill_s"), (int, float))]
+        self.runs: dict[str, dict] = {}
+        self.done = 0
+        self._lock = threading.RLock()
+        self._width = 0
+        self._drawn = 0.0
+        self._stop = threading.Event()
+        self._ticker = None
+        if self.tty:
+            self._ticker = threading.Thread(target=self._tick, name="autolab-terminal-progress", daemon=True)
+            self._ticker.start()
+
+    # -- events
+    def __call__(self, event: dict) -> None:
+        kind, rid = event.get("type"), str(event.get("run_id"))
+        with self._lock:
+            if kind == "run_start":
+                self.runs[rid] = {"seed": event.get("seed"), "cand": event.get("candidate_id"), "purpose": event.get("purpose"),
+                                  "t0": time.monotonic(), "phase": "queued", "t": None, "step": None, "loss": None,
+                                  "said": 0.0}
+                self._say(rid, self._phase_text(self.runs[rid]))
+            elif kind == "run_end":
+                st = self.runs.pop(rid, None)
+                run = event.get("run")
+                self.done += 1
+                wall = getattr(run, "timings", {}).get("papermill_s") if run is not None else None
+                if run is not None and getattr(run, "ok", False) and isinstance(wall, (int, float)):
+                    self.durations.append(float(wall))
+                self._print(self._end_line(rid, st, run))
+            elif kind == "note":
+                self._print(f"  {event.get('message', '')}")
+            elif rid in self.runs:
+                st = self.runs[rid]
+                if kind == "phase":
+                    self._advance(rid, st, str(event.get("phase")))
+                elif kind == "curve":
+                    if event.get("ev") in ("clock_stop", "final", "finish"):   # speedrun: the clock stopped
+                        self._advance(rid, st, "evaluation")
+                    elif isinstance(event.get("t"), (int, float)) and event.get("loss") is not None:
+                        st["t"], st["step"], st["loss"] = float(event["t"]), event.get("step"), event.get("loss")
+                        if not self._advance(rid, st, "training") and not self.tty \
+                                and time.monotonic() - st["said"] >= self.every_s:
+                            self._say(rid, self._phase_text(st))
+            if time.monotonic() - self._drawn >= 0.25:   # curve points may come many a second
+                self._redraw()
+
+    def _advance(self, rid: str, st: dict, phase: str) -> bool:
+        """Move the run to a later phase (never back); True if it moved."""
+        if self.RANK.get(phase, -1) > self.RANK.get(st["phase"], -1):
+            if st["phase"] == "queued" and not self.remote:   # it started now: time it from here, not its queueing
+                st["t0"] = time.monotonic()
+            st["phase"] = phase
+            self._say(rid, self._phase_text(st))
+            return True
+        return False
+
+    # -- text
+    def _eta(self, st: dict) -> str:
+        elapsed = time.monotonic() - st["t0"]
+        if st["phase"] == "queued":
+            return ""
+        left_train = (self.budget_s - st["t"]) if st["phase"] == "training" and self.budget_s and st["t"] is not None else None
+        if self.durations:
+            usual = statistics.median(self.durations)
+            rem = max(usual - elapsed, left_train or 0.0)
+            return f"ETA {rem:.0f} s" if rem > 0 else f"ETA: past the usual {usual:.0f} s"
+        if left_train is not None:
+            return f"ETA > {max(left_train, 0):.0f} s (training left; no earlier run to time the rest)"
+        return ""
+
+    def _short(self, st: dict) -> str:
+        """The run's phase in a few words, for the status line when several runs are in flight."""
+        ph = st["phase"]
+        if ph == "training" and self.budget_s:
+            ph = f"training {st['t'] or 0:.0f}/{self.budget_s:g} {self.clock}"
+        elif ph == "queued":
+            ph = "waiting"
+        eta = self._eta(st)
+        return f"{ph}, {time.monotonic() - st['t0']:.0f} s" + (f", {eta.split(' (')[0]}" if eta else "")
+
+    def _phase_text(self, st: dict) -> str:
+        ph = st["phase"]
+        if ph == "queued":
+            text = ("submitted (runs remotely)" if self.remote else
+                    "waiting to start (for a free slot, then for papermill)")
+        elif ph == "start-up":
+            text = "start-up (kernel, data, imports, compile)"
+        elif ph == "training":
+            t = st["t"] or 0.0
+            text = f"training {t:.0f} of {self.budget_s:g} {self.clock}" if self.budget_s else f"training {t:.0f} s"
+            if st["step"] is not None:
+                text += f", step {st['step']}"
+            if isinstance(st["loss"], (int, float)):
+                text += f", loss {st['loss']:.4g}"
+        elif ph == "evaluation":
+            text = "evaluation (training over)"
+        else:
+            text = "saving (result written; notebook and files)"
+        eta = self._eta(st)
+        return f"{text}, {time.monotonic() - st['t0']:.0f} s in" + (f", {eta}" if eta else "")
+
+    def _label(self, rid: str, st: dict | None) -> str:
+        if not st:
+            return f"run {rid}"
+        return f"{st['purpose']} {st['cand']} seed {st['seed']} [{rid}]"
+
+    def _end_line(self, rid: str, st: dict | None, run) -> str:
+        if run is None:
+            return f"{self._label(rid, st)}: ended"
+        state = getattr(run.state, "value", str(run.state))
+        wall = run.timings.get("papermill_s")
+        took = f" in {wall:.0f} s" if isinstance(wall, (int, float)) else ""
+        if run.ok:
+            return f"{self._label(rid, st)}: {state} {self.metric} = {run.metrics.get(self.metric, float('nan')):.4f}{took}"
+        err = run.error or {}
+        return f"{self._label(rid, st)}: {state}{took}: {err.get('ename', '')}: {err.get('evalue', err.get('reason', ''))}"
+
+    def _say(self, rid: str, text: str) -> None:
+        """A plain line (not on a TTY, where the status line shows it)."""
+        if not self.tty:
+            st = self.runs.get(rid)
+            if st is not None:
+                st["said"] = time.monotonic()
+            self._print(f"{self._label(rid, st)}: {text}")
+
+    # -- output
+    def _print(self, line: str) -> None:
+        with self._lock:
+            self._clear()
+            print(line, file=self.stream, flush=True)
+            self._redraw()
+
+    def _clear(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\r\x1b[K")
+            self._width = 0
+
+    def status_line(self) -> str:
+        """The one-line summary of the runs in flight (what the TTY shows)."""
+        with self._lock:
+            live = list(self.runs.values())
+            text = self._phase_text if len(live) == 1 else self._short
+            parts = [f"seed {st['seed']}: {text(st)}" for st in live[:3]]
+            more = f" +{len(self.runs) - 3} more" if len(self.runs) > 3 else ""
+            return f"[{self.done} done, {len(self.runs)} in flight] " + " | ".join(parts) + more
+
+    def _redraw(self) -> None:
+        if not self.tty or self._stop.is_set():
+            return
+        with self._lock:
+            if not self.runs:
+                self._clear()
+                return
+            import shutil
+
+            cols = shutil.get_terminal_size((120, 20)).columns
+            line = _clip(self.status_line(), max(20, cols - 1))
+            self.stream.write("\r\x1b[K" + line)
+            self.stream.flush()
+            self._width, self._drawn = len(line), time.monotonic()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._redraw()
+            except Exception:  # noqa: BLE001 - a closed stream: stop drawing
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._clear()
+            if self.tty:
+                self.stream.flush()
 
 
 # ---------------------------------------------------------------------------- commands
@@ -62,29 +295,40 @@ def cmd_tasks(args) -> int:
     return 0 if all("error" not in t for t in out) else 1
 
 
-def cmd_data(args) -> int:
+def _data_step(task):
+    """The task's declared data step (``[data] prepare = "module:function"``) as (function, where),
+    or None when it declares none."""
     import importlib
 
-    from .task import load_task
-
-    task = load_task(args.task)
     where = f"{task.path / 'task.toml'}: [data] prepare"
     data = task.raw.get("data", {})
     spec = data.get("prepare") if isinstance(data, dict) else None
     if not spec:
-        raise AutolabError(f"task {task.name!r} declares no data step; add [data] prepare = \"module:function\" "
-                           f"to {task.path / 'task.toml'}")
+        return None
     mod_name, sep, fn_name = str(spec).partition(":")
     if not sep or not mod_name or not fn_name:
         raise AutolabError(f"{where} = {spec!r}; write it as \"module:function\" (a module importable from the task folder)")
-    preset = task.preset(args.preset)
-    sys.path.insert(0, str(task.path))
+    if str(task.path) not in sys.path:
+        sys.path.insert(0, str(task.path))
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except ImportError as e:
         raise AutolabError(f"{where} = {spec!r}: cannot import {mod_name!r} ({e}); fix the module name") from None
     except AttributeError:
         raise AutolabError(f"{where} = {spec!r}: {mod_name!r} has no function {fn_name!r}; fix the name") from None
+    return fn, where
+
+
+def cmd_data(args) -> int:
+    from .task import load_task
+
+    task = load_task(args.task)
+    step = _data_step(task)
+    if step is None:
+        raise AutolabError(f"task {task.name!r} declares no data step; add [data] prepare = \"module:function\" "
+                           f"to {task.path / 'task.toml'}")
+    fn, _where = step
+    preset = task.preset(args.preset)
     info = fn({**preset.settings, "device": preset.device, "budget_s": preset.budget_s}, source=args.source,
               progress=not args.json)
     _emit(args, {"task": task.name, "preset": preset.name, **(info or {})},
@@ -92,10 +336,53 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _lab_preset(path) -> str | None:
+    """The preset an existing lab folder was created for (None for a new or unreadable one: the
+    Lab itself then reports what is wrong)."""
+    try:
+        return json.loads((Path(path) / "lab.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_data(args) -> None:
+    """Bad set-up fails before any run starts: the task's data step (the same as `autolab data`,
+    with the preset's configured ``source``, else $AUTOLAB_DATA, else the default corpus) must
+    succeed, else the whole message (the file, the setting, the fix) is raised. Done before the
+    lab folder is made; skipped for remote executors (their workers hold their own data)."""
+    if getattr(args, "executor", "local") != "local":
+        return
+    from .task import load_task
+
+    task = load_task(args.task)
+    lab_path = args.lab or DEFAULT_LAB.format(task=args.task, preset=args.preset or "default")
+    data_ready(task, task.preset(args.preset or _lab_preset(lab_path) or task.default_preset), quiet=args.json)
+
+
+def data_ready(task, preset, *, quiet: bool = False) -> None:
+    """Run the task's data step for ``preset`` (nothing when it declares none); an AutolabError with
+    the whole message when the data is not ready."""
+    step = _data_step(task)
+    if step is None:
+        return
+    fn, where = step
+    try:
+        fn({**preset.settings, "device": preset.device, "budget_s": preset.budget_s},
+           source=preset.settings.get("source"), progress=not quiet)
+    except AutolabError as e:
+        raise AutolabError(f"the data of task {task.name!r} (preset {preset.name}) is not ready, so no run was "
+                           f"started: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a broken data step must stop the command, with its name
+        raise AutolabError(f"the data step {where} failed for preset {preset.name}, so no run was started: "
+                           f"{type(e).__name__}: {e}; fix it and check with `autolab data {task.name} --preset "
+                           f"{preset.name}`") from None
+
+
 def cmd_run(args) -> int:
     from .records import Purpose
     from ._run import run
 
+    check_data(args)
     lab = _lab(args, args.task, args.preset)
     if not args.candidate:
         cand = lab.seed_candidate()
@@ -108,7 +395,13 @@ def cmd_run(args) -> int:
         from .executors import get_executor
 
         executor = get_executor("ray", address=args.ray_address)
-    runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, progress=not args.json)
+    progress = None if args.json else TerminalProgress(lab, remote=args.executor != "local")
+    try:
+        runs = run(lab, cand, seeds=args.seeds, purpose=Purpose.MANUAL, executor=executor, on_event=progress,
+                   full=args.full)
+    finally:
+        if progress is not None:
+            progress.close()
     name = lab.task.metric.name
     vals = [r.metrics[name] for r in runs if r.ok]
     obj = {"lab": str(lab.path), "candidate": cand.id, "runs": [
@@ -118,12 +411,117 @@ def cmd_run(args) -> int:
     text = [f"lab {lab.path}, candidate {cand.id}"]
     for r in runs:
         text.append(f"  seed {r.seed}: {r.state.value}" + (f"  {name} = {r.metrics[name]:.4f}" if r.ok else
-                    f"  {r.error.get('ename') if r.error else ''}: {str((r.error or {}).get('evalue', ''))[:200]}")
+                    f"  {r.error.get('ename') if r.error else ''}: {(r.error or {}).get('evalue', '')}")
                     + f"\n    notebook: {lab.file(r.notebook)}")
     if vals:
         text.append(f"mean {name}: {obj['mean']:.4f} over {len(vals)} runs")
     _emit(args, obj, "\n".join(text))
     return 0 if len(vals) == len(runs) else 1
+
+
+def _open_lab_candidate(args):
+    """(lab, candidate) from the positional LAB and CANDIDATE, with errors that say what to do."""
+    from .lab import Lab
+
+    lab = Lab(args.lab)
+    cid = args.candidate
+    if not re.fullmatch(r"c-[0-9a-f]+", cid or ""):
+        raise AutolabError(f"{cid!r} is not a candidate id (they look like c-1a2b3c4d5e6f); the ids of lab {lab.path} "
+                           f"are listed by `autolab log --lab {lab.path}`")
+    c = lab.log.get("candidate", cid)
+    if c is None:
+        raise AutolabError(f"no candidate {cid!r} in lab {lab.path}; the ids are listed by `autolab log --lab {lab.path}`")
+    return lab, c
+
+
+def cmd_audit(args) -> int:
+    from ._audit import audit
+    from .ledger import SELECTION_BY_RUN, SELECTION_FREE
+
+    lab, c = _open_lab_candidate(args)
+    ledger = lab.ledger
+    if c.id == lab.seed_candidate().id or not c.parent_id:
+        what = "the lab's seed" if c.id == lab.seed_candidate().id else "a root candidate (an ablation's variant)"
+        raise AutolabError(f"{c.id} is {what}: it has no parent to be audited against; audit a candidate that "
+                           "descends from the seed")
+    stage = args.stage
+    if stage == "auto":   # the loop's order: screened first, confirmed once it has selection-free runs
+        stage = "confirm" if ledger.runs_of(c, purposes=SELECTION_FREE) else "screen"
+    have = ledger.runs_of(c, purposes=SELECTION_BY_RUN if stage == "screen" else SELECTION_FREE)
+    if not have:
+        kind = "screening or manual" if stage == "screen" else "confirmation"
+        raise AutolabError(f"candidate {c.id} has no complete {kind} run on preset {lab.preset_name}, so there is "
+                           f"nothing to judge; run it first (`autolab run {lab.task.name} --lab {lab.path} --candidate "
+                           f"{c.id}`, then --stage screen; or let `autolab loop` screen and confirm it)")
+    # the loop's settings: the screening margin is one noise sd; a confirmation is final once its cap is reached
+    margin = (ledger.noise()["screen_sd"] or 0.0) if stage == "screen" else 0.0
+    final = stage == "screen" or ledger.seeds_run(c, "confirm") >= max(lab.task.seeds.confirmation,
+                                                                       lab.task.significance.min_seeds)
+    # as in the loop, a verdict decides an undecided (READY) candidate; one already PROMOTED or REJECTED is
+    # re-checked and keeps its state (no second insight, no flip of a decision made with the evidence of its time)
+    decide = c.state.value == "READY"
+    v = audit(lab, c, stage=stage, screen_margin=margin, final=final, decide=decide)
+    name = lab.task.metric.name
+    checks = v.checks
+    width = max([len(ch["name"]) for ch in checks] + [5])
+    ci = (v.meta or {}).get("ci") or [None, None]
+    gain = v.effect
+    if gain is None and v.candidate_mean is not None and v.parent_mean is not None:
+        gain = lab.task.metric.gain(v.candidate_mean, v.parent_mean)
+    lines = [f"audit of {c.id} ({_title(lab, c)}) against its parent {v.parent_id}, stage {stage}, preset {v.preset}:",
+             f"verdict: {v.state.value}: {v.reason}",
+             f"  {name}: candidate {_num(v.candidate_mean)} (n={v.n_candidate}), parent {_num(v.parent_mean)} "
+             f"(n={v.n_parent}), gain {_num(gain, '+.4f')}"
+             + (f", 95% interval [{_num(ci[0], '+.4f')}, {_num(ci[1], '+.4f')}]" if ci[0] is not None else "")
+             + (f", p {v.p_value:.3g}" if v.p_value is not None else "")
+             + f" ({(v.meta or {}).get('design', '')})",
+             f"checks ({sum(ch['passed'] for ch in checks)}/{len(checks)} passed):"]
+    for ch in checks:
+        mark = "pass" if ch["passed"] else ("FAIL" if ch.get("severity", "reject") == "reject" else "warn")
+        lines.append(f"  {mark:<4}  {ch['name']:<{width}}  {ch.get('detail', '')}")
+    if not decide:
+        lines.append(f"(the candidate was already {c.state.value}: the verdict is recorded, its state is unchanged)")
+    _emit(args, {"lab": str(lab.path), "stage": stage, "decided": decide, **v.to_dict()}, "\n".join(lines))
+    return 1 if v.state.value == "REJECTED" else 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablation import MEASURED, NO_RUNS, ablate, changes
+
+    lab, c = _open_lab_candidate(args)
+    if args.executor == "local":
+        data_ready(lab.task, lab.preset, quiet=args.json)
+    if not args.json:
+        chs = changes(lab, c) if c.id != lab.seed_candidate().id else []
+        n = args.seeds or lab.task.seeds.final
+        print(f"ablation of {c.id} ({_title(lab, c)}): {len(chs)} changes relative to the seed, each removed alone "
+              f"and run with the full candidate on {n} fresh seeds of the final range", flush=True)
+    executor = args.executor
+    if executor == "ray":
+        from .executors import get_executor
+
+        executor = get_executor("ray", address=args.ray_address)
+    progress = None if args.json else TerminalProgress(lab)
+    try:
+        rows = ablate(lab, c, seeds=args.seeds, executor=executor, on_event=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    name, direction = lab.task.metric.name, lab.task.metric.direction
+    table = [["#", "change", "status", "n", "full", "without", "contribution", "95% interval", "p"]]
+    for r in rows:
+        m = r.status == MEASURED
+        table.append([str(r.change), _clip(r.title, 40), r.status, str(len(r.seeds)) if r.seeds else "",
+                      _num(sum(r.full) / len(r.full)) if r.full else "", _num(sum(r.without) / len(r.without)) if r.without else "",
+                      _num(r.effect, "+.4f") if m else "", f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]" if m else "",
+                      f"{r.p_value:.3g}" if m and r.p_value is not None else ""])
+    text = [f"ablation {rows[0].ablation_id if rows else ''} of {c.id} on {lab.preset_name} ({name}, {direction}; "
+            "contribution = the full candidate's paired gain over the candidate without the change, positive = it helps):",
+            format_table(table, align="rllrrrrrr")]
+    text += [f"  #{r.change}: {r.detail}" for r in rows if r.status != MEASURED and r.detail]
+    text.append(f"recorded in {lab.log.path} (events 'ablation'); read it back with autolab.ablation.ablation_table(lab)")
+    _emit(args, {"lab": str(lab.path), "candidate_id": c.id, "rows": [r.__dict__ for r in rows]}, "\n".join(text))
+    return 1 if any(r.status == NO_RUNS for r in rows) else 0
 
 
 # ---------------------------------------------------------------------------- loop: LLM settings, exit codes
@@ -209,6 +607,7 @@ def cmd_loop(args) -> int:
     if unused:   # checked before the lab folder is made
         raise AutolabError(f"{', '.join(unused)} only apply to an LLM proposer; add --proposer llm:<model> "
                            f"or leave {'them' if len(unused) > 1 else 'it'} out")
+    check_data(args)
     lab = _lab(args, args.task, args.preset)
     if args.keep_models is not None:   # saved in lab.json: later runs and `autolab gc` follow it too
         lab.keep_models = args.keep_models
@@ -236,35 +635,122 @@ def cmd_loop(args) -> int:
 
         executor = get_executor("ray", address=args.ray_address)
     iterations = DEFAULT_ITERATIONS if args.iterations is None else args.iterations
-    s = loop(lab, iterations, threads=args.threads, proposer=proposer, implementer=implementer,
-             executor=executor, progress=not args.json, proposer_seed=args.proposer_seed, merge_llm=resolver,
-             more=args.more, max_time_s=args.max_time, deadline=args.deadline, hard_limit=args.hard_limit)
+    progress = None if args.json else TerminalProgress(lab, remote=args.executor != "local")
+    try:
+        s = loop(lab, iterations, threads=args.threads, proposer=proposer, implementer=implementer,
+                 executor=executor, progress=False, on_event=progress, proposer_seed=args.proposer_seed,
+                 merge_llm=resolver, more=args.more, max_time_s=args.max_time, deadline=args.deadline,
+                 hard_limit=args.hard_limit)
+    finally:
+        if progress is not None:
+            progress.close()
     code = EXIT_CODES.get(s.reason, EXIT_CODES["error"])
     text = (f"lab {s.lab}: {s.experiments} experiments ({s.ideas_failed} failed, {s.ideas_rejected} rejected as "
             f"duplicates, {s.ideas_abandoned} abandoned, {s.ideas_pending} not implemented yet), {s.runs} runs "
             f"({s.failed} failed, {s.killed} killed), {s.promoted} promoted, {s.decisions} decided at "
             f"{s.runs_per_decision if s.runs_per_decision is not None else '-'} runs per decision; LLM: {s.llm_calls} calls, ${s.llm_cost:.4f}\n"
-            f"baseline {s.baseline}  best {s.best} ({s.best_id})  [{s.reason}: {s.stopped}]  exit code {code}")
+            f"baseline {_num(s.baseline)}  best {_num(s.best)} ({s.best_id})  [{s.reason}: {s.stopped}]  exit code {code}")
     _emit(args, {**s.to_dict(), "exit_code": code}, text)
     if code == EXIT_CODES["error"]:
         print(f"autolab: error: {s.stopped}", file=sys.stderr)
     return code
 
 
-def _llm_usage_text(usage: list[dict]) -> str:
-    if not usage:
-        return "LLM usage: no calls"
-    lines = ["LLM usage per model:"]
+def _llm_usage_rows(usage: list[dict]) -> list[list[str]]:
+    rows = [["model", "calls", "ok", "failed", "interrupted", "tokens in", "tokens out", "cost $", "p50 s", "p95 s"]]
     for u in usage:
-        p50, p95 = u["latency_p50_s"], u["latency_p95_s"]
-        lat = f"latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "no answered call"
-        extra = "".join(f", {u[k]} {k.replace('_', ' ')}" for k in ("interrupted", "in_flight") if u[k])
-        lines.append(f"  {u['model']}: {u['calls']} calls ({u['ok']} ok, {u['failed']} failed{extra}), "
-                     f"tokens {u['prompt_tokens']} in / {u['completion_tokens']} out, ${u['cost']:.4f}, {lat}")
-    return "\n".join(lines)
+        rows.append([u["model"], str(u["calls"]), str(u["ok"]), str(u["failed"]),
+                     str(u["interrupted"] + u["in_flight"]), str(u["prompt_tokens"]), str(u["completion_tokens"]),
+                     f"{u['cost']:.4f}", _num(u["latency_p50_s"], ".2f"), _num(u["latency_p95_s"], ".2f")])
+    return rows
+
+
+def log_summary(lab) -> dict:
+    """What `autolab log` says about a lab besides its tables: the best (overall and per research
+    line, from the ledger) against the seed, the noise figures, decisions and runs per decision,
+    the runs by state and LLM totals."""
+    from ._loop import summarize
+
+    ledger = lab.ledger
+    seed, best = ledger.seed(), ledger.best()
+    s = summarize(lab, 0.0, None, "")
+    runs = lab.log.runs_list()
+    states: dict[str, int] = {}
+    for r in runs:
+        states[r.state.value] = states.get(r.state.value, 0) + 1
+    lines = {th: c.id for th, c in ledger.best_by_thread().items() if c is not None}
+    return {"best": best.id, "best_title": _title(lab, best), "best_mean": ledger.mean(best),
+            "best_n": len(ledger.values(best)), "seed": seed.id, "seed_mean": ledger.mean(seed),
+            "seed_n": len(ledger.values(seed)), "best_by_line": lines, "noise": ledger.noise(),
+            "decisions": s.decisions, "promoted": s.promoted, "runs_per_decision": s.runs_per_decision,
+            "confirm_runs_per_decision": s.confirm_runs_per_decision, "pairing_runs": s.pairing_runs,
+            "experiments": s.experiments, "runs": len(runs), "runs_by_state": states, "llm": lab.log.llm_totals()}
+
+
+def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, last: int) -> str:
+    name, direction = lab.task.metric.name, lab.task.metric.direction
+    out = [f"lab {lab.path}: task {lab.task.name}, preset {lab.preset_name}, metric {name} ({direction})"]
+    bm, sm = summary["best_mean"], summary["seed_mean"]
+    gain = lab.task.metric.gain(bm, sm) if bm is not None and sm is not None else None
+    state = lab.candidate(summary["best"]).state.value
+    if summary["best"] == summary["seed"]:
+        out.append(f"best: {summary['seed']} seed ({state}), {name} {_num(sm)} over {summary['seed_n']} selection-free "
+                   "seeds (the seed: no promoted candidate beats it)")
+    else:
+        out.append(f"best: {summary['best']} {summary['best_title']} ({state}), {name} {_num(bm)} over "
+                   f"{summary['best_n']} selection-free seeds; the seed {_num(sm)} (n={summary['seed_n']}); "
+                   f"gain {_num(gain, '+.4f')}")
+    if len(summary["best_by_line"]) > 1:
+        out.append("best per research line: " + ", ".join(f"{th} {cid}" for th, cid in sorted(summary["best_by_line"].items())))
+    nz = summary["noise"]
+    out.append(f"noise: cross-seed sd {_num(nz['cross_seed_sd'])}, paired sd {_num(nz['paired_sd'])}, same-seed repeat "
+               f"sd {_num(nz['repeat_sd'])} (a candidate-minus-parent difference: sd {_num(nz['diff_sd'])}, "
+               f"{nz['diff_source'] or 'no estimate yet'})")
+    by = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["runs_by_state"].items()))
+    rpd = summary["runs_per_decision"]
+    out.append(f"experiments {summary['experiments']}; runs {summary['runs']} ({by or 'none'}); {summary['decisions']} "
+               f"decided ({summary['promoted']} promoted) at {_num(rpd, '.2f') if rpd is not None else '-'} runs per "
+               f"decision, plus {summary['pairing_runs']} parents' runs for pairing")
+    llm = summary["llm"]
+    if llm["calls"]:
+        out.append(f"LLM: {llm['calls']} calls ({llm['failed']} failed), {llm['prompt_tokens']} tokens in / "
+                   f"{llm['completion_tokens']} out, ${llm['cost']:.4f}")
+
+    sf, key = f"metrics.{name}_selection_free", f"metrics.{name}"
+    rows = [["", "candidate", "state", "line", f"{name} sel.-free", "all runs (n)", "parent", "title"]]
+    for _, r in board.iterrows():
+        n = r.get("n")
+        allm = f"{_num(r.get(key))} ({int(n)})" if n == n and n is not None else "-"
+        rows.append(["*" if r.get("best") else "", r["candidate_id"], r["state"], _clip(r.get("tags.thread"), 16),
+                     _num(r.get(sf)), allm, _clip(r.get("tags.parent_id"), 16) or "-", _clip(r.get("title"), 48)])
+    out += ["", f"candidates with complete runs on {lab.preset_name} (* the best; best first, then the kept ones, "
+                "then the rest; sel.-free: confirmation seeds only):",
+            format_table(rows, "llllrrll") if len(rows) > 1 else "  (none yet)"]
+    shown = runs[-last:] if last else runs
+    rows = [["run", "candidate", "purpose", "seed", "state", name, "wall s", "error"]]
+    for r in shown:
+        err = r.error or {}
+        rows.append([r.id, r.candidate_id, r.purpose, str(r.seed), r.state.value,
+                     _num(r.metrics.get(name)) if r.ok else "-", _num(r.timings.get("papermill_s"), ".0f"),
+                     _clip(f"{err.get('ename', '')}: {err.get('evalue', err.get('reason', ''))}" if err else "", 60)])
+    out += ["", f"runs ({'the last ' + str(len(shown)) + ' of ' if len(shown) < len(runs) else ''}{len(runs)}; "
+                "--last N shows more, --json all):", format_table(rows, "llllllrl") if len(rows) > 1 else "  (none yet)"]
+    if ablations is not None and not ablations.empty:
+        rows = [["candidate", "#", "change", "status", "n", "contribution", "95% interval", "p"]]
+        for _, a in ablations.iterrows():
+            m = a["status"] == "measured"
+            rows.append([a["candidate_id"], str(a["change"]), _clip(a["title"], 40), a["status"], str(a["n"]),
+                         _num(a["effect"], "+.4f") if m else "", f"[{_num(a['ci_low'], '+.4f')}, {_num(a['ci_high'], '+.4f')}]"
+                         if m else "", _num(a["p_value"], ".3g") if m else ""])
+        out += ["", "ablations (each change removed alone, on fresh seeds; contribution > 0: the change helps):",
+                format_table(rows, "lrllrrrr")]
+    if usage:
+        out += ["", "LLM usage per model:", format_table(_llm_usage_rows(usage), "lrrrrrrrrr")]
+    return "\n".join(out)
 
 
 def cmd_log(args) -> int:
+    from .ablation import ablation_table
     from .lab import Lab
 
     lab = Lab(args.lab)
@@ -273,24 +759,20 @@ def cmd_log(args) -> int:
     if args.export:
         files = lab.log.export(args.export, args.format)
         print(f"exported {len(files)} tables to {args.export}", file=sys.stderr)
+    summary = log_summary(lab)
     best, seed = ledger.best(), lab.seed_candidate()
     best_obj = {"candidate_id": best.id, "title": _title(lab, best), "state": best.state.value,
                 "selection_free_mean": ledger.mean(best), "seed_id": seed.id, "seed_mean": ledger.mean(seed)}
-    obj = {"lab": str(lab.path), "best": best_obj, "leaderboard": json.loads(board.to_json(orient="records")),
+    ablations = ablation_table(lab)
+    usage = lab.log.llm_usage()
+    obj = {"lab": str(lab.path), "best": best_obj, "summary": summary,
+           "leaderboard": json.loads(board.to_json(orient="records")),
            "lineage": json.loads(lineage.to_json(orient="records")), "llm": lab.log.llm_totals(),
-           "llm_usage": lab.log.llm_usage()}
-    import pandas as pd
-
-    m = best_obj["selection_free_mean"]
-    best_line = (f"best: {best.id} {best_obj['title']} ({best.state.value}), {lab.task.metric.name} "
-                 f"{'n/a' if m is None else f'{m:.4f}'} over selection-free seeds"
-                 + (" (the seed: no promoted candidate beats it)" if best.id == seed.id else ""))
-    with pd.option_context("display.width", 160, "display.max_columns", 12, "display.max_colwidth", 48):
-        text = f"{best_line}\n\nleaderboard ({lab.task.metric.name}, {lab.task.metric.direction}; the best first):\n" \
-               f"{board.to_string(index=False)}\n\n" \
-               f"lineage:\n{lineage[['candidate_id', 'parent_id', 'depth', 'state', 'title']].to_string(index=False) if not lineage.empty else '(empty)'}" \
-               f"\n\n{_llm_usage_text(obj['llm_usage'])}"
-    _emit(args, obj, text)
+           "llm_usage": usage, "ablations": json.loads(ablations.to_json(orient="records"))}
+    if args.json:
+        _emit(args, obj, "")
+        return 0
+    _emit(args, obj, _log_text(lab, summary, board, lab.log.runs_list(), usage, ablations, args.last))
     return 0
 
 
@@ -353,6 +835,7 @@ def cmd_demo(args) -> int:
     from .lab import Lab
     from ._loop import final_comparison, loop
 
+    check_data(args)
     lab_path = Path(args.lab)
     if args.fresh and lab_path.exists():
         shutil.rmtree(lab_path)
@@ -363,9 +846,15 @@ def cmd_demo(args) -> int:
               f"  {args.iterations} playbook experiments (1 screening seed each), promising ones confirmed on "
               f"{lab.task.seeds.confirmation} fresh seeds, then the best against the seed on {lab.task.seeds.final} "
               "seeds never used for selection", flush=True)
-    s = loop(lab, args.iterations, proposer="playbook", proposer_seed=args.proposer_seed, progress=not args.json)
-    best = lab.ledger.best()
-    fc = final_comparison(lab, best, progress=not args.json)
+    progress = None if args.json else TerminalProgress(lab)
+    try:
+        s = loop(lab, args.iterations, proposer="playbook", proposer_seed=args.proposer_seed, progress=False,
+                 on_event=progress)
+        best = lab.ledger.best()
+        fc = final_comparison(lab, best, progress=False, on_event=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     name = lab.task.metric.name
     obj = {
         f"baseline_{name}": fc["seed_mean"], f"best_{name}": fc["candidate_mean"], "p_value": fc["p_value"],
@@ -490,6 +979,32 @@ def setup_run(add) -> None:
                                                                                          help="folder with the candidate's editable files, or a candidate id of the lab")
     sp.add_argument("--seeds", type=_count, default=1); sp.add_argument("--lab", default=None)
     sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
+    sp.add_argument("--full", action="store_true",
+                    help="re-check everything: never carry the parent's results of unchanged problems (kernels)")
+
+
+def setup_audit(add) -> None:
+    sp = add("audit", cmd_audit, "audit a candidate of a lab against its parent (the loop's checks and paired test)")
+    sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")
+    sp.add_argument("--stage", choices=["auto", "screen", "confirm"], default="auto",
+                    help="screen: its screening/manual runs against the parent's on the same seeds, margin one noise sd; "
+                         "confirm: its confirmation runs, the sequential paired test; auto (default): confirm once it "
+                         "has confirmation runs, else screen")
+    sp.epilog = ("as in the loop, a PROMOTED or REJECTED verdict decides an undecided (READY) candidate; one already "
+                 "decided is re-checked and keeps its state. The verdict is recorded in the log either way. "
+                 "exit codes: 0 the verdict is PROMOTED or PENDING, 1 REJECTED, 2 bad input (the message says what to do)")
+
+
+def setup_ablate(add) -> None:
+    sp = add("ablate", cmd_ablate, "measure each change a candidate carries (stacked promotions, merges): each "
+                                   "removed alone, run beside the full candidate on fresh seeds")
+    sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")
+    sp.add_argument("--seeds", type=_whole(2), default=None, metavar="N",
+                    help="paired seeds per variant, from the final range 1001... (default: the task's [seeds] final)")
+    sp.add_argument("--executor", default="local", help="local | ray"); sp.add_argument("--ray-address", default=None)
+    sp.epilog = ("the results are stored in the lab's log (events 'ablation') and read back with "
+                 "autolab.ablation.ablation_table(lab). exit codes: 0 done, 1 some variant had too few complete runs "
+                 "to measure, 2 bad input")
 
 
 def setup_loop(add) -> None:
@@ -581,8 +1096,10 @@ def setup_import_lab(add) -> None:
 
 
 def setup_log(add) -> None:
-    sp = add("log", cmd_log, "show the leaderboard and lineage of a lab")
+    sp = add("log", cmd_log, "a lab's summary (best, noise, runs per decision, LLM use) and its tables: candidates, "
+                             "recent runs, ablations, LLM usage")
     sp.add_argument("--lab", required=True); sp.add_argument("--export", default=None, help="folder to export tables to")
+    sp.add_argument("--last", type=_count0, default=15, metavar="N", help="the last N runs in the runs table (0: all)")
     sp.add_argument("--format", default="parquet", choices=["parquet", "csv"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -99,3 +100,38 @@ def merge3(base: str, ours: str, theirs: str, *, labels: tuple[str, str] = ("our
 
 def _nl(lines: list[str]) -> list[str]:
     return [l if l.endswith("\n") else l + "\n" for l in lines]
+
+
+# ---------------------------------------------------------------------------- intra-line changes
+
+_WORD = re.compile(r"\w+|\s+|[^\w\s]")
+
+
+def inline_changes(old: str, new: str, *, min_ratio: float = 0.3) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The character spans that differ between two versions of one line, word by word:
+    ``(spans in old, spans in new)``, each ``(start, end)``. Lines that share too little
+    (word similarity under ``min_ratio``) are rewrites, not edits: no spans, the whole line
+    is the change."""
+    a, b = _WORD.findall(old), _WORD.findall(new)
+    sm = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    if not a or not b or sm.ratio() < min_ratio:
+        return [], []
+    pa, pb = _offsets(a), _offsets(b)
+    da: list[tuple[int, int]] = []
+    db: list[tuple[int, int]] = []
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            continue
+        if i2 > i1:
+            da.append((pa[i1], pa[i2]))
+        if j2 > j1:
+            db.append((pb[j1], pb[j2]))
+    return da, db
+
+
+def _offsets(tokens: list[str]) -> list[int]:
+    out, pos = [0], 0
+    for t in tokens:
+        pos += len(t)
+        out.append(pos)
+    return out

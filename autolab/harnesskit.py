@@ -101,3 +101,115 @@ def load_module(path: str | os.PathLike, name: str = CANDIDATE_MODULE) -> Module
             del sys.modules[name]
         raise
     return mod
+
+
+# ----------------------------------------------------------------------------- compile caches
+#
+# torch.compile's caches (Inductor's FX graphs and AOT-autograd entries, Triton's kernels) kept
+# across the runs of a lab, one folder per candidate, on the machine that runs them:
+#
+#     $AUTOLAB_CACHE/compile/<torch version>-<device>/<lab key>/<candidate id>/{inductor,triton}
+#
+# A candidate's runs read and write its own folder only. Its first run starts from a copy of
+# the nearest ancestor's folder (parent, grandparent, ... the seed), so an entry a candidate
+# writes (honest, stale or poisoned) can reach its own later runs and its descendants (which
+# are audited anyway), never the seed, a sibling, another line of research, another lab or the
+# harness (whose processes never compile). The lab names the candidate and its ancestors in the
+# run's environment (COMPILE_CACHE_ENV); a run without it compiles cold, as before.
+
+COMPILE_CACHE_ENV = "AUTOLAB_COMPILE_CACHE"          # "<lab key>/<candidate id>"
+COMPILE_CACHE_FROM_ENV = "AUTOLAB_COMPILE_CACHE_FROM"  # ancestor ids, nearest first, comma-separated
+_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
+
+def cache_root() -> Path:
+    """``$AUTOLAB_CACHE`` or ``~/.cache/autolab``: this machine's cache folder."""
+    return Path(os.environ.get("AUTOLAB_CACHE") or Path.home() / ".cache" / "autolab").expanduser()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c in _SAFE else "-" for c in text.strip())[:80].strip("-.") or "x"
+
+
+def device_tag(device: str) -> str:
+    """The torch version and the accelerator's model, read without initialising CUDA (the
+    driver's /proc files): a cache written on one kind of GPU or torch is not read on another."""
+    try:
+        from importlib.metadata import version
+
+        tv = version("torch")
+    except Exception:  # noqa: BLE001 - no torch metadata: one tag for all
+        tv = "torch"
+    model = device
+    if device.startswith("cuda"):
+        for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+            try:
+                for line in info.read_text().splitlines():
+                    if line.startswith("Model:"):
+                        model = line.split(":", 1)[1]
+                        break
+            except OSError:
+                continue
+            break
+    return _slug(f"{tv}-{model}")
+
+
+def compile_cache_dir(device: str, env: dict[str, str] | None = None) -> Path | None:
+    """This run's torch.compile cache folder (created; seeded from the nearest ancestor's on
+    first use), or None when the run's environment names no lab candidate. ``device``: the
+    preset's device. Trusted code (the task runners) calls it before the candidate starts."""
+    env = os.environ if env is None else env
+    key = env.get(COMPILE_CACHE_ENV, "")
+    lab_key, _, cand = key.partition("/")
+    if not lab_key or not cand:
+        return None
+    base = cache_root() / "compile" / device_tag(device) / _slug(lab_key)
+    own = base / _slug(cand)
+    if own.is_dir():
+        return own
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".{_slug(cand)}.{os.getpid()}.tmp"
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    for anc in (a for a in env.get(COMPILE_CACHE_FROM_ENV, "").split(",") if a):
+        src = base / _slug(anc)
+        if src.is_dir():
+            try:
+                shutil.copytree(src, tmp, ignore=_only_plain)
+            except (OSError, shutil.Error):
+                shutil.rmtree(tmp, ignore_errors=True)
+                continue
+            break
+    for sub in ("inductor", "triton"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, own)            # the first run of the candidate to get here wins
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return own if own.is_dir() else None
+
+
+def _only_plain(folder: str, names: list[str]) -> list[str]:
+    """copytree's ignore: every name but plain files and folders. The copy runs in trusted code
+    that may read what the candidate may not: a link the candidate planted must not be followed
+    (its target would be copied in), and a FIFO must not be opened (the copy would block)."""
+    import stat
+
+    out = []
+    for n in names:
+        try:
+            m = os.lstat(os.path.join(folder, n)).st_mode
+        except OSError:
+            out.append(n)
+            continue
+        if not (stat.S_ISREG(m) or stat.S_ISDIR(m)):
+            out.append(n)
+    return out
+
+
+def compile_cache_env(folder: Path | None) -> dict[str, str]:
+    """The variables that point torch.compile (Inductor) and Triton at ``folder``."""
+    if folder is None:
+        return {}
+    return {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"), "TRITON_CACHE_DIR": str(folder / "triton")}

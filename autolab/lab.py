@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -216,6 +217,8 @@ class Lab:
         if not meta:
             meta = {"task": self.task.name, "task_path": str(self.task.path), "preset": self.preset_name, "created_at": now()}
             meta_file.write_text(json.dumps(meta, indent=2))
+        # a stable name for the lab on any machine it moves to (machine-local caches are keyed by it)
+        self.key = hashlib.sha256(f"{meta.get('task')}|{meta.get('created_at') or self.path}".encode()).hexdigest()[:12]
         self.log = ResearchLog(self.path / "log.db")
         self.log.set_meta("task", self.task.name)
         self.log.set_meta("metric", self.task.metric.name)

@@ -90,6 +90,16 @@ def _quantile(xs: list[float], q: float) -> float | None:
     return round(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo), 4)
 
 
+def _title(c: Candidate, ideas: dict) -> str:
+    """A candidate's title in the views: its idea's, else the one its meta gives (an ablation's
+    variant, which has no parent), else "seed" for a root."""
+    if c.idea_id in ideas:
+        return ideas[c.idea_id].title
+    if isinstance(c.meta, dict) and c.meta.get("title"):
+        return str(c.meta["title"])
+    return "seed" if c.parent_id is None else ""
+
+
 class ResearchLog:
     """Append-only store of records, LLM calls and loop events at ``<lab>/log.db``."""
 
@@ -348,7 +358,7 @@ class ResearchLog:
                 "params.attempt": r.attempt, "tags.thread": c.thread if c else None,
                 "tags.parent_id": c.parent_id if c else None, "tags.idea_id": c.idea_id if c else None,
                 "tags.executor": r.executor, "tags.slot": r.slot,
-                "tags.error": (f"{r.error.get('ename')}: {str(r.error.get('evalue', ''))[:120]}" if r.error else None),
+                "tags.error": (f"{r.error.get('ename')}: {r.error.get('evalue', '')}" if r.error else None),
             }
             row.update({f"metrics.{k}": v for k, v in r.metrics.items() if isinstance(v, (int, float))})
             row.update({f"metrics.time.{k}": v for k, v in r.timings.items() if isinstance(v, (int, float))})
@@ -410,8 +420,7 @@ class ResearchLog:
         cands = {c.id: c for c in self.candidates_list()}
         ideas = {i.id: i for i in self.ideas_list()}
         board["state"] = [cands[c].state.value if c in cands else "" for c in board["candidate_id"]]
-        board["title"] = [(ideas[cands[c].idea_id].title if c in cands and cands[c].idea_id in ideas else
-                           ("seed" if c in cands and cands[c].parent_id is None else "")) for c in board["candidate_id"]]
+        board["title"] = [_title(cands[c], ideas) if c in cands else "" for c in board["candidate_id"]]
         board["tags.thread"] = [cands[c].thread if c in cands else "" for c in board["candidate_id"]]
         board["tags.parent_id"] = [cands[c].parent_id if c in cands else None for c in board["candidate_id"]]
         board = board.sort_values(key, ascending=(direction == "minimize")).reset_index(drop=True)
@@ -437,7 +446,7 @@ class ResearchLog:
 
         rows = [{
             "candidate_id": c.id, "parent_id": c.parent_id, "idea_id": c.idea_id,
-            "title": ideas[c.idea_id].title if c.idea_id in ideas else ("seed" if c.parent_id is None else ""),
+            "title": _title(c, ideas),
             "tags.thread": c.thread, "state": c.state.value, "depth": depth(c),
             "merge_of": ",".join(c.meta.get("merge_of", [])) or None, f"metrics.{metric}": means.get(c.id),
             "created_at": c.created_at,

@@ -9,6 +9,7 @@ are the functions below; they need only the lab's ``log.db`` (not the task folde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -17,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AutolabError
-from .lab import lab_file
 from .ledger import Ledger
 from .log import ResearchLog
 from .records import Purpose
 from .ui import _html as H
-from .ui._plots import PALETTE, new_figure, png_bytes
+from .ui._plots import (PALETTE, STATE_COLORS, experiments, new_figure, png_bytes, result_curve,
+                        running_best)
+from .ui._plots import compare_figure as _compare_figure
+from .ui._plots import progress_figure as _progress_figure
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NOTEBOOK = REPO_ROOT / "notebooks" / "03_report.ipynb"
-STATE_COLORS = {"PROMOTED": "#1a7f37", "REJECTED": "#8c959f", "FAILED": "#cf222e", "READY": "#0969da",
-                "PENDING": "#bf8700"}
 
 
 # ---------------------------------------------------------------------------- data
@@ -43,115 +44,28 @@ def metric_of(log: ResearchLog) -> tuple[str, str]:
     return log.get_meta("metric", "metric"), log.get_meta("direction", "minimize")
 
 
-def experiments(log: ResearchLog):
-    """One row per evaluated candidate, in the order it was first run: thread, title,
-    state, mean metric over complete runs (NaN when every run failed), runs, failures,
-    the selection-free mean (the number "best" is judged on) and ``kept`` (the seed or
-    promoted: the ledger's candidates for best)."""
-    import pandas as pd
-
-    ledger = Ledger(log)
-    metric = ledger.metric
-    seed = ledger.seed()
-    runs = log.runs_list()
-    cands = {c.id: c for c in log.candidates_list()}
-    ideas = {i.id: i for i in log.ideas_list()}
-    verdicts = {v.candidate_id: v for v in log.verdicts_list()}
-    order: dict[str, int] = {}
-    vals: dict[str, list[float]] = {}
-    fails: dict[str, int] = {}
-    for k, r in enumerate(runs):
-        if r.purpose == Purpose.REDTEAM:
-            continue
-        order.setdefault(r.candidate_id, k)
-        if r.state.value == "COMPLETE" and isinstance(r.metrics.get(metric), (int, float)):
-            vals.setdefault(r.candidate_id, []).append(float(r.metrics[metric]))
-        elif r.state.value in ("FAILED", "KILLED"):
-            fails[r.candidate_id] = fails.get(r.candidate_id, 0) + 1
-    rows = []
-    for cid in sorted(order, key=order.get):
-        c = cands.get(cid)
-        v = vals.get(cid, [])
-        ver = verdicts.get(cid)
-        rows.append({
-            "candidate_id": cid, "thread": c.thread if c else "", "parent_id": c.parent_id if c else None,
-            "title": (ideas[c.idea_id].title if c and c.idea_id in ideas else ("seed" if c and c.parent_id is None else "")),
-            "state": c.state.value if c else "", "mean": sum(v) / len(v) if v else math.nan, "n": len(v),
-            "failed": fails.get(cid, 0), "verdict": ver.state.value if ver else None,
-            "p_value": ver.p_value if ver else None,
-            "kept": bool(c and ledger.is_kept(c, seed)),
-            "selection_free_mean": _nan(ledger.mean(cid, runs=runs)),
-        })
-    return pd.DataFrame(rows, columns=["candidate_id", "thread", "parent_id", "title", "state", "mean", "n", "failed",
-                                       "verdict", "p_value", "kept", "selection_free_mean"])
-
-
 def _nan(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
-def _running_best(values, direction: str, kept=None) -> list[float]:
-    """The best value so far, counting only kept experiments (the seed and promoted ones:
-    a rejected candidate's number, a hack's included, never becomes "the best")."""
-    best, out = math.nan, []
-    for k, v in enumerate(values):
-        if kept is not None and not kept[k]:
-            out.append(best)
-            continue
-        if v == v and (best != best or (v < best if direction == "minimize" else v > best)):
-            best = v
-        out.append(best)
-    return out
+_running_best = running_best   # the name earlier code used
 
 
 def _curve(run, lab_dir: Path) -> list[dict]:
-    p = lab_file(lab_dir, run.result_path)
-    if p is None:
-        return []
-    try:
-        return list(json.loads(p.read_text()).get("curve") or [])
-    except (OSError, ValueError):
-        return []
+    return [{"t": t, "loss": l} for t, l in result_curve(lab_dir, run)]
 
 
 # ---------------------------------------------------------------------------- figures
 
 def progress_figure(log: ResearchLog):
-    """Every experiment (mean over its seeds, coloured by outcome) and the running best."""
-    metric, direction = metric_of(log)
-    ex = experiments(log)
-    fig = new_figure(8.0, 3.6)
-    ax = fig.add_subplot(1, 1, 1)
-    if ex.empty:
-        ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="#6e7781")
-        return fig
-    x = list(range(1, len(ex) + 1))
-    ok = ex["mean"].notna()
-    for state, color in STATE_COLORS.items():
-        sel = ok & (ex["state"] == state)
-        if sel.any():
-            ax.scatter([x[i] for i in range(len(ex)) if sel.iloc[i]], ex["mean"][sel], s=36, color=color,
-                       label=state.lower(), zorder=3, edgecolor="white", linewidth=0.5)
-    other = ok & ~ex["state"].isin(list(STATE_COLORS))
-    if other.any():
-        ax.scatter([x[i] for i in range(len(ex)) if other.iloc[i]], ex["mean"][other], s=30, color="#57606a", zorder=3)
-    best = _running_best(list(ex["selection_free_mean"]), direction, list(ex["kept"]))
-    ax.step(x, best, where="post", color="#0969da", lw=1.8, label="running best (seed, promoted; selection-free mean)",
-            zorder=2)
-    if (~ok).any():
-        lo = (ex["mean"][ok].max() if direction == "minimize" else ex["mean"][ok].min()) if ok.any() else 0.0
-        ax.scatter([x[i] for i in range(len(ex)) if not ok.iloc[i]], [lo] * int((~ok).sum()), marker="x", s=40,
-                   color="#cf222e", label="failed run", zorder=3)
-    for i, (_, r) in enumerate(ex.iterrows()):
-        if r["state"] == "PROMOTED" and r["mean"] == r["mean"]:
-            ax.annotate(str(r["title"])[:28], (x[i], r["mean"]), textcoords="offset points", xytext=(4, 6),
-                        fontsize=7, color="#1a7f37")
-    ax.set_xlabel("experiment (candidate, in order of first run)")
-    ax.set_ylabel(f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title("Progress: every experiment and the running best", fontsize=10)
-    return fig
+    """Every experiment (mean over its seeds, coloured by outcome) and the running best of the
+    lab and of each research line."""
+    return _progress_figure(log)
+
+
+def compare_figure(log: ResearchLog, a, b, lab_dir=None, *, labels=None):
+    """Two candidates' training curves: mean ± 1 sd over their seeds."""
+    return _compare_figure(log, Path(lab_dir) if lab_dir else log.path.parent, a, b, labels=labels)
 
 
 def lineage_figure(log: ResearchLog):
@@ -160,7 +74,7 @@ def lineage_figure(log: ResearchLog):
     lin = log.lineage()
     n = len(lin)
     depth = int(lin["depth"].max()) if n else 0
-    fig = new_figure(min(16.0, max(8.0, 2.4 * (depth + 1))), min(14.0, max(2.6, 0.42 * n + 0.8)))
+    fig = new_figure(min(16.0, max(9.0, 2.6 * (depth + 1))), min(16.0, max(2.8, 0.48 * n + 0.9)), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     ax.set_axis_off()
     if not n:
@@ -205,15 +119,15 @@ def lineage_figure(log: ResearchLog):
         m = r.get(f"metrics.{metric}")
         mtxt = f"  {m:.4g}" if isinstance(m, float) and m == m else ""
         ax.annotate(f"{str(r['title'] or cid)[:34]}{mtxt}", (x, y), xytext=(7, 3), textcoords="offset points",
-                    va="bottom", fontsize=7, color="#24292f")
+                    va="bottom", fontsize=8, color="#24292f")
         ax.annotate(f"{cid} · {r['tags.thread']}", (x, y), xytext=(7, -3), textcoords="offset points", va="top",
-                    fontsize=6.5, color="#6e7781")
+                    fontsize=7.5, color="#6e7781")
     ax.set_xlim(-0.3, max(p[0] for p in pos.values()) + 2.3)
     ax.set_ylim(leaf[0] - 0.4, -0.6)
     handles = [ax.scatter([], [], color=c, label=s.lower()) for s, c in STATE_COLORS.items() if (lin["state"] == s).any()]
     if handles:
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title("Lineage: each candidate under its parent (dashed: merged in)", fontsize=10)
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title("Lineage: each candidate under its parent (dashed: merged in)", fontsize=11)
     return fig
 
 
@@ -224,7 +138,7 @@ def thread_figure(log: ResearchLog, lab_dir=None):
     lab_dir = Path(lab_dir) if lab_dir else log.path.parent
     ex = experiments(log)
     ledger = Ledger(log)
-    fig = new_figure(10.0, 3.6)
+    fig = new_figure(11.5, 4.4, dpi=110)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     threads = sorted(set(ex["thread"])) if not ex.empty else []
     runs = log.runs_list()
@@ -249,18 +163,18 @@ def thread_figure(log: ResearchLog, lab_dir=None):
                              label=f"{th}: {title[:24]} (seed {r.seed})")
                     drawn += 1
                     break
-    ax1.set_xlabel("experiment")
-    ax1.set_ylabel(metric)
-    ax1.set_title("Per thread: experiments and running best (kept)", fontsize=10)
+    ax1.set_xlabel("experiment", fontsize=10)
+    ax1.set_ylabel(metric, fontsize=10)
+    ax1.set_title("Per thread: experiments and running best (kept)", fontsize=11)
     ax1.grid(alpha=0.3)
     if threads:
         ax1.legend(fontsize=8, title="thread", title_fontsize=8)
-    ax2.set_title("Training loss of each thread's best candidate (the ledger's)", fontsize=10)
-    ax2.set_xlabel("seconds")
-    ax2.set_ylabel("train loss")
+    ax2.set_title("Training loss of each thread's best candidate (the ledger's)", fontsize=11)
+    ax2.set_xlabel("seconds", fontsize=10)
+    ax2.set_ylabel("train loss", fontsize=10)
     ax2.grid(alpha=0.3)
     if drawn:
-        ax2.legend(fontsize=7)
+        ax2.legend(fontsize=8, loc="upper right")
     else:
         ax2.text(0.5, 0.5, "no training curves recorded", ha="center", va="center", transform=ax2.transAxes,
                  color="#6e7781")
@@ -278,7 +192,7 @@ def summary_html(log: ResearchLog) -> str:
         states[r.state.value] = states.get(r.state.value, 0) + 1
     cands = log.candidates_list()
     promoted = [c for c in cands if c.state.value == "PROMOTED"]
-    best_txt = "—"
+    best_txt = "— (no promoted candidate beats the seed)"
     best, seed = ledger.best(), ledger.seed()
     if best is not None and seed is not None and best.id != seed.id:
         seed_mean, best_mean = ledger.mean(seed, runs=runs), ledger.mean(best, runs=runs)
@@ -308,9 +222,12 @@ def leaderboard_html(log: ResearchLog, limit: int | None = 25) -> str:
 
 
 def audit_summary_html(log: ResearchLog) -> str:
-    """Verdict counts, one row per audited candidate (its latest verdict, the stages before it
-    and the candidate's final state), and which checks failed how often."""
+    """Verdict counts, one row per audited candidate (its final state, the stages of its audit,
+    the ledger's mean as in the leaderboard, and its last verdict's test), and which checks
+    failed how often."""
+    ledger = Ledger(log)
     vs = log.verdicts_list()
+    runs = log.runs_list()
     cands = {c.id: c for c in log.candidates_list()}
     ideas = {i.id: i for i in log.ideas_list()}
     by_cand: dict[str, list] = {}
@@ -321,8 +238,9 @@ def audit_summary_html(log: ResearchLog) -> str:
             if not c.get("passed"):
                 failing[c["name"]] = failing.get(c["name"], 0) + 1
     counts: dict[str, int] = {}
-    for cvs in by_cand.values():
-        counts[cvs[-1].state.value] = counts.get(cvs[-1].state.value, 0) + 1
+    for cid, cvs in by_cand.items():
+        final = cands[cid].state.value if cid in cands else cvs[-1].state.value
+        counts[final] = counts.get(final, 0) + 1
     head = " &nbsp; ".join(f"{H.badge(s)} {n}" for s, n in sorted(counts.items())) or "no verdicts yet"
     rows = []
     for cid, cvs in by_cand.items():
@@ -331,16 +249,108 @@ def audit_summary_html(log: ResearchLog) -> str:
         title = ideas[c.idea_id].title if c is not None and c.idea_id in ideas else ""
         failed = ", ".join(sorted({k["name"] for x in cvs for k in x.checks if not k.get("passed")})) or "—"
         stages = " → ".join(f"{x.meta.get('stage') or 'audit'} {x.state.value.lower()}" for x in cvs)
+        sf = ledger.values(cid, runs=runs)
         rows.append((H.code(cid), H.esc(title), H.badge(c.state if c is not None else v.state), H.esc(stages),
-                     H.fmt(v.candidate_mean), H.fmt(v.parent_mean), H.fmt(v.effect), H.fmt(v.p_value),
+                     f"{H.fmt(ledger.mean(cid, runs=runs))} (n={len(sf)})", H.fmt(v.effect), H.fmt(v.p_value),
                      f"{v.n_candidate}/{v.n_parent}", H.esc(failed), H.esc(v.reason)))
     out = [f'<div style="{H.FONT} margin:4px 0;">{head}</div>',
-           H.table(["candidate", "idea", "state", "verdicts", "mean", "parent mean", "effect", "p", "n (cand/parent)",
-                    "failed checks", "reason"], rows)]
+           H.table(["candidate", "idea", "state", "verdicts", "mean (selection-free)", "effect", "p",
+                    "n in test (cand/parent)", "failed checks", "reason"], rows),
+           f'<div style="{H.FONT} color:#6e7781; font-size:11px;">mean: the ledger\'s, over the candidate\'s '
+           f'selection-free runs, as in the leaderboard; effect, p and n: the last verdict\'s test (positive effect is '
+           f'better).</div>']
     if failing:
         out.append(H.table(["check", "failures"], [(H.esc(k), str(n)) for k, n in sorted(failing.items(), key=lambda x: -x[1])],
                            caption="Checks that failed"))
     return "".join(out)
+
+
+# ---------------------------------------------------------------------------- provenance
+
+def _git_commit(repo: Path = REPO_ROOT) -> str:
+    """The autolab checkout's commit (short hash, "+ local changes" when the tree differs), or why not."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown (autolab is not run from a git checkout)"
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + (" + local changes" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git is not available)"
+
+
+def provenance(log: ResearchLog, lab_dir=None) -> dict[str, str]:
+    """What a reader needs to trust or reproduce the report: when and with what it was built, the
+    lab's preset and where its runs ran, the seed policy and the corpus the runs read."""
+    import datetime as dt
+    import os
+    import platform
+
+    from . import __version__
+    from .ledger import SEED_BASE
+
+    lab_dir = Path(lab_dir) if lab_dir else log.path.parent
+    try:
+        lab_json = json.loads((lab_dir / "lab.json").read_text())
+    except (OSError, ValueError):
+        lab_json = {}
+    runs = [r for r in log.runs_list() if r.purpose != Purpose.REDTEAM]
+    presets: dict[str, int] = {}
+    hosts: dict[str, int] = {}
+    devices: dict[str, int] = {}
+    corpora: dict[str, int] = {}
+    seeds: dict[str, set] = {}
+    for r in runs:
+        presets[r.preset] = presets.get(r.preset, 0) + 1
+        if r.meta.get("host"):
+            hosts[str(r.meta["host"])] = hosts.get(str(r.meta["host"]), 0) + 1
+        preset = r.meta.get("preset") if isinstance(r.meta.get("preset"), dict) else {}
+        summary = r.meta.get("summary") or {}
+        dev = summary.get("device") or preset.get("device")
+        if dev:
+            gpus = preset.get("gpus")
+            key = f"{dev}" + (f" × {gpus}" if isinstance(gpus, int) and gpus > 1 else "")
+            devices[key] = devices.get(key, 0) + 1
+        corpus = r.meta.get("corpus")
+        if isinstance(corpus, dict) and corpus:
+            key = f"{corpus.get('name', '?')} train sha256 {str(corpus.get('train_sha256') or corpus.get('sha256') or '?')[:16]}…"
+            corpora[key] = corpora.get(key, 0) + 1
+        if r.ended_at:
+            seeds.setdefault(Purpose.canonical_of(r.purpose), set()).add(r.seed)
+
+    def counted(d: dict[str, int], none: str) -> str:
+        return "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(d.items(), key=lambda x: -x[1])) or none
+
+    def seed_span(ss: set) -> str:
+        ints = sorted(x for x in ss if isinstance(x, int))
+        return (f"{ints[0]}–{ints[-1]}" if len(ints) > 1 else str(ints[0])) if ints else "—"
+
+    policy = ", ".join(f"{p} from {SEED_BASE[p]}" for p in ("screen", "confirm", "final") if p in SEED_BASE)
+    used = "; ".join(f"{p}: seeds {seed_span(ss)}" for p, ss in sorted(seeds.items()))
+    return {
+        "built": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "autolab": f"{__version__}, commit {_git_commit()}",
+        "lab": f"{lab_dir.resolve().name} (created {lab_json.get('created_at') or log.get_meta('created_at', '?')})",
+        "task": f"{log.get_meta('task', '?')}, metric {log.get_meta('metric', '?')} ({log.get_meta('direction', '?')})",
+        "preset": f"{lab_json.get('preset') or log.get_meta('preset', '?')}"
+                  + (f" (runs: {counted(presets, '')})" if presets else ""),
+        "hardware": (f"runs on {counted(hosts, 'unrecorded hosts')}; devices {counted(devices, 'unrecorded')}"
+                     f"; report built on {platform.node() or '?'} ({platform.machine()}, {os.cpu_count()} CPUs, "
+                     f"{platform.system()} {platform.release()})"),
+        "seed policy": (f"disjoint ranges per purpose ({policy}): selection never sees a confirmation or final seed"
+                        + (f"; used: {used}" if used else "")),
+        "corpus": counted(corpora, "none recorded by the runs (this task reads no corpus, or its harness does "
+                                   "not report one)"),
+    }
+
+
+def provenance_html(log: ResearchLog, lab_dir=None) -> str:
+    return H.table(["", ""], [(f"<b>{H.esc(k)}</b>", H.esc(v)) for k, v in provenance(log, lab_dir).items()],
+                   caption="About this report")
 
 
 def best_diff_html(log: ResearchLog, lab_dir=None) -> str:
@@ -436,6 +446,28 @@ def export_html(notebook, *, title: str | None = None) -> str:
     return body
 
 
+@contextlib.contextmanager
+def _kernel_transport():
+    """Papermill arguments that start the report's kernel on Unix socket files in a short-lived
+    folder (IPC transport), the way runs start theirs. Over TCP without CurveZMQ keys, ipykernel
+    warns at every start that its traffic is unencrypted, and that warning ended up in the
+    output of every ``autolab report``. Not POSIX: the default transport stays."""
+    import os
+    import shutil
+
+    if os.name != "posix":
+        yield {}
+        return
+    from ._papermill_run import _ipc_kernel_manager
+
+    # a Unix socket path must stay under 108 bytes: a folder directly under /tmp
+    folder = tempfile.mkdtemp(prefix="autolab-k-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    try:
+        yield {"kernel_manager_class": _ipc_kernel_manager(folder)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def build_report(lab_dir, out_html, *, notebook=None, smoke: bool = False, timeout: int = 900,
                  kernel_name: str | None = None, keep_notebook: str | Path | None = None) -> Path:
     """Execute the report notebook on ``lab_dir`` and write self-contained HTML to ``out_html``.
@@ -457,12 +489,12 @@ def build_report(lab_dir, out_html, *, notebook=None, smoke: bool = False, timeo
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AutolabError(f"cannot write the report to {out}: {e.strerror}; pick a writable location") from None
-    with tempfile.TemporaryDirectory(prefix="autolab-report-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="autolab-report-") as tmp, _kernel_transport() as transport:
         executed = Path(keep_notebook) if keep_notebook else Path(tmp) / "report.ipynb"
         try:
             pm.execute_notebook(str(nb), str(executed), parameters={"lab": str(lab_dir), "smoke": bool(smoke)},
                                 progress_bar=False, log_output=False, kernel_name=kernel_name,
-                                execution_timeout=timeout, cwd=str(nb.parent))
+                                execution_timeout=timeout, cwd=str(nb.parent), **transport)
         except Exception as e:
             kept = out.with_suffix(".ipynb")
             if executed.exists() and executed != kept:

@@ -677,13 +677,18 @@ def run_sandboxed(
     on_line: Callable[[str], None] | None = None,
     log_path: str | Path | None = None,
     keep: Iterable[str] = (),
+    live: dict | None = None,
 ) -> SandboxResult:
     """Run ``argv`` in ``cwd`` under ``policy`` and ``limits``; block until it ends.
 
     ``env`` is added to the scrubbed environment (``PYTHONPATH`` only if given here);
     ``keep`` names more variables to copy from ``os.environ``. Output lines go to
-    ``on_line`` (called on this thread) and ``log_path`` as they come. Never raises for
-    what the child does: a crash, a kill or a denied action is in the result."""
+    ``on_line`` (called on this thread) and ``log_path`` as they come. ``live``: a dict shared
+    with the caller's other threads while the child runs: this function keeps ``live["cpu_s"]``
+    (the whole tree's CPU seconds so far) current, and kills the tree (reason ``timeout``) once
+    ``time.monotonic()`` passes ``live["deadline"]`` when the caller has set one (a limit that
+    can move while the run goes, e.g. once it has waited for a GPU). Never raises for what the
+    child does: a crash, a kill or a denied action is in the result."""
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("run_sandboxed: argv is empty")
@@ -822,7 +827,7 @@ def run_sandboxed(
         ender = _Ender(proc.pid, root_path, limits)
         while proc.poll() is None:
             now = time.monotonic()
-            if now - start > limits.wall_s:
+            if now - start > limits.wall_s or (live is not None and now > live.get("deadline", float("inf"))):
                 reason = "timeout"
                 break
             if now >= next_scan:
@@ -846,6 +851,8 @@ def run_sandboxed(
                     reason = "memory"
                     break
                 ender.account(members)
+                if live is not None:
+                    live["cpu_s"] = ender.cpu_estimate()
                 if limits.tree_cpu_s is not None and ender.cpu_estimate() > limits.tree_cpu_s:
                     reason = "cpu"
                     break

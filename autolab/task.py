@@ -5,6 +5,7 @@ A malformed task.toml raises :class:`TaskError` naming the file, the key and the
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import hashlib
 import math
@@ -13,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -146,6 +147,9 @@ class Task:
     playbook: Path | None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     audit: AuditSpec = field(default_factory=AuditSpec)
+    measured: tuple[str, ...] = ()  # globs of the editable files a run measures (default: every editable file)
+    problem_file: str | None = None  # "{problem}.py": one file per problem; a preset's `problems` picks some
+    carry: bool = False            # a run may carry the parent's per-problem results of unchanged problems
 
     def preset(self, name: str | None = None) -> Preset:
         name = name or self.default_preset
@@ -184,12 +188,89 @@ class Task:
             )
         return files
 
+    # ------------------------------------------------------------------ what a run measures
+    def problems(self, preset: str | None, files: "Mapping[str, Any]") -> list[str] | None:
+        """The problems a run of ``preset`` evaluates (its ``problems`` setting, else every file of
+        ``files`` that matches ``[files] problem_file``); None for a task without problems."""
+        if not self.problem_file:
+            return None
+        listed = self.preset(preset).settings.get("problems")
+        if listed:
+            return [str(p) for p in listed]
+        pre, _, post = self.problem_file.partition("{problem}")
+        return sorted(f[len(pre):len(f) - len(post)] for f in files
+                      if f.startswith(pre) and f.endswith(post) and len(f) > len(pre) + len(post)
+                      and "/" not in f[len(pre):len(f) - len(post)] and not f[len(pre):].startswith("_"))
+
+    def units(self, preset: str | None, files: "Mapping[str, str]") -> dict[str, frozenset[str]]:
+        """What a run of ``preset`` measures, as ``{unit: the candidate files it depends on}``: one
+        unit per problem (its file and the candidate's modules that file imports, transitively),
+        or for a task without problems one unit ``"run"`` (every measured file and its imports)."""
+        probs = self.problems(preset, files)
+        if probs is None:
+            roots = [f for f in files if any(fnmatch.fnmatch(f, pat) for pat in (self.measured or self.editable))]
+            return {"run": local_closure(roots, files)}
+        return {p: local_closure([self.problem_file.format(problem=p)], files) for p in probs}  # type: ignore[union-attr]
+
+    def changed_units(self, preset: str | None, old: "Mapping[str, str]", new: "Mapping[str, str]") -> list[str]:
+        """The units (see :meth:`units`) whose files differ between two versions of the editable
+        files (``{path: text}``, e.g. a parent's and a candidate's); the imports of both count."""
+        changed = {f for f in set(old) | set(new) if old.get(f) != new.get(f)}
+        before, after = self.units(preset, old), self.units(preset, new)
+        return [u for u in after if (after[u] | before.get(u, frozenset())) & changed] + \
+               [u for u in before if u not in after and before[u] & changed]
+
     def brief_text(self) -> str:
         return self.brief.read_text() if self.brief and self.brief.exists() else ""
 
 
 def _sha256(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def local_imports(text: str, files: "Mapping[str, Any]") -> set[str]:
+    """The files of ``files`` (relative paths) that the Python source ``text`` imports by module
+    name (``import x``, ``from x import y``, ``from . import x``); every ``.py`` file when the
+    source does not parse (a file that cannot be read is assumed to use everything)."""
+    by_module: dict[str, str] = {}
+    for f in files:
+        if f.endswith("/__init__.py"):
+            by_module[f[:-len("/__init__.py")].replace("/", ".")] = f
+        elif f.endswith(".py"):
+            by_module[f[:-3].replace("/", ".")] = f
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return set(by_module.values())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{a.name}" if base else a.name for a in node.names)
+    out = set()
+    for n in names:
+        parts = n.split(".")
+        for i in range(len(parts), 0, -1):   # `import pkg.mod` uses pkg/__init__.py and pkg/mod.py
+            if ".".join(parts[:i]) in by_module:
+                out.add(by_module[".".join(parts[:i])])
+    return out
+
+
+def local_closure(roots: "list[str]", files: "Mapping[str, str]") -> frozenset[str]:
+    """``roots`` and every file of ``files`` they import, transitively (see :func:`local_imports`)."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f in files and f.endswith(".py"):
+            todo.extend(local_imports(files[f], files) - seen)
+    return frozenset(seen)
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -315,6 +396,22 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
         raise r.fail("seeds.confirmation", f"({seeds.confirmation}) is below significance.min_seeds ({sig.min_seeds})",
                      "confirm on at least as many seeds as promotion needs")
 
+    measured = r.get("files.measured", list, [])
+    if not all(isinstance(x, str) for x in measured):
+        raise r.fail("files.measured", "must be a list of strings (glob patterns)", 'write e.g. ["train.py"]')
+    problem_file = r.get("files.problem_file", str, None)
+    if problem_file is not None and "{problem}" not in problem_file:
+        raise r.fail("files.problem_file", f"is {problem_file!r}, without {{problem}}",
+                     'write the file of one problem as a pattern, e.g. "{problem}.py"')
+    carry = r.get("files.carry", bool, False)
+    if carry and not problem_file:
+        raise r.fail("files.carry", "is true but the task declares no problem_file",
+                     'add problem_file = "{problem}.py" under [files] (results are carried per problem), or remove carry')
+    for pname, p in presets.items():
+        listed = p.settings.get("problems")
+        if listed is not None and (not isinstance(listed, list) or not all(isinstance(x, str) and x for x in listed)):
+            raise r.fail(f"presets.{pname}.problems", "must be a list of problem names", 'write e.g. ["softmax", "rmsnorm"]')
+
     notebook = root / r.get("notebook", str, "benchmark.ipynb")
     if not notebook.exists():
         raise r.fail("notebook", f"points at {notebook}, which does not exist", "add the benchmark notebook or fix the name")
@@ -329,7 +426,7 @@ def load_task_file(toml_path: str | os.PathLike) -> Task:
         default_preset=default_preset, seed_dir=seed_dir, editable=tuple(editable), protected=tuple(protected),
         seeds=seeds, significance=sig, probes=probes, notebook=notebook,
         brief=brief if brief.exists() else None, playbook=playbook if playbook.exists() else None, raw=data,
-        audit=audit,
+        audit=audit, measured=tuple(measured), problem_file=problem_file, carry=carry,
     )
 
 

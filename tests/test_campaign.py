@@ -77,6 +77,12 @@ def test_duration_estimate_is_the_p90_of_measured_runs(toy_lab):
     # before any run: the preset's timeout
     est, how = run_duration_estimate(toy_lab, "screen", runs=[])
     assert est == toy_lab.preset.timeout_s and "timeout_s" in how
+    toy_lab.preset.settings["expected_run_s"] = 42          # a preset may declare a typical run's length
+    try:
+        assert run_duration_estimate(toy_lab, "screen", runs=[]) == (42.0, "no completed run yet: the preset "
+                                                                           f"{toy_lab.preset_name}'s expected_run_s")
+    finally:
+        toy_lab.preset.settings.pop("expected_run_s")
 
     def run(purpose, wall, state=State.COMPLETE, preset="quick"):
         r = Run(id=f"r-{purpose}-{wall}", task="toy", candidate_id="c-x", preset=preset, seed=1, purpose=purpose)

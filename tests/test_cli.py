@@ -28,6 +28,34 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
     assert code == 0 and obj["experiments"] == 3 and obj["stopped"] == "done"
     code, obj = _json(capsys, ["log", "--lab", lab, "--json", "--export", str(tmp_path / "exp"), "--format", "csv"])
     assert code == 0 and obj["leaderboard"] and (tmp_path / "exp" / "runs.csv").exists()
+    assert obj["summary"]["decisions"] >= 1 and obj["summary"]["noise"]["cross_seed_sd"] is not None
+
+    # the text: a summary, then aligned tables (each row's columns start where the header's do)
+    assert main(["log", "--lab", lab, "--last", "3"]) == 0
+    text = capsys.readouterr().out
+    for what in ("best: ", "noise: cross-seed sd", "runs per decision", "candidates with complete runs",
+                 "runs (the last 3 of"):
+        assert what in text, what
+    lines = text.splitlines()
+    head = next(i for i, l in enumerate(lines) if l.startswith("run ") and "purpose" in l)
+    rule, rows = lines[head + 1], lines[head + 2:head + 5]
+    starts = [i for i, ch in enumerate(rule) if ch == "-" and (i == 0 or rule[i - 1] == " ")]
+    assert len(starts) == 8 and all(r[starts[1]:starts[1] + 2] == "c-" for r in rows), text
+
+    # `autolab audit` re-checks a promoted candidate: the loop's verdict again, its state (and insights) unchanged
+    import autolab
+
+    promoted = [c for c in autolab.Lab(lab).log.candidates_list() if c.state.value == "PROMOTED"]
+    assert promoted
+    n_insights = len(autolab.Lab(lab).log.insights_list())
+    code, v = _json(capsys, ["audit", lab, promoted[0].id, "--json"])
+    assert code == 0 and v["state"] == "PROMOTED" and v["stage"] == "confirm" and v["candidate_id"] == promoted[0].id
+    assert v["decided"] is False and len(autolab.Lab(lab).log.insights_list()) == n_insights
+    assert autolab.Lab(lab).candidate(promoted[0].id).state.value == "PROMOTED"
+    assert main(["audit", lab, autolab.Lab(lab).seed_candidate().id]) == 2
+    assert "is the lab's seed" in capsys.readouterr().err
+    assert main(["audit", lab, "c-000000000000"]) == 2
+    assert "no candidate 'c-000000000000'" in capsys.readouterr().err
     code, obj = _json(capsys, ["demo", "--task", str(toy_task), "--preset", "quick", "--lab", str(tmp_path / "demo"),
                                "--iterations", "3", "--json"])
     assert code == 0
@@ -133,3 +161,65 @@ def test_tasks_lists_every_task_even_with_a_broken_one(capsys, monkeypatch, tmp_
     by_name = {t["name"]: t for t in obj["tasks"]}
     assert code == 1 and "toy" in by_name and "nanochat" in by_name
     assert "task.toml" in by_name["broken"]["error"]
+
+
+def test_bad_corpus_path_fails_before_any_run(capsys, monkeypatch, tmp_path):
+    """A wrong $AUTOLAB_DATA is reported by `autolab run` and `autolab loop` at once, with the whole
+    message (the folder, where it came from, the fix), exit code 2, and no lab or run is made."""
+    monkeypatch.setenv("AUTOLAB_DATA", str(tmp_path / "no-corpus"))
+    for argv in (["run", "nanochat", "--preset", "cpu-smoke"], ["loop", "nanochat", "--preset", "cpu-smoke"]):
+        lab = tmp_path / argv[0]
+        assert main(argv + ["--lab", str(lab)]) == 2
+        err = capsys.readouterr().err
+        assert "no run was started" in err and str(tmp_path / "no-corpus") in err and "$AUTOLAB_DATA" in err
+        assert "fix: point" in err and err.rstrip().endswith("download_shards"), err   # the whole message
+        assert not lab.exists()
+
+
+def test_terminal_progress_shows_phase_and_eta(tmp_path, toy_lab):
+    """The terminal view of the run events: each phase in order (never back), the training clock
+    against the budget, an ETA, the end line; in place on a TTY, plain lines otherwise."""
+    import io
+
+    from autolab.cli import TerminalProgress
+
+    events = [{"type": "run_start", "run_id": "r-1", "seed": 3, "candidate_id": "c-1", "purpose": "screen"},
+              {"type": "phase", "run_id": "r-1", "phase": "start-up"},
+              {"type": "curve", "run_id": "r-1", "step": 10, "t": 2.0, "loss": 4.5},
+              {"type": "phase", "run_id": "r-1", "phase": "evaluation"},
+              {"type": "curve", "run_id": "r-1", "step": 11, "t": 5.0, "loss": 4.4},   # a late point: still evaluating
+              {"type": "phase", "run_id": "r-1", "phase": "saving"},
+              {"type": "note", "message": "c-1: PENDING (screening)"},
+              {"type": "run_end", "run_id": "r-1", "run": None}]
+    plain = io.StringIO()
+    tp = TerminalProgress(toy_lab, stream=plain, tty=False)
+    for e in events:
+        tp(e)
+    tp.close()
+    lines = plain.getvalue().splitlines()
+    assert [l.split(": ", 1)[1].split(" (")[0].split(",")[0] for l in lines[:4]] == \
+           ["waiting to start", "start-up", "training 2 of 5 s", "evaluation"]
+    assert "ETA > 3 s" in lines[2] and "saving" in lines[4] and lines[5] == "  c-1: PENDING (screening)"
+    assert lines[6] == "screen c-1 seed 3 [r-1]: ended" and len(lines) == 7
+
+    tty = io.StringIO()
+    tp = TerminalProgress(toy_lab, stream=tty, tty=True)
+    tp.durations = [20.0]   # earlier runs took 20 s: the ETA is what is left of that
+    for e in events[:3]:
+        tp(e)
+    assert tp.status_line().startswith("[0 done, 1 in flight] seed 3: training 2 of 5 s, step 10, loss 4.5")
+    assert "ETA 20 s" in tp.status_line() or "ETA 19 s" in tp.status_line()
+    tp({"type": "run_start", "run_id": "r-2", "seed": 4, "candidate_id": "c-1", "purpose": "screen"})
+    line = tp.status_line()   # two in flight: a few words each
+    assert line.startswith("[0 done, 2 in flight] seed 3: training 2/5 s, 0 s, ETA") and "| seed 4: waiting, 0 s" in line
+    tp.close()
+    assert "\r\x1b[K" in tty.getvalue() and "\n" not in tty.getvalue()
+
+
+def test_run_prints_phases_as_plain_lines(capsys, tmp_path, toy_task):
+    assert main(["run", str(toy_task), "--lab", str(tmp_path / "lab")]) == 0
+    out, err = capsys.readouterr()
+    assert "mean loss" in out
+    phases = [l.split("]: ", 1)[1] for l in err.splitlines() if "]: " in l]
+    assert phases[0].startswith("waiting to start") and phases[-1].startswith("COMPLETE loss = ")
+    assert any(p.startswith("saving") for p in phases), err

@@ -106,3 +106,41 @@ def test_importing_the_helper_loads_nothing_heavy():
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def _cache_env(tmp_path, cand: str, chain: str = "") -> dict[str, str]:
+    return {"AUTOLAB_CACHE": str(tmp_path / "cache"), K.COMPILE_CACHE_ENV: f"lab1/{cand}", K.COMPILE_CACHE_FROM_ENV: chain}
+
+
+def test_compile_cache_starts_from_the_nearest_ancestor_and_reaches_no_one_else(tmp_path, monkeypatch):
+    """A candidate's first run starts from a copy of its nearest ancestor's cache; what it
+    writes stays in its own folder (the seed and a sibling never see it); a link or a FIFO
+    planted in a cache is not followed or opened by the (trusted) copy."""
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    assert K.compile_cache_dir("cpu", {}) is None                      # no lab candidate named: no cache
+    seed = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-seed"))
+    assert seed.is_dir() and (seed / "inductor").is_dir() and (seed / "triton").is_dir()
+    (seed / "inductor" / "fxgraph.bin").write_bytes(b"seed entry")
+    secret = tmp_path / "val.tokens.npy"
+    secret.write_bytes(b"the targets")
+    (seed / "inductor" / "link").symlink_to(secret)
+    os.mkfifo(seed / "triton" / "fifo")
+
+    child = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-child", "c-seed"))
+    assert child != seed and child.parent == seed.parent
+    assert (child / "inductor" / "fxgraph.bin").read_bytes() == b"seed entry"
+    assert not (child / "inductor" / "link").exists() and not os.path.lexists(child / "inductor" / "link")
+    assert not os.path.lexists(child / "triton" / "fifo")
+    (child / "inductor" / "poisoned.bin").write_bytes(b"child entry")
+
+    grandchild = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-grand", "c-child,c-seed"))
+    assert (grandchild / "inductor" / "poisoned.bin").exists()       # descendants inherit it...
+    sibling = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-sib", "c-seed"))
+    assert not (sibling / "inductor" / "poisoned.bin").exists()      # ...no one else does
+    assert not (seed / "inductor" / "poisoned.bin").exists()
+    assert K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-child", "c-seed")) == child   # later runs reuse it
+    other_lab = K.compile_cache_dir("cpu", {**_cache_env(tmp_path, "c-child"), K.COMPILE_CACHE_ENV: "lab2/c-child"})
+    assert other_lab != child and not (other_lab / "inductor" / "poisoned.bin").exists()
+    assert K.compile_cache_env(child) == {"TORCHINDUCTOR_CACHE_DIR": str(child / "inductor"),
+                                          "TRITON_CACHE_DIR": str(child / "triton")}
+    assert K.compile_cache_env(None) == {}

@@ -23,8 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the steps
     ("autolab._propose", "autolab._implement", "autolab._run", "autolab._audit", "autolab._audit.*", "autolab.merge",
      "autolab.llm_propose", "autolab.llm_implement"),
-    # the loop
-    ("autolab._loop", "autolab.background"),
+    # the loop (and the ablation, which schedules runs like its final comparison; background: a loop beside the notebook)
+    ("autolab._loop", "autolab.ablation", "autolab.background"),
     # the views
     ("autolab.report", "autolab.ui", "autolab.ui.*", "autolab.cli", "autolab.__main__"),
 ]

@@ -321,3 +321,22 @@ def _nanochat_footprint(path: Path) -> None:
     assert (d / "result.harness" / "eval.json").is_file() and (d / "result.harness" / "train.log").is_file()
     besides_model = _du(lab.path) - model.stat().st_size
     assert besides_model < 1_000_000, besides_model   # measured: about 0.2 MB (log.db, objects, the run's files)
+
+
+def test_a_run_names_its_candidate_and_ancestors_for_the_compile_cache(tmp_path, toy_task):
+    """build_job puts the lab's key, the candidate and its ancestors (nearest first) in the
+    run's environment; the key survives a move of the lab (machine caches are keyed by it)."""
+    from autolab._run import compile_cache_job_env
+    from autolab.harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV
+
+    lab = Lab(tmp_path / "lab", task=str(toy_task))
+    seed = lab.seed_candidate()
+    _cand(lab, "c-a", State.PROMOTED, seed.id)
+    b = _cand(lab, "c-b", State.READY, "c-a")
+    env = compile_cache_job_env(lab, b)
+    assert env == {COMPILE_CACHE_ENV: f"{lab.key}/c-b", COMPILE_CACHE_FROM_ENV: f"c-a,{seed.id}"}
+    assert compile_cache_job_env(lab, seed)[COMPILE_CACHE_FROM_ENV] == ""
+    key = lab.key
+    lab.log.close()
+    shutil.move(str(tmp_path / "lab"), str(tmp_path / "moved"))
+    assert Lab(tmp_path / "moved").key == key

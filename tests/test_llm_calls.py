@@ -173,8 +173,13 @@ def test_usage_per_model_in_autolab_log(tmp_path, toy_task, capsys):
     lab.log.llm_call_start(model="ollama_chat/b")
     assert main(["log", "--lab", str(lab.path)]) == 0
     text = capsys.readouterr().out
-    assert "openai/a: 5 calls (4 ok, 1 failed), tokens 40 in / 20 out, $0.0400, latency p50 2.50 s, p95 3.85 s" in text
-    assert "ollama_chat/b: 1 calls (0 ok, 0 failed, 1 in flight)" in text
+    table = text[text.index("LLM usage per model:"):].splitlines()
+    assert table[1].split() == ["model", "calls", "ok", "failed", "interrupted", "tokens", "in", "tokens", "out",
+                                "cost", "$", "p50", "s", "p95", "s"]
+    rows = {line.split()[0]: line.split()[1:] for line in table[3:]}
+    assert rows["openai/a"] == ["5", "4", "1", "0", "40", "20", "0.0400", "2.50", "3.85"]
+    assert rows["ollama_chat/b"] == ["1", "0", "0", "1", "0", "0", "0.0000", "-", "-"]   # in flight
+    assert "LLM: 6 calls" in text   # the summary line
     assert main(["log", "--lab", str(lab.path), "--json"]) == 0
     usage = {u["model"]: u for u in json.loads(capsys.readouterr().out)["llm_usage"]}
     assert usage["openai/a"]["failed"] == 1 and usage["ollama_chat/b"]["in_flight"] == 1

@@ -21,9 +21,12 @@ class JobLimits:
     timeout_s: float                # wall-clock limit of the whole execution (papermill included)
     gpus: int = 0                   # GPUs the job needs (0 on CPU presets)
     cpu_threads: int = 1            # CPU threads the job uses
+    runs_per_gpu: int = 1           # runs that may share each of its GPUs (they take turns for their timed
+    #                                 work: the harness's GPU baton; the preset's runs_per_gpu)
 
     def to_dict(self) -> dict:
-        return {"timeout_s": self.timeout_s, "gpus": self.gpus, "cpu_threads": self.cpu_threads}
+        return {"timeout_s": self.timeout_s, "gpus": self.gpus, "cpu_threads": self.cpu_threads,
+                "runs_per_gpu": self.runs_per_gpu}
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,9 @@ class Executor(abc.ABC):
         """Runs in flight at once for this executor's default kind of run."""
 
     @abc.abstractmethod
-    def slots_for(self, gpus: int, cpu_threads: int = 1) -> int:
-        """Runs in flight at once of a kind that needs ``gpus`` GPUs (or ``cpu_threads`` CPU threads)."""
+    def slots_for(self, gpus: int, cpu_threads: int = 1, runs_per_gpu: int = 1) -> int:
+        """Runs in flight at once of a kind that needs ``gpus`` GPUs (or ``cpu_threads`` CPU
+        threads), ``runs_per_gpu`` of them sharing each GPU."""
 
     @property
     @abc.abstractmethod

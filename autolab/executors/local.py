@@ -5,7 +5,6 @@ process session, killed as a whole on timeout. The command comes from ``notebook
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -60,6 +59,38 @@ class _Cores:
             self.cv.notify_all()
 
 
+class _Gpus:
+    """The visible GPUs as a pool of shares: a job takes ``gpus`` GPUs, a 1/``runs_per_gpu``
+    share of each (the least loaded first); a whole GPU is ``UNITS`` units."""
+
+    UNITS = 60   # divisible by 1..6
+
+    def __init__(self, ids: list[str]):
+        self.free = {i: self.UNITS for i in ids}
+        self.cv = threading.Condition()
+
+    def take(self, gpus: int, runs_per_gpu: int = 1, give_up=lambda: False) -> tuple[list[str], int]:
+        """Take the shares, waiting for them; ([], 0) without taking any once ``give_up()`` is
+        true (a job cancelled while it waits)."""
+        unit = self.UNITS // max(1, min(int(runs_per_gpu), 6))
+        with self.cv:
+            while True:
+                ok = sorted((i for i, f in self.free.items() if f >= unit), key=lambda i: -self.free[i])
+                if len(ok) >= gpus:
+                    for i in ok[:gpus]:
+                        self.free[i] -= unit
+                    return ok[:gpus], unit
+                if give_up():
+                    return [], 0
+                self.cv.wait(timeout=0.5)
+
+    def give(self, ids: list[str], unit: int) -> None:
+        with self.cv:
+            for i in ids:
+                self.free[i] += unit
+            self.cv.notify_all()
+
+
 class LocalExecutor(Executor):
     """``LocalExecutor(gpu_slots=None, cpu_slots=None)``: one slot per visible GPU for GPU
     jobs; CPU jobs share the machine's cores (``cpu_slots`` overrides the count), each taking
@@ -71,9 +102,7 @@ class LocalExecutor(Executor):
         gpus = _gpu_count() if gpu_slots is None else gpu_slots
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
-        self._gpu_ids: "queue.Queue[str]" = queue.Queue()
-        for i in ids[:gpus]:
-            self._gpu_ids.put(i)
+        self._gpus = _Gpus(ids[:gpus])
         self._n_gpu = gpus
         cores = os.cpu_count() or 1
         self._n_cpu = cpu_slots if cpu_slots is not None else max(1, cores // max(1, threads_per_job))
@@ -96,10 +125,10 @@ class LocalExecutor(Executor):
     def slots(self) -> int:
         return self._n_gpu if self._n_gpu else self._n_cpu
 
-    def slots_for(self, gpus: int, cpu_threads: int = 1) -> int:
+    def slots_for(self, gpus: int, cpu_threads: int = 1, runs_per_gpu: int = 1) -> int:
         """How many runs of this kind can execute at once."""
         if gpus:
-            return self._n_gpu // max(1, gpus)
+            return (self._n_gpu // max(1, gpus)) * max(1, min(int(runs_per_gpu), 6))
         if self._runs_per_slot:
             return self._cores.n
         return max(1, self._cores.n // max(1, min(cpu_threads, self._cores.n)))
@@ -144,27 +173,23 @@ class LocalExecutor(Executor):
                                      host=socket.gethostname()))
             return
         gpu_ids: list[str] = []
-        taken = 0
+        taken = unit = 0
         start = time.monotonic()
+        give_up = lambda: bool(self._cancel_reason(job.run_id))   # noqa: E731 - cancelled while it waits
         if lim.gpus:
-            while len(gpu_ids) < lim.gpus and not self._cancel_reason(job.run_id):
-                try:
-                    gpu_ids.append(self._gpu_ids.get(timeout=0.5))
-                except queue.Empty:
-                    pass
+            gpu_ids, unit = self._gpus.take(lim.gpus, lim.runs_per_gpu, give_up=give_up)
         else:
-            taken = self._cores.take(1 if self._runs_per_slot else lim.cpu_threads,
-                                     give_up=lambda: bool(self._cancel_reason(job.run_id)))
+            taken = self._cores.take(1 if self._runs_per_slot else lim.cpu_threads, give_up=give_up)
         why = self._cancel_reason(job.run_id)
         if why:   # cancelled while it waited for a slot: it never starts
-            for g in gpu_ids:
-                self._gpu_ids.put(g)
+            if gpu_ids:
+                self._gpus.give(gpu_ids, unit)
             if taken:
                 self._cores.give(taken)
             fut.set_result(JobResult(job.run_id, None, time.monotonic() - start, killed_reason=why,
                                      output_tail="cancelled before it started", host=socket.gethostname()))
             return
-        slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else f"cpu"
+        slot = ("gpu:" + ",".join(gpu_ids)) if gpu_ids else "cpu"
         env = dict(os.environ)
         env.update(job.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids) if gpu_ids else ""
@@ -212,8 +237,7 @@ class LocalExecutor(Executor):
                 self._procs = {p for p in self._procs if p.poll() is None}
                 self._busy_s += time.monotonic() - start
             if gpu_ids:
-                for g in gpu_ids:
-                    self._gpu_ids.put(g)
+                self._gpus.give(gpu_ids, unit)
             else:
                 self._cores.give(taken)
 

@@ -337,10 +337,11 @@ class RayExecutor(Executor):
             return int(res["GPU"])
         return max(1, int(res.get("CPU", 1) // (self.num_cpus_per_run or 1)))
 
-    def slots_for(self, gpus: int, cpu_threads: int = 1) -> int:
+    def slots_for(self, gpus: int, cpu_threads: int = 1, runs_per_gpu: int = 1) -> int:
         res = self._ray.cluster_resources()
         if gpus:
-            return max(1, int(res.get("GPU", 0) // gpus))
+            share = max(1, int(runs_per_gpu)) if gpus == 1 else 1   # Ray shares a GPU only between 1-GPU tasks
+            return max(1, int(res.get("GPU", 0) // gpus) * share)
         return max(1, int(res.get("CPU", 1) // (self.num_cpus_per_run or cpu_threads or 1)))
 
     def _request(self, job: Job) -> dict[str, float]:
@@ -354,7 +355,9 @@ class RayExecutor(Executor):
             cpus = biggest
         need["CPU"] = cpus
         if lim.gpus:
-            need["GPU"] = lim.gpus
+            # a 1-GPU run of a preset with runs_per_gpu = k takes 1/k of the GPU (Ray's fractional GPUs);
+            # the runs that share it take turns for their timed work (the harness's GPU baton)
+            need["GPU"] = 1.0 / max(1, lim.runs_per_gpu) if lim.gpus == 1 else lim.gpus
         return need
 
     def _unschedulable(self, need: dict[str, float]) -> str:

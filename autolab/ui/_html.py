@@ -84,7 +84,8 @@ def kv(pairs: Iterable[tuple[str, Any]]) -> str:
 
 
 def code(text: str) -> str:
-    return f'<code style="{MONO} background:#f6f8fa; padding:0 3px; border-radius:3px;">{esc(text)}</code>'
+    return (f'<code style="{MONO} background:#f6f8fa; padding:0 3px; border-radius:3px; white-space:nowrap;">'
+            f'{esc(text)}</code>')
 
 
 def pre(text: str, max_height: str = "20em") -> str:
@@ -129,8 +130,11 @@ def run_html(r: Run) -> str:
     meta = kv([("candidate", code(short(r.candidate_id, 14))), ("preset", esc(r.preset)), ("seed", esc(r.seed)),
                ("purpose", esc(r.purpose))])
     parts = [head, f'<div style="margin:2px 0 6px 0;">{meta}</div>']
-    if r.metrics:
+    if r.state is State.COMPLETE and r.metrics:
         parts.append(table(["metric", "value"], [(esc(k), fmt(v)) for k, v in sorted(r.metrics.items())]))
+    elif r.state in (State.FAILED, State.KILLED):
+        # whatever numbers the harness wrote before it stopped (a parameter count, a partial loss) are not the metric
+        parts.append(f'<div style="color:#57606a; margin-top:4px;">no metric: the run ended {esc(r.state.value)}</div>')
     if r.timings:
         t = ", ".join(f"{esc(k)}={fmt(v, 3)}" for k, v in sorted(r.timings.items()) if isinstance(v, (int, float)))
         parts.append(f'<div style="color:#57606a; margin-top:4px;">timings: {t}</div>')
@@ -165,7 +169,7 @@ def verdict_html(v: Verdict, *, alpha: float | None = None, unit: str = "") -> s
     vs = (f" vs parent {code(short(v.parent_id, 14))}" if v.parent_id else "") + \
         f' <span style="color:#6e7781; font-size:11px;">(verdict {esc(v.id)})</span>'
     u = f" {esc(unit)}" if unit else ""
-    numbers = table(["", "mean", "n"], [
+    numbers = table(["", "mean over this audit's runs", "n"], [
         ("candidate", fmt(v.candidate_mean) + u, str(v.n_candidate)),
         ("parent", fmt(v.parent_mean) + u, str(v.n_parent)),
     ])
@@ -203,17 +207,29 @@ def record_html(r: _Record) -> str:
 # ---------------------------------------------------------------------------- DataFrame views
 
 def leaderboard_table(board, metric: str, *, unit: str = "", limit: int | None = 20, max_height: str | None = None) -> str:
-    """HTML of ``log.leaderboard()``: rank, candidate, idea title, thread, n, mean ± std, best, state."""
+    """HTML of the ledger's leaderboard (``Ledger.leaderboard()``), one row per candidate with its
+    final state: rank, candidate (the ledger's best marked), idea title, thread, state, the
+    ledger's mean (selection-free runs), then every complete run's n, mean ± std and best value.
+    The ledger's order is kept, except that rejected candidates go last: a rejected candidate is
+    never first, whatever its number."""
     key = f"metrics.{metric}"
+    sf_key = f"{key}_selection_free"
     rows = []
     if board is not None and not board.empty:
-        for rank, (_, r) in enumerate(board.iterrows(), 1):
+        records = [r for _, r in board.iterrows()]
+        records = ([r for r in records if r.get("state") != "REJECTED"]
+                   + [r for r in records if r.get("state") == "REJECTED"])
+        for rank, r in enumerate(records, 1):
             if limit and rank > limit:
                 break
-            name = f"<b>{fmt(r.get(key))}</b>" if rank == 1 else fmt(r.get(key))
-            rows.append((str(rank), code(str(r["candidate_id"])), esc(r.get("title") or ""), esc(r.get("tags.thread") or ""),
-                         str(int(r["n"])), f"{name} ± {fmt(r.get(key + '_std'), 2)}", fmt(r.get(key + "_best")),
-                         badge(r.get("state") or "")))
+            best = bool(r.get("best", False))
+            cand = code(str(r["candidate_id"])) + (" " + badge("PROMOTED", "best") if best else "")
+            sf = r.get(sf_key)
+            sf_txt = f"<b>{fmt(sf)}</b>" if best else fmt(sf)
+            n = r.get("n")
+            rows.append((str(rank), cand, esc(r.get("title") or ""), esc(r.get("tags.thread") or ""),
+                         badge(r.get("state") or ""), sf_txt, str(int(n)) if n == n and n is not None else "0",
+                         f"{fmt(r.get(key))} ± {fmt(r.get(key + '_std'), 2)}", fmt(r.get(key + "_best"))))
     u = f" ({unit})" if unit else ""
-    return table(["#", "candidate", "idea", "thread", "n", f"{metric}{u} mean ± std", "best", "state"], rows,
-                 max_height=max_height)
+    return table(["#", "candidate", "idea", "thread", "state", f"{metric}{u} (selection-free)",
+                  "runs", "all runs: mean ± std", "best run"], rows, max_height=max_height)

@@ -41,30 +41,45 @@ def _clock() -> str:
 
 
 class Leaderboard(StaticFallback, W.VBox):
-    """``Leaderboard(lab)``: candidates ranked by the ledger (``Ledger(lab).leaderboard()``:
-    the best first, then the seed and promoted ones, then the rest by mean); the Refresh
-    button (or ``refresh()``) re-reads the log."""
+    """``Leaderboard(lab)``: one row per candidate with its final state, ranked by the ledger
+    (``Ledger(lab).leaderboard()``: the ledger's best first and marked, then the seed and
+    promoted ones, then the rest by mean; rejected candidates last). The mean shown first is
+    the ledger's (selection-free runs). The Refresh button (or ``refresh()``) re-reads the log.
+
+    ``progress=True`` adds the lab's metric over experiments with the running best of each
+    research line. The board is callable as a run-event handler (``on_event=board``, alone or
+    next to a RunMonitor): it refreshes when a run ends."""
 
     def __init__(self, lab: Any, *, preset: str | None = None, limit: int | None = 20, max_height: str = "24em",
-                 show_refresh: bool = True):
+                 show_refresh: bool = True, progress: bool = False):
         self.lab = lab
         remember_lab(lab if hasattr(lab, "task") else None)
         self._log = _log_of(lab)
         self.preset, self.limit, self.max_height = preset, limit, max_height
         self.html = W.HTML()
         self.updated = W.HTML()
+        self.progress = bool(progress)
+        self.plot = W.Image(value=b"", format="png",
+                            layout=W.Layout(max_width="860px", display=None if self.progress else "none"))
+        self._refresh_lock = threading.Lock()
         self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=W.Layout(width="auto"))
         self.refresh_button.on_click(lambda _b: self.refresh())
         top = [W.HTML(f'<div style="{H.FONT}"><b>Leaderboard</b></div>')]
         if show_refresh:
             top.append(self.refresh_button)
-        super().__init__([W.HBox(top + [self.updated], layout=W.Layout(align_items="center")), self.html],
+        super().__init__([W.HBox(top + [self.updated], layout=W.Layout(align_items="center")), self.html, self.plot],
                          layout=W.Layout(width="100%"))
         self.add_class("autolab-leaderboard")
         self.refresh()
 
     def static_html(self) -> str:
-        return f'<div style="{H.FONT}"><b>Leaderboard</b></div>' + self.html.value
+        img = ""
+        if self.progress and self.plot.value:
+            import base64
+
+            img = (f'<img alt="the lab\'s progress" style="max-width:860px;" '
+                   f'src="data:image/png;base64,{base64.b64encode(self.plot.value).decode()}">')
+        return f'<div style="{H.FONT}"><b>Leaderboard</b></div>' + self.html.value + img
 
     def plain_text(self) -> str:
         board = self.dataframe()
@@ -73,14 +88,36 @@ class Leaderboard(StaticFallback, W.VBox):
     def dataframe(self):
         return Ledger(self.lab if hasattr(self.lab, "task") else self._log).leaderboard(self.preset)
 
+    def __call__(self, event: dict) -> None:
+        """A run event (``on_event=``): refresh when a run ends, from a background thread."""
+        if isinstance(event, dict) and event.get("type") == "run_end":
+            threading.Thread(target=self._refresh_quietly, name="autolab-leaderboard-refresh", daemon=True).start()
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh()
+        except Exception as e:  # a view never breaks the run it watches
+            self.updated.value = f'<span style="{H.FONT} color:#cf222e; font-size:11px;">refresh failed: {H.esc(e)}</span>'
+
     def refresh(self) -> None:
-        metric, direction, unit = _metric(self._log, self.lab)
-        board = self.dataframe()
-        arrow = "lower is better" if direction == "minimize" else "higher is better"
-        self.html.value = (H.leaderboard_table(board, metric, unit=unit, limit=self.limit, max_height=self.max_height)
-                           + f'<div style="{H.FONT} color:#6e7781; font-size:11px;">{H.esc(metric)}: {arrow}'
-                           + (f"; preset {H.esc(self.preset)}" if self.preset else "") + "</div>")
-        self.updated.value = f'<span style="{H.FONT} color:#6e7781; font-size:11px;">updated {_clock()}</span>'
+        with self._refresh_lock:
+            metric, direction, unit = _metric(self._log, self.lab)
+            board = self.dataframe()
+            arrow = "lower is better" if direction == "minimize" else "higher is better"
+            html = (H.leaderboard_table(board, metric, unit=unit, limit=self.limit, max_height=self.max_height)
+                    + f'<div style="{H.FONT} color:#6e7781; font-size:11px;">{H.esc(metric)}: {arrow}; '
+                    "the first mean is the ledger's (runs on seeds that never selected the candidate)"
+                    + (f"; preset {H.esc(self.preset)}" if self.preset else "") + "</div>")
+            png = b""
+            if self.progress:
+                from ._plots import png_bytes, progress_figure
+
+                png = png_bytes(progress_figure(self._log, w=8.0, h=3.4))
+            with self.hold_sync():
+                self.html.value = html
+                if png:
+                    self.plot.value = png
+                self.updated.value = f'<span style="{H.FONT} color:#6e7781; font-size:11px;">updated {_clock()}</span>'
 
 
 class Dashboard(StaticFallback, W.VBox):

@@ -54,12 +54,13 @@ def test_every_playbook_edit_applies_to_its_seed_file():
         assert e.file and (SEEDS / e.file).exists(), e.name
         text = (SEEDS / e.file).read_text()
         for v in e.values:
-            new = apply_setting_edit(text, {"setting": e.setting, "op": e.op, "value": v, "cast": e.cast}, path=e.file)
+            new = apply_setting_edit(text, {"setting": e.setting, "op": e.op, "value": v, "cast": e.cast,
+                                            "patch": e.patch}, path=e.file)
             assert new != text, (e.name, v)
             compile(new, e.file, "exec")
         ops.add(e.op)
         settings.add(e.setting)
-    assert ops == {"set", "scale", "toggle"}
+    assert ops == {"set", "scale", "toggle", "patch"}
     # block sizes, warps, stages, persistent grids, vectorized access and fusion are all covered
     assert {"BLOCK_N", "BLOCK_SIZE", "NUM_WARPS", "NUM_STAGES", "PERSISTENT", "VECTOR_HINTS", "BLOCK_ROWS",
             "ROW_IN_REGISTERS"} <= settings

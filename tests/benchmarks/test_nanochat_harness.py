@@ -321,7 +321,7 @@ def test_metric_through_the_model_process_equals_in_process(tmp_path, gpt_cls):
     sets, tb = _two_splits(V, T=T, n=9)
     listener, proc = _serve(d)
     try:
-        remote = E.RemoteModel(E.accept_model(listener, 120), torch.device("cpu"), V, timeout_s=120)
+        remote = E.RemoteModel(E.accept_loaded(listener, 120), torch.device("cpu"), V, timeout_s=120)
         got = E.split_metric(remote, sets, torch.device("cpu"), V, batch_rows=4, token_bytes=torch.from_numpy(tb),
                              rng=np.random.default_rng(2))
         causal = E.causality_probe(remote, torch.device("cpu"), V, T, seed=3, rows=4)
@@ -338,13 +338,41 @@ def test_metric_through_the_model_process_equals_in_process(tmp_path, gpt_cls):
     assert causal["passed"] and got["probes"]["noise"] == 0.0
 
 
+def test_only_the_runs_model_process_may_connect(tmp_path):
+    """The evaluator listens while the candidate still trains: a process that connects without
+    the run's nonce (say, the train process, had it found the socket) is refused."""
+    import threading
+
+    from nanochat_harness import wire
+
+    sock = str(tmp_path / "s")
+    listener = wire.listen(sock)
+
+    def impostor(token):
+        c = wire.connect(sock)
+        wire.send(c, {"op": "warm", "token": token})
+        c.close()
+
+    for token in ("guess", ""):
+        th = threading.Thread(target=impostor, args=(token,))
+        th.start()
+        with pytest.raises(RuntimeError, match="not this run's model process"):
+            E.accept_warm(listener, 30, "the-runs-nonce")
+        th.join()
+    th = threading.Thread(target=impostor, args=("the-runs-nonce",))
+    th.start()
+    E.accept_warm(listener, 30, "the-runs-nonce").close()
+    th.join()
+    listener.close()
+
+
 def test_model_rebuild_errors_reach_the_evaluator(tmp_path, gpt_cls):
     d, _ = _model_folder(tmp_path, gpt_cls)
     (d / "model.json").write_text(json.dumps({"format": 2, "factory": "GPT", "init_kwargs": {"vocab": 97}}))
     listener, proc = _serve(d)
     try:
         with pytest.raises(RuntimeError, match="could not be rebuilt: TypeError"):
-            E.accept_model(listener, 120)
+            E.accept_loaded(listener, 120)
         proc.communicate(timeout=60)
     finally:
         listener.close()
@@ -520,6 +548,9 @@ def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
     for k in ("train_s", "script_train_s", "eval_s", "total_s", "budget_s", "allowance_s"):
         assert k in t, k
     assert t["budget_s"] == 3 and t["train_s"] <= 3 + t["allowance_s"] + 2
+    # on a CPU preset the evaluation's processes start once the model is saved (on a GPU, with the training)
+    assert t["eval_waited_s"] < 1 and 0 < t["eval_s"] < t["total_s"]
+    assert t["compile_cache"] == "none"       # run by hand: no lab candidate, no cache
     assert 2.9 <= t["script_train_s"] < t["train_s"] < t["total_s"]
     assert all(res["probes"][k]["passed"] for k in ("causality", "logits", "harness_intact")), res["probes"]
     assert res["curve"] and {"step", "t", "loss"} <= set(res["curve"][0])
@@ -535,6 +566,38 @@ def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
     assert "SNOOP read" not in train_log and train_log.count("SNOOP denied") >= 2, train_log
     reads = [v["detail"] for v in res["violations"] if v["kind"] == "file_read"]
     assert any("val.parquet" in d for d in reads) and any("val-" in d and ".tokens.npy" in d for d in reads), reads
+
+
+def test_runs_sharing_a_gpu_take_turns_for_their_timed_work(tmp_path, shared_cache):
+    """gpu_baton: two runs started together on one (here: CPU) device. Both start at once; the
+    second's candidate code starts only after the first's model is saved (its go), its clock only
+    after the first's evaluation has ended (the first wrote its result), the wait for the go is
+    not counted against its limits, and both are complete and honest."""
+    import threading
+
+    cand = _candidate(tmp_path, CANDIDATE)
+    task = _task_copy(tmp_path, cand)
+    ov = {**FAST, "clock": "wall", "gpu_baton": True, "eval_prewarm": True}
+    out: dict = {}
+
+    def one(name):
+        out[name] = R.run_benchmark(cand, 1, "cpu-tiny", tmp_path / name / "result.json", task_dir=task,
+                                    overrides=ov, echo=False)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(r["status"] == "ok" for r in out.values()), {n: r["reason"] for n, r in out.items()}
+    first, second = sorted(out, key=lambda n: out[n]["timings"]["gpu_go_epoch"])
+    t1, t2 = out[first]["timings"], out[second]["timings"]
+    first_done = (tmp_path / first / "result.json").stat().st_mtime
+    assert t2["gpu_clock_epoch"] >= first_done > t1["gpu_clock_epoch"] > t1["gpu_go_epoch"]   # timed windows apart
+    assert t2["gpu_go_epoch"] >= t1["gpu_clock_epoch"] + t1["train_window_s"] - 1   # after the first's save
+    assert t2["gpu_wait_s"] > 1 and t2["train_wall_s"] - t2["train_s"] == pytest.approx(t2["gpu_wait_s"], abs=0.01)
+    assert t2["train_s"] <= 3 + t2["allowance_s"] + 2 and t2["startup_s"] < t2["clock_start_s"]
+    assert all(out[n]["timings"]["eval_waited_s"] >= out[n]["timings"]["train_s"] - 1 for n in out)   # eval_prewarm
 
 
 SHADOW = '''
@@ -634,7 +697,7 @@ def test_over_budget_is_killed(tmp_path, shared_cache):
     """On the wall clock (the GPU presets' rule; the cpu clock's sleeper is in test_nanochat_cpu_clock)."""
     cand = _candidate(tmp_path, SLEEPER)
     res = R.run_benchmark(cand, 1, "cpu-tiny", tmp_path / "r.json", task_dir=_task_copy(tmp_path, cand),
-                          overrides={"budget_s": 1, "allowance_s": 2, "kill_grace_s": 1, "clock": "wall"}, echo=False)
+                          overrides={"budget_s": 1, "allowance_s": 6, "kill_grace_s": 1, "clock": "wall"}, echo=False)
     assert res["status"] == "killed" and "timeout" in res["reason"], res
     assert 3 <= res["timings"]["train_s"] < 15
     assert "val_bpb" not in res["metrics"]
@@ -736,7 +799,7 @@ def test_gpu_split_metric_through_the_sandboxed_model_process(tmp_path, gpt_cls,
     th.start()
     dev = torch.device("cuda")
     try:
-        remote = E.RemoteModel(E.accept_model(listener, 240), dev, V, timeout_s=240, ipc=ipc)
+        remote = E.RemoteModel(E.accept_loaded(listener, 240), dev, V, timeout_s=240, ipc=ipc)
         got = E.split_metric(remote, sets, dev, V, batch_rows=4, token_bytes=torch.from_numpy(tb),
                              rng=np.random.default_rng(2))
         remote.close()

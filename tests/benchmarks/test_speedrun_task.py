@@ -92,6 +92,8 @@ def test_every_playbook_edit_applies_to_the_seed():
     edits = load_playbook(TASK_DIR / "playbook.toml")
     assert len(edits) >= 12
     for e in edits:
+        if e.op == "patch":
+            continue   # code patches: tests/benchmarks/test_speedrun_playbook.py
         assert settings.get(e.setting) == 1, e.setting
         for v in e.values:
             new = apply_setting_edit(src, {"setting": e.setting, "op": e.op, "value": v, "cast": e.cast})

@@ -186,3 +186,33 @@ def test_executors_import_nothing_above_them():
     for f in files:
         bad = sorted(n for n in _imports(f) if n.startswith(higher))
         assert not bad, f"{f.name} imports {bad}"
+
+
+def test_gpu_shares_runs_per_gpu():
+    """runs_per_gpu = 2: two runs share a GPU (they take turns for their timed work in the
+    harness); a whole-GPU run waits until the GPU is free; the least loaded GPU goes first."""
+    import threading
+
+    from autolab.executors.local import LocalExecutor, _Gpus
+
+    ex = LocalExecutor(gpu_slots=2)
+    assert ex.slots_for(1) == 2 and ex.slots_for(1, 1, 2) == 4 and ex.slots_for(2, 1, 2) == 2
+    pool = _Gpus(["0", "1"])
+    a, ua = pool.take(1, 2)
+    b, ub = pool.take(1, 2)
+    assert a != b                                   # the least loaded GPU first
+    c, uc = pool.take(1, 2)
+    d, ud = pool.take(1, 2)
+    assert sorted(a + b + c + d) == ["0", "0", "1", "1"]
+    got: list = []
+    th = threading.Thread(target=lambda: got.append(pool.take(1, 1)))
+    th.start()
+    th.join(timeout=0.3)
+    assert th.is_alive() and not got                # no whole GPU is free
+    pool.give(a, ua)
+    th.join(timeout=0.3)
+    assert th.is_alive()                            # half of one GPU is not enough
+    pool.give(c, uc)                                # a and c may be the same GPU or not
+    pool.give(b, ub)
+    th.join(timeout=5)
+    assert got and len(got[0][0]) == 1 and got[0][1] == _Gpus.UNITS

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,7 +73,9 @@ def test_diff_view_side_by_side_with_highlighting(filled_lab):
     assert "solution.py" in html and "autolab-diff-replace" in html
     assert "#ffebe9" in html and "#e6ffec" in html          # removed / added tints
     assert 'style="color:#' in html                          # pygments colours, inline
-    assert "2.0" in html and "1.0" in html
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "X = 2.0" in text and "X = 1.0" in text
+    assert re.search(r'class="autolab-diff-mark"[^>]*>1<', html) and re.search(r'class="autolab-diff-mark"[^>]*>2<', html)
     view.whole.value = True                                  # whole files: every line of both sides
     assert view.html.value.count("autolab-diff-equal") >= 3
     assert cand.id in view.static_html() and "solution.py" in view.plain_text()
@@ -95,6 +99,65 @@ def test_unified_diff_parsing_matches_full_text_diff():
     assert (files["gone.py"].added, files["gone.py"].removed) == (0, 1)
     html = side_by_side(old, new)
     assert html.count("autolab-diff-replace") == 1 and "new.py" in html
+
+
+def test_a_long_unchanged_line_wraps_and_both_sides_stay_in_view():
+    """A 300-character unchanged line must not widen the table: each half wraps its lines
+    (fixed layout, pre-wrap), so the added side is still there next to the removed one."""
+    from autolab.diffs import unified_diff
+    from autolab.ui.diffhtml import ADD_MARK, DEL_MARK
+
+    long = "PATH = '" + "abcdefghij" * 30 + "'"
+    old = {"train.py": f"{long}\nlr = 0.01\nsteps = 10\n"}
+    new = {"train.py": f"{long}\nlr = 0.02\nsteps = 10\nwarmup = 5\n"}
+    for html in (side_by_side(old, new), side_by_side_from_unified_(unified_diff(old, new))):
+        table = html[html.index("<table"):]
+        assert "table-layout:fixed" in table and "white-space:pre-wrap" in table and "white-space:pre;" not in table
+        row = re.search(r'<tr class="autolab-diff-equal">.*?</tr>', table).group(0)
+        assert row.count("abcdefghij" * 30) == 2                          # the long line, on both sides
+        changed = re.search(r'<tr class="autolab-diff-replace">.*?</tr>', table).group(0)
+        old_cell, new_cell = changed.split("</td><td", 3)[1], changed.split("</td><td", 3)[3]
+        assert "0." in old_cell and "0." in new_cell                        # removed and added, one row
+        assert re.search(rf'class="autolab-diff-mark" style="[^"]*background:{DEL_MARK}[^"]*">01<', old_cell)
+        assert re.search(rf'class="autolab-diff-mark" style="[^"]*background:{ADD_MARK}[^"]*">02<', new_cell)
+        assert "warmup" in table and "autolab-diff-insert" in table
+    uni = side_by_side(old, new, mode="unified")
+    assert "autolab-diff-unified" in uni and uni.count("abcdefghij" * 30) == 1
+    assert uni.index(">01<") < uni.index(">02<") and "white-space:pre;" not in uni
+    with pytest.raises(ValueError, match="unified"):
+        side_by_side(old, new, mode="wide")
+
+
+def side_by_side_from_unified_(diff):
+    from autolab.ui.diffhtml import side_by_side_from_unified
+
+    return side_by_side_from_unified(diff)
+
+
+def test_inline_changes_mark_the_changed_words_only():
+    from autolab.diffs import inline_changes
+
+    a, b = "lr = 0.01 * scale", "lr = 0.02 * scale  # tuned"
+    da, db = inline_changes(a, b)
+    assert [a[s:e] for s, e in da] == ["01"] and [b[s:e] for s, e in db] == ["02", "  # tuned"]
+    assert inline_changes("import os", "return model(x, y, z)") == ([], [])   # a rewrite: the line is the change
+
+
+def test_diff_view_switches_to_unified(filled_lab):
+    view = ui.DiffView(filled_lab["cand"], filled_lab["lab"])
+    assert "autolab-diff-split" in view.html.value and "autolab-diff-mark" in view.html.value
+    view.layout_buttons.value = "unified"
+    assert "autolab-diff-unified" in view.html.value and view.mode == "unified"
+
+
+def test_a_long_seed_is_collapsed_to_its_file_list():
+    from autolab.ui.diffhtml import code_html
+
+    files = {f"k{i}.py": "".join(f"x{j} = {j}\n" for j in range(60)) for i in range(20)}
+    html = code_html(files)
+    assert html.count("<details") == 20 and " open>" not in html and "20 file(s), 1200 lines" in html
+    assert len(html) < 3 * sum(len(t) for t in files.values())      # plain text when collapsed: a saved notebook stays small
+    assert " open>" in code_html({"a.py": "x = 1\n"})
 
 
 # ---------------------------------------------------------------------------- RunMonitor
@@ -165,6 +228,43 @@ def test_run_monitor_start_runs_autolab_run_in_a_thread(filled_lab):
     mon.close()
 
 
+def test_run_monitor_of_a_task_without_curves_shows_problems_not_an_empty_chart(filled_lab):
+    """A kernels-like result: per-problem score and correctness, no loss curve, no steps."""
+    import json
+
+    lab, cand = filled_lab["lab"], filled_lab["cand"]
+    run = [r for r in lab.log.runs_list() if r.candidate_id == cand.id][0]
+    rdir = lab.file(run.result_path).parent
+    (rdir / "result.json").write_text(json.dumps({"status": "ok", "metrics": {"loss": 0.7}, "details": {"problems": {
+        "matmul": {"score": 0.74, "correct": True}, "softmax": {"score": 0.0, "correct": False}}}}))
+    (rdir / "notebook.ipynb").write_text("{}")
+    mon = ui.RunMonitor(lab, throttle_s=0)
+    mon({"type": "run_start", "run_id": run.id, "seed": run.seed, "candidate_id": cand.id})
+    mon({"type": "phase", "run_id": run.id, "phase": "eval"})
+    assert "evaluating" in mon.run_label.value and "step" not in mon.run_label.value
+    mon({"type": "run_end", "run_id": run.id, "run": run})
+    assert mon.plot.layout.display == "none" and not mon.has_curves()          # no empty loss chart
+    assert "Per problem" in mon.problems_html.value and "matmul" in mon.problems_html.value
+    assert "0.74" in mon.problems_html.value and "✗ incorrect" in mon.problems_html.value
+    table = mon.table.value
+    assert "steps" not in table and "last loss" not in table and "Scale X by 2" in table     # the idea, no steps 0
+    href = re.search(r'<a href="([^"]+)"', table).group(1)
+    assert href.endswith("notebook.ipynb") and (Path.cwd() / href).resolve() == (rdir / "notebook.ipynb").resolve()
+    mon.close()
+
+
+def test_run_monitor_names_ideas_and_draws_the_labs_progress(filled_lab):
+    lab, cand, seed = filled_lab["lab"], filled_lab["cand"], filled_lab["seed"]
+    mon = ui.RunMonitor(lab, throttle_s=0, progress=True)
+    assert mon.progress_plot.value[:4] == b"\x89PNG" and mon.progress_plot.layout.display is None
+    for rid, c in (("r-1", cand), ("r-2", seed)):
+        mon({"type": "run_start", "run_id": rid, "seed": 1, "candidate_id": c.id})
+        mon({"type": "curve", "run_id": rid, "step": 1, "t": 0.5, "loss": 2.0})
+    assert mon.plot.layout.display is None and mon.plot.value[:4] == b"\x89PNG"
+    assert (mon.runs["r-1"].label, mon.runs["r-2"].label) == ("Scale X by 2", "seed")
+    mon.close()
+
+
 # ---------------------------------------------------------------------------- AuditView, Leaderboard, Dashboard
 
 def test_audit_view_shows_badge_p_value_and_checks(filled_lab):
@@ -192,6 +292,25 @@ def test_leaderboard_ranks_and_refreshes(filled_lab):
     board.refresh_button.click()
     assert board.html.value.index(other.id) < board.html.value.index(cand.id)   # promoted and better: the new best
     assert "Leaderboard" in board.plain_text()
+
+
+def test_leaderboard_marks_the_ledgers_best_and_refreshes_when_a_run_ends(filled_lab):
+    lab, cand, bad = filled_lab["lab"], filled_lab["cand"], filled_lab["bad"]
+    board = ui.Leaderboard(lab, progress=True)
+    rows = re.findall(r"<tr style=.*?</tr>", board.html.value)
+    assert cand.id in rows[0] and ">best<" in rows[0] and sum(">best<" in r for r in rows) == 1
+    assert board.plot.value[:4] == b"\x89PNG" and "data:image/png;base64," in board.static_html()
+    lab.reject(cand, reason="a leak")
+    add_runs(lab, bad, [0.5, 0.6])
+    assert "REJECTED" not in board.html.value                 # not yet refreshed
+    board({"type": "curve", "run_id": "r-x"})                  # only a run's end refreshes
+    board({"type": "run_end", "run_id": "r-x"})
+    deadline = time.time() + 30
+    while "REJECTED" not in board.html.value and time.time() < deadline:
+        time.sleep(0.05)
+    rows = re.findall(r"<tr style=.*?</tr>", board.html.value)
+    assert "0.55" in board.html.value                                                     # the new runs' mean
+    assert cand.id in rows[-1] and "REJECTED" in rows[-1] and ">best<" not in rows[-1]    # rejected: last, not best
 
 
 def test_dashboard_buttons_change_the_lab(filled_lab):

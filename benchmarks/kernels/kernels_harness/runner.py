@@ -10,6 +10,12 @@
    whole suite, a wall-clock limit of the preset's ``budget_s``);
 5. scores the report (``scoring.score_suite``), derives the probes, and writes the result
    JSON described in docs/ARCHITECTURE.md.
+
+``carry`` (autolab passes it for a candidate's run, read from its own log): the parent's
+per-problem scores for the problems whose files the candidate did not change, from the parent's
+complete run of the same preset. Those problems are neither imported nor timed; their scores are
+recorded as carried (``result["carried"]``, ``summary.carried``, ``metrics.problems_carried``)
+and the suite score is the mean over the re-checked and the carried problems.
 """
 
 from __future__ import annotations
@@ -198,13 +204,38 @@ def _probes(report: dict, static: dict, scored: dict, sandbox_res, problems: lis
     return probes
 
 
+def parse_carry(carry: dict | str | None, names: list[str]) -> tuple[dict[str, float], dict]:
+    """``({problem: carried score}, the carry record)`` for the problems of ``names`` that
+    ``carry`` holds (a dict or its JSON: {"from_run", "problems": {name: {"S": score}}, ...}).
+    A malformed carry raises ValueError: autolab writes it, so it is never silently half-used."""
+    if not carry:
+        return {}, {}
+    rec = json.loads(carry) if isinstance(carry, str) else dict(carry)
+    if not isinstance(rec, dict) or not isinstance(rec.get("problems"), dict) or not rec.get("from_run"):
+        raise ValueError(f"carry must name from_run and map problems to their scores, got {str(carry)[:200]}")
+    out = {}
+    for n in names:
+        entry = rec["problems"].get(n)
+        if entry is None:
+            continue
+        v = entry.get("S") if isinstance(entry, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"carry: problem {n!r} has no score S in [0, 1] ({entry!r})")
+        out[n] = float(v)
+    if out and len(out) == len(names):
+        raise ValueError("carry covers every problem of the run: nothing would be re-checked; run it in full")
+    return out, rec
+
+
 def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | None = None, seed: int = 0,
                   result_path: str | os.PathLike | None = None, problems: list[str] | str | None = None,
                   log: Callable[[str], None] = _log_default, refresh_ceilings: bool = False,
-                  task_dir: Path | None = None, overrides: dict | None = None) -> dict:
+                  task_dir: Path | None = None, overrides: dict | None = None,
+                  carry: dict | str | None = None) -> dict:
     """Run the suite on a candidate folder (None = the seeds) and return (and write) the result JSON.
 
-    ``overrides`` replaces preset settings for this call (e.g. {"budget_s": 300})."""
+    ``overrides`` replaces preset settings for this call (e.g. {"budget_s": 300}); ``carry``
+    gives the parent's scores of unchanged problems (see the module's docstring)."""
     t_start = time.perf_counter()
     task_dir = Path(task_dir or TASK_DIR)
     task = read_task(task_dir)
@@ -213,8 +244,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
     if isinstance(problems, str):
         problems = [p.strip() for p in problems.split(",") if p.strip()]
     names = list(problems or cfg.get("problems") or [])
-    probs = load_problems(names or None)
-    names = list(probs)
+    all_probs = load_problems(names or None)
+    names = list(all_probs)
+    carried, carry_rec = parse_carry(carry, names)
+    probs = {n: p for n, p in all_probs.items() if n not in carried}
+    run_names = list(probs)
     seed_dir = (task_dir / task["files"]["seed"]).resolve()
     src_dir = Path(candidate_dir).resolve() if candidate_dir else seed_dir
     ev = Settings(device=cfg["device"], seed=int(seed), **{k: cfg[k] for k in SETTING_KEYS})
@@ -239,7 +273,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
         for f in sorted(src_dir.glob("*.py")):
             if f.stem in known:
                 shutil.copy2(f, cand_dir / f.name)
-        log(f"kernels: preset {cfg['preset']} on {cfg['device']}, {len(names)} problems, candidate {src_dir}")
+        log(f"kernels: preset {cfg['preset']} on {cfg['device']}, {len(names)} problems, candidate {src_dir}"
+            + (f"; re-checking {', '.join(run_names)}, carrying {len(carried)} from run {carry_rec['from_run']}"
+               if carried else ""))
         static = _scan_candidate(probs, cand_dir)
 
         t0 = time.perf_counter()
@@ -258,7 +294,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
         log(f"baselines ready in {result['timings']['baseline_s']:.1f}s")
 
         t0 = time.perf_counter()
-        report, sres = run_worker(names, cand_dir, ev, cfg, workdir, log)
+        report, sres = run_worker(run_names, cand_dir, ev, cfg, workdir, log)
         result["timings"]["worker_s"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -267,16 +303,19 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
     spec = {n: {"peak": p.peak, "workloads": [{"label": label(w), "flops": p.flops(w), "bytes": p.bytes_moved(w)}
                                               for w in p.workloads(ev.shapes)]} for n, p in probs.items()}
     kern = {}
-    for n in names:
+    for n in run_names:
         r = per.get(n, {})
         static_bad = any(f["kind"] != "suspicious" for f in static.get(n, []))
         kern[n] = {"correct": bool(r.get("correct")) and not static_bad,
                    "flagged": bool(r.get("violations")) or static_bad,
                    "times": {lab: t["median_s"] for lab, t in r.get("times", {}).items()}}
-    scored = scoring.score_suite(spec, ceil, {n: {lab: row["t_b"] for lab, row in base[n].items()} for n in names}, kern)
+    scored = scoring.score_suite(spec, ceil, {n: {lab: row["t_b"] for lab, row in base[n].items()} for n in run_names},
+                                 kern)
+    problem_scores = {n: carried[n] if n in carried else scored["problems"][n]["score"] for n in names}
+    suite = scoring.suite_score(list(problem_scores.values()))
 
     violations = []
-    for n in names:
+    for n in run_names:
         for v in per.get(n, {}).get("violations", []):
             violations.append({"kind": v["kind"], "detail": f"{n}: {v['detail']}"})
         for f in static.get(n, []):
@@ -289,17 +328,23 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
     violations += [v if isinstance(v, dict) else {"kind": "sandbox", "detail": str(v)} for v in sres.violations]
 
     result["violations"] = violations
-    result["probes"] = _probes(report, static, scored, sres, names)
-    result["metrics"] = {"score": scored["score"], **{f"S.{n}": scored["problems"][n]["score"] for n in names},
-                         "problems_correct": float(sum(1 for n in names if kern[n]["correct"])),
-                         "problems_total": float(len(names))}
+    result["probes"] = _probes(report, static, scored, sres, run_names)
+    if carried:
+        result["probes"]["correctness"]["detail"] += (f" (re-checked; {len(carried)} carried from run "
+                                                      f"{carry_rec['from_run']}: {', '.join(carried)})")
+        result["carried"] = {**{k: v for k, v in carry_rec.items() if k != "problems"},
+                             "problems": {n: {"S": v} for n, v in carried.items()}, "rechecked": run_names}
+    result["metrics"] = {"score": suite, **{f"S.{n}": problem_scores[n] for n in names},
+                         "problems_correct": float(sum(1 for n in run_names if kern[n]["correct"]) + len(carried)),
+                         "problems_total": float(len(names)), "problems_carried": float(len(carried))}
     result["summary"] = {
         "device": ceil["device"], "torch": report.get("env", {}).get("torch"),
         "triton": report.get("env", {}).get("triton"), "interpret": bool(cfg["interpret"]),
         "peak_bf16_tflops": round(ceil["peak_flops"]["bf16"] / 1e12, 2),
         "peak_fp8_tflops": round(ceil["peak_flops"]["fp8"] / 1e12, 2),
         "peak_bw_gbs": round(ceil["peak_bw"] / 1e9, 1), "problems": len(names),
-        "sandbox": sres.sandbox, "isolation": sres.isolation, "score": round(scored["score"], 4),
+        "sandbox": sres.sandbox, "isolation": sres.isolation, "score": round(suite, 4),
+        "rechecked": run_names, "carried": sorted(carried), "carried_from": carry_rec.get("from_run"),
         "note": "CPU interpreter times: smoke numbers only, the score is meaningless" if cfg["interpret"] else "",
     }
     result["details"] = {
@@ -307,7 +352,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
         "problems": {n: {**scored["problems"][n], "failures": per.get(n, {}).get("failures", [])[:20],
                          "baseline": base[n], "static": static.get(n, []),
                          "kernel_times": per.get(n, {}).get("times", {}),
-                         "traceback": per.get(n, {}).get("traceback", "")} for n in names},
+                         "traceback": per.get(n, {}).get("traceback", "")} for n in run_names},
         "worker": {"returncode": sres.returncode, "state": sres.state, "reason": sres.reason, "wall_s": sres.wall_s,
                    "stdout_tail": sres.stdout_tail[-4000:], "done": report.get("done", False)},
     }
@@ -318,7 +363,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None = None, preset: str | 
         result["reason"] = f"worker did not finish: {sres.reason or 'no report'}; tail: {sres.stdout_tail[-500:]}"
     else:
         result["status"] = "ok"
-    log(f"score {scored['score']:.4f} ({int(result['metrics']['problems_correct'])}/{len(names)} problems correct)")
+    for n, v in carried.items():
+        result["details"]["problems"][n] = {"score": v, "correct": True, "carried": True,
+                                            "from_run": carry_rec["from_run"], "workloads": []}
+    result["details"]["problems"] = {n: result["details"]["problems"][n] for n in names}
+    log(f"score {suite:.4f} ({int(result['metrics']['problems_correct'])}/{len(names)} problems correct"
+        + (f", {len(carried)} carried" if carried else "") + ")")
     return finish()
 
 
@@ -328,6 +378,10 @@ def table(result: dict):
 
     rows = []
     for name, p in result.get("details", {}).get("problems", {}).items():
+        if p.get("carried"):
+            rows.append({"problem": name, "workload": f"carried from {p.get('from_run')}", "correct": True,
+                         "t_k_us": float("nan"), "t_b_us": float("nan"), "t_sol_us": float("nan"), "S": float("nan"),
+                         "problem_score": p.get("score")})
         for w in p.get("workloads", []):
             rows.append({"problem": name, "workload": w.get("label"), "correct": p.get("correct"),
                          "t_k_us": (w.get("t_k") or float("nan")) * 1e6, "t_b_us": (w.get("t_b") or float("nan")) * 1e6,

@@ -136,6 +136,7 @@ def _cfg() -> dict[str, Any]:
 
 CLOCK_LINE = "[nanochat-harness] training clock started"
 SAVED_LINE = "[nanochat-harness] model saved for evaluation"
+CLOCK_WANT_LINE = "[nanochat-harness] clock wanted; waiting for the GPU's timed window"
 
 
 class _TreeCPU:
@@ -208,6 +209,17 @@ def start_clock() -> None:
     """Start the training clock now (no effect once started)."""
     global _T0, _CPU_T0
     if _T0 is None:
+        try:
+            gate = _cfg().get("clock_gate_file")
+        except RuntimeError:   # no run configuration (a script run by hand)
+            gate = None
+        if gate:   # runs share this GPU: wait until no other run's code or evaluation is on it (runner.GpuBaton)
+            try:
+                os.write(1, (CLOCK_WANT_LINE + "\n").encode())
+            except OSError:
+                pass
+            while not os.path.exists(gate):
+                time.sleep(0.01)
         _T0 = time.monotonic()
         try:
             _CPU_T0 = _tree_cpu() if _cpu_clock() else None

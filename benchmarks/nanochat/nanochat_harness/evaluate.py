@@ -698,6 +698,60 @@ def accept_model(listener: socket.socket, timeout_s: float) -> socket.socket:
     return conn
 
 
+TOKEN_ENV = "AUTOLAB_EVAL_NONCE"   # model_server.TOKEN_ENV: the run's secret the model process proves itself with
+
+
+def accept_warm(listener: socket.socket, timeout_s: float, token: str) -> socket.socket:
+    """The model process's connection, once it has started torch (its ``warm`` message, which
+    must carry the run's token: a process that is not this run's model process is refused)."""
+    import hmac
+
+    from . import wire
+
+    listener.settimeout(timeout_s)
+    try:
+        conn, _ = listener.accept()
+    except socket.timeout:
+        raise RuntimeError(f"the model process did not connect within {timeout_s:g}s; see eval.log") from None
+    conn.settimeout(None)
+    try:
+        head, _ = wire.recv(conn, 0)
+    except (OSError, wire.WireError) as e:
+        raise RuntimeError(f"the model process ended before it started ({e}); see eval.log") from None
+    if head.get("op") == "error":
+        raise RuntimeError(f"the model process could not start: {str(head.get('error'))[:2000]}")
+    if head.get("op") != "warm" or not hmac.compare_digest(str(head.get("token", "")), token):
+        raise RuntimeError("a process that is not this run's model process connected to the evaluator (no or a "
+                           "wrong token); the evaluation was stopped")
+    return conn
+
+
+def accept_loaded(listener: socket.socket, timeout_s: float, token: str = "") -> socket.socket:
+    """:func:`accept_warm`, then ``load`` at once and the model's ``ready`` (:func:`accept_model`):
+    for a caller that starts the model process only once the model is saved."""
+    from . import wire
+
+    conn = accept_warm(listener, timeout_s, token)
+    wire.send(conn, {"op": "load"})
+    return accept_model(_Accepted(conn), timeout_s)
+
+
+class _Accepted:
+    """A listener that hands out the one connection already accepted (by :func:`accept_warm`)."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+
+    def settimeout(self, t: float | None) -> None:
+        pass
+
+    def accept(self) -> tuple[socket.socket, None]:
+        return self.conn, None
+
+    def close(self) -> None:
+        pass
+
+
 def probes_from(stream: dict[str, Any], causal: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The logits and causality probes from what the shuffled stream measured."""
     p = stream["probes"]
@@ -796,6 +850,8 @@ def serve_main(argv: list[str] | None, evaluate_fn: Callable, prog: str) -> int:
     ap.add_argument("--out", required=True, type=Path, help="where to write the evaluation JSON")
     ap.add_argument("--socket", required=True, help="the Unix socket to listen on for the model process")
     ap.add_argument("--model-dir", required=True, type=Path, help="the model process's folder (model.pt, model.json)")
+    ap.add_argument("--wait-go", action="store_true",
+                    help="start early: wait for a line 'go' on stdin (the model is saved) before evaluating")
     a = ap.parse_args(argv)
     undumpable = _undumpable()
     from . import wire
@@ -804,7 +860,17 @@ def serve_main(argv: list[str] | None, evaluate_fn: Callable, prog: str) -> int:
     cfg = json.loads(a.config.read_text())
     out = a.out.resolve()
     try:
-        res = {"ok": True, **evaluate_fn(cfg, listener, a.model_dir.resolve())}
+        if cfg.get("device") == "cuda":
+            torch.zeros(1, device="cuda:0")          # the CUDA context, while the model still trains
+        conn = accept_warm(listener, float(cfg.get("connect_timeout_s", 120)), os.environ.get(TOKEN_ENV, ""))
+        if a.wait_go and sys.stdin.readline().strip() != "go":
+            conn.close()
+            listener.close()
+            atomic_write_json(out, {"ok": False, "error": "cancelled before the model was saved",
+                                    "undumpable": undumpable}, sort_keys=False, newline=False)
+            return 1
+        wire.send(conn, {"op": "load"})
+        res = {"ok": True, **evaluate_fn(cfg, _Accepted(conn), a.model_dir.resolve())}
     except UnsafeModelFile as e:
         res = {"ok": False, "error": str(e), "violation": {"kind": "unsafe_pickle", "detail": str(e)}}
     except Exception as e:  # noqa: BLE001 - the runner records it as a failed run

@@ -3,9 +3,13 @@
 
 The runner starts it sandboxed, in a fresh folder that holds only a copy of the candidate's
 script, ``model.pt`` (a state dict) and ``model.json`` (how to rebuild the model, plain data).
-It holds no targets, no split files and nothing of the harness worth taking. In this order:
+It holds no targets, no split files and nothing of the harness worth taking. The runner starts
+it (and the trusted evaluator) while the model still trains, so that interpreter start-up,
+``import torch`` and the CUDA context are paid off the critical path. In this order:
 
-1. connect to the trusted evaluator's socket (before any candidate code runs);
+1. connect to the trusted evaluator's socket, start torch (and CUDA), send ``warm`` with the
+   run's token (``AUTOLAB_EVAL_NONCE``), and wait for ``load``: the trusted side sends it once
+   training has ended and ``model.pt`` is in this folder (before any candidate code runs);
 2. load the weights with ``torch.load(..., weights_only=True)``: a pickle that would run code
    is refused here, before the candidate's module is imported;
 3. import the script as ``__autolab_candidate__`` (its ``__main__`` block does not run), call
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -33,6 +38,7 @@ CANDIDATE_MODULE = "__autolab_candidate__"
 MODEL_FILE = "model.pt"
 MODEL_SPEC = "model.json"
 MAX_REQUEST = 1 << 28
+TOKEN_ENV = "AUTOLAB_EVAL_NONCE"   # the run's secret the model process proves itself with
 
 
 def load_weights(path: Path) -> dict:
@@ -169,6 +175,23 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda:0" if a.device == "cuda" else "cpu")
         if device.type == "cpu" and a.threads:
             torch.set_num_threads(a.threads)
+        if device.type == "cuda":
+            torch.zeros(1, device=device)             # the CUDA context, while the model still trains
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        wire.send(sock, {"op": "error", "stage": "start", "error": f"{type(e).__name__}: {e}"})
+        return 2
+    # warm: say so (with the run's token: only this process may serve the model) and wait until
+    # the trusted side says the model is in this folder; an evaluation cancelled before (the
+    # training failed) closes the socket instead
+    wire.send(sock, {"op": "warm", "token": os.environ.get(TOKEN_ENV, "")})
+    try:
+        head, _ = wire.recv(sock, 0)
+    except (OSError, wire.WireError):
+        return 0
+    if head.get("op") != "load":
+        return 0
+    try:
         state = load_weights(folder / MODEL_FILE)     # before any candidate code: weights only
         model = rebuild(folder, a.script, state).to(device)
         model.eval()

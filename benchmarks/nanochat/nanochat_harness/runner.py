@@ -37,7 +37,8 @@ from typing import Any, Callable
 
 from autolab.harnesskit import result_skeleton
 
-from . import CLOCK_LINE, SAVED_LINE
+from . import CLOCK_LINE, CLOCK_WANT_LINE, SAVED_LINE
+from .boot import READY_LINE
 from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
 
 EventFn = Callable[[dict], None]
@@ -129,7 +130,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
                echo: bool, harden: bool = True, read_allow: tuple[str, ...] | None = None,
                end_marker: str | None = None, after_end_s: float = 10.0, relax: tuple[str, ...] = (),
-               cpu_limit_s: float | None = None) -> dict[str, Any]:
+               cpu_limit_s: float | None = None, baton: "GpuBaton | None" = None) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
     echo) and to log_path. ``read_allow``: reads by allow-list (see Policy.read_allow);
     ``end_marker``: the line that ends the candidate's work (after it, a process but the main one
@@ -142,7 +143,16 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     marks: dict[str, float] = {}
     saved_stat: list = []
 
+    live: dict[str, float] = {}
+
     def on_line(line: str) -> None:
+        if baton is not None:
+            if line.startswith(READY_LINE):
+                baton.ready(live, t_launch)
+            elif line.startswith(CLOCK_WANT_LINE):
+                baton.clock_wanted()
+            elif line.startswith(SAVED_LINE):
+                baton.saved()
         if "clock" not in marks and line.startswith(CLOCK_LINE):
             marks["clock"] = time.monotonic()   # seen from outside: the candidate cannot move it back
         elif line.startswith(SAVED_LINE):
@@ -158,7 +168,9 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
                         policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), harden=harden, relax=relax,
                                       read_allow=None if read_allow is None else tuple(read_allow)),
                         limits=Limits(wall_s=float(wall_s), end_marker=end_marker, after_end_s=float(after_end_s),
-                                      tree_cpu_s=cpu_limit_s, **kw))
+                                      tree_cpu_s=cpu_limit_s, **kw), live=live)
+    if baton is not None:
+        baton.stop_waiting()
     killed = res.state == "killed" and res.reason in ("timeout", "memory", "nproc", "cpu")
     return {
         "returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
@@ -216,25 +228,135 @@ def _guard_violations(reads_log: Path, workdir: Path, output: str, canary: str, 
     return out
 
 
+# ----------------------------------------------------------------------------- the GPU baton
+
+class _FileLock:
+    """An exclusive file lock (flock) taken by polling, so that a wait can be given up."""
+
+    def __init__(self, path: Path):
+        self.path, self._fh = path, None
+
+    def take(self, stop: threading.Event) -> bool:
+        import fcntl
+
+        fh = open(self.path, "a+")
+        while not stop.is_set():
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fh = fh
+                return True
+            except BlockingIOError:
+                stop.wait(0.02)
+        fh.close()
+        return False
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._fh.close()
+                self._fh = None
+
+
+class GpuBaton:
+    """Runs that share a GPU take turns, so that a timed window has the GPU to itself while the
+    next run starts beside it. Two file locks per GPU, in the machine's cache:
+
+    - the **candidate** lock, from a run's go (before any of its candidate code runs) to its
+      model's save: one candidate's code on the GPU at a time;
+    - the **timed** lock, from the run's clock start to the end of its evaluation: the harness's
+      clock (``H.start_clock``) waits for it, so no other run's candidate code or evaluation
+      runs on the GPU during a timed window (the next run compiles while this one evaluates).
+
+    A run's train process starts with trusted code only (``boot.py``: interpreter, harness, torch,
+    the GPU's context), says it is ready and waits for its go (the candidate lock). That wait is
+    not counted against the run's limits: no candidate code runs in it; the hard limit moves by it
+    (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``). The wait for the clock is counted
+    (candidate code has run by then: it is start-up)."""
+
+    def __init__(self, lock_dir: Path, key: str, folder: Path, limit_s: float):
+        self.cand_lock = _FileLock(lock_dir / f"gpu-{key}.candidate.lock")
+        self.timed_lock = _FileLock(lock_dir / f"gpu-{key}.timed.lock")
+        self.go_file, self.clock_file, self.limit_s = folder / "go", folder / "clock", float(limit_s)
+        self.ready_at: float | None = None
+        self.go_at: float | None = None
+        self.go_epoch: float | None = None
+        self.clock_wait_s = 0.0
+        self.clock_epoch: float | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._clock_asked = False
+
+    @staticmethod
+    def for_gpu(gpu: str, folder: Path, limit_s: float) -> "GpuBaton":
+        from autolab.harnesskit import cache_root
+
+        locks = cache_root() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        key = "".join(c if c.isalnum() or c in "-_" else "-" for c in gpu) or "0"
+        return GpuBaton(locks, key, folder, limit_s)
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds between ready and go (no candidate code ran)."""
+        if self.ready_at is None:
+            return 0.0
+        return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
+
+    def _spawn(self, fn, *args) -> None:
+        th = threading.Thread(target=fn, args=args, daemon=True, name="gpu-baton")
+        self._threads.append(th)
+        th.start()
+
+    def ready(self, live: dict, launched_at: float) -> None:
+        """The train process is ready for its candidate code (called from the output reader:
+        must not block)."""
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+            self._spawn(self._go, live, launched_at)
+
+    def _go(self, live: dict, launched_at: float) -> None:
+        if not self.cand_lock.take(self._stop):
+            return
+        self.go_at, self.go_epoch = time.monotonic(), time.time()
+        # the limit counts the time before the wait and after the go, not the wait
+        live["deadline"] = self.go_at + self.limit_s - (self.ready_at - launched_at)
+        self.go_file.write_text("go\n")
+
+    def clock_wanted(self) -> None:
+        """The harness wants to start its clock (output reader: must not block)."""
+        if not self._clock_asked:
+            self._clock_asked = True
+            self._spawn(self._clock)
+
+    def _clock(self) -> None:
+        t0 = time.monotonic()
+        if self.timed_lock.take(self._stop):
+            self.clock_wait_s, self.clock_epoch = time.monotonic() - t0, time.time()
+            self.clock_file.write_text("clock\n")
+
+    def saved(self) -> None:
+        """The model is saved: the next run's candidate code may start (it will wait for this
+        run's evaluation before its clock)."""
+        self.cand_lock.release()
+
+    def stop_waiting(self) -> None:
+        """The train process has ended: waits still going on end (locks taken are kept)."""
+        self._stop.set()
+        for th in self._threads:
+            th.join(timeout=5)
+
+    def release(self) -> None:
+        """After the evaluation (or when there is none): both locks."""
+        self.stop_waiting()
+        self.cand_lock.release()
+        self.timed_lock.release()
+
+
 # ----------------------------------------------------------------------------- split evaluation
-
-def _copy_model(workdir: Path, mdir: Path, cand: Path, script: str) -> str | None:
-    """A fresh folder for the model process: the candidate's script (from the candidate's own
-    folder, not the workdir training could rewrite), model.pt and model.json; nothing else."""
-    if mdir.exists():
-        shutil.rmtree(mdir)
-    mdir.mkdir(parents=True)
-    for name in ("model.pt", "model.json"):
-        src = workdir / name
-        if not src.is_file() or src.is_symlink():
-            return (f"train.py saved no {name} (or not as a plain file); save the model with "
-                    f"H.finish(model, init_kwargs): its weights and how to rebuild it")
-        shutil.copyfile(src, mdir / name)
-    if not (cand / script).is_file():
-        return f"the candidate has no {script}"
-    shutil.copyfile(cand / script, mdir / script)
-    return None
-
 
 # CUDA IPC (the logits handed to the trusted process without a copy through host memory) needs
 # the exporting process in the host's PID and IPC namespaces and torch's reference-counter file
@@ -253,63 +375,151 @@ def _model_process_reads(mdir: Path, trusted_module: str) -> tuple[str, ...]:
                                 str(Path(autolab.__file__).resolve().parent))))
 
 
-def split_evaluation(*, script: str, cand: Path, workdir: Path, mdir: Path, hdir: Path, eval_cfg_path: Path,
-                     eval_out: Path, trusted_module: str, model_cfg: dict[str, Any], config_env: str,
-                     env: dict[str, str], deny: list[str], device: str, threads: int, wall_s: float,
-                     mem_mb: int | None, echo: bool, harden: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate a trained model in two processes (shared with speedrun): the trusted
-    ``trusted_module`` (never imports candidate code; holds the targets; started first, listening
-    on a socket in ``mdir``) and the sandboxed model server in ``mdir`` (a fresh folder with the
-    script and the weights-only model; the run's workdir, the harness folder and the split files
-    denied). Returns (the model process's sandbox result, the trusted process's JSON)."""
-    import subprocess
+class SplitEvaluation:
+    """The split evaluation (shared with speedrun), started early: the trusted ``trusted_module``
+    (never imports candidate code; holds the targets) and the sandboxed model server, in a fresh
+    folder ``mdir`` that will hold only the script and the weights-only model (the run's workdir,
+    the harness folder and the split files denied).
 
-    from autolab.sandbox import scrubbed_env
+    :meth:`start` launches both while the candidate still trains: they start Python, torch and
+    CUDA, connect (the model process proves itself with the run's token) and wait. Nothing of the
+    candidate is in ``mdir`` yet and no candidate code runs in either. :meth:`finish` (after the
+    train process tree has ended) copies the script and the model in, says ``go``, and waits for
+    both: the time from ``go`` to the end is the evaluation's cost (``eval_s``). :meth:`cancel`
+    ends both when there is nothing to evaluate."""
 
-    why = _copy_model(workdir, mdir, cand, script)
-    if why:
-        return ({"wall_s": 0.0, "violations": [], "output": "", "isolation": {}, "peak_memory_mb": 0.0,
-                 "state": "failed", "kill_reason": "", "killed": False, "returncode": None},
-                {"ok": False, "error": why})
-    atomic_write_json(mdir / "model_config.json", model_cfg)
-    # the socket lives in a short private folder: a path under the lab can pass AF_UNIX's 107 bytes
-    sockdir = Path(tempfile.mkdtemp(prefix="al-ev-"))
-    sock = sockdir / "s"
-    if eval_out.exists():
-        eval_out.unlink()
-    tenv = scrubbed_env({"PYTHONPATH": env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1",
-                         "PYTHONDONTWRITEBYTECODE": "1",
-                         **{k: v for k, v in env.items() if k.endswith("_NUM_THREADS") or k == "CUDA_VISIBLE_DEVICES"}})
-    with open(hdir / "eval_trusted.log", "w") as log:
-        trusted = subprocess.Popen([sys.executable, "-m", trusted_module, "--config", str(eval_cfg_path), "--out",
-                                    str(eval_out), "--socket", str(sock), "--model-dir", str(mdir)],
-                                   cwd=hdir, env=tenv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    def __init__(self, *, script: str, mdir: Path, hdir: Path, eval_cfg_path: Path, eval_out: Path,
+                 trusted_module: str, model_cfg: dict[str, Any], config_env: str, env: dict[str, str],
+                 deny: list[str], device: str, threads: int, wall_s: float, mem_mb: int | None, echo: bool,
+                 harden: bool = True):
+        self.script, self.mdir, self.hdir, self.eval_out = script, mdir, hdir, eval_out
+        self.eval_cfg_path, self.trusted_module, self.model_cfg = eval_cfg_path, trusted_module, model_cfg
+        self.config_env, self.env, self.deny, self.device = config_env, env, deny, device
+        self.threads, self.wall_s, self.mem_mb, self.echo, self.harden = threads, wall_s, mem_mb, echo, harden
+        self.trusted = None
+        self.thread: threading.Thread | None = None
+        self.ev: dict[str, Any] | None = None
+        self.sockdir: Path | None = None
+        self.started_at = self.go_at = None
+        self._ended = False
+
+    def start(self, before_s: float = 0.0) -> "SplitEvaluation":
+        """Launch both processes; ``before_s``: how long they may wait for :meth:`finish` (the
+        training's own limit), on top of the evaluation's ``wall_s``."""
+        import secrets
+        import subprocess
+
+        from autolab.sandbox import scrubbed_env
+
+        from .model_server import TOKEN_ENV
+
+        if self.mdir.exists():
+            shutil.rmtree(self.mdir)
+        self.mdir.mkdir(parents=True)
+        atomic_write_json(self.mdir / "model_config.json", self.model_cfg)
+        # the socket lives in a short private folder: a path under the lab can pass AF_UNIX's 107 bytes
+        self.sockdir = Path(tempfile.mkdtemp(prefix="al-ev-"))
+        sock = self.sockdir / "s"
+        if self.eval_out.exists():
+            self.eval_out.unlink()
+        token = secrets.token_hex(16)
+        env = self.env
+        tenv = scrubbed_env({"PYTHONPATH": env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1",
+                             "PYTHONDONTWRITEBYTECODE": "1", TOKEN_ENV: token,
+                             **{k: v for k, v in env.items() if k.endswith("_NUM_THREADS") or k == "CUDA_VISIBLE_DEVICES"}})
+        self.started_at = time.monotonic()
+        self._log = open(self.hdir / "eval_trusted.log", "w")
+        self.trusted = subprocess.Popen(
+            [sys.executable, "-m", self.trusted_module, "--config", str(self.eval_cfg_path), "--out", str(self.eval_out),
+             "--socket", str(sock), "--model-dir", str(self.mdir), "--wait-go"],
+            cwd=self.hdir, env=tenv, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True, text=True)
+        menv = {**env, self.config_env: str(self.mdir / "model_config.json"), TOKEN_ENV: token}
+        argv = [sys.executable, "-m", "nanochat_harness.model_server", "--socket", str(sock), "--script", self.script,
+                "--device", self.device, "--threads", str(self.threads)]
+
+        def model_process() -> None:
+            self.ev = _sandboxed(argv, cwd=self.mdir, env=menv, read_deny=tuple(dict.fromkeys(self.deny)),
+                                 write_allow=(str(self.mdir), str(self.sockdir)), wall_s=before_s + self.wall_s,
+                                 mem_mb=self.mem_mb, log_path=self.hdir / "eval.log", echo=self.echo,
+                                 harden=self.harden, read_allow=_model_process_reads(self.mdir, self.trusted_module),
+                                 relax=_CUDA_IPC_RELAX if self.device == "cuda" else ())
+
+        self.thread = threading.Thread(target=model_process, name="eval-model-process", daemon=True)
+        self.thread.start()
+        return self
+
+    def _end(self, say: str) -> None:
+        """Say ``say`` to the trusted process (``go``, or nothing: cancelled), then wait for both."""
+        self._ended = True
         try:
-            menv = {**env, config_env: str(mdir / "model_config.json")}
-            ev = _sandboxed([sys.executable, "-m", "nanochat_harness.model_server", "--socket", str(sock), "--script",
-                             script, "--device", device, "--threads", str(threads)],
-                            cwd=mdir, env=menv, read_deny=tuple(dict.fromkeys(deny)), write_allow=(str(mdir), str(sockdir)),
-                            wall_s=wall_s, mem_mb=mem_mb, log_path=hdir / "eval.log", echo=echo, harden=harden,
-                            read_allow=_model_process_reads(mdir, trusted_module), relax=_CUDA_IPC_RELAX if device == "cuda" else ())
-            try:
-                trusted.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                trusted.kill()
-                trusted.wait()
-        finally:
-            if trusted.poll() is None:
-                trusted.kill()
-                trusted.wait()
-            shutil.rmtree(sockdir, ignore_errors=True)
-    try:
-        er = json.loads(eval_out.read_text())
-    except (OSError, ValueError):
-        tail = "\n".join((hdir / "eval_trusted.log").read_text(errors="replace").strip().splitlines()[-10:])
-        er = {"ok": False, "error": f"the trusted evaluation wrote no result (exit code {trusted.returncode}):\n{tail}"}
-    if echo:
-        print((hdir / "eval_trusted.log").read_text(errors="replace").rstrip(), flush=True)
-    return ev, er
+            if say:
+                self.trusted.stdin.write(say + "\n")
+                self.trusted.stdin.flush()
+            self.trusted.stdin.close()
+        except (OSError, ValueError):
+            pass
+        import subprocess
+
+        try:
+            self.trusted.wait(timeout=self.wall_s + 60 if say else 60)
+        except subprocess.TimeoutExpired:
+            self.trusted.kill()
+            self.trusted.wait()
+        self.thread.join()
+        self._log.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """End both processes (nothing to evaluate); a no-op once ended."""
+        if self.trusted is not None and not self._ended:
+            self._end("")
+
+    def finish(self, workdir: Path, cand: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Copy the script (from the candidate's folder, not the workdir training could rewrite)
+        and the weights-only model into ``mdir``, say go, and wait. Returns (the model process's
+        sandbox result with ``eval_s`` and ``warm_s``, the trusted process's JSON)."""
+        why = _copy_model(workdir, self.mdir, cand, self.script)
+        if why:
+            self.cancel()
+            return ({"wall_s": 0.0, "eval_s": 0.0, "violations": [], "output": "", "isolation": {},
+                     "peak_memory_mb": 0.0, "state": "failed", "kill_reason": "", "killed": False, "returncode": None},
+                    {"ok": False, "error": why})
+        self.go_at = time.monotonic()
+        self._end("go")
+        ev = dict(self.ev or {"wall_s": 0.0, "violations": [], "output": "", "isolation": {}, "peak_memory_mb": 0.0,
+                              "state": "failed", "kill_reason": "", "killed": False, "returncode": None})
+        ev["eval_s"] = time.monotonic() - self.go_at              # the critical path: go to both ended
+        ev["waited_s"] = self.go_at - self.started_at             # started this long before the model was ready
+        try:
+            er = json.loads(self.eval_out.read_text())
+        except (OSError, ValueError):
+            tail = "\n".join((self.hdir / "eval_trusted.log").read_text(errors="replace").strip().splitlines()[-10:])
+            er = {"ok": False, "error": f"the trusted evaluation wrote no result (exit code {self.trusted.returncode}):\n{tail}"}
+        if self.echo:
+            print((self.hdir / "eval_trusted.log").read_text(errors="replace").rstrip(), flush=True)
+        return ev, er
+
+
+def _copy_model(workdir: Path, mdir: Path, cand: Path, script: str) -> str | None:
+    """Into the model process's folder: the candidate's script (from the candidate's own folder,
+    not the workdir training could rewrite), model.pt and model.json; nothing else."""
+    for name in ("model.pt", "model.json"):
+        src = workdir / name
+        if not src.is_file() or src.is_symlink():
+            return (f"train.py saved no {name} (or not as a plain file); save the model with "
+                    f"H.finish(model, init_kwargs): its weights and how to rebuild it")
+        shutil.copyfile(src, mdir / name)
+    if not (cand / script).is_file():
+        return f"the candidate has no {script}"
+    shutil.copyfile(cand / script, mdir / script)
+    return None
+
+
+def split_evaluation(*, cand: Path, workdir: Path, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:class:`SplitEvaluation` started and finished at once (for a caller that did not start
+    it before training)."""
+    return SplitEvaluation(**kw).start().finish(workdir, cand)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -417,13 +627,24 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
               "budget_s": budget_s, "allowance_s": allowance_s, "vocab_size": data["vocab_size"],
               "seq_len": seq_len, "bos_id": data["bos_id"], "corpus": result["corpus"]}
     run_cfg_path = hdir / "run_config.json"
+    # runs that share a GPU take turns for their timed work (GpuBaton; the preset's gpu_baton)
+    baton = None
+    train_limit_s = wall_factor * (budget_s + allowance_s) + grace_s
+    gpu_wait_s = float(settings.get("gpu_wait_s", 1800.0))
+    if settings.get("gpu_baton") and not cpu_clock:
+        bdir = result_path.parent / (result_path.stem + ".baton")
+        if bdir.exists():
+            shutil.rmtree(bdir)
+        bdir.mkdir(parents=True)
+        baton = GpuBaton.for_gpu(f"{device}-{os.environ.get('CUDA_VISIBLE_DEVICES', '')}", bdir, train_limit_s)
     launch = time.time()
     run_cfg = {**common, "events_path": str(events_path),
                "data": {"train": data["splits"]["train"], "token_bytes": data["token_bytes"],
                         "tokenizer": data["tokenizer"]},
                "launch_time": launch, "deadline": launch + wall_factor * (budget_s + allowance_s),
                "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
-               **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {})}
+               **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {}),
+               **({"baton_file": str(baton.go_file), "clock_gate_file": str(baton.clock_file)} if baton else {})}
     atomic_write_json(run_cfg_path, run_cfg)
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
@@ -444,6 +665,14 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     # Inductor compiles in this process, not in a pool of worker processes that would still be
     # running when the model is saved (nothing of the candidate may outlive its save)
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    # torch.compile's caches: the candidate's own folder, started from its nearest ancestor's
+    # (autolab.harnesskit.compile_cache_dir); the evaluation's processes never see it
+    from autolab.harnesskit import compile_cache_dir, compile_cache_env
+
+    ccache = compile_cache_dir(device)
+    env.update(compile_cache_env(ccache))
+    result["timings"]["compile_cache"] = "warm" if ccache is not None and any(ccache.rglob("*.*")) else (
+        "cold" if ccache is not None else "none")
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="",
@@ -452,159 +681,200 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
 
-    # --- train
-    event(type="phase", phase="train", budget_s=budget_s, allowance_s=allowance_s)
-    if echo:
-        unit = "CPU s" if cpu_clock else "s"
-        print(f"[nanochat] training {cand.name}/train.py, seed {seed}, preset {p.name}: budget {budget_s:g} {unit} "
-              f"+ allowance {allowance_s:g} {unit}" + (f" (wall safety net {wall_factor * (budget_s + allowance_s):g} s)"
-                                                        if cpu_clock else ""), flush=True)
-    tail = _Tail(events_path, on_event) if on_event else None
-    if tail:
-        tail.start()
-    try:
-        # reads by allow-list: the workdir, the harness, the train split's files (not the folder:
-        # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
-        readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
-                    data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent))
-        idle0 = _idle_core_s()
-        tr = _sandboxed([sys.executable, "train.py"], cwd=workdir, env=env, read_deny=tuple(denied),
-                        write_allow=(str(workdir),), wall_s=wall_factor * (budget_s + allowance_s) + grace_s,
-                        mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo, read_allow=readable,
-                        end_marker=SAVED_LINE, after_end_s=float(settings.get("after_save_allowance_s", 10.0)),
-                        cpu_limit_s=budget_s + allowance_s + grace_s if cpu_clock else None)
-        idle1 = _idle_core_s()
-    finally:
+    def _train_and_evaluate() -> dict[str, Any]:
+        # --- train
+        event(type="phase", phase="train", budget_s=budget_s, allowance_s=allowance_s)
+        if echo:
+            unit = "CPU s" if cpu_clock else "s"
+            print(f"[nanochat] training {cand.name}/train.py, seed {seed}, preset {p.name}: budget {budget_s:g} {unit} "
+                  f"+ allowance {allowance_s:g} {unit}" + (f" (wall safety net {wall_factor * (budget_s + allowance_s):g} s)"
+                                                            if cpu_clock else ""), flush=True)
+        tail = _Tail(events_path, on_event) if on_event else None
         if tail:
-            tail.stop.set()
-            tail.join(timeout=5)
-    result["timings"]["train_s"] = round(tr["wall_s"], 3)   # until the last process of the run ended
-    result["timings"]["train_wall_s"] = round(tr["wall_s"], 3)
-    if tr["cpu_s"] is not None:
-        result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
-    if idle0 is not None and idle1 is not None:
-        result["timings"]["machine_idle_core_s"] = round(idle1 - idle0, 3)
-    if tr["wait_s"] is not None:
-        result["timings"]["train_wait_s"] = tr["wait_s"]      # runnable but waiting for a CPU (a busy machine)
-    from .guard import READS_LOG
+            tail.start()
+        try:
+            # reads by allow-list: the workdir, the harness, the train split's files (not the folder:
+            # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
+            readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
+                        data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
+                        *((str(ccache),) if ccache is not None else ()),
+                    *((str(baton.go_file.parent),) if baton else ()))
+            idle0 = _idle_core_s()
+            tr = _sandboxed([sys.executable, str(HARNESS_DIR / "boot.py"), "train.py"], cwd=workdir, env=env,
+                            read_deny=tuple(denied), write_allow=(str(workdir), *((str(ccache),) if ccache is not None else ())),
+                            wall_s=train_limit_s + (gpu_wait_s if baton else 0.0), baton=baton,
+                            mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo, read_allow=readable,
+                            end_marker=SAVED_LINE, after_end_s=float(settings.get("after_save_allowance_s", 10.0)),
+                            cpu_limit_s=budget_s + allowance_s + grace_s if cpu_clock else None)
+            idle1 = _idle_core_s()
+        finally:
+            if tail:
+                tail.stop.set()
+                tail.join(timeout=5)
+        waited = baton.waited_s if baton else 0.0                # waiting for the GPU: no candidate code ran
+        result["timings"]["train_s"] = round(tr["wall_s"] - waited, 3)   # until the last process of the run ended
+        result["timings"]["train_wall_s"] = round(tr["wall_s"], 3)
+        if baton:
+            result["timings"]["gpu_wait_s"] = round(waited, 3)
+            result["timings"]["gpu_go_epoch"] = baton.go_epoch
+            result["timings"]["gpu_clock_wait_s"] = round(baton.clock_wait_s, 3)   # counted: start-up
+            result["timings"]["gpu_clock_epoch"] = baton.clock_epoch
+        if tr["cpu_s"] is not None:
+            result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
+        if idle0 is not None and idle1 is not None:
+            result["timings"]["machine_idle_core_s"] = round(idle1 - idle0, 3)
+        if tr["wait_s"] is not None:
+            result["timings"]["train_wait_s"] = tr["wait_s"]      # runnable but waiting for a CPU (a busy machine)
+        from .guard import READS_LOG
 
-    result["violations"] = list(tr["violations"]) + _guard_violations(
-        workdir / READS_LOG, workdir, tr["output"], CANARY_PREFIX + canary_suffix, "train")
-    if tr["clock_start_s"] is not None:
-        result["timings"]["clock_start_s"] = round(tr["clock_start_s"], 3)
-    # the training window, from outside: the clock line's arrival (else the launch) to the model's
-    # last save by H.finish (else the exit)
-    end = tr["saved_s"] if tr["saved_s"] is not None else tr["wall_s"]
-    result["timings"]["train_window_s"] = round(end - (tr["clock_start_s"] or 0.0), 3)
-    result["timings"]["train_window_wall_s"] = result["timings"]["train_window_s"]
-    if tr["saved_s"] is not None:
-        result["timings"]["after_save_s"] = round(tr["wall_s"] - tr["saved_s"], 3)
-    if tr["model_changed_after_save"]:
-        result["violations"].append({"kind": "tamper", "detail": "model.pt was rewritten after H.finish saved it "
-                                                                 "(training went on outside the measured window)"})
-    result["sandbox"] = {"train": {"isolation": tr["isolation"], "peak_memory_mb": tr["peak_memory_mb"],
-                                   "state": tr["state"], "reason": tr["kill_reason"]}}
-    result["summary"] = parse_summary(tr["output"])
-    result["curve"] = read_curve(events_path)
-    try:
-        result["finish"] = json.loads((workdir / "finish.json").read_text())
-        if _finite(result["finish"].get("training_s")):
-            result["timings"]["clock_train_s"] = float(result["finish"]["training_s"])
-    except (OSError, ValueError, AttributeError):
-        pass
-    for k in _METRIC_KEYS:
-        if _finite(result["summary"].get(k)):
-            result["metrics"][k] = result["summary"][k]
-    if _finite(result["summary"].get("training_seconds")):
-        result["timings"]["script_train_s"] = float(result["summary"]["training_seconds"])
-    limit = budget_s + allowance_s
-    cpu_used = tr["cpu_s"] if tr["cpu_s"] is not None else 0.0
-    if cpu_clock:
-        _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
-    if tr["killed"]:
-        why = {"timeout": f"timeout: the train process ran past budget_s + allowance_s = {limit:g}s (budget "
-                          f"{budget_s:g}s, allowance {allowance_s:g}s) and was killed",
-               "memory": f"memory: the train process tree used more than mem_mb = {mem_mb} MB and was killed",
-               "nproc": "nproc: the train process started too many processes and was killed",
-               "cpu": "cpu: the train process hit its CPU-time limit and was killed"}.get(tr["kill_reason"],
-                                                                                        tr["kill_reason"])
-        if cpu_clock and tr["kill_reason"] == "cpu":
-            why = (f"cpu: the train process tree used {cpu_used:.1f} CPU seconds (every process and thread counted), "
-                   f"past budget_s + allowance_s = {limit:g} CPU s (clock = \"cpu\"), and was killed; train while "
-                   f"H.time_left() > 0 and count helper processes' work inside the budget")
-        elif cpu_clock and tr["kill_reason"] == "timeout":
-            why = _wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get(
-                "machine_idle_core_s"), tr["wait_s"])
-        return done("killed", why)
-    if cpu_clock and cpu_used > limit + grace_s:
-        return done("killed", f"cpu: the train process tree used {cpu_used:.1f} CPU seconds in all (every process "
-                              f"and thread, measured from outside), past budget_s + allowance_s = {limit:g} CPU s")
-    if not cpu_clock and tr["wall_s"] > limit + grace_s:
-        return done("killed", f"timeout: the train process lived {tr['wall_s']:.1f}s, past budget_s + allowance_s "
-                              f"= {limit:g}s")
-    if tr["kill_reason"] == "after_end":
-        return done("killed", f"after the save: the train process was still running "
-                              f"{settings.get('after_save_allowance_s', 10.0):g}s after H.finish saved the model "
-                              f"(after_save_allowance_s) and was killed; print the summary and exit right after "
-                              f"H.finish")
-    if tr["returncode"] != 0:
-        tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
-        how = tr["kill_reason"] or f"exit code {tr['returncode']}"
-        return done("failed", f"train.py ended with {how}:\n{tail_txt}")
-    if not (workdir / "model.pt").exists():
-        return done("failed", "train.py finished without saving a model; call H.finish(model) at the end of training")
+        result["violations"] = list(tr["violations"]) + _guard_violations(
+            workdir / READS_LOG, workdir, tr["output"], CANARY_PREFIX + canary_suffix, "train")
+        if tr["clock_start_s"] is not None:
+            result["timings"]["clock_start_s"] = round(tr["clock_start_s"], 3)
+            result["timings"]["startup_s"] = round(tr["clock_start_s"] - waited, 3)   # launch to clock, less the wait
+        # the training window, from outside: the clock line's arrival (else the launch) to the model's
+        # last save by H.finish (else the exit)
+        end = tr["saved_s"] if tr["saved_s"] is not None else tr["wall_s"]
+        result["timings"]["train_window_s"] = round(end - (tr["clock_start_s"] or 0.0), 3)
+        result["timings"]["train_window_wall_s"] = result["timings"]["train_window_s"]
+        if tr["saved_s"] is not None:
+            result["timings"]["after_save_s"] = round(tr["wall_s"] - tr["saved_s"], 3)
+        if tr["model_changed_after_save"]:
+            result["violations"].append({"kind": "tamper", "detail": "model.pt was rewritten after H.finish saved it "
+                                                                     "(training went on outside the measured window)"})
+        result["sandbox"] = {"train": {"isolation": tr["isolation"], "peak_memory_mb": tr["peak_memory_mb"],
+                                       "state": tr["state"], "reason": tr["kill_reason"]}}
+        result["summary"] = parse_summary(tr["output"])
+        result["curve"] = read_curve(events_path)
+        try:
+            result["finish"] = json.loads((workdir / "finish.json").read_text())
+            if _finite(result["finish"].get("training_s")):
+                result["timings"]["clock_train_s"] = float(result["finish"]["training_s"])
+        except (OSError, ValueError, AttributeError):
+            pass
+        for k in _METRIC_KEYS:
+            if _finite(result["summary"].get(k)):
+                result["metrics"][k] = result["summary"][k]
+        if _finite(result["summary"].get("training_seconds")):
+            result["timings"]["script_train_s"] = float(result["summary"]["training_seconds"])
+        limit = budget_s + allowance_s
+        cpu_used = tr["cpu_s"] if tr["cpu_s"] is not None else 0.0
+        if cpu_clock:
+            _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
+        if tr["killed"] and baton is not None and baton.go_at is None and tr["kill_reason"] == "timeout":
+            return done("failed", f"infrastructure: the run waited {waited:.0f} s for the GPU (gpu_wait_s = "
+                                  f"{gpu_wait_s:g}) while other runs used it; not the candidate's fault: run it again")
+        if tr["killed"]:
+            why = {"timeout": f"timeout: the train process ran past budget_s + allowance_s = {limit:g}s (budget "
+                              f"{budget_s:g}s, allowance {allowance_s:g}s) and was killed",
+                   "memory": f"memory: the train process tree used more than mem_mb = {mem_mb} MB and was killed",
+                   "nproc": "nproc: the train process started too many processes and was killed",
+                   "cpu": "cpu: the train process hit its CPU-time limit and was killed"}.get(tr["kill_reason"],
+                                                                                            tr["kill_reason"])
+            if cpu_clock and tr["kill_reason"] == "cpu":
+                why = (f"cpu: the train process tree used {cpu_used:.1f} CPU seconds (every process and thread counted), "
+                       f"past budget_s + allowance_s = {limit:g} CPU s (clock = \"cpu\"), and was killed; train while "
+                       f"H.time_left() > 0 and count helper processes' work inside the budget")
+            elif cpu_clock and tr["kill_reason"] == "timeout":
+                why = _wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get(
+                    "machine_idle_core_s"), tr["wait_s"])
+            elif device == "cpu" and tr["kill_reason"] == "timeout" and tr["wait_s"] is not None \
+                    and tr["wait_s"] >= 0.5 * tr["wall_s"]:
+                # a wall-clock CPU preset on a machine too busy to give the run its cores
+                why = (f"infrastructure: the machine was too busy: the train process waited {tr['wait_s']:.0f} s for a "
+                       f"CPU in {tr['wall_s']:.0f} s of wall time (it got {cpu_used:.1f} CPU seconds) and ran past "
+                       f"budget_s + allowance_s = {limit:g} s; not the candidate's fault: run it again on a less "
+                       f"loaded machine, or use a preset with clock = \"cpu\"")
+                return done("failed", why)
+            return done("killed", why)
+        if cpu_clock and cpu_used > limit + grace_s:
+            return done("killed", f"cpu: the train process tree used {cpu_used:.1f} CPU seconds in all (every process "
+                                  f"and thread, measured from outside), past budget_s + allowance_s = {limit:g} CPU s")
+        if not cpu_clock and tr["wall_s"] - waited > limit + grace_s:
+            return done("killed", f"timeout: the train process lived {tr['wall_s'] - waited:.1f}s"
+                                  + (f" (not counting {waited:.1f}s waiting for the GPU)" if waited else "")
+                                  + f", past budget_s + allowance_s = {limit:g}s")
+        if tr["kill_reason"] == "after_end":
+            return done("killed", f"after the save: the train process was still running "
+                                  f"{settings.get('after_save_allowance_s', 10.0):g}s after H.finish saved the model "
+                                  f"(after_save_allowance_s) and was killed; print the summary and exit right after "
+                                  f"H.finish")
+        if tr["returncode"] != 0:
+            tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
+            how = tr["kill_reason"] or f"exit code {tr['returncode']}"
+            return done("failed", f"train.py ended with {how}:\n{tail_txt}")
+        if not (workdir / "model.pt").exists():
+            return done("failed", "train.py finished without saving a model; call H.finish(model) at the end of training")
 
-    # --- evaluate: a trusted process (the targets, the metric) and a sandboxed model process that
-    # sees only a fresh folder with train.py and the weights-only model (split_evaluation)
-    event(type="phase", phase="eval")
+        # --- evaluate: a trusted process (the targets, the metric) and a sandboxed model process that
+        # sees only a fresh folder with train.py and the weights-only model (split_evaluation)
+        event(type="phase", phase="eval")
+        if not prewarm:
+            evaluation.start()
+        ev, er = evaluation.finish(workdir, cand)
+        result["timings"]["eval_s"] = round(ev["eval_s"], 3)             # from the model's save to the metric
+        result["timings"]["eval_waited_s"] = round(ev["waited_s"], 3)    # started that long before, during training
+        result["violations"] += [{**v, "phase": "eval"} for v in ev["violations"]]
+        result["violations"] += _guard_violations(hdir / "eval_reads.jsonl", mdir, ev["output"],
+                                                  CANARY_PREFIX + canary_suffix, "eval")
+        result["sandbox"]["eval"] = {"isolation": ev["isolation"], "peak_memory_mb": ev["peak_memory_mb"],
+                                     "state": ev["state"], "reason": ev["kill_reason"]}
+        if er.get("violation"):
+            result["violations"].append({**er["violation"], "phase": "eval"})
+        if ev["killed"]:
+            if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
+                    and (ev.get("cpu_s") or 0.0) + ev["wait_s"] >= 0.5 * ev["wall_s"]):
+                return done("failed", f"infrastructure: the machine was too busy: the evaluation's model process got "
+                                      f"{ev.get('cpu_s') or 0.0:.1f} CPU seconds and waited {ev['wait_s']:.0f} s for a CPU "
+                                      f"in {ev['wall_s']:.0f} s, past eval_timeout_s = {settings.get('eval_timeout_s', 300)} "
+                                      f"s; not the candidate's fault: run it again on a less loaded machine")
+            return done("failed", f"evaluation was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
+                                  f"{settings.get('eval_timeout_s', 300)}s")
+        if not er.get("ok"):
+            return done("failed", f"evaluation failed: {er.get('error', 'exit code ' + str(ev['returncode']))}")
+        result["probes"] = er.get("probes", {})
+        for k in ("val_bpb", "hidden_val_bpb"):
+            if _finite(er.get(k)):
+                result["metrics"][k] = float(er[k])
+        if "num_params" not in result["metrics"] and _finite(er.get("num_params")):
+            result["metrics"]["num_params"] = er["num_params"]
+        result["eval"] = {k: er[k] for k in ("val", "hidden_val", "eval_rows", "seq_len", "timings", "transport") if k in er}
+        denied_reads = [v["detail"] for v in ev["violations"] if v.get("kind") == "file_read"]
+        if denied_reads and "harness_intact" in result["probes"]:
+            result["probes"]["harness_intact"] = {**result["probes"]["harness_intact"], "passed": False,
+                                                  "detail": f"the model process tried to read files outside its folder: "
+                                                            f"{denied_reads[:3]}"}
+        if not _finite(er.get("val_bpb")):
+            return done("failed", f"val_bpb is not finite ({er.get('val_bpb')}): the model's logits overflowed or are NaN")
+        return done("ok")
+
+    # --- the evaluation's two processes start now, while the candidate trains (SplitEvaluation):
+    # their start-up is off the critical path; neither sees anything of the candidate until go
     mdir = result_path.parent / (result_path.stem + ".model")
     eval_cfg_path, eval_out = hdir / "eval_config.json", hdir / "eval.json"
     atomic_write_json(eval_cfg_path, {**common, "data": {"val": data["splits"]["val"],
                                                          "hidden_val": data["splits"]["hidden_val"],
                                                          "token_bytes": data["token_bytes"]},
                                       "eval_timeout_s": float(settings.get("eval_timeout_s", 300))})
-    ev, er = split_evaluation(
-        script="train.py", cand=cand, workdir=workdir, mdir=mdir, hdir=hdir, eval_cfg_path=eval_cfg_path,
+    evaluation = SplitEvaluation(
+        script="train.py", mdir=mdir, hdir=hdir, eval_cfg_path=eval_cfg_path,
         eval_out=eval_out, trusted_module="nanochat_harness.evaluate", model_cfg={**common, "role": "model"},
-        config_env="AUTOLAB_RUN_CONFIG", env={k: v for k, v in env.items() if k != CANARY_ENV} | {
-            "AUTOLAB_NANOCHAT_ROLE": "eval"},
+        config_env="AUTOLAB_RUN_CONFIG", env={k: v for k, v in env.items() if k not in (
+            CANARY_ENV, "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")} | {"AUTOLAB_NANOCHAT_ROLE": "eval"},
         deny=denied + [str(workdir), str(hdir), str(Path(data["token_bytes"]).parent)], device=device,
         threads=int(settings.get("threads", 2)), wall_s=float(settings.get("eval_timeout_s", 300)), mem_mb=mem_mb,
         echo=echo)
-    result["timings"]["eval_s"] = round(ev["wall_s"], 3)
-    result["violations"] += [{**v, "phase": "eval"} for v in ev["violations"]]
-    result["violations"] += _guard_violations(hdir / "eval_reads.jsonl", mdir, ev["output"],
-                                              CANARY_PREFIX + canary_suffix, "eval")
-    result["sandbox"]["eval"] = {"isolation": ev["isolation"], "peak_memory_mb": ev["peak_memory_mb"],
-                                 "state": ev["state"], "reason": ev["kill_reason"]}
-    if er.get("violation"):
-        result["violations"].append({**er["violation"], "phase": "eval"})
-    if ev["killed"]:
-        if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
-                and (ev.get("cpu_s") or 0.0) + ev["wait_s"] >= 0.5 * ev["wall_s"]):
-            return done("failed", f"infrastructure: the machine was too busy: the evaluation's model process got "
-                                  f"{ev.get('cpu_s') or 0.0:.1f} CPU seconds and waited {ev['wait_s']:.0f} s for a CPU "
-                                  f"in {ev['wall_s']:.0f} s, past eval_timeout_s = {settings.get('eval_timeout_s', 300)} "
-                                  f"s; not the candidate's fault: run it again on a less loaded machine")
-        return done("failed", f"evaluation was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
-                              f"{settings.get('eval_timeout_s', 300)}s")
-    if not er.get("ok"):
-        return done("failed", f"evaluation failed: {er.get('error', 'exit code ' + str(ev['returncode']))}")
-    result["probes"] = er.get("probes", {})
-    for k in ("val_bpb", "hidden_val_bpb"):
-        if _finite(er.get(k)):
-            result["metrics"][k] = float(er[k])
-    if "num_params" not in result["metrics"] and _finite(er.get("num_params")):
-        result["metrics"]["num_params"] = er["num_params"]
-    result["eval"] = {k: er[k] for k in ("val", "hidden_val", "eval_rows", "seq_len", "timings", "transport") if k in er}
-    denied_reads = [v["detail"] for v in ev["violations"] if v.get("kind") == "file_read"]
-    if denied_reads and "harness_intact" in result["probes"]:
-        result["probes"]["harness_intact"] = {**result["probes"]["harness_intact"], "passed": False,
-                                              "detail": f"the model process tried to read files outside its folder: "
-                                                        f"{denied_reads[:3]}"}
-    if not _finite(er.get("val_bpb")):
-        return done("failed", f"val_bpb is not finite ({er.get('val_bpb')}): the model's logits overflowed or are NaN")
-    return done("ok")
+    # on a GPU the two start now, beside the training; on a CPU preset (where two more interpreters
+    # importing torch would compete with the training for the cores) when the model is saved
+    prewarm = bool(settings.get("eval_prewarm", device == "cuda"))
+    if prewarm:
+        evaluation.start(before_s=train_limit_s + (gpu_wait_s if baton else 0.0) + 60.0)
+    try:
+        return _train_and_evaluate()
+    finally:
+        evaluation.cancel()
+        if baton is not None:
+            baton.release()     # after the evaluation: the next run's timed work may start
 
 
 def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: float, budget_s: float) -> None:

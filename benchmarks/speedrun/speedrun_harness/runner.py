@@ -376,6 +376,10 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="", OMP_WAIT_POLICY="PASSIVE")
     elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if not compile_cache:   # the lab's cache for this candidate (autolab.harnesskit.compile_cache_dir), if any
+        from autolab.harnesskit import compile_cache_dir
+
+        compile_cache = compile_cache_dir(device)
     if compile_cache:
         cc = Path(compile_cache).resolve()
         (cc / "inductor").mkdir(parents=True, exist_ok=True)
