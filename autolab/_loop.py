@@ -150,6 +150,14 @@ def run_wall_s(r: Run) -> float | None:
         return None
 
 
+def _busy_s(r: Run) -> float:
+    """A run's wall time less the time it waited for a GPU that another run held (runs_per_gpu:
+    that wait depends on what else ran, not on the run)."""
+    wait = (r.timings or {}).get("gpu_wait_s")
+    wall = run_wall_s(r) or 0.0
+    return max(0.0, wall - wait) if isinstance(wait, (int, float)) and wait > 0 else wall
+
+
 def p90(xs: list[float]) -> float:
     """The 90th percentile (nearest rank) of a non-empty list."""
     ys = sorted(xs)
@@ -167,7 +175,7 @@ def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None)
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
     for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
-            return p90([run_wall_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
+            return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
     expected = lab.preset.settings.get("expected_run_s")
     if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
         return float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"

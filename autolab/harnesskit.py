@@ -190,6 +190,19 @@ def compile_cache_dir(device: str, env: dict[str, str] | None = None) -> Path | 
     return own if own.is_dir() else None
 
 
+def compile_cache_ancestors(device: str, env: dict[str, str] | None = None) -> list[Path]:
+    """The ancestors' cache folders that exist on this machine (nearest first). A run may read
+    them, never write them: Inductor's entries name the Triton kernels they were built with by
+    absolute path, so an entry copied from an ancestor still loads that ancestor's kernel file.
+    Reading them shows a run nothing it does not inherit anyway."""
+    env = os.environ if env is None else env
+    lab_key, _, cand = env.get(COMPILE_CACHE_ENV, "").partition("/")
+    if not lab_key or not cand:
+        return []
+    base = cache_root() / "compile" / device_tag(device) / _slug(lab_key)
+    return [base / _slug(a) for a in env.get(COMPILE_CACHE_FROM_ENV, "").split(",") if a and (base / _slug(a)).is_dir()]
+
+
 def _only_plain(folder: str, names: list[str]) -> list[str]:
     """copytree's ignore: every name but plain files and folders. The copy runs in trusted code
     that may read what the candidate may not: a link the candidate planted must not be followed

@@ -134,6 +134,9 @@ def test_compile_cache_starts_from_the_nearest_ancestor_and_reaches_no_one_else(
     (child / "inductor" / "poisoned.bin").write_bytes(b"child entry")
 
     grandchild = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-grand", "c-child,c-seed"))
+    # its run may read (not write) its ancestors' folders: copied entries name their kernels there
+    assert K.compile_cache_ancestors("cpu", _cache_env(tmp_path, "c-grand", "c-child,c-gone,c-seed")) == [child, seed]
+    assert K.compile_cache_ancestors("cpu", {}) == []
     assert (grandchild / "inductor" / "poisoned.bin").exists()       # descendants inherit it...
     sibling = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-sib", "c-seed"))
     assert not (sibling / "inductor" / "poisoned.bin").exists()      # ...no one else does

@@ -210,7 +210,8 @@ def test_the_run_records_its_preset_and_limits_and_the_audit_reads_them(toy_lab)
     p = toy_lab.task.preset("quick")
     assert r.meta["preset"] == {"name": "quick", "device": "cpu", "budget_s": p.budget_s, "timeout_s": p.timeout_s,
                                 "gpus": 0, "settings": dict(p.settings)}
-    assert r.meta["limits"] == {"timeout_s": p.timeout_s + TIMEOUT_GRACE_S, "gpus": 0, "cpu_threads": 1}
+    assert r.meta["limits"] == {"timeout_s": p.timeout_s + TIMEOUT_GRACE_S, "gpus": 0, "cpu_threads": 1,
+                                 "runs_per_gpu": 1}
 
     # the budget check takes the preset's budget_overrun_s from the run's record, not from task.toml
     cand = toy_lab.add_candidate({"solution.py": "X = 2.0\n"}, toy_lab.seed_candidate())

@@ -667,9 +667,10 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     # torch.compile's caches: the candidate's own folder, started from its nearest ancestor's
     # (autolab.harnesskit.compile_cache_dir); the evaluation's processes never see it
-    from autolab.harnesskit import compile_cache_dir, compile_cache_env
+    from autolab.harnesskit import compile_cache_ancestors, compile_cache_dir, compile_cache_env
 
     ccache = compile_cache_dir(device)
+    ccache_read = compile_cache_ancestors(device) if ccache is not None else []
     env.update(compile_cache_env(ccache))
     result["timings"]["compile_cache"] = "warm" if ccache is not None and any(ccache.rglob("*.*")) else (
         "cold" if ccache is not None else "none")
@@ -697,7 +698,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
             readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
                         data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
-                        *((str(ccache),) if ccache is not None else ()),
+                        *((str(ccache),) if ccache is not None else ()), *map(str, ccache_read),
                     *((str(baton.go_file.parent),) if baton else ()))
             idle0 = _idle_core_s()
             tr = _sandboxed([sys.executable, str(HARNESS_DIR / "boot.py"), "train.py"], cwd=workdir, env=env,

@@ -386,13 +386,16 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         (cc / "triton").mkdir(parents=True, exist_ok=True)
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cc / "inductor"), TRITON_CACHE_DIR=str(cc / "triton"))
         write_allow.append(str(cc))
+    from autolab.harnesskit import compile_cache_ancestors
+
+    cache_reads = tuple(map(str, compile_cache_ancestors(device))) if compile_cache else ()
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no pool of compile workers left running at the end
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
     # reads by allow-list: the workdir, the harnesses, the train and val files (not their folder:
     # hidden_val sits next to them), the Python environment and the system (autolab.sandbox)
     readable = (*(data["splits"][s][k] for s in ("train", "val") for k in ("tokens", "offsets")),
                 data["token_bytes"], data["tokenizer"], str(run_cfg_path), str(TASK_DIR / "speedrun_harness"),
-                str(NANOCHAT_DIR / "nanochat_harness"), str(Path(autolab.__file__).resolve().parent))
+                str(NANOCHAT_DIR / "nanochat_harness"), str(Path(autolab.__file__).resolve().parent), *cache_reads)
     if nproc > 1:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", SCRIPT]
     else:
