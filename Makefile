@@ -15,11 +15,12 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.autolab-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-labs help
+.PHONY: demo test test-extended redteam install clean-labs help
 
 help:
 	@echo "make demo   - set up .venv and run the offline research loop (nanochat cpu-tiny)"
-	@echo "make test   - set up .venv and run the test suite"
+	@echo "make test   - set up .venv and run the test suite (under 20 minutes on 2 cores)"
+	@echo "make test-extended - the longest end-to-end tests and the whole red-team corpus"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +43,15 @@ demo: $(STAMP)
 	$(VENV)/bin/autolab demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu and not extended" $(PYTEST_ARGS)
+
+# what `make test` leaves out for time: the longest end-to-end runs, and the whole red-team corpus
+test-extended: $(STAMP)
+	$(PY) -m pytest -q -m "extended and not gpu" $(PYTEST_ARGS)
+	AUTOLAB_REDTEAM_FULL=1 $(PY) -m pytest -q tests/test_redteam.py $(PYTEST_ARGS)
+
+redteam: $(STAMP)
+	AUTOLAB_REDTEAM_FULL=1 $(PY) -m pytest -q tests/test_redteam.py $(PYTEST_ARGS)
 
 clean-labs:
 	rm -rf labs

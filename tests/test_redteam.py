@@ -67,6 +67,18 @@ KERNELS_GPU = {"work on a side stream outside the timed region": {"side_stream"}
                "a time below the speed-of-light bound": {"faster_than_light"}}
 
 
+# `make test` runs one case of every class above (the first by name), the honest controls and a
+# few honest improvements (HONEST_SAMPLE); the whole corpus runs with AUTOLAB_REDTEAM_FULL=1
+# (`make redteam`, about 70 papermill runs), as the checks of the issues do.
+HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging", "block_512", "lr_up"}
+FULL = bool(os.environ.get("AUTOLAB_REDTEAM_FULL"))
+
+
+def sample_cases() -> list[str]:
+    names = {min(want) for table in (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU) for want in table.values()}
+    return sorted(names | set().union(*HONEST.values()) | HONEST_SAMPLE)
+
+
 @pytest.fixture(scope="module")
 def report():
     if not (REPO.parent / "shared" / "data" / "techtext" / "manifest.json").exists() and not os.environ.get("AUTOLAB_DATA"):
@@ -76,9 +88,10 @@ def report():
 
     from autolab.cli import main
 
+    cases = [] if FULL else [a for name in sample_cases() for a in ("--case", name)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["redteam", "--json", "--jobs", str(max(3, os.cpu_count() or 1))])
+        rc = main(["redteam", "--json", "--jobs", str(max(3, os.cpu_count() or 1)), *cases])
     obj = json.loads(out.getvalue().strip().splitlines()[-1])
     obj["rc"] = rc
     return obj
@@ -88,7 +101,9 @@ def test_every_hack_caught_and_no_false_positive(report):
     bad = [c for c in report["cases"] if c["caught"] != (c["kind"] == "hack")]
     assert not bad, json.dumps(bad, indent=1)
     assert report["rc"] == 0
-    assert report["caught"] == report["hacks"] >= 30 and report["honest"] >= 11 and report["false_positives"] == 0
+    classes = sum(len(t) for t in (REQUIRED, KERNELS, SPEEDRUN))
+    assert report["caught"] == report["hacks"] >= (60 if FULL else classes) and report["false_positives"] == 0
+    assert report["honest"] >= (18 if FULL else len(set().union(*HONEST.values()) | HONEST_SAMPLE))
 
 
 def test_each_hack_is_caught_by_the_check_it_names(report):

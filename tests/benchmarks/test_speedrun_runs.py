@@ -44,6 +44,7 @@ def _all_passed(res: dict) -> None:
     assert not bad, bad
 
 
+@pytest.mark.extended
 def test_cpu_tiny_seed_reaches_target_through_papermill(tmp_path, shared_cache):
     from autolab.task import load_task
 
@@ -93,6 +94,7 @@ def test_state_not_reset_after_warmup_fails(tmp_path, shared_cache):
     assert "time_s" not in res["metrics"]
 
 
+@pytest.mark.extended
 def test_torchrun_two_processes_on_cpu(tmp_path, shared_cache):
     """The data-parallel path (as on 8 GPUs): torchrun, the gloo backend, DDP, Muon's work split
     between the processes, validation rows split and all-reduced. (Checked by hand: the same seed

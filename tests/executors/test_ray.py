@@ -218,6 +218,7 @@ def _gone(run_ids) -> bool:
     return not any(pids_with_env(f"AUTOLAB_RUN_ID={rid}\0") for rid in run_ids)
 
 
+@pytest.mark.extended
 def test_worker_node_killed_then_driver_killed_then_resume(cluster, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()

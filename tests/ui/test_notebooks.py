@@ -129,6 +129,7 @@ def test_quickstart_smoke_on_nanochat(tmp_path):
     assert len(log.verdicts_list()) == 1
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_unattended_smoke_on_nanochat(tmp_path):
     nb = execute("02_unattended.ipynb", tmp_path / "02.ipynb", tmp_path, smoke=True)
@@ -138,6 +139,7 @@ def test_unattended_smoke_on_nanochat(tmp_path):
     assert "LoopSummary(" in text_of(nb)
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_kernels_smoke(tmp_path):
     nb = execute("04_kernels.ipynb", tmp_path / "04.ipynb", tmp_path, smoke=True)
