@@ -4,13 +4,18 @@ Debian's Chromium through Playwright (headless, a fresh profile, nothing downloa
 The quickstart runs with its smoke parameters on the toy task (tests/toytask.py: two-second
 runs through the real papermill path); set AUTOLAB_BROWSER_TASK=nanochat to drive it on
 nanochat cpu-tiny instead. The test runs every cell from the Run menu, checks that the
-widgets render, edits and saves the idea in its card, clicks Reject and Stop on the
-dashboard and checks the lab on disk changed.
+widgets render and that the side-by-side diff shows a changed line's removed and added halves
+inside the viewport (at 1400 and 800 px), edits and saves the idea in its card, clicks Reject
+and Stop on the dashboard and checks the lab on disk changed.
 
 The unattended notebook starts its loop beside the notebook (a handle, the kernel idle) on the
 toy task; the test clicks the dashboard's Stop loop while runs are in flight, checks that the
 loop ended within its runs in flight plus 10 s with no run started after the click, and that a
-following cell runs. Screenshots are kept under artifacts/browser/ (git-ignored).
+following cell runs.
+
+The report and kernels notebooks run whole in smoke mode (03 on its synthetic example lab, 04
+on one kernels problem): no error output, their figures and widgets render.
+Screenshots are kept under artifacts/browser/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -185,6 +190,12 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
             _shot(page, "quickstart-idea-card.png")
             page.locator(".autolab-diff-view", has=page.locator("table.autolab-diff")).first.scroll_into_view_if_needed()
             _shot(page, "quickstart-diff-view.png")
+            # the diff shows both sides: a changed line's removed and added halves in view, at any width
+            for width in (1400, 800):
+                page.set_viewport_size({"width": width, "height": 1000})
+                _assert_both_sides(page)
+            _shot(page, "quickstart-diff-view-narrow.png")
+            page.set_viewport_size({"width": 1400, "height": 1000})
 
             log = ResearchLog(lab_dir / "log.db")
             cand = log.candidates_list()[-1]                    # the candidate the notebook implemented
@@ -312,6 +323,109 @@ def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(j
         finally:
             ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def _assert_both_sides(page) -> None:
+    """The first changed line of the side-by-side diff: its removed cell and its added cell are
+    both visible, hold different code, and the added one ends inside the viewport."""
+    from playwright.sync_api import expect
+
+    row = page.locator(".autolab-diff-view table.autolab-diff-split tr.autolab-diff-replace").first
+    row.scroll_into_view_if_needed()
+    removed, added = row.locator("td").nth(1), row.locator("td").nth(3)   # line number, code; line number, code
+    expect(removed).to_be_visible()
+    expect(added).to_be_visible()
+    old, new = removed.inner_text().strip(" \n\u2212"), added.inner_text().strip(" \n+")
+    assert old and new and old != new, f"the changed line's two sides: {old!r} | {new!r}"
+    box, width = added.bounding_box(), page.viewport_size["width"]
+    assert box is not None and box["width"] > 20, f"the added cell has no room: {box}"
+    assert box["x"] + box["width"] <= width, f"the added cell ends at {box['x'] + box['width']:.0f} px, past the " \
+                                             f"viewport ({width} px)"
+
+
+DONE = "autolab-browser-test: every cell ran"
+_FINISHED = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
+                  .some(e => e.textContent.includes('%s') || e.textContent.includes('Traceback'))""" % DONE
+
+
+@pytest.mark.slow
+def test_report_and_kernels_notebooks_in_smoke_mode(jupyter, tmp_path):
+    """03_report (no lab: its smoke mode draws the synthetic example lab, as the papermill test
+    does) and 04_kernels (`smoke = True`: one run of the seed and one of a candidate, no loop),
+    each run whole from the Run menu: no error, the figures and the kernels views render
+    (per-problem table, a seed of many files collapsed). 04 runs on the `cpu-redteam` preset
+    (softmax only, in the interpreter) so that `make test` stays in its budget; set
+    AUTOLAB_BROWSER_KERNELS_PRESET=cpu-interpret for the notebook's own preset (every problem)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from autolab.log import ResearchLog
+
+    base, token, root = jupyter
+    done = (f"print({DONE!r})",)
+    report = _write_notebook(root, "03_report.ipynb", {"smoke": True, "lab": str(tmp_path / "no-lab-here")}, done)
+    kernels_lab = tmp_path / "kernels-lab"
+    preset = os.environ.get("AUTOLAB_BROWSER_KERNELS_PRESET", "cpu-redteam")
+    kernels = _write_notebook(root, "04_kernels.ipynb", {"smoke": True, "lab_dir": str(kernels_lab), "preset": preset},
+                              done)
+    profile = tmp_path / "chromium-profile-0304"
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
+                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
+        page = None
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(60_000)
+            _open_and_run(page, f"{base}/lab/workspaces/report/tree/{report}?token={token}", timeout_s=240)
+            expect(page.locator(".jp-OutputArea-output", has_text="synthetic example lab").first).to_be_attached()
+            assert page.locator(".jp-OutputArea-output img").count() >= 4, "the report's figures did not render"
+            page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+            _shot(page, "report-progress.png")
+            page.locator(".jp-Notebook .jp-CodeCell").last.scroll_into_view_if_needed()
+            _shot(page, "report-best-change.png")
+
+            _open_and_run(page, f"{base}/lab/workspaces/kernels/tree/{kernels}?token={token}", timeout_s=900)
+            for cls in ("autolab-run-monitor", "autolab-idea-card", "autolab-diff-view", "autolab-audit-view",
+                        "autolab-dashboard", "autolab-leaderboard"):
+                expect(page.locator(f".{cls}").first).to_be_attached()
+            expect(page.locator(".jp-OutputArea-output", has_text="loop skipped (loop_iterations = 0)").first
+                   ).to_be_attached()
+            # the seed, many kernel files, reads as a list of closed sections; the monitor shows problems
+            assert page.locator("details.autolab-code-file").count() > 1
+            assert page.locator("details.autolab-code-file[open]").count() == 0, "a long seed was shown open"
+            seed_view = page.locator("details.autolab-code-file").first
+            seed_view.scroll_into_view_if_needed()
+            _shot(page, "kernels-seed.png")
+            problems = page.locator(".autolab-run-monitor", has_text="Per problem: score and correctness").first
+            problems.scroll_into_view_if_needed()
+            _shot(page, "kernels-run-monitor.png")
+            page.locator(".autolab-dashboard").first.scroll_into_view_if_needed()
+            _shot(page, "kernels-dashboard.png")
+            log = ResearchLog(kernels_lab / "log.db")
+            # one run per side (a run the machine killed may be retried: a state, still one side each)
+            assert log.get_meta("task") == "kernels" and len(log.verdicts_list()) == 1
+            assert {r.purpose for r in log.runs_list()} == {"baseline", "screen"}
+        except Exception:
+            if page is not None:
+                try:
+                    _shot(page, "report-kernels-failure.png")
+                except Exception:
+                    pass
+            raise
+        finally:
+            ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open_and_run(page, url: str, timeout_s: float) -> None:
+    """Open a notebook in its own workspace, Run All Cells, and wait for the last (added) cell's
+    line; a Traceback in any output fails at once with its text, as does a widget that did not render."""
+    page.goto(url)
+    page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
+    _run_all_cells(page)
+    page.wait_for_function(_FINISHED, timeout=timeout_s * 1000, polling=500)
+    errors = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output", has_text="Traceback")
+    assert errors.count() == 0, errors.first.inner_text()[-3000:]
+    assert page.get_by_text("Error displaying widget").count() == 0, "a widget view did not render"
 
 
 def _ts(iso: str) -> float:

@@ -107,6 +107,26 @@ def test_unattended_loop_and_report_on_the_toy_task(toy, tmp_path):
     assert len(re.findall(r'<img[^>]*src="data:image/png;base64,', html)) == figures and "<script src" not in html
 
 
+def test_a_wrong_corpus_stops_the_setup_cell_before_any_run(tmp_path, monkeypatch):
+    """Bad set-up fails in the setup cell, with the whole message (the folder, the setting, the
+    fix), and nothing runs: the kernel papermill starts inherits this AUTOLAB_DATA."""
+    from papermill.exceptions import PapermillExecutionError
+
+    missing = tmp_path / "no-corpus-here"
+    monkeypatch.setenv("AUTOLAB_DATA", str(missing))
+    lab_dir = tmp_path / "lab"
+    with pytest.raises(PapermillExecutionError) as err:
+        execute("01_quickstart.ipynb", tmp_path / "01.ipynb", tmp_path, smoke=True, lab_dir=str(lab_dir))
+    e = err.value
+    assert e.ename == "AutolabError", f"{e.ename}: {e.evalue}"
+    assert "so no run was started" in e.evalue and str(missing) in e.evalue and "$AUTOLAB_DATA" in e.evalue
+    assert e.evalue.rstrip().endswith("download_shards"), f"the message was cut: {e.evalue!r}"
+    nb = nbformat.read(tmp_path / "01.ipynb", as_version=4)
+    ran = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
+    assert "data_ready(" in ran[-1].source          # it stopped in the setup cell, the one that checks
+    assert autolab.ResearchLog(lab_dir / "log.db").runs_list() == []
+
+
 # ---------------------------------------------------------------------------- `-p smoke True`, as CI runs them
 
 def test_report_notebook_smoke_without_a_lab(tmp_path):
