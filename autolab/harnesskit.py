@@ -106,19 +106,21 @@ def load_module(path: str | os.PathLike, name: str = CANDIDATE_MODULE) -> Module
 # ----------------------------------------------------------------------------- compile caches
 #
 # torch.compile's caches (Inductor's FX graphs and AOT-autograd entries, Triton's kernels) kept
-# across the runs of a lab, one folder per candidate, on the machine that runs them:
+# across the runs of a lab, on the machine that runs them:
 #
-#     $AUTOLAB_CACHE/compile/<torch version>-<device>/<lab key>/<candidate id>/{inductor,triton}
+#     $AUTOLAB_CACHE/compile/<torch version>-<device>/<lab key>/<seed id>/{inductor,triton}
 #
-# A candidate's runs read and write its own folder only. Its first run starts from a copy of
-# the nearest ancestor's folder (parent, grandparent, ... the seed), so an entry a candidate
-# writes (honest, stale or poisoned) can reach its own later runs and its descendants (which
-# are audited anyway), never the seed, a sibling, another line of research, another lab or the
-# harness (whose processes never compile). The lab names the candidate and its ancestors in the
-# run's environment (COMPILE_CACHE_ENV); a run without it compiles cold, as before.
+# Only the seed's own runs write that folder: it holds what compiling the lab's seed produced.
+# Every other run gets a private folder, seeded from a copy of the seed's (plain files only), may
+# read the seed's folder (Inductor's copied entries name their kernels there by absolute path),
+# and its private folder is removed when the run has ended. So a candidate's cache entries
+# (honest, stale, poisoned, or a file of weights saved to resume training from in a later run)
+# reach no other run, not even its own next one, and nothing it writes reaches the harness
+# (whose processes never compile). The lab names the candidate and its ancestors in the run's
+# environment (COMPILE_CACHE_ENV); a run without it compiles cold, as before.
 
 COMPILE_CACHE_ENV = "AUTOLAB_COMPILE_CACHE"          # "<lab key>/<candidate id>"
-COMPILE_CACHE_FROM_ENV = "AUTOLAB_COMPILE_CACHE_FROM"  # ancestor ids, nearest first, comma-separated
+COMPILE_CACHE_FROM_ENV = "AUTOLAB_COMPILE_CACHE_FROM"  # ancestor ids, nearest first, comma-separated (the seed last)
 _SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 
 
@@ -154,59 +156,62 @@ def device_tag(device: str) -> str:
     return _slug(f"{tv}-{model}")
 
 
-def compile_cache_dir(device: str, env: dict[str, str] | None = None) -> Path | None:
-    """This run's torch.compile cache folder (created; seeded from the nearest ancestor's on
-    first use), or None when the run's environment names no lab candidate. ``device``: the
-    preset's device. Trusted code (the task runners) calls it before the candidate starts."""
-    env = os.environ if env is None else env
-    key = env.get(COMPILE_CACHE_ENV, "")
-    lab_key, _, cand = key.partition("/")
-    if not lab_key or not cand:
-        return None
-    base = cache_root() / "compile" / device_tag(device) / _slug(lab_key)
-    own = base / _slug(cand)
-    if own.is_dir():
-        return own
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".{_slug(cand)}.{os.getpid()}.tmp"
-    import shutil
+class CompileCache:
+    """One run's torch.compile cache: ``folder`` (where it writes), ``read`` (folders it may also
+    read), ``private`` (a per-run copy, removed by :meth:`discard` once the run has ended)."""
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    for anc in (a for a in env.get(COMPILE_CACHE_FROM_ENV, "").split(",") if a):
-        src = base / _slug(anc)
-        if src.is_dir():
-            try:
-                shutil.copytree(src, tmp, ignore=_only_plain)
-            except (OSError, shutil.Error):
-                shutil.rmtree(tmp, ignore_errors=True)
-                continue
-            break
-    for sub in ("inductor", "triton"):
-        (tmp / sub).mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(tmp, own)            # the first run of the candidate to get here wins
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return own if own.is_dir() else None
+    def __init__(self, folder: Path, read: tuple[Path, ...] = (), private: bool = False):
+        self.folder, self.read, self.private = folder, read, private
+
+    def env(self) -> dict[str, str]:
+        """The variables that point torch.compile (Inductor) and Triton at the folder."""
+        return {"TORCHINDUCTOR_CACHE_DIR": str(self.folder / "inductor"), "TRITON_CACHE_DIR": str(self.folder / "triton")}
+
+    def warm(self) -> bool:
+        return any(p.is_file() for p in self.folder.rglob("*"))
+
+    def discard(self) -> None:
+        if self.private:
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def compile_cache_ancestors(device: str, env: dict[str, str] | None = None) -> list[Path]:
-    """The ancestors' cache folders that exist on this machine (nearest first). A run may read
-    them, never write them: Inductor's entries name the Triton kernels they were built with by
-    absolute path, so an entry copied from an ancestor still loads that ancestor's kernel file.
-    Reading them shows a run nothing it does not inherit anyway."""
+def compile_cache_for_run(device: str, env: dict[str, str] | None = None) -> CompileCache | None:
+    """This run's compile cache (module comment above), or None when the run's environment names
+    no lab candidate. ``device``: the preset's device. Trusted code (the task runners) calls it
+    before the candidate starts, and :meth:`CompileCache.discard` after its processes ended."""
     env = os.environ if env is None else env
     lab_key, _, cand = env.get(COMPILE_CACHE_ENV, "").partition("/")
     if not lab_key or not cand:
-        return []
+        return None
     base = cache_root() / "compile" / device_tag(device) / _slug(lab_key)
-    return [base / _slug(a) for a in env.get(COMPILE_CACHE_FROM_ENV, "").split(",") if a and (base / _slug(a)).is_dir()]
+    chain = [a for a in env.get(COMPILE_CACHE_FROM_ENV, "").split(",") if a]
+    if not chain:                                   # the seed's own run: the lab's shared folder
+        own = base / _slug(cand)
+        for sub in ("inductor", "triton"):
+            (own / sub).mkdir(parents=True, exist_ok=True)
+        return CompileCache(own)
+    import secrets
+    import shutil
+
+    seed = base / _slug(chain[-1])
+    private = base / "runs" / f"{_slug(cand)}.{os.getpid()}.{secrets.token_hex(4)}"
+    private.parent.mkdir(parents=True, exist_ok=True)
+    if seed.is_dir():
+        try:
+            shutil.copytree(seed, private, ignore=_only_plain)
+        except (OSError, shutil.Error):
+            shutil.rmtree(private, ignore_errors=True)
+    for sub in ("inductor", "triton"):
+        (private / sub).mkdir(parents=True, exist_ok=True)
+    return CompileCache(private, read=(seed,) if seed.is_dir() else (), private=True)
 
 
 def _only_plain(folder: str, names: list[str]) -> list[str]:
     """copytree's ignore: every name but plain files and folders. The copy runs in trusted code
-    that may read what the candidate may not: a link the candidate planted must not be followed
-    (its target would be copied in), and a FIFO must not be opened (the copy would block)."""
+    that may read what a run may not: a link must not be followed (its target would be copied
+    in), and a FIFO must not be opened (the copy would block)."""
     import stat
 
     out = []
@@ -219,10 +224,3 @@ def _only_plain(folder: str, names: list[str]) -> list[str]:
         if not (stat.S_ISREG(m) or stat.S_ISDIR(m)):
             out.append(n)
     return out
-
-
-def compile_cache_env(folder: Path | None) -> dict[str, str]:
-    """The variables that point torch.compile (Inductor) and Triton at ``folder``."""
-    if folder is None:
-        return {}
-    return {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"), "TRITON_CACHE_DIR": str(folder / "triton")}

@@ -112,38 +112,36 @@ def _cache_env(tmp_path, cand: str, chain: str = "") -> dict[str, str]:
     return {"AUTOLAB_CACHE": str(tmp_path / "cache"), K.COMPILE_CACHE_ENV: f"lab1/{cand}", K.COMPILE_CACHE_FROM_ENV: chain}
 
 
-def test_compile_cache_starts_from_the_nearest_ancestor_and_reaches_no_one_else(tmp_path, monkeypatch):
-    """A candidate's first run starts from a copy of its nearest ancestor's cache; what it
-    writes stays in its own folder (the seed and a sibling never see it); a link or a FIFO
-    planted in a cache is not followed or opened by the (trusted) copy."""
+def test_compile_caches_only_the_seeds_runs_write_the_shared_folder(tmp_path, monkeypatch):
+    """The seed's runs write the lab's shared folder; any other run gets a private copy of it
+    (plain files only: a planted link or FIFO is not followed or opened by the trusted copy),
+    may read the seed's folder, and its folder is removed after the run: what a candidate writes
+    (a poisoned entry, weights stashed to resume from) reaches no other run, not even its own next."""
     monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
-    assert K.compile_cache_dir("cpu", {}) is None                      # no lab candidate named: no cache
-    seed = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-seed"))
-    assert seed.is_dir() and (seed / "inductor").is_dir() and (seed / "triton").is_dir()
-    (seed / "inductor" / "fxgraph.bin").write_bytes(b"seed entry")
+    assert K.compile_cache_for_run("cpu", {}) is None                 # no lab candidate named: no cache
+    seed = K.compile_cache_for_run("cpu", _cache_env(tmp_path, "c-seed"))
+    assert not seed.private and seed.read == () and (seed.folder / "inductor").is_dir() and not seed.warm()
+    (seed.folder / "inductor" / "fxgraph.bin").write_bytes(b"seed entry")
     secret = tmp_path / "val.tokens.npy"
     secret.write_bytes(b"the targets")
-    (seed / "inductor" / "link").symlink_to(secret)
-    os.mkfifo(seed / "triton" / "fifo")
+    (seed.folder / "inductor" / "link").symlink_to(secret)
+    os.mkfifo(seed.folder / "triton" / "fifo")
+    assert K.compile_cache_for_run("cpu", _cache_env(tmp_path, "c-seed")).folder == seed.folder   # shared by seed runs
 
-    child = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-child", "c-seed"))
-    assert child != seed and child.parent == seed.parent
-    assert (child / "inductor" / "fxgraph.bin").read_bytes() == b"seed entry"
-    assert not (child / "inductor" / "link").exists() and not os.path.lexists(child / "inductor" / "link")
-    assert not os.path.lexists(child / "triton" / "fifo")
-    (child / "inductor" / "poisoned.bin").write_bytes(b"child entry")
-
-    grandchild = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-grand", "c-child,c-seed"))
-    # its run may read (not write) its ancestors' folders: copied entries name their kernels there
-    assert K.compile_cache_ancestors("cpu", _cache_env(tmp_path, "c-grand", "c-child,c-gone,c-seed")) == [child, seed]
-    assert K.compile_cache_ancestors("cpu", {}) == []
-    assert (grandchild / "inductor" / "poisoned.bin").exists()       # descendants inherit it...
-    sibling = K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-sib", "c-seed"))
-    assert not (sibling / "inductor" / "poisoned.bin").exists()      # ...no one else does
-    assert not (seed / "inductor" / "poisoned.bin").exists()
-    assert K.compile_cache_dir("cpu", _cache_env(tmp_path, "c-child", "c-seed")) == child   # later runs reuse it
-    other_lab = K.compile_cache_dir("cpu", {**_cache_env(tmp_path, "c-child"), K.COMPILE_CACHE_ENV: "lab2/c-child"})
-    assert other_lab != child and not (other_lab / "inductor" / "poisoned.bin").exists()
-    assert K.compile_cache_env(child) == {"TORCHINDUCTOR_CACHE_DIR": str(child / "inductor"),
-                                          "TRITON_CACHE_DIR": str(child / "triton")}
-    assert K.compile_cache_env(None) == {}
+    child = K.compile_cache_for_run("cpu", _cache_env(tmp_path, "c-child", "c-seed"))
+    assert child.private and child.folder != seed.folder and child.read == (seed.folder,) and child.warm()
+    assert (child.folder / "inductor" / "fxgraph.bin").read_bytes() == b"seed entry"
+    assert not os.path.lexists(child.folder / "inductor" / "link") and not os.path.lexists(child.folder / "triton" / "fifo")
+    assert K.compile_cache_for_run("cpu", _cache_env(tmp_path, "c-child", "c-seed")).folder != child.folder  # per run
+    (child.folder / "inductor" / "stash.pt").write_bytes(b"weights to resume from")
+    child.discard()
+    assert not child.folder.exists()
+    for who, chain in (("c-child", "c-seed"), ("c-grand", "c-child,c-seed"), ("c-sib", "c-seed")):
+        later = K.compile_cache_for_run("cpu", _cache_env(tmp_path, who, chain))
+        assert not (later.folder / "inductor" / "stash.pt").exists() and later.read == (seed.folder,)
+    assert not (seed.folder / "inductor" / "stash.pt").exists()
+    other_lab = K.compile_cache_for_run("cpu", {**_cache_env(tmp_path, "c-child", "c-seed"),
+                                               K.COMPILE_CACHE_ENV: "lab2/c-child"})
+    assert not other_lab.warm() and other_lab.read == ()
+    assert child.env() == {"TORCHINDUCTOR_CACHE_DIR": str(child.folder / "inductor"),
+                           "TRITON_CACHE_DIR": str(child.folder / "triton")}

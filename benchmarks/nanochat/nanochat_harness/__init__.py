@@ -136,7 +136,6 @@ def _cfg() -> dict[str, Any]:
 
 CLOCK_LINE = "[nanochat-harness] training clock started"
 SAVED_LINE = "[nanochat-harness] model saved for evaluation"
-CLOCK_WANT_LINE = "[nanochat-harness] clock wanted; waiting for the GPU's timed window"
 
 
 class _TreeCPU:
@@ -209,24 +208,13 @@ def start_clock() -> None:
     """Start the training clock now (no effect once started)."""
     global _T0, _CPU_T0
     if _T0 is None:
-        try:
-            gate = _cfg().get("clock_gate_file")
-        except RuntimeError:   # no run configuration (a script run by hand)
-            gate = None
-        if gate:   # runs share this GPU: wait until no other run's code or evaluation is on it (runner.GpuBaton)
-            try:
-                os.write(1, (CLOCK_WANT_LINE + "\n").encode())
-            except OSError:
-                pass
-            while not os.path.exists(gate):
-                time.sleep(0.01)
         _T0 = time.monotonic()
         try:
             _CPU_T0 = _tree_cpu() if _cpu_clock() else None
         except RuntimeError:   # no run configuration: a wall clock
             _CPU_T0 = None
         try:   # the runner times this line's arrival from outside the process (the authoritative clock)
-            os.write(1, (CLOCK_LINE + "\n").encode())
+            os.write(1, ("\n" + CLOCK_LINE + "\n").encode())   # on a line of its own, whatever was printed before
         except OSError:
             pass
 
@@ -349,7 +337,7 @@ def finish(model, init_kwargs: dict[str, Any] | None = None, factory: str | None
     os.replace(spec_tmp, MODEL_SPEC)
     os.replace(tmp, path)
     try:   # the runner notes this line's arrival: the end of the training window, seen from outside
-        os.write(1, (SAVED_LINE + "\n").encode())
+        os.write(1, ("\n" + SAVED_LINE + "\n").encode())
     except OSError:
         pass
     for it in _LOADERS:

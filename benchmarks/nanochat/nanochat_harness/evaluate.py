@@ -703,27 +703,42 @@ TOKEN_ENV = "AUTOLAB_EVAL_NONCE"   # model_server.TOKEN_ENV: the run's secret th
 
 def accept_warm(listener: socket.socket, timeout_s: float, token: str) -> socket.socket:
     """The model process's connection, once it has started torch (its ``warm`` message, which
-    must carry the run's token: a process that is not this run's model process is refused)."""
+    must carry the run's nonce). A connection without it (a process that found the socket, say
+    another run's model process) is closed and recorded in ``IMPOSTORS``, and the wait goes on: an
+    impostor can neither take the evaluation's place nor stop it."""
     import hmac
 
     from . import wire
 
-    listener.settimeout(timeout_s)
-    try:
-        conn, _ = listener.accept()
-    except socket.timeout:
-        raise RuntimeError(f"the model process did not connect within {timeout_s:g}s; see eval.log") from None
-    conn.settimeout(None)
-    try:
-        head, _ = wire.recv(conn, 0)
-    except (OSError, wire.WireError) as e:
-        raise RuntimeError(f"the model process ended before it started ({e}); see eval.log") from None
-    if head.get("op") == "error":
-        raise RuntimeError(f"the model process could not start: {str(head.get('error'))[:2000]}")
-    if head.get("op") != "warm" or not hmac.compare_digest(str(head.get("token", "")), token):
-        raise RuntimeError("a process that is not this run's model process connected to the evaluator (no or a "
-                           "wrong token); the evaluation was stopped")
-    return conn
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"the model process did not connect within {timeout_s:g}s; see eval.log"
+                               + (f" ({len(IMPOSTORS)} connection(s) without the run's nonce were refused)"
+                                  if IMPOSTORS else ""))
+        listener.settimeout(left)
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        conn.settimeout(min(30.0, max(1.0, left)))
+        try:
+            head, _ = wire.recv(conn, 0)
+        except (OSError, wire.WireError) as e:
+            IMPOSTORS.append(f"a connection that sent no hello ({e})")
+            conn.close()
+            continue
+        if head.get("op") in ("warm", "error") and hmac.compare_digest(str(head.get("token", "")), token):
+            if head.get("op") == "error":
+                raise RuntimeError(f"the model process could not start: {str(head.get('error'))[:2000]}")
+            conn.settimeout(None)
+            return conn
+        IMPOSTORS.append(f"a connection without the run's nonce (op {str(head.get('op'))[:20]!r})")
+        conn.close()
+
+
+IMPOSTORS: list[str] = []   # connections accept_warm refused (the trusted side reports them)
 
 
 def accept_loaded(listener: socket.socket, timeout_s: float, token: str = "") -> socket.socket:
@@ -879,6 +894,8 @@ def serve_main(argv: list[str] | None, evaluate_fn: Callable, prog: str) -> int:
     finally:
         listener.close()
     res["undumpable"] = undumpable
+    if IMPOSTORS:
+        res["impostors"] = IMPOSTORS[:10]
     atomic_write_json(out, res, sort_keys=False, default=str, newline=False)
     return 0 if res["ok"] else 1
 

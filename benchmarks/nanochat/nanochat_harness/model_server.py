@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.zeros(1, device=device)             # the CUDA context, while the model still trains
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
-        wire.send(sock, {"op": "error", "stage": "start", "error": f"{type(e).__name__}: {e}"})
+        wire.send(sock, {"op": "error", "stage": "start", "error": f"{type(e).__name__}: {e}",
+                         "token": os.environ.get(TOKEN_ENV, "")})
         return 2
     # warm: say so (with the run's token: only this process may serve the model) and wait until
     # the trusted side says the model is in this folder; an evaluation cancelled before (the

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from autolab.harnesskit import result_skeleton
 
-from . import CLOCK_LINE, CLOCK_WANT_LINE, SAVED_LINE
+from . import CLOCK_LINE, SAVED_LINE
 from .boot import READY_LINE
 from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
 
@@ -130,7 +130,8 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path,
                echo: bool, harden: bool = True, read_allow: tuple[str, ...] | None = None,
                end_marker: str | None = None, after_end_s: float = 10.0, relax: tuple[str, ...] = (),
-               cpu_limit_s: float | None = None, baton: "GpuBaton | None" = None) -> dict[str, Any]:
+               cpu_limit_s: float | None = None, baton: "GpuBaton | None" = None,
+               live: dict | None = None) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``; stream its output to stdout (when
     echo) and to log_path. ``read_allow``: reads by allow-list (see Policy.read_allow);
     ``end_marker``: the line that ends the candidate's work (after it, a process but the main one
@@ -143,21 +144,16 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     marks: dict[str, float] = {}
     saved_stat: list = []
 
-    live: dict[str, float] = {}
+    live = {} if live is None else live     # shared with the sandbox: its CPU figure, a moving deadline
 
     def on_line(line: str) -> None:
-        if baton is not None:
-            if line.startswith(READY_LINE):
-                baton.ready(live, t_launch)
-            elif line.startswith(CLOCK_WANT_LINE):
-                baton.clock_wanted()
-            elif line.startswith(SAVED_LINE):
-                baton.saved()
+        if baton is not None and line.startswith(READY_LINE):
+            baton.ready(live, t_launch)
         if "clock" not in marks and line.startswith(CLOCK_LINE):
             marks["clock"] = time.monotonic()   # seen from outside: the candidate cannot move it back
         elif line.startswith(SAVED_LINE):
             marks["saved"] = time.monotonic()   # the last save counts
-            saved_stat[:] = [_stat(cwd / "model.pt")]
+            saved_stat[:] = [_stat(cwd / "model.pt"), _stat(cwd / "model.json")]
         lines.append(line)
         if echo:
             print(line, flush=True)
@@ -181,7 +177,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
         "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
         "clock_start_s": (marks["clock"] - t_launch) if "clock" in marks else None,
         "saved_s": (marks["saved"] - t_launch) if "saved" in marks else None,
-        "model_changed_after_save": bool(saved_stat) and saved_stat[0] != _stat(cwd / "model.pt"),
+        "model_changed_after_save": bool(saved_stat) and saved_stat != [_stat(cwd / "model.pt"), _stat(cwd / "model.json")],
     }
 
 
@@ -201,7 +197,7 @@ def _stat(p: Path) -> tuple | None:
         st = p.stat()
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)   # ctime: a write then utime() still shows
 
 
 def _guard_violations(reads_log: Path, workdir: Path, output: str, canary: str, phase: str) -> list[dict[str, str]]:
@@ -262,33 +258,27 @@ class _FileLock:
 
 
 class GpuBaton:
-    """Runs that share a GPU take turns, so that a timed window has the GPU to itself while the
-    next run starts beside it. Two file locks per GPU, in the machine's cache:
-
-    - the **candidate** lock, from a run's go (before any of its candidate code runs) to its
-      model's save: one candidate's code on the GPU at a time;
-    - the **timed** lock, from the run's clock start to the end of its evaluation: the harness's
-      clock (``H.start_clock``) waits for it, so no other run's candidate code or evaluation
-      runs on the GPU during a timed window (the next run compiles while this one evaluates).
+    """Runs that share a GPU take turns, so that a run's candidate code, clock and evaluation have
+    the GPU to themselves while the next run starts beside it: one file lock per GPU, in the
+    machine's cache, held from a run's go (before any of its candidate code runs) to the end of
+    its evaluation.
 
     A run's train process starts with trusted code only (``boot.py``: interpreter, harness, torch,
-    the GPU's context), says it is ready and waits for its go (the candidate lock). That wait is
-    not counted against the run's limits: no candidate code runs in it; the hard limit moves by it
-    (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``). The wait for the clock is counted
-    (candidate code has run by then: it is start-up)."""
+    the GPU's context), says it is ready and waits for its go. So the next run's papermill kernel,
+    data, interpreter, imports and evaluation processes start while this one trains, and no
+    candidate code of two runs is on the GPU at once (no timed window shares it, and one
+    candidate's memory or evaluation cannot starve another's). The wait is not counted against
+    the run's limits (no candidate code runs in it); the hard limit moves by it
+    (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``)."""
 
     def __init__(self, lock_dir: Path, key: str, folder: Path, limit_s: float):
-        self.cand_lock = _FileLock(lock_dir / f"gpu-{key}.candidate.lock")
-        self.timed_lock = _FileLock(lock_dir / f"gpu-{key}.timed.lock")
-        self.go_file, self.clock_file, self.limit_s = folder / "go", folder / "clock", float(limit_s)
+        self.lock = _FileLock(lock_dir / f"gpu-{key}.lock")
+        self.go_file, self.limit_s = folder / "go", float(limit_s)
         self.ready_at: float | None = None
         self.go_at: float | None = None
         self.go_epoch: float | None = None
-        self.clock_wait_s = 0.0
-        self.clock_epoch: float | None = None
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._clock_asked = False
+        self._thread: threading.Thread | None = None
 
     @staticmethod
     def for_gpu(gpu: str, folder: Path, limit_s: float) -> "GpuBaton":
@@ -306,54 +296,32 @@ class GpuBaton:
             return 0.0
         return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
 
-    def _spawn(self, fn, *args) -> None:
-        th = threading.Thread(target=fn, args=args, daemon=True, name="gpu-baton")
-        self._threads.append(th)
-        th.start()
-
     def ready(self, live: dict, launched_at: float) -> None:
         """The train process is ready for its candidate code (called from the output reader:
         must not block)."""
         if self.ready_at is None:
             self.ready_at = time.monotonic()
-            self._spawn(self._go, live, launched_at)
+            self._thread = threading.Thread(target=self._go, args=(live, launched_at), daemon=True, name="gpu-baton")
+            self._thread.start()
 
     def _go(self, live: dict, launched_at: float) -> None:
-        if not self.cand_lock.take(self._stop):
+        if not self.lock.take(self._stop):
             return
         self.go_at, self.go_epoch = time.monotonic(), time.time()
         # the limit counts the time before the wait and after the go, not the wait
         live["deadline"] = self.go_at + self.limit_s - (self.ready_at - launched_at)
         self.go_file.write_text("go\n")
 
-    def clock_wanted(self) -> None:
-        """The harness wants to start its clock (output reader: must not block)."""
-        if not self._clock_asked:
-            self._clock_asked = True
-            self._spawn(self._clock)
-
-    def _clock(self) -> None:
-        t0 = time.monotonic()
-        if self.timed_lock.take(self._stop):
-            self.clock_wait_s, self.clock_epoch = time.monotonic() - t0, time.time()
-            self.clock_file.write_text("clock\n")
-
-    def saved(self) -> None:
-        """The model is saved: the next run's candidate code may start (it will wait for this
-        run's evaluation before its clock)."""
-        self.cand_lock.release()
-
     def stop_waiting(self) -> None:
-        """The train process has ended: waits still going on end (locks taken are kept)."""
+        """The train process has ended: a wait still going on ends (the lock, if taken, is kept)."""
         self._stop.set()
-        for th in self._threads:
-            th.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def release(self) -> None:
-        """After the evaluation (or when there is none): both locks."""
+        """After the evaluation (or when there is none)."""
         self.stop_waiting()
-        self.cand_lock.release()
-        self.timed_lock.release()
+        self.lock.release()
 
 
 # ----------------------------------------------------------------------------- split evaluation
@@ -373,6 +341,9 @@ def _model_process_reads(mdir: Path, trusted_module: str) -> tuple[str, ...]:
     task_harness = Path(sys.modules[trusted_module.partition(".")[0]].__file__).resolve().parent
     return tuple(dict.fromkeys((str(mdir), str(Path(__file__).resolve().parent), str(task_harness),
                                 str(Path(autolab.__file__).resolve().parent))))
+
+
+MODEL_EXIT_S = 15.0   # seconds the model process has to exit once the trusted side is done
 
 
 class SplitEvaluation:
@@ -402,6 +373,7 @@ class SplitEvaluation:
         self.sockdir: Path | None = None
         self.started_at = self.go_at = None
         self._ended = False
+        self._live: dict = {}     # the model process's sandbox: a deadline once the trusted side is done
 
     def start(self, before_s: float = 0.0) -> "SplitEvaluation":
         """Launch both processes; ``before_s``: how long they may wait for :meth:`finish` (the
@@ -439,7 +411,7 @@ class SplitEvaluation:
                 "--device", self.device, "--threads", str(self.threads)]
 
         def model_process() -> None:
-            self.ev = _sandboxed(argv, cwd=self.mdir, env=menv, read_deny=tuple(dict.fromkeys(self.deny)),
+            self.ev = _sandboxed(argv, cwd=self.mdir, env=menv, read_deny=tuple(dict.fromkeys(self.deny)), live=self._live,
                                  write_allow=(str(self.mdir), str(self.sockdir)), wall_s=before_s + self.wall_s,
                                  mem_mb=self.mem_mb, log_path=self.hdir / "eval.log", echo=self.echo,
                                  harden=self.harden, read_allow=_model_process_reads(self.mdir, self.trusted_module),
@@ -466,6 +438,9 @@ class SplitEvaluation:
         except subprocess.TimeoutExpired:
             self.trusted.kill()
             self.trusted.wait()
+        # the evaluation is over: a model process that does not end (a thread the candidate left
+        # running, say) is killed, so it cannot hold the run (and a shared GPU) until its wall limit
+        self._live["deadline"] = time.monotonic() + MODEL_EXIT_S
         self.thread.join()
         self._log.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
@@ -644,7 +619,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "launch_time": launch, "deadline": launch + wall_factor * (budget_s + allowance_s),
                "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
                **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {}),
-               **({"baton_file": str(baton.go_file), "clock_gate_file": str(baton.clock_file)} if baton else {})}
+               **({"baton_file": str(baton.go_file)} if baton else {})}
     atomic_write_json(run_cfg_path, run_cfg)
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
@@ -665,15 +640,15 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     # Inductor compiles in this process, not in a pool of worker processes that would still be
     # running when the model is saved (nothing of the candidate may outlive its save)
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
-    # torch.compile's caches: the candidate's own folder, started from its nearest ancestor's
-    # (autolab.harnesskit.compile_cache_dir); the evaluation's processes never see it
-    from autolab.harnesskit import compile_cache_ancestors, compile_cache_dir, compile_cache_env
+    # torch.compile's caches: the seed's runs write the lab's folder; any other run gets a private
+    # copy of it, removed after the run (autolab.harnesskit.compile_cache_for_run); the
+    # evaluation's processes never see either
+    from autolab.harnesskit import compile_cache_for_run
 
-    ccache = compile_cache_dir(device)
-    ccache_read = compile_cache_ancestors(device) if ccache is not None else []
-    env.update(compile_cache_env(ccache))
-    result["timings"]["compile_cache"] = "warm" if ccache is not None and any(ccache.rglob("*.*")) else (
-        "cold" if ccache is not None else "none")
+    ccache = compile_cache_for_run(device)
+    if ccache is not None:
+        env.update(ccache.env())
+    result["timings"]["compile_cache"] = "none" if ccache is None else ("warm" if ccache.warm() else "cold")
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="",
@@ -698,11 +673,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
             readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
                         data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
-                        *((str(ccache),) if ccache is not None else ()), *map(str, ccache_read),
+                        *((str(ccache.folder), *map(str, ccache.read)) if ccache is not None else ()),
                     *((str(baton.go_file.parent),) if baton else ()))
             idle0 = _idle_core_s()
             tr = _sandboxed([sys.executable, str(HARNESS_DIR / "boot.py"), "train.py"], cwd=workdir, env=env,
-                            read_deny=tuple(denied), write_allow=(str(workdir), *((str(ccache),) if ccache is not None else ())),
+                            read_deny=tuple(denied), write_allow=(str(workdir), *((str(ccache.folder),) if ccache is not None else ())),
                             wall_s=train_limit_s + (gpu_wait_s if baton else 0.0), baton=baton,
                             mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo, read_allow=readable,
                             end_marker=SAVED_LINE, after_end_s=float(settings.get("after_save_allowance_s", 10.0)),
@@ -718,8 +693,6 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if baton:
             result["timings"]["gpu_wait_s"] = round(waited, 3)
             result["timings"]["gpu_go_epoch"] = baton.go_epoch
-            result["timings"]["gpu_clock_wait_s"] = round(baton.clock_wait_s, 3)   # counted: start-up
-            result["timings"]["gpu_clock_epoch"] = baton.clock_epoch
         if tr["cpu_s"] is not None:
             result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
         if idle0 is not None and idle1 is not None:
@@ -741,7 +714,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if tr["saved_s"] is not None:
             result["timings"]["after_save_s"] = round(tr["wall_s"] - tr["saved_s"], 3)
         if tr["model_changed_after_save"]:
-            result["violations"].append({"kind": "tamper", "detail": "model.pt was rewritten after H.finish saved it "
+            result["violations"].append({"kind": "tamper", "detail": "model.pt or model.json was rewritten after H.finish saved it "
                                                                      "(training went on outside the measured window)"})
         result["sandbox"] = {"train": {"isolation": tr["isolation"], "peak_memory_mb": tr["peak_memory_mb"],
                                        "state": tr["state"], "reason": tr["kill_reason"]}}
@@ -875,7 +848,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     finally:
         evaluation.cancel()
         if baton is not None:
-            baton.release()     # after the evaluation: the next run's timed work may start
+            baton.release()     # after the evaluation: the next run's candidate code may start
+        if ccache is not None:
+            ccache.discard()    # a private copy: nothing a candidate wrote reaches another run
 
 
 def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: float, budget_s: float) -> None:

@@ -376,19 +376,19 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="", OMP_WAIT_POLICY="PASSIVE")
     elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    if not compile_cache:   # the lab's cache for this candidate (autolab.harnesskit.compile_cache_dir), if any
-        from autolab.harnesskit import compile_cache_dir
+    run_cache = None
+    if not compile_cache:   # the lab's cache for this run (autolab.harnesskit.compile_cache_for_run), if any
+        from autolab.harnesskit import compile_cache_for_run
 
-        compile_cache = compile_cache_dir(device)
+        run_cache = compile_cache_for_run(device)
+        compile_cache = str(run_cache.folder) if run_cache is not None else None
     if compile_cache:
         cc = Path(compile_cache).resolve()
         (cc / "inductor").mkdir(parents=True, exist_ok=True)
         (cc / "triton").mkdir(parents=True, exist_ok=True)
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cc / "inductor"), TRITON_CACHE_DIR=str(cc / "triton"))
         write_allow.append(str(cc))
-    from autolab.harnesskit import compile_cache_ancestors
-
-    cache_reads = tuple(map(str, compile_cache_ancestors(device))) if compile_cache else ()
+    cache_reads = tuple(map(str, run_cache.read)) if run_cache is not None else ()
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no pool of compile workers left running at the end
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
     # reads by allow-list: the workdir, the harnesses, the train and val files (not their folder:
@@ -417,6 +417,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     finally:
         tail.stop.set()
         tail.join(timeout=5)
+        if run_cache is not None:
+            run_cache.discard()   # a private copy: nothing a candidate wrote reaches another run
     result["timings"]["train_s"] = round(tr["wall_s"], 3)   # until the last process of the run ended
     if tr["cpu_s"] is not None:
         result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
