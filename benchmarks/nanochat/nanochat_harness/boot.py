@@ -1,7 +1,7 @@
 """The train process's first Python code (trusted): ``python <harness>/boot.py train.py``.
 
-It starts what every run needs before any candidate code runs: the harness (and its read
-guards), torch and, on CUDA, the GPU's context. On a preset with ``gpu_baton`` it then says
+It starts what every run needs before any candidate code runs: torch, the harness (and its
+read guards) and, on CUDA, the GPU's context. On a preset with ``gpu_baton`` it then says
 :data:`READY_LINE` and waits until the runner has created the run's go file: the runner holds
 one lock per GPU from a run's go to the end of its evaluation, so a run's start-up (papermill,
 data, interpreter, imports) overlaps another run's timed training, but never its candidate
@@ -27,8 +27,8 @@ def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
         sys.path[0] = os.getcwd()        # as `python SCRIPT` would: the script's folder first
-    import nanochat_harness as H        # the read guards, before anything else
-    import torch
+    import torch                        # first, as a training script does: the import system's listings of
+    import nanochat_harness as H        # the Python path are not the candidate's reads (the sandbox records reads)
 
     cfg = H.config() if os.environ.get("AUTOLAB_RUN_CONFIG") else {}
     if cfg.get("device") == "cuda" and torch.cuda.is_available():
