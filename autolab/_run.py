@@ -146,7 +146,7 @@ def build_job(lab: Lab, candidate: Candidate, run: Run, limits: JobLimits) -> Jo
 
 def compile_cache_job_env(lab: Lab, candidate: Candidate) -> dict[str, str]:
     """The variables that give a run its candidate's torch.compile cache on the machine that
-    runs it (``autolab.harnesskit.compile_cache_dir``): the lab's key and the candidate, and the
+    runs it (``autolab.harnesskit.compile_cache_for_run``): the lab's key and the candidate, and the
     ancestors (nearest first) whose cache its first run starts from."""
     chain, seen = [], {candidate.id}
     cur = candidate

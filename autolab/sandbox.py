@@ -684,10 +684,9 @@ def run_sandboxed(
     ``env`` is added to the scrubbed environment (``PYTHONPATH`` only if given here);
     ``keep`` names more variables to copy from ``os.environ``. Output lines go to
     ``on_line`` (called on this thread) and ``log_path`` as they come. ``live``: a dict shared
-    with the caller's other threads while the child runs: this function keeps ``live["cpu_s"]``
-    (the whole tree's CPU seconds so far) current, and kills the tree (reason ``timeout``) once
-    ``time.monotonic()`` passes ``live["deadline"]`` when the caller has set one (a limit that
-    can move while the run goes, e.g. once it has waited for a GPU). Never raises for what the
+    with the caller's other threads while the child runs: the tree is killed (reason
+    ``timeout``) once ``time.monotonic()`` passes ``live["deadline"]`` when the caller has set
+    one (a limit that can move while the run goes, e.g. once it has waited for a GPU). Never raises for what the
     child does: a crash, a kill or a denied action is in the result."""
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -851,8 +850,6 @@ def run_sandboxed(
                     reason = "memory"
                     break
                 ender.account(members)
-                if live is not None:
-                    live["cpu_s"] = ender.cpu_estimate()
                 if limits.tree_cpu_s is not None and ender.cpu_estimate() > limits.tree_cpu_s:
                     reason = "cpu"
                     break

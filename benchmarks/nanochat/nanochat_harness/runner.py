@@ -144,7 +144,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     marks: dict[str, float] = {}
     saved_stat: list = []
 
-    live = {} if live is None else live     # shared with the sandbox: its CPU figure, a moving deadline
+    live = {} if live is None else live     # shared with the sandbox: a moving deadline
 
     def on_line(line: str) -> None:
         if baton is not None and line.startswith(READY_LINE):
