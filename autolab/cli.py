@@ -1065,10 +1065,18 @@ def setup_loop(add) -> None:
 def cmd_export_lab(args) -> int:
     from .archive import export_lab
 
-    info = export_lab(args.lab, args.output)
+    caches, root = None, ""
+    if args.compile_cache:
+        from .harnesskit import cache_root, lab_compile_caches
+        from .lab import Lab
+
+        caches, root = lab_compile_caches(Lab(args.lab).key), str(cache_root().resolve())
+    info = export_lab(args.lab, args.output, compile_caches=caches, cache_root=root)
     left = info["left_out"]
     text = (f"wrote {info['archive']}: {info['files']} files ({info['bytes'] / 1e6:.1f} MB, "
             f"{info['archive_bytes'] / 1e6:.1f} MB compressed) of lab {info['lab']}"
+            + (f"; compile caches {', '.join(info['compile_caches']) or 'none on this machine'} "
+               f"({info['compile_cache_bytes'] / 1e6:.1f} MB)" if args.compile_cache else "")
             + (f"; left out {len(left)}: " + ", ".join(left[:8]) + (" ..." if len(left) > 8 else "") if left else "")
             + f"\nunpack it with: autolab import-lab {info['archive']} --lab NEW")
     _emit(args, info, text)
@@ -1078,9 +1086,19 @@ def cmd_export_lab(args) -> int:
 def cmd_import_lab(args) -> int:
     from .archive import import_lab
 
-    info = import_lab(args.archive, args.lab)
-    _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}; resume it with: "
-                      f"autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
+    def install(lab_dir, unpacked, manifest) -> dict:
+        from .harnesskit import install_compile_caches
+        from .lab import Lab
+
+        done, why = install_compile_caches(Lab(lab_dir).key, unpacked, str(manifest.get("cache_root") or ""))
+        return {"installed": done, "why": why}
+
+    info = import_lab(args.archive, args.lab, install_caches=install)
+    cc = info.get("compile_cache")
+    _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}"
+                      + (f"; compile caches installed: {', '.join(cc['installed']) or 'none'}"
+                         + (f" ({cc['why']})" if cc.get("why") else "") if cc else "")
+                      + f"; resume it with: autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
     return 0
 
 
@@ -1088,6 +1106,9 @@ def setup_export_lab(add) -> None:
     sp = add("export-lab", cmd_export_lab, "write a lab's resumable core (log, candidates, runs; no model files "
                                            "or caches) into one .tar.gz, to move it to another machine")
     sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", required=True, help="e.g. lab.tar.gz")
+    sp.add_argument("--compile-cache", action="store_true",
+                    help="also carry the torch.compile caches the lab's seed runs wrote on this machine, so the next "
+                         "machine of the same GPU and torch version starts warm (AUTOLAB_CACHE must be the same path there)")
 
 
 def setup_import_lab(add) -> None:

@@ -208,6 +208,48 @@ def compile_cache_for_run(device: str, env: dict[str, str] | None = None) -> Com
     return CompileCache(private, read=(seed,) if seed.is_dir() else (), private=True)
 
 
+def lab_compile_caches(lab_key: str) -> dict[str, Path]:
+    """The compile caches a lab's seed runs wrote on this machine, by ``<device tag>/<seed id>``
+    (every device and torch version it ran on; the per-run private copies are not included).
+    ``autolab export-lab --compile-cache`` carries them to the next machine."""
+    out: dict[str, Path] = {}
+    for tag in sorted((cache_root() / "compile").glob("*")):
+        base = tag / _slug(lab_key)
+        if not base.is_dir() or base.is_symlink():
+            continue
+        for cand in sorted(base.iterdir()):
+            if cand.is_dir() and not cand.is_symlink() and cand.name != "runs":
+                out[f"{tag.name}/{cand.name}"] = cand
+    return out
+
+
+def install_compile_caches(lab_key: str, unpacked: Path, recorded_root: str) -> tuple[list[str], str]:
+    """Put compile caches carried in a lab archive (``unpacked/<device tag>/<seed id>``) where
+    this machine's runs of the lab look for them. Returns (what was installed, why the rest was
+    not). Nothing is installed when the archive's cache root differs from this machine's
+    (Inductor's entries name their kernels by absolute path there; the runs would compile cold
+    anyway), and an existing folder is never replaced (it is this machine's own)."""
+    import shutil
+
+    here = str(cache_root().resolve())
+    if recorded_root and recorded_root != here:
+        return [], (f"not installed: the caches were written under {recorded_root}, and this machine's cache is "
+                    f"{here} (set AUTOLAB_CACHE={recorded_root} to use them)")
+    done, kept = [], []
+    for tag in sorted(unpacked.iterdir()) if unpacked.is_dir() else []:
+        for cand in sorted(tag.iterdir()) if tag.is_dir() else []:
+            if not cand.is_dir() or cand.name == "runs" or _slug(tag.name) != tag.name or _slug(cand.name) != cand.name:
+                continue
+            dest = cache_root() / "compile" / tag.name / _slug(lab_key) / cand.name
+            if dest.exists():
+                kept.append(f"{tag.name}/{cand.name}")
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(cand, dest, ignore=_only_plain)
+            done.append(f"{tag.name}/{cand.name}")
+    return done, (f"kept this machine's own: {', '.join(kept)}" if kept else "")
+
+
 def _only_plain(folder: str, names: list[str]) -> list[str]:
     """copytree's ignore: every name but plain files and folders. The copy runs in trusted code
     that may read what a run may not: a link must not be followed (its target would be copied

@@ -221,3 +221,44 @@ def test_import_refuses_what_is_not_a_lab_archive(tmp_path):
         import_lab(other, tmp_path / "dest")
     with pytest.raises(AutolabError, match="no lab at"):
         export_lab(tmp_path, tmp_path / "x.tar.gz")
+
+
+def test_compile_caches_travel_with_the_lab_only_when_asked(capsys, tmp_path, toy_lab, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("AUTOLAB_CACHE", str(root))
+    tag = root / "compile" / "2.11.0-NVIDIA-H100"
+    seed = tag / toy_lab.key / "c-seed"
+    (seed / "inductor" / "fx").mkdir(parents=True)
+    (seed / "inductor" / "fx" / "entry").write_bytes(b"graph")
+    (seed / "triton").mkdir()
+    (seed / "triton" / "kernel.json").write_text("{}")
+    (tag / toy_lab.key / "runs" / "c-other.1.ab").mkdir(parents=True)      # a run's private copy: never carried
+    (tag / toy_lab.key / "runs" / "c-other.1.ab" / "poison").write_text("x")
+    (tag / "another-lab" / "c-x").mkdir(parents=True)                      # another lab's cache: not this lab's
+    (tag / "another-lab" / "c-x" / "f").write_text("x")
+    plain = tmp_path / "plain.tar.gz"
+    assert main(["export-lab", "--lab", str(toy_lab.path), "-o", str(plain)]) == 0
+    with tarfile.open(plain) as tar:
+        assert not any(m.startswith("compile-cache") for m in tar.getnames())
+    archive = tmp_path / "lab.tar.gz"
+    code, obj = _json(capsys, ["export-lab", "--lab", str(toy_lab.path), "-o", str(archive), "--compile-cache", "--json"])
+    assert code == 0 and obj["compile_caches"] == ["2.11.0-NVIDIA-H100/c-seed"] and obj["compile_cache_bytes"] == 7
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "compile-cache/2.11.0-NVIDIA-H100/c-seed/inductor/fx/entry" in names
+    assert not any("poison" in n or "another-lab" in n for n in names)
+
+    shutil.rmtree(root / "compile")           # a fresh machine with the same cache path
+    code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "moved"), "--json"])
+    assert code == 0 and obj["compile_cache"]["installed"] == ["2.11.0-NVIDIA-H100/c-seed"]
+    assert (seed / "inductor" / "fx" / "entry").read_bytes() == b"graph"
+    assert autolab.Lab(tmp_path / "moved").key == toy_lab.key    # the lab's key travels, so its runs find the cache
+    (seed / "triton" / "kernel.json").write_text('{"own": 1}')    # this machine's own entries are never replaced
+    code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "again"), "--json"])
+    assert obj["compile_cache"]["installed"] == [] and "kept this machine's own" in obj["compile_cache"]["why"]
+    assert (seed / "triton" / "kernel.json").read_text() == '{"own": 1}'
+
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "elsewhere"))   # another cache path: entries name absolute paths
+    code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "third"), "--json"])
+    assert code == 0 and obj["compile_cache"]["installed"] == [] and "AUTOLAB_CACHE=" in obj["compile_cache"]["why"]
+    assert not (tmp_path / "elsewhere" / "compile").exists()
