@@ -27,7 +27,7 @@ import sqlite3
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import AutolabError
 

@@ -181,7 +181,7 @@ def main() -> int:
     (a.out / "summary.json").write_text(json.dumps(res, indent=1, default=str))
     rc2, out2 = _autolab("export-lab", "--lab", str(a.lab), "-o", str(a.out / "lab.tar.gz"), log=log)
     if a.carry_cache:   # the same lab with the seed's compile caches, for a warm start on the next machine
-        rc3, out3 = _autolab("export-lab", "--lab", str(a.lab), "-o", str(a.out / "lab-cc.tar.gz"), "--compile-cache",
+        _autolab("export-lab", "--lab", str(a.lab), "-o", str(a.out / "lab-cc.tar.gz"), "--compile-cache",
                              log=log)
         cc = a.out / "lab-cc.tar.gz"
         res["archive_with_caches_bytes"] = cc.stat().st_size if cc.exists() else None
