@@ -622,6 +622,48 @@ SHADOW = '''
 '''
 
 
+CACHE_READER = """
+    import os as _os
+    for _d in (_os.environ["TORCHINDUCTOR_CACHE_DIR"], *READ_TOO):   # what Inductor does with a warm cache
+        for _root, _, _files in _os.walk(_d):
+            for _f in _files:
+                print("CACHE read", _f, len(open(_os.path.join(_root, _f), "rb").read()))
+    open(_os.path.join(_os.environ["TORCHINDUCTOR_CACHE_DIR"], "new-entry"), "w").write("compiled")
+"""
+
+
+def test_a_run_reads_its_compile_cache_and_its_ancestors_without_a_violation(tmp_path, shared_cache, monkeypatch):
+    """A child's run gets a private copy of the seed's compile cache and may read the seed's
+    folder (Inductor's entries name it); neither read is a violation. Another lab's cache is."""
+    from autolab.harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV, cache_root, device_tag
+
+    key = f"test-{tmp_path.name}"
+    base = cache_root() / "compile" / device_tag("cpu")
+    seed_dir, other = base / key / "c-seed", base / f"{key}-other" / "c-x"
+    try:
+        (seed_dir / "inductor" / "ab").mkdir(parents=True)
+        (seed_dir / "inductor" / "ab" / "entry.py").write_text("# a compiled graph")
+        (seed_dir / "triton").mkdir()
+        other.mkdir(parents=True)
+        (other / "stash.bin").write_bytes(b"weights")
+        monkeypatch.setenv(COMPILE_CACHE_ENV, f"{key}/c-child")
+        monkeypatch.setenv(COMPILE_CACHE_FROM_ENV, "c-seed")
+        src = CANDIDATE.replace("SNOOP = []", f"SNOOP = []\nREAD_TOO = [{str(seed_dir)!r}, {str(other)!r}]").replace(
+            '    torch.manual_seed(cfg["seed"])', CACHE_READER.strip("\n") + '\n    torch.manual_seed(cfg["seed"])')
+        cand = _candidate(tmp_path, src)
+        res = R.run_benchmark(cand, 1, "cpu-tiny", tmp_path / "r.json", task_dir=_task_copy(tmp_path, cand),
+                              overrides=FAST, echo=False)
+        reads = [v["detail"] for v in res["violations"] if v["kind"] == "file_read"]
+        assert res["timings"]["compile_cache"] == "warm"
+        assert not any("/c-seed/" in d or "/runs/c-child." in d for d in reads), reads
+        assert any(str(other) in d for d in reads) or res["status"] != "ok", (res["status"], reads)
+        assert not (seed_dir / "inductor" / "new-entry").exists()                 # the seed's folder is read-only
+        assert not list((base / key / "runs").glob("c-child.*"))                  # the private copy is gone
+    finally:
+        shutil.rmtree(base / key, ignore_errors=True)
+        shutil.rmtree(base / f"{key}-other", ignore_errors=True)
+
+
 def test_a_harness_planted_in_the_workdir_is_not_the_one_that_evaluates(tmp_path, shared_cache):
     """train.py writes a fake `nanochat_harness/evaluate.py` into its working directory; the
     evaluation process must still run the real harness (it starts where train.py cannot write)."""

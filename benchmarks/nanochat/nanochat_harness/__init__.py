@@ -105,7 +105,8 @@ def _guard_train_process() -> None:
     data_files = [v for d in (cfg.get("data") or {}).values() for v in (d.values() if isinstance(d, dict) else [d])
                   if isinstance(v, str)]
     allowed = [os.getcwd(), os.path.dirname(os.environ.get("AUTOLAB_RUN_CONFIG", "") or "/.none"),
-               os.path.dirname(cfg.get("events_path") or os.getcwd()), *{os.path.dirname(f) for f in data_files}]
+               os.path.dirname(cfg.get("events_path") or os.getcwd()), *{os.path.dirname(f) for f in data_files},
+               *[d for d in cfg.get("compile_cache_dirs") or () if isinstance(d, str)]]   # torch.compile's own entries
     guard.watch_reads(allowed, os.path.join(os.path.dirname(cfg.get("events_path") or os.getcwd()), guard.READS_LOG))
 
 

@@ -648,6 +648,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     ccache = compile_cache_for_run(device)
     if ccache is not None:
         env.update(ccache.env())
+        # the in-process read guard (guard.py) must know them too: Inductor reads its own entries
+        run_cfg["compile_cache_dirs"] = [str(ccache.folder), *map(str, ccache.read)]
+        atomic_write_json(run_cfg_path, run_cfg)
     result["timings"]["compile_cache"] = "none" if ccache is None else ("warm" if ccache.warm() else "cold")
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))

@@ -388,7 +388,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         (cc / "triton").mkdir(parents=True, exist_ok=True)
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cc / "inductor"), TRITON_CACHE_DIR=str(cc / "triton"))
         write_allow.append(str(cc))
-    cache_reads = tuple(map(str, run_cache.read)) if run_cache is not None else ()
+    cache_reads = (*((str(Path(compile_cache).resolve()),) if compile_cache else ()),   # its own entries, and
+                   *(map(str, run_cache.read) if run_cache is not None else ()))     # its ancestors' (read only)
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no pool of compile workers left running at the end
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
     # reads by allow-list: the workdir, the harnesses, the train and val files (not their folder:
