@@ -248,8 +248,12 @@ class Ledger:
         ``repeat_sd``, and ``diff_sd``, the sd of one candidate-minus-parent difference that
         screening and the sequential rule use: the paired figure when it exists, else
         sqrt(2) x the cross-seed one (two independent runs); ``diff_source`` says which; and
-        ``screen_sd``, the screening margin's unit: the paired figure when it exists, else the
-        cross-seed one (the margin of labs made before pairing); ``screen_source`` says which."""
+        ``screen_sd``, the screening margin's unit: the paired figure when it exists, else
+        sqrt(2) x the same-seed repeat spread (the least a paired difference can vary), else None
+        (``screen_source`` None): until the paired noise is measured every paired gain goes on to
+        confirmation, where the sequential rule stops losers after a seed or two and the paired
+        seeds measure the noise. (The cross-seed spread is no unit for a paired screen: on the
+        H100 it is about five times the paired one, so such a margin hid every gain under ~1%.)"""
         cross, paired_, rep = self.noise_sd(), self.paired_sd(), self.repeat_sd()
         if paired_ is not None:
             diff, src = paired_, "paired"
@@ -257,7 +261,12 @@ class Ledger:
             diff, src = math.sqrt(2) * cross, "cross_seed"
         else:
             diff, src = None, None
-        screen, screen_src = (paired_, "paired") if paired_ is not None else (cross, "cross_seed" if cross is not None else None)
+        if paired_ is not None:
+            screen, screen_src = paired_, "paired"
+        elif rep is not None:
+            screen, screen_src = math.sqrt(2) * rep, "repeat"
+        else:
+            screen, screen_src = None, None
         return {"cross_seed_sd": cross, "paired_sd": paired_, "repeat_sd": rep, "diff_sd": diff, "diff_source": src,
                 "screen_sd": screen, "screen_source": screen_src}
 

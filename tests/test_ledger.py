@@ -96,6 +96,21 @@ def test_runs_means_noise_and_seeds(toy_lab):
     assert missing_seeds(lab, a, "confirm", 4) == [105] and len(runs_of(lab, a)) == 3
 
 
+def test_the_screening_unit_is_never_the_cross_seed_spread(toy_lab):
+    """A paired screen's margin comes from paired or same-seed noise; with only the cross-seed
+    spread known there is no margin (every paired gain is confirmed, and the confirmations
+    measure the paired noise)."""
+    lab, led = toy_lab, toy_lab.ledger
+    seed = lab.seed_candidate()
+    confirm(lab, seed, [4.0, 4.4, 3.8], purpose="baseline")
+    n = led.noise()
+    assert n["cross_seed_sd"] > 0.2 and n["screen_sd"] is None and n["screen_source"] is None
+    add_run(lab, seed, 4.02, purpose="baseline", seed=101)            # the same random seed again
+    n = led.noise()
+    assert n["screen_source"] == "repeat" and n["screen_sd"] == pytest.approx(2 ** 0.5 * led.repeat_sd())
+    assert n["screen_sd"] < n["cross_seed_sd"]
+
+
 def test_pairs_and_the_three_noise_figures(toy_lab):
     lab, led = toy_lab, toy_lab.ledger
     seed = lab.seed_candidate()
