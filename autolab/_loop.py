@@ -164,16 +164,34 @@ def p90(xs: list[float]) -> float:
     return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
 
 
-def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None) -> tuple[float, str]:
+def _seed_id(lab: Lab) -> str | None:
+    try:
+        return lab.seed_candidate().id
+    except Exception:  # noqa: BLE001 - a lab without its seed yet: no run is the seed's
+        return None
+
+
+def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
+                          of_seed: bool | None = None) -> tuple[float, str]:
     """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
     found: the p90 of the wall time of completed runs of the same preset and purpose, else of
     the same preset and any purpose; before any run, the preset's ``expected_run_s`` if it
-    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run)."""
+    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run).
+    ``of_seed`` (True: a run of the lab's seed candidate, False: of any other) narrows each pool
+    to runs of the same kind first, where there are any: a candidate's runs can differ from the
+    seed's by far (a kernels candidate re-times only what it changed; a nanochat candidate
+    compiles without the seed's warm cache)."""
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
+    if of_seed is not None:
+        seed_id = _seed_id(lab)
+        kind = [r for r in done if (r.candidate_id == seed_id) == of_seed]
+        if kind:
+            done = kind
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
-    for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
+    who = "" if of_seed is None else (" of the seed" if of_seed else " of candidates")
+    for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs{who}"), (done, f"runs{who} of any purpose")):
         if pool:
             return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
     expected = lab.preset.settings.get("expected_run_s")
@@ -336,12 +354,12 @@ class _Baseline:
     """The seed's selection-free runs, started without waiting: proposals are prepared while they run."""
 
     def __init__(self, lab: Lab, executor: Executor, on_event, bar, notify: Callable[[], None],
-                 fits: Callable[[str], bool] | None = None, track: Callable[[Run, object], None] | None = None):
+                 fits: Callable[..., bool] | None = None, track: Callable[[Run, object], None] | None = None):
         seed = lab.seed_candidate()
         seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
         self.futs = []
         for s in seeds:
-            if fits is not None and not fits(Purpose.CONFIRM):
+            if fits is not None and not fits(Purpose.CONFIRM, True):
                 break   # the time limit holds no more of them: the loop stops and says why
             run, fut = submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)
             if track is not None:
@@ -409,6 +427,7 @@ class _Scheduler:
         self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
         self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
         self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
+        self.n_lanes = 0                       # GPUs whose runs take turns (gpu_baton); 0: every slot runs at once
         self.user_stopped = False                        # the user asked to stop: no run starts
         self.control: LoopControl | None = None          # stop / pause / cancel from another thread
         self.infra_retries = INFRA_RETRIES               # re-runs of a run the machine ended, per loop
@@ -616,19 +635,22 @@ class _Scheduler:
         return (f"runs of {len(self.held)} candidate(s) wait for the next loop: " + "; ".join(parts)
                 + "; run the loop again to re-run them")
 
-    def fits(self, purpose: str) -> bool:
+    def fits(self, purpose: str, of_seed: bool | None = None) -> bool:
         """True when a run of ``purpose`` started now would likely end before the time limit;
         else the loop stops for the time limit with a message that says why."""
         if self.limit is None:
             return True
-        est, how = run_duration_estimate(self.lab, purpose)
-        # runs in flight on every slot: this one waits for a slot first (a conservative wave count)
+        est, how = run_duration_estimate(self.lab, purpose, of_seed=of_seed)
+        # runs in flight on every slot: this one waits for a slot first (a conservative wave count);
+        # runs that share a GPU through the baton do their timed work one at a time, so there the
+        # queue moves one GPU at a time, not one slot
         ahead = len(self.inflight_runs)
-        waves = 1 + ahead // max(1, self.n_slots)
+        lanes = max(1, self.n_lanes or self.n_slots)
+        waves = 1 + ahead // lanes
         left = self.limit.left()
         if waves * est <= left:
             return True
-        queue = f", after {ahead} runs in flight on {self.n_slots} slot(s)" if waves > 1 else ""
+        queue = f", after {ahead} runs in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s)" if waves > 1 else ""
         self._set_stop(f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
                        f"({how}{queue}) and {max(0.0, left):.0f} s are left, so it was not started", "time_limit")
         return False
@@ -642,7 +664,7 @@ class _Scheduler:
         if self.limit is None:
             return True
         if isinstance(unit, RunUnit):
-            return self.reason != "time_limit" and self.fits(unit.purpose)
+            return self.reason != "time_limit" and self.fits(unit.purpose, of_seed=unit.candidate.id == _seed_id(self.lab))
         if isinstance(unit, (ProposeUnit, ImplementUnit)):
             return self.reason != "time_limit" and self.fits(Purpose.SCREEN)
         return True
@@ -942,6 +964,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             n_slots = max(1, ex.slots_for(preset.gpus, cpu_threads, share) if share > 1
                           else ex.slots_for(preset.gpus, cpu_threads))
             sched.n_slots = n_slots
+            if share > 1 and preset.settings.get("gpu_baton"):
+                sched.n_lanes = max(1, n_slots // share)
 
             def wake() -> None:
                 with sched.cv:

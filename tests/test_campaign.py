@@ -262,3 +262,18 @@ def test_compile_caches_travel_with_the_lab_only_when_asked(capsys, tmp_path, to
     code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "third"), "--json"])
     assert code == 0 and obj["compile_cache"]["installed"] == [] and "AUTOLAB_CACHE=" in obj["compile_cache"]["why"]
     assert not (tmp_path / "elsewhere" / "compile").exists()
+
+
+def test_the_estimate_tells_the_seeds_runs_from_candidates_runs(toy_lab):
+    """A kernels candidate re-times only what it changed: its runs take a fraction of the seed's
+    full runs, and the time box must not judge one by the other."""
+    seed = toy_lab.seed_candidate()
+    runs = []
+    for i, (cand, wall) in enumerate([(seed.id, 90.0), (seed.id, 31.0), (seed.id, 33.0), ("c-x", 16.0), ("c-y", 18.0)]):
+        r = Run(id=f"r-{i}", task="toy", candidate_id=cand, preset=toy_lab.preset_name, seed=101 + i, purpose="confirm")
+        runs.append(r.with_state(State.COMPLETE, timings={"papermill_s": wall}))
+    assert run_duration_estimate(toy_lab, "confirm", runs=runs)[0] == 90.0
+    est, how = run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=False)
+    assert est == 18.0 and "of candidates" in how
+    assert run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=True)[0] == 90.0
+    assert run_duration_estimate(toy_lab, "screen", runs=runs[:3], of_seed=False)[0] == 90.0   # none of that kind yet
