@@ -77,8 +77,9 @@ SNOOP = []  # the tests put evaluation files here: reading them must be denied
 if __name__ == "__main__":
     cfg = H.config()
     import glob, os
-    cache = os.path.dirname(cfg["data"]["train"]["tokens"])
-    for p in SNOOP + (glob.glob(os.path.join(cache, "val-*.tokens.npy")) if SNOOP else []):
+    cache = os.path.dirname(cfg["data"]["token_bytes"])
+    for p in SNOOP + ([p for pat in ("val-*.tokens.npy", "train-*.tokens.npy") for p in glob.glob(os.path.join(cache, pat))]
+                      if SNOOP else []):
         try:
             print("SNOOP read", p, len(open(p, "rb").read()))
         except OSError as e:
@@ -574,11 +575,21 @@ def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
     work = res_path.parent / "result.work"
     assert (work / "train.py").exists() and not (work / "notes.txt").exists()   # only editable files
     assert (work / "model.pt").exists()
-    # the train process could not read the evaluation data: denied, and recorded as violations
+    # the train process could not read the evaluation data, nor the train split's token cache: denied,
+    # and recorded as violations
     train_log = (res_path.parent / "result.harness" / "train.log").read_text()
-    assert "SNOOP read" not in train_log and train_log.count("SNOOP denied") >= 2, train_log
+    assert "SNOOP read" not in train_log and train_log.count("SNOOP denied") >= 3, train_log
     reads = [v["detail"] for v in res["violations"] if v["kind"] == "file_read"]
     assert any("val.parquet" in d for d in reads) and any("val-" in d and ".tokens.npy" in d for d in reads), reads
+    assert any("/train-" in d and ".tokens.npy" in d for d in reads), reads
+    # its batches came from the trusted data process, which stamped the first request (the clock line was
+    # printed just before it: no clock violation), counted what it served and is gone
+    served = res["train_data"]
+    assert served["connections"] == 1 and served["batches"] >= m["steps"] and served["tokens"] >= m["tokens"]
+    assert t["data_clock_start_s"] == pytest.approx(t["clock_start_s"], abs=1.0) and t["clock_start_s"] <= t["data_clock_start_s"]
+    assert not [v for v in res["violations"] if v["kind"] == "clock"], res["violations"]
+    pid = json.loads((res_path.parent / "result.harness" / "data_server.json").read_text())["pid"]
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_runs_sharing_a_gpu_take_turns_for_their_timed_work(tmp_path, shared_cache):
