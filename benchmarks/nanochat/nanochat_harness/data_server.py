@@ -153,8 +153,8 @@ class _Server:
             self.report["connections"] += 1
             stream = {"batch_size": B, "seq_len": T, "batches": 0, "epoch": 0}
             self.report["streams"].append(stream)
-        if not self.loaded.wait(600):
-            return self._refuse(conn, "the train split could not be loaded in 600 s")
+        if not self.loaded.wait(600) or self.tokens is None:
+            return self._refuse(conn, f"the harness could not load the train split: {self.report.get('error', 'timeout')}")
         cfg = self.cfg
         packer = Packer(self.tokens, document_spans(self.offsets, int(cfg.get("chunk_tokens", 0) or 0)), T + 1,
                         int(cfg["bos_id"]), seed=int(cfg.get("seed", 0)), buffer_docs=int(cfg.get("buffer_docs", 256)),
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - reported, then the clients are refused
         with srv.lock:
             srv.report.update(ok=False, error=f"{type(e).__name__}: {e}")
+        srv.loaded.set()
         srv.save()
     while True:
         conn, _ = lst.accept()
