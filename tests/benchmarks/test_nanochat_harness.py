@@ -435,6 +435,30 @@ def test_summary_parsing():
     assert R.parse_summary("no block") == {}
 
 
+def test_the_data_process_stamp_moves_the_clock_back_never_forward():
+    """The clock's start is the earlier of the clock line and the data process's first request;
+    train data asked for well before the clock line (or with none) is a clock violation."""
+    def judge(line_s, data_s, budget=20.0):
+        res = {"timings": {}, "violations": []}
+        tr = {"launched_at": 1000.0, "clock_start_s": line_s}
+        report = {"batches": 7, "tokens": 700, "connections": 1, "streams": [], "first_request_monotonic":
+                  None if data_s is None else 1000.0 + data_s}
+        R._served_clock(res, tr, report, budget)
+        return tr["clock_start_s"], res
+    start, res = judge(5.0, 5.01)                               # honest: the line, then the request
+    assert start == 5.0 and res["timings"]["data_clock_start_s"] == 5.01 and not res["violations"]
+    assert res["train_data"] == {"batches": 7, "tokens": 700, "connections": 1, "streams": []}
+    start, res = judge(5.0, 4.9)                                # within the tolerance: earlier wins, no violation
+    assert start == pytest.approx(4.9) and not res["violations"]
+    start, res = judge(30.0, 5.0)                               # trained 25 s on train data before the clock
+    assert start == pytest.approx(5.0) and [v["kind"] for v in res["violations"]] == ["clock"]
+    assert "25.0 s later" in res["violations"][0]["detail"] and "H.train_loader" in res["violations"][0]["detail"]
+    start, res = judge(None, 5.0)                               # data without ever starting the clock
+    assert start == pytest.approx(5.0) and "never started" in res["violations"][0]["detail"]
+    start, res = judge(3.0, None)                               # no data asked for: the line alone
+    assert start == 3.0 and "data_clock_start_s" not in res["timings"] and not res["violations"]
+
+
 # ----------------------------------------------------------------------------- the candidate API
 
 @pytest.fixture()
