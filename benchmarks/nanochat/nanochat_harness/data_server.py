@@ -311,20 +311,19 @@ class TrainDataServer:
         import signal
         import subprocess
 
-        if self.proc is not None:
+        if self.proc is not None and self.proc.returncode is None:
             try:
                 self.proc.stdin.close()
             except (OSError, ValueError):
                 pass
             try:
-                self.proc.wait(timeout=timeout_s)
+                self.proc.wait(timeout=timeout_s)          # it starts no process: its exit ends its group
             except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)   # its threads and anything it left: nothing outlives the run
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait()
+                try:   # not reaped yet, so its pid (the group's id) cannot have been reused
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None

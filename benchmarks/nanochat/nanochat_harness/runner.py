@@ -867,7 +867,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             ccache.discard()    # a private copy: nothing a candidate wrote reaches another run
 
 
-DATA_BEFORE_CLOCK_S = 1.0   # + 2% of the budget: how much earlier than the clock line the first batch may be asked for
+DATA_BEFORE_CLOCK_S = 1.0   # + 1% of the budget: how much earlier than the clock line the first batch may be asked for
 
 
 def _served_clock(result: dict[str, Any], tr: dict[str, Any], report: dict[str, Any], budget_s: float) -> None:
@@ -875,7 +875,7 @@ def _served_clock(result: dict[str, Any], tr: dict[str, Any], report: dict[str, 
     when the first batch was asked for (``timings.data_clock_start_s``, seconds since the train
     process's launch). The clock's start is the earlier of that and the clock line's arrival
     (``tr["clock_start_s"]`` is updated): a clock started late never shortens the window. Train
-    data asked for more than ``DATA_BEFORE_CLOCK_S`` + 2% of the budget before the clock line (or
+    data asked for more than ``DATA_BEFORE_CLOCK_S`` + 1% of the budget before the clock line (or
     with no clock line at all) is a ``clock`` violation: training data used before the clock."""
     result["train_data"] = {k: report[k] for k in ("batches", "rows", "tokens", "bytes", "connections", "refused",
                                                    "streams", "load_s", "train_tokens", "ok", "error") if k in report}
@@ -885,7 +885,7 @@ def _served_clock(result: dict[str, Any], tr: dict[str, Any], report: dict[str, 
     data_s = float(first) - tr["launched_at"]
     result["timings"]["data_clock_start_s"] = round(data_s, 3)
     line_s = tr["clock_start_s"]
-    tolerance = DATA_BEFORE_CLOCK_S + 0.02 * budget_s
+    tolerance = DATA_BEFORE_CLOCK_S + 0.01 * budget_s
     if line_s is None or data_s < line_s - tolerance:
         late = "never started" if line_s is None else f"started {line_s - data_s:.1f} s later"
         result["violations"].append({"kind": "clock", "phase": "train", "detail": (
