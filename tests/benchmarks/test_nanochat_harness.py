@@ -77,8 +77,9 @@ SNOOP = []  # the tests put evaluation files here: reading them must be denied
 if __name__ == "__main__":
     cfg = H.config()
     import glob, os
-    cache = os.path.dirname(cfg["data"]["train"]["tokens"])
-    for p in SNOOP + (glob.glob(os.path.join(cache, "val-*.tokens.npy")) if SNOOP else []):
+    cache = os.path.dirname(cfg["data"]["token_bytes"])
+    for p in SNOOP + ([p for pat in ("val-*.tokens.npy", "train-*.tokens.npy") for p in glob.glob(os.path.join(cache, pat))]
+                      if SNOOP else []):
         try:
             print("SNOOP read", p, len(open(p, "rb").read()))
         except OSError as e:
@@ -434,6 +435,30 @@ def test_summary_parsing():
     assert R.parse_summary("no block") == {}
 
 
+def test_the_data_process_stamp_moves_the_clock_back_never_forward():
+    """The clock's start is the earlier of the clock line and the data process's first request;
+    train data asked for well before the clock line (or with none) is a clock violation."""
+    def judge(line_s, data_s, budget=20.0):
+        res = {"timings": {}, "violations": []}
+        tr = {"launched_at": 1000.0, "clock_start_s": line_s}
+        report = {"batches": 7, "tokens": 700, "connections": 1, "streams": [], "first_request_monotonic":
+                  None if data_s is None else 1000.0 + data_s}
+        R._served_clock(res, tr, report, budget)
+        return tr["clock_start_s"], res
+    start, res = judge(5.0, 5.01)                               # honest: the line, then the request
+    assert start == 5.0 and res["timings"]["data_clock_start_s"] == 5.01 and not res["violations"]
+    assert res["train_data"] == {"batches": 7, "tokens": 700, "connections": 1, "streams": []}
+    start, res = judge(5.0, 4.9)                                # within the tolerance: earlier wins, no violation
+    assert start == pytest.approx(4.9) and not res["violations"]
+    start, res = judge(30.0, 5.0)                               # trained 25 s on train data before the clock
+    assert start == pytest.approx(5.0) and [v["kind"] for v in res["violations"]] == ["clock"]
+    assert "25.0 s later" in res["violations"][0]["detail"] and "H.train_loader" in res["violations"][0]["detail"]
+    start, res = judge(None, 5.0)                               # data without ever starting the clock
+    assert start == pytest.approx(5.0) and "never started" in res["violations"][0]["detail"]
+    start, res = judge(3.0, None)                               # no data asked for: the line alone
+    assert start == 3.0 and "data_clock_start_s" not in res["timings"] and not res["violations"]
+
+
 # ----------------------------------------------------------------------------- the candidate API
 
 @pytest.fixture()
@@ -574,11 +599,21 @@ def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
     work = res_path.parent / "result.work"
     assert (work / "train.py").exists() and not (work / "notes.txt").exists()   # only editable files
     assert (work / "model.pt").exists()
-    # the train process could not read the evaluation data: denied, and recorded as violations
+    # the train process could not read the evaluation data, nor the train split's token cache: denied,
+    # and recorded as violations
     train_log = (res_path.parent / "result.harness" / "train.log").read_text()
-    assert "SNOOP read" not in train_log and train_log.count("SNOOP denied") >= 2, train_log
+    assert "SNOOP read" not in train_log and train_log.count("SNOOP denied") >= 3, train_log
     reads = [v["detail"] for v in res["violations"] if v["kind"] == "file_read"]
     assert any("val.parquet" in d for d in reads) and any("val-" in d and ".tokens.npy" in d for d in reads), reads
+    assert any("/train-" in d and ".tokens.npy" in d for d in reads), reads
+    # its batches came from the trusted data process, which stamped the first request (the clock line was
+    # printed just before it: no clock violation), counted what it served and is gone
+    served = res["train_data"]
+    assert served["connections"] == 1 and served["batches"] >= m["steps"] and served["tokens"] >= m["tokens"]
+    assert t["data_clock_start_s"] == pytest.approx(t["clock_start_s"], abs=1.0) and t["clock_start_s"] <= t["data_clock_start_s"]
+    assert not [v for v in res["violations"] if v["kind"] == "clock"], res["violations"]
+    pid = json.loads((res_path.parent / "result.harness" / "data_server.json").read_text())["pid"]
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_runs_sharing_a_gpu_take_turns_for_their_timed_work(tmp_path, shared_cache):
