@@ -983,6 +983,24 @@ def setup_run(add) -> None:
                     help="re-check everything: never carry the parent's results of unchanged problems (kernels)")
 
 
+def cmd_reopen(args) -> int:
+    lab, c = _open_lab_candidate(args)
+    before = c.state
+    c, moved = lab.reopen(c, args.reason)
+    info = {"candidate": c.id, "was": str(before.value), "state": "READY", "runs_set_aside": moved}
+    _emit(args, info, f"{c.id} was {before.value}, now READY; {len(moved)} run(s) set aside as "
+                      f"'infrastructure: reopened by hand' ({', '.join(moved) or 'none'}); "
+                      f"the next `autolab loop` screens it again")
+    return 0
+
+
+def setup_reopen(add) -> None:
+    sp = add("reopen", cmd_reopen, "undo the decisions on a candidate whose runs a harness or machine fault spoiled: "
+                                   "its runs are set aside (kept in the log) and the loop screens it again")
+    sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")
+    sp.add_argument("--reason", required=True, help="what spoiled its runs (recorded with each run set aside)")
+
+
 def setup_audit(add) -> None:
     sp = add("audit", cmd_audit, "audit a candidate of a lab against its parent (the loop's checks and paired test)")
     sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")

@@ -305,8 +305,13 @@ class Ledger:
         return {th: self.best(th) for th in self.threads()}
 
     def latest_verdict(self, candidate: Candidate | str, stage: str | None = None) -> Verdict | None:
+        """The candidate's latest verdict (of a stage); verdicts set aside when it was reopened
+        (``Lab.reopen``) do not count."""
         cid = self._cid(candidate)
-        vs = [v for v in self.log.verdicts_list() if v.candidate_id == cid and (stage is None or v.meta.get("stage") == stage)]
+        c = self.log.get("candidate", cid)
+        aside = set((c.meta or {}).get("verdicts_set_aside") or ()) if c is not None else set()
+        vs = [v for v in self.log.verdicts_list() if v.candidate_id == cid and v.id not in aside
+              and (stage is None or v.meta.get("stage") == stage)]
         return vs[-1] if vs else None
 
     def leaderboard(self, preset: str | None = None):

@@ -344,3 +344,33 @@ def test_the_ledger_sits_low_and_nothing_below_the_loop_imports_it_back():
     assert imports("ledger.py") == {"log", "records"}
     for rel in ("_propose.py", "merge.py", "lab.py", "_audit/__init__.py", "_run.py"):
         assert "_loop" not in imports(rel), rel
+
+
+def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, capsys):
+    """A harness fault spoiled a candidate's runs: reopening sets them aside (kept, KILLED as the
+    machine's doing), sets its verdicts aside, and the loop's questions see a fresh candidate."""
+    from autolab.cli import main
+    from autolab.errors import AutolabError
+    from autolab.ledger import latest_verdict, missing_seeds, not_a_verdict
+
+    lab = toy_lab
+    seed = lab.seed_candidate()
+    confirm(lab, seed, [4.0, 4.1, 3.9], purpose="baseline")
+    add_run(lab, seed, 4.0, purpose="screen", seed=1)
+    c = add_cand(lab, seed, 2.0)
+    spoiled = add_run(lab, c, 9.0, purpose="screen", seed=1)
+    autolab.audit(lab, c, stage="screen")
+    assert lab.candidate(c.id).state is State.REJECTED and latest_verdict(lab, c, "screen") is not None
+    with pytest.raises(AutolabError, match="say why"):
+        lab.reopen(c, " ")
+    with pytest.raises(AutolabError, match="the lab's seed"):
+        lab.reopen(seed, "x")
+    assert main(["reopen", str(lab.path), c.id, "--reason", "the read guard did not know the compile cache", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["was"] == "REJECTED" and out["runs_set_aside"] == [spoiled.id]
+    c2 = lab.candidate(c.id)
+    assert c2.state is State.READY and latest_verdict(lab, c2, "screen") is None and latest_verdict(lab, c2) is None
+    r = lab.log.get("run", spoiled.id)
+    assert r.state is State.KILLED and not_a_verdict(r) and "compile cache" in r.error["reason"]
+    assert missing_seeds(lab, c2, "screen", 1) == [1]                 # the loop screens it again
+    assert len(lab.log.verdicts_list()) == 1                          # nothing deleted
