@@ -640,7 +640,7 @@ def cmd_loop(args) -> int:
         s = loop(lab, iterations, threads=args.threads, proposer=proposer, implementer=implementer,
                  executor=executor, progress=False, on_event=progress, proposer_seed=args.proposer_seed,
                  merge_llm=resolver, more=args.more, max_time_s=args.max_time, deadline=args.deadline,
-                 hard_limit=args.hard_limit)
+                 hard_limit=args.hard_limit, ablate=args.ablate)
     finally:
         if progress is not None:
             progress.close()
@@ -1033,6 +1033,10 @@ def setup_loop(add) -> None:
     sp.add_argument("--hard-limit", action="store_true",
                     help="at the limit, kill runs still going and record them KILLED \"time limit\" (re-run on resume) "
                          "instead of letting them finish")
+    sp.add_argument("--ablate", choices=("auto", "off"), default="auto",
+                    help="auto (default): when the research is done, ablate the best candidate if two or more of its "
+                         "changes can be removed alone (each removed alone, run beside it on final seeds; once per candidate, within "
+                         "the time box; an unfinished one is finished on resume); off: never. See `autolab ablate`")
     sp.add_argument("--keep-models", type=_count0, default=None, metavar="N",
                     help="model files kept: the best, promoted and undecided candidates' and the last N runs' "
                          "(default: lab.json's keep_models, else 2); saved in lab.json. See `autolab gc`")

@@ -83,7 +83,7 @@ def test_ablate_measures_each_change_reports_the_rest_and_survives_a_reopen(tmp_
     assert without_trick.parent_id is None and without_trick.meta["origin"] == "ablation"
     assert without_trick.meta["ablation_of"] == c.id and "USE_TRICK = True" in without_trick.diff
     runs = lab.log.runs_list()
-    assert {r.purpose for r in runs} == {"final"} and len(runs) == 6 and all(r.ok for r in runs)
+    assert {r.purpose for r in runs} == {"ablation"} and len(runs) == 6 and all(r.ok for r in runs)
 
     # the rows survive a reopen (a new process would see the same), as a DataFrame for the report
     table = ablation_table(autolab.Lab(lab.path))
