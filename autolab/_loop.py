@@ -988,11 +988,12 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     cancel one run. ``autolab.start_loop`` runs a loop in a background thread with one.
 
     ``ablate="auto"`` (default): once the research has nothing left under way, the best candidate,
-    when two or more of the changes it carries relative to the seed (stacked promotions, a merge) can
-    be removed alone (``autolab.ablation.due``), is ablated (``autolab.ablation``): it and each "it minus one change" run on the same final seeds,
-    through the same executor, slots and time limit, and the rows are recorded in the log; once per
-    candidate, and an ablation an earlier loop left unfinished is finished first. Its runs (purpose
-    "ablation") decide nothing and count in ``runs`` (``LoopSummary.ablation_runs``). ``"off"``: none."""
+    when two or more of the changes it carries relative to the seed (stacked promotions, a merge)
+    can be removed alone (``autolab.ablation.due``), is ablated (``autolab.ablation``): it and each
+    "it minus one change" run on the same final seeds, through the same executor, slots and time
+    limit, and the rows are recorded in the log; once per candidate, and an ablation an earlier
+    loop left unfinished is finished first. Its runs (purpose "ablation") decide nothing and count
+    in ``runs`` (``LoopSummary.ablation_runs``). ``"off"``: none."""
     t0 = time.monotonic()
     if max_time_s is None:
         max_time_s = time_limit_s

@@ -736,14 +736,14 @@ def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, las
     out += ["", f"runs ({'the last ' + str(len(shown)) + ' of ' if len(shown) < len(runs) else ''}{len(runs)}; "
                 "--last N shows more, --json all):", format_table(rows, "llllllrl") if len(rows) > 1 else "  (none yet)"]
     if ablations is not None and not ablations.empty:
-        rows = [["candidate", "#", "change", "status", "n", "contribution", "95% interval", "p"]]
+        rows = [["candidate", "#", "change", "status", "n", "contribution", "95% interval", "p", "verdict"]]
         for _, a in ablations.iterrows():
             m = a["status"] == "measured"
             rows.append([a["candidate_id"], str(a["change"]), _clip(a["title"], 40), a["status"], str(a["n"]),
                          _num(a["effect"], "+.4f") if m else "", f"[{_num(a['ci_low'], '+.4f')}, {_num(a['ci_high'], '+.4f')}]"
-                         if m else "", _num(a["p_value"], ".3g") if m else ""])
+                         if m else "", _num(a["p_value"], ".3g") if m else "", a["verdict"] if m else ""])
         out += ["", "ablations (each change removed alone, on fresh seeds; contribution > 0: the change helps):",
-                format_table(rows, "lrllrrrr")]
+                format_table(rows, "lrllrrrrl")]
     if usage:
         out += ["", "LLM usage per model:", format_table(_llm_usage_rows(usage), "lrrrrrrrrr")]
     return "\n".join(out)
