@@ -508,19 +508,19 @@ def cmd_ablate(args) -> int:
         if progress is not None:
             progress.close()
     name, direction = lab.task.metric.name, lab.task.metric.direction
-    table = [["#", "change", "status", "n", "full", "without", "contribution", "95% interval", "p"]]
+    table = [["#", "change", "status", "n", "full", "without", "contribution", "95% interval", "p", "verdict"]]
     for r in rows:
         m = r.status == MEASURED
         table.append([str(r.change), _clip(r.title, 40), r.status, str(len(r.seeds)) if r.seeds else "",
                       _num(sum(r.full) / len(r.full)) if r.full else "", _num(sum(r.without) / len(r.without)) if r.without else "",
                       _num(r.effect, "+.4f") if m else "", f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]" if m else "",
-                      f"{r.p_value:.3g}" if m and r.p_value is not None else ""])
+                      f"{r.p_value:.3g}" if m and r.p_value is not None else "", r.verdict if m else ""])
     text = [f"ablation {rows[0].ablation_id if rows else ''} of {c.id} on {lab.preset_name} ({name}, {direction}; "
             "contribution = the full candidate's paired gain over the candidate without the change, positive = it helps):",
-            format_table(table, align="rllrrrrrr")]
+            format_table(table, align="rllrrrrrrl")]
     text += [f"  #{r.change}: {r.detail}" for r in rows if r.status != MEASURED and r.detail]
     text.append(f"recorded in {lab.log.path} (events 'ablation'); read it back with autolab.ablation.ablation_table(lab)")
-    _emit(args, {"lab": str(lab.path), "candidate_id": c.id, "rows": [r.__dict__ for r in rows]}, "\n".join(text))
+    _emit(args, {"lab": str(lab.path), "candidate_id": c.id, "rows": [{**r.__dict__, "verdict": r.verdict} for r in rows]}, "\n".join(text))
     return 1 if any(r.status == NO_RUNS for r in rows) else 0
 
 

@@ -331,7 +331,7 @@ def ablation_html(log: ResearchLog) -> str:
             out.append(f'<div style="{H.FONT} color:#6e7781; margin:6px 0;">Ablation {H.code(p.ablation_id)} of '
                        f'{H.code(p.candidate_id)} is in progress (planned {H.esc(p.created_at[:16])} by '
                        f'{H.esc(p.by or "hand")}): its rows appear once its runs are in; the next <code>autolab loop</code> '
-                       f'finishes it.</div>')
+                       f'(<code>--ablate auto</code>, the default) finishes it.</div>')
     if not out:
         return (f'<div style="{H.FONT} color:#6e7781;">No ablation recorded. The loop ablates the best candidate once '
                 f'two or more of its changes (stacked promotions or a merge) can be removed alone '
