@@ -85,6 +85,10 @@ def test_the_loop_ablates_the_stacked_best_resumes_and_reports(stacked, tmp_path
     seed = lab.seed_candidate()
     first = [c for c in lab.log.candidates_list() if c.parent_id == seed.id and c.state is State.PROMOTED][0]
 
+    # 0. within the time box: no ablation run starts that would likely end past it
+    s = autolab.loop(lab, iterations=2, max_time_s=2, progress=False)
+    assert s.reason == "time_limit" and "time limit" in s.stopped and not _ablation_runs(lab)
+
     # 1. interrupted: a stop (in-flight runs cancelled) as soon as the first ablation run ends
     control = autolab.LoopControl()
 
