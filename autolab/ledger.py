@@ -32,6 +32,9 @@ from .records import Candidate, Purpose, Run, State, Verdict, now
 # Runs whose seeds were not used to select the candidate: the evidence for promotion and for "best".
 SELECTION_FREE: tuple[str, ...] = tuple(p.value for p in Purpose.aliases(Purpose.CONFIRM))
 
+# Runs on the final range (seeds never used to select anything): final comparisons and ablations.
+FINAL_RANGE: tuple[str, ...] = tuple(p.value for p in Purpose.aliases(Purpose.FINAL))
+
 # Runs that select a candidate (screening, and runs made by hand): paired with the parent's on the same seeds.
 SELECTION_BY_RUN: tuple[str, ...] = (Purpose.SCREEN.value, Purpose.MANUAL.value)
 
@@ -183,7 +186,7 @@ class Ledger:
         """Pooled within-candidate standard deviation of the metric over selection-free (and
         final) runs: the noise of this task on this hardware, measured in this lab."""
         groups: dict[str, list[float]] = {}
-        counted = SELECTION_FREE + (Purpose.FINAL.value,)
+        counted = SELECTION_FREE + FINAL_RANGE
         for r in self.log.runs_list():
             if r.state is State.COMPLETE and r.purpose in counted and self._preset_ok(r, None) \
                     and isinstance(r.metrics.get(self.metric), (int, float)):
@@ -223,7 +226,7 @@ class Ledger:
             if not c.parent_id:
                 continue
             d = []
-            for ps in (SELECTION_BY_RUN, (Purpose.FINAL.value,), SELECTION_FREE):
+            for ps in (SELECTION_BY_RUN, FINAL_RANGE, SELECTION_FREE):
                 d += [cv - pv for _, cv, pv in self.pairs(c, c.parent_id, ps, runs=runs)]
             if len(d) > 1:
                 num += (len(d) - 1) * statistics.variance(d)
@@ -395,9 +398,10 @@ class Ledger:
     def models_needed(self, keep_last: int = 2) -> dict[str, str]:
         """{run id: why} of the ended runs whose model file can still be needed (``Lab.reclaim``
         removes the other ended runs' model files). One run per candidate that is the best
-        (overall or of a research line), PROMOTED, or undecided (READY, not the seed: a
-        pending audit may still promote it): its latest COMPLETE selection-free run on the
-        lab's preset, else its latest COMPLETE run (red-team runs never stand for a candidate);
+        (overall or of a research line), PROMOTED, or undecided (READY, not the seed nor an
+        ablation's variant, which is never decided: a pending audit may still promote it): its
+        latest COMPLETE selection-free run on the lab's preset, else its latest COMPLETE run
+        (red-team runs never stand for a candidate);
         plus the ``keep_last`` runs that ended last, whatever their state. RUNNING runs are
         never in the answer and never touched."""
         runs = [r for r in self.log.runs_list() if r.state is not State.RUNNING]
@@ -412,7 +416,7 @@ class Ledger:
         for c in self.log.candidates_list():
             if c.state is State.PROMOTED:
                 why.setdefault(c.id, "a promoted candidate")
-            elif c.state is State.READY and (seed is None or c.id != seed.id):
+            elif c.state is State.READY and (seed is None or c.id != seed.id) and c.meta.get("origin") != "ablation":
                 why.setdefault(c.id, "an undecided candidate")
         by_candidate: dict[str, list[Run]] = {}
         for r in runs:

@@ -12,7 +12,8 @@ import warnings
 import pytest
 
 import autolab
-from autolab.ledger import (MAX_ATTEMPTS, SEED_BASE, SELECTION_FREE, Ledger, current_owner, owner_alive, seed_range)
+from autolab.ledger import (FINAL_RANGE, MAX_ATTEMPTS, SEED_BASE, SELECTION_FREE, Ledger, current_owner, owner_alive,
+                            seed_range)
 from autolab.records import Idea, Purpose, Run, State, Verdict, new_id, now
 
 
@@ -59,7 +60,9 @@ def test_purpose_is_the_stored_string_and_baseline_counts_as_confirm():
     assert Purpose.CONFIRM == "confirm" and "confirm" in {Purpose.CONFIRM} and Purpose.FINAL in {"final"}
     assert json.dumps({"p": Purpose.BASELINE}) == '{"p": "baseline"}'
     assert SELECTION_FREE == ("confirm", "baseline")
-    assert SEED_BASE == {"screen": 1, "manual": 1, "redteam": 1, "confirm": 101, "baseline": 101, "final": 1001}
+    assert SEED_BASE == {"screen": 1, "manual": 1, "redteam": 1, "confirm": 101, "baseline": 101, "final": 1001,
+                         "ablation": 1001}
+    assert Purpose.ABLATION.canonical is Purpose.FINAL and FINAL_RANGE == ("final", "ablation")
     assert seed_range("baseline") == seed_range(Purpose.CONFIRM) == 101
     with pytest.raises(ValueError, match="unknown run purpose 'scren'; use one of: screen, confirm"):
         Purpose.parse("scren")
