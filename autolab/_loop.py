@@ -200,16 +200,16 @@ def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None,
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
+    who = ""
     if of_seed is not None:
         seed_id = _seed_id(lab)
         kind = [r for r in done if (r.candidate_id == seed_id) == of_seed]
         if kind:
-            done = kind
+            done, who = kind, (" (the seed's)" if of_seed else " (candidates')")
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
-    who = "" if of_seed is None else (" of the seed" if of_seed else " of candidates")
-    for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs{who}"), (done, f"runs{who} of any purpose")):
+    for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
-            return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
+            return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what}{who} on {preset}"
     expected = lab.preset.settings.get("expected_run_s")
     if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
         return float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"

@@ -274,6 +274,6 @@ def test_the_estimate_tells_the_seeds_runs_from_candidates_runs(toy_lab):
         runs.append(r.with_state(State.COMPLETE, timings={"papermill_s": wall}))
     assert run_duration_estimate(toy_lab, "confirm", runs=runs)[0] == 90.0
     est, how = run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=False)
-    assert est == 18.0 and "of candidates" in how
+    assert est == 18.0 and "(candidates')" in how
     assert run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=True)[0] == 90.0
     assert run_duration_estimate(toy_lab, "screen", runs=runs[:3], of_seed=False)[0] == 90.0   # none of that kind yet

@@ -785,9 +785,11 @@ def test_over_budget_is_killed(tmp_path, shared_cache):
     """On the wall clock (the GPU presets' rule; the cpu clock's sleeper is in test_nanochat_cpu_clock)."""
     cand = _candidate(tmp_path, SLEEPER)
     res = R.run_benchmark(cand, 1, "cpu-tiny", tmp_path / "r.json", task_dir=_task_copy(tmp_path, cand),
-                          overrides={"budget_s": 1, "allowance_s": 6, "kill_grace_s": 1, "clock": "wall"}, echo=False)
-    assert res["status"] == "killed" and "timeout" in res["reason"], res
-    assert 3 <= res["timings"]["train_s"] < 15
+                          overrides={"budget_s": 1, "allowance_s": 20, "kill_grace_s": 1, "clock": "wall"}, echo=False)
+    # allowance 20 s: on a loaded machine the start-up (python, torch) may wait several seconds for
+    # a CPU; the sleep must still be most of the run, or the kill is (rightly) the machine's
+    assert res["status"] == "killed" and "timeout" in res["reason"], res["reason"]
+    assert 21 <= res["timings"]["train_s"] < 40
     assert "val_bpb" not in res["metrics"]
 
 
