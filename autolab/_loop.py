@@ -33,6 +33,7 @@ from . import ablation as _ablation
 from ._audit import audit
 from .errors import AutolabError, BudgetExceeded, CandidateError
 from .executors import Executor, get_executor
+from .harnesskit import seed_cache_ready
 from ._implement import Implementer, implement
 from .lab import Lab
 # every question about the log is the ledger's; best_candidate, mean_metric, noise_sd and
@@ -366,6 +367,14 @@ class LoopControl:
             self.attached.set()
 
 
+def _needs_warm_start(lab: Lab, seed: Candidate) -> bool:
+    """The preset asks for a warm start (``warm_start = true``: its runs torch.compile) and this
+    machine holds no compile cache of the lab's seed for the preset's device."""
+    if not lab.preset.settings.get("warm_start"):
+        return False
+    return not seed_cache_ready(lab.key, seed.id, lab.preset.device)
+
+
 class _Baseline:
     """The seed's selection-free runs, started without waiting: proposals are prepared while they run."""
 
@@ -381,6 +390,16 @@ class _Baseline:
             if track is not None:
                 track(run, fut)
             self.futs.append(fut)
+        if not seeds and _needs_warm_start(lab, seed) and (fits is None or fits(Purpose.FINAL, True)):
+            # a machine without the seed's compile cache: one of the seed's final-comparison runs
+            # (needed anyway, never used for selection) writes it before any candidate compiles
+            for s in missing_seeds(lab, seed, Purpose.FINAL, lab.task.seeds.final)[:1]:
+                run, fut = submit_run(lab, seed, s, purpose=Purpose.FINAL, executor=executor, on_event=on_event)
+                if track is not None:
+                    track(run, fut)
+                self.futs.append(fut)
+                if on_event is not None:
+                    on_event({"type": "warm_start", "run": run.id, "seed": s})
         for f in self.futs:
             f.add_done_callback(lambda _f: (bar.update(1) if bar is not None else None, notify()))
 

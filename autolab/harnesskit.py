@@ -223,6 +223,13 @@ def lab_compile_caches(lab_key: str) -> dict[str, Path]:
     return out
 
 
+def seed_cache_ready(lab_key: str, seed_id: str, device: str) -> bool:
+    """True when this machine holds the compile cache a lab's seed runs wrote for this device
+    and torch version (what every other run of the lab starts from)."""
+    folder = cache_root() / "compile" / device_tag(device) / _slug(lab_key) / _slug(seed_id)
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
 def install_compile_caches(lab_key: str, unpacked: Path, recorded_root: str) -> tuple[list[str], str]:
     """Put compile caches carried in a lab archive (``unpacked/<device tag>/<seed id>``) where
     this machine's runs of the lab look for them. Returns (what was installed, why the rest was

@@ -277,3 +277,37 @@ def test_the_estimate_tells_the_seeds_runs_from_candidates_runs(toy_lab):
     assert est == 18.0 and "(candidates')" in how
     assert run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=True)[0] == 90.0
     assert run_duration_estimate(toy_lab, "screen", runs=runs[:3], of_seed=False)[0] == 90.0   # none of that kind yet
+
+
+def test_a_machine_without_the_seeds_compile_cache_gets_a_warm_start_run_first(tmp_path, toy_task, monkeypatch):
+    """warm_start presets (their runs torch.compile): on a machine that holds no compile cache of
+    the lab's seed, a loop whose baseline is done first runs one of the seed's final-comparison
+    seeds (which writes it); where the cache is there, it does not."""
+    from autolab._loop import _Baseline
+    from autolab.executors import get_executor
+    from autolab.harnesskit import cache_root, device_tag
+    from autolab.records import new_id
+
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text().replace("[presets.quick]\n", "[presets.quick]\nwarm_start = true\n"))
+    lab = autolab.Lab(tmp_path / "lab", task=str(toy_task))
+    seed = lab.seed_candidate()
+    for s in (101, 102, 103):       # the baseline, done on another machine
+        r = lab.log.append(Run(id=new_id("r"), task="toy", candidate_id=seed.id, preset=lab.preset_name, seed=s,
+                               purpose="baseline"))
+        lab.log.append(r.with_state(State.COMPLETE, metrics={"loss": 4.0}))
+    events = []
+    with get_executor("local") as ex:
+        b = _Baseline(lab, ex, events.append, None, lambda: None)
+        for f in b.futs:
+            f.result()
+    finals = [r for r in lab.log.runs_list() if r.purpose == "final"]
+    assert [(r.candidate_id, r.seed) for r in finals if r.state is State.COMPLETE] == [(seed.id, 1001)]
+    assert any(e.get("type") == "warm_start" for e in events)
+    # the toy's runs write no compile cache: as a GPU run's would, put the seed's folder in place
+    folder = cache_root() / "compile" / device_tag("cpu") / lab.key / seed.id / "inductor"
+    folder.mkdir(parents=True)
+    (folder / "entry").write_text("compiled")
+    with get_executor("local") as ex:
+        assert _Baseline(lab, ex, None, None, lambda: None).futs == []
