@@ -143,64 +143,7 @@ CLOCK_LINE = "[nanochat-harness] training clock started"
 SAVED_LINE = "[nanochat-harness] model saved for evaluation"
 
 
-class _TreeCPU:
-    """CPU seconds (user + system) used so far by this process (all its threads), its children
-    that were waited for, and its live descendants (with what they waited for in turn). The
-    descendants are found by a scan of /proc at most once a second; between scans only their
-    own stat files are read. Never decreases."""
-
-    def __init__(self) -> None:
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.desc: dict[int, bytes] = {}   # pid -> start time field (a reused pid is not ours)
-        self.next_scan = 0.0
-        self.best = 0.0
-
-    @staticmethod
-    def _stat(pid: int) -> list[bytes] | None:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        return data[data.rfind(b")") + 2:].split()
-
-    def _scan(self) -> None:
-        children: dict[int, list[tuple[int, bytes]]] = {}
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return
-        for name in names:
-            if name.isdigit():
-                rest = self._stat(int(name))
-                if rest and len(rest) > 19:
-                    children.setdefault(int(rest[1]), []).append((int(name), rest[19]))
-        found: dict[int, bytes] = {}
-        todo = [os.getpid()]
-        while todo:
-            for pid, st in children.get(todo.pop(), ()):
-                if pid not in found:
-                    found[pid] = st
-                    todo.append(pid)
-        self.desc = found
-
-    def __call__(self) -> float:
-        t = os.times()
-        total = t.user + t.system + t.children_user + t.children_system
-        now = time.monotonic()
-        if now >= self.next_scan:
-            self.next_scan = now + 1.0
-            self._scan()
-        ticks = 0
-        for pid, st in list(self.desc.items()):
-            rest = self._stat(pid)
-            if not rest or len(rest) <= 19 or rest[19] != st:
-                del self.desc[pid]        # gone: its CPU is now in its parent's children figures
-                continue
-            ticks += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])   # utime stime cutime cstime
-        self.best = max(self.best, total + ticks / (self.hz or 100))
-        return self.best
-
+from autolab.harnesskit import TreeCPU as _TreeCPU  # noqa: E402 - the tree's CPU seconds (shared with speedrun)
 
 _tree_cpu = _TreeCPU()
 

@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from autolab.harnesskit import result_skeleton
+from autolab.harnesskit import idle_core_seconds as _idle_core_s, result_skeleton
+from autolab.harnesskit import wall_net_reason as _wall_net_reason
 
 from . import CLOCK_LINE, SAVED_LINE
 from .boot import READY_LINE
@@ -181,17 +182,6 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
         "saved_s": (marks["saved"] - t_launch) if "saved" in marks else None,
         "model_changed_after_save": bool(saved_stat) and saved_stat != [_stat(cwd / "model.pt"), _stat(cwd / "model.json")],
     }
-
-
-def _idle_core_s() -> float | None:
-    """Idle CPU seconds of the whole machine so far, summed over its cores (/proc/stat: idle +
-    iowait), or None where it cannot be read."""
-    try:
-        with open("/proc/stat") as fh:
-            f = fh.readline().split()
-        return (int(f[4]) + int(f[5])) / (os.sysconf("SC_CLK_TCK") or 100)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _stat(p: Path) -> tuple | None:
@@ -920,27 +910,6 @@ def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: flo
             f"thread), but the harness's CPU clock counted {float(clock_s):.1f} s of training: more than the "
             f"{allowance_s:g} s start-up allowance (+{slack:.1f} s) was spent out of the clock's view (a helper "
             f"process it did not see, or a patched clock); do all the work inside the harness's clock")})
-
-
-def _wall_net_reason(wall_s: float, cpu_used: float, limit: float, factor: float, idle: float | None,
-                     wait: float | None = None) -> str:
-    """Why the wall-clock safety net of a cpu-clock run fired: the machine starved the run (an
-    infrastructure failure) or the run did not use the CPU it could have (the candidate's).
-    Starved: its processes were running or runnable (waiting for a CPU: ``wait``, the schedstat
-    run delay) at least half of the wall time; where that is not known, the machine had fewer
-    idle core-seconds (``idle``) than the run still needed."""
-    need = max(0.0, limit - cpu_used)
-    net = f"the wall-clock safety net ({factor:g} x the {limit:g} CPU s limit = {factor * limit:g} s)"
-    starved = (cpu_used + wait >= 0.5 * wall_s) if wait is not None else (idle is not None and idle < need)
-    if starved:
-        waited = f", waited {wait:.0f} s for a CPU" if wait is not None else ""
-        spare = f" (the machine had {idle:.1f} idle core-seconds)" if idle is not None else ""
-        return (f"infrastructure: the machine was too busy: in {wall_s:.0f} s of wall time the run got "
-                f"{cpu_used:.1f} of its {limit:g} CPU seconds{waited}{spare}, so {net} ended it; not the "
-                f"candidate's fault: run it again on a less loaded machine (or raise wall_factor in task.toml)")
-    return (f"timeout: the train process used only {cpu_used:.1f} CPU seconds in {wall_s:.0f} s of wall time while "
-            f"the machine had {'' if idle is None else f'{idle:.0f} '}idle core-seconds: it waited (sleep, I/O, a "
-            f"lock) instead of training, past {net}, and was killed")
 
 
 # ----------------------------------------------------------------------------- by hand
