@@ -73,7 +73,7 @@ def test_the_clock_counts_cpu_not_sleep_nor_validation(cpu_clock, monkeypatch):
     monkeypatch.setitem(H._S.cfg, "cpu_limit_s", H._TREE() + 3.0)
     monkeypatch.setitem(H._S.cfg, "finish_reserve_s", 1.0)
     monkeypatch.setitem(H._S.cfg, "deadline", time.time() - 100)
-    assert 1.5 < H.time_left() <= 2.0
+    assert 1.5 < H.time_left() <= 2.0 + 1e-9
     assert H._clock_intact()["passed"]
     monkeypatch.setattr(H, "_TREE", H.TreeCPU())       # another reader behind the clock is seen
     assert H._clock_intact()["replaced"] == ["speedrun_harness._TREE"]
@@ -96,26 +96,6 @@ def test_the_clock_charges_helper_processes(cpu_clock):
         if child.poll() is None:
             child.kill()
             child.wait()
-
-
-def test_the_same_work_reads_the_same_with_a_busy_process_beside(cpu_clock):
-    """A fixed amount of work (not a fixed CPU time) reads about the same on the clock whether
-    or not a CPU-bound process competes for the cores."""
-    def work() -> float:
-        t = H.elapsed()
-        x = 0
-        for i in range(3_000_000):
-            x += i * i
-        return H.elapsed() - t
-
-    quiet = work()
-    busy = subprocess.Popen([PY, "-c", "while True: pass"])
-    try:
-        loaded = work()
-    finally:
-        busy.kill()
-        busy.wait()
-    assert 0.6 <= loaded / quiet <= 1.6, (quiet, loaded)
 
 
 def test_clock_check_on_cpu_stamps():
