@@ -27,7 +27,6 @@ import queue
 import socket
 import struct
 import threading
-import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -154,13 +153,7 @@ class TrainLoader:
                 y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
                 if self._pin:
                     x, y = x.pin_memory(), y.pin_memory()
-                item = (x, y, self.packer.epoch)
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                _hand_over(self._q, (x, y, self.packer.epoch), self._stop)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             self._q.put(e)
 
@@ -189,6 +182,16 @@ class TrainLoader:
 
 _HEADER = struct.Struct("<IIQ")       # the data process's batch header: kind, epoch, payload bytes (data_server)
 _CREDIT = struct.Struct("<I")
+
+
+def _hand_over(q: queue.Queue, item, stop: threading.Event) -> None:
+    """Put ``item`` on the loader's queue, waiting while it is full, unless the loader stops."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 class ServedLoader:
@@ -229,18 +232,12 @@ class ServedLoader:
 
     @staticmethod
     def _connect(address: str, timeout_s: float) -> socket.socket:
-        end = time.monotonic() + timeout_s
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(address)
-                return s
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                s.close()
-                if time.monotonic() > end:
-                    raise RuntimeError(f"nanochat_harness: no train data process at {address} after {timeout_s:g} s "
-                                       f"({e}); start the run through nanochat_harness.runner") from None
-                time.sleep(0.05)
+        from .wire import WireError, connect
+
+        try:
+            return connect(address, timeout_s, what="train data process")
+        except WireError as e:
+            raise RuntimeError(f"nanochat_harness: {e}; start the run through nanochat_harness.runner") from None
 
     def _line(self) -> dict:
         buf = b""
@@ -282,12 +279,7 @@ class ServedLoader:
                 else:
                     item = (rows[:, :-1].to(torch.int64, memory_format=torch.contiguous_format),
                             rows[:, 1:].to(torch.int64, memory_format=torch.contiguous_format), int(epoch))
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                _hand_over(self._q, item, self._stop)
                 self._sock.sendall(_CREDIT.pack(1))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             if not self._stop.is_set():

@@ -85,8 +85,8 @@ def listen(path: str) -> socket.socket:
     return s
 
 
-def connect(path: str, wait_s: float = 60.0) -> socket.socket:
-    """Connect to ``path``, retrying while the listener is not up yet."""
+def connect(path: str, wait_s: float = 60.0, what: str = "evaluator") -> socket.socket:
+    """Connect to ``path``, retrying while the listener (``what``) is not up yet."""
     deadline = time.monotonic() + wait_s
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,5 +96,5 @@ def connect(path: str, wait_s: float = 60.0) -> socket.socket:
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()
             if time.monotonic() > deadline:
-                raise WireError(f"no evaluator listening at {path} after {wait_s:g}s") from None
+                raise WireError(f"no {what} listening at {path} after {wait_s:g}s") from None
             time.sleep(0.05)
