@@ -19,7 +19,7 @@ from .ledger import INFRASTRUCTURE, Ledger, first_seed_in_log, not_a_verdict
 from .log import ResearchLog
 from .records import Candidate, Run, State, now
 from .store import Store, candidate_id, sha256
-from .task import Task, load_task
+from .task import Task, compile_python, load_task
 
 
 _WARNED: set[tuple[str, str]] = set()   # (lab, disk seed) pairs already warned about in this process
@@ -165,7 +165,7 @@ def check_compiles(files: Mapping[str, str], where: str = "after the edits") -> 
         if not path.endswith(".py"):
             continue
         try:
-            compile(src, path, "exec", dont_inherit=True)
+            compile_python(src, path)
         except SyntaxError as e:
             line = (e.text or "").rstrip()
             raise CandidateError(f"{path} does not compile{where}: {e.msg} at line {e.lineno}"

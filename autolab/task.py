@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -228,6 +229,25 @@ def _sha256(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+# CPython before 3.11.8 / 3.12.1 shares the AST builder's recursion guard between threads
+# (gh-106905): two threads parsing at once can fail with "SystemError: AST constructor recursion
+# depth mismatch". The loop and the red team parse candidates' files in worker threads, so every
+# parse and compile of source text in autolab goes through this lock.
+_AST_LOCK = threading.Lock()
+
+
+def parse_python(text: str) -> ast.Module:
+    """``ast.parse(text)``, one thread at a time (see _AST_LOCK)."""
+    with _AST_LOCK:
+        return ast.parse(text)
+
+
+def compile_python(src: str, path: str) -> None:
+    """Compile ``src`` (nothing is executed; SyntaxError as compile raises it), one thread at a time."""
+    with _AST_LOCK:
+        compile(src, path, "exec", dont_inherit=True)
+
+
 def local_imports(text: str, files: "Mapping[str, Any]") -> set[str]:
     """The files of ``files`` (relative paths) that the Python source ``text`` imports by module
     name (``import x``, ``from x import y``, ``from . import x``); every ``.py`` file when the
@@ -239,7 +259,7 @@ def local_imports(text: str, files: "Mapping[str, Any]") -> set[str]:
         elif f.endswith(".py"):
             by_module[f[:-3].replace("/", ".")] = f
     try:
-        tree = ast.parse(text)
+        tree = parse_python(text)
     except (SyntaxError, ValueError):
         return set(by_module.values())
     names: set[str] = set()
