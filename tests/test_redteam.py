@@ -67,15 +67,30 @@ KERNELS_GPU = {"work on a side stream outside the timed region": {"side_stream"}
                "a time below the speed-of-light bound": {"faster_than_light"}}
 
 
-# `make test` runs one case of every class above (the first by name), the honest controls and a
-# few honest improvements (HONEST_SAMPLE); the whole corpus runs with AUTOLAB_REDTEAM_FULL=1
-# (`make redteam`, about 70 papermill runs), as the checks of the issues do.
-HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging", "block_512", "lr_up"}
+# `make test` runs one case of every class above, the honest controls (HONEST) and two honest
+# controls of the nanochat probes' false-positive risks (HONEST_SAMPLE: a dropout the determinism
+# probe must accept, timer reads the static scan must only warn about); the whole corpus, with
+# its honest improvements (block_512, lr_up...), runs with AUTOLAB_REDTEAM_FULL=1 (`make redteam`,
+# about 70 papermill runs), as the checks of the issues do.
+HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging"}
+# The case of each class that `make test` runs: the first by name, unless another costs less.
+# Measured (a whole-corpus run, --jobs 2, 2026-12-07): within a class the cases cost the same
+# to within the machine's noise (one papermill run on the red team preset: the budget, then the
+# evaluation), except gc_scan_eval (its forward scans the collector at every evaluation call:
+# about 3x the evaluation) and the runs that end at the budget's allowance (patch_time,
+# trains_past_budget: the only cases of their classes). Edit this map, not the corpus, to
+# change the sample.
+CHEAPEST: dict[str, str] = {}
 FULL = bool(os.environ.get("AUTOLAB_REDTEAM_FULL"))
 
 
 def sample_cases() -> list[str]:
-    names = {min(want) for table in (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU) for want in table.values()}
+    names = set()
+    for table in (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU):
+        for what, want in table.items():
+            pick = CHEAPEST.get(what, min(want))
+            assert pick in want, (what, pick, want)
+            names.add(pick)
     return sorted(names | set().union(*HONEST.values()) | HONEST_SAMPLE)
 
 
