@@ -11,7 +11,11 @@ Work is cut into units that run on the executor's slots concurrently:
              parent's run on that seed too where it lacks it) of a candidate whose screening
              beat its parent by the noise margin;
   - audit:   after each confirmation seed the sequential rule stops a clear loser, asks for
-             another seed, or, at the cap, lets the paired significance test decide.
+             another seed, or, at the cap, lets the paired significance test decide;
+  - ablation: once the research has nothing under way (the loop would end), the best candidate,
+             when two or more of its changes can be removed alone, runs beside each "candidate
+             minus one change" on final seeds, one run per unit, then its rows are recorded
+             (``ablate="off"``: never).
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ from datetime import datetime
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from . import ablation as _ablation
 from ._audit import audit
 from .errors import AutolabError, BudgetExceeded, CandidateError
 from .executors import Executor, get_executor
+from .harnesskit import seed_cache_ready
 from ._implement import Implementer, implement
 from .lab import Lab
 # every question about the log is the ledger's; best_candidate, mean_metric, noise_sd and
 # latest_verdict are imported here for this module and for callers that import them from search
-from .ledger import (CANCELLED, Ledger, best_candidate, current_owner, latest_verdict, mean_metric,  # noqa: F401
-                     missing_seeds, noise_sd, not_a_verdict, owner_alive, reap_interrupted, runs_of)
+from .ledger import (CANCELLED, FINAL_RANGE, Ledger, best_candidate, current_owner, latest_verdict,  # noqa: F401
+                     mean_metric, missing_seeds, noise_sd, not_a_verdict, owner_alive, reap_interrupted, runs_of)
 from .ledger import seed_range as ledger_seed_range
 from .merge import merge_candidates, merged_pairs
 from ._propose import Proposer, get_proposer
@@ -85,7 +91,16 @@ class ImplementUnit:
     idea: Idea
 
 
-Unit = RunUnit | AuditUnit | ProposeUnit | ImplementUnit
+@dataclass(frozen=True)
+class AblationUnit:
+    """Record the rows of ablation ``plan`` of ``candidate`` once all its runs are in."""
+    candidate: Candidate
+    plan: _ablation.Plan
+
+
+Unit = RunUnit | AuditUnit | ProposeUnit | ImplementUnit | AblationUnit
+
+ABLATE_MODES = ("auto", "off")   # loop(ablate=...), `autolab loop --ablate`
 
 # ---------------------------------------------------------------------------- loop
 
@@ -116,6 +131,8 @@ class LoopSummary:
     runs_per_decision: float | None = None          # the decided candidates' screening + confirmation runs, per decision
     confirm_runs_per_decision: float | None = None  # of which confirmation runs (the sequential rule's cost)
     pairing_runs: int = 0         # runs of parents on their children's seeds (shared by siblings; not in runs_per_decision)
+    ablations: int = 0            # candidates with a recorded ablation (not experiments: they decide nothing)
+    ablation_runs: int = 0        # runs made for ablations (counted in ``runs`` too, not in runs_per_decision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,18 +181,36 @@ def p90(xs: list[float]) -> float:
     return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
 
 
-def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None) -> tuple[float, str]:
+def _seed_id(lab: Lab) -> str | None:
+    try:
+        return lab.seed_candidate().id
+    except Exception:  # noqa: BLE001 - a lab without its seed yet: no run is the seed's
+        return None
+
+
+def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
+                          of_seed: bool | None = None) -> tuple[float, str]:
     """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
     found: the p90 of the wall time of completed runs of the same preset and purpose, else of
     the same preset and any purpose; before any run, the preset's ``expected_run_s`` if it
-    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run)."""
+    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run).
+    ``of_seed`` (True: a run of the lab's seed candidate, False: of any other) narrows each pool
+    to runs of the same kind first, where there are any: a candidate's runs can differ from the
+    seed's by far (a kernels candidate re-times only what it changed; a nanochat candidate
+    compiles without the seed's warm cache)."""
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
+    who = ""
+    if of_seed is not None:
+        seed_id = _seed_id(lab)
+        kind = [r for r in done if (r.candidate_id == seed_id) == of_seed]
+        if kind:
+            done, who = kind, (" (the seed's)" if of_seed else " (candidates')")
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
     for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
-            return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what} on {preset}"
+            return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what}{who} on {preset}"
     expected = lab.preset.settings.get("expected_run_s")
     if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
         return float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"
@@ -332,21 +367,39 @@ class LoopControl:
             self.attached.set()
 
 
+def _needs_warm_start(lab: Lab, seed: Candidate) -> bool:
+    """The preset asks for a warm start (``warm_start = true``: its runs torch.compile) and this
+    machine holds no compile cache of the lab's seed for the preset's device."""
+    if not lab.preset.settings.get("warm_start"):
+        return False
+    return not seed_cache_ready(lab.key, seed.id, lab.preset.device)
+
+
 class _Baseline:
     """The seed's selection-free runs, started without waiting: proposals are prepared while they run."""
 
     def __init__(self, lab: Lab, executor: Executor, on_event, bar, notify: Callable[[], None],
-                 fits: Callable[[str], bool] | None = None, track: Callable[[Run, object], None] | None = None):
+                 fits: Callable[..., bool] | None = None, track: Callable[[Run, object], None] | None = None):
         seed = lab.seed_candidate()
         seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
         self.futs = []
         for s in seeds:
-            if fits is not None and not fits(Purpose.CONFIRM):
+            if fits is not None and not fits(Purpose.CONFIRM, True):
                 break   # the time limit holds no more of them: the loop stops and says why
             run, fut = submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)
             if track is not None:
                 track(run, fut)
             self.futs.append(fut)
+        if not seeds and _needs_warm_start(lab, seed) and (fits is None or fits(Purpose.FINAL, True)):
+            # a machine without the seed's compile cache: one of the seed's final-comparison runs
+            # (needed anyway, never used for selection) writes it before any candidate compiles
+            for s in missing_seeds(lab, seed, Purpose.FINAL, lab.task.seeds.final)[:1]:
+                run, fut = submit_run(lab, seed, s, purpose=Purpose.FINAL, executor=executor, on_event=on_event)
+                if track is not None:
+                    track(run, fut)
+                self.futs.append(fut)
+                if on_event is not None:
+                    on_event({"type": "warm_start", "run": run.id, "seed": s})
         for f in self.futs:
             f.add_done_callback(lambda _f: (bar.update(1) if bar is not None else None, notify()))
 
@@ -409,6 +462,7 @@ class _Scheduler:
         self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
         self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
         self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
+        self.n_lanes = 0                       # GPUs whose runs take turns (gpu_baton); 0: every slot runs at once
         self.user_stopped = False                        # the user asked to stop: no run starts
         self.control: LoopControl | None = None          # stop / pause / cancel from another thread
         self.infra_retries = INFRA_RETRIES               # re-runs of a run the machine ended, per loop
@@ -416,6 +470,8 @@ class _Scheduler:
         self.held: dict[tuple[str, str], str] = {}       # (candidate, purpose) -> why its runs wait for the next loop
         # PROPOSED ideas left without a candidate by an earlier process: implemented first
         self.orphans: list[Idea] = unimplemented_ideas(lab)
+        self.ablate = "auto"                             # ABLATE_MODES: ablate the best once the research is idle
+        self.ablation_plan: _ablation.Plan | None = None   # the ablation under way (from the log on resume)
 
     # -- what to do next (called with the lock held)
     def _confirm_targets(self) -> list[Candidate]:
@@ -466,6 +522,10 @@ class _Scheduler:
             self.stopped, self.reason = msg, reason
 
     def next_unit(self) -> Unit | None:
+        unit = self._research_unit()
+        return unit if unit is not None else self._ablation_step()
+
+    def _research_unit(self) -> Unit | None:
         lab = self.lab
         stop_file = lab.path / "STOP"
         if stop_file.exists():   # consumed: a later loop must not find it
@@ -517,6 +577,68 @@ class _Scheduler:
                 return None
             return ProposeUnit()   # (after "nothing left to try", only once a promotion gave a new parent)
         return None
+
+    # -- ablation (called with the lock held)
+    def _research_idle(self) -> bool:
+        """True when the research has nothing under way and nothing to start: no proposal, no
+        research run or audit in flight, the baseline done, not paused. The loop would end now."""
+        if self.control is not None and self.control.paused:
+            return False
+        if self.proposing or not self._baseline_ready():
+            return False
+        if any(k[1] != Purpose.ABLATION for k in self.claimed):
+            return False
+        ablating = self.ablation_plan.candidate_id if self.ablation_plan is not None else None
+        return all(cid == ablating for cid in self.busy_candidates)
+
+    def _ablation_step(self) -> Unit | None:
+        """The ablation's next unit once the research is idle: a run of the plan under way (an
+        interrupted plan first, else a new one for ``_ablation.due``), then the recording of its
+        rows. Never after a user stop, a time limit or an error (a cap on LLM spending still lets
+        it run: it needs no LLM)."""
+        if self.ablate != "auto" or self.user_stopped or self.hard_killed or self.reason not in ("", "cap"):
+            return None
+        if not self._research_idle():
+            return None
+        lab = self.lab
+        p = self.ablation_plan
+        if p is None:
+            p = self.ablation_plan = self._next_ablation()
+            if p is None:
+                return None
+        missing = _ablation.missing_runs(lab, p)
+        for c, s in missing:
+            unit = RunUnit(c, Purpose.ABLATION, s)
+            if unit.claim not in self.claimed and self._may_run(c, Purpose.ABLATION):
+                return unit
+        if missing or any(k[1] == Purpose.ABLATION for k in self.claimed) or p.candidate_id in self.busy_candidates:
+            return None   # runs in flight, or held for the next loop: the plan stays in the log
+        return AblationUnit(lab.candidate(p.candidate_id), p)
+
+    def _next_ablation(self) -> "_ablation.Plan | None":
+        """The ablation to work on: one an earlier process left unfinished, else a new plan for the
+        candidate ``_ablation.due`` names (recorded in the log before any of its runs starts)."""
+        lab = self.lab
+        pend = _ablation.pending(lab)
+        if pend:
+            p = pend[0]
+            self._note(f"ablation {p.ablation_id} of {p.candidate_id} (started earlier, by {p.by or 'hand'}): finishing "
+                       f"it, {len(_ablation.missing_runs(lab, p))} run(s) to make")
+            return p
+        c = _ablation.due(lab)
+        if c is None:
+            return None
+        try:
+            p = _ablation.plan(lab, c, by="loop")
+        except AutolabError as e:   # e.g. the task's [seeds] final is below 2
+            self.ablate = "off"
+            self._note(f"no ablation of {c.id}: {e}")
+            return None
+        n_changes = len(_ablation.changes(lab, c))
+        self._note(f"ablation {p.ablation_id} of {c.id} (the best, {n_changes} changes): it and {len(p.to_run) - 1} "
+                   f"variant(s) without one change each on final seeds {list(p.seeds)}, "
+                   f"{len(_ablation.missing_runs(lab, p))} run(s) to make")
+        return p
 
     def _cap(self) -> int:
         """The most confirmation seeds a candidate gets (the sequential rule's cap)."""
@@ -616,19 +738,22 @@ class _Scheduler:
         return (f"runs of {len(self.held)} candidate(s) wait for the next loop: " + "; ".join(parts)
                 + "; run the loop again to re-run them")
 
-    def fits(self, purpose: str) -> bool:
+    def fits(self, purpose: str, of_seed: bool | None = None) -> bool:
         """True when a run of ``purpose`` started now would likely end before the time limit;
         else the loop stops for the time limit with a message that says why."""
         if self.limit is None:
             return True
-        est, how = run_duration_estimate(self.lab, purpose)
-        # runs in flight on every slot: this one waits for a slot first (a conservative wave count)
+        est, how = run_duration_estimate(self.lab, purpose, of_seed=of_seed)
+        # runs in flight on every slot: this one waits for a slot first (a conservative wave count);
+        # runs that share a GPU through the baton do their timed work one at a time, so there the
+        # queue moves one GPU at a time, not one slot
         ahead = len(self.inflight_runs)
-        waves = 1 + ahead // max(1, self.n_slots)
+        lanes = max(1, self.n_lanes or self.n_slots)
+        waves = 1 + ahead // lanes
         left = self.limit.left()
         if waves * est <= left:
             return True
-        queue = f", after {ahead} runs in flight on {self.n_slots} slot(s)" if waves > 1 else ""
+        queue = f", after {ahead} runs in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s)" if waves > 1 else ""
         self._set_stop(f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
                        f"({how}{queue}) and {max(0.0, left):.0f} s are left, so it was not started", "time_limit")
         return False
@@ -642,7 +767,7 @@ class _Scheduler:
         if self.limit is None:
             return True
         if isinstance(unit, RunUnit):
-            return self.reason != "time_limit" and self.fits(unit.purpose)
+            return self.reason != "time_limit" and self.fits(unit.purpose, of_seed=unit.candidate.id == _seed_id(self.lab))
         if isinstance(unit, (ProposeUnit, ImplementUnit)):
             return self.reason != "time_limit" and self.fits(Purpose.SCREEN)
         return True
@@ -712,6 +837,14 @@ class _Scheduler:
             self._note(f"{c.id}: {v.state.value} ({v.reason})")
             if v.state is State.PROMOTED:
                 self._maybe_merge()
+        elif isinstance(unit, AblationUnit):
+            rows = _ablation.record(lab, unit.plan)
+            with self.cv:
+                self.ablation_plan = None
+            self._note(f"ablation {unit.plan.ablation_id} of {unit.candidate.id} recorded: " + "; ".join(
+                f"#{r.change} {r.title[:40]}: {r.verdict}"
+                + (f" ({r.effect:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}], n={len(r.seeds)})"
+                   if r.effect is not None and r.ci_low is not None and r.ci_high is not None else "") for r in rows))
         elif isinstance(unit, ProposeUnit):
             self._propose_and_implement()
         elif isinstance(unit, ImplementUnit):
@@ -826,7 +959,7 @@ class _Scheduler:
                 self.in_flight += 1
                 if isinstance(unit, RunUnit):
                     self.claimed.add(unit.claim)
-                elif isinstance(unit, AuditUnit):
+                elif isinstance(unit, (AuditUnit, AblationUnit)):
                     self.busy_candidates.add(unit.candidate.id)
                 else:
                     self.proposing += 1
@@ -840,7 +973,7 @@ class _Scheduler:
                     self.in_flight -= 1
                     if isinstance(unit, RunUnit):
                         self.claimed.discard(unit.claim)
-                    elif isinstance(unit, AuditUnit):
+                    elif isinstance(unit, (AuditUnit, AblationUnit)):
                         self.busy_candidates.discard(unit.candidate.id)
                     else:
                         self.proposing -= 1
@@ -866,7 +999,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
          max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None,
          time_limit_s: float | None = None, more: int | None = None, max_time_s: float | None = None,
          deadline: datetime | None = None, hard_limit: bool = False, infra_retries: int = INFRA_RETRIES,
-         control: LoopControl | None = None) -> LoopSummary:
+         control: LoopControl | None = None, ablate: str = "auto") -> LoopSummary:
     """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
     every promising one is confirmed and audited, or a stop is requested. Resumable.
 
@@ -893,7 +1026,15 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     wait for the next loop (the summary says which, with reason "interrupted").
 
     ``control`` (a ``LoopControl``) steers the loop from another thread: stop, pause/resume,
-    cancel one run. ``autolab.start_loop`` runs a loop in a background thread with one."""
+    cancel one run. ``autolab.start_loop`` runs a loop in a background thread with one.
+
+    ``ablate="auto"`` (default): once the research has nothing left under way, the best candidate,
+    when two or more of the changes it carries relative to the seed (stacked promotions, a merge)
+    can be removed alone (``autolab.ablation.due``), is ablated (``autolab.ablation``): it and each
+    "it minus one change" run on the same final seeds, through the same executor, slots and time
+    limit, and the rows are recorded in the log; once per candidate, and an ablation an earlier
+    loop left unfinished is finished first. Its runs (purpose "ablation") decide nothing and count
+    in ``runs`` (``LoopSummary.ablation_runs``). ``"off"``: none."""
     t0 = time.monotonic()
     if max_time_s is None:
         max_time_s = time_limit_s
@@ -903,6 +1044,9 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     bar = None
     if infra_retries < 0:
         raise AutolabError(f"infra_retries={infra_retries}: pass 0 or more (re-runs of a run the machine ended)")
+    if ablate not in ABLATE_MODES:
+        raise AutolabError(f"ablate={ablate!r}: pass one of {', '.join(map(repr, ABLATE_MODES))} (\"auto\": ablate the "
+                           "best candidate when two or more of its changes can be removed alone; \"off\": never)")
     with _LabLock(lab):
         (lab.path / "STOP").unlink(missing_ok=True)   # a stale request from before this loop
         reaped = reap_interrupted(lab)
@@ -912,6 +1056,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             iterations = n_start + more
         runs_start, verdicts_start = len(lab.log.runs_list()), len(lab.log.verdicts_list())
         lab.log.event("loop_start", iterations=iterations, threads=threads, proposer=getattr(prop, "name", str(proposer)),
+                      ablate=ablate,
                       time_limit=None if limit is None else {"label": limit.label, "left_s": round(limit.left(), 1)},
                       resumed_runs=[r.id for r in reaped], interrupted_llm_calls=llm_reaped,
                       unimplemented_ideas=[i.id for i in unimplemented_ideas(lab)])
@@ -932,6 +1077,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             sched.limit = limit
             sched.infra_retries = infra_retries
             sched.control = control
+            sched.ablate = ablate
             if control is not None:
                 control._attach(sched)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
@@ -942,6 +1088,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             n_slots = max(1, ex.slots_for(preset.gpus, cpu_threads, share) if share > 1
                           else ex.slots_for(preset.gpus, cpu_threads))
             sched.n_slots = n_slots
+            if share > 1 and preset.settings.get("gpu_baton"):
+                sched.n_lanes = max(1, n_slots // share)
 
             def wake() -> None:
                 with sched.cv:
@@ -1027,6 +1175,8 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason:
         confirm_runs_per_decision=(round(sum(Purpose.canonical_of(r.purpose) == Purpose.CONFIRM.value for r in mine)
                                          / len(decided), 3) if decided else None),
         pairing_runs=len(pairing),
+        ablations=len({r.candidate_id for r in _ablation.ablation_rows(lab, latest=False)}),
+        ablation_runs=sum(r.purpose == Purpose.ABLATION.value for r in runs),
     )
 
 
@@ -1061,7 +1211,7 @@ def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, ex
         if ex is not executor:
             ex.shutdown()
     direction = lab.task.metric.direction
-    prs = Ledger(lab).pairs(candidate, seed, (Purpose.FINAL.value,))[:n]
+    prs = Ledger(lab).pairs(candidate, seed, FINAL_RANGE)[:n]   # an ablation's runs are final-range runs too
     a, b = [c for _, c, _ in prs], [p for _, _, p in prs]
     t = paired(a, b, direction=direction) if candidate.id != seed.id else compare(a, b, direction=direction)
     w = compare(a, b, direction=direction, test="welch")

@@ -82,7 +82,7 @@ def carry_plan(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, prese
     holding every carried unit's results."""
     task = lab.task
     if (full or not task.carry or not preset.settings.get("carry", True) or not candidate.parent_id
-            or Purpose.parse(purpose) is Purpose.FINAL):
+            or Purpose.parse(purpose).canonical is Purpose.FINAL):
         return None
     parent = lab.candidate(candidate.parent_id)
     old, new = lab.files(parent), lab.files(candidate)

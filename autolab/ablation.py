@@ -21,6 +21,14 @@ DataFrame. A variant that is not already a candidate of the lab is added as one 
 parent (``meta.origin = "ablation"``, ``meta.ablation_of``, ``meta.without``; its ``diff`` is
 against the full candidate, ``meta.diff_against``), so the loop never screens it and the
 noise estimates never pair it with a parent it does not descend from.
+
+An ablation is first planned (:func:`plan`: the variants, the seeds, an ``ablation_planned``
+event), then its runs are made (purpose ``ablation``, which counts as ``final``: a candidate's
+final runs serve its ablation and its final comparison alike), then it is recorded
+(:func:`record`). A plan without rows is in progress (:func:`pending`); the loop finishes it
+when it resumes (``autolab.loop(..., ablate="auto")``, see ``_loop``), and :func:`due` names the
+candidate the loop ablates next: the lab's best when two or more of its changes can be removed
+alone and it has no ablation yet. :func:`ablate` does all three steps at once (``autolab ablate``).
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ from .diffs import diff_stat, merge3, unified_diff
 from .errors import AutolabError
 from .executors import Executor, get_executor
 from .lab import Lab, check_compiles
-from .ledger import RETRYABLE, Ledger, seed_range
+from .ledger import FINAL_RANGE, Ledger, not_a_verdict, seed_range
 from .records import Candidate, Purpose, State, new_id, now
 from .store import candidate_id
 from ._run import submit_run
 
 EVENT = "ablation"     # the kind of the log's events rows that hold the results
+PLAN_EVENT = "ablation_planned"   # one per ablation started: its id, candidate, seeds, runs
 
 # a change's status in the table
 MEASURED = "measured"              # both sides ran on paired seeds: effect, interval, p
@@ -45,6 +54,11 @@ NOT_REVERSIBLE = "not_reversible"  # the reverse diff conflicts with later chang
 NO_EFFECT = "no_effect"            # removing it leaves the candidate's files unchanged
 NOT_COMPILING = "does_not_compile" # the candidate without it does not compile
 NO_RUNS = "no_runs"                # too few complete runs on paired seeds to measure it
+
+# a change's verdict (the report's plain words), from its effect's 95% interval
+CARRIES = "carries the gain"       # the interval lies above 0: removing it makes the candidate worse
+NO_MEASURABLE = "no measurable effect"   # the interval holds 0
+HURTS = "hurts"                    # the interval lies below 0: the candidate is better without it
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,68 @@ class AblationRow:
     metric: str = ""
     preset: str = ""
     detail: str = ""
+    summary: str = ""          # what the change is, from its diff: files, lines added/removed, first added line
     created_at: str = field(default_factory=now)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.status, self.ci_low, self.ci_high)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An ablation under way: which candidates run on which seeds, recorded under ``ablation_id``."""
+
+    ablation_id: str
+    candidate_id: str          # the full candidate
+    seeds: tuple[int, ...]     # the final-range seeds every side runs on
+    to_run: tuple[str, ...]    # the full candidate, then each measured variant (candidate ids, once each)
+    by: str = ""               # who started it: "loop", "cli", "python"
+    created_at: str = field(default_factory=now)
+
+
+def verdict(status: str, ci_low: float | None, ci_high: float | None) -> str:
+    """A change's verdict in plain words: for a measured change, from the 95% interval of its
+    contribution (CARRIES above 0, HURTS below 0, else NO_MEASURABLE); else why it was not measured."""
+    if status == MEASURED and ci_low is not None and ci_high is not None:
+        return CARRIES if ci_low > 0 else HURTS if ci_high < 0 else NO_MEASURABLE
+    return {NO_EFFECT: "no effect left (a later change undid it)",
+            NOT_REVERSIBLE: "not measured (later changes rewrote its lines)",
+            NOT_COMPILING: "not measured (the candidate without it does not compile)",
+            NO_RUNS: "not measured (too few complete paired runs)"}.get(status, f"not measured ({status})")
+
+
+def describe(diff: str, limit: int = 70) -> str:
+    """What a diff does, in one line: each file with its lines added and removed, and the first
+    line it adds (or removes), e.g. ``train.py +1 -1: LR = 0.02``."""
+    files: list[str] = []
+    counts: dict[str, list[int]] = {}
+    first = ""
+    cur = ""
+    for line in diff.splitlines():
+        if line.startswith("+++ ") or line.startswith("--- "):
+            path = line[4:].strip()
+            if path != "/dev/null":
+                cur = path[2:] if path[:2] in ("a/", "b/") else path
+                if cur not in counts:
+                    files.append(cur)
+                    counts[cur] = [0, 0]
+            continue
+        if not cur or line.startswith("@@"):
+            continue
+        if line.startswith("+"):
+            counts[cur][0] += 1
+            first = first or ("" if not line[1:].strip() else line[1:].strip())
+        elif line.startswith("-"):
+            counts[cur][1] += 1
+    if not files:
+        return ""
+    if not first:   # a change that only removes lines
+        first = next((f"removes {l[1:].strip()}" for l in diff.splitlines()
+                      if l.startswith("-") and not l.startswith("---") and l[1:].strip()), "")
+    head = ", ".join(f"{f} +{counts[f][0]} -{counts[f][1]}" for f in files)
+    text = f"{head}: {first}" if first else head
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _title(lab: Lab, c: Candidate) -> str:
@@ -169,27 +244,43 @@ def without(lab: Lab, candidate: Candidate, change: Change) -> tuple[dict[str, s
     return out, ""
 
 
-def variants(lab: Lab, candidate: Candidate | str) -> list[Variant]:
-    """For each change of ``candidate``, the candidate without it (added to the lab when new),
-    or the reason there is none."""
-    full = lab.candidate(candidate) if isinstance(candidate, str) else candidate
+def _removals(lab: Lab, full: Candidate) -> list[tuple[Change, str, dict[str, str] | None, str]]:
+    """For each change of ``full``: (change, status, the files without it or None, why not). Adds nothing to the lab."""
     full_files = lab.files(full)
     out = []
     for ch in changes(lab, full):
         files, why = without(lab, full, ch)
         if files is None:
-            out.append(Variant(ch, NOT_REVERSIBLE, detail=why))
-            continue
-        if files == full_files:
-            out.append(Variant(ch, NO_EFFECT, detail="removing it leaves the candidate's files unchanged "
-                                                     "(a later change undid or replaced it)"))
-            continue
-        try:
-            check_compiles(files, where=f"without change {ch.before} -> {ch.after}")
-        except AutolabError as e:
-            out.append(Variant(ch, NOT_COMPILING, detail=str(e)))
-            continue
-        out.append(Variant(ch, MEASURED, candidate_id=_variant_candidate(lab, full, ch, files).id))
+            out.append((ch, NOT_REVERSIBLE, None, why))
+        elif files == full_files:
+            out.append((ch, NO_EFFECT, None, "removing it leaves the candidate's files unchanged "
+                                              "(a later change undid or replaced it)"))
+        else:
+            try:
+                check_compiles(files, where=f"without change {ch.before} -> {ch.after}")
+                out.append((ch, MEASURED, files, ""))
+            except AutolabError as e:
+                out.append((ch, NOT_COMPILING, None, str(e)))
+    return out
+
+
+def measurable(lab: Lab, candidate: Candidate | str) -> list[Change]:
+    """The changes of ``candidate`` that can be removed alone (they reverse cleanly, the result
+    differs from the candidate and compiles): those an ablation measures. Adds nothing to the lab."""
+    full = lab.candidate(candidate) if isinstance(candidate, str) else candidate
+    return [ch for ch, status, _, _ in _removals(lab, full) if status == MEASURED]
+
+
+def variants(lab: Lab, candidate: Candidate | str) -> list[Variant]:
+    """For each change of ``candidate``, the candidate without it (added to the lab when new),
+    or the reason there is none."""
+    full = lab.candidate(candidate) if isinstance(candidate, str) else candidate
+    out = []
+    for ch, status, files, why in _removals(lab, full):
+        if status != MEASURED or files is None:
+            out.append(Variant(ch, status, detail=why))
+        else:
+            out.append(Variant(ch, MEASURED, candidate_id=_variant_candidate(lab, full, ch, files).id))
     return out
 
 
@@ -208,16 +299,9 @@ def _variant_candidate(lab: Lab, full: Candidate, ch: Change, files: dict[str, s
               "diff_against": full.id, "title": f"{_title(lab, full)} without: {ch.title}"}))
 
 
-def ablate(lab: Lab, candidate: Candidate | str, *, seeds: int | None = None,
-           executor: Executor | str | None = None, on_event: Callable[[dict], None] | None = None) -> list[AblationRow]:
-    """Measure each change ``candidate`` carries on its own: run the candidate and each
-    "candidate minus one change" on the same ``seeds`` fresh seeds of the final range (default:
-    the task's ``[seeds] final``; :func:`ablation_seeds`), record one row per change in the log,
-    return the rows. Runs that already exist on those seeds (an earlier ablation or the final
-    comparison) are reused; a variant's failed run leaves that seed unpaired (NO_RUNS below 2)."""
-    full = lab.candidate(candidate) if isinstance(candidate, str) else lab.candidate(candidate.id)
-    seed = lab.seed_candidate()
-    if full.id == seed.id:
+def _check(lab: Lab, full: Candidate, n: int) -> list[Change]:
+    """The changes of ``full``, or an error that says why it cannot be ablated."""
+    if full.id == lab.seed_candidate().id:
         raise AutolabError(f"{full.id} is the lab's seed: it carries no change to ablate; pass a candidate that "
                            "descends from it (see `autolab log --lab " + str(lab.path) + "`)")
     chs = changes(lab, full)
@@ -225,24 +309,98 @@ def ablate(lab: Lab, candidate: Candidate | str, *, seeds: int | None = None,
         raise AutolabError(f"candidate {full.id} carries {len(chs)} change relative to the seed; an ablation needs "
                            "two or more (stacked promotions or a merge). Its one change is what the final comparison "
                            "against the seed measures: autolab.final_comparison(lab, candidate)")
-    n = int(seeds or lab.task.seeds.final)
     if n < 2:
         raise AutolabError(f"seeds={n}: an effect's interval and p-value need at least 2 paired seeds; pass 2 or more")
+    return chs
+
+
+def plan(lab: Lab, candidate: Candidate | str, *, seeds: int | None = None, by: str = "python") -> Plan:
+    """Start an ablation of ``candidate``: build its variants (adding new ones to the lab), pick
+    the seeds (the first ``seeds`` of the final range; default the task's ``[seeds] final``) and
+    record the plan in the log (an ``ablation_planned`` event), so that a later process can
+    finish it (:func:`pending`). Nothing runs here."""
+    full = lab.candidate(candidate) if isinstance(candidate, str) else lab.candidate(candidate.id)
+    n = int(seeds or lab.task.seeds.final)
+    _check(lab, full, n)
     vs = variants(lab, full)
-    to_run = [full] + [lab.candidate(v.candidate_id) for v in vs if v.status == MEASURED and v.candidate_id]
-    want = ablation_seeds(n)
+    to_run = tuple(dict.fromkeys([full.id] + [v.candidate_id for v in vs if v.status == MEASURED and v.candidate_id]))
+    p = Plan(new_id("ab"), full.id, tuple(ablation_seeds(n)), to_run, by)
+    lab.log.event(PLAN_EVENT, **asdict(p), variants=[
+        {"change": i, "after": v.change.after, "status": v.status, "without_id": v.candidate_id}
+        for i, v in enumerate(vs, 1)])
+    return p
+
+
+def plans(lab_or_log) -> list[Plan]:
+    """Every planned ablation of the lab, oldest first."""
+    log = getattr(lab_or_log, "log", lab_or_log)
+    names = set(Plan.__dataclass_fields__)
+    out = []
+    for e in log.events(PLAN_EVENT):
+        kw = {k: v for k, v in e.items() if k in names}
+        out.append(Plan(**{**kw, "seeds": tuple(kw.get("seeds") or ()), "to_run": tuple(kw.get("to_run") or ())}))
+    return out
+
+
+def pending(lab_or_log) -> list[Plan]:
+    """Planned ablations whose rows are not recorded yet (in progress, or interrupted), oldest first."""
+    log = getattr(lab_or_log, "log", lab_or_log)
+    done = {e.get("ablation_id") for e in log.events(EVENT)}
+    return [p for p in plans(log) if p.ablation_id not in done]
+
+
+def due(lab: Lab) -> Candidate | None:
+    """The candidate the loop ablates next, or None: the lab's best (the ledger's) when it is a
+    promoted candidate two or more of whose changes relative to the seed can be removed alone
+    (:func:`measurable`), with no ablation recorded or in progress (one ablation per candidate;
+    ``autolab ablate`` repeats one by hand, and ablates any candidate of two changes or more).
+    With one removable change there is nothing to separate: the confirmation against its parent
+    measured the change that can be removed (the others were rewritten by later ones)."""
+    best = Ledger(lab).best()
+    if best is None or best.state is not State.PROMOTED or best.id == lab.seed_candidate().id:
+        return None
+    if any(r.candidate_id == best.id for r in ablation_rows(lab, latest=False)) \
+            or any(p.candidate_id == best.id for p in plans(lab)):
+        return None
+    return best if len(measurable(lab, best)) >= 2 else None
+
+
+def missing_runs(lab: Lab, p: Plan) -> list[tuple[Candidate, int]]:
+    """(candidate, seed) of the plan's runs still to make: seeds of ``p.seeds`` where the candidate
+    has no final-range run that counts (complete, failed, running, or killed for a reason of its
+    own; a run the machine or an interrupt ended is made again)."""
+    out = []
+    for cid in p.to_run:
+        c = lab.candidate(cid)
+        out += [(c, s) for s in _seeds_to_run(lab, c, p.seeds)]
+    return out
+
+
+def record(lab: Lab, p: Plan) -> list[AblationRow]:
+    """Record the plan's rows in the log (one event per change) from the runs made, and return them."""
+    full = lab.candidate(p.candidate_id)
+    return _record(lab, full, variants(lab, full), p.seeds, p.ablation_id)
+
+
+def ablate(lab: Lab, candidate: Candidate | str, *, seeds: int | None = None,
+           executor: Executor | str | None = None, on_event: Callable[[dict], None] | None = None) -> list[AblationRow]:
+    """Measure each change ``candidate`` carries on its own: run the candidate and each
+    "candidate minus one change" on the same ``seeds`` fresh seeds of the final range (default:
+    the task's ``[seeds] final``; :func:`ablation_seeds`), record one row per change in the log,
+    return the rows. Runs that already exist on those seeds (an earlier ablation or the final
+    comparison) are reused; a variant's failed run leaves that seed unpaired (NO_RUNS below 2).
+    Interrupted, the plan stays in the log and the next ``autolab loop`` finishes it."""
+    p = plan(lab, candidate, seeds=seeds, by="python")
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     try:
-        futures = []
-        for c in dict((c.id, c) for c in to_run).values():
-            for s in _seeds_to_run(lab, c, want):
-                futures.append(submit_run(lab, c, s, purpose=Purpose.FINAL, executor=ex, on_event=on_event)[1])
+        futures = [submit_run(lab, c, s, purpose=Purpose.ABLATION, executor=ex, on_event=on_event)[1]
+                   for c, s in missing_runs(lab, p)]
         for f in futures:
             f.result()
     finally:
         if ex is not executor:
             ex.shutdown()
-    return _record(lab, full, vs, want)
+    return record(lab, p)
 
 
 def ablation_seeds(n: int) -> list[int]:
@@ -253,28 +411,29 @@ def ablation_seeds(n: int) -> list[int]:
 
 
 def _seeds_to_run(lab: Lab, c: Candidate, want: Sequence[int]) -> list[int]:
-    """The seeds of ``want`` the candidate has no final run on yet that counts: a complete, failed
-    or running one, or one killed for a reason of its own (an interrupted run is run again)."""
-    have = {r.seed for r in Ledger(lab).runs_of(c, purposes=(Purpose.FINAL.value,), states=None)
-            if r.state is not State.KILLED or (r.error or {}).get("reason") not in RETRYABLE}
+    """The seeds of ``want`` the candidate has no final-range run on yet that counts: a complete,
+    failed or running one, or one killed for a reason of its own (``ledger.not_a_verdict``: a run
+    interrupted or ended by the machine is run again)."""
+    have = {r.seed for r in Ledger(lab).runs_of(c, purposes=FINAL_RANGE, states=None) if not not_a_verdict(r)}
     return [s for s in want if s not in have]
 
 
-def _record(lab: Lab, full: Candidate, vs: Sequence[Variant], want: Sequence[int]) -> list[AblationRow]:
+def _record(lab: Lab, full: Candidate, vs: Sequence[Variant], want: Sequence[int],
+            aid: str | None = None) -> list[AblationRow]:
     from ._audit.stats import paired
 
     ledger = Ledger(lab)
     direction, metric = lab.task.metric.direction, lab.task.metric.name
-    aid = new_id("ab")
+    aid = aid or new_id("ab")
     rows = []
     for i, v in enumerate(vs, 1):
         ch = v.change
         base = dict(ablation_id=aid, candidate_id=full.id, change=i, title=ch.title, before=ch.before, after=ch.after,
-                    without_id=v.candidate_id, metric=metric, preset=lab.preset_name)
+                    without_id=v.candidate_id, metric=metric, preset=lab.preset_name, summary=describe(ch.diff))
         if v.status != MEASURED:
             rows.append(AblationRow(status=v.status, detail=v.detail, **base))
             continue
-        prs = [p for p in ledger.pairs(full, v.candidate_id, (Purpose.FINAL.value,)) if p[0] in set(want)]
+        prs = [p for p in ledger.pairs(full, v.candidate_id, FINAL_RANGE) if p[0] in set(want)]
         a, b = [x for _, x, _ in prs], [y for _, _, y in prs]
         if len(prs) < 2:
             rows.append(AblationRow(status=NO_RUNS, seeds=[s for s, _, _ in prs], full=a, without=b,
@@ -310,18 +469,22 @@ def ablation_table(lab_or_log, candidate: str | None = None, *, latest: bool = T
     """The ablation results as a DataFrame, one row per change (the report's table): candidate,
     change (position, title, ids), status, n seeds, the full candidate's and the variant's
     means, the contribution (``effect``, positive = the change helps) with its 95% interval,
-    the p-value, and ``detail``. Reads a Lab or a bare ResearchLog."""
+    the p-value, the ``verdict`` in plain words, ``summary`` (what the change is, from its diff)
+    and ``detail``. Reads a Lab or a bare ResearchLog."""
     import pandas as pd
 
     cols = ["ablation_id", "candidate_id", "change", "title", "status", "n", "full_mean", "without_mean", "effect",
-            "ci_low", "ci_high", "p_value", "without_id", "before", "after", "metric", "preset", "created_at", "detail"]
+            "ci_low", "ci_high", "p_value", "verdict", "summary", "without_id", "before", "after", "metric", "preset",
+            "created_at", "detail"]
     recs = []
     for r in ablation_rows(lab_or_log, candidate, latest=latest):
-        recs.append({**asdict(r), "n": len(r.seeds),
+        recs.append({**asdict(r), "n": len(r.seeds), "verdict": r.verdict,
                      "full_mean": sum(r.full) / len(r.full) if r.full else None,
                      "without_mean": sum(r.without) / len(r.without) if r.without else None})
     return pd.DataFrame(recs, columns=cols) if recs else pd.DataFrame(columns=cols)
 
 
-__all__ = ["Change", "Variant", "AblationRow", "changes", "without", "variants", "ablate", "ablation_seeds", "ablation_rows",
-           "ablation_table", "EVENT", "MEASURED", "NOT_REVERSIBLE", "NO_EFFECT", "NOT_COMPILING", "NO_RUNS"]
+__all__ = ["Change", "Variant", "AblationRow", "Plan", "changes", "without", "measurable", "variants", "plan", "plans", "pending", "due",
+           "missing_runs", "record", "ablate", "ablation_seeds", "ablation_rows", "ablation_table", "verdict", "describe",
+           "EVENT", "PLAN_EVENT", "MEASURED", "NOT_REVERSIBLE", "NO_EFFECT", "NOT_COMPILING", "NO_RUNS", "CARRIES",
+           "NO_MEASURABLE", "HURTS"]

@@ -9,6 +9,11 @@ SQLite's backup API, so a loop may be writing meanwhile and the WAL is folded in
 else of the lab folder travels (``loop.lock``, ``STOP``, exports); the summary names what was
 left out. Regular files only: a link is left out and named.
 
+On request (``compile_caches``) the archive also carries the torch.compile caches the lab's seed
+runs wrote on this machine, under ``compile-cache/`` beside ``lab/``, so that the first run on
+the next machine of the same kind starts warm; ``import_lab`` hands them to a callback that
+puts them in place (``autolab.harnesskit.install_compile_caches``: the cache layout is its own).
+
 This module knows only the lab's folder layout (standard library only), so it sits beside
 ``autolab.lab``.
 """
@@ -22,6 +27,7 @@ import sqlite3
 import tarfile
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 
 from .errors import AutolabError
 
@@ -31,7 +37,8 @@ LOG = "log.db"                                  # copied through SQLite's backup
 MODEL_FILES = ("*.pt", "*.pth", "*.safetensors", "*.ckpt")
 SKIP_FOLDERS = ("*.model", "__pycache__", ".ipynb_checkpoints", ".cache", "cache", "caches", "*_cache",
                 "torchinductor_*", "triton", ".triton")
-PREFIX = "lab"                                  # every member of the archive lies under lab/
+PREFIX = "lab"                                  # every lab member of the archive lies under lab/
+CACHE_PREFIX = "compile-cache"                  # optional: the seed's compile caches (see above)
 
 
 def _skipped(rel: Path) -> str:
@@ -94,9 +101,12 @@ def _log_copy(src: Path, dest: Path) -> None:
         s.close()
 
 
-def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike) -> dict:
+def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike, *,
+               compile_caches: dict[str, Path] | None = None, cache_root: str = "") -> dict:
     """Write the lab at ``lab_path`` into the archive ``out`` (.tar.gz); returns a summary:
-    ``archive``, ``files``, ``bytes`` (uncompressed), ``left_out`` ('path (why)' each)."""
+    ``archive``, ``files``, ``bytes`` (uncompressed), ``left_out`` ('path (why)' each), and
+    ``compile_cache_bytes``. ``compile_caches``: folders to carry as ``compile-cache/<name>/``
+    (plain files only), with ``cache_root`` (where they were written) in its manifest."""
     root = Path(lab_path).resolve()
     out = Path(out).resolve()
     if not (root / "lab.json").is_file() or not (root / LOG).is_file():
@@ -120,17 +130,41 @@ def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike) -> dict:
                     p = root / rel
                     tar.add(p, arcname=f"{PREFIX}/{rel.as_posix()}", recursive=False)
                     total += p.stat().st_size
+                cache_bytes = _add_caches(tar, compile_caches or {}, cache_root, Path(tmp)) if compile_caches else 0
             os.replace(tmp_out, out)
         finally:
             tmp_out.unlink(missing_ok=True)
     return {"archive": str(out), "lab": str(root), "files": len(files) + 1, "bytes": total,
-            "archive_bytes": out.stat().st_size, "left_out": left}
+            "archive_bytes": out.stat().st_size, "left_out": left, "compile_cache_bytes": cache_bytes,
+            "compile_caches": sorted(compile_caches or {})}
 
 
-def import_lab(archive: str | os.PathLike, dest: str | os.PathLike) -> dict:
+def _add_caches(tar: tarfile.TarFile, folders: dict[str, Path], cache_root: str, tmp: Path) -> int:
+    """Add each folder's plain files under compile-cache/<name>/, and the manifest."""
+    total = 0
+    for name, folder in sorted(folders.items()):
+        for dirpath, dirnames, filenames in os.walk(folder):
+            d = Path(dirpath)
+            dirnames[:] = [x for x in dirnames if not (d / x).is_symlink()]
+            for fn in sorted(filenames):
+                p = d / fn
+                if p.is_symlink() or not p.is_file():
+                    continue
+                tar.add(p, arcname=f"{CACHE_PREFIX}/{name}/{p.relative_to(folder).as_posix()}", recursive=False)
+                total += p.stat().st_size
+    manifest = tmp / "manifest.json"
+    manifest.write_text(json.dumps({"cache_root": cache_root, "folders": sorted(folders)}))
+    tar.add(manifest, arcname=f"{CACHE_PREFIX}/manifest.json", recursive=False)
+    return total
+
+
+def import_lab(archive: str | os.PathLike, dest: str | os.PathLike, *,
+               install_caches: Callable[[Path, Path, dict], dict] | None = None) -> dict:
     """Unpack an archive made by ``export_lab`` into the new lab folder ``dest`` (which must not
-    exist, or be empty); returns ``lab``, ``files``. Members outside ``lab/``, absolute paths,
-    ``..``, links and devices are refused (tarfile's "data" filter)."""
+    exist, or be empty); returns ``lab``, ``files``. Members outside ``lab/`` and
+    ``compile-cache/``, absolute paths, ``..``, links and devices are refused (tarfile's "data"
+    filter). Carried compile caches go to ``install_caches(lab, unpacked_caches, manifest)``
+    (its answer is returned as ``compile_cache``); without it they are left out."""
     archive, dest = Path(archive), Path(dest).resolve()
     if not archive.is_file():
         raise AutolabError(f"no archive at {archive}; pass the file `autolab export-lab` wrote")
@@ -143,7 +177,7 @@ def import_lab(archive: str | os.PathLike, dest: str | os.PathLike) -> dict:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tar, tempfile.TemporaryDirectory(prefix=".autolab-import-", dir=dest.parent) as tmp:
         members = tar.getmembers()
-        bad = [m.name for m in members if not (m.name == PREFIX or m.name.startswith(PREFIX + "/"))]
+        bad = [m.name for m in members if not any(m.name == x or m.name.startswith(x + "/") for x in (PREFIX, CACHE_PREFIX))]
         if bad:
             raise AutolabError(f"{archive} is not a lab archive (member {bad[0]!r} is not under {PREFIX}/); "
                                "make it with `autolab export-lab`")
@@ -163,4 +197,16 @@ def import_lab(archive: str | os.PathLike, dest: str | os.PathLike) -> dict:
         if dest.exists():
             dest.rmdir()
         os.replace(unpacked, dest)
-    return {"lab": str(dest), "task": task, "files": sum(1 for m in members if m.isfile())}
+        caches = Path(tmp) / CACHE_PREFIX
+        carried: dict = {}
+        if caches.is_dir():
+            try:
+                manifest = json.loads((caches / "manifest.json").read_text())
+            except (OSError, ValueError):
+                manifest = {}
+            if install_caches is None:
+                carried = {"installed": [], "why": "left out (no installer given)"}
+            else:
+                carried = install_caches(dest, caches, manifest if isinstance(manifest, dict) else {})
+    return {"lab": str(dest), "task": task, "files": sum(1 for m in members if m.isfile() and m.name.startswith(PREFIX + "/")),
+            **({"compile_cache": carried} if carried else {})}

@@ -508,19 +508,19 @@ def cmd_ablate(args) -> int:
         if progress is not None:
             progress.close()
     name, direction = lab.task.metric.name, lab.task.metric.direction
-    table = [["#", "change", "status", "n", "full", "without", "contribution", "95% interval", "p"]]
+    table = [["#", "change", "status", "n", "full", "without", "contribution", "95% interval", "p", "verdict"]]
     for r in rows:
         m = r.status == MEASURED
         table.append([str(r.change), _clip(r.title, 40), r.status, str(len(r.seeds)) if r.seeds else "",
                       _num(sum(r.full) / len(r.full)) if r.full else "", _num(sum(r.without) / len(r.without)) if r.without else "",
                       _num(r.effect, "+.4f") if m else "", f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]" if m else "",
-                      f"{r.p_value:.3g}" if m and r.p_value is not None else ""])
+                      f"{r.p_value:.3g}" if m and r.p_value is not None else "", r.verdict if m else ""])
     text = [f"ablation {rows[0].ablation_id if rows else ''} of {c.id} on {lab.preset_name} ({name}, {direction}; "
             "contribution = the full candidate's paired gain over the candidate without the change, positive = it helps):",
-            format_table(table, align="rllrrrrrr")]
+            format_table(table, align="rllrrrrrrl")]
     text += [f"  #{r.change}: {r.detail}" for r in rows if r.status != MEASURED and r.detail]
     text.append(f"recorded in {lab.log.path} (events 'ablation'); read it back with autolab.ablation.ablation_table(lab)")
-    _emit(args, {"lab": str(lab.path), "candidate_id": c.id, "rows": [r.__dict__ for r in rows]}, "\n".join(text))
+    _emit(args, {"lab": str(lab.path), "candidate_id": c.id, "rows": [{**r.__dict__, "verdict": r.verdict} for r in rows]}, "\n".join(text))
     return 1 if any(r.status == NO_RUNS for r in rows) else 0
 
 
@@ -640,7 +640,7 @@ def cmd_loop(args) -> int:
         s = loop(lab, iterations, threads=args.threads, proposer=proposer, implementer=implementer,
                  executor=executor, progress=False, on_event=progress, proposer_seed=args.proposer_seed,
                  merge_llm=resolver, more=args.more, max_time_s=args.max_time, deadline=args.deadline,
-                 hard_limit=args.hard_limit)
+                 hard_limit=args.hard_limit, ablate=args.ablate)
     finally:
         if progress is not None:
             progress.close()
@@ -736,14 +736,14 @@ def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, las
     out += ["", f"runs ({'the last ' + str(len(shown)) + ' of ' if len(shown) < len(runs) else ''}{len(runs)}; "
                 "--last N shows more, --json all):", format_table(rows, "llllllrl") if len(rows) > 1 else "  (none yet)"]
     if ablations is not None and not ablations.empty:
-        rows = [["candidate", "#", "change", "status", "n", "contribution", "95% interval", "p"]]
+        rows = [["candidate", "#", "change", "status", "n", "contribution", "95% interval", "p", "verdict"]]
         for _, a in ablations.iterrows():
             m = a["status"] == "measured"
             rows.append([a["candidate_id"], str(a["change"]), _clip(a["title"], 40), a["status"], str(a["n"]),
                          _num(a["effect"], "+.4f") if m else "", f"[{_num(a['ci_low'], '+.4f')}, {_num(a['ci_high'], '+.4f')}]"
-                         if m else "", _num(a["p_value"], ".3g") if m else ""])
+                         if m else "", _num(a["p_value"], ".3g") if m else "", a["verdict"] if m else ""])
         out += ["", "ablations (each change removed alone, on fresh seeds; contribution > 0: the change helps):",
-                format_table(rows, "lrllrrrr")]
+                format_table(rows, "lrllrrrrl")]
     if usage:
         out += ["", "LLM usage per model:", format_table(_llm_usage_rows(usage), "lrrrrrrrrr")]
     return "\n".join(out)
@@ -983,6 +983,24 @@ def setup_run(add) -> None:
                     help="re-check everything: never carry the parent's results of unchanged problems (kernels)")
 
 
+def cmd_reopen(args) -> int:
+    lab, c = _open_lab_candidate(args)
+    before = c.state
+    c, moved = lab.reopen(c, args.reason)
+    info = {"candidate": c.id, "was": str(before.value), "state": "READY", "runs_set_aside": moved}
+    _emit(args, info, f"{c.id} was {before.value}, now READY; {len(moved)} run(s) set aside as "
+                      f"'infrastructure: reopened by hand' ({', '.join(moved) or 'none'}); "
+                      f"the next `autolab loop` screens it again")
+    return 0
+
+
+def setup_reopen(add) -> None:
+    sp = add("reopen", cmd_reopen, "undo the decisions on a candidate whose runs a harness or machine fault spoiled: "
+                                   "its runs are set aside (kept in the log) and the loop screens it again")
+    sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")
+    sp.add_argument("--reason", required=True, help="what spoiled its runs (recorded with each run set aside)")
+
+
 def setup_audit(add) -> None:
     sp = add("audit", cmd_audit, "audit a candidate of a lab against its parent (the loop's checks and paired test)")
     sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")
@@ -1033,6 +1051,10 @@ def setup_loop(add) -> None:
     sp.add_argument("--hard-limit", action="store_true",
                     help="at the limit, kill runs still going and record them KILLED \"time limit\" (re-run on resume) "
                          "instead of letting them finish")
+    sp.add_argument("--ablate", choices=("auto", "off"), default="auto",
+                    help="auto (default): when the research is done, ablate the best candidate if two or more of its "
+                         "changes can be removed alone (each removed alone, run beside it on final seeds; once per candidate, within "
+                         "the time box; an unfinished one is finished on resume); off: never. See `autolab ablate`")
     sp.add_argument("--keep-models", type=_count0, default=None, metavar="N",
                     help="model files kept: the best, promoted and undecided candidates' and the last N runs' "
                          "(default: lab.json's keep_models, else 2); saved in lab.json. See `autolab gc`")
@@ -1065,10 +1087,18 @@ def setup_loop(add) -> None:
 def cmd_export_lab(args) -> int:
     from .archive import export_lab
 
-    info = export_lab(args.lab, args.output)
+    caches, root = None, ""
+    if args.compile_cache:
+        from .harnesskit import cache_root, lab_compile_caches
+        from .lab import Lab
+
+        caches, root = lab_compile_caches(Lab(args.lab).key), str(cache_root().resolve())
+    info = export_lab(args.lab, args.output, compile_caches=caches, cache_root=root)
     left = info["left_out"]
     text = (f"wrote {info['archive']}: {info['files']} files ({info['bytes'] / 1e6:.1f} MB, "
             f"{info['archive_bytes'] / 1e6:.1f} MB compressed) of lab {info['lab']}"
+            + (f"; compile caches {', '.join(info['compile_caches']) or 'none on this machine'} "
+               f"({info['compile_cache_bytes'] / 1e6:.1f} MB)" if args.compile_cache else "")
             + (f"; left out {len(left)}: " + ", ".join(left[:8]) + (" ..." if len(left) > 8 else "") if left else "")
             + f"\nunpack it with: autolab import-lab {info['archive']} --lab NEW")
     _emit(args, info, text)
@@ -1078,9 +1108,19 @@ def cmd_export_lab(args) -> int:
 def cmd_import_lab(args) -> int:
     from .archive import import_lab
 
-    info = import_lab(args.archive, args.lab)
-    _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}; resume it with: "
-                      f"autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
+    def install(lab_dir, unpacked, manifest) -> dict:
+        from .harnesskit import install_compile_caches
+        from .lab import Lab
+
+        done, why = install_compile_caches(Lab(lab_dir).key, unpacked, str(manifest.get("cache_root") or ""))
+        return {"installed": done, "why": why}
+
+    info = import_lab(args.archive, args.lab, install_caches=install)
+    cc = info.get("compile_cache")
+    _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}"
+                      + (f"; compile caches installed: {', '.join(cc['installed']) or 'none'}"
+                         + (f" ({cc['why']})" if cc.get("why") else "") if cc else "")
+                      + f"; resume it with: autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
     return 0
 
 
@@ -1088,6 +1128,9 @@ def setup_export_lab(add) -> None:
     sp = add("export-lab", cmd_export_lab, "write a lab's resumable core (log, candidates, runs; no model files "
                                            "or caches) into one .tar.gz, to move it to another machine")
     sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", required=True, help="e.g. lab.tar.gz")
+    sp.add_argument("--compile-cache", action="store_true",
+                    help="also carry the torch.compile caches the lab's seed runs wrote on this machine, so the next "
+                         "machine of the same GPU and torch version starts warm (AUTOLAB_CACHE must be the same path there)")
 
 
 def setup_import_lab(add) -> None:

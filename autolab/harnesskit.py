@@ -1,5 +1,8 @@
 """What the three task harnesses (nanochat, speedrun, kernels) share: the result JSON's
-skeleton, atomic JSON writes, and importing a candidate's file as a module.
+skeleton, atomic JSON writes, importing a candidate's file as a module, the torch.compile
+caches of a lab, and the CPU clock of the CPU presets (the CPU seconds of a process tree, read
+from inside the train process or from outside it, and how to tell a run the machine starved
+from one that idled).
 
 It lives in the autolab package rather than in a task folder because every harness process
 imports it: the papermill kernel that runs ``<task>_harness.runner``, and the sandboxed training,
@@ -10,7 +13,7 @@ the package is the trusted code that hashes the protected files in the first pla
 task folder would be protected for that task only. Standard library only: importing it loads no
 pandas, torch or litellm, nor any other part of autolab.
 
-    from autolab.harnesskit import atomic_write_json, load_module, result_skeleton
+    from autolab.harnesskit import atomic_write_json, load_module, result_skeleton, TreeCPU
 """
 
 from __future__ import annotations
@@ -208,6 +211,55 @@ def compile_cache_for_run(device: str, env: dict[str, str] | None = None) -> Com
     return CompileCache(private, read=(seed,) if seed.is_dir() else (), private=True)
 
 
+def lab_compile_caches(lab_key: str) -> dict[str, Path]:
+    """The compile caches a lab's seed runs wrote on this machine, by ``<device tag>/<seed id>``
+    (every device and torch version it ran on; the per-run private copies are not included).
+    ``autolab export-lab --compile-cache`` carries them to the next machine."""
+    out: dict[str, Path] = {}
+    for tag in sorted((cache_root() / "compile").glob("*")):
+        base = tag / _slug(lab_key)
+        if not base.is_dir() or base.is_symlink():
+            continue
+        for cand in sorted(base.iterdir()):
+            if cand.is_dir() and not cand.is_symlink() and cand.name != "runs":
+                out[f"{tag.name}/{cand.name}"] = cand
+    return out
+
+
+def seed_cache_ready(lab_key: str, seed_id: str, device: str) -> bool:
+    """True when this machine holds the compile cache a lab's seed runs wrote for this device
+    and torch version (what every other run of the lab starts from)."""
+    folder = cache_root() / "compile" / device_tag(device) / _slug(lab_key) / _slug(seed_id)
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def install_compile_caches(lab_key: str, unpacked: Path, recorded_root: str) -> tuple[list[str], str]:
+    """Put compile caches carried in a lab archive (``unpacked/<device tag>/<seed id>``) where
+    this machine's runs of the lab look for them. Returns (what was installed, why the rest was
+    not). Nothing is installed when the archive's cache root differs from this machine's
+    (Inductor's entries name their kernels by absolute path there; the runs would compile cold
+    anyway), and an existing folder is never replaced (it is this machine's own)."""
+    import shutil
+
+    here = str(cache_root().resolve())
+    if recorded_root and recorded_root != here:
+        return [], (f"not installed: the caches were written under {recorded_root}, and this machine's cache is "
+                    f"{here} (set AUTOLAB_CACHE={recorded_root} to use them)")
+    done, kept = [], []
+    for tag in sorted(unpacked.iterdir()) if unpacked.is_dir() else []:
+        for cand in sorted(tag.iterdir()) if tag.is_dir() else []:
+            if not cand.is_dir() or cand.name == "runs" or _slug(tag.name) != tag.name or _slug(cand.name) != cand.name:
+                continue
+            dest = cache_root() / "compile" / tag.name / _slug(lab_key) / cand.name
+            if dest.exists():
+                kept.append(f"{tag.name}/{cand.name}")
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(cand, dest, ignore=_only_plain)
+            done.append(f"{tag.name}/{cand.name}")
+    return done, (f"kept this machine's own: {', '.join(kept)}" if kept else "")
+
+
 def _only_plain(folder: str, names: list[str]) -> list[str]:
     """copytree's ignore: every name but plain files and folders. The copy runs in trusted code
     that may read what a run may not: a link must not be followed (its target would be copied
@@ -224,3 +276,134 @@ def _only_plain(folder: str, names: list[str]) -> list[str]:
         if not (stat.S_ISREG(m) or stat.S_ISDIR(m)):
             out.append(n)
     return out
+
+
+# ----------------------------------------------------------------------------- the CPU clock
+#
+# On a preset with ``clock = "cpu"`` (nanochat's and speedrun's CPU presets) the training budget
+# is CPU seconds (user + system) of the whole train process tree, so that a busy machine slows a
+# run down without shortening its training. The train process reads its own tree (the harness's
+# clock); the runner reads the same tree from outside (its check of that clock); the sandbox
+# enforces the limit on the tree's CPU and keeps a wall-clock safety net, whose kills are the
+# machine's fault when the run was starved (:func:`machine_starved`, :func:`wall_net_reason`).
+
+
+def _proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()
+
+
+class TreeCPU:
+    """CPU seconds (user + system) used so far by a process tree: the root (all its threads), its
+    children that were waited for, and its live descendants (with what they waited for in turn).
+    ``root``: a pid, or None for this process (read with ``os.times``). The descendants are found
+    by a scan of /proc at most every ``scan_s`` seconds (:meth:`rescan` forces one at the next
+    reading); between scans only their own stat files are read. A reading never decreases.
+
+    From inside the train process (``TreeCPU()``) it is the harness's CPU clock; from outside
+    (``TreeCPU(pid)``, the sandbox's first process) it is the runner's view of the same tree, with
+    the sandbox's supervisors' own few milliseconds on top."""
+
+    def __init__(self, root: int | None = None, scan_s: float = 1.0) -> None:
+        self.root, self.scan_s = root, float(scan_s)
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.desc: dict[int, bytes] = {}   # pid -> start time field (a reused pid is not ours)
+        self.next_scan = 0.0
+        self.best = 0.0
+
+    _stat = staticmethod(_proc_stat)
+
+    def rescan(self) -> None:
+        self.next_scan = 0.0
+
+    def _scan(self) -> None:
+        children: dict[int, list[tuple[int, bytes]]] = {}
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if name.isdigit():
+                rest = self._stat(int(name))
+                if rest and len(rest) > 19:
+                    children.setdefault(int(rest[1]), []).append((int(name), rest[19]))
+        found: dict[int, bytes] = {}
+        todo = [os.getpid() if self.root is None else self.root]
+        while todo:
+            for pid, st in children.get(todo.pop(), ()):
+                if pid not in found:
+                    found[pid] = st
+                    todo.append(pid)
+        self.desc = found
+
+    def _own(self) -> float:
+        if self.root is None:
+            t = os.times()
+            return t.user + t.system + t.children_user + t.children_system
+        rest = self._stat(self.root)
+        if not rest or len(rest) <= 14:
+            return 0.0                         # gone: the best reading so far stands
+        return (int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])) / (self.hz or 100)
+
+    def __call__(self) -> float:
+        total = self._own()
+        now = time.monotonic()
+        if now >= self.next_scan:
+            self.next_scan = now + self.scan_s
+            self._scan()
+        ticks = 0
+        for pid, st in list(self.desc.items()):
+            rest = self._stat(pid)
+            if not rest or len(rest) <= 19 or rest[19] != st:
+                del self.desc[pid]        # gone: its CPU is now in its parent's children figures
+                continue
+            ticks += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])   # utime stime cutime cstime
+        self.best = max(self.best, total + ticks / (self.hz or 100))
+        return self.best
+
+
+def idle_core_seconds() -> float | None:
+    """Idle CPU seconds of the whole machine so far, summed over its cores (/proc/stat: idle +
+    iowait), or None where it cannot be read."""
+    try:
+        with open("/proc/stat") as fh:
+            f = fh.readline().split()
+        return (int(f[4]) + int(f[5])) / (os.sysconf("SC_CLK_TCK") or 100)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_starved(wall_s: float, cpu_s: float | None, wait_s: float | None, idle_s: float | None = None,
+                    need_s: float | None = None) -> bool:
+    """Did the machine starve a process tree that ran ``wall_s`` seconds? Yes when its processes
+    were running (``cpu_s``) or runnable but waiting for a CPU (``wait_s``, the schedstat run
+    delay) at least half of the time; where the wait is not known, when the machine had fewer
+    idle core-seconds (``idle_s``) than the tree still needed (``need_s``)."""
+    if wait_s is not None:
+        return (cpu_s or 0.0) + wait_s >= 0.5 * wall_s
+    return idle_s is not None and need_s is not None and idle_s < need_s
+
+
+def wall_net_reason(wall_s: float, cpu_used: float, limit: float, factor: float, idle: float | None,
+                    wait: float | None = None) -> str:
+    """Why the wall-clock safety net of a cpu-clock run fired: the machine starved the run (an
+    infrastructure failure, the reason starts with ``infrastructure:``) or the run did not use the
+    CPU it could have (the candidate's, ``timeout:``). ``limit``: the run's CPU seconds limit;
+    ``factor``: the preset's ``wall_factor``; ``idle``: the machine's idle core-seconds meanwhile;
+    ``wait``: seconds the run's processes waited for a CPU."""
+    need = max(0.0, limit - cpu_used)
+    net = f"the wall-clock safety net ({factor:g} x the {limit:g} CPU s limit = {factor * limit:g} s)"
+    if machine_starved(wall_s, cpu_used, wait, idle, need):
+        waited = f", waited {wait:.0f} s for a CPU" if wait is not None else ""
+        spare = f" (the machine had {idle:.1f} idle core-seconds)" if idle is not None else ""
+        return (f"infrastructure: the machine was too busy: in {wall_s:.0f} s of wall time the run got "
+                f"{cpu_used:.1f} of its {limit:g} CPU seconds{waited}{spare}, so {net} ended it; not the "
+                f"candidate's fault: run it again on a less loaded machine (or raise wall_factor in task.toml)")
+    return (f"timeout: the train process used only {cpu_used:.1f} CPU seconds in {wall_s:.0f} s of wall time while "
+            f"the machine had {'' if idle is None else f'{idle:.0f} '}idle core-seconds: it waited (sleep, I/O, a "
+            f"lock) instead of training, past {net}, and was killed")

@@ -15,7 +15,7 @@ from typing import Mapping
 
 from .diffs import unified_diff
 from .errors import AutolabError, CandidateError, TaskError
-from .ledger import Ledger, first_seed_in_log
+from .ledger import INFRASTRUCTURE, Ledger, first_seed_in_log, not_a_verdict
 from .log import ResearchLog
 from .records import Candidate, Run, State, now
 from .store import Store, candidate_id, sha256
@@ -541,6 +541,34 @@ class Lab:
         c = self.candidate(c) if isinstance(c, str) else self.candidate(c.id)
         self.log.event("manual_decision", candidate_id=c.id, state="REJECTED", reason=reason)
         return self.set_state(c, State.REJECTED, manual=True, reason=reason)
+
+    def reopen(self, c: Candidate | str, reason: str) -> tuple[Candidate, list[str]]:
+        """Undo the decisions on a candidate whose runs a fault of the harness or the machine
+        spoiled (say which in ``reason``): each of its ended runs that still counts is recorded
+        KILLED with the reason ``infrastructure: reopened by hand: <reason>`` (so it is no verdict,
+        and its seeds are run again), its verdicts are set aside (the ledger's ``latest_verdict``
+        skips them), and the candidate is READY again: the next loop screens it anew.
+        Returns the candidate and the ids of the runs set aside. Nothing is deleted: the old runs
+        and verdicts stay in the log."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise AutolabError("say why the candidate is reopened (e.g. --reason 'the read guard did not know the "
+                               "compile cache'): it is recorded with every run set aside")
+        c = self.candidate(c) if isinstance(c, str) else self.candidate(c.id)
+        if c.id == self.seed_candidate().id:
+            raise AutolabError(f"{c.id} is the lab's seed: it is never decided, so there is nothing to reopen; "
+                               "to re-measure it, run it on new seeds (autolab run)")
+        why = f"{INFRASTRUCTURE} reopened by hand: {reason}"
+        moved = []
+        for r in self.log.runs_list():
+            if r.candidate_id != c.id or r.state not in (State.COMPLETE, State.FAILED) or not_a_verdict(r):
+                continue
+            self.log.append(r.with_state(State.KILLED, error={**(r.error or {}), "reason": why, "ename": "Reopened",
+                                                               "evalue": reason}))
+            moved.append(r.id)
+        aside = [v.id for v in self.log.verdicts_list() if v.candidate_id == c.id]
+        self.log.event("manual_decision", candidate_id=c.id, state="READY", reason=why, runs=moved, verdicts=aside)
+        return self.set_state(c, State.READY, manual=True, reason=why, verdicts_set_aside=aside), moved
 
     def request_stop(self) -> Path:
         """Ask a running loop to stop after its in-flight work (writes ``<lab>/STOP``)."""

@@ -32,6 +32,9 @@ from .records import Candidate, Purpose, Run, State, Verdict, now
 # Runs whose seeds were not used to select the candidate: the evidence for promotion and for "best".
 SELECTION_FREE: tuple[str, ...] = tuple(p.value for p in Purpose.aliases(Purpose.CONFIRM))
 
+# Runs on the final range (seeds never used to select anything): final comparisons and ablations.
+FINAL_RANGE: tuple[str, ...] = tuple(p.value for p in Purpose.aliases(Purpose.FINAL))
+
 # Runs that select a candidate (screening, and runs made by hand): paired with the parent's on the same seeds.
 SELECTION_BY_RUN: tuple[str, ...] = (Purpose.SCREEN.value, Purpose.MANUAL.value)
 
@@ -183,7 +186,7 @@ class Ledger:
         """Pooled within-candidate standard deviation of the metric over selection-free (and
         final) runs: the noise of this task on this hardware, measured in this lab."""
         groups: dict[str, list[float]] = {}
-        counted = SELECTION_FREE + (Purpose.FINAL.value,)
+        counted = SELECTION_FREE + FINAL_RANGE
         for r in self.log.runs_list():
             if r.state is State.COMPLETE and r.purpose in counted and self._preset_ok(r, None) \
                     and isinstance(r.metrics.get(self.metric), (int, float)):
@@ -223,7 +226,7 @@ class Ledger:
             if not c.parent_id:
                 continue
             d = []
-            for ps in (SELECTION_BY_RUN, (Purpose.FINAL.value,), SELECTION_FREE):
+            for ps in (SELECTION_BY_RUN, FINAL_RANGE, SELECTION_FREE):
                 d += [cv - pv for _, cv, pv in self.pairs(c, c.parent_id, ps, runs=runs)]
             if len(d) > 1:
                 num += (len(d) - 1) * statistics.variance(d)
@@ -248,8 +251,12 @@ class Ledger:
         ``repeat_sd``, and ``diff_sd``, the sd of one candidate-minus-parent difference that
         screening and the sequential rule use: the paired figure when it exists, else
         sqrt(2) x the cross-seed one (two independent runs); ``diff_source`` says which; and
-        ``screen_sd``, the screening margin's unit: the paired figure when it exists, else the
-        cross-seed one (the margin of labs made before pairing); ``screen_source`` says which."""
+        ``screen_sd``, the screening margin's unit: the paired figure when it exists, else
+        sqrt(2) x the same-seed repeat spread (the least a paired difference can vary), else None
+        (``screen_source`` None): until the paired noise is measured every paired gain goes on to
+        confirmation, where the sequential rule stops losers after a seed or two and the paired
+        seeds measure the noise. (The cross-seed spread is no unit for a paired screen: on the
+        H100 it is about five times the paired one, so such a margin hid every gain under ~1%.)"""
         cross, paired_, rep = self.noise_sd(), self.paired_sd(), self.repeat_sd()
         if paired_ is not None:
             diff, src = paired_, "paired"
@@ -257,7 +264,12 @@ class Ledger:
             diff, src = math.sqrt(2) * cross, "cross_seed"
         else:
             diff, src = None, None
-        screen, screen_src = (paired_, "paired") if paired_ is not None else (cross, "cross_seed" if cross is not None else None)
+        if paired_ is not None:
+            screen, screen_src = paired_, "paired"
+        elif rep is not None:
+            screen, screen_src = math.sqrt(2) * rep, "repeat"
+        else:
+            screen, screen_src = None, None
         return {"cross_seed_sd": cross, "paired_sd": paired_, "repeat_sd": rep, "diff_sd": diff, "diff_source": src,
                 "screen_sd": screen, "screen_source": screen_src}
 
@@ -296,8 +308,13 @@ class Ledger:
         return {th: self.best(th) for th in self.threads()}
 
     def latest_verdict(self, candidate: Candidate | str, stage: str | None = None) -> Verdict | None:
+        """The candidate's latest verdict (of a stage); verdicts set aside when it was reopened
+        (``Lab.reopen``) do not count."""
         cid = self._cid(candidate)
-        vs = [v for v in self.log.verdicts_list() if v.candidate_id == cid and (stage is None or v.meta.get("stage") == stage)]
+        c = self.log.get("candidate", cid)
+        aside = set((c.meta or {}).get("verdicts_set_aside") or ()) if c is not None else set()
+        vs = [v for v in self.log.verdicts_list() if v.candidate_id == cid and v.id not in aside
+              and (stage is None or v.meta.get("stage") == stage)]
         return vs[-1] if vs else None
 
     def leaderboard(self, preset: str | None = None):
@@ -381,9 +398,10 @@ class Ledger:
     def models_needed(self, keep_last: int = 2) -> dict[str, str]:
         """{run id: why} of the ended runs whose model file can still be needed (``Lab.reclaim``
         removes the other ended runs' model files). One run per candidate that is the best
-        (overall or of a research line), PROMOTED, or undecided (READY, not the seed: a
-        pending audit may still promote it): its latest COMPLETE selection-free run on the
-        lab's preset, else its latest COMPLETE run (red-team runs never stand for a candidate);
+        (overall or of a research line), PROMOTED, or undecided (READY, not the seed nor an
+        ablation's variant, which is never decided: a pending audit may still promote it): its
+        latest COMPLETE selection-free run on the lab's preset, else its latest COMPLETE run
+        (red-team runs never stand for a candidate);
         plus the ``keep_last`` runs that ended last, whatever their state. RUNNING runs are
         never in the answer and never touched."""
         runs = [r for r in self.log.runs_list() if r.state is not State.RUNNING]
@@ -398,7 +416,7 @@ class Ledger:
         for c in self.log.candidates_list():
             if c.state is State.PROMOTED:
                 why.setdefault(c.id, "a promoted candidate")
-            elif c.state is State.READY and (seed is None or c.id != seed.id):
+            elif c.state is State.READY and (seed is None or c.id != seed.id) and c.meta.get("origin") != "ablation":
                 why.setdefault(c.id, "an undecided candidate")
         by_candidate: dict[str, list[Run]] = {}
         for r in runs:

@@ -42,6 +42,7 @@ class Purpose(str, enum.Enum):
     FINAL = "final"        # the final comparison on seeds never used before (1001, ...)
     MANUAL = "manual"      # `autolab run` / `autolab.run(...)` by hand
     REDTEAM = "redteam"    # red-team cases: never counted in any ranking
+    ABLATION = "ablation"  # an ablation's runs (a candidate and it without one change): final seeds, counts as final
 
     __hash__ = str.__hash__   # hash like the stored string, so sets and dicts mix members and values
 
@@ -50,8 +51,12 @@ class Purpose(str, enum.Enum):
 
     @property
     def canonical(self) -> "Purpose":
-        """The purpose this one counts as. The one place that says "baseline is confirm"."""
-        return Purpose.CONFIRM if self is Purpose.BASELINE else self
+        """The purpose this one counts as. The one place that says "baseline is confirm" and
+        "ablation is final" (an ablation's runs are on the final range, never used for selection,
+        and a candidate's final runs serve its ablation and its final comparison alike)."""
+        if self is Purpose.BASELINE:
+            return Purpose.CONFIRM
+        return Purpose.FINAL if self is Purpose.ABLATION else self
 
     @classmethod
     def parse(cls, value: "str | Purpose") -> "Purpose":
@@ -170,7 +175,7 @@ class Run(_Record):
     candidate_id: str
     preset: str
     seed: int
-    purpose: str = "screen"        # a Purpose value: screen | confirm | baseline | final | manual | redteam
+    purpose: str = "screen"        # a Purpose value: screen | confirm | baseline | final | manual | redteam | ablation
     state: State = State.RUNNING
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

@@ -45,7 +45,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
                  "llm": "autolab.llm_propose:make_llm_proposer"},
     "check": {},
     "command": {"tasks": "autolab.cli:setup_tasks", "data": "autolab.cli:setup_data", "run": "autolab.cli:setup_run",
-                "audit": "autolab.cli:setup_audit", "ablate": "autolab.cli:setup_ablate",
+                "audit": "autolab.cli:setup_audit", "reopen": "autolab.cli:setup_reopen", "ablate": "autolab.cli:setup_ablate",
                 "loop": "autolab.cli:setup_loop", "log": "autolab.cli:setup_log", "report": "autolab.cli:setup_report",
                 "stop": "autolab.cli:setup_stop", "gc": "autolab.cli:setup_gc", "demo": "autolab.cli:setup_demo",
                 "export-lab": "autolab.cli:setup_export_lab", "import-lab": "autolab.cli:setup_import_lab",

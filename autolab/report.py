@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import ablation as _ablation
 from .errors import AutolabError
 from .ledger import Ledger
 from .log import ResearchLog
@@ -262,6 +263,88 @@ def audit_summary_html(log: ResearchLog) -> str:
     if failing:
         out.append(H.table(["check", "failures"], [(H.esc(k), str(n)) for k, n in sorted(failing.items(), key=lambda x: -x[1])],
                            caption="Checks that failed"))
+    return "".join(out)
+
+
+def _removal(row, direction: str) -> tuple[float | None, float | None, float | None]:
+    """The effect of removing a change in the metric's own units (the candidate without it minus
+    the full candidate, mean over paired seeds) and its 95% interval; the row's ``effect`` is the
+    change's contribution in the good direction."""
+    if row.effect is None:
+        return None, None, None
+    if direction == "minimize":
+        return row.effect, row.ci_low, row.ci_high
+    return -row.effect, (None if row.ci_high is None else -row.ci_high), (None if row.ci_low is None else -row.ci_low)
+
+
+_VERDICT_COLORS = {_ablation.CARRIES: "#1a7f37", _ablation.HURTS: "#cf222e", _ablation.NO_MEASURABLE: "#57606a"}
+
+
+def ablation_html(log: ResearchLog) -> str:
+    """The ablations of the lab (``autolab.ablation``; the loop makes them, ``autolab ablate``
+    too): for each ablated candidate, the latest ablation's rows, one per change it carries: what
+    the change is (its idea's title and a one-line summary of its diff), the effect of removing it
+    (mean difference over paired seeds in the metric's units, 95% interval, the one-sided p that the
+    change helps, the number of paired seeds) and a plain verdict. Ablations still in progress
+    are named."""
+    metric, direction = metric_of(log)
+    ledger = Ledger(log)
+    best = ledger.best()
+    rows = _ablation.ablation_rows(log)
+    cands = {c.id: c for c in log.candidates_list()}
+    out = []
+    by_cand: dict[str, list] = {}
+    for r in rows:
+        by_cand.setdefault(r.candidate_id, []).append(r)
+    order = sorted(by_cand, key=lambda cid: (best is None or cid != best.id, by_cand[cid][0].created_at))
+    worse = "higher" if direction == "minimize" else "lower"
+    for cid in order:
+        rs = sorted(by_cand[cid], key=lambda r: r.change)
+        c = cands.get(cid)
+        head = (f"{H.code(cid)} {H.esc(_title(log, c) if c is not None else '')}"
+                + (f" {H.badge(c.state)}" if c is not None else "")
+                + (" <b>(the best)</b>" if best is not None and cid == best.id else "")
+                + f" — {len(rs)} changes relative to the seed; ablation {H.code(rs[0].ablation_id)} on "
+                  f"{H.esc(rs[0].preset)}, seeds {H.esc(', '.join(map(str, sorted({s for r in rs for s in r.seeds}))) or '—')}")
+        table = []
+        for r in rs:
+            d, lo, hi = _removal(r, direction)
+            summary = r.summary
+            if not summary and r.after in cands:
+                summary = _ablation.describe(cands[r.after].diff)
+            verdict = r.verdict
+            color = _VERDICT_COLORS.get(verdict, "#6e7781")
+            table.append((
+                str(r.change), H.esc(r.title if r.title != r.after else "(no idea title)"), H.code(summary) if summary else "—",
+                f"{d:+.4g}" if d is not None else "—",
+                f"[{lo:+.4g}, {hi:+.4g}]" if lo is not None and hi is not None else "—",
+                H.fmt(r.p_value) if r.status == _ablation.MEASURED else "—",
+                str(len(r.seeds)) if r.seeds else "0",
+                f'<b style="color:{color};">{H.esc(verdict)}</b>'
+                + (f'<div style="color:#6e7781; font-size:11px;">{H.esc(r.detail[:200])}</div>'
+                   if r.status != _ablation.MEASURED and r.detail else "")))
+        out.append(f'<div style="{H.FONT} margin:10px 0 4px 0;">{head}</div>')
+        out.append(H.table(["#", "change", "what it is", f"removing it: Δ {metric}", "95% interval", "p (it helps)",
+                            "paired seeds", "verdict"], table))
+    for p in _ablation.pending(log):
+        if p.candidate_id not in by_cand:
+            out.append(f'<div style="{H.FONT} color:#6e7781; margin:6px 0;">Ablation {H.code(p.ablation_id)} of '
+                       f'{H.code(p.candidate_id)} is in progress (planned {H.esc(p.created_at[:16])} by '
+                       f'{H.esc(p.by or "hand")}): its rows appear once its runs are in; the next <code>autolab loop</code> '
+                       f'(<code>--ablate auto</code>, the default) finishes it.</div>')
+    if not out:
+        return (f'<div style="{H.FONT} color:#6e7781;">No ablation recorded. The loop ablates the best candidate once '
+                f'two or more of its changes (stacked promotions or a merge) can be removed alone '
+                f'(<code>autolab loop --ablate off</code> turns it off); <code>autolab ablate LAB CANDIDATE</code> '
+                f'ablates any candidate by hand.</div>')
+    out.append(f'<div style="{H.FONT} color:#6e7781; font-size:11px; margin-top:4px;">Each change is removed alone from '
+               f'the candidate (its diff reversed) and the candidate without it runs beside the full candidate on the '
+               f'same final-range seeds, never used to select anything. Δ: the metric without the change minus with it, '
+               f'mean over the paired seeds ({H.esc(metric)} is {"minimized" if direction == "minimize" else "maximized"}: '
+               f'a {worse} value without the change means the change helps), with its 95% interval; p: one-sided paired '
+               f't-test that the change helps. Verdict from the interval: "{_ablation.CARRIES}" when removing the change '
+               f'makes the candidate worse, "{_ablation.HURTS}" when it makes it better, "{_ablation.NO_MEASURABLE}" when '
+               f'the interval holds 0.</div>')
     return "".join(out)
 
 

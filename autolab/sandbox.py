@@ -684,7 +684,9 @@ def run_sandboxed(
     ``env`` is added to the scrubbed environment (``PYTHONPATH`` only if given here);
     ``keep`` names more variables to copy from ``os.environ``. Output lines go to
     ``on_line`` (called on this thread) and ``log_path`` as they come. ``live``: a dict shared
-    with the caller's other threads while the child runs: the tree is killed (reason
+    with the caller's other threads while the child runs: ``live["pid"]`` is set to the tree's
+    first process once it started (the root of the tree, e.g. for a CPU reading of it from
+    outside, ``autolab.harnesskit.TreeCPU``), and the tree is killed (reason
     ``timeout``) once ``time.monotonic()`` passes ``live["deadline"]`` when the caller has set
     one (a limit that can move while the run goes, e.g. once it has waited for a GPU). Never raises for what the
     child does: a crash, a kill or a denied action is in the result."""
@@ -793,6 +795,8 @@ def run_sandboxed(
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, bufsize=0,
         )
         tree = _Tree(proc.pid)
+        if live is not None:
+            live["pid"] = proc.pid   # the tree's first process (a supervisor), for a caller's outside view of it
         out = _Output(proc.stdout.fileno(), log, on_line is not None, limits.end_marker)
         callback_error: BaseException | None = None
 

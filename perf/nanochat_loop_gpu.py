@@ -16,7 +16,8 @@ the lab brought in from the previous machine by `autolab import-lab` and sent on
 - the loop's summary (experiments, decisions, runs per decision), the ledger's noise (the
   paired and cross-seed spreads), the lab's size on disk and per run.
 
-Written to OUT/summary.json (and OUT/lab.tar.gz for the next part). Data: $AUTOLAB_DATA.
+Written to OUT/summary.json (and OUT/lab.tar.gz for the next part; with --carry-cache also
+OUT/lab-cc.tar.gz, the lab with the seed's compile caches). Data: $AUTOLAB_DATA.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def run_rows(lab_path: Path, since: float) -> list[dict]:
                      "state": str(r.state.value if hasattr(r.state, "value") else r.state),
                      "this_part": bool(ended and ended >= since),
                      "val_bpb": (data.get("metrics") or {}).get("val_bpb"),
+                     "metrics": {k: v for k, v in (data.get("metrics") or {}).items() if isinstance(v, (int, float))},
+                     "gpu_s": t.get("total_s") if r.candidate_id else None,
                      **{k: t.get(k) for k in ("startup_s", "clock_start_s", "gpu_wait_s", "train_window_s", "clock_train_s",
                                               "eval_s", "eval_waited_s", "total_s", "compile_cache", "data_s")},
                      "transport": ((data.get("eval") or {}).get("transport") or {}).get("kind")})
@@ -112,6 +115,8 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--max-time", type=float, required=True, help="the loop's time box, seconds")
     ap.add_argument("--extra", action="append", default=[], help="more `autolab loop` arguments")
+    ap.add_argument("--carry-cache", action="store_true",
+                    help="also write OUT/lab-cc.tar.gz: the lab with the seed's compile caches (export-lab --compile-cache)")
     ap.add_argument("--stop-at", type=float, default=None,
                     help="seconds after this script's start at which the loop is interrupted, whatever it is doing "
                          "(so that the lab is exported inside the caller's time limit)")
@@ -177,6 +182,14 @@ def main() -> int:
         pass
     (a.out / "summary.json").write_text(json.dumps(res, indent=1, default=str))
     rc2, out2 = _autolab("export-lab", "--lab", str(a.lab), "-o", str(a.out / "lab.tar.gz"), log=log)
+    if a.carry_cache:   # the same lab with the seed's compile caches, for a warm start on the next machine
+        _autolab("export-lab", "--lab", str(a.lab), "-o", str(a.out / "lab-cc.tar.gz"), "--compile-cache",
+                             log=log)
+        cc = a.out / "lab-cc.tar.gz"
+        res["archive_with_caches_bytes"] = cc.stat().st_size if cc.exists() else None
+        if cc.exists() and cc.stat().st_size > 15 * 2**20:   # the device tool brings back files up to 16 MiB
+            cc.rename(a.out / "lab-cc.too-big")
+        (a.out / "summary.json").write_text(json.dumps(res, indent=1, default=str))
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1, default=str))
     for r in part:
         print(json.dumps(r, default=str))

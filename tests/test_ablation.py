@@ -10,7 +10,8 @@ import json
 import pytest
 
 import autolab
-from autolab.ablation import (MEASURED, NO_EFFECT, NOT_REVERSIBLE, ablation_table, changes, variants)
+from autolab.ablation import (CARRIES, MEASURED, NO_EFFECT, NO_MEASURABLE, NOT_REVERSIBLE, ablation_table, changes,
+                              variants)
 from autolab.cli import main
 from autolab.merge import merge_candidates
 
@@ -75,15 +76,16 @@ def test_ablate_measures_each_change_reports_the_rest_and_survives_a_reopen(tmp_
     r3 = rows[c.id]
     assert r3["status"] == MEASURED and r3["without_id"] == b.id and r3["seeds"] == [1001, 1002]
     assert r3["effect"] == pytest.approx(1.0) and r3["p_value"] == 0.0
-    assert r3["ci_low"] == pytest.approx(1.0) and r3["ci_high"] == pytest.approx(1.0)
+    assert r3["ci_low"] == pytest.approx(1.0) and r3["ci_high"] == pytest.approx(1.0) and r3["verdict"] == CARRIES
     # the trick does nothing: no contribution, p 1
     r2 = rows[b.id]
     assert r2["status"] == MEASURED and r2["effect"] == pytest.approx(0.0) and r2["p_value"] == 1.0
+    assert r2["verdict"] == NO_MEASURABLE and r2["summary"] == "solution.py +1 -1: USE_TRICK = True  # a switch that does nothing"
     without_trick = lab.candidate(r2["without_id"])
     assert without_trick.parent_id is None and without_trick.meta["origin"] == "ablation"
     assert without_trick.meta["ablation_of"] == c.id and "USE_TRICK = True" in without_trick.diff
     runs = lab.log.runs_list()
-    assert {r.purpose for r in runs} == {"final"} and len(runs) == 6 and all(r.ok for r in runs)
+    assert {r.purpose for r in runs} == {"ablation"} and len(runs) == 6 and all(r.ok for r in runs)
 
     # the rows survive a reopen (a new process would see the same), as a DataFrame for the report
     table = ablation_table(autolab.Lab(lab.path))

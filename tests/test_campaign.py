@@ -221,3 +221,93 @@ def test_import_refuses_what_is_not_a_lab_archive(tmp_path):
         import_lab(other, tmp_path / "dest")
     with pytest.raises(AutolabError, match="no lab at"):
         export_lab(tmp_path, tmp_path / "x.tar.gz")
+
+
+def test_compile_caches_travel_with_the_lab_only_when_asked(capsys, tmp_path, toy_lab, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("AUTOLAB_CACHE", str(root))
+    tag = root / "compile" / "2.11.0-NVIDIA-H100"
+    seed = tag / toy_lab.key / "c-seed"
+    (seed / "inductor" / "fx").mkdir(parents=True)
+    (seed / "inductor" / "fx" / "entry").write_bytes(b"graph")
+    (seed / "triton").mkdir()
+    (seed / "triton" / "kernel.json").write_text("{}")
+    (tag / toy_lab.key / "runs" / "c-other.1.ab").mkdir(parents=True)      # a run's private copy: never carried
+    (tag / toy_lab.key / "runs" / "c-other.1.ab" / "poison").write_text("x")
+    (tag / "another-lab" / "c-x").mkdir(parents=True)                      # another lab's cache: not this lab's
+    (tag / "another-lab" / "c-x" / "f").write_text("x")
+    plain = tmp_path / "plain.tar.gz"
+    assert main(["export-lab", "--lab", str(toy_lab.path), "-o", str(plain)]) == 0
+    with tarfile.open(plain) as tar:
+        assert not any(m.startswith("compile-cache") for m in tar.getnames())
+    archive = tmp_path / "lab.tar.gz"
+    code, obj = _json(capsys, ["export-lab", "--lab", str(toy_lab.path), "-o", str(archive), "--compile-cache", "--json"])
+    assert code == 0 and obj["compile_caches"] == ["2.11.0-NVIDIA-H100/c-seed"] and obj["compile_cache_bytes"] == 7
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "compile-cache/2.11.0-NVIDIA-H100/c-seed/inductor/fx/entry" in names
+    assert not any("poison" in n or "another-lab" in n for n in names)
+
+    shutil.rmtree(root / "compile")           # a fresh machine with the same cache path
+    code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "moved"), "--json"])
+    assert code == 0 and obj["compile_cache"]["installed"] == ["2.11.0-NVIDIA-H100/c-seed"]
+    assert (seed / "inductor" / "fx" / "entry").read_bytes() == b"graph"
+    assert autolab.Lab(tmp_path / "moved").key == toy_lab.key    # the lab's key travels, so its runs find the cache
+    (seed / "triton" / "kernel.json").write_text('{"own": 1}')    # this machine's own entries are never replaced
+    code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "again"), "--json"])
+    assert obj["compile_cache"]["installed"] == [] and "kept this machine's own" in obj["compile_cache"]["why"]
+    assert (seed / "triton" / "kernel.json").read_text() == '{"own": 1}'
+
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "elsewhere"))   # another cache path: entries name absolute paths
+    code, obj = _json(capsys, ["import-lab", str(archive), "--lab", str(tmp_path / "third"), "--json"])
+    assert code == 0 and obj["compile_cache"]["installed"] == [] and "AUTOLAB_CACHE=" in obj["compile_cache"]["why"]
+    assert not (tmp_path / "elsewhere" / "compile").exists()
+
+
+def test_the_estimate_tells_the_seeds_runs_from_candidates_runs(toy_lab):
+    """A kernels candidate re-times only what it changed: its runs take a fraction of the seed's
+    full runs, and the time box must not judge one by the other."""
+    seed = toy_lab.seed_candidate()
+    runs = []
+    for i, (cand, wall) in enumerate([(seed.id, 90.0), (seed.id, 31.0), (seed.id, 33.0), ("c-x", 16.0), ("c-y", 18.0)]):
+        r = Run(id=f"r-{i}", task="toy", candidate_id=cand, preset=toy_lab.preset_name, seed=101 + i, purpose="confirm")
+        runs.append(r.with_state(State.COMPLETE, timings={"papermill_s": wall}))
+    assert run_duration_estimate(toy_lab, "confirm", runs=runs)[0] == 90.0
+    est, how = run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=False)
+    assert est == 18.0 and "(candidates')" in how
+    assert run_duration_estimate(toy_lab, "confirm", runs=runs, of_seed=True)[0] == 90.0
+    assert run_duration_estimate(toy_lab, "screen", runs=runs[:3], of_seed=False)[0] == 90.0   # none of that kind yet
+
+
+def test_a_machine_without_the_seeds_compile_cache_gets_a_warm_start_run_first(tmp_path, toy_task, monkeypatch):
+    """warm_start presets (their runs torch.compile): on a machine that holds no compile cache of
+    the lab's seed, a loop whose baseline is done first runs one of the seed's final-comparison
+    seeds (which writes it); where the cache is there, it does not."""
+    from autolab._loop import _Baseline
+    from autolab.executors import get_executor
+    from autolab.harnesskit import cache_root, device_tag
+    from autolab.records import new_id
+
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    toml = toy_task / "task.toml"
+    toml.write_text(toml.read_text().replace("[presets.quick]\n", "[presets.quick]\nwarm_start = true\n"))
+    lab = autolab.Lab(tmp_path / "lab", task=str(toy_task))
+    seed = lab.seed_candidate()
+    for s in (101, 102, 103):       # the baseline, done on another machine
+        r = lab.log.append(Run(id=new_id("r"), task="toy", candidate_id=seed.id, preset=lab.preset_name, seed=s,
+                               purpose="baseline"))
+        lab.log.append(r.with_state(State.COMPLETE, metrics={"loss": 4.0}))
+    events = []
+    with get_executor("local") as ex:
+        b = _Baseline(lab, ex, events.append, None, lambda: None)
+        for f in b.futs:
+            f.result()
+    finals = [r for r in lab.log.runs_list() if r.purpose == "final"]
+    assert [(r.candidate_id, r.seed) for r in finals if r.state is State.COMPLETE] == [(seed.id, 1001)]
+    assert any(e.get("type") == "warm_start" for e in events)
+    # the toy's runs write no compile cache: as a GPU run's would, put the seed's folder in place
+    folder = cache_root() / "compile" / device_tag("cpu") / lab.key / seed.id / "inductor"
+    folder.mkdir(parents=True)
+    (folder / "entry").write_text("compiled")
+    with get_executor("local") as ex:
+        assert _Baseline(lab, ex, None, None, lambda: None).futs == []

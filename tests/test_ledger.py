@@ -12,7 +12,8 @@ import warnings
 import pytest
 
 import autolab
-from autolab.ledger import (MAX_ATTEMPTS, SEED_BASE, SELECTION_FREE, Ledger, current_owner, owner_alive, seed_range)
+from autolab.ledger import (FINAL_RANGE, MAX_ATTEMPTS, SEED_BASE, SELECTION_FREE, Ledger, current_owner, owner_alive,
+                            seed_range)
 from autolab.records import Idea, Purpose, Run, State, Verdict, new_id, now
 
 
@@ -59,7 +60,9 @@ def test_purpose_is_the_stored_string_and_baseline_counts_as_confirm():
     assert Purpose.CONFIRM == "confirm" and "confirm" in {Purpose.CONFIRM} and Purpose.FINAL in {"final"}
     assert json.dumps({"p": Purpose.BASELINE}) == '{"p": "baseline"}'
     assert SELECTION_FREE == ("confirm", "baseline")
-    assert SEED_BASE == {"screen": 1, "manual": 1, "redteam": 1, "confirm": 101, "baseline": 101, "final": 1001}
+    assert SEED_BASE == {"screen": 1, "manual": 1, "redteam": 1, "confirm": 101, "baseline": 101, "final": 1001,
+                         "ablation": 1001}
+    assert Purpose.ABLATION.canonical is Purpose.FINAL and FINAL_RANGE == ("final", "ablation")
     assert seed_range("baseline") == seed_range(Purpose.CONFIRM) == 101
     with pytest.raises(ValueError, match="unknown run purpose 'scren'; use one of: screen, confirm"):
         Purpose.parse("scren")
@@ -94,6 +97,21 @@ def test_runs_means_noise_and_seeds(toy_lab):
     from autolab._run import missing_seeds, runs_of
 
     assert missing_seeds(lab, a, "confirm", 4) == [105] and len(runs_of(lab, a)) == 3
+
+
+def test_the_screening_unit_is_never_the_cross_seed_spread(toy_lab):
+    """A paired screen's margin comes from paired or same-seed noise; with only the cross-seed
+    spread known there is no margin (every paired gain is confirmed, and the confirmations
+    measure the paired noise)."""
+    lab, led = toy_lab, toy_lab.ledger
+    seed = lab.seed_candidate()
+    confirm(lab, seed, [4.0, 4.4, 3.8], purpose="baseline")
+    n = led.noise()
+    assert n["cross_seed_sd"] > 0.2 and n["screen_sd"] is None and n["screen_source"] is None
+    add_run(lab, seed, 4.02, purpose="baseline", seed=101)            # the same random seed again
+    n = led.noise()
+    assert n["screen_source"] == "repeat" and n["screen_sd"] == pytest.approx(2 ** 0.5 * led.repeat_sd())
+    assert n["screen_sd"] < n["cross_seed_sd"]
 
 
 def test_pairs_and_the_three_noise_figures(toy_lab):
@@ -329,3 +347,33 @@ def test_the_ledger_sits_low_and_nothing_below_the_loop_imports_it_back():
     assert imports("ledger.py") == {"log", "records"}
     for rel in ("_propose.py", "merge.py", "lab.py", "_audit/__init__.py", "_run.py"):
         assert "_loop" not in imports(rel), rel
+
+
+def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, capsys):
+    """A harness fault spoiled a candidate's runs: reopening sets them aside (kept, KILLED as the
+    machine's doing), sets its verdicts aside, and the loop's questions see a fresh candidate."""
+    from autolab.cli import main
+    from autolab.errors import AutolabError
+    from autolab.ledger import latest_verdict, missing_seeds, not_a_verdict
+
+    lab = toy_lab
+    seed = lab.seed_candidate()
+    confirm(lab, seed, [4.0, 4.1, 3.9], purpose="baseline")
+    add_run(lab, seed, 4.0, purpose="screen", seed=1)
+    c = add_cand(lab, seed, 2.0)
+    spoiled = add_run(lab, c, 9.0, purpose="screen", seed=1)
+    autolab.audit(lab, c, stage="screen")
+    assert lab.candidate(c.id).state is State.REJECTED and latest_verdict(lab, c, "screen") is not None
+    with pytest.raises(AutolabError, match="say why"):
+        lab.reopen(c, " ")
+    with pytest.raises(AutolabError, match="the lab's seed"):
+        lab.reopen(seed, "x")
+    assert main(["reopen", str(lab.path), c.id, "--reason", "the read guard did not know the compile cache", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["was"] == "REJECTED" and out["runs_set_aside"] == [spoiled.id]
+    c2 = lab.candidate(c.id)
+    assert c2.state is State.READY and latest_verdict(lab, c2, "screen") is None and latest_verdict(lab, c2) is None
+    r = lab.log.get("run", spoiled.id)
+    assert r.state is State.KILLED and not_a_verdict(r) and "compile cache" in r.error["reason"]
+    assert missing_seeds(lab, c2, "screen", 1) == [1]                 # the loop screens it again
+    assert len(lab.log.verdicts_list()) == 1                          # nothing deleted

@@ -35,7 +35,7 @@ def test_build_report_is_self_contained(small_lab, tmp_path):
     assert _remote_refs(html) == [], _remote_refs(html)[:5]
     assert "<script src" not in html and "application/vnd.jupyter.widget-view+json" not in html
     for section in ("About this report", "Progress", "Leaderboard", "Lineage", "Research threads",
-                    "Best against seed", "Audit", "The best change"):
+                    "Best against seed", "Audit", "The best change", "Ablation: what each kept change carries"):
         assert section in html
     assert "papermill" not in html and "-p lab" not in html                   # no authoring instructions
     assert "seed policy" in html and "commit" in html and "hardware" in html

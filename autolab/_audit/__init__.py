@@ -74,6 +74,8 @@ def audit(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, pr
         state, reason = State.PENDING, "the seed has no parent to beat"
     elif stage == "screen":
         on = "on the same seed" + ("s" if len(prs) > 1 else "") if prs else "(its mean over other seeds)"
+        if not prs:   # unpaired (a lab recorded before pairing): other seeds' noise is in the difference
+            screen_margin = max(screen_margin, noise["cross_seed_sd"] or 0.0)
         if cmean is None or pmean is None:
             state, reason = (State.REJECTED if final else State.PENDING), "no screening result or no parent baseline"
         elif metric.gain(cmean, pmean) > screen_margin:

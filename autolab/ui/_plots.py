@@ -67,7 +67,7 @@ def experiments(log):
     state, mean metric over complete runs (NaN when no run completed: a killed or failed
     run's numbers are never a metric), runs, failures, the selection-free mean (the
     ledger's mean, the number "best" is judged on) and ``kept`` (the seed or promoted:
-    the ledger's candidates for best)."""
+    the ledger's candidates for best). Red-team and ablation runs are no experiments: left out."""
     import math
 
     import pandas as pd
@@ -86,7 +86,7 @@ def experiments(log):
     vals: dict[str, list[float]] = {}
     fails: dict[str, int] = {}
     for k, r in enumerate(runs):
-        if r.purpose == Purpose.REDTEAM:
+        if r.purpose in (Purpose.REDTEAM, Purpose.ABLATION):   # not experiments: an ablation decides nothing
             continue
         order.setdefault(r.candidate_id, k)
         if r.state.value == "COMPLETE" and isinstance(r.metrics.get(metric), (int, float)):

@@ -254,6 +254,60 @@ def test_train_loader_batches():
     again.close()
 
 
+def _served(tmp_path, tokens, offsets, seed=1, chunk=0, buffer_docs=16):
+    from nanochat_harness.data_server import TrainDataServer
+
+    (tmp_path / "split").mkdir(exist_ok=True)
+    paths = {"tokens": str(tmp_path / "split" / "t.tokens.npy"), "offsets": str(tmp_path / "split" / "t.offsets.npy")}
+    np.save(paths["tokens"], tokens)
+    np.save(paths["offsets"], offsets)
+    repo = Path(__file__).resolve().parents[2]
+    return TrainDataServer(train=paths, bos_id=0, seed=seed, chunk_tokens=chunk, buffer_docs=buffer_docs, prefetch=2,
+                           hdir=tmp_path, env={"PYTHONPATH": f"{TASK_DIR}:{repo}"}).start()
+
+
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_the_data_process_serves_the_in_process_loaders_batches(tmp_path, chunk):
+    """The trusted data process (a real subprocess, over its socket) hands out exactly the batches
+    the in-process loader packs for the same seed, epochs included; building a client sends no
+    data; the first batch asked for is stamped by the data process itself, after the client's
+    clock hook ran; a wrong token is refused; and nothing of it is left once stopped."""
+    import os
+    import torch
+
+    tokens, offsets = _random_docs(60, 4)
+    srv = _served(tmp_path, tokens, offsets, seed=7, chunk=chunk)
+    try:
+        hooked: list[float] = []
+        it = L.ServedLoader(str(srv.socket_path), srv.token, batch_size=3, seq_len=20,
+                            on_first_batch=lambda: hooked.append(time.monotonic()))
+        time.sleep(0.3)
+        assert srv.report().get("first_request_monotonic") is None and srv.report()["batches"] == 0
+        ref = L.TrainLoader(tokens, offsets, batch_size=3, seq_len=20, bos_id=0, seed=7, chunk_tokens=chunk,
+                            buffer_docs=16, prefetch=2)
+        for n in range(120):                                        # several epochs of this small set
+            (x, y), (rx, ry) = next(it), next(ref)
+            assert x.dtype == y.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+            assert torch.equal(x, rx) and torch.equal(y, ry) and it.epoch == ref.epoch, n
+            if n == 0:
+                after_first = time.monotonic()
+        assert it.batches == 120 and it.epoch >= 2
+        ref.close()
+        rep = srv.report()
+        assert hooked and hooked[0] <= rep["first_request_monotonic"] <= after_first
+        with pytest.raises(RuntimeError, match="wrong token"):
+            L.ServedLoader(str(srv.socket_path), "not-the-token", batch_size=3, seq_len=20)
+        it.close()
+    finally:
+        srv.stop()
+    assert srv.proc.poll() is not None and not srv.socket_path.parent.exists()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(srv.proc.pid, 0)                                  # its whole process group is gone
+    rep = srv.report()                                              # the final report, written at the stop
+    assert rep["refused"] == 1 and rep["connections"] == 1
+    assert 120 <= rep["batches"] <= 120 + 2 * 4 and rep["tokens"] == rep["batches"] * 3 * 20   # <= 2 x prefetch (4) ahead
+
+
 # ----------------------------------------------------------------------------- downloads
 
 class _Shards(http.server.BaseHTTPRequestHandler):

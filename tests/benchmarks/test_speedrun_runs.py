@@ -59,17 +59,20 @@ def test_cpu_tiny_seed_reaches_target_through_papermill(tmp_path, shared_cache):
     assert p.returncode == 0 and res["status"] == "ok", (res["status"], res["reason"], p.stderr[-3000:])
     m, t = res["metrics"], res["timings"]
     assert m["val_loss"] <= target == res["target"]
-    assert 0 < m["time_s"] <= t["budget_s"] and m["time_s"] == pytest.approx(t["timed_s"], abs=1e-3)
+    assert res["clock"] == "cpu"                      # cpu-tiny's clock counts CPU seconds of the train process tree
+    assert 0 < m["time_s"] <= t["budget_s"] and m["time_s"] == max(t["timed_s"], t["outside_s"])
+    assert abs(t["outside_s"] - t["timed_s"]) <= res["probes"]["wall_consistent"]["tolerance_s"]
     assert m["val_loss"] == pytest.approx(m["val_loss_inprocess"], abs=1e-3)
     assert math.isfinite(m["hidden_val_loss"]) and m["init_loss"] > 7.0
     assert m["steps"] == load_task(TASK_DIR).preset("cpu-tiny").settings["train_steps"]
-    assert res["summary"]["time_s"] == pytest.approx(m["time_s"], abs=0.01)
+    assert res["summary"]["time_s"] == pytest.approx(t["timed_s"], abs=0.01)
     _all_passed(res)
     for k in ("reset_verified", "init_untrained", "val_tokens", "target_unchanged", "loss_recheck",
               "wall_consistent", "train_data_in_clock", "clock_intact", "causality", "logits", "harness_intact"):
         assert k in res["probes"], k
-    # the clock stopped while validating: the process lived longer than the clock ran
-    assert t["train_s"] > t["timed_s"] + t["val_s"] > t["timed_s"]
+    # the clock stopped while validating: the tree used more CPU than the clock counted
+    pauses = res["probes"]["wall_consistent"]["pauses_s"]
+    assert t["train_s"] > t["timed_s"] + pauses > t["timed_s"]
     assert res["val_curve"][-1]["final"] and res["val_curve"][-1]["val_loss"] == m["val_loss_inprocess"]
     nb = out_nb.read_text()
     assert '"ename"' not in nb

@@ -32,6 +32,10 @@ API
     are best-fit packed from train-split documents, each document prefixed with BOS, every row
     starting with BOS, no padding; epochs reshuffle from the run seed. The loader's ``epoch``
     and ``batches`` attributes count progress. Drawing the first batch starts the clock.
+    The batches come from the run's trusted data process (``nanochat_harness.data_server``),
+    the only process that can read the train split: it packs them and stamps the first
+    request as the clock's start, seen from outside this process. Building a loader costs a
+    connection and sends no data.
 
 ``start_clock()``, ``elapsed() -> float``, ``time_left() -> float``
     The training clock. It starts at the first of: ``start_clock()``, ``elapsed()``,
@@ -92,7 +96,8 @@ _LOADERS: list = []
 
 def _guard_train_process() -> None:
     """In the train process (the runner sets AUTOLAB_NANOCHAT_ROLE=train): plant the canary API
-    key and record reads outside the workspace, the packages and the train data (guard.py)."""
+    key and record reads outside the workspace, the packages, token_bytes and the tokenizer
+    (guard.py). The train split itself is not readable here: the data process serves it."""
     if os.environ.get("AUTOLAB_NANOCHAT_ROLE") != "train":
         return
     from . import guard
@@ -102,10 +107,10 @@ def _guard_train_process() -> None:
         cfg = config()
     except RuntimeError:
         return
-    data_files = [v for d in (cfg.get("data") or {}).values() for v in (d.values() if isinstance(d, dict) else [d])
-                  if isinstance(v, str)]
+    data_files = [v for v in (cfg.get("data") or {}).values() if isinstance(v, str)]   # token_bytes, tokenizer: files
     allowed = [os.getcwd(), os.path.dirname(os.environ.get("AUTOLAB_RUN_CONFIG", "") or "/.none"),
-               os.path.dirname(cfg.get("events_path") or os.getcwd()), *{os.path.dirname(f) for f in data_files}]
+               os.path.dirname(cfg.get("events_path") or os.getcwd()), *data_files,
+               *[d for d in cfg.get("compile_cache_dirs") or () if isinstance(d, str)]]   # torch.compile's own entries
     guard.watch_reads(allowed, os.path.join(os.path.dirname(cfg.get("events_path") or os.getcwd()), guard.READS_LOG))
 
 
@@ -138,64 +143,7 @@ CLOCK_LINE = "[nanochat-harness] training clock started"
 SAVED_LINE = "[nanochat-harness] model saved for evaluation"
 
 
-class _TreeCPU:
-    """CPU seconds (user + system) used so far by this process (all its threads), its children
-    that were waited for, and its live descendants (with what they waited for in turn). The
-    descendants are found by a scan of /proc at most once a second; between scans only their
-    own stat files are read. Never decreases."""
-
-    def __init__(self) -> None:
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.desc: dict[int, bytes] = {}   # pid -> start time field (a reused pid is not ours)
-        self.next_scan = 0.0
-        self.best = 0.0
-
-    @staticmethod
-    def _stat(pid: int) -> list[bytes] | None:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        return data[data.rfind(b")") + 2:].split()
-
-    def _scan(self) -> None:
-        children: dict[int, list[tuple[int, bytes]]] = {}
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return
-        for name in names:
-            if name.isdigit():
-                rest = self._stat(int(name))
-                if rest and len(rest) > 19:
-                    children.setdefault(int(rest[1]), []).append((int(name), rest[19]))
-        found: dict[int, bytes] = {}
-        todo = [os.getpid()]
-        while todo:
-            for pid, st in children.get(todo.pop(), ()):
-                if pid not in found:
-                    found[pid] = st
-                    todo.append(pid)
-        self.desc = found
-
-    def __call__(self) -> float:
-        t = os.times()
-        total = t.user + t.system + t.children_user + t.children_system
-        now = time.monotonic()
-        if now >= self.next_scan:
-            self.next_scan = now + 1.0
-            self._scan()
-        ticks = 0
-        for pid, st in list(self.desc.items()):
-            rest = self._stat(pid)
-            if not rest or len(rest) <= 19 or rest[19] != st:
-                del self.desc[pid]        # gone: its CPU is now in its parent's children figures
-                continue
-            ticks += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])   # utime stime cutime cstime
-        self.best = max(self.best, total + ticks / (self.hz or 100))
-        return self.best
-
+from autolab.harnesskit import TreeCPU as _TreeCPU  # noqa: E402 - the tree's CPU seconds (shared with speedrun)
 
 _tree_cpu = _TreeCPU()
 
@@ -247,18 +195,15 @@ def time_left() -> float:
 def train_loader(batch_size: int | None = None, seq_len: int | None = None, device: str | None = None):
     """Batches (x, y) of packed train-split rows, forever; see the module docstring."""
     from . import loader as _loader
-    from .data import load_split
 
     cfg = _cfg()
-    data = cfg.get("data") or {}
-    if "train" not in data:
-        raise RuntimeError("nanochat_harness: the run configuration names no train data; start the run "
+    served = cfg.get("train_data") or {}
+    if not served.get("socket"):
+        raise RuntimeError("nanochat_harness: the run configuration names no train data process; start the run "
                            "through nanochat_harness.runner")
-    tokens, offsets = load_split(data["train"])
-    it = _loader.TrainLoader(
-        tokens, offsets, batch_size=int(batch_size or cfg.get("batch_size", 8)), seq_len=int(seq_len or cfg["seq_len"]),
-        bos_id=int(cfg["bos_id"]), device=device or cfg.get("device", "cpu"), seed=int(cfg.get("seed", 0)),
-        chunk_tokens=int(cfg.get("doc_chunk_tokens", 0) or 0), buffer_docs=int(cfg.get("pack_buffer", 256)),
+    it = _loader.ServedLoader(
+        served["socket"], str(served.get("token", "")), batch_size=int(batch_size or cfg.get("batch_size", 8)),
+        seq_len=int(seq_len or cfg["seq_len"]), device=device or cfg.get("device", "cpu"),
         prefetch=int(cfg.get("prefetch", 4)), on_first_batch=start_clock)
     _LOADERS.append(it)
     return it

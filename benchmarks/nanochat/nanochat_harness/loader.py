@@ -12,13 +12,22 @@ Rules (the same for training and evaluation):
   whole documents instead of only their first ``T`` tokens;
 * training reads documents in an order reshuffled every epoch from the run seed; evaluation
   reads them in file order, once.
+
+In a run, training batches come from the trusted data process (``data_server``), which packs
+them with :class:`Packer`; the train process holds a :class:`ServedLoader` (its client) and
+cannot read the train token cache. :class:`TrainLoader` packs in-process from token arrays
+(tests, scripts outside a run: the same batches for the same seed).
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import queue
+import socket
+import struct
 import threading
+import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -176,3 +185,148 @@ class TrainLoader:
             # a packing thread still inside torch when the interpreter exits aborts the process
             # ("terminate called without an active exception"); let it finish its batch
             self._thread.join(timeout=10)
+
+
+_HEADER = struct.Struct("<IIQ")       # the data process's batch header: kind, epoch, payload bytes (data_server)
+_CREDIT = struct.Struct("<I")
+
+
+class ServedLoader:
+    """Iterator of (x, y) int64 tensors of shape (B, T), forever, from the run's trusted data
+    process (``data_server``) over its Unix socket: the same batches :class:`TrainLoader` packs
+    for the same seed. Building it sends only the shape; the first ``next()`` asks for data (the
+    data process stamps that moment: the clock's start seen from outside), then a background
+    thread keeps ``prefetch`` batches requested and ``prefetch`` received ahead (int32 rows
+    received straight into pinned memory on CUDA, one copy to the device, widened there), so a
+    training step does not wait for data."""
+
+    def __init__(self, address: str, token: str, batch_size: int, seq_len: int, device: str = "cpu",
+                 prefetch: int = 4, on_first_batch: Callable[[], None] | None = None, connect_timeout_s: float = 120.0):
+        import torch
+
+        self.B, self.T, self.device = int(batch_size), int(seq_len), torch.device(device)
+        self._pin = self.device.type == "cuda"
+        self._prefetch = max(1, int(prefetch))
+        self._q: queue.Queue = queue.Queue(maxsize=self._prefetch)
+        self._stop = threading.Event()
+        self._on_first = on_first_batch
+        self._thread: threading.Thread | None = None
+        self.batches = 0                      # batches handed out
+        self.epoch = 0                        # epoch of the packer when the last batch was built
+        self._sock = self._connect(address, connect_timeout_s)
+        try:
+            self._sock.sendall((json.dumps({"token": token, "batch_size": self.B, "seq_len": self.T}) + "\n").encode())
+            answer = self._line()
+        except OSError as e:
+            self._sock.close()
+            raise RuntimeError(f"nanochat_harness: the train data process went away during the hello ({e})") from None
+        if not answer.get("ok"):
+            self._sock.close()
+            raise RuntimeError(f"nanochat_harness: the train data process refused the loader: {answer.get('error')}")
+        if answer.get("dtype") != "int32" or int(answer.get("row_len", -1)) != self.T + 1:
+            self._sock.close()
+            raise RuntimeError(f"nanochat_harness: unexpected answer from the train data process: {answer}")
+
+    @staticmethod
+    def _connect(address: str, timeout_s: float) -> socket.socket:
+        end = time.monotonic() + timeout_s
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(address)
+                return s
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                s.close()
+                if time.monotonic() > end:
+                    raise RuntimeError(f"nanochat_harness: no train data process at {address} after {timeout_s:g} s "
+                                       f"({e}); start the run through nanochat_harness.runner") from None
+                time.sleep(0.05)
+
+    def _line(self) -> dict:
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = self._sock.recv(1)
+            if not chunk:
+                raise OSError("connection closed")
+            buf += chunk
+        return json.loads(buf)
+
+    def _recv_into(self, view: memoryview) -> None:
+        got, n = 0, view.nbytes
+        while got < n:
+            k = self._sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise OSError("the train data process closed the connection")
+            got += k
+
+    def _work(self) -> None:
+        import torch
+
+        header = bytearray(_HEADER.size)
+        try:
+            self._sock.sendall(_CREDIT.pack(self._prefetch))
+            while not self._stop.is_set():
+                self._recv_into(memoryview(header))
+                kind, epoch, nbytes = _HEADER.unpack(header)
+                if kind != 1:
+                    text = bytearray(min(nbytes, 1 << 16))
+                    self._recv_into(memoryview(text))
+                    raise RuntimeError(f"the train data process failed: {text.decode(errors='replace')}")
+                if nbytes != self.B * (self.T + 1) * 4:
+                    raise RuntimeError(f"a batch of {nbytes} bytes from the train data process; expected "
+                                       f"{self.B * (self.T + 1) * 4}")
+                rows = torch.empty((self.B, self.T + 1), dtype=torch.int32, pin_memory=self._pin)
+                self._recv_into(memoryview(rows.numpy()).cast("B"))
+                if self._pin:
+                    item = (rows, int(epoch))              # widened on the device, after one copy
+                else:
+                    item = (rows[:, :-1].to(torch.int64, memory_format=torch.contiguous_format),
+                            rows[:, 1:].to(torch.int64, memory_format=torch.contiguous_format), int(epoch))
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                self._sock.sendall(_CREDIT.pack(1))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            if not self._stop.is_set():
+                self._q.put(e)
+
+    def __iter__(self) -> "ServedLoader":
+        return self
+
+    def __next__(self):
+        import torch
+
+        if self._thread is None:
+            if self._stop.is_set():
+                raise StopIteration
+            if self._on_first is not None:
+                self._on_first()
+            self._thread = threading.Thread(target=self._work, name="nanochat-loader", daemon=True)
+            self._thread.start()
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"the nanochat train loader failed: {item}") from item
+        if self._pin:
+            rows, self.epoch = item
+            g = rows.to(self.device, non_blocking=True)
+            x = g[:, :-1].to(torch.int64, memory_format=torch.contiguous_format)
+            y = g[:, 1:].to(torch.int64, memory_format=torch.contiguous_format)
+        else:
+            x, y, self.epoch = item
+            if self.device.type != "cpu":
+                x, y = x.to(self.device), y.to(self.device)
+        self.batches += 1
+        return x, y
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._thread is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._sock.close()

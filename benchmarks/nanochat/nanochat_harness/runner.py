@@ -35,11 +35,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from autolab.harnesskit import result_skeleton
+from autolab.harnesskit import idle_core_seconds as _idle_core_s, result_skeleton
+from autolab.harnesskit import wall_net_reason as _wall_net_reason
 
 from . import CLOCK_LINE, SAVED_LINE
 from .boot import READY_LINE
 from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
+from .data_server import TrainDataServer
 
 EventFn = Callable[[dict], None]
 _SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-/ ]*?):\s*(.*)$")
@@ -175,21 +177,11 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
         "survivors": [dict(x) for x in res.survivors],
         "output": "\n".join(lines) if lines else res.stdout_tail,
         "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
+        "launched_at": t_launch,
         "clock_start_s": (marks["clock"] - t_launch) if "clock" in marks else None,
         "saved_s": (marks["saved"] - t_launch) if "saved" in marks else None,
         "model_changed_after_save": bool(saved_stat) and saved_stat != [_stat(cwd / "model.pt"), _stat(cwd / "model.json")],
     }
-
-
-def _idle_core_s() -> float | None:
-    """Idle CPU seconds of the whole machine so far, summed over its cores (/proc/stat: idle +
-    iowait), or None where it cannot be read."""
-    try:
-        with open("/proc/stat") as fh:
-            f = fh.readline().split()
-        return (int(f[4]) + int(f[5])) / (os.sysconf("SC_CLK_TCK") or 100)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _stat(p: Path) -> tuple | None:
@@ -612,10 +604,20 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             shutil.rmtree(bdir)
         bdir.mkdir(parents=True)
         baton = GpuBaton.for_gpu(f"{device}-{os.environ.get('CUDA_VISIBLE_DEVICES', '')}", bdir, train_limit_s)
+    # the train split is served by a trusted data process (data_server), started with the evaluation's
+    # (below) so that it has loaded the split before the candidate asks; the train process cannot read
+    # the split itself
+    import autolab
+
+    pypath = os.pathsep.join(dict.fromkeys([str(HARNESS_DIR.parent), str(Path(autolab.__file__).resolve().parent.parent)]))
+    served = TrainDataServer(train=data["splits"]["train"], bos_id=data["bos_id"], seed=int(seed),
+                             chunk_tokens=int(settings.get("doc_chunk_tokens", 0) or 0),
+                             buffer_docs=int(settings.get("pack_buffer", 256)), prefetch=int(settings.get("prefetch", 4)),
+                             hdir=hdir, env={"PYTHONPATH": pypath})
     launch = time.time()
     run_cfg = {**common, "events_path": str(events_path),
-               "data": {"train": data["splits"]["train"], "token_bytes": data["token_bytes"],
-                        "tokenizer": data["tokenizer"]},
+               "data": {"token_bytes": data["token_bytes"], "tokenizer": data["tokenizer"]},
+               "train_data": served.client_config(),
                "launch_time": launch, "deadline": launch + wall_factor * (budget_s + allowance_s),
                "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
                **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {}),
@@ -624,9 +626,6 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
     denied.append(data["corpus"]["root"])
-    import autolab
-
-    pypath = os.pathsep.join(dict.fromkeys([str(HARNESS_DIR.parent), str(Path(autolab.__file__).resolve().parent.parent)]))
     env = {
         "PYTHONPATH": pypath, "AUTOLAB_RUN_CONFIG": str(run_cfg_path), "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1",
@@ -648,6 +647,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     ccache = compile_cache_for_run(device)
     if ccache is not None:
         env.update(ccache.env())
+        # the in-process read guard (guard.py) must know them too: Inductor reads its own entries
+        run_cfg["compile_cache_dirs"] = [str(ccache.folder), *map(str, ccache.read)]
+        atomic_write_json(run_cfg_path, run_cfg)
     result["timings"]["compile_cache"] = "none" if ccache is None else ("warm" if ccache.warm() else "cold")
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
@@ -669,15 +671,16 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if tail:
             tail.start()
         try:
-            # reads by allow-list: the workdir, the harness, the train split's files (not the folder:
-            # the val caches sit next to them), the Python environment and the system (autolab.sandbox)
-            readable = (*(data["splits"]["train"][k] for k in ("tokens", "offsets")), data["token_bytes"],
-                        data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
+            # reads by allow-list: the workdir, the harness, token_bytes and the tokenizer (files, not
+            # their folder: the token caches sit next to them), the Python environment and the system
+            # (autolab.sandbox); no split: the train batches come from the data process's socket
+            readable = (data["token_bytes"], data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
                         *((str(ccache.folder), *map(str, ccache.read)) if ccache is not None else ()),
                     *((str(baton.go_file.parent),) if baton else ()))
             idle0 = _idle_core_s()
             tr = _sandboxed([sys.executable, str(HARNESS_DIR / "boot.py"), "train.py"], cwd=workdir, env=env,
-                            read_deny=tuple(denied), write_allow=(str(workdir), *((str(ccache.folder),) if ccache is not None else ())),
+                            read_deny=tuple(denied), write_allow=(str(workdir), str(served.sockdir),
+                                                                  *((str(ccache.folder),) if ccache is not None else ())),
                             wall_s=train_limit_s + (gpu_wait_s if baton else 0.0), baton=baton,
                             mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo, read_allow=readable,
                             end_marker=SAVED_LINE, after_end_s=float(settings.get("after_save_allowance_s", 10.0)),
@@ -703,6 +706,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
 
         result["violations"] = list(tr["violations"]) + _guard_violations(
             workdir / READS_LOG, workdir, tr["output"], CANARY_PREFIX + canary_suffix, "train")
+        served.stop()
+        _served_clock(result, tr, served.report(), budget_s)
         if tr["clock_start_s"] is not None:
             result["timings"]["clock_start_s"] = round(tr["clock_start_s"], 3)
             result["timings"]["startup_s"] = round(tr["clock_start_s"] - waited, 3)   # launch to clock, less the wait
@@ -841,16 +846,47 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     # on a GPU the two start now, beside the training; on a CPU preset (where two more interpreters
     # importing torch would compete with the training for the cores) when the model is saved
     prewarm = bool(settings.get("eval_prewarm", device == "cuda"))
-    if prewarm:
-        evaluation.start(before_s=train_limit_s + (gpu_wait_s if baton else 0.0) + 60.0)
     try:
+        served.start()
+        if prewarm:
+            evaluation.start(before_s=train_limit_s + (gpu_wait_s if baton else 0.0) + 60.0)
         return _train_and_evaluate()
     finally:
+        served.stop()           # nothing of the run outlives it (a no-op once stopped)
         evaluation.cancel()
         if baton is not None:
             baton.release()     # after the evaluation: the next run's candidate code may start
         if ccache is not None:
             ccache.discard()    # a private copy: nothing a candidate wrote reaches another run
+
+
+DATA_BEFORE_CLOCK_S = 1.0   # + 1% of the budget: how much earlier than the clock line the first batch may be asked for
+
+
+def _served_clock(result: dict[str, Any], tr: dict[str, Any], report: dict[str, Any], budget_s: float) -> None:
+    """The data process's view of the training: what it served (``result["train_data"]``) and
+    when the first batch was asked for (``timings.data_clock_start_s``, seconds since the train
+    process's launch). The clock's start is the earlier of that and the clock line's arrival
+    (``tr["clock_start_s"]`` is updated): a clock started late never shortens the window. Train
+    data asked for more than ``DATA_BEFORE_CLOCK_S`` + 1% of the budget before the clock line (or
+    with no clock line at all) is a ``clock`` violation: training data used before the clock."""
+    result["train_data"] = {k: report[k] for k in ("batches", "rows", "tokens", "bytes", "connections", "refused",
+                                                   "streams", "load_s", "train_tokens", "ok", "error") if k in report}
+    first = report.get("first_request_monotonic")
+    if not _finite(first):
+        return
+    data_s = float(first) - tr["launched_at"]
+    result["timings"]["data_clock_start_s"] = round(data_s, 3)
+    line_s = tr["clock_start_s"]
+    tolerance = DATA_BEFORE_CLOCK_S + 0.01 * budget_s
+    if line_s is None or data_s < line_s - tolerance:
+        late = "never started" if line_s is None else f"started {line_s - data_s:.1f} s later"
+        result["violations"].append({"kind": "clock", "phase": "train", "detail": (
+            f"train batches were asked of the harness's data process {data_s:.1f} s after launch, but the training "
+            f"clock {late} (tolerance {tolerance:.1f} s): training data was used before the clock; draw batches "
+            f"through H.train_loader, whose first batch starts the clock")})
+    if line_s is None or data_s < line_s:
+        tr["clock_start_s"] = data_s
 
 
 def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: float, budget_s: float) -> None:
@@ -874,27 +910,6 @@ def _cpu_clock_timings(result: dict[str, Any], cpu_used: float, allowance_s: flo
             f"thread), but the harness's CPU clock counted {float(clock_s):.1f} s of training: more than the "
             f"{allowance_s:g} s start-up allowance (+{slack:.1f} s) was spent out of the clock's view (a helper "
             f"process it did not see, or a patched clock); do all the work inside the harness's clock")})
-
-
-def _wall_net_reason(wall_s: float, cpu_used: float, limit: float, factor: float, idle: float | None,
-                     wait: float | None = None) -> str:
-    """Why the wall-clock safety net of a cpu-clock run fired: the machine starved the run (an
-    infrastructure failure) or the run did not use the CPU it could have (the candidate's).
-    Starved: its processes were running or runnable (waiting for a CPU: ``wait``, the schedstat
-    run delay) at least half of the wall time; where that is not known, the machine had fewer
-    idle core-seconds (``idle``) than the run still needed."""
-    need = max(0.0, limit - cpu_used)
-    net = f"the wall-clock safety net ({factor:g} x the {limit:g} CPU s limit = {factor * limit:g} s)"
-    starved = (cpu_used + wait >= 0.5 * wall_s) if wait is not None else (idle is not None and idle < need)
-    if starved:
-        waited = f", waited {wait:.0f} s for a CPU" if wait is not None else ""
-        spare = f" (the machine had {idle:.1f} idle core-seconds)" if idle is not None else ""
-        return (f"infrastructure: the machine was too busy: in {wall_s:.0f} s of wall time the run got "
-                f"{cpu_used:.1f} of its {limit:g} CPU seconds{waited}{spare}, so {net} ended it; not the "
-                f"candidate's fault: run it again on a less loaded machine (or raise wall_factor in task.toml)")
-    return (f"timeout: the train process used only {cpu_used:.1f} CPU seconds in {wall_s:.0f} s of wall time while "
-            f"the machine had {'' if idle is None else f'{idle:.0f} '}idle core-seconds: it waited (sleep, I/O, a "
-            f"lock) instead of training, past {net}, and was killed")
 
 
 # ----------------------------------------------------------------------------- by hand

@@ -46,8 +46,17 @@ API (every process of a multi-process run calls the same functions in the same o
     The preset's target, and whether the last validation reached it (loss <= target).
 ``elapsed() -> float``, ``time_left() -> float``, ``out_of_time() -> bool``
     Seconds on the clock (validation excluded), the budget left (never negative; also capped
-    by the process's hard deadline), and whether the budget was spent at the last validation
+    by the process's hard limit), and whether the budget was spent at the last validation
     (the same answer on every process: stop on it in multi-process runs).
+
+    What the clock counts is the preset's ``clock`` key. ``"wall"`` (the GPU presets): wall
+    seconds. ``"cpu"`` (the CPU presets): CPU seconds (user + system) of the whole train process
+    tree (every thread of the train process, its children that were waited for and its live
+    descendants; under torchrun, the launcher's whole tree), read from ``/proc``. Sleeping or
+    waiting for a busy machine uses none of the budget; helper processes and threads are
+    charged for the CPU they use. The hard limit is then ``allowance_s + budget_s +
+    val_allowance_s`` CPU seconds of the tree since launch, and a wall-clock limit of
+    ``wall_factor`` times that is only a safety net.
 ``log(step, loss, **extra)``
     One point of the live training curve (process 0 writes it).
 ``finish(model, step=None, init_kwargs=None, factory=None) -> float``
@@ -74,6 +83,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from autolab.harnesskit import TreeCPU
+
 __all__ = ["init", "config", "begin", "warmup_batch", "warmup_done", "train_loader", "validate", "target",
            "target_reached", "elapsed", "time_left", "out_of_time", "log", "finish", "Dist", "ResetError"]
 
@@ -88,6 +99,10 @@ _perf = time.perf_counter
 _monotonic = time.monotonic
 _wall = time.time
 _IMPORT_T = _perf()
+# The CPU clock's reader (clock = "cpu"): this process's tree, or under torchrun the launcher's
+# (every process of the run).
+_TREE = TreeCPU(os.getppid() if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None)
+_TREE_CALL = TreeCPU.__call__
 
 
 class Dist(NamedTuple):
@@ -109,7 +124,9 @@ class _State:
         self.events = None
         self.phase = "setup"              # setup -> warmup -> timed -> finished
         self.acc = 0.0                    # clock seconds accumulated
-        self.since: float | None = None   # perf_counter when the clock last (re)started; None: stopped
+        self.since: float | None = None   # the clock's reading (_now) when it last (re)started; None: stopped
+        self.cpu = False                  # the clock counts CPU seconds of the tree (clock = "cpu"), fixed at its start
+        self.cpu_at_start: float | None = None   # the tree's CPU seconds when the clock started (start-up)
         self.clock_start_wall: float | None = None
         self.val_s = 0.0                  # seconds spent in timed validations (clock stopped)
         self.warmup_val_s = 0.0
@@ -287,7 +304,8 @@ def _write_record(extra: dict[str, Any] | None = None) -> None:
     rec = {
         "rank": r, "world_size": d.world_size if d else 1, "phase": _S.phase,
         "timed_s": round(_clock(), 6), "val_s": round(_S.val_s, 6), "warmup_val_s": round(_S.warmup_val_s, 6),
-        "pre_s": _S.pre_s, "clock_start_wall": _S.clock_start_wall,
+        "pre_s": _S.pre_s, "clock_start_wall": _S.clock_start_wall, "clock": "cpu" if _S.cpu else "wall",
+        "cpu_at_clock_start": _S.cpu_at_start,
         "validations": _S.validations, "warmup_validations": _S.warmup_validations,
         "begin": _S.begin_fp, "reset": _S.reset, "init_loss": _S.init_loss,
         "batches": _S.batches, "batches_outside": _S.batches_outside, "final": _S.final,
@@ -308,14 +326,21 @@ def _clock_intact() -> dict[str, Any]:
                                ("time.time", _wall, time.time)) if f is not now or type(f).__name__ != "builtin_function_or_method"]
     mod = sys.modules.get(__name__)
     mine = [n for n in _ORIGINALS if getattr(mod, n, None) is not _ORIGINALS[n]]
+    if getattr(mod, "_TREE", None) is not _TREE_ORIG or type(_TREE_ORIG).__call__ is not _TREE_CALL:
+        mine.append("_TREE")
     return {"passed": not bad and not mine and not _S.tamper,
             "replaced": bad + [f"speedrun_harness.{n}" for n in mine] + _S.tamper[:5]}
 
 
 # ----------------------------------------------------------------------------- the clock
 
+def _now() -> float:
+    """The clock's time source: perf_counter, or on a cpu-clock preset the tree's CPU seconds."""
+    return _TREE() if _S.cpu else _perf()
+
+
 def _clock() -> float:
-    return _S.acc + (_perf() - _S.since if _S.since is not None else 0.0)
+    return _S.acc + (_now() - _S.since if _S.since is not None else 0.0)
 
 
 def elapsed() -> float:
@@ -324,12 +349,16 @@ def elapsed() -> float:
 
 
 def time_left() -> float:
-    """Budget seconds left (never negative), also capped by the hard deadline of the process."""
+    """Budget seconds left (never negative), also capped by the hard limit of the process (wall:
+    its deadline; cpu clock: allowance + budget + val_allowance CPU seconds of the tree)."""
     cfg = _cfg()
     left = float(cfg["budget_s"]) - _clock()
-    deadline = cfg.get("deadline")
-    if deadline:
-        left = min(left, float(deadline) - _wall() - float(cfg.get("finish_reserve_s", 5.0)))
+    reserve = float(cfg.get("finish_reserve_s", 5.0))
+    if cfg.get("clock", "wall") == "cpu":
+        if cfg.get("cpu_limit_s"):
+            left = min(left, float(cfg["cpu_limit_s"]) - _TREE() - reserve)
+    elif cfg.get("deadline"):
+        left = min(left, float(cfg["deadline"]) - _wall() - reserve)
     return max(0.0, left)
 
 
@@ -349,14 +378,14 @@ def _called_from_outside(what: str) -> None:
 def _stop_clock() -> None:
     _called_from_outside("_stop_clock")
     if _S.since is not None:
-        _S.acc += _perf() - _S.since
+        _S.acc += _now() - _S.since
         _S.since = None
 
 
 def _start_clock() -> None:
     _called_from_outside("_start_clock")
     if _S.phase == "timed" and _S.since is None:
-        _S.since = _perf()
+        _S.since = _now()
 
 
 # ----------------------------------------------------------------------------- warm-up and reset
@@ -439,8 +468,11 @@ def warmup_done(model, *optimizers, restore: bool = True) -> None:
     _S.phase = "timed"
     _S.pre_s = round(_perf() - _IMPORT_T, 4)
     _S.clock_start_wall = _wall()
+    _S.cpu = _cfg().get("clock", "wall") == "cpu"
     _event({"ev": "clock_start"})
-    _S.since = _perf()
+    _S.since = _now()
+    if _S.cpu:
+        _S.cpu_at_start = round(_S.since, 4)
 
 
 # ----------------------------------------------------------------------------- data
@@ -665,3 +697,4 @@ _watch_train_reads()
 # Every function of the harness, as defined here: the clock_intact probe checks that none was replaced.
 _ORIGINALS = {n: f for n, f in list(globals().items())
               if callable(f) and not isinstance(f, type) and getattr(f, "__module__", None) == __name__}
+_TREE_ORIG = _TREE

@@ -14,6 +14,15 @@ warm-up), and all validations together may take ``val_allowance_s``. The runner 
 clock from outside: it time-stamps the clock's events as they appear in events.jsonl and
 compares. A train process alive at ``allowance_s + budget_s + val_allowance_s`` (+
 ``kill_grace_s``) is killed and the run is recorded as ``killed``.
+
+On a preset with ``clock = "cpu"`` (the CPU presets) the same rules are kept in CPU seconds of
+the whole train process tree (every process and thread): the harness's clock reads the tree's
+CPU, the runner reads the same tree from outside at each clock event (``cpu_out`` of the
+stamps, ``autolab.harnesskit.TreeCPU``), the sandbox kills the tree once it has used
+``allowance_s + budget_s + val_allowance_s`` (+ ``kill_grace_s``) CPU seconds, and the wall
+clock is only a safety net, ``wall_factor`` times that: a run it kills while the machine had no
+CPU to give it was starved, and is recorded with a reason that starts with ``infrastructure:``
+(not the candidate's fault), as is a re-check killed by ``eval_timeout_s`` while starved.
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ if str(NANOCHAT_DIR) not in sys.path:
 
 from nanochat_harness.data import atomic_write_json, prepare_data  # noqa: E402
 
-from autolab.harnesskit import result_skeleton  # noqa: E402
+from autolab.harnesskit import (TreeCPU, idle_core_seconds, machine_starved, result_skeleton,  # noqa: E402
+                                wall_net_reason)
 from nanochat_harness.runner import parse_summary, read_curve  # noqa: E402
 
 EventFn = Callable[[dict], None]
@@ -53,14 +63,30 @@ def _finite(v: Any) -> bool:
 
 class _Tail(threading.Thread):
     """Follows events.jsonl while the train process runs: stamps each clock event with the
-    runner's own clock (seconds since launch) when it appears, and forwards curve points."""
+    runner's own clock (``t_out``: seconds since launch) when it appears, and forwards curve
+    points. With ``live`` (the sandbox's shared dict, which names the tree's first process) each
+    clock event also gets ``cpu_out``: the train process tree's CPU seconds then, read from
+    outside (the CPU clock's outside view)."""
 
-    def __init__(self, path: Path, t0: float, on_event: EventFn | None, poll_s: float = 0.02):
+    def __init__(self, path: Path, t0: float, on_event: EventFn | None, poll_s: float = 0.02,
+                 live: dict | None = None):
         super().__init__(daemon=True, name="speedrun-events")
         self.path, self.t0, self.on_event, self.poll_s = path, t0, on_event, poll_s
         self.stop = threading.Event()
         self.pos = 0
         self.stamps: list[dict[str, Any]] = []
+        self.live, self.tree = live, None
+
+    def _tree_cpu(self) -> float | None:
+        if self.live is None:
+            return None
+        if self.tree is None:
+            pid = self.live.get("pid")
+            if not pid:
+                return None
+            self.tree = TreeCPU(int(pid))
+        self.tree.rescan()              # a full scan at every clock event: no helper process is missed
+        return round(self.tree(), 4)
 
     def poll(self) -> None:
         try:
@@ -70,6 +96,7 @@ class _Tail(threading.Thread):
         except OSError:
             return
         now = time.monotonic() - self.t0
+        cpu: list[float | None] = []    # read once per poll, at the first clock event of it
         for line in data.split(b"\n")[:-1] if data else []:
             self.pos += len(line) + 1
             try:
@@ -79,7 +106,12 @@ class _Tail(threading.Thread):
             if not isinstance(ev, dict):
                 continue
             if ev.get("ev") in CLOCK_EVENTS:
-                self.stamps.append({"ev": ev["ev"], "t_out": round(now, 4), "t": ev.get("t")})
+                stamp = {"ev": ev["ev"], "t_out": round(now, 4), "t": ev.get("t")}
+                if self.live is not None:
+                    if not cpu:
+                        cpu.append(self._tree_cpu())
+                    stamp["cpu_out"] = cpu[0]
+                self.stamps.append(stamp)
             if self.on_event:
                 try:
                     self.on_event({"type": "curve" if "loss" in ev else "clock", **ev})
@@ -95,9 +127,12 @@ class _Tail(threading.Thread):
 def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tuple[str, ...],
                write_allow: tuple[str, ...], wall_s: float, mem_mb: int | None, log_path: Path, echo: bool,
                loopback: bool = False, harden: bool = True, read_allow: tuple[str, ...] | None = None,
-               end_marker: str | None = None) -> dict[str, Any]:
+               end_marker: str | None = None, cpu_limit_s: float | None = None,
+               live: dict | None = None) -> dict[str, Any]:
     """Run argv through ``autolab.sandbox.run_sandboxed``. ``read_allow``: reads by allow-list
-    (Policy.read_allow); ``end_marker``: the output line that ends the candidate's work (Limits)."""
+    (Policy.read_allow); ``end_marker``: the output line that ends the candidate's work (Limits);
+    ``cpu_limit_s``: the whole tree's CPU seconds past which it is killed (reason "cpu");
+    ``live``: shared with the sandbox while it runs (it names the tree's first process)."""
     from autolab.sandbox import Limits, Policy, run_sandboxed
 
     lines: list[str] = []
@@ -111,10 +146,12 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     res = run_sandboxed(argv, cwd=cwd, env=env, on_line=on_line, log_path=log_path,
                         policy=Policy(read_deny=tuple(read_deny), write_allow=tuple(write_allow), loopback=loopback,
                                       harden=harden, read_allow=None if read_allow is None else tuple(read_allow)),
-                        limits=Limits(wall_s=float(wall_s), end_marker=end_marker, **kw))
+                        limits=Limits(wall_s=float(wall_s), end_marker=end_marker, tree_cpu_s=cpu_limit_s, **kw),
+                        live=live)
     killed = res.state == "killed" and res.reason in ("timeout", "memory", "nproc", "cpu")
     return {"returncode": res.returncode, "state": res.state, "killed": killed, "kill_reason": res.reason,
             "violations": [dict(v) for v in res.violations], "wall_s": float(res.wall_s), "cpu_s": res.cpu_s,
+            "wait_s": res.wait_s,
             "output": "\n".join(lines) if lines else res.stdout_tail, "peak_memory_mb": res.peak_memory_mb,
             "isolation": dict(res.isolation)}
 
@@ -139,7 +176,7 @@ def _probe(passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
 def clock_check(stamps: list[dict[str, Any]], reported_s: float, allowance_s: float, tol_s: float,
                 wall_s: float | None = None, untimed_max_s: float | None = None, rel_tol: float = 0.03,
                 floor_s: float = 0.25, validations: int | None = None,
-                val_allowance_s: float | None = None) -> dict[str, Any]:
+                val_allowance_s: float | None = None, cpu: bool = False) -> dict[str, Any]:
     """The outside view of the clock: the seconds between clock_start and clock_stop as the
     runner saw them (its own time stamps of the events' arrival), less the validation pauses,
     must match the harness's timed seconds within ``min(tol_s, max(floor_s, rel_tol * reported))``
@@ -148,7 +185,13 @@ def clock_check(stamps: list[dict[str, Any]], reported_s: float, allowance_s: fl
     process's whole life (``wall_s``, measured by the sandbox) less the clock must fit
     ``untimed_max_s``; the pauses must be as many as the recorded ``validations`` and sum to at
     most ``val_allowance_s``. ``outside_s`` is what the run is timed by (with the reported figure
-    as a floor): nothing the train process does to its own clock can make it shorter."""
+    as a floor): nothing the train process does to its own clock can make it shorter.
+
+    ``cpu``: the clock is a CPU clock; every figure is then CPU seconds of the train process tree:
+    the stamps' ``cpu_out`` (the tree's CPU when the runner saw the event) instead of their
+    arrival time, and ``wall_s`` is the tree's whole CPU as the sandbox measured it."""
+    key, u = ("cpu_out", "CPU s") if cpu else ("t_out", "s")
+    stamps = [{**s, "t_out": s.get(key)} for s in stamps if isinstance(s.get(key), (int, float))]
     first = {}
     for s in stamps:
         first.setdefault(s["ev"], s["t_out"])
@@ -169,39 +212,45 @@ def clock_check(stamps: list[dict[str, Any]], reported_s: float, allowance_s: fl
     pre = first["clock_start"]
     problems = []
     if abs(outside - reported_s) > tol:
-        problems.append(f"the harness reports {reported_s:.2f} s on the clock, the runner saw {outside:.2f} s "
-                        f"(tolerance {tol:.2f} s: {tol_s:g} s or {100 * rel_tol:g}% of the clock, whichever is "
-                        f"smaller, at least {floor_s:g} s, + 0.05 s per validation)")
+        problems.append(f"the harness reports {reported_s:.2f} {u} on the clock, the runner saw {outside:.2f} {u} "
+                        f"(tolerance {tol:.2f} {u}: {tol_s:g} {u} or {100 * rel_tol:g}% of the clock, whichever is "
+                        f"smaller, at least {floor_s:g} {u}, + 0.05 {u} per validation)")
     if pre > allowance_s + tol:
-        problems.append(f"the clock started {pre:.1f} s after launch, past the {allowance_s:g} s allowance for "
+        problems.append(f"the clock started {pre:.1f} {u} after launch, past the {allowance_s:g} {u} allowance for "
                         f"start-up, compilation and warm-up")
     if wall_s is not None and untimed_max_s is not None and wall_s - reported_s > untimed_max_s + tol:
-        problems.append(f"the process lived {wall_s:.1f} s, {wall_s - reported_s:.1f} s more than the clock ran, past "
-                        f"the {untimed_max_s:g} s allowed off the clock")
+        what = "the process tree used" if cpu else "the process lived"
+        problems.append(f"{what} {wall_s:.1f} {u}, {wall_s - reported_s:.1f} {u} more than the clock ran, past "
+                        f"the {untimed_max_s:g} {u} allowed off the clock")
     if validations is not None and n != validations:
         problems.append(f"the clock paused {n} times but {validations} validations were recorded: a pause that is not "
                         f"a validation stops the clock")
     if val_allowance_s is not None and pauses > val_allowance_s + tol:
-        problems.append(f"validation pauses took {pauses:.1f} s, past val_allowance_s = {val_allowance_s:g} s")
+        problems.append(f"validation pauses took {pauses:.1f} {u}, past val_allowance_s = {val_allowance_s:g} {u}")
     detail = "; ".join(problems) if problems else (
-        f"clock {reported_s:.2f} s vs {outside:.2f} s seen from outside ({n} validation pauses, {pauses:.2f} s; "
-        f"tolerance {tol:.2f} s); clock started {pre:.1f} s after launch (allowance {allowance_s:g} s)")
+        f"clock {reported_s:.2f} {u} vs {outside:.2f} {u} seen from outside ({n} validation pauses, {pauses:.2f} {u}; "
+        f"tolerance {tol:.2f} {u}); clock started {pre:.1f} {u} after launch (allowance {allowance_s:g} {u})")
     return _probe(not problems, detail, outside_s=round(outside, 4), pauses_s=round(pauses, 4), pre_s=round(pre, 4),
-                  tolerance_s=round(tol, 3), pause_list=pause_list)
+                  tolerance_s=round(tol, 3), pause_list=pause_list, clock="cpu" if cpu else "wall")
 
 
-def pause_check(probe: dict[str, Any], val_pass_s: float, factor: float = 3.0, slack_s: float = 1.0) -> dict[str, Any]:
+def pause_check(probe: dict[str, Any], val_pass_s: float, factor: float = 3.0, slack_s: float = 1.0,
+                threads: int = 1) -> dict[str, Any]:
     """After the re-check: no validation pause may be longer than ``factor`` times the trusted
     side's own pass over the val rows (``val_pass_s``, measured outside the train process) plus
-    ``slack_s``: a longer pause stopped the clock for more than a validation."""
-    bound = factor * val_pass_s + slack_s
+    ``slack_s``: a longer pause stopped the clock for more than a validation. On a CPU clock the
+    pauses are CPU seconds of the tree and the pass's wall seconds count ``threads`` times (the
+    CPU threads a validation may keep busy)."""
+    cpu = probe.get("clock") == "cpu"
+    bound = factor * val_pass_s * (threads if cpu else 1) + slack_s
+    u, per = ("CPU s", f" x {threads} threads") if cpu else ("s", "")
     long = [p for p in probe.get("pause_list", []) if p > bound]
     if not long or not probe.get("passed", True):
         return {**probe, "pause_bound_s": round(bound, 3)}
     return {**probe, "passed": False, "pause_bound_s": round(bound, 3),
-            "detail": f"validation pauses of {', '.join(f'{p:.2f}' for p in long[:5])} s, longer than {factor:g}x the "
-                      f"harness's own pass over the val rows ({val_pass_s:.2f} s) + {slack_s:g} s: the clock was stopped "
-                      f"for more than a validation"}
+            "detail": f"validation pauses of {', '.join(f'{p:.2f}' for p in long[:5])} {u}, longer than {factor:g}x the "
+                      f"harness's own pass over the val rows ({val_pass_s:.2f} s{per}) + {slack_s:g} {u}: the clock was "
+                      f"stopped for more than a validation"}
 
 
 def harness_probes(records: list[dict[str, Any]], *, world_size: int, target: float, val_tokens: int,
@@ -292,6 +341,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     val_allowance_s = float(settings.get("val_allowance_s", 15.0))
     grace_s = float(settings.get("kill_grace_s", 2.0))
     nproc = int(settings.get("nproc") or settings.get("gpus") or 1)
+    clock = str(settings.get("clock", "wall"))
+    cpu_clock = clock == "cpu"
+    wall_factor = float(settings.get("wall_factor", 4.0)) if cpu_clock else 1.0
     target = float(settings["target"]) if "target" in settings else task.significance.target
     if target is None:
         raise AutolabError(f"{task.path / 'task.toml'}: preset {p.name!r} has no target; add target = <loss>")
@@ -304,6 +356,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         task.name, p.name, seed, cand, timings={"budget_s": budget_s, "allowance_s": allowance_s + val_allowance_s,
                                                 "startup_allowance_s": allowance_s, "val_allowance_s": val_allowance_s},
         target=target, val_curve=[], corpus={}, world_size=nproc)
+    result["clock"] = clock
 
     def event(**kw: Any) -> None:
         if on_event:
@@ -321,6 +374,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             print(f"[speedrun] {status}" + (f": {reason}" if reason else ""), flush=True)
         return result
 
+    if clock not in ("wall", "cpu"):
+        return done("failed", f"{task.path / 'task.toml'}: preset {p.name} has clock = {clock!r}; use \"wall\" or "
+                              f"\"cpu\"")
     # --- data (cached after the first time; nanochat's tokenizer and token caches)
     event(type="phase", phase="data")
     t0 = time.monotonic()
@@ -357,8 +413,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "model_path": str(workdir / "model.pt"),
                "data": {"train": data["splits"]["train"], "val": data["splits"]["val"],
                         "token_bytes": data["token_bytes"], "tokenizer": data["tokenizer"]},
-               "launch_time": launch, "deadline": launch + limit,
-               "finish_reserve_s": float(settings.get("finish_reserve_s", 5.0))}
+               "launch_time": launch, "deadline": launch + wall_factor * limit,
+               "finish_reserve_s": float(settings.get("finish_reserve_s", 5.0)),
+               **({"cpu_limit_s": limit} if cpu_clock else {})}
     run_cfg_path = hdir / "run_config.json"
     atomic_write_json(run_cfg_path, run_cfg)
     # the train process validates on val itself; it never sees hidden_val or the corpus files
@@ -388,7 +445,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         (cc / "triton").mkdir(parents=True, exist_ok=True)
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cc / "inductor"), TRITON_CACHE_DIR=str(cc / "triton"))
         write_allow.append(str(cc))
-    cache_reads = tuple(map(str, run_cache.read)) if run_cache is not None else ()
+    cache_reads = (*((str(Path(compile_cache).resolve()),) if compile_cache else ()),   # its own entries, and
+                   *(map(str, run_cache.read) if run_cache is not None else ()))     # its ancestors' (read only)
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no pool of compile workers left running at the end
     mem_mb = int(settings["mem_mb"]) if settings.get("mem_mb") else None
     # reads by allow-list: the workdir, the harnesses, the train and val files (not their folder:
@@ -403,25 +461,38 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
 
     # --- train
     event(type="phase", phase="train", budget_s=budget_s, allowance_s=allowance_s, target=target)
+    unit = "CPU s" if cpu_clock else "s"
     if echo:
         print(f"[speedrun] training {cand.name}/{SCRIPT}, seed {seed}, preset {p.name}, {nproc} process(es): "
-              f"target {target:g}, budget {budget_s:g}s (+ {allowance_s:g}s start-up, {val_allowance_s:g}s "
-              f"validation)", flush=True)
+              f"target {target:g}, budget {budget_s:g} {unit} (+ {allowance_s:g} {unit} start-up, {val_allowance_s:g} "
+              f"{unit} validation)" + (f"; wall safety net {wall_factor * limit:g} s" if cpu_clock else ""), flush=True)
     t_launch = time.monotonic()
-    tail = _Tail(workdir / "events.jsonl", t_launch, on_event)
+    live: dict[str, Any] | None = {} if cpu_clock else None
+    tail = _Tail(workdir / "events.jsonl", t_launch, on_event, live=live)
     tail.start()
+    idle0 = idle_core_seconds()
     try:
         tr = _sandboxed(argv, cwd=workdir, env=env, read_deny=tuple(denied), write_allow=tuple(write_allow),
-                        wall_s=limit + grace_s, mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo,
-                        loopback=nproc > 1, harden=harden, read_allow=readable)
+                        wall_s=wall_factor * limit + grace_s, mem_mb=mem_mb, log_path=hdir / "train.log", echo=echo,
+                        loopback=nproc > 1, harden=harden, read_allow=readable,
+                        cpu_limit_s=limit + grace_s if cpu_clock else None, live=live)
     finally:
         tail.stop.set()
         tail.join(timeout=5)
         if run_cache is not None:
             run_cache.discard()   # a private copy: nothing a candidate wrote reaches another run
-    result["timings"]["train_s"] = round(tr["wall_s"], 3)   # until the last process of the run ended
+    idle1 = idle_core_seconds()
+    cpu_used = float(tr["cpu_s"] or 0.0)
+    # train_s is what the budget check compares with budget + allowances: the tree's CPU seconds on a
+    # cpu clock, else the wall seconds until the last process of the run ended
+    result["timings"]["train_s"] = round(cpu_used if cpu_clock else tr["wall_s"], 3)
+    result["timings"]["train_wall_s"] = round(tr["wall_s"], 3)
     if tr["cpu_s"] is not None:
         result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
+    if tr["wait_s"] is not None:
+        result["timings"]["train_wait_s"] = tr["wait_s"]      # runnable but waiting for a CPU (a busy machine)
+    if idle0 is not None and idle1 is not None:
+        result["timings"]["machine_idle_core_s"] = round(idle1 - idle0, 3)
     result["violations"] = list(tr["violations"])
     result["sandbox"] = {"train": {"isolation": tr["isolation"], "peak_memory_mb": tr["peak_memory_mb"],
                                    "state": tr["state"], "reason": tr["kill_reason"], "harden": harden}}
@@ -454,12 +525,14 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                                vocab_size=int(data["vocab_size"]), budget_s=budget_s,
                                                init_slack=float(settings.get("init_loss_slack", 1.0))))
     if main and main.get("final"):
+        # on a cpu clock every figure is CPU seconds of the tree: the sandbox's measure of the whole
+        # tree's CPU stands where the process's wall life stands on a wall clock
         result["probes"]["wall_consistent"] = clock_check(
             tail.stamps, float(main["timed_s"]), allowance_s, float(settings.get("clock_tolerance_s", 1.0)),
-            wall_s=tr["wall_s"], untimed_max_s=allowance_s + val_allowance_s,
+            wall_s=cpu_used if cpu_clock else tr["wall_s"], untimed_max_s=allowance_s + val_allowance_s,
             rel_tol=float(settings.get("clock_rel_tolerance", 0.03)),
             floor_s=float(settings.get("clock_floor_s", 0.25)), validations=len(main.get("validations") or []),
-            val_allowance_s=val_allowance_s)
+            val_allowance_s=val_allowance_s, cpu=cpu_clock)
         result["timings"]["pre_s"] = result["probes"]["wall_consistent"].get("pre_s")
     if tr["killed"]:
         why = {"timeout": f"timeout: the train process ran past allowance_s + budget_s + val_allowance_s = {limit:g}s "
@@ -468,7 +541,19 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "nproc": "nproc: the train process started too many processes and was killed",
                "cpu": "cpu: the train process hit its CPU-time limit and was killed"}.get(tr["kill_reason"],
                                                                                         tr["kill_reason"])
+        if cpu_clock and tr["kill_reason"] == "cpu":
+            why = (f"cpu: the train process tree used {cpu_used:.1f} CPU seconds (every process and thread counted), "
+                   f"past allowance_s + budget_s + val_allowance_s = {limit:g} CPU s (clock = \"cpu\"), and was killed "
+                   f"(target not reached within the budget); stop when H.time_left() is 0 or H.out_of_time(), and "
+                   f"count helper processes' work inside the budget")
+        elif cpu_clock and tr["kill_reason"] == "timeout":
+            why = wall_net_reason(tr["wall_s"], cpu_used, limit, wall_factor, result["timings"].get("machine_idle_core_s"),
+                                  tr["wait_s"])
         return done("killed", why)
+    if cpu_clock and cpu_used > limit + grace_s:
+        return done("killed", f"cpu: the train process tree used {cpu_used:.1f} CPU seconds in all (every process and "
+                              f"thread, measured from outside), past allowance_s + budget_s + val_allowance_s = "
+                              f"{limit:g} CPU s")
     if tr["returncode"] != 0:
         out_lines = tr["output"].strip().splitlines()
         ranked = [ln for ln in out_lines if ln.startswith("[rank")]     # torchrun: the processes' own tracebacks
@@ -506,6 +591,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if er.get("violation"):
         result["violations"].append({**er["violation"], "phase": "eval"})
     if ev["killed"]:
+        if ev["kill_reason"] == "timeout" and machine_starved(ev["wall_s"], ev.get("cpu_s"), ev.get("wait_s")):
+            return done("failed", f"infrastructure: the machine was too busy: the re-check's model process got "
+                                  f"{ev.get('cpu_s') or 0.0:.1f} CPU seconds and waited {ev['wait_s']:.0f} s for a CPU "
+                                  f"in {ev['wall_s']:.0f} s, past eval_timeout_s = {settings.get('eval_timeout_s', 300)} "
+                                  f"s; not the candidate's fault: run it again on a less loaded machine")
         return done("failed", f"the re-check was killed ({ev['kill_reason'] or 'limit'}); eval_timeout_s is "
                               f"{settings.get('eval_timeout_s', 300)}s")
     if not er.get("ok"):
@@ -539,7 +629,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     result["eval"] = {k: er[k] for k in ("val", "hidden_val", "rows", "seq_len", "timings", "transport") if k in er}
     wc = result["probes"].get("wall_consistent")
     if wc and _finite((er.get("timings") or {}).get("val_pass_s")):
-        result["probes"]["wall_consistent"] = pause_check(wc, float(er["timings"]["val_pass_s"]))
+        result["probes"]["wall_consistent"] = pause_check(wc, float(er["timings"]["val_pass_s"]),
+                                                          threads=int(settings.get("threads", 2)))
     # the run is timed from outside: the runner's own stamps of the clock's start and stop, less the
     # validation pauses; the train process's figure is a floor (it cannot make the run shorter)
     timed = float(main["timed_s"])
@@ -549,11 +640,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     if not _finite(val_loss):
         return done("failed", f"the final validation loss is not finite ({val_loss})")
     if timed > budget_s:
-        return done("failed", f"target not reached within the budget: {timed:.1f} s on the clock > budget_s "
-                              f"{budget_s:g} s (final val_loss {val_loss:.4f}, target {target:g})")
+        return done("failed", f"target not reached within the budget: {timed:.1f} {unit} on the clock > budget_s "
+                              f"{budget_s:g} {unit} (final val_loss {val_loss:.4f}, target {target:g})")
     if val_loss > target:
         return done("failed", f"target not reached: final val_loss {val_loss:.4f} > target {target:g} "
-                              f"(after {timed:.1f} s on the clock)")
+                              f"(after {timed:.1f} {unit} on the clock)")
     result["metrics"]["time_s"] = round(timed, 4)
     return done("ok")
 
