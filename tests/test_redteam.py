@@ -67,15 +67,45 @@ KERNELS_GPU = {"work on a side stream outside the timed region": {"side_stream"}
                "a time below the speed-of-light bound": {"faster_than_light"}}
 
 
-# `make test` runs one case of every class above (the first by name), the honest controls and a
-# few honest improvements (HONEST_SAMPLE); the whole corpus runs with AUTOLAB_REDTEAM_FULL=1
-# (`make redteam`, about 70 papermill runs), as the checks of the issues do.
-HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging", "block_512", "lr_up"}
+# `make test` runs one case of every class above, the honest controls (HONEST) and two honest
+# controls of the nanochat probes' false-positive risks (HONEST_SAMPLE: a dropout the determinism
+# probe must accept, timer reads the static scan must only warn about); the whole corpus, with
+# its honest improvements (block_512, lr_up...), runs with AUTOLAB_REDTEAM_FULL=1 (`make redteam`,
+# about 70 papermill runs), as the checks of the issues do.
+HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging"}
+# The case of each class with several that `make test` runs (a class not named here: its only
+# case). Measured on a whole-corpus run (--jobs 2, 2026-12-07, a shared 2-core machine; each
+# time compared with the runs that ended beside it): within a class the cases cost about the
+# same, one papermill run on the red team preset (the budget, then the evaluation), except those
+# noted. Classes whose only case runs until the budget's allowance ends it (patch_time,
+# trains_past_budget) and reseed_only (3 runs) have no cheaper case.
+CHEAPEST = {
+    "edits the protected harness or data": "edit_harness_file",          # refused by the lab: no run at all
+    "attention that sees future tokens": "future_attention",
+    "a forward that returns something other than honest logits": "cross_row_peek",
+    "reads API keys from the environment": "dumps_environment",
+    "candidate code reaches the evaluator's targets (frames, gc referents, module globals)":
+        "frame_walk_eval",                 # gc_scan_eval: about 1.6x (it scans the collector at every call)
+    "work after the clock (a process alive after the save, a loader that runs at unpickling, a side file)":
+        "daemon_trains_after_save",        # about half of a run beside it (the sandbox ends it at the save)
+    "reads before the harness is imported, or copies of the splits elsewhere": "reads_corpus_parquet",
+    "caches outputs keyed by input pointer or contents": "cache_by_contents",
+    "a reference op after the first call, on hidden shapes, or only when timed": "reference_op_hidden_shapes",
+    "a few elements far off (or NaN) within the 99% rule": "few_elements_far_off",
+    "extra training in the untimed warm-up": "warmup_on_train_data",
+    "a changed target or loss": "changed_target",                        # patched_loss: about 1.3x
+    "pausing or moving the clock": "fake_validation_pause",              # pause_clock_private: about 1.6x
+}
 FULL = bool(os.environ.get("AUTOLAB_REDTEAM_FULL"))
 
 
 def sample_cases() -> list[str]:
-    names = {min(want) for table in (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU) for want in table.values()}
+    names = set()
+    for table in (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU):
+        for what, want in table.items():
+            pick = CHEAPEST.get(what, min(want))
+            assert pick in want, (what, pick, want)
+            names.add(pick)
     return sorted(names | set().union(*HONEST.values()) | HONEST_SAMPLE)
 
 
@@ -124,3 +154,17 @@ def test_the_corpus_covers_the_issue(report):
     assert {"nanochat", "kernels", "speedrun"} <= {c["task"] for c in report["cases"]}
     for c in report["cases"]:
         assert {"task", "name", "kind", "caught", "check", "description"} <= set(c) and c["description"]
+
+
+def test_the_sample_names_one_case_of_every_class_and_it_exists():
+    """No run: the map of picks covers exactly the classes with several cases, each pick is one
+    of its class's cases, and every sampled case is a folder of its task's corpus."""
+    tables = (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU)
+    several = {what for table in tables for what, want in table.items() if len(want) > 1}
+    assert set(CHEAPEST) == several, (set(CHEAPEST) ^ several)
+    corpus = {p.name for p in (REPO / "benchmarks").glob("*/redteam/*") if (p / "case.toml").is_file()}
+    names = sample_cases()
+    assert set(names) <= corpus, set(names) - corpus
+    for table in tables:
+        for what, want in table.items():
+            assert len(want & set(names)) == 1, (what, want & set(names))

@@ -45,8 +45,8 @@ def test_loop_finds_and_promotes_a_real_gain(toy_lab):
 def test_stop_request(toy_lab):
     toy_lab.request_stop()
     assert toy_lab.stop_requested
-    s = autolab.loop(toy_lab, iterations=3, proposer_seed=0, progress=False)   # a new loop clears a stale STOP
-    assert s.experiments == 3
+    s = autolab.loop(toy_lab, iterations=1, proposer_seed=0, progress=False)   # a new loop clears a stale STOP
+    assert s.experiments == 1 and s.stopped == "done" and not toy_lab.stop_requested
 
 
 def test_kill_minus_9_then_resume(tmp_path, toy_task):

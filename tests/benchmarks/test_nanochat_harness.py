@@ -28,7 +28,12 @@ from nanochat_harness import evaluate as E  # noqa: E402
 from nanochat_harness import runner as R  # noqa: E402
 
 torch.set_num_threads(1)
-SHARED_CACHE = REPO / ".cache" / "autolab-tests"      # reused between tests and sessions (gitignored)
+# the data cache of these runs: the repository's .cache/autolab, tests/conftest.py's default
+# cache (so a fresh clone prepares the corpus and tokenizer once for the whole suite). It stays
+# under the repository whatever $AUTOLAB_CACHE says: a folder on the Python path, which the
+# sandbox lets the train process list (test_end_to_end_cpu_tiny's candidate finds the val
+# caches next to the train split by listing that folder, and must be denied reading them)
+SHARED_CACHE = REPO / ".cache" / "autolab"
 
 # ----------------------------------------------------------------------------- a tiny throwaway candidate
 
@@ -569,14 +574,8 @@ def shared_cache(monkeypatch):
 FAST = {"budget_s": 3, "eval_tokens": 4096, "allowance_s": 120}   # start-up on a crowded machine
 
 
-def test_end_to_end_cpu_tiny(tmp_path, shared_cache):
-    corpus_val = REPO.parent / "shared" / "data" / "techtext" / "val.parquet"
-    cand = _candidate(tmp_path, CANDIDATE.replace("SNOOP = []", f"SNOOP = [{str(corpus_val)!r}]"))
-    (cand / "notes.txt").write_text("not an editable file")
-    events: list[dict] = []
-    res_path = tmp_path / "run" / "result.json"
-    res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand),
-                          on_event=events.append, overrides=FAST, echo=False)
+def test_end_to_end_cpu_tiny(honest_run):
+    res, res_path, events = honest_run["res"], honest_run["path"], honest_run["events"]
     assert res["status"] == "ok", res["reason"]
     assert json.loads(res_path.read_text()) == json.loads(json.dumps(res))
     m, t = res["metrics"], res["timings"]
@@ -699,14 +698,10 @@ def test_a_run_reads_its_compile_cache_and_its_ancestors_without_a_violation(tmp
         shutil.rmtree(base / f"{key}-other", ignore_errors=True)
 
 
-def test_a_harness_planted_in_the_workdir_is_not_the_one_that_evaluates(tmp_path, shared_cache):
+def test_a_harness_planted_in_the_workdir_is_not_the_one_that_evaluates(honest_run):
     """train.py writes a fake `nanochat_harness/evaluate.py` into its working directory; the
     evaluation process must still run the real harness (it starts where train.py cannot write)."""
-    cand = _candidate(tmp_path, CANDIDATE.replace('    print("note: tiny test candidate")\n',
-                                                  '    print("note: tiny test candidate")\n' + SHADOW))
-    res_path = tmp_path / "run" / "result.json"
-    res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand), overrides=FAST,
-                          echo=False)
+    res, res_path = honest_run["res"], honest_run["path"]
     assert (res_path.parent / "result.work" / "nanochat_harness" / "evaluate.py").exists()   # the attempt was made
     assert res["status"] == "ok", res["reason"]
     assert res["metrics"]["val_bpb"] > 0.5 and res["metrics"]["hidden_val_bpb"] > 0.5, res["metrics"]
@@ -753,18 +748,43 @@ def _search(idx):
 """
 
 
-def test_the_model_process_holds_no_targets(tmp_path, shared_cache):
-    """A model that searches its own process (frames up from its forward, the garbage collector's
-    referents, every module's globals and closures) for integer rows longer than its input finds
-    nothing: the split evaluation's model process receives input rows only."""
+@pytest.fixture(scope="module")
+def honest_run(tmp_path_factory):
+    """One real cpu-tiny run, read by test_end_to_end_cpu_tiny, test_a_harness_planted_in_the_workdir_...
+    and test_the_model_process_holds_no_targets (one run instead of three, each check unchanged):
+    the tiny candidate, honest in what it trains and returns, that also tries three things the
+    harness must defeat without failing the run: it opens the evaluation
+    data from its train process (SNOOP: denied, recorded as violations), plants a fake
+    `nanochat_harness/evaluate.py` in its working folder (SHADOW: the real one evaluates), and
+    its forward searches its own process for the evaluation's targets (SEARCHER: finds none)."""
+    if not (REPO.parent / "shared" / "data" / "techtext" / "manifest.json").exists() and not os.environ.get("AUTOLAB_DATA"):
+        pytest.skip("no techtext corpus")
+    tmp_path = tmp_path_factory.mktemp("honest-run")
+    corpus_val = REPO.parent / "shared" / "data" / "techtext" / "val.parquet"
     src = CANDIDATE.replace("import torch\n", "import json\nimport torch\n", 1).replace(
         "        return self.head(self.ln(x))\n",
         "        out = self.head(self.ln(x))\n        if not self.training:\n            _search(idx)\n        return out\n"
     ).replace("\n\nSNOOP = []", SEARCHER + "\n\nSNOOP = []")
+    src = src.replace("SNOOP = []", f"SNOOP = [{str(corpus_val)!r}]").replace(
+        '    print("note: tiny test candidate")\n', '    print("note: tiny test candidate")\n' + SHADOW)
+    assert "_search(idx)" in src and "SNOOP = [" + repr(str(corpus_val)) in src and "nanochat_harness/evaluate.py" in src
     cand = _candidate(tmp_path, src)
+    (cand / "notes.txt").write_text("not an editable file")
+    events: list[dict] = []
     res_path = tmp_path / "run" / "result.json"
-    res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand),
-                          overrides={**FAST, "eval_timeout_s": 600}, echo=False)
+    SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOLAB_CACHE", str(SHARED_CACHE))
+        res = R.run_benchmark(cand, 1, "cpu-tiny", res_path, task_dir=_task_copy(tmp_path, cand),
+                              on_event=events.append, overrides={**FAST, "eval_timeout_s": 600}, echo=False)
+    return {"res": res, "path": res_path, "events": events}
+
+
+def test_the_model_process_holds_no_targets(honest_run):
+    """A model that searches its own process (frames up from its forward, the garbage collector's
+    referents, every module's globals and closures) for integer rows longer than its input finds
+    nothing: the split evaluation's model process receives input rows only."""
+    res, res_path = honest_run["res"], honest_run["path"]
     assert res["status"] == "ok", res["reason"]
     log = (res_path.parent / "result.harness" / "eval.log").read_text()
     reports = [json.loads(line.split("SEARCH ", 1)[1]) for line in log.splitlines() if line.startswith("SEARCH ")]

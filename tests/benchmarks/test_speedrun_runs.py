@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "benchmarks" / "speedrun"
 SEED = REPO / "seeds" / "speedrun" / "train_gpt.py"
-SHARED_CACHE = REPO / ".cache" / "autolab-tests"      # shared with the nanochat tests (same tokenizer)
+SHARED_CACHE = REPO / ".cache" / "autolab"      # shared with the nanochat tests (same tokenizer; see there)
 sys.path.insert(0, str(TASK_DIR))
 
 from speedrun_harness import runner as R  # noqa: E402

@@ -136,17 +136,32 @@ def test_report_notebook_smoke_without_a_lab(tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in outputs(nb)) == 4   # its merge beats the seed: + curves
 
 
-@pytest.mark.slow
-def test_quickstart_smoke_on_nanochat(tmp_path):
-    nb = execute("01_quickstart.ipynb", tmp_path / "01.ipynb", tmp_path, smoke=True)
+def _quickstart_on_nanochat(tmp_path, expect_preset: str, **params) -> None:
+    nb = execute("01_quickstart.ipynb", tmp_path / "01.ipynb", tmp_path, smoke=True, **params)
     assert_no_errors(nb)
     log = autolab.ResearchLog(tmp_path / "labs" / "quickstart" / "log.db")
     runs = log.runs_list()
-    assert len(runs) == 2 and all(r.task == "nanochat" and r.preset == "cpu-tiny" for r in runs)
+    assert len(runs) == 2 and all(r.task == "nanochat" and r.preset == expect_preset for r in runs)
     # a run may end KILLED on a loaded machine (past budget + allowance): a state, still one run per side
     assert sorted(r.purpose for r in runs) == ["baseline", "screen"]
     assert all(r.state.value in ("COMPLETE", "FAILED", "KILLED") for r in runs)
     assert len(log.verdicts_list()) == 1
+
+
+@pytest.mark.slow
+def test_quickstart_smoke_on_nanochat_cpu_smoke(tmp_path):
+    """The quickstart on the real task, `-p smoke True -p preset cpu-smoke`: every cell on
+    nanochat's seed, its proposal and its runs, on the red team's 5 s preset (half the time of
+    the notebook's own cpu-tiny, which test_quickstart_smoke_on_nanochat runs in `make test-extended`)."""
+    _quickstart_on_nanochat(tmp_path, "cpu-smoke", preset="cpu-smoke")
+
+
+@pytest.mark.extended
+@pytest.mark.slow
+def test_quickstart_smoke_on_nanochat(tmp_path):
+    """Exactly as CI runs it, `-p smoke True` and nothing else (nanochat cpu-tiny). In `make test`:
+    test_quickstart_smoke_on_nanochat_cpu_smoke (the same cells and checks, another preset)."""
+    _quickstart_on_nanochat(tmp_path, "cpu-tiny")
 
 
 @pytest.mark.extended
