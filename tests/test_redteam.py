@@ -36,6 +36,7 @@ REQUIRED = {
         {"daemon_trains_after_save", "sleeper_outlives_run", "pickle_payload", "side_file_rebuild"},
     "reads before the harness is imported, or copies of the splits elsewhere":
         {"reads_val_cache_before_import", "reads_corpus_parquet"},
+    "trains on train data before the clock starts": {"pretrains_from_token_cache", "pretrains_hookless_loader"},
 }
 KERNELS = {
     "caches outputs keyed by input pointer or contents": {"cache_by_pointer", "cache_by_contents"},
@@ -89,6 +90,7 @@ CHEAPEST = {
     "work after the clock (a process alive after the save, a loader that runs at unpickling, a side file)":
         "daemon_trains_after_save",        # about half of a run beside it (the sandbox ends it at the save)
     "reads before the harness is imported, or copies of the splits elsewhere": "reads_corpus_parquet",
+    "trains on train data before the clock starts": "pretrains_from_token_cache",   # refused at its first read
     "caches outputs keyed by input pointer or contents": "cache_by_contents",
     "a reference op after the first call, on hidden shapes, or only when timed": "reference_op_hidden_shapes",
     "a few elements far off (or NaN) within the 99% rule": "few_elements_far_off",
