@@ -20,6 +20,7 @@ Screenshots are kept under artifacts/browser/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -143,6 +144,32 @@ def _write_notebook(root: Path, name: str, params: dict, extra_cells: tuple[str,
     return name
 
 
+@contextlib.contextmanager
+def _browser_page(profile: Path, failure_shot: str):
+    """A Chromium page on a fresh persistent profile (1400 x 1000, 60 s default timeout); on a
+    failure a screenshot ``failure_shot`` is kept; the browser and its profile go afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
+                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
+        page = None
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(60_000)
+            yield page
+        except Exception:
+            if page is not None:
+                try:
+                    _shot(page, failure_shot)
+                except Exception:
+                    pass
+            raise
+        finally:
+            ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
 def _shot(page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -151,7 +178,7 @@ def _shot(page, name: str) -> Path:
 
 
 def test_quickstart_in_jupyterlab(jupyter, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from autolab.log import ResearchLog
     from autolab.records import State
@@ -160,92 +187,78 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
     lab_dir = tmp_path / "lab"
     name, _ = _prepare_notebook(root, lab_dir)
     profile = tmp_path / "chromium-profile"
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
-                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(f"{base}/lab/tree/{name}?token={token}")
-            page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
-            _run_all_cells(page)
+    with _browser_page(profile, "quickstart-failure.png") as page:
+        page.goto(f"{base}/lab/tree/{name}?token={token}")
+        page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
+        _run_all_cells(page)
 
-            task_timeout = 600_000 if os.environ.get("AUTOLAB_BROWSER_TASK", "toy") != "toy" else 240_000
-            page.locator(".jp-OutputArea-output", has_text="loop skipped (loop_iterations = 0)").first.wait_for(
-                timeout=task_timeout)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-                                  has_text="Traceback")
-            assert errors.count() == 0, errors.first.inner_text()
-            assert page.get_by_text("Error displaying widget").count() == 0, "a widget view did not render"
+        task_timeout = 600_000 if os.environ.get("AUTOLAB_BROWSER_TASK", "toy") != "toy" else 240_000
+        page.locator(".jp-OutputArea-output", has_text="loop skipped (loop_iterations = 0)").first.wait_for(
+            timeout=task_timeout)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                              has_text="Traceback")
+        assert errors.count() == 0, errors.first.inner_text()
+        assert page.get_by_text("Error displaying widget").count() == 0, "a widget view did not render"
 
-            # the widgets rendered
-            for cls in ("autolab-idea-card", "autolab-diff-view", "autolab-run-monitor", "autolab-audit-view",
-                        "autolab-leaderboard", "autolab-dashboard"):
-                expect(page.locator(f".{cls}").first).to_be_attached()
-            expect(page.locator(".autolab-leaderboard table.autolab-table").first).to_be_attached()
-            expect(page.locator(".autolab-diff-view table.autolab-diff").first).to_be_attached()
-            expect(page.locator(".autolab-run-monitor img").first).to_be_attached()
+        # the widgets rendered
+        for cls in ("autolab-idea-card", "autolab-diff-view", "autolab-run-monitor", "autolab-audit-view",
+                    "autolab-leaderboard", "autolab-dashboard"):
+            expect(page.locator(f".{cls}").first).to_be_attached()
+        expect(page.locator(".autolab-leaderboard table.autolab-table").first).to_be_attached()
+        expect(page.locator(".autolab-diff-view table.autolab-diff").first).to_be_attached()
+        expect(page.locator(".autolab-run-monitor img").first).to_be_attached()
 
-            page.locator(".autolab-idea-card").first.scroll_into_view_if_needed()
-            _shot(page, "quickstart-idea-card.png")
-            page.locator(".autolab-diff-view", has=page.locator("table.autolab-diff")).first.scroll_into_view_if_needed()
-            _shot(page, "quickstart-diff-view.png")
-            # the diff shows both sides: a changed line's removed and added halves in view, at any width
-            for width in (1400, 800):
-                page.set_viewport_size({"width": width, "height": 1000})
-                _assert_both_sides(page)
-            _shot(page, "quickstart-diff-view-narrow.png")
-            page.set_viewport_size({"width": 1400, "height": 1000})
+        page.locator(".autolab-idea-card").first.scroll_into_view_if_needed()
+        _shot(page, "quickstart-idea-card.png")
+        page.locator(".autolab-diff-view", has=page.locator("table.autolab-diff")).first.scroll_into_view_if_needed()
+        _shot(page, "quickstart-diff-view.png")
+        # the diff shows both sides: a changed line's removed and added halves in view, at any width
+        for width in (1400, 800):
+            page.set_viewport_size({"width": width, "height": 1000})
+            _assert_both_sides(page)
+        _shot(page, "quickstart-diff-view-narrow.png")
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
-            log = ResearchLog(lab_dir / "log.db")
-            cand = log.candidates_list()[-1]                    # the candidate the notebook implemented
-            assert cand.parent_id is not None
+        log = ResearchLog(lab_dir / "log.db")
+        cand = log.candidates_list()[-1]                    # the candidate the notebook implemented
+        assert cand.parent_id is not None
 
-            # steer: edit the idea in its card and save it as a new idea
-            card = page.locator(".autolab-idea-card").first
-            card.scroll_into_view_if_needed()
-            title = card.locator("input[type='text']").first
-            title.fill("An idea edited in the browser")
-            card.locator("button", has_text="Save as new idea").click()
-            expect(card.get_by_text("saved as")).to_be_visible()
-            assert _poll(lambda: any(i.title == "An idea edited in the browser" and i.source == "human"
-                                     for i in log.ideas_list()))
+        # steer: edit the idea in its card and save it as a new idea
+        card = page.locator(".autolab-idea-card").first
+        card.scroll_into_view_if_needed()
+        title = card.locator("input[type='text']").first
+        title.fill("An idea edited in the browser")
+        card.locator("button", has_text="Save as new idea").click()
+        expect(card.get_by_text("saved as")).to_be_visible()
+        assert _poll(lambda: any(i.title == "An idea edited in the browser" and i.source == "human"
+                                 for i in log.ideas_list()))
 
-            # the dashboard: promote the selected (newest) candidate by hand, reject it, then stop the loop
-            dash = page.locator(".autolab-dashboard").first
-            dash.scroll_into_view_if_needed()
-            dash.locator("button", has_text="Promote").click()
-            assert _poll(lambda: log.get("candidate", cand.id).state is State.PROMOTED), "Promote did not reach the log"
-            assert log.get("candidate", cand.id).meta.get("manual") is True
-            expect(dash.get_by_text(f"promoted {cand.id}", exact=False)).to_be_visible()
-            dash.locator("input[placeholder='reason (for Reject)']").fill("rejected from the browser test")
-            dash.locator("button", has_text="Reject").click()
-            assert _poll(lambda: log.get("candidate", cand.id).state is State.REJECTED), "Reject did not reach the log"
-            assert log.get("candidate", cand.id).meta.get("reason") == "rejected from the browser test"
-            expect(dash.get_by_text(f"rejected {cand.id}", exact=False)).to_be_visible()
-            dash.locator("button", has_text="Stop loop").click()
-            assert _poll(lambda: (lab_dir / "STOP").exists()), "Stop did not write the STOP file"
-            expect(dash.get_by_text("stop requested", exact=False).first).to_be_visible()
-            page.wait_for_timeout(300)
-            shot = _shot(page, "quickstart-dashboard.png")
-            dash.screenshot(path=str(ARTIFACTS / "quickstart-dashboard-widget.png"))
-            page.locator(".autolab-run-monitor").last.scroll_into_view_if_needed()
-            _shot(page, "quickstart-run-monitor.png")
-            (ARTIFACTS / "result.json").write_text(json.dumps({"rejected": cand.id, "stop": True,
-                                                               "screenshot": str(shot)}))
-        except Exception:
-            try:
-                _shot(page, "quickstart-failure.png")
-            except Exception:
-                pass
-            raise
-        finally:
-            ctx.close()
-    shutil.rmtree(profile, ignore_errors=True)
+        # the dashboard: promote the selected (newest) candidate by hand, reject it, then stop the loop
+        dash = page.locator(".autolab-dashboard").first
+        dash.scroll_into_view_if_needed()
+        dash.locator("button", has_text="Promote").click()
+        assert _poll(lambda: log.get("candidate", cand.id).state is State.PROMOTED), "Promote did not reach the log"
+        assert log.get("candidate", cand.id).meta.get("manual") is True
+        expect(dash.get_by_text(f"promoted {cand.id}", exact=False)).to_be_visible()
+        dash.locator("input[placeholder='reason (for Reject)']").fill("rejected from the browser test")
+        dash.locator("button", has_text="Reject").click()
+        assert _poll(lambda: log.get("candidate", cand.id).state is State.REJECTED), "Reject did not reach the log"
+        assert log.get("candidate", cand.id).meta.get("reason") == "rejected from the browser test"
+        expect(dash.get_by_text(f"rejected {cand.id}", exact=False)).to_be_visible()
+        dash.locator("button", has_text="Stop loop").click()
+        assert _poll(lambda: (lab_dir / "STOP").exists()), "Stop did not write the STOP file"
+        expect(dash.get_by_text("stop requested", exact=False).first).to_be_visible()
+        page.wait_for_timeout(300)
+        shot = _shot(page, "quickstart-dashboard.png")
+        dash.screenshot(path=str(ARTIFACTS / "quickstart-dashboard-widget.png"))
+        page.locator(".autolab-run-monitor").last.scroll_into_view_if_needed()
+        _shot(page, "quickstart-run-monitor.png")
+        (ARTIFACTS / "result.json").write_text(json.dumps({"rejected": cand.id, "stop": True,
+                                                           "screenshot": str(shot)}))
 
 
 def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(jupyter, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from autolab.log import ResearchLog
     from autolab.records import State
@@ -258,71 +271,57 @@ def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(j
     name = _write_notebook(root, "02_unattended.ipynb", params,
                            extra_cells=('print("after the loop:", handle.describe())',))
     profile = tmp_path / "chromium-profile-02"
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
-                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(60_000)
-            # a workspace of its own: the server's default one may still hold the quickstart's tab
-            page.goto(f"{base}/lab/workspaces/unattended/tree/{name}?token={token}")
-            page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
-            _run_all_cells(page)
+    with _browser_page(profile, "unattended-failure.png") as page:
+        # a workspace of its own: the server's default one may still hold the quickstart's tab
+        page.goto(f"{base}/lab/workspaces/unattended/tree/{name}?token={token}")
+        page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
+        _run_all_cells(page)
 
-            # every cell ran (the loop's cell returned at once) and the loop goes on beside the notebook
-            page.locator(".jp-OutputArea-output", has_text="the loop runs beside the notebook").first.wait_for(
-                timeout=120_000)
-            page.locator(".jp-OutputArea-output", has_text="after the loop: running").first.wait_for(timeout=120_000)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-                                  has_text="Traceback")
-            assert errors.count() == 0, errors.first.inner_text()
-            log = ResearchLog(lab_dir / "log.db")
-            # wait until the baseline is in and the loop's own runs are in flight
-            assert _poll(lambda: sum(r.state is State.COMPLETE for r in log.runs_list()) >= 3
-                         and any(r.state is State.RUNNING for r in log.runs_list()), timeout=240), \
-                "the loop did not get runs in flight"
-            dash = page.locator(".autolab-dashboard").first
-            dash.scroll_into_view_if_needed()
-            # the kernel is idle while the dashboard says the loop runs
-            expect(page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first
-                   ).to_be_attached()
-            expect(dash.locator(".widget-html", has_text="running").first).to_be_visible(timeout=20_000)
-            _shot(page, "unattended-running.png")
+        # every cell ran (the loop's cell returned at once) and the loop goes on beside the notebook
+        page.locator(".jp-OutputArea-output", has_text="the loop runs beside the notebook").first.wait_for(
+            timeout=120_000)
+        page.locator(".jp-OutputArea-output", has_text="after the loop: running").first.wait_for(timeout=120_000)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                              has_text="Traceback")
+        assert errors.count() == 0, errors.first.inner_text()
+        log = ResearchLog(lab_dir / "log.db")
+        # wait until the baseline is in and the loop's own runs are in flight
+        assert _poll(lambda: sum(r.state is State.COMPLETE for r in log.runs_list()) >= 3
+                     and any(r.state is State.RUNNING for r in log.runs_list()), timeout=240), \
+            "the loop did not get runs in flight"
+        dash = page.locator(".autolab-dashboard").first
+        dash.scroll_into_view_if_needed()
+        # the kernel is idle while the dashboard says the loop runs
+        expect(page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first
+               ).to_be_attached()
+        expect(dash.locator(".widget-html", has_text="running").first).to_be_visible(timeout=20_000)
+        _shot(page, "unattended-running.png")
 
-            t_click = time.time()
-            dash.locator("button", has_text="Stop loop").click()
-            in_flight = {r.id for r in log.runs_list() if r.state is State.RUNNING}
-            assert _poll(lambda: log.events("loop_end"), timeout=300), "the loop did not end after Stop"
-            end = _ts(log.events("loop_end")[-1]["ts"])
-            runs = log.runs_list()
-            started_after = [r.id for r in runs if _ts(r.started_at) > t_click + 1.0]
-            assert not started_after, f"runs started after Stop: {started_after}"
-            last_in_flight = max([_ts(r.ended_at) for r in runs if r.id in in_flight and r.ended_at] + [t_click])
-            assert end - last_in_flight <= 10.0, f"the loop ended {end - last_in_flight:.1f} s after its last run"
-            assert not any(r.state is State.RUNNING for r in runs) and not (lab_dir / "STOP").exists()
-            expect(dash.locator(".widget-html", has_text="finished").first).to_be_visible(timeout=20_000)
-            _shot(page, "unattended-stopped.png")
+        t_click = time.time()
+        dash.locator("button", has_text="Stop loop").click()
+        in_flight = {r.id for r in log.runs_list() if r.state is State.RUNNING}
+        assert _poll(lambda: log.events("loop_end"), timeout=300), "the loop did not end after Stop"
+        end = _ts(log.events("loop_end")[-1]["ts"])
+        runs = log.runs_list()
+        started_after = [r.id for r in runs if _ts(r.started_at) > t_click + 1.0]
+        assert not started_after, f"runs started after Stop: {started_after}"
+        last_in_flight = max([_ts(r.ended_at) for r in runs if r.id in in_flight and r.ended_at] + [t_click])
+        assert end - last_in_flight <= 10.0, f"the loop ended {end - last_in_flight:.1f} s after its last run"
+        assert not any(r.state is State.RUNNING for r in runs) and not (lab_dir / "STOP").exists()
+        expect(dash.locator(".widget-html", has_text="finished").first).to_be_visible(timeout=20_000)
+        _shot(page, "unattended-stopped.png")
 
-            # the kernel is free: a following cell runs
-            last = page.locator(".jp-Notebook .jp-CodeCell").last
-            last.scroll_into_view_if_needed()
-            last.locator(".jp-InputArea-editor").click()
-            page.keyboard.press("Shift+Enter")
-            expect(page.locator(".jp-OutputArea-output", has_text="after the loop: finished").first).to_be_visible(
-                timeout=30_000)
-            _shot(page, "unattended-after.png")
-            (ARTIFACTS / "unattended.json").write_text(json.dumps({
-                "stop_clicked": t_click, "loop_end": end, "in_flight_at_stop": sorted(in_flight),
-                "end_after_last_run_s": round(end - last_in_flight, 2), "runs": len(runs)}))
-        except Exception:
-            try:
-                _shot(page, "unattended-failure.png")
-            except Exception:
-                pass
-            raise
-        finally:
-            ctx.close()
-    shutil.rmtree(profile, ignore_errors=True)
+        # the kernel is free: a following cell runs
+        last = page.locator(".jp-Notebook .jp-CodeCell").last
+        last.scroll_into_view_if_needed()
+        last.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        expect(page.locator(".jp-OutputArea-output", has_text="after the loop: finished").first).to_be_visible(
+            timeout=30_000)
+        _shot(page, "unattended-after.png")
+        (ARTIFACTS / "unattended.json").write_text(json.dumps({
+            "stop_clicked": t_click, "loop_end": end, "in_flight_at_stop": sorted(in_flight),
+            "end_after_last_run_s": round(end - last_in_flight, 2), "runs": len(runs)}))
 
 
 def _assert_both_sides(page) -> None:
@@ -356,7 +355,7 @@ def test_report_and_kernels_notebooks_in_smoke_mode(jupyter, tmp_path):
     (per-problem table, a seed of many files collapsed). 04 runs on the `cpu-redteam` preset
     (softmax only, in the interpreter) so that `make test` stays in its budget; set
     AUTOLAB_BROWSER_KERNELS_PRESET=cpu-interpret for the notebook's own preset (every problem)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from autolab.log import ResearchLog
 
@@ -368,52 +367,36 @@ def test_report_and_kernels_notebooks_in_smoke_mode(jupyter, tmp_path):
     kernels = _write_notebook(root, "04_kernels.ipynb", {"smoke": True, "lab_dir": str(kernels_lab), "preset": preset},
                               done)
     profile = tmp_path / "chromium-profile-0304"
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
-                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
-        page = None
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(60_000)
-            _open_and_run(page, f"{base}/lab/workspaces/report/tree/{report}?token={token}", timeout_s=240)
-            expect(page.locator(".jp-OutputArea-output", has_text="synthetic example lab").first).to_be_attached()
-            assert page.locator(".jp-OutputArea-output img").count() >= 4, "the report's figures did not render"
-            page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
-            _shot(page, "report-progress.png")
-            page.locator(".jp-Notebook .jp-CodeCell").last.scroll_into_view_if_needed()
-            _shot(page, "report-best-change.png")
+    with _browser_page(profile, "report-kernels-failure.png") as page:
+        _open_and_run(page, f"{base}/lab/workspaces/report/tree/{report}?token={token}", timeout_s=240)
+        expect(page.locator(".jp-OutputArea-output", has_text="synthetic example lab").first).to_be_attached()
+        assert page.locator(".jp-OutputArea-output img").count() >= 4, "the report's figures did not render"
+        page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+        _shot(page, "report-progress.png")
+        page.locator(".jp-Notebook .jp-CodeCell").last.scroll_into_view_if_needed()
+        _shot(page, "report-best-change.png")
 
-            _open_and_run(page, f"{base}/lab/workspaces/kernels/tree/{kernels}?token={token}", timeout_s=900)
-            for cls in ("autolab-run-monitor", "autolab-idea-card", "autolab-diff-view", "autolab-audit-view",
-                        "autolab-dashboard", "autolab-leaderboard"):
-                expect(page.locator(f".{cls}").first).to_be_attached()
-            expect(page.locator(".jp-OutputArea-output", has_text="loop skipped (loop_iterations = 0)").first
-                   ).to_be_attached()
-            # the seed, many kernel files, reads as a list of closed sections; the monitor shows problems
-            assert page.locator("details.autolab-code-file").count() > 1
-            assert page.locator("details.autolab-code-file[open]").count() == 0, "a long seed was shown open"
-            seed_view = page.locator("details.autolab-code-file").first
-            seed_view.scroll_into_view_if_needed()
-            _shot(page, "kernels-seed.png")
-            problems = page.locator(".autolab-run-monitor", has_text="Per problem: score and correctness").first
-            problems.scroll_into_view_if_needed()
-            _shot(page, "kernels-run-monitor.png")
-            page.locator(".autolab-dashboard").first.scroll_into_view_if_needed()
-            _shot(page, "kernels-dashboard.png")
-            log = ResearchLog(kernels_lab / "log.db")
-            # one run per side (a run the machine killed may be retried: a state, still one side each)
-            assert log.get_meta("task") == "kernels" and len(log.verdicts_list()) == 1
-            assert {r.purpose for r in log.runs_list()} == {"baseline", "screen"}
-        except Exception:
-            if page is not None:
-                try:
-                    _shot(page, "report-kernels-failure.png")
-                except Exception:
-                    pass
-            raise
-        finally:
-            ctx.close()
-    shutil.rmtree(profile, ignore_errors=True)
+        _open_and_run(page, f"{base}/lab/workspaces/kernels/tree/{kernels}?token={token}", timeout_s=900)
+        for cls in ("autolab-run-monitor", "autolab-idea-card", "autolab-diff-view", "autolab-audit-view",
+                    "autolab-dashboard", "autolab-leaderboard"):
+            expect(page.locator(f".{cls}").first).to_be_attached()
+        expect(page.locator(".jp-OutputArea-output", has_text="loop skipped (loop_iterations = 0)").first
+               ).to_be_attached()
+        # the seed, many kernel files, reads as a list of closed sections; the monitor shows problems
+        assert page.locator("details.autolab-code-file").count() > 1
+        assert page.locator("details.autolab-code-file[open]").count() == 0, "a long seed was shown open"
+        seed_view = page.locator("details.autolab-code-file").first
+        seed_view.scroll_into_view_if_needed()
+        _shot(page, "kernels-seed.png")
+        problems = page.locator(".autolab-run-monitor", has_text="Per problem: score and correctness").first
+        problems.scroll_into_view_if_needed()
+        _shot(page, "kernels-run-monitor.png")
+        page.locator(".autolab-dashboard").first.scroll_into_view_if_needed()
+        _shot(page, "kernels-dashboard.png")
+        log = ResearchLog(kernels_lab / "log.db")
+        # one run per side (a run the machine killed may be retried: a state, still one side each)
+        assert log.get_meta("task") == "kernels" and len(log.verdicts_list()) == 1
+        assert {r.purpose for r in log.runs_list()} == {"baseline", "screen"}
 
 
 def _open_and_run(page, url: str, timeout_s: float) -> None:
