@@ -258,18 +258,15 @@ class Ledger:
         seeds measure the noise. (The cross-seed spread is no unit for a paired screen: on the
         H100 it is about five times the paired one, so such a margin hid every gain under ~1%.)"""
         cross, paired_, rep = self.noise_sd(), self.paired_sd(), self.repeat_sd()
-        if paired_ is not None:
-            diff, src = paired_, "paired"
-        elif cross is not None:
-            diff, src = math.sqrt(2) * cross, "cross_seed"
-        else:
-            diff, src = None, None
-        if paired_ is not None:
-            screen, screen_src = paired_, "paired"
-        elif rep is not None:
-            screen, screen_src = math.sqrt(2) * rep, "repeat"
-        else:
-            screen, screen_src = None, None
+
+        def first(*options: tuple[float | None, str]) -> tuple[float | None, str | None]:
+            return next(((v, src) for v, src in options if v is not None), (None, None))
+
+        def two_runs(sd: float | None) -> float | None:   # the sd of a difference of two independent runs
+            return None if sd is None else math.sqrt(2) * sd
+
+        diff, src = first((paired_, "paired"), (two_runs(cross), "cross_seed"))
+        screen, screen_src = first((paired_, "paired"), (two_runs(rep), "repeat"))
         return {"cross_seed_sd": cross, "paired_sd": paired_, "repeat_sd": rep, "diff_sd": diff, "diff_source": src,
                 "screen_sd": screen, "screen_source": screen_src}
 
