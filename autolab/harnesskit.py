@@ -180,6 +180,11 @@ class CompileCache:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _lab_cache(tag: str, lab_key: str) -> Path:
+    """A lab's compile-cache folder for one device tag (``device_tag``) on this machine."""
+    return cache_root() / "compile" / tag / _slug(lab_key)
+
+
 def compile_cache_for_run(device: str, env: dict[str, str] | None = None) -> CompileCache | None:
     """This run's compile cache (module comment above), or None when the run's environment names
     no lab candidate. ``device``: the preset's device. Trusted code (the task runners) calls it
@@ -188,7 +193,7 @@ def compile_cache_for_run(device: str, env: dict[str, str] | None = None) -> Com
     lab_key, _, cand = env.get(COMPILE_CACHE_ENV, "").partition("/")
     if not lab_key or not cand:
         return None
-    base = cache_root() / "compile" / device_tag(device) / _slug(lab_key)
+    base = _lab_cache(device_tag(device), lab_key)
     chain = [a for a in env.get(COMPILE_CACHE_FROM_ENV, "").split(",") if a]
     if not chain:                                   # the seed's own run: the lab's shared folder
         own = base / _slug(cand)
@@ -217,7 +222,7 @@ def lab_compile_caches(lab_key: str) -> dict[str, Path]:
     ``autolab export-lab --compile-cache`` carries them to the next machine."""
     out: dict[str, Path] = {}
     for tag in sorted((cache_root() / "compile").glob("*")):
-        base = tag / _slug(lab_key)
+        base = _lab_cache(tag.name, lab_key)
         if not base.is_dir() or base.is_symlink():
             continue
         for cand in sorted(base.iterdir()):
@@ -229,8 +234,7 @@ def lab_compile_caches(lab_key: str) -> dict[str, Path]:
 def seed_cache_ready(lab_key: str, seed_id: str, device: str) -> bool:
     """True when this machine holds the compile cache a lab's seed runs wrote for this device
     and torch version (what every other run of the lab starts from)."""
-    folder = cache_root() / "compile" / device_tag(device) / _slug(lab_key) / _slug(seed_id)
-    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    return CompileCache(_lab_cache(device_tag(device), lab_key) / _slug(seed_id)).warm()
 
 
 def install_compile_caches(lab_key: str, unpacked: Path, recorded_root: str) -> tuple[list[str], str]:
@@ -250,7 +254,7 @@ def install_compile_caches(lab_key: str, unpacked: Path, recorded_root: str) -> 
         for cand in sorted(tag.iterdir()) if tag.is_dir() else []:
             if not cand.is_dir() or cand.name == "runs" or _slug(tag.name) != tag.name or _slug(cand.name) != cand.name:
                 continue
-            dest = cache_root() / "compile" / tag.name / _slug(lab_key) / cand.name
+            dest = _lab_cache(tag.name, lab_key) / cand.name
             if dest.exists():
                 kept.append(f"{tag.name}/{cand.name}")
                 continue
