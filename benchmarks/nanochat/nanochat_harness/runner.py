@@ -622,7 +622,6 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
                **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {}),
                **({"baton_file": str(baton.go_file)} if baton else {})}
-    atomic_write_json(run_cfg_path, run_cfg)
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
     denied.append(data["corpus"]["root"])
@@ -645,11 +644,12 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
     from autolab.harnesskit import compile_cache_for_run
 
     ccache = compile_cache_for_run(device)
+    cache_dirs = [str(ccache.folder), *map(str, ccache.read)] if ccache is not None else []
     if ccache is not None:
         env.update(ccache.env())
         # the in-process read guard (guard.py) must know them too: Inductor reads its own entries
-        run_cfg["compile_cache_dirs"] = [str(ccache.folder), *map(str, ccache.read)]
-        atomic_write_json(run_cfg_path, run_cfg)
+        run_cfg["compile_cache_dirs"] = cache_dirs
+    atomic_write_json(run_cfg_path, run_cfg)
     result["timings"]["compile_cache"] = "none" if ccache is None else ("warm" if ccache.warm() else "cold")
     if device == "cpu":
         threads = str(int(settings.get("threads", 2)))
@@ -675,7 +675,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             # their folder: the token caches sit next to them), the Python environment and the system
             # (autolab.sandbox); no split: the train batches come from the data process's socket
             readable = (data["token_bytes"], data["tokenizer"], str(run_cfg_path), str(HARNESS_DIR), str(Path(autolab.__file__).resolve().parent),
-                        *((str(ccache.folder), *map(str, ccache.read)) if ccache is not None else ()),
+                        *cache_dirs,
                     *((str(baton.go_file.parent),) if baton else ()))
             idle0 = _idle_core_s()
             tr = _sandboxed([sys.executable, str(HARNESS_DIR / "boot.py"), "train.py"], cwd=workdir, env=env,
