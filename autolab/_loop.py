@@ -181,13 +181,6 @@ def p90(xs: list[float]) -> float:
     return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
 
 
-def _seed_id(lab: Lab) -> str | None:
-    try:
-        return lab.seed_candidate().id
-    except Exception:  # noqa: BLE001 - a lab without its seed yet: no run is the seed's
-        return None
-
-
 def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
                           of_seed: bool | None = None) -> tuple[float, str]:
     """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
@@ -203,7 +196,7 @@ def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None,
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
     who = ""
     if of_seed is not None:
-        seed_id = _seed_id(lab)
+        seed_id = lab.seed_candidate().id
         kind = [r for r in done if (r.candidate_id == seed_id) == of_seed]
         if kind:
             done, who = kind, (" (the seed's)" if of_seed else " (candidates')")
@@ -384,13 +377,13 @@ class _Baseline:
         seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
         self.futs = []
         for s in seeds:
-            if fits is not None and not fits(Purpose.CONFIRM, True):
+            if fits is not None and not fits(Purpose.CONFIRM, of_seed=True):
                 break   # the time limit holds no more of them: the loop stops and says why
             run, fut = submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)
             if track is not None:
                 track(run, fut)
             self.futs.append(fut)
-        if not seeds and _needs_warm_start(lab, seed) and (fits is None or fits(Purpose.FINAL, True)):
+        if not seeds and _needs_warm_start(lab, seed) and (fits is None or fits(Purpose.FINAL, of_seed=True)):
             # a machine without the seed's compile cache: one of the seed's final-comparison runs
             # (needed anyway, never used for selection) writes it before any candidate compiles
             for s in missing_seeds(lab, seed, Purpose.FINAL, lab.task.seeds.final)[:1]:
@@ -767,7 +760,7 @@ class _Scheduler:
         if self.limit is None:
             return True
         if isinstance(unit, RunUnit):
-            return self.reason != "time_limit" and self.fits(unit.purpose, of_seed=unit.candidate.id == _seed_id(self.lab))
+            return self.reason != "time_limit" and self.fits(unit.purpose, of_seed=unit.candidate.id == self.lab.seed_candidate().id)
         if isinstance(unit, (ProposeUnit, ImplementUnit)):
             return self.reason != "time_limit" and self.fits(Purpose.SCREEN)
         return True

@@ -97,7 +97,6 @@ def run_rows(lab_path: Path, since: float) -> list[dict]:
                      "this_part": bool(ended and ended >= since),
                      "val_bpb": (data.get("metrics") or {}).get("val_bpb"),
                      "metrics": {k: v for k, v in (data.get("metrics") or {}).items() if isinstance(v, (int, float))},
-                     "gpu_s": t.get("total_s") if r.candidate_id else None,
                      **{k: t.get(k) for k in ("startup_s", "clock_start_s", "gpu_wait_s", "train_window_s", "clock_train_s",
                                               "eval_s", "eval_waited_s", "total_s", "compile_cache", "data_s")},
                      "transport": ((data.get("eval") or {}).get("transport") or {}).get("kind")})
