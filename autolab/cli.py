@@ -849,7 +849,7 @@ def cmd_demo(args) -> int:
     progress = None if args.json else TerminalProgress(lab)
     try:
         s = loop(lab, args.iterations, proposer="playbook", proposer_seed=args.proposer_seed, progress=False,
-                 on_event=progress)
+                 on_event=progress, ablate=args.ablate)
         best = lab.ledger.best()
         fc = final_comparison(lab, best, progress=False, on_event=progress)
     finally:
@@ -873,6 +873,8 @@ def cmd_demo(args) -> int:
         f"best {name} (fresh seeds):           {fc['candidate_mean']:.4f}  {fc['candidate_final']}" if fc["candidate_mean"] else "",
         f"one-sided {'paired t' if fc['test'] == 'paired_t' else 'Welch'} p-value (same seeds): {p:.4g}" if p is not None and not math.isnan(p) else "p-value: n/a (no promoted candidate)",
         f"lab: {lab.path}   (autolab log --lab {lab.path}; autolab report --lab {lab.path} -o report.html)",
+        f"what each change of the best carries: autolab ablate {lab.path} {best.id}"
+        if args.ablate == "off" and best.parent_id is not None else "",
         f"wall time: {obj['wall_s']:.0f} s",
     ])
     _emit(args, obj, text)
@@ -1171,6 +1173,9 @@ def setup_demo(add) -> None:
     sp.add_argument("--iterations", type=_count, default=8); sp.add_argument("--preset", default="cpu-tiny")
     sp.add_argument("--task", default="nanochat", help=argparse.SUPPRESS)
     sp.add_argument("--proposer-seed", type=int, default=0)
+    sp.add_argument("--ablate", choices=("auto", "off"), default="off",
+                    help="off (default, to keep the demo short): no ablation; `autolab ablate LAB CANDIDATE` measures "
+                         "what each change of the best carries afterwards. auto: as `autolab loop` does")
 
 
 def build_parser() -> argparse.ArgumentParser:

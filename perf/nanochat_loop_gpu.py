@@ -116,6 +116,9 @@ def main() -> int:
     ap.add_argument("--extra", action="append", default=[], help="more `autolab loop` arguments")
     ap.add_argument("--carry-cache", action="store_true",
                     help="also write OUT/lab-cc.tar.gz: the lab with the seed's compile caches (export-lab --compile-cache)")
+    ap.add_argument("--reopen", action="append", default=[], metavar="CANDIDATE",
+                    help="reopen this candidate before the loop (`autolab reopen`): its runs were spoiled by a fault")
+    ap.add_argument("--reason", default="spoiled by a harness fault", help="the reason recorded with --reopen")
     ap.add_argument("--stop-at", type=float, default=None,
                     help="seconds after this script's start at which the loop is interrupted, whatever it is doing "
                          "(so that the lab is exported inside the caller's time limit)")
@@ -126,6 +129,11 @@ def main() -> int:
         rc, out = _autolab("import-lab", str(a.archive), "--lab", str(a.lab), log=log)
         if rc != 0:
             print(out[-3000:])
+            return rc
+    for cand in a.reopen:
+        rc, out = _autolab("reopen", str(a.lab), cand, "--reason", a.reason, log=log)
+        print(out.strip()[-500:])
+        if rc != 0:
             return rc
     t0 = time.time()
     stop_in = None if a.stop_at is None else max(10.0, a.stop_at - (time.time() - T_START))

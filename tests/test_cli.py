@@ -59,7 +59,8 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
     # `autolab demo` on that lab: its loop already holds the 3 experiments (the loop's own path, from
     # a fresh lab, is the `loop` command above), so what runs is the demo's own part, the best
     # against the seed on fresh seeds
-    n_runs = len(autolab.Lab(lab).log.runs_list())
+    before = {r.id for r in autolab.Lab(lab).log.runs_list()}
+    n_runs = len(before)
     code, obj = _json(capsys, ["demo", "--task", str(toy_task), "--preset", "quick", "--lab", lab,
                                "--iterations", "3", "--json"])
     assert code == 0
@@ -67,6 +68,8 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
         assert key in obj
     assert obj["best_loss"] < obj["baseline_loss"] and obj["p_value"] < 0.05
     assert obj["experiments"] == 3 and obj["runs"] > n_runs and obj["best_candidate"] in {c.id for c in promoted}
+    added = [r for r in autolab.Lab(lab).log.runs_list() if r.id not in before]
+    assert added and {getattr(r.purpose, "value", r.purpose) for r in added} == {"final"}   # the demo does not ablate unless asked
 
 
 def test_errors_say_what_to_do(capsys):
