@@ -15,7 +15,7 @@ from typing import Mapping
 
 from .diffs import unified_diff
 from .errors import AutolabError, CandidateError, TaskError
-from .ledger import INFRASTRUCTURE, Ledger, first_seed_in_log, not_a_verdict
+from .ledger import REOPENED, Ledger, first_seed_in_log, not_a_verdict
 from .log import ResearchLog
 from .records import Candidate, Run, State, now
 from .store import Store, candidate_id, sha256
@@ -558,7 +558,7 @@ class Lab:
         if c.id == self.seed_candidate().id:
             raise AutolabError(f"{c.id} is the lab's seed: it is never decided, so there is nothing to reopen; "
                                "to re-measure it, run it on new seeds (autolab run)")
-        why = f"{INFRASTRUCTURE} reopened by hand: {reason}"
+        why = f"{REOPENED} {reason}"
         moved = []
         for r in self.log.runs_list():
             if r.candidate_id != c.id or r.state not in (State.COMPLETE, State.FAILED) or not_a_verdict(r):

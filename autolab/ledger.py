@@ -49,6 +49,15 @@ RETRYABLE = ("interrupted", "worker lost", "time limit", CANCELLED)   # KILLED r
 INFRASTRUCTURE = "infrastructure:"    # prefix of the reason of a run the machine ended (signal, executor timeout, starvation)
 
 
+REOPENED = f"{INFRASTRUCTURE} reopened by hand:"   # prefix of the reason of a run `autolab reopen` set aside
+
+
+def set_aside(run: Run) -> bool:
+    """True for a run ``Lab.reopen`` set aside: a fault spoiled it, so nothing of it (metric,
+    violations, probes) counts for or against its candidate; it stays in the log."""
+    return str((run.error or {}).get("reason") or "").startswith(REOPENED)
+
+
 def not_a_verdict(run: Run) -> bool:
     """True for an ended run that says nothing about its candidate: KILLED for a reason in
     RETRYABLE, or ended for a reason starting with ``infrastructure:`` (the machine's doing).

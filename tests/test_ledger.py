@@ -3,6 +3,7 @@ agreement of every view on "best", the Purpose enum, and the lab's pinned seed."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -362,6 +363,9 @@ def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, caps
     add_run(lab, seed, 4.0, purpose="screen", seed=1)
     c = add_cand(lab, seed, 2.0)
     spoiled = add_run(lab, c, 9.0, purpose="screen", seed=1)
+    # the fault left a sandbox denial in the run (as the read guard did on the H100, 2026-12-07)
+    spoiled = lab.log.append(dataclasses.replace(spoiled, meta={**spoiled.meta, "violations": [
+        {"kind": "file_read", "detail": "read /cache/compile/runs/c-x/inductor/a.py (outside the workspace)"}]}))
     autolab.audit(lab, c, stage="screen")
     assert lab.candidate(c.id).state is State.REJECTED and latest_verdict(lab, c, "screen") is not None
     with pytest.raises(AutolabError, match="say why"):
@@ -377,3 +381,8 @@ def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, caps
     assert r.state is State.KILLED and not_a_verdict(r) and "compile cache" in r.error["reason"]
     assert missing_seeds(lab, c2, "screen", 1) == [1]                 # the loop screens it again
     assert len(lab.log.verdicts_list()) == 1                          # nothing deleted
+    # its new screen is judged on its own: the set-aside run's denial no longer counts against it
+    add_run(lab, c2, 2.0, purpose="screen", seed=1)
+    v = autolab.audit(lab, c2, stage="screen")
+    assert next(k for k in v.checks if k["name"] == "sandbox")["passed"], v.checks
+    assert v.state is not State.REJECTED and lab.candidate(c.id).state is not State.REJECTED

@@ -13,7 +13,7 @@ seeds, by the task's test (Welch by default). A task's own rule (speedrun's reco
 from __future__ import annotations
 
 from ..lab import Lab
-from ..ledger import SELECTION_BY_RUN, SELECTION_FREE, Ledger, runs_of   # SELECTION_FREE: runs whose seeds did not select the candidate
+from ..ledger import SELECTION_BY_RUN, SELECTION_FREE, Ledger, runs_of, set_aside   # SELECTION_FREE: runs whose seeds did not select the candidate
 from ..records import Candidate, Check, Insight, Purpose, State, Verdict, new_id
 from .checks import CHECKS, AuditContext, checks_for, register_check
 from .stats import TestResult, compare, gains, paired, sequential_look
@@ -22,7 +22,9 @@ from .stats import TestResult, compare, gains, paired, sequential_look
 def run_checks(lab: Lab, candidate: Candidate, parent: Candidate | None = None, *, preset: str | None = None,
                purposes: tuple[str, ...] | None = None) -> list[Check]:
     ledger = Ledger(lab)
-    runs = ledger.runs_of(candidate, purposes=purposes, preset=preset, states=None)
+    # runs `autolab reopen` set aside were spoiled by a fault: their violations and probes say
+    # nothing about the candidate (they rejected it once already; that is why it was reopened)
+    runs = [r for r in ledger.runs_of(candidate, purposes=purposes, preset=preset, states=None) if not set_aside(r)]
     parent_runs = ledger.runs_of(parent, preset=preset) if parent else []
     ctx = AuditContext(lab, candidate, parent, runs, parent_runs)
     out = []
