@@ -988,11 +988,12 @@ def setup_run(add) -> None:
 def cmd_reopen(args) -> int:
     lab, c = _open_lab_candidate(args)
     before = c.state
-    c, moved = lab.reopen(c, args.reason)
+    c, moved = lab.reopen(c, args.reason, keep_runs=args.keep_runs)
     info = {"candidate": c.id, "was": str(before.value), "state": "READY", "runs_set_aside": moved}
     _emit(args, info, f"{c.id} was {before.value}, now READY; {len(moved)} run(s) set aside as "
                       f"'infrastructure: reopened by hand' ({', '.join(moved) or 'none'}); "
-                      f"the next `autolab loop` screens it again")
+                      + ("its verdicts are set aside and the next `autolab loop` judges it on its runs" if args.keep_runs
+                         else "the next `autolab loop` screens it again"))
     return 0
 
 
@@ -1001,6 +1002,9 @@ def setup_reopen(add) -> None:
                                    "its runs are set aside (kept in the log) and the loop screens it again")
     sp.add_argument("lab", help="the lab folder"); sp.add_argument("candidate", help="a candidate id (autolab log --lab LAB)")
     sp.add_argument("--reason", required=True, help="what spoiled its runs (recorded with each run set aside)")
+    sp.add_argument("--keep-runs", action="store_true",
+                    help="the runs were sound and only the audit erred (a check fixed since): set aside the verdicts "
+                         "only; the next loop judges the candidate on the runs it has")
 
 
 def setup_audit(add) -> None:

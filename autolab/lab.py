@@ -542,12 +542,14 @@ class Lab:
         self.log.event("manual_decision", candidate_id=c.id, state="REJECTED", reason=reason)
         return self.set_state(c, State.REJECTED, manual=True, reason=reason)
 
-    def reopen(self, c: Candidate | str, reason: str) -> tuple[Candidate, list[str]]:
+    def reopen(self, c: Candidate | str, reason: str, *, keep_runs: bool = False) -> tuple[Candidate, list[str]]:
         """Undo the decisions on a candidate whose runs a fault of the harness or the machine
         spoiled (say which in ``reason``): each of its ended runs that still counts is recorded
         KILLED with the reason ``infrastructure: reopened by hand: <reason>`` (so it is no verdict,
         and its seeds are run again), its verdicts are set aside (the ledger's ``latest_verdict``
         skips them), and the candidate is READY again: the next loop screens it anew.
+        ``keep_runs``: the runs were sound and only the audit erred (a check fixed since): the
+        verdicts alone are set aside, and the next loop judges the candidate on the runs it has.
         Returns the candidate and the ids of the runs set aside. Nothing is deleted: the old runs
         and verdicts stay in the log."""
         reason = (reason or "").strip()
@@ -560,7 +562,7 @@ class Lab:
                                "to re-measure it, run it on new seeds (autolab run)")
         why = f"{REOPENED} {reason}"
         moved = []
-        for r in self.log.runs_list():
+        for r in ([] if keep_runs else self.log.runs_list()):
             if r.candidate_id != c.id or r.state not in (State.COMPLETE, State.FAILED) or not_a_verdict(r):
                 continue
             self.log.append(r.with_state(State.KILLED, error={**(r.error or {}), "reason": why, "ename": "Reopened",

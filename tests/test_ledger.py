@@ -386,3 +386,27 @@ def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, caps
     v = autolab.audit(lab, c2, stage="screen")
     assert next(k for k in v.checks if k["name"] == "sandbox")["passed"], v.checks
     assert v.state is not State.REJECTED and lab.candidate(c.id).state is not State.REJECTED
+
+
+def test_reopen_keeping_the_runs_sets_aside_only_the_verdicts_and_the_loop_judges_them_again(toy_lab):
+    """The runs were sound and only the audit erred: `reopen --keep-runs` sets the verdicts aside,
+    keeps the runs counting, and the next loop decides the candidate from them without a new run."""
+    from autolab.ledger import latest_verdict, missing_seeds
+
+    lab = toy_lab
+    seed = lab.seed_candidate()
+    confirm(lab, seed, [4.0, 4.1, 3.9], purpose="baseline")
+    add_run(lab, seed, 4.0, purpose="screen", seed=1)
+    c = add_cand(lab, seed, 2.0)
+    run = add_run(lab, c, 3.0, purpose="screen", seed=1)
+    autolab.audit(lab, c, stage="screen", screen_margin=5.0)           # an audit that erred: a gain of 1.0 rejected
+    assert lab.candidate(c.id).state is State.REJECTED
+    c2, moved = lab.reopen(c, "the screening margin was wrong", keep_runs=True)
+    assert moved == [] and c2.state is State.READY and latest_verdict(lab, c2) is None
+    assert lab.log.get("run", run.id).state is State.COMPLETE and missing_seeds(lab, c2, "screen", 1) == []
+    n_runs = len([r for r in lab.log.runs_list() if r.candidate_id == c.id])
+    autolab.loop(lab, iterations=1, progress=False)                     # the lab holds its one experiment already
+    assert latest_verdict(lab, c2, "screen") is not None                # judged again from the run it had
+    assert lab.candidate(c.id).state is not State.REJECTED
+    assert len([r for r in lab.log.runs_list() if r.candidate_id == c.id and r.purpose == "screen"]) == 1
+    assert len([r for r in lab.log.runs_list() if r.candidate_id == c.id]) >= n_runs
