@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import threading
 import time
 from datetime import datetime
@@ -181,16 +182,8 @@ def p90(xs: list[float]) -> float:
     return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
 
 
-def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
-                          of_seed: bool | None = None) -> tuple[float, str]:
-    """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
-    found: the p90 of the wall time of completed runs of the same preset and purpose, else of
-    the same preset and any purpose; before any run, the preset's ``expected_run_s`` if it
-    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run).
-    ``of_seed`` (True: a run of the lab's seed candidate, False: of any other) narrows each pool
-    to runs of the same kind first, where there are any: a candidate's runs can differ from the
-    seed's by far (a kernels candidate re-times only what it changed; a nanochat candidate
-    compiles without the seed's warm cache)."""
+def _duration_pool(lab: Lab, purpose: str, runs: list[Run] | None, of_seed: bool | None) -> tuple[list[float], str]:
+    """The busy wall times (``_busy_s``) the estimates below are taken from, and how they were chosen."""
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
@@ -203,7 +196,33 @@ def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None,
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
     for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
-            return p90([_busy_s(r) for r in pool]), f"p90 of {len(pool)} completed {what}{who} on {preset}"
+            return [_busy_s(r) for r in pool], f"{len(pool)} completed {what}{who} on {preset}"
+    return [], ""
+
+
+def run_duration_typical(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
+                         of_seed: bool | None = None) -> float:
+    """The median of the same pool as ``run_duration_estimate`` (its p90 before any run): what a
+    run ahead in a queue will likely take. A queue of k runs is judged as k - 1 typical runs and
+    one at its p90, not k at their p90 (a sum of runs is less spread than each run)."""
+    pool, _ = _duration_pool(lab, purpose, runs, of_seed)
+    return float(statistics.median(pool)) if pool else run_duration_estimate(lab, purpose, runs, of_seed=of_seed)[0]
+
+
+def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
+                          of_seed: bool | None = None) -> tuple[float, str]:
+    """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
+    found: the p90 of the wall time of completed runs of the same preset and purpose, else of
+    the same preset and any purpose; before any run, the preset's ``expected_run_s`` if it
+    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run).
+    ``of_seed`` (True: a run of the lab's seed candidate, False: of any other) narrows each pool
+    to runs of the same kind first, where there are any: a candidate's runs can differ from the
+    seed's by far (a kernels candidate re-times only what it changed; a nanochat candidate
+    compiles without the seed's warm cache)."""
+    preset = lab.preset_name
+    pool, how = _duration_pool(lab, purpose, runs, of_seed)
+    if pool:
+        return p90(pool), f"p90 of {how}"
     expected = lab.preset.settings.get("expected_run_s")
     if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
         return float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"
@@ -453,6 +472,7 @@ class _Scheduler:
         self.early = 0                         # proposals started while the baseline runs
         self.limit: TimeLimit | None = None    # no run starts that would likely end past it
         self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
+        self.deferred = ""                     # the last time-limit refusal judged again once runs in flight end
         self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
         self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
         self.n_lanes = 0                       # GPUs whose runs take turns (gpu_baton); 0: every slot runs at once
@@ -739,16 +759,26 @@ class _Scheduler:
         est, how = run_duration_estimate(self.lab, purpose, of_seed=of_seed)
         # runs in flight on every slot: this one waits for a slot first (a conservative wave count);
         # runs that share a GPU through the baton do their timed work one at a time, so there the
-        # queue moves one GPU at a time, not one slot
+        # queue moves one GPU at a time, not one slot. The waves ahead count at their typical
+        # (median) duration, this run at its p90.
         ahead = len(self.inflight_runs)
         lanes = max(1, self.n_lanes or self.n_slots)
         waves = 1 + ahead // lanes
+        typical = run_duration_typical(self.lab, purpose, of_seed=of_seed) if waves > 1 else est
+        need = (waves - 1) * min(typical, est) + est
         left = self.limit.left()
-        if waves * est <= left:
+        if need <= left:
             return True
-        queue = f", after {ahead} runs in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s)" if waves > 1 else ""
-        self._set_stop(f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
-                       f"({how}{queue}) and {max(0.0, left):.0f} s are left, so it was not started", "time_limit")
+        queue = (f", after {ahead} runs in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s) of about "
+                 f"{min(typical, est):.0f} s each") if waves > 1 else ""
+        why = (f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
+               f"({how}{queue}) and {max(0.0, left):.0f} s are left")
+        if ahead:   # judged again as the runs ahead end (the queue shortens, the estimate firms up)
+            if why.split(" and ")[0] != self.deferred:
+                self.deferred = why.split(" and ")[0]
+                self._note(why + ", so it waits for the runs in flight before it is judged again")
+            return False
+        self._set_stop(why + ", so it was not started", "time_limit")
         return False
 
     def admit(self, unit: Unit) -> bool:

@@ -311,3 +311,35 @@ def test_a_machine_without_the_seeds_compile_cache_gets_a_warm_start_run_first(t
     (folder / "entry").write_text("compiled")
     with get_executor("local") as ex:
         assert _Baseline(lab, ex, None, None, lambda: None).futs == []
+
+
+def test_a_queue_counts_typical_runs_ahead_and_a_refusal_waits_while_runs_are_in_flight(toy_lab):
+    """Measured on an H100 (2026-12-07, nanochat h100-90s): with two runs in flight on one GPU and
+    340 s left, the loop judged three runs at their p90 (3 x 137 s) and stopped for good, though
+    the queue (two runs of about 97 s, then one) would have ended in time. Now the runs ahead count
+    at their median and the new one at its p90; a refusal while runs are in flight waits for them
+    and is judged again; only a refusal with nothing in flight stops the loop."""
+    import time
+
+    from autolab._loop import _Scheduler, run_duration_typical
+
+    lab = toy_lab
+    runs = []
+    for i, wall in enumerate([95.0, 97.0, 96.0, 139.0, 124.0]):
+        r = lab.log.append(Run(id=f"r-q{i}", task="toy", candidate_id=f"c-{i}", preset=lab.preset_name, seed=1,
+                               purpose="screen"))
+        runs.append(lab.log.append(r.with_state(State.COMPLETE, timings={"papermill_s": wall})))
+    assert run_duration_estimate(lab, "screen")[0] == 139.0 and run_duration_typical(lab, "screen") == 97.0
+    sched = _Scheduler(lab, 0, [("main", "")], None, None, None, None, 1.0, 2, None, [])
+    sched.n_slots, sched.n_lanes = 2, 1
+    sched.inflight_runs = {"r-a": (runs[0], None), "r-b": (runs[1], None)}
+    sched.limit = TimeLimit(time.monotonic() + 345)
+    assert sched.fits("screen") and not sched.stopped                   # 2 x 97 + 139 = 333 s <= 345 s
+    sched.limit = TimeLimit(time.monotonic() + 300)
+    assert not sched.fits("screen") and not sched.stopped and sched.reason == ""   # waits: judged again later
+    notes = [e["message"] for e in lab.log.events("loop")]
+    assert any("waits for the runs in flight" in m and "of about 97 s each" in m for m in notes), notes
+    assert not sched.fits("screen") and len(lab.log.events("loop")) == len(notes)  # the same refusal is noted once
+    sched.inflight_runs = {}
+    sched.limit = TimeLimit(time.monotonic() + 120)
+    assert not sched.fits("screen") and sched.reason == "time_limit" and "was not started" in sched.stopped
