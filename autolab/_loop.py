@@ -792,7 +792,10 @@ class _Scheduler:
         if isinstance(unit, RunUnit):
             return self.reason != "time_limit" and self.fits(unit.purpose, of_seed=unit.candidate.id == self.lab.seed_candidate().id)
         if isinstance(unit, (ProposeUnit, ImplementUnit)):
-            return self.reason != "time_limit" and self.fits(Purpose.SCREEN)
+            ok = self.reason != "time_limit" and self.fits(Purpose.SCREEN)
+            if not ok and isinstance(unit, ImplementUnit) and unit.idea not in self.orphans:
+                self.orphans.insert(0, unit.idea)   # still PROPOSED: implemented once a screen fits, or by the next loop
+            return ok
         return True
 
     def kill_in_flight(self, executor: Executor) -> list[Run]:
