@@ -50,9 +50,9 @@ def recv(sock: socket.socket, max_payload: int,
     """One message: (header, payload). Raises WireError on a closed or malformed stream.
 
     ``alloc(header, n)``: where a payload of ``n`` bytes (1..max_payload) is received, a writable
-    buffer of exactly ``n`` bytes that the receiver owns (say a numpy array, whose large buffers
-    the kernel backs with huge pages: fewer page faults than a fresh ``bytearray``), returned as
-    the payload; without it, a bytearray."""
+    buffer of exactly ``n`` bytes that the receiver owns and that need not be zeroed first (say
+    ``np.empty``: the evaluator's 32 MiB of logits per call go straight into the array it computes
+    on), returned as the payload; without it, a bytearray. Every byte is still received."""
     pre = bytearray(_PREFIX.size)
     _recv_exact(sock, memoryview(pre))
     n, zero = _PREFIX.unpack(pre)
