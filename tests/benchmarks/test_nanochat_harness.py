@@ -292,6 +292,74 @@ def test_split_metric_probes_catch_future_memory_and_cross_row(gpt_cls):
     assert not cross["logits"]["passed"] and "rows must not see each other" in cross["logits"]["detail"]
 
 
+def test_non_finite_logits_in_a_probe_batch_fail_the_probes():
+    """A model that answers rows it has seen before with a NaN: whichever of a metric batch and
+    its probe variant comes second is hit. When it is the probe, the comparison is NaN, which now
+    counts as infinitely far (max() used to drop it, and the run passed); when it is the metric
+    batch, the logits are not finite. Either way the run fails."""
+    V = 50
+    sets, tb = _two_splits(V, n=8)
+
+    class NanOnRepeat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.seen = Bigram(V), set()
+
+        def forward(self, idx):
+            out = self.inner(idx).clone()
+            for r in range(idx.shape[0]):
+                key = tuple(idx[r, :3].tolist())       # twins share a row's start, repeats the whole row
+                if key in self.seen:
+                    out[r, 0, 0] = float("nan")
+                self.seen.add(key)
+            return out
+
+    only_probes = 0
+    for seed in range(12):
+        res = E.split_metric(NanOnRepeat().eval(), sets, torch.device("cpu"), V, batch_rows=4,
+                             token_bytes=torch.from_numpy(tb), rng=np.random.default_rng(seed), twins=2, repeats=2)
+        probes = E.probes_from(res, {"passed": True, "detail": "", "tolerance": 1e-4}, torch.device("cpu"))
+        finite = res["val"]["finite"] and res["hidden_val"]["finite"]
+        assert not (finite and probes["logits"]["passed"] and probes["causality"]["passed"]), (seed, probes)
+        if finite:
+            only_probes += 1
+            assert math.inf in (res["probes"]["noise"], res["probes"]["cross_row"], res["probes"]["causal_max_rel"])
+    assert only_probes >= 1
+    # the evaluator's one-pass finiteness: a NaN or an infinity anywhere in a metric batch is seen
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        class Bad(nn.Module):
+            def forward(self, idx, bad=bad):
+                out = Bigram(V)(idx).detach().clone()
+                out[-1, -1, -1] = bad
+                return out
+        r = E.split_metric(Bad(), sets, torch.device("cpu"), V, batch_rows=4, token_bytes=torch.from_numpy(tb),
+                           rng=np.random.default_rng(0), twins=0, repeats=0)
+        assert not (r["val"]["finite"] and r["hidden_val"]["finite"]), bad
+
+
+def test_the_wire_receives_into_the_receivers_buffer():
+    import socket as _socket
+
+    from nanochat_harness import wire
+
+    a, b = _socket.socketpair()
+    try:
+        import threading
+
+        data = np.arange(70000, dtype=np.float32)       # more than the socket holds: sent from a thread
+        sender = threading.Thread(target=wire.send, args=(a, {"op": "logits"}, data.view(np.uint8).data))
+        sender.start()
+        head, got = wire.recv(b, 1 << 20, alloc=lambda h, n: np.empty(n, np.uint8))
+        sender.join()
+        assert head["op"] == "logits" and isinstance(got, np.ndarray) and (got.view(np.float32) == data).all()
+        wire.send(a, {"op": "x"}, b"abcd")
+        with pytest.raises(wire.WireError, match="receive buffer"):
+            wire.recv(b, 1 << 20, alloc=lambda h, n: np.empty(n + 1, np.uint8))
+    finally:
+        a.close()
+        b.close()
+
+
 def _model_folder(tmp_path: Path, gpt_cls, src: str = None, V: int = 97, T: int = 32) -> tuple[Path, nn.Module]:
     """A model process's folder: train.py, model.pt (state dict), model.json."""
     d = tmp_path / "model"
@@ -794,6 +862,50 @@ def test_the_model_process_holds_no_targets(honest_run):
     assert sorted(p.name for p in (res_path.parent / "result.model").iterdir() if not p.name.startswith(".")) == [
         "model.json", "model.pt", "model_config.json", "train.py"]
     assert res["eval"]["transport"]["batches"] >= 8 and all(res["probes"][k]["passed"] for k in ("causality", "logits"))
+
+
+def test_the_metric_of_a_saved_model_is_pinned(honest_run, tmp_path):
+    """The honest run's saved model, evaluated again on its fixed val and hidden_val rows: a change
+    to the evaluation's speed must not move the metric. Through a real model process (the wire,
+    the evaluator's receive buffers, its finiteness and probe arithmetic), each split's nats,
+    bytes and tokens equal bit for bit those of the same batches computed in this process; and
+    the run's recorded val_bpb and hidden_val_bpb (its own random batches, through the sandbox)
+    agree to 1e-12 (relative; only the order of the float64 sums differs) with
+    :func:`bits_per_byte`, the plain metric (log_softmax, gather, float64 sums) of the same model."""
+    res, res_path = honest_run["res"], honest_run["path"]
+    assert res["status"] == "ok", res["reason"]
+    cpu = torch.device("cpu")
+    cfg = json.loads((res_path.parent / "result.harness" / "eval_config.json").read_text())
+    V, B = int(cfg["vocab_size"]), int(cfg["eval_batch_size"])
+    sets = E.load_sets(cfg)
+    tb = torch.from_numpy(np.load(cfg["data"]["token_bytes"]).astype(np.int64))
+    d = tmp_path / "model"
+    shutil.copytree(res_path.parent / "result.model", d, ignore=shutil.ignore_patterns(".*"))
+    with open(d / "train.py", "a") as f:   # the run's candidate searched its process on every call: not again
+        f.write("\n\ndef _search(idx):\n    pass\n")
+    few = {n: rows[:B // 2] for n, rows in sets.items()}          # two batches, and a twin and repeats of them
+    listener, proc = _serve(d)
+    try:
+        remote = E.RemoteModel(E.accept_loaded(listener, 120), cpu, V, timeout_s=120)
+        got = E.split_metric(remote, few, cpu, V, B // 2, token_bytes=tb, rng=np.random.default_rng(11), twins=1)
+        remote.close()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    from nanochat_harness.model_server import rebuild
+
+    model = rebuild(d, "train.py").eval()
+    here = E.split_metric(model, few, cpu, V, B // 2, token_bytes=tb, rng=np.random.default_rng(11), twins=1)
+    assert got["probes"] == here["probes"] and got["probes"]["twin_rows"] == B // 2 and got["probes"]["repeats"] == 2
+    for name, rows in sets.items():
+        g, h = got[name], here[name]
+        assert (g["nats"], g["bytes"], g["tokens"], g["finite"]) == (h["nats"], h["bytes"], h["tokens"], True), name
+        plain = E.bits_per_byte(model, rows, tb, cpu, V, batch_rows=B)
+        key = "val_bpb" if name == "val" else "hidden_val_bpb"
+        assert abs(res["metrics"][key] - plain["bpb"]) <= 1e-12 * plain["bpb"], (key, res["metrics"][key], plain)
 
 
 SLEEPER = "import time\nimport nanochat_harness as H\nif __name__ == '__main__':\n    H.config()\n    time.sleep(600)\n"

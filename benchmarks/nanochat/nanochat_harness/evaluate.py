@@ -58,6 +58,7 @@ _ORIG: dict[str, Any] = {
     "torch.log_softmax": torch.log_softmax,
     "torch.gather": torch.gather,
     "torch.isfinite": torch.isfinite,
+    "torch.aminmax": torch.aminmax,
     "torch.no_grad": torch.no_grad,
     "torch.autocast": torch.autocast,
     "torch.load": torch.load,
@@ -71,6 +72,7 @@ _ORIG: dict[str, Any] = {
 _log_softmax = F.log_softmax
 _gather = torch.gather
 _isfinite = torch.isfinite
+_aminmax = torch.aminmax
 _no_grad = torch.no_grad
 _autocast = torch.autocast
 _load = torch.load
@@ -78,6 +80,18 @@ _to_float = torch.Tensor.float
 _to_double = torch.Tensor.double
 _tsum = torch.Tensor.sum
 _LN2 = math.log(2.0)
+
+
+def _absmax(t: torch.Tensor) -> float:
+    """``float(t.abs().max())`` (the same value: |x| is exact) from one min/max pass, without
+    the |t| copy; NaN when t holds a NaN (aminmax propagates it)."""
+    lo, hi = (float(v) for v in _aminmax(t))
+    return math.nan if lo != lo or hi != hi else max(-lo, hi)
+
+
+def _rel(x: float) -> float:
+    """A relative change for the probes' comparisons: NaN (non-finite logits) counts as infinitely far."""
+    return math.inf if x != x else x
 
 CANDIDATE_MODULE = "__autolab_candidate__"
 
@@ -213,17 +227,18 @@ def causality_probe(model, device: torch.device, vocab_size: int, seq_len: int, 
     with _no_grad():
         base = _to_float(_logits_of(model, x.to(device), device, vocab_size))
         again = _to_float(_logits_of(model, x.to(device), device, vocab_size))
-        scale = float(base.abs().max()) + 1.0
-        noise = float((again - base).abs().max()) / scale
+        scale = _absmax(base) + 1.0
+        noise = _absmax(again - base) / scale
         tol = max(1e-3 if device.type == "cuda" else 1e-4, 4 * noise)
         worst, worst_t, moved = 0.0, None, 0.0
         for t in positions:
             x2 = x.clone()
             x2[:, t + 1:] = (x[:, t + 1:] + 1 + torch.randint(0, vocab_size - 1, x[:, t + 1:].shape, generator=g)) % vocab_size
             other = _to_float(_logits_of(model, x2.to(device), device, vocab_size))
-            diff = float((other[:, :t + 1] - base[:, :t + 1]).abs().max()) / scale
+            at = (other - base).abs_().amax(dim=-1)          # (rows, T): the largest change at each position
+            diff = _rel(float(at[:, :t + 1].max()) / scale)
             if t + 1 < seq_len:
-                moved = max(moved, float((other[:, t + 1:] - base[:, t + 1:]).abs().max()) / scale)
+                moved = max(moved, float(at[:, t + 1:].max()) / scale)
             if diff > worst:
                 worst, worst_t = diff, t
     passed = worst <= tol
@@ -332,6 +347,12 @@ def check_weights(path: Path) -> dict[str, Any]:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _host_buffer(head: dict, n: int) -> np.ndarray:
+    """Where a reply's n bytes are received: an array of this process, not zeroed first (the
+    socket fills it; the wire checks every byte arrives)."""
+    return np.empty(n, dtype=np.uint8)
+
+
 class RemoteModel:
     """The candidate's model in the model process, seen from here: ``remote(idx)`` sends the
     rows and returns the logits (on ``device``, float32), after checking their shape and dtype.
@@ -390,7 +411,7 @@ class RemoteModel:
         while rid not in self._stash:
             B, T = self._pending.get(rid, np.zeros((0, 0))).shape
             try:
-                head, payload = wire.recv(self.sock, max(B * T * self.vocab * 4, 1 << 20))
+                head, payload = wire.recv(self.sock, max(B * T * self.vocab * 4, 1 << 20), alloc=_host_buffer)
             except (OSError, wire.WireError) as e:
                 why = f"; sending failed: {self._send_error[0]}" if self._send_error else ""
                 raise RuntimeError(f"the model process stopped answering ({type(e).__name__}: {e}{why}); see "
@@ -465,7 +486,7 @@ class RemoteModel:
             raise ValueError("the model process sent logits of the wrong size")
         self.calls += 1
         self.bytes += len(payload)
-        out = torch.frombuffer(payload, dtype=dtype).view(*want)
+        out = torch.from_numpy(payload).view(dtype).view(*want)      # this process's buffer: no copy
         return _to_float(out.to(self.device, non_blocking=False))
 
     def __call__(self, x) -> torch.Tensor:
@@ -545,39 +566,45 @@ def split_metric(model, sets: dict[str, np.ndarray], device: torch.device, vocab
     tb = token_bytes.to(device) if token_bytes is not None else None
     acc = {n: {"nats": 0.0, "tokens": 0, "bytes": 0, "finite": True, "causal_max_rel": 0.0, "causal_rows": 0}
            for n in names}
-    kept: dict[int, torch.Tensor] = {}
+    kept: dict[int, tuple[torch.Tensor, float]] = {}      # a metric batch's logits and scale, for its probes
     waiting: dict[int, list] = {}
     probe = {"noise": 0.0, "cross_row": 0.0, "causal_max_rel": 0.0, "twin_rows": 0, "repeats": 0}
     extra_result: list[Any] = []
 
-    def compare(b: int, real: torch.Tensor, kind: str, arg, logits: torch.Tensor) -> None:
-        scale = float(real.abs().max()) + 1.0
+    def compare(b: int, real: tuple[torch.Tensor, float], kind: str, arg, logits: torch.Tensor) -> None:
+        real, scale = real                         # the metric batch's logits and 1 + max |logit| (on_real)
         if kind == "twin":
             cuts, _ = arg
-            keep = torch.from_numpy(np.arange(T)[None, :] <= cuts[:, None]).to(device)[:, :, None]
-            moved = ((logits - real).abs() * keep).amax(dim=(1, 2)) / scale        # (B,)
+            keep = torch.from_numpy(np.arange(T)[None, :] <= cuts[:, None]).to(device)        # (B, T)
+            at = (logits - real).abs_().amax(dim=-1)                 # (B, T): the largest change at each position
+            moved = [_rel(v) for v in (torch.where(keep, at, 0.0).amax(dim=1) / scale).tolist()]   # (B,)
             idx, cnt = batches[b]
             for r in range(B):
                 if cnt[r]:
                     a = acc[names[split_of[idx[r]]]]
-                    a["causal_max_rel"] = max(a["causal_max_rel"], float(moved[r]))
+                    a["causal_max_rel"] = max(a["causal_max_rel"], moved[r])
                     a["causal_rows"] += 1
-            probe["causal_max_rel"] = max(probe["causal_max_rel"], float(moved.max()))
+            probe["causal_max_rel"] = max(probe["causal_max_rel"], max(moved))
             probe["twin_rows"] += B
         elif kind == "repeat":
-            probe["noise"] = max(probe["noise"], float((logits - real).abs().max()) / scale)
+            probe["noise"] = max(probe["noise"], _rel(_absmax(logits - real) / scale))
             probe["repeats"] += 1
         else:
             inv = torch.from_numpy(np.argsort(arg)).to(device)
-            probe["cross_row"] = max(probe["cross_row"], float((logits[inv] - real).abs().max()) / scale)
+            probe["cross_row"] = max(probe["cross_row"], _rel(_absmax(logits[inv] - real) / scale))
             probe["repeats"] += 1
 
     def on_real(b: int, logits: torch.Tensor) -> None:
         idx, cnt = batches[b]
         y = torch.from_numpy(rows[idx, 1:].astype(np.int64)).to(device)
+        lo, hi = (float(v) for v in _aminmax(logits))       # one pass: finiteness and the probes' scale
+        if math.isfinite(lo) and math.isfinite(hi):
+            fin = torch.ones(B, dtype=torch.bool, device=device)
+        else:                                                 # (aminmax propagates NaN): which rows
+            fin = _isfinite(logits).flatten(1).all(dim=1)
         logp = _log_softmax(logits, dim=-1)
         nats = -_gather(logp, -1, y.unsqueeze(-1)).squeeze(-1)                  # (B, T) float32
-        fin = _isfinite(logits).flatten(1).all(dim=1)
+        del logp
         nb = tb[y] if tb is not None else None
         for i, n in enumerate(names):
             sel = torch.from_numpy(cnt & (split_of[idx] == i)).to(device)
@@ -593,9 +620,9 @@ def split_metric(model, sets: dict[str, np.ndarray], device: torch.device, vocab
             a["tokens"] += int(_tsum(mask))
             a["finite"] = a["finite"] and bool(fin[sel].all())
         if variants.get(b):
-            kept[b] = logits
+            kept[b] = (logits, (math.nan if lo != lo or hi != hi else max(-lo, hi)) + 1.0)
             for kind, arg, other in waiting.pop(b, []):
-                compare(b, logits, kind, arg, other)
+                compare(b, kept[b], kind, arg, other)
                 done_variant(b)
 
     def done_variant(b: int) -> None:
@@ -874,6 +901,8 @@ def serve_main(argv: list[str] | None, evaluate_fn: Callable, prog: str) -> int:
     listener = wire.listen(a.socket)
     cfg = json.loads(a.config.read_text())
     out = a.out.resolve()
+    if cfg.get("device") != "cuda":
+        wire.reuse_freed_memory()      # the logits' buffers are reused from call to call, not faulted in anew
     try:
         if cfg.get("device") == "cuda":
             torch.zeros(1, device="cuda:0")          # the CUDA context, while the model still trains

@@ -7,9 +7,10 @@ It holds no targets, no split files and nothing of the harness worth taking. The
 it (and the trusted evaluator) while the model still trains, so that interpreter start-up,
 ``import torch`` and the CUDA context are paid off the critical path. In this order:
 
-1. connect to the trusted evaluator's socket, start torch (and CUDA), send ``warm`` with the
-   run's token (``AUTOLAB_EVAL_NONCE``), and wait for ``load``: the trusted side sends it once
-   training has ended and ``model.pt`` is in this folder (before any candidate code runs);
+1. start torch (and CUDA) while the trusted evaluator starts its own, connect to its socket, send
+   ``warm`` with the run's token (``AUTOLAB_EVAL_NONCE``), and wait for ``load``: the trusted side
+   sends it once training has ended and ``model.pt`` is in this folder (before any candidate code
+   runs);
 2. load the weights with ``torch.load(..., weights_only=True)``: a pickle that would run code
    is refused here, before the candidate's module is imported;
 3. import the script as ``__autolab_candidate__`` (its ``__main__`` block does not run), call
@@ -167,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
-    sock = wire.connect(a.socket)
     folder = Path.cwd()
-    try:
+    if a.device != "cuda":
+        # the logits and the forward's activations (32 MiB tensors on cpu-tiny) reuse the memory of
+        # the last call instead of fresh pages the kernel zeroes and faults in: a third of a small
+        # model's forward on CPU (wire.reuse_freed_memory)
+        wire.reuse_freed_memory()
+    failed = None
+    try:        # torch first, then the socket: the two processes start torch side by side
         import torch
 
         device = torch.device("cuda:0" if a.device == "cuda" else "cpu")
@@ -179,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.zeros(1, device=device)             # the CUDA context, while the model still trains
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
-        wire.send(sock, {"op": "error", "stage": "start", "error": f"{type(e).__name__}: {e}",
+        failed = e
+    sock = wire.connect(a.socket)
+    if failed is not None:
+        wire.send(sock, {"op": "error", "stage": "start", "error": f"{type(failed).__name__}: {failed}",
                          "token": os.environ.get(TOKEN_ENV, "")})
         return 2
     # warm: say so (with the run's token: only this process may serve the model) and wait until

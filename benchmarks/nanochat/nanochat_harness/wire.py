@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Callable
 
 MAX_HEADER = 1 << 16
 _PREFIX = struct.Struct("<II")
@@ -45,8 +45,14 @@ def _recv_exact(sock: socket.socket, buf: memoryview) -> None:
         got += n
 
 
-def recv(sock: socket.socket, max_payload: int) -> tuple[dict[str, Any], bytearray]:
-    """One message: (header, payload). Raises WireError on a closed or malformed stream."""
+def recv(sock: socket.socket, max_payload: int,
+         alloc: Callable[[dict[str, Any], int], Any] | None = None) -> tuple[dict[str, Any], Any]:
+    """One message: (header, payload). Raises WireError on a closed or malformed stream.
+
+    ``alloc(header, n)``: where a payload of ``n`` bytes (1..max_payload) is received, a writable
+    buffer of exactly ``n`` bytes that the receiver owns and that need not be zeroed first (say
+    ``np.empty``: the evaluator's 32 MiB of logits per call go straight into the array it computes
+    on), returned as the payload; without it, a bytearray. Every byte is still received."""
     pre = bytearray(_PREFIX.size)
     _recv_exact(sock, memoryview(pre))
     n, zero = _PREFIX.unpack(pre)
@@ -63,10 +69,30 @@ def recv(sock: socket.socket, max_payload: int) -> tuple[dict[str, Any], bytearr
     size = header.get("nbytes", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > max_payload:
         raise WireError(f"payload size {size!r} is outside 0..{max_payload}")
-    payload = bytearray(size)
-    if size:
-        _recv_exact(sock, memoryview(payload))
+    if not size:
+        return header, bytearray()
+    payload = alloc(header, size) if alloc is not None else bytearray(size)
+    view = memoryview(payload).cast("B")
+    if view.nbytes != size or view.readonly:
+        raise WireError(f"the receive buffer holds {view.nbytes} bytes, not the {size} announced")
+    _recv_exact(sock, view)
     return header, payload
+
+
+def reuse_freed_memory(keep_mb: int = 2048) -> bool:
+    """glibc: serve large blocks from the heap, and keep up to ``keep_mb`` of freed memory for the
+    next ones (``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD``), instead of a fresh mapping per block that
+    the kernel zeroes and faults in page by page and takes back at ``free``. The evaluation's CPU
+    processes allocate and free the same few tensors of logits (32 MiB on cpu-tiny) on every call:
+    this makes a small model's forward about a third cheaper and changes no arithmetic. The
+    process keeps its peak memory until it exits. False where the C library has no such setting."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        return libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, int(keep_mb) << 20) == 1   # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError, ValueError):
+        return False
 
 
 def listen(path: str) -> socket.socket:
