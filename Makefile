@@ -24,7 +24,7 @@ XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 help:
 	@echo "make demo   - set up .venv and run the offline research loop (nanochat cpu-tiny)"
-	@echo "make test   - set up .venv and run the test suite (under 20 minutes on 2 cores: TEST_WORKERS=2)"
+	@echo "make test   - set up .venv and run the test suite on pytest-xdist, one worker per core (TEST_WORKERS=N)"
 	@echo "make test-extended - the longest end-to-end tests and the whole red-team corpus"
 
 $(PY):
