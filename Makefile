@@ -14,12 +14,17 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.autolab-installed
 PYTEST_ARGS ?=
+# `make test` runs on pytest-xdist workers, one per core (at most 4), a module's tests on one
+# worker (its module fixtures run once) and the longest modules first (tests/conftest.py);
+# TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(max(1, min(4, n or 1)))" 2>/dev/null || echo 2)
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-extended redteam install clean-labs help
 
 help:
 	@echo "make demo   - set up .venv and run the offline research loop (nanochat cpu-tiny)"
-	@echo "make test   - set up .venv and run the test suite (under 20 minutes on 2 cores)"
+	@echo "make test   - set up .venv and run the test suite on pytest-xdist, one worker per core (TEST_WORKERS=N)"
 	@echo "make test-extended - the longest end-to-end tests and the whole red-team corpus"
 
 $(PY):
@@ -43,7 +48,7 @@ demo: $(STAMP)
 	$(VENV)/bin/autolab demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu and not extended" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu and not extended" $(XDIST) $(PYTEST_ARGS)
 
 # what `make test` leaves out for time: the longest end-to-end runs, and the whole red-team corpus
 test-extended: $(STAMP)

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from autolab.cli import main
+from toytask import make_toy_task
 
 
 def _json(capsys, argv):
@@ -224,7 +225,11 @@ def test_terminal_progress_shows_phase_and_eta(tmp_path, toy_lab):
     assert "\r\x1b[K" in tty.getvalue() and "\n" not in tty.getvalue()
 
 
-def test_run_prints_phases_as_plain_lines(capsys, tmp_path, toy_task):
+def test_run_prints_phases_as_plain_lines(capsys, tmp_path):
+    # the run folder is polled every 0.5 s: the notebook's last cell keeps the "saving" phase
+    # (result written, run not ended) 3 s long, so that it is seen however fast the machine is
+    # (without it the phase lasted a few ms on an idle machine and was missed)
+    toy_task = make_toy_task(tmp_path / "tasks", extra="import time\ntime.sleep(3)\n")
     assert main(["run", str(toy_task), "--lab", str(tmp_path / "lab")]) == 0
     out, err = capsys.readouterr()
     assert "mean loss" in out

@@ -111,6 +111,14 @@ def sample_cases() -> list[str]:
     return sorted(names | set().union(*HONEST.values()) | HONEST_SAMPLE)
 
 
+def _jobs() -> int:
+    """Concurrent runs: one per core, at least 3 (a run's papermill start-up leaves its core idle
+    a while). Under pytest-xdist (`make test`) the other workers share the cores: one fewer per
+    other worker, at least 2 (on 2 cores: 2 runs beside the other worker, 3 busy processes)."""
+    others = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1) - 1
+    return max(2, max(3, os.cpu_count() or 1) - others)
+
+
 @pytest.fixture(scope="module")
 def report():
     if not (REPO.parent / "shared" / "data" / "techtext" / "manifest.json").exists() and not os.environ.get("AUTOLAB_DATA"):
@@ -123,7 +131,7 @@ def report():
     cases = [] if FULL else [a for name in sample_cases() for a in ("--case", name)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["redteam", "--json", "--jobs", str(max(3, os.cpu_count() or 1)), *cases])
+        rc = main(["redteam", "--json", "--jobs", str(_jobs()), *cases])
     obj = json.loads(out.getvalue().strip().splitlines()[-1])
     obj["rc"] = rc
     return obj

@@ -133,7 +133,7 @@ def get(device, refresh: bool = False) -> dict:
             pass
     data = measure(device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")   # two processes measuring at once each write their own
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
     data["cached"] = False
