@@ -573,6 +573,27 @@ def test_static_scan_flags_dynamic_getattr_and_the_dispatch_machinery():
                             "    return x\n") == []
 
 
+def test_a_recorded_address_reused_by_an_unrecorded_buffer_does_not_count():
+    """The recorder used to remember addresses only: once a recorded buffer was freed, the
+    allocator gave its address to the next block of that size, and an output made with the
+    recorder off there passed as recorded (a 2-worker test run hit it by chance; a kernel can
+    arrange it on purpose: allocate and free a buffer under the recorder, then compute unseen).
+    The reuse is the allocator's choice, so the record is moved to the new buffer's address by
+    hand: exactly what a reuse leaves behind (a record made for another allocation)."""
+    n = 1 << 14
+    with scan.OpRecorder():
+        seen = torch.empty(n)
+    assert scan.unrecorded([seen]) == []                       # made under the recorder, still alive
+    unseen = torch.empty(n)                                    # outside the recorder
+    assert scan.unrecorded([unseen]) == [0]
+    old = scan._recorded_storages[seen.untyped_storage().data_ptr()]
+    scan._recorded_storages[unseen.untyped_storage().data_ptr()] = old     # the old record at the reused address
+    assert scan.unrecorded([unseen]) == [0] and scan.unrecorded([seen]) == []
+    ref = scan._recorded_storages[seen.untyped_storage().data_ptr()]
+    del seen
+    assert ref() is None                                       # the record dies with its buffer
+
+
 def test_switching_the_recorder_off_around_the_reference_op_is_caught(seed):
     """A kernel that pops the dispatch mode (names computed, past the static scan) and runs
     the reference op: no compute op is recorded, but its output was allocated unseen."""

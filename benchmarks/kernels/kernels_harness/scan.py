@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
@@ -621,17 +622,23 @@ def _op_name(func) -> str:
     return name.split("::")[-1]
 
 
-_recorded_storages: set[int] = set()    # every storage an OpRecorder saw an op produce, in this process
+# every storage an OpRecorder saw an op produce, in this process: its address -> a weak reference
+# to the storage object itself (PyTorch keeps one Python object per live storage). An address alone
+# is not enough: once a recorded buffer is freed the allocator hands the same address to the next
+# block of that size, so an output computed with the recorder off would pass as recorded.
+_recorded_storages: dict[int, "weakref.ref"] = {}
 
 
-def _storage_ptrs(objs) -> set[int]:
-    out = set()
+def _storages(objs) -> dict[int, object]:
+    """{address: storage} of the tensors in ``objs`` (nested tuples and lists too)."""
+    out: dict[int, object] = {}
     for t in objs:
         if isinstance(t, (tuple, list)):
-            out |= _storage_ptrs(t)
+            out.update(_storages(t))
         elif isinstance(t, torch.Tensor):
             try:
-                out.add(t.untyped_storage().data_ptr())
+                st = t.untyped_storage()
+                out[st.data_ptr()] = st
             except Exception:       # meta, sparse: no storage to speak of
                 pass
     return out
@@ -644,11 +651,27 @@ def _note_storages(name: str, out, args, kwargs) -> None:
     """Remember the storages an op created (not those of its arguments: an in-place op, a view
     or an ``out=`` op on a buffer made elsewhere does not make that buffer recorded). A tensor
     built from host data under the recorder (``lift_fresh``) counts as created there."""
-    made = _storage_ptrs(out if isinstance(out, (tuple, list)) else (out,))
+    made = _storages(out if isinstance(out, (tuple, list)) else (out,))
     if made:
         if name not in _LIFT_OPS:
-            made -= _storage_ptrs(list(args) + list(kwargs.values()))
-        _recorded_storages.update(made)
+            for ptr in _storages(list(args) + list(kwargs.values())):
+                made.pop(ptr, None)
+        for ptr, st in made.items():
+            try:
+                _recorded_storages[ptr] = weakref.ref(st)
+            except TypeError:       # a storage type without weak references: never counts as recorded
+                pass
+
+
+def recorded(t: torch.Tensor) -> bool:
+    """True when a recorder saw an op create ``t``'s storage, and that very storage is still alive
+    (not another allocation that reuses its address)."""
+    try:
+        st = t.untyped_storage()
+        ref = _recorded_storages.get(st.data_ptr())
+    except Exception:
+        return False
+    return ref is not None and ref() is st
 
 
 class OpRecorder(TorchDispatchMode):
@@ -676,11 +699,7 @@ def unrecorded(outs) -> list[int]:
     bad = []
     for i, o in enumerate(outs):
         if type(o) is torch.Tensor and o.numel() and not o.is_meta:
-            try:
-                ptr = o.untyped_storage().data_ptr()
-            except Exception:
-                continue
-            if ptr not in _recorded_storages:
+            if not recorded(o):
                 bad.append(i)
     return bad
 
