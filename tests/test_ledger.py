@@ -350,6 +350,14 @@ def test_the_ledger_sits_low_and_nothing_below_the_loop_imports_it_back():
         assert "_loop" not in imports(rel), rel
 
 
+def _seed_measured_and_a_child(lab):
+    """The seed with its baseline and its screening seed 1, and a child of it (X = 2.0)."""
+    seed = lab.seed_candidate()
+    confirm(lab, seed, [4.0, 4.1, 3.9], purpose="baseline")
+    add_run(lab, seed, 4.0, purpose="screen", seed=1)
+    return seed, add_cand(lab, seed, 2.0)
+
+
 def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, capsys):
     """A harness fault spoiled a candidate's runs: reopening sets them aside (kept, KILLED as the
     machine's doing), sets its verdicts aside, and the loop's questions see a fresh candidate."""
@@ -358,10 +366,7 @@ def test_a_reopened_candidate_is_undecided_and_its_seeds_run_again(toy_lab, caps
     from autolab.ledger import latest_verdict, missing_seeds, not_a_verdict
 
     lab = toy_lab
-    seed = lab.seed_candidate()
-    confirm(lab, seed, [4.0, 4.1, 3.9], purpose="baseline")
-    add_run(lab, seed, 4.0, purpose="screen", seed=1)
-    c = add_cand(lab, seed, 2.0)
+    seed, c = _seed_measured_and_a_child(lab)
     spoiled = add_run(lab, c, 9.0, purpose="screen", seed=1)
     # the fault left a sandbox denial in the run (as the read guard did on the H100, 2026-12-07)
     spoiled = lab.log.append(dataclasses.replace(spoiled, meta={**spoiled.meta, "violations": [
@@ -394,10 +399,7 @@ def test_reopen_keeping_the_runs_sets_aside_only_the_verdicts_and_the_loop_judge
     from autolab.ledger import latest_verdict, missing_seeds
 
     lab = toy_lab
-    seed = lab.seed_candidate()
-    confirm(lab, seed, [4.0, 4.1, 3.9], purpose="baseline")
-    add_run(lab, seed, 4.0, purpose="screen", seed=1)
-    c = add_cand(lab, seed, 2.0)
+    seed, c = _seed_measured_and_a_child(lab)
     run = add_run(lab, c, 3.0, purpose="screen", seed=1)
     autolab.audit(lab, c, stage="screen", screen_margin=5.0)           # an audit that erred: a gain of 1.0 rejected
     assert lab.candidate(c.id).state is State.REJECTED

@@ -159,21 +159,22 @@ def test_a_sleeper_is_killed_by_the_wall_net_as_its_own_fault(tmp_path, shared_c
     # CPU; the sleep must still be most of the run, or the kill is (rightly) the machine's
     assert res["status"] == "killed" and res["reason"].startswith("timeout:"), res["reason"]
     t = res["timings"]
-    assert t["train_wall_s"] >= 8 * 3 and t["train_cpu_s"] < 3
+    assert t["train_wall_s"] >= 8 * 3 and t["train_cpu_s"] < 6        # start-up CPU only (3.1 s seen at load 4)
     assert "val_bpb" not in res["metrics"]
 
 
 def test_a_sleeping_script_keeps_its_budget(tmp_path, shared_cache):
-    """cpu-tiny is on the cpu clock: 3 s of sleep inside the training window do not count, the
+    """cpu-tiny is on the cpu clock: 5 s of sleep inside the training window do not count, the
     script still trains for its whole (CPU) budget, and the outside figures say so."""
     assert "steps" in CANDIDATE
-    res = _cpu_run(tmp_path, SLEEPY.replace("SLEEP_S", "3.0"), "sleepy", {**FAST, "budget_s": 2})
+    res = _cpu_run(tmp_path, SLEEPY.replace("SLEEP_S", "5.0"), "sleepy", {**FAST, "budget_s": 2})
     t = res["timings"]
     assert res["clock"] == "cpu"
     assert 1.9 <= t["clock_train_s"] < 2.0 + 1.5             # the budget, on the CPU clock
-    assert t["train_window_wall_s"] >= 3.0 + 1.9             # the sleep plus the budget, in wall seconds
+    assert t["train_window_wall_s"] >= 5.0 + 1.9             # the sleep plus the budget, in wall seconds
     assert t["train_s"] == t["train_cpu_s"] <= 2 + FAST["allowance_s"] + 1
-    assert t["train_window_s"] <= t["clock_train_s"] + 1.5   # the window in CPU: the sleep is not in it
+    # the window in CPU: the 5 s sleep is not in it (1.8 s of other CPU seen on a 2-worker test run)
+    assert t["train_window_s"] <= t["clock_train_s"] + 2.5
     assert res["metrics"]["steps"] >= 1
 
 

@@ -387,18 +387,13 @@ def _serve(d: Path):
     return listener, proc
 
 
-def test_metric_through_the_model_process_equals_in_process(tmp_path, gpt_cls):
-    """A real model process (imports train.py, rebuilds the model weights-only, answers over the
-    socket): the metric computed from its logits equals the in-process computation."""
-    V, T = 97, 32
-    d, model = _model_folder(tmp_path, gpt_cls, V=V, T=T)
-    sets, tb = _two_splits(V, T=T, n=9)
+def _served(d: Path, V: int, ask):
+    """``ask(remote)`` against the model of workspace ``d`` served by a real model process (the
+    evaluator's side of the split evaluation, on CPU); the process must end cleanly."""
     listener, proc = _serve(d)
     try:
         remote = E.RemoteModel(E.accept_loaded(listener, 120), torch.device("cpu"), V, timeout_s=120)
-        got = E.split_metric(remote, sets, torch.device("cpu"), V, batch_rows=4, token_bytes=torch.from_numpy(tb),
-                             rng=np.random.default_rng(2))
-        causal = E.causality_probe(remote, torch.device("cpu"), V, T, seed=3, rows=4)
+        got = ask(remote)
         remote.close()
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -406,6 +401,19 @@ def test_metric_through_the_model_process_equals_in_process(tmp_path, gpt_cls):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
+    return got
+
+
+def test_metric_through_the_model_process_equals_in_process(tmp_path, gpt_cls):
+    """A real model process (imports train.py, rebuilds the model weights-only, answers over the
+    socket): the metric computed from its logits equals the in-process computation."""
+    V, T = 97, 32
+    d, model = _model_folder(tmp_path, gpt_cls, V=V, T=T)
+    sets, tb = _two_splits(V, T=T, n=9)
+    got, causal = _served(d, V, lambda remote: (
+        E.split_metric(remote, sets, torch.device("cpu"), V, batch_rows=4, token_bytes=torch.from_numpy(tb),
+                       rng=np.random.default_rng(2)),
+        E.causality_probe(remote, torch.device("cpu"), V, T, seed=3, rows=4)))
     for name, rows in sets.items():
         want = E.bits_per_byte(model, rows, torch.from_numpy(tb), torch.device("cpu"), V, batch_rows=3)
         assert abs(got[name]["nats"] - want["nats"]) < 1e-4 * want["nats"] and got[name]["bytes"] == want["bytes"]
@@ -884,17 +892,8 @@ def test_the_metric_of_a_saved_model_is_pinned(honest_run, tmp_path):
     with open(d / "train.py", "a") as f:   # the run's candidate searched its process on every call: not again
         f.write("\n\ndef _search(idx):\n    pass\n")
     few = {n: rows[:B // 2] for n, rows in sets.items()}          # two batches, and a twin and repeats of them
-    listener, proc = _serve(d)
-    try:
-        remote = E.RemoteModel(E.accept_loaded(listener, 120), cpu, V, timeout_s=120)
-        got = E.split_metric(remote, few, cpu, V, B // 2, token_bytes=tb, rng=np.random.default_rng(11), twins=1)
-        remote.close()
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        listener.close()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
+    got = _served(d, V, lambda remote: E.split_metric(remote, few, cpu, V, B // 2, token_bytes=tb,
+                                                      rng=np.random.default_rng(11), twins=1))
     from nanochat_harness.model_server import rebuild
 
     model = rebuild(d, "train.py").eval()
