@@ -182,8 +182,18 @@ def p90(xs: list[float]) -> float:
     return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
 
 
-def _duration_pool(lab: Lab, purpose: str, runs: list[Run] | None, of_seed: bool | None) -> tuple[list[float], str]:
-    """The busy wall times (``_busy_s``) the estimates below are taken from, and how they were chosen."""
+def run_durations(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
+                  of_seed: bool | None = None) -> tuple[float, float, str]:
+    """How long one run of ``purpose`` on the lab's preset will likely take: (p90, median, how
+    that was found), from the busy wall time (``_busy_s``) of completed runs of the same preset
+    and purpose, else of the same preset and any purpose; before any run both are the preset's
+    ``expected_run_s`` if it declares one, else its ``timeout_s`` (a safety net, far longer than
+    a typical run). ``of_seed`` (True: a run of the lab's seed candidate, False: of any other)
+    narrows each pool to runs of the same kind first, where there are any: a candidate's runs can
+    differ from the seed's by far (a kernels candidate re-times only what it changed; a nanochat
+    candidate compiles without the seed's warm cache). The p90 is what one run is judged by; the
+    median what a run ahead in a queue will likely take (a queue of k runs is judged as k - 1
+    median runs and one at its p90, not k at their p90: a sum of runs spreads less than each)."""
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
@@ -196,37 +206,20 @@ def _duration_pool(lab: Lab, purpose: str, runs: list[Run] | None, of_seed: bool
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
     for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
-            return [_busy_s(r) for r in pool], f"{len(pool)} completed {what}{who} on {preset}"
-    return [], ""
-
-
-def run_duration_typical(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
-                         of_seed: bool | None = None) -> float:
-    """The median of the same pool as ``run_duration_estimate`` (its p90 before any run): what a
-    run ahead in a queue will likely take. A queue of k runs is judged as k - 1 typical runs and
-    one at its p90, not k at their p90 (a sum of runs is less spread than each run)."""
-    pool, _ = _duration_pool(lab, purpose, runs, of_seed)
-    return float(statistics.median(pool)) if pool else run_duration_estimate(lab, purpose, runs, of_seed=of_seed)[0]
+            busy = [_busy_s(r) for r in pool]
+            return p90(busy), float(statistics.median(busy)), f"p90 of {len(pool)} completed {what}{who} on {preset}"
+    expected = lab.preset.settings.get("expected_run_s")
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
+        return float(expected), float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"
+    timeout = float(lab.preset.timeout_s)
+    return timeout, timeout, f"no completed run yet: the preset {preset}'s timeout_s"
 
 
 def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
                           of_seed: bool | None = None) -> tuple[float, str]:
-    """How long one run of ``purpose`` on the lab's preset will likely take, and how that was
-    found: the p90 of the wall time of completed runs of the same preset and purpose, else of
-    the same preset and any purpose; before any run, the preset's ``expected_run_s`` if it
-    declares one, else its ``timeout_s`` (a safety net, far longer than a typical run).
-    ``of_seed`` (True: a run of the lab's seed candidate, False: of any other) narrows each pool
-    to runs of the same kind first, where there are any: a candidate's runs can differ from the
-    seed's by far (a kernels candidate re-times only what it changed; a nanochat candidate
-    compiles without the seed's warm cache)."""
-    preset = lab.preset_name
-    pool, how = _duration_pool(lab, purpose, runs, of_seed)
-    if pool:
-        return p90(pool), f"p90 of {how}"
-    expected = lab.preset.settings.get("expected_run_s")
-    if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
-        return float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"
-    return float(lab.preset.timeout_s), f"no completed run yet: the preset {preset}'s timeout_s"
+    """(p90, how) of ``run_durations``: how long one run of ``purpose`` will likely take."""
+    est, _, how = run_durations(lab, purpose, runs, of_seed=of_seed)
+    return est, how
 
 
 @dataclass(frozen=True)
@@ -756,7 +749,7 @@ class _Scheduler:
         else the loop stops for the time limit with a message that says why."""
         if self.limit is None:
             return True
-        est, how = run_duration_estimate(self.lab, purpose, of_seed=of_seed)
+        est, typical, how = run_durations(self.lab, purpose, of_seed=of_seed)
         # runs in flight on every slot: this one waits for a slot first (a conservative wave count);
         # runs that share a GPU through the baton do their timed work one at a time, so there the
         # queue moves one GPU at a time, not one slot. The waves ahead count at their typical
@@ -764,18 +757,16 @@ class _Scheduler:
         ahead = len(self.inflight_runs)
         lanes = max(1, self.n_lanes or self.n_slots)
         waves = 1 + ahead // lanes
-        typical = run_duration_typical(self.lab, purpose, of_seed=of_seed) if waves > 1 else est
-        need = (waves - 1) * min(typical, est) + est
         left = self.limit.left()
-        if need <= left:
+        if (waves - 1) * typical + est <= left:
             return True
         queue = (f", after {ahead} runs in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s) of about "
-                 f"{min(typical, est):.0f} s each") if waves > 1 else ""
-        why = (f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s "
-               f"({how}{queue}) and {max(0.0, left):.0f} s are left")
+                 f"{typical:.0f} s each") if waves > 1 else ""
+        refusal = f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s ({how}{queue})"
+        why = f"{refusal} and {max(0.0, left):.0f} s are left"
         if ahead:   # judged again as the runs ahead end (the queue shortens, the estimate firms up)
-            if why.split(" and ")[0] != self.deferred:
-                self.deferred = why.split(" and ")[0]
+            if refusal != self.deferred:
+                self.deferred = refusal
                 self._note(why + ", so it waits for the runs in flight before it is judged again")
             return False
         self._set_stop(why + ", so it was not started", "time_limit")

@@ -561,13 +561,12 @@ class Lab:
             raise AutolabError(f"{c.id} is the lab's seed: it is never decided, so there is nothing to reopen; "
                                "to re-measure it, run it on new seeds (autolab run)")
         why = f"{REOPENED} {reason}"
-        moved = []
-        for r in ([] if keep_runs else self.log.runs_list()):
-            if r.candidate_id != c.id or r.state not in (State.COMPLETE, State.FAILED) or not_a_verdict(r):
-                continue
+        counting = [] if keep_runs else [r for r in self.log.runs_list() if r.candidate_id == c.id
+                                         and r.state in (State.COMPLETE, State.FAILED) and not not_a_verdict(r)]
+        for r in counting:
             self.log.append(r.with_state(State.KILLED, error={**(r.error or {}), "reason": why, "ename": "Reopened",
                                                                "evalue": reason}))
-            moved.append(r.id)
+        moved = [r.id for r in counting]
         aside = [v.id for v in self.log.verdicts_list() if v.candidate_id == c.id]
         self.log.event("manual_decision", candidate_id=c.id, state="READY", reason=why, runs=moved, verdicts=aside)
         return self.set_state(c, State.READY, manual=True, reason=why, verdicts_set_aside=aside), moved

@@ -321,7 +321,7 @@ def test_a_queue_counts_typical_runs_ahead_and_a_refusal_waits_while_runs_are_in
     and is judged again; only a refusal with nothing in flight stops the loop."""
     import time
 
-    from autolab._loop import _Scheduler, run_duration_typical
+    from autolab._loop import _Scheduler, run_durations
 
     lab = toy_lab
     runs = []
@@ -329,7 +329,7 @@ def test_a_queue_counts_typical_runs_ahead_and_a_refusal_waits_while_runs_are_in
         r = lab.log.append(Run(id=f"r-q{i}", task="toy", candidate_id=f"c-{i}", preset=lab.preset_name, seed=1,
                                purpose="screen"))
         runs.append(lab.log.append(r.with_state(State.COMPLETE, timings={"papermill_s": wall})))
-    assert run_duration_estimate(lab, "screen")[0] == 139.0 and run_duration_typical(lab, "screen") == 97.0
+    assert run_duration_estimate(lab, "screen")[0] == 139.0 and run_durations(lab, "screen")[:2] == (139.0, 97.0)
     sched = _Scheduler(lab, 0, [("main", "")], None, None, None, None, 1.0, 2, None, [])
     sched.n_slots, sched.n_lanes = 2, 1
     sched.inflight_runs = {"r-a": (runs[0], None), "r-b": (runs[1], None)}

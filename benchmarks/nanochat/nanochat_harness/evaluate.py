@@ -82,11 +82,16 @@ _tsum = torch.Tensor.sum
 _LN2 = math.log(2.0)
 
 
+def _abs_of(lo: float, hi: float) -> float:
+    """max |x| from a tensor's min and max; NaN when either is NaN (aminmax propagates it)."""
+    return math.nan if lo != lo or hi != hi else max(-lo, hi)
+
+
 def _absmax(t: torch.Tensor) -> float:
     """``float(t.abs().max())`` (the same value: |x| is exact) from one min/max pass, without
-    the |t| copy; NaN when t holds a NaN (aminmax propagates it)."""
+    the |t| copy; NaN when t holds a NaN."""
     lo, hi = (float(v) for v in _aminmax(t))
-    return math.nan if lo != lo or hi != hi else max(-lo, hi)
+    return _abs_of(lo, hi)
 
 
 def _rel(x: float) -> float:
@@ -620,7 +625,7 @@ def split_metric(model, sets: dict[str, np.ndarray], device: torch.device, vocab
             a["tokens"] += int(_tsum(mask))
             a["finite"] = a["finite"] and bool(fin[sel].all())
         if variants.get(b):
-            kept[b] = (logits, (math.nan if lo != lo or hi != hi else max(-lo, hi)) + 1.0)
+            kept[b] = (logits, _abs_of(lo, hi) + 1.0)
             for kind, arg, other in waiting.pop(b, []):
                 compare(b, kept[b], kind, arg, other)
                 done_variant(b)
