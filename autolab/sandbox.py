@@ -327,6 +327,16 @@ def _memory_kb(pid: int) -> int:
         return 0
 
 
+def _signal_members(members: dict, first: int, sig: int) -> None:
+    """Send ``sig`` to every live process of a tree scan but ``first`` (the tree's supervisor)."""
+    for pid, v in members.items():
+        if pid != first and v[3] != b"Z":
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
 class _Tree:
     """The processes of one run: descendants of the root (by ppid), members of its session,
     and every process seen in it before (by pid and start time, so a process that called
@@ -688,8 +698,13 @@ def run_sandboxed(
     first process once it started (the root of the tree, e.g. for a CPU reading of it from
     outside, ``autolab.harnesskit.TreeCPU``), and the tree is killed (reason
     ``timeout``) once ``time.monotonic()`` passes ``live["deadline"]`` when the caller has set
-    one (a limit that can move while the run goes, e.g. once it has waited for a GPU). Never raises for what the
-    child does: a crash, a kill or a denied action is in the result."""
+    one (a limit that can move while the run goes, e.g. once it has waited for a GPU). While the
+    caller keeps ``live["freeze"]`` true, every process of the tree but the first is stopped
+    (SIGSTOP, re-sent to any new one at each scan) and continued (SIGCONT) once it is false again;
+    the frozen time (``live["frozen_s"]``, kept up to date here) does not count against
+    ``Limits.wall_s`` nor ``live["deadline"]`` (a run held back so that another can use a shared
+    device alone loses nothing). Never raises for what the child does: a crash, a kill or a
+    denied action is in the result."""
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("run_sandboxed: argv is empty")
@@ -828,14 +843,29 @@ def run_sandboxed(
         next_scan = 0.0
         pidns, status_seen = policy.harden, False
         ender = _Ender(proc.pid, root_path, limits)
+        frozen_since: float | None = None   # live["freeze"]: the tree is stopped since then
+        frozen_s = 0.0
         while proc.poll() is None:
             now = time.monotonic()
-            if now - start > limits.wall_s or (live is not None and now > live.get("deadline", float("inf"))):
+            held = frozen_s + (now - frozen_since if frozen_since is not None else 0.0)
+            if live is not None:
+                live["frozen_s"] = held
+            if now - start - held > limits.wall_s or (live is not None and now - held > live.get("deadline", float("inf"))):
                 reason = "timeout"
                 break
+            if live is not None and bool(live.get("freeze")) != (frozen_since is not None):
+                if frozen_since is None:
+                    frozen_since = now
+                else:
+                    frozen_s += now - frozen_since
+                    frozen_since = None
+                    _signal_members(tree.scan(), proc.pid, signal.SIGCONT)
+                next_scan = now          # stop (or continue) at once
             if now >= next_scan:
                 next_scan = now + _POLL_S
                 members = tree.scan()
+                if frozen_since is not None:
+                    _signal_members(members, proc.pid, signal.SIGSTOP)
                 if not status_seen and status_path.exists():
                     try:
                         pidns = json.loads(status_path.read_text()).get("pid") == "pidns"
@@ -862,6 +892,11 @@ def run_sandboxed(
                     break
                 reader.read()
             deliver(min(0.05, max(0.0, next_scan - time.monotonic())))
+        if frozen_since is not None:
+            _signal_members(tree.scan(), proc.pid, signal.SIGCONT)   # a stopped process would not die of SIGTERM
+            frozen_s += time.monotonic() - frozen_since
+            if live is not None:
+                live["frozen_s"] = frozen_s
         if reason:
             tree.kill()
         proc.wait()

@@ -79,6 +79,38 @@ def _autolab(*args: str, log: Path, timeout: float | None = None) -> tuple[int, 
     return p.returncode, "".join(out)
 
 
+class _Sampler:
+    """The GPU's own utilisation (NVML, every second) over the loop, for the timeline."""
+
+    def __init__(self, nvml):
+        import threading
+
+        self.nvml, self.stop, self.samples = nvml, threading.Event(), []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    @staticmethod
+    def start() -> "_Sampler | None":
+        from autolab.gpu_share import Nvml
+
+        nv = Nvml.open()
+        if nv is None:
+            return None
+        s = _Sampler(nv)
+        s.thread.start()
+        return s
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            u = self.nvml.device_utilization()
+            if u is not None:
+                self.samples.append(u)
+
+    def summary(self) -> dict:
+        n = len(self.samples)
+        return {"samples": n, "mean_util": round(sum(self.samples) / n, 1) if n else None,
+                "frac_ge_50": round(sum(1 for u in self.samples if u >= 50) / n, 4) if n else None}
+
+
 def run_rows(lab_path: Path, since: float) -> list[dict]:
     from autolab.lab import Lab
 
@@ -98,7 +130,10 @@ def run_rows(lab_path: Path, since: float) -> list[dict]:
                      "val_bpb": (data.get("metrics") or {}).get("val_bpb"),
                      "metrics": {k: v for k, v in (data.get("metrics") or {}).items() if isinstance(v, (int, float))},
                      **{k: t.get(k) for k in ("startup_s", "clock_start_s", "gpu_wait_s", "train_window_s", "clock_train_s",
-                                              "eval_s", "eval_waited_s", "total_s", "compile_cache", "data_s")},
+                                              "eval_s", "eval_waited_s", "total_s", "compile_cache", "data_s",
+                                              "gpu_overlap", "gpu_go_epoch", "gpu_clock_go_epoch", "overlap_prep_gpu_s",
+                                              "overlap_froze", "overlap_frozen_s", "contention_gpu_s")},
+                     "ended_epoch": ended,
                      "transport": ((data.get("eval") or {}).get("transport") or {}).get("kind")})
     lab.log.close()
     return rows
@@ -135,11 +170,14 @@ def main() -> int:
         print(out.strip()[-500:])
         if rc != 0:
             return rc
+    sampler = _Sampler.start()
     t0 = time.time()
     stop_in = None if a.stop_at is None else max(10.0, a.stop_at - (time.time() - T_START))
     rc, out = _autolab("loop", a.task, "--preset", a.preset, "--lab", str(a.lab), "--iterations", str(a.iterations),
                        "--max-time", f"{a.max_time:g}", "--json", *a.extra, log=log, timeout=stop_in)
     t1 = time.time()
+    if sampler:
+        sampler.stop.set()
     summary = None
     for line in reversed(out.strip().splitlines()):
         try:
@@ -167,6 +205,10 @@ def main() -> int:
         return {"n": len(v), "mean": round(statistics.fmean(v), 3), "min": round(min(v), 3), "max": round(max(v), 3)} if v else None
 
     ok = [r for r in part if r["state"] == "COMPLETE"]
+    # the GPU's span: from the first candidate code of the part (a run's go) to the last run's end
+    gos = [r["gpu_go_epoch"] for r in part if isinstance(r.get("gpu_go_epoch"), (int, float))]
+    ends = [r["ended_epoch"] for r in part if isinstance(r.get("ended_epoch"), (int, float))]
+    span = (max(ends) - min(gos)) if gos and ends else None
     warm = [r for r in ok if r["compile_cache"] == "warm"]
     n_runs = max(1, len(rows))
     lab_bytes, lab_core = _du(a.lab), _du(a.lab, skip_models=True)
@@ -174,6 +216,11 @@ def main() -> int:
         "command": " ".join(sys.argv), "exit_code": rc, "wall_s": round(wall, 1), "loop_summary": summary,
         "part_runs": len(part), "part_complete": len(ok), "trained_s": round(trained, 1),
         "training_fraction_of_gpu_wall": round(trained / wall, 4) if wall else None,
+        "gpu_span_s": round(span, 1) if span else None,
+        "training_fraction_of_gpu_span": round(trained / span, 4) if span else None,
+        "gpu_busy": sampler.summary() if sampler else None,
+        "overlap_prep_gpu_s": stat("overlap_prep_gpu_s", ok), "overlap_frozen_s": stat("overlap_frozen_s", ok),
+        "contention_gpu_s": stat("contention_gpu_s", ok),
         "startup_s": stat("startup_s", ok), "startup_s_warm": stat("startup_s", warm), "gpu_wait_s": stat("gpu_wait_s", ok),
         "train_window_s": stat("train_window_s", ok), "eval_s": stat("eval_s", ok), "total_s": stat("total_s", ok),
         "noise": noise, "lab_runs": len(rows), "lab_bytes": lab_bytes, "lab_bytes_without_models": lab_core,

@@ -362,6 +362,36 @@ def test_streaming_and_large_output(ws, tmp_path):
     assert r.stdout_tail.endswith("END") and len(r.stdout_tail) <= 20_000
 
 
+def test_a_frozen_tree_makes_no_progress_and_its_frozen_time_is_not_counted(ws):
+    """live["freeze"]: the tree is stopped (a child it starts too) and continued; the time it was
+    stopped counts neither against wall_s nor against live["deadline"]."""
+    import threading
+
+    got: list[tuple[float, str]] = []
+    live: dict = {}
+    frozen_at: list[float] = []
+
+    def on_line(s: str) -> None:
+        got.append((time.monotonic(), s))
+        if s == "tick 5" and not frozen_at:
+            frozen_at.append(time.monotonic())
+            live["freeze"] = True
+            threading.Timer(3.0, lambda: (frozen_at.append(time.monotonic()), live.update(freeze=False))).start()
+
+    r = run_py("""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: print('child', flush=True); time.sleep(0.1)"])
+        for i in range(1000):
+            print("tick", i, flush=True); time.sleep(0.05)
+    """, ws, on_line=on_line, live=live, limits=Limits(wall_s=5))
+    assert r.state == "killed" and r.reason == "timeout"
+    assert len(frozen_at) == 2 and live["frozen_s"] == pytest.approx(frozen_at[1] - frozen_at[0], abs=0.6)
+    t0, t1 = frozen_at[0] + 0.6, frozen_at[1] - 0.1       # after the stop took hold, before the continue
+    assert not [s for t, s in got if t0 < t < t1], "a line came while the tree was frozen"
+    assert [s for t, s in got if t > frozen_at[1] and s.startswith("tick")], "the tree did not go on after the freeze"
+    assert r.wall_s >= 5 + 2.5                            # the 3 s frozen were not counted against wall_s = 5
+
+
 # ----------------------------------------------------------------------------- python children and the hook
 
 

@@ -721,6 +721,90 @@ def test_runs_sharing_a_gpu_take_turns_for_their_timed_work(tmp_path, shared_cac
     assert all(out[n]["timings"]["eval_waited_s"] >= out[n]["timings"]["train_s"] - 1 for n in out)   # eval_prewarm
 
 
+_RUN_ONE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from nanochat_harness import runner as R
+a = json.loads(sys.argv[2])
+R.run_benchmark(a["cand"], 1, "cpu-tiny", a["out"], task_dir=a["task"], overrides=a["ov"], echo=False)
+"""
+
+
+def test_overlap_the_next_run_compiles_during_this_ones_training_and_is_stopped_when_it_uses_the_device(
+        tmp_path, shared_cache):
+    """gpu_overlap (here on the CPU, whose per-process use stands in for NVML's): two runs in two
+    processes, as two notebook kernels would be. A's pre-clock wait lets B get its go while A
+    trains; B burns the device before its clock, so past overlap_gpu_s it is stopped until A's
+    training is over (the time does not count against B); B's clock waits at its gate until A's
+    evaluation has ended. Both complete; A's window saw little of B."""
+    import subprocess
+    import time
+
+    task = None
+    procs, outs = {}, {}
+    ov = {**FAST, "budget_s": 5, "clock": "wall", "gpu_baton": True, "gpu_overlap": True, "overlap_gpu_s": 0.2,
+          "eval_prewarm": True}
+    pre = {"a": "    import time\n    time.sleep(30)\n",        # A: a long honest pause before its clock
+           "b": "    import time\n    t0 = time.time()\n    while time.time() - t0 < 6:\n        pass\n"}   # B: burns
+    for name in ("a", "b"):
+        cand = _candidate(tmp_path, CANDIDATE.replace("    step = tokens = 0\n", pre[name] + "    step = tokens = 0\n"), name)
+        task = task or _task_copy(tmp_path, cand)
+        outs[name] = tmp_path / f"run-{name}" / "result.json"
+        arg = json.dumps({"cand": str(cand), "out": str(outs[name]), "task": str(task), "ov": ov})
+        procs[name] = subprocess.Popen([sys.executable, "-c", _RUN_ONE, str(TASK_DIR), arg],
+                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        if name == "a":   # B starts once A holds its go, so A's clock comes first
+            go = outs["a"].parent / "result.baton" / "go"
+            deadline = time.monotonic() + 300
+            while not go.exists() and procs["a"].poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert go.exists(), "run A never got its go"
+    for p in procs.values():
+        assert p.wait(timeout=600) == 0
+    ra, rb = (json.loads(outs[n].read_text()) for n in ("a", "b"))
+    assert ra["status"] == "ok" and rb["status"] == "ok", (ra["reason"], rb["reason"])
+    ta, tb = ra["timings"], rb["timings"]
+    assert ta["gpu_overlap"] and tb["gpu_overlap"]
+    assert ta["gpu_clock_go_epoch"] <= tb["gpu_go_epoch"] < outs["a"].stat().st_mtime   # B started during A's turn
+    assert tb["gpu_clock_go_epoch"] >= outs["a"].stat().st_mtime - 0.05                 # B's clock after A's evaluation
+    assert tb["overlap_froze"] >= 1 and tb["overlap_frozen_s"] > 0.5 and tb["overlap_prep_gpu_s"] >= 0.2
+    assert ta["contention_gpu_s"] < 3.0                   # stopped in time: A's figures are its own
+    assert tb["train_s"] <= tb["budget_s"] + tb["allowance_s"] + 2 and tb["gpu_wait_s"] >= tb["overlap_frozen_s"]
+
+
+def test_a_training_window_another_process_used_is_not_the_candidates_verdict(tmp_path):
+    """The baton's own account: other processes' device-seconds in a run's training window past
+    contention_limit_s make the run an infrastructure failure (re-run), never a verdict."""
+    from autolab.gpu_share import Sample
+
+    class Device:   # the driver's view: an outside pid working at 80% for two sampled seconds
+        def __init__(self):
+            self.calls = 0
+
+        def processes(self):
+            return {1: 1 << 30}
+
+        def utilization(self, since):
+            self.calls += 1
+            return ([Sample(1, 10**6 * self.calls, 80, 0, 10**6)] if 1 < self.calls <= 3 else []), 10**6 * self.calls
+
+    b = R.GpuBaton(tmp_path, "t", tmp_path, 100.0, nvml=Device(), overlap_gpu_s=1.0, contention_limit_s=1.5)
+    b._timed = True
+    import threading
+    th = threading.Thread(target=b._watch)
+    th.start()
+    import time
+    while b.nvml.calls < 5:
+        time.sleep(0.05)
+    b.saved()
+    th.join(timeout=5)
+    assert b.contention_gpu_s == pytest.approx(1.6) and b.shared
+    why = b.contended()
+    assert why.startswith("infrastructure:") and "1.6 GPU-seconds" in why
+    b.contention_limit_s = 2.0
+    assert b.contended() is None
+
+
 SHADOW = '''
     import os
     os.makedirs("nanochat_harness", exist_ok=True)

@@ -140,6 +140,7 @@ def _cfg() -> dict[str, Any]:
 
 
 CLOCK_LINE = "[nanochat-harness] training clock started"
+GATE_LINE = "[nanochat-harness] clock ready; waiting for the GPU's timed turn"
 SAVED_LINE = "[nanochat-harness] model saved for evaluation"
 
 
@@ -153,9 +154,11 @@ def _cpu_clock() -> bool:
 
 
 def start_clock() -> None:
-    """Start the training clock now (no effect once started)."""
+    """Start the training clock now (no effect once started). On a GPU another run is training on
+    (the runner's ``clock_gate``), it first waits for that run's turn to end."""
     global _T0, _CPU_T0
     if _T0 is None:
+        _wait_at_gate()
         _T0 = time.monotonic()
         try:
             _CPU_T0 = _tree_cpu() if _cpu_clock() else None
@@ -165,6 +168,28 @@ def start_clock() -> None:
             os.write(1, ("\n" + CLOCK_LINE + "\n").encode())   # on a line of its own, whatever was printed before
         except OSError:
             pass
+
+
+def _wait_at_gate() -> None:
+    """``clock_gate``: say so and wait for the gate file, which holds the run's hard deadline (a
+    time stamp: the runner's, which counts the time this process waited or was stopped)."""
+    try:
+        cfg = _cfg()
+    except RuntimeError:   # no run configuration: no gate
+        return
+    gate = cfg.get("clock_gate")
+    if not gate:
+        return
+    os.write(1, ("\n" + GATE_LINE + "\n").encode())
+    t0 = time.time()
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    try:
+        with open(gate) as fh:
+            cfg["deadline"] = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        if cfg.get("deadline"):
+            cfg["deadline"] = float(cfg["deadline"]) + (time.time() - t0)
 
 
 def elapsed() -> float:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from autolab.harnesskit import idle_core_seconds as _idle_core_s, result_skeleton
 from autolab.harnesskit import wall_net_reason as _wall_net_reason
 
-from . import CLOCK_LINE, SAVED_LINE
+from . import CLOCK_LINE, GATE_LINE, SAVED_LINE
 from .boot import READY_LINE
 from .data import HARNESS_DIR, TASK_DIR, atomic_write_json, prepare_data
 from .data_server import TrainDataServer
@@ -151,10 +151,14 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
     def on_line(line: str) -> None:
         if baton is not None and line.startswith(READY_LINE):
             baton.ready(live, t_launch)
+        elif baton is not None and line.startswith(GATE_LINE):
+            baton.at_gate(live)
         if "clock" not in marks and line.startswith(CLOCK_LINE):
             marks["clock"] = time.monotonic()   # seen from outside: the candidate cannot move it back
         elif line.startswith(SAVED_LINE):
             marks["saved"] = time.monotonic()   # the last save counts
+            if baton is not None:
+                baton.saved()
             saved_stat[:] = [_stat(cwd / "model.pt"), _stat(cwd / "model.json")]
         lines.append(line)
         if echo:
@@ -177,7 +181,7 @@ def _sandboxed(argv: list[str], *, cwd: Path, env: dict[str, str], read_deny: tu
         "survivors": [dict(x) for x in res.survivors],
         "output": "\n".join(lines) if lines else res.stdout_tail,
         "peak_memory_mb": res.peak_memory_mb, "isolation": dict(res.isolation),
-        "launched_at": t_launch,
+        "launched_at": t_launch, "frozen_s": float(live.get("frozen_s", 0.0)),
         "clock_start_s": (marks["clock"] - t_launch) if "clock" in marks else None,
         "saved_s": (marks["saved"] - t_launch) if "saved" in marks else None,
         "model_changed_after_save": bool(saved_stat) and saved_stat != [_stat(cwd / "model.pt"), _stat(cwd / "model.json")],
@@ -250,70 +254,294 @@ class _FileLock:
 
 
 class GpuBaton:
-    """Runs that share a GPU take turns, so that a run's candidate code, clock and evaluation have
-    the GPU to themselves while the next run starts beside it: one file lock per GPU, in the
-    machine's cache, held from a run's go (before any of its candidate code runs) to the end of
-    its evaluation.
+    """Runs that share a GPU take turns, so that a run's timed training has the GPU to itself
+    (or nearly: see overlap below) while the next run starts beside it. One file lock per GPU
+    (``gpu-KEY.lock``, in the machine's cache) is held from a run's timed go to the end of its
+    evaluation.
 
     A run's train process starts with trusted code only (``boot.py``: interpreter, harness, torch,
     the GPU's context), says it is ready and waits for its go. So the next run's papermill kernel,
-    data, interpreter, imports and evaluation processes start while this one trains, and no
-    candidate code of two runs is on the GPU at once (no timed window shares it, and one
-    candidate's memory or evaluation cannot starve another's). The wait is not counted against
-    the run's limits (no candidate code runs in it); the hard limit moves by it
-    (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``)."""
+    data, interpreter, imports and evaluation processes start while this one trains. The wait is
+    not counted against the run's limits (no candidate code runs in it); the hard limit moves by it
+    (``live["deadline"]`` of ``autolab.sandbox.run_sandboxed``).
 
-    def __init__(self, lock_dir: Path, key: str, folder: Path, limit_s: float):
+    Without overlap (no NVML, or the preset's ``gpu_overlap`` off) the go is the timed lock: no
+    candidate code of two runs is on the GPU at once.
+
+    **With overlap** the go is a second lock, ``gpu-KEY.prep.lock`` (one run at a time in its
+    pre-clock work: building, ``torch.compile``, warm-up), which a run may take while another run
+    trains. The harness's clock waits at a gate (``clock_gate``: :data:`GATE_LINE`, then the
+    gate file) until the run holds the timed lock; only then does it start. So the next run
+    compiles during this run's training instead of after its evaluation. Policed through the GPU
+    driver (``autolab.gpu_share.Nvml``, per-process SM samples, pids as seen here): while another
+    run is inside its training window (``gpu-KEY.timed.json``), the waiting run's processes may
+    use at most ``overlap_gpu_s`` GPU-seconds; past that its whole tree is stopped (SIGSTOP,
+    ``live["freeze"]``) until that training ends, and the time it is stopped is not counted
+    against it. The training run, in turn, measures every other process's GPU-seconds in its own
+    window (``contention_gpu_s``); past ``contention_limit_s`` its run is an infrastructure
+    failure (run again), so whatever another process does can cost time, never a verdict."""
+
+    def __init__(self, lock_dir: Path, key: str, folder: Path, limit_s: float, nvml: Any = None,
+                 overlap_gpu_s: float = 1.0, contention_limit_s: float = 3.0):
         self.lock = _FileLock(lock_dir / f"gpu-{key}.lock")
         self.go_file, self.limit_s = folder / "go", float(limit_s)
+        self.nvml = nvml                       # None: no overlap
+        self.prep_lock = _FileLock(lock_dir / f"gpu-{key}.prep.lock") if nvml is not None else None
+        self.state_path = lock_dir / f"gpu-{key}.timed.json"
+        self.gate_file = folder / "clock-go" if nvml is not None else None
+        self.overlap_gpu_s, self.contention_limit_s = float(overlap_gpu_s), float(contention_limit_s)
         self.ready_at: float | None = None
         self.go_at: float | None = None
         self.go_epoch: float | None = None
+        self.gate_at: float | None = None      # the clock's gate reached (overlap)
+        self.clock_go_at: float | None = None  # the timed lock taken, the gate opened
+        self.clock_go_epoch: float | None = None
+        self.saved_at: float | None = None
+        self.prep_gpu_s = 0.0                  # this run's GPU-seconds inside other runs' training windows
+        self.froze = 0                         # how many times it was stopped for using more
+        self.contention_gpu_s = 0.0            # other processes' GPU-seconds inside this run's training window
+        self.contention_by: dict[int, float] = {}
+        self.shared = False                    # another run's processes were on the GPU while this one's candidate code ran
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._live: dict | None = None
+        self._timed = False
 
     @staticmethod
-    def for_gpu(gpu: str, folder: Path, limit_s: float) -> "GpuBaton":
+    def for_gpu(gpu: str, folder: Path, limit_s: float, overlap: bool = False, **kw: Any) -> "GpuBaton":
         from autolab.harnesskit import cache_root
 
         locks = cache_root() / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         key = "".join(c if c.isalnum() or c in "-_" else "-" for c in gpu) or "0"
-        return GpuBaton(locks, key, folder, limit_s)
+        nvml = None
+        if overlap:   # the device's per-process use: NVML on a GPU, the train processes' CPU use on a CPU
+            nvml = _NVML_OPEN() if not gpu.startswith("cpu") else _cpu_meter()
+        return GpuBaton(locks, key, folder, limit_s, nvml=nvml, **kw)
+
+    @property
+    def overlap(self) -> bool:
+        return self.nvml is not None
 
     @property
     def waited_s(self) -> float:
-        """Seconds between ready and go (no candidate code ran)."""
+        """Seconds between ready and go, and at the clock's gate (no candidate code was meant to run)."""
         if self.ready_at is None:
             return 0.0
-        return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
+        now = time.monotonic()
+        w = (self.go_at if self.go_at is not None else now) - self.ready_at
+        if self.gate_at is not None:
+            w += (self.clock_go_at if self.clock_go_at is not None else now) - self.gate_at
+        return w
+
+    def _start(self, target: Callable, *args: Any) -> None:
+        th = threading.Thread(target=target, args=args, daemon=True, name="gpu-baton")
+        self._threads.append(th)
+        th.start()
 
     def ready(self, live: dict, launched_at: float) -> None:
         """The train process is ready for its candidate code (called from the output reader:
         must not block)."""
         if self.ready_at is None:
-            self.ready_at = time.monotonic()
-            self._thread = threading.Thread(target=self._go, args=(live, launched_at), daemon=True, name="gpu-baton")
-            self._thread.start()
+            self.ready_at, self._live = time.monotonic(), live
+            self._start(self._go, live, launched_at)
 
     def _go(self, live: dict, launched_at: float) -> None:
-        if not self.lock.take(self._stop):
+        lock = self.prep_lock if self.overlap else self.lock
+        if not lock.take(self._stop):
             return
         self.go_at, self.go_epoch = time.monotonic(), time.time()
         # the limit counts the time before the wait and after the go, not the wait
         live["deadline"] = self.go_at + self.limit_s - (self.ready_at - launched_at)
         self.go_file.write_text("go\n")
+        if self.overlap:
+            self._start(self._police, live)
+        else:
+            self._timed = True
+
+    def at_gate(self, live: dict) -> None:
+        """The harness's clock waits at its gate (called from the output reader: must not block)."""
+        if self.overlap and self.gate_at is None and self.go_at is not None:
+            self.gate_at = time.monotonic()
+            self._start(self._clock_go, live)
+
+    def _clock_go(self, live: dict) -> None:
+        if not self.lock.take(self._stop):
+            return
+        self.clock_go_at, self.clock_go_epoch = time.monotonic(), time.time()
+        self._timed = True
+        live["deadline"] = live.get("deadline", float("inf")) + (self.clock_go_at - self.gate_at)
+        self._write_state(training=True)
+        self.prep_lock.release()                 # the next run may start its pre-clock work
+        # the process's own deadline, as a time stamp (it does not see the time it was stopped)
+        left = live["deadline"] + float(live.get("frozen_s", 0.0)) - time.monotonic()
+        tmp = self.gate_file.with_suffix(".tmp")
+        tmp.write_text(f"{time.time() + left:.3f}\n")
+        os.replace(tmp, self.gate_file)
+        self._start(self._watch)
+
+    def saved(self) -> None:
+        """The model is saved: this run's training window is over."""
+        if self.saved_at is None and self._timed:
+            self.saved_at = time.monotonic()
+            if self.overlap:
+                self._write_state(training=False)
+
+    def _write_state(self, training: bool) -> None:
+        atomic_write_json(self.state_path, {"runner_pid": os.getpid(), "run": str(self.go_file.parent),
+                                            "training": training, "t": time.time()})
+
+    def _other_training(self) -> str | None:
+        """The run (its baton folder) of another runner now inside its training window, if any."""
+        try:
+            st = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not st.get("training") or st.get("run") == str(self.go_file.parent):
+            return None
+        try:
+            os.kill(int(st["runner_pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None                            # its runner is gone (its lock went with it)
+        return str(st.get("run"))
+
+    def _police(self, live: dict) -> None:
+        """From the go to the timed go: this run's processes inside another run's training window
+        use at most ``overlap_gpu_s`` GPU-seconds; past that they are stopped until it ends."""
+        meter = _GpuMeter(self.nvml)
+        used: dict[str, float] = {}
+        while not self._stop.is_set() and self.clock_go_at is None:
+            other = self._other_training()
+            root = live.get("pid")
+            mine = meter.read(lambda pid: root is not None and _descends(pid, int(root)))
+            if other is not None:
+                self.shared = True
+                used[other] = used.get(other, 0.0) + mine
+                self.prep_gpu_s = sum(used.values())
+                if used[other] > self.overlap_gpu_s and not live.get("freeze"):
+                    live["freeze"] = True
+                    self.froze += 1
+            elif live.get("freeze"):
+                live["freeze"] = False
+            self._stop.wait(0.2)
+        live["freeze"] = False
+
+    def _watch(self) -> None:
+        """From the timed go to the save: every other process's GPU-seconds on this GPU."""
+        meter = _GpuMeter(self.nvml)
+        me = os.getpid()
+        while not self._stop.is_set() and self.saved_at is None:
+            for pid, g in meter.read_by_pid(lambda pid: not _descends(pid, me)).items():
+                self.contention_by[pid] = self.contention_by.get(pid, 0.0) + g
+            if not self.shared and any(not _descends(p, me) for p in self.nvml.processes()):
+                self.shared = True
+            self.contention_gpu_s = sum(self.contention_by.values())
+            self._stop.wait(0.2)
+
+    def contended(self) -> str | None:
+        """Why this run's timed training did not have the GPU to itself (None: it did)."""
+        if self.overlap and self.contention_gpu_s > self.contention_limit_s:
+            who = ", ".join(f"pid {p}: {g:.1f}" for p, g in sorted(self.contention_by.items(), key=lambda x: -x[1])[:3])
+            return (f"infrastructure: other processes used the GPU for {self.contention_gpu_s:.1f} GPU-seconds "
+                    f"during this run's timed training (more than contention_limit_s = {self.contention_limit_s:g}; "
+                    f"{who}), so its figures are not its own; not the candidate's fault: run it again")
+        return None
+
+    def shared_failure(self, output: str) -> str | None:
+        """Why a run that ran out of GPU memory while it shared the GPU is not the candidate's
+        failure (None: it is, or it did not share)."""
+        if self.overlap and self.shared and "out of memory" in output.lower():
+            return ("infrastructure: the train process ran out of GPU memory while another run's processes were "
+                    "on the same GPU (overlapped start-up); not necessarily the candidate's fault: run it again "
+                    "(the retry limit ends a candidate that fails this way every time)")
+        return None
+
+    def timings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gpu_go_epoch": self.go_epoch}
+        if self.overlap:
+            out.update(gpu_overlap=True, gpu_clock_go_epoch=self.clock_go_epoch,
+                       overlap_prep_gpu_s=round(self.prep_gpu_s, 3), overlap_froze=self.froze,
+                       overlap_frozen_s=round(float((self._live or {}).get("frozen_s", 0.0)), 3),
+                       contention_gpu_s=round(self.contention_gpu_s, 3))
+        return out
 
     def stop_waiting(self) -> None:
-        """The train process has ended: a wait still going on ends (the lock, if taken, is kept)."""
+        """The train process has ended: waits and watches still going on end (locks taken are kept)."""
+        if self.saved_at is None and self._timed:
+            self.saved()
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for th in self._threads:
+            th.join(timeout=5)
 
     def release(self) -> None:
         """After the evaluation (or when there is none)."""
         self.stop_waiting()
+        if self.overlap:
+            try:
+                if json.loads(self.state_path.read_text()).get("run") == str(self.go_file.parent):
+                    self.state_path.unlink()
+            except (OSError, ValueError):
+                pass
+            self.prep_lock.release()
         self.lock.release()
+
+
+def _nvml_open() -> Any:
+    from autolab.gpu_share import Nvml
+
+    return Nvml.open()
+
+
+def _cpu_meter() -> Any:
+    from autolab.gpu_share import CpuMeter
+
+    return CpuMeter(match=b"boot.py")
+
+
+_NVML_OPEN: Callable[[], Any] = _nvml_open     # how the baton reads the GPU's per-process use
+
+
+def _descends(pid: int, root: int) -> bool:
+    """Whether process ``pid`` is ``root`` or one of its descendants (by /proc's parent links)."""
+    for _ in range(64):
+        if pid == root:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                pid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+class _GpuMeter:
+    """GPU-seconds per process since the last read, from the driver's per-process SM samples:
+    each sample counts its SM share over the time since that process's previous sample (at most
+    1 s; a first sample counts a full second, so a burst is never under-counted)."""
+
+    def __init__(self, nvml: Any):
+        self.nvml, self.since = nvml, 0
+        self.last: dict[int, int] = {}
+        _, self.since = nvml.utilization(0)       # from now on
+
+    def read_by_pid(self, keep: Callable[[int], bool]) -> dict[int, float]:
+        samples, self.since = self.nvml.utilization(self.since)
+        out: dict[int, float] = {}
+        for smp in sorted(samples, key=lambda x: x.t_us):
+            prev = self.last.get(smp.pid)
+            if smp.span_us is not None:
+                span = smp.span_us / 1e6
+            else:
+                span = 1.0 if prev is None else min(1.0, max(0.0, (smp.t_us - prev) / 1e6))
+            self.last[smp.pid] = smp.t_us
+            if smp.sm > 0 and keep(smp.pid):
+                out[smp.pid] = out.get(smp.pid, 0.0) + smp.sm / 100.0 * span
+        return out
+
+    def read(self, keep: Callable[[int], bool]) -> float:
+        return sum(self.read_by_pid(keep).values())
 
 
 # ----------------------------------------------------------------------------- split evaluation
@@ -603,7 +831,10 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if bdir.exists():
             shutil.rmtree(bdir)
         bdir.mkdir(parents=True)
-        baton = GpuBaton.for_gpu(f"{device}-{os.environ.get('CUDA_VISIBLE_DEVICES', '')}", bdir, train_limit_s)
+        baton = GpuBaton.for_gpu(f"{device}-{os.environ.get('CUDA_VISIBLE_DEVICES', '')}", bdir, train_limit_s,
+                                 overlap=bool(settings.get("gpu_overlap")),
+                                 overlap_gpu_s=float(settings.get("overlap_gpu_s", 1.0)),
+                                 contention_limit_s=float(settings.get("contention_limit_s", 3.0)))
     # the train split is served by a trusted data process (data_server), started with the evaluation's
     # (below) so that it has loaded the split before the candidate asks; the train process cannot read
     # the split itself
@@ -621,7 +852,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                "launch_time": launch, "deadline": launch + wall_factor * (budget_s + allowance_s),
                "finish_reserve_s": float(settings.get("finish_reserve_s", 2.0)),
                **({"cpu_limit_s": budget_s + allowance_s} if cpu_clock else {}),
-               **({"baton_file": str(baton.go_file)} if baton else {})}
+               **({"baton_file": str(baton.go_file)} if baton else {}),
+               **({"clock_gate": str(baton.gate_file)} if baton is not None and baton.overlap else {})}
 
     denied = [data["splits"][s][k] for s in ("val", "hidden_val") for k in ("tokens", "offsets")]
     denied.append(data["corpus"]["root"])
@@ -690,12 +922,13 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             if tail:
                 tail.stop.set()
                 tail.join(timeout=5)
-        waited = baton.waited_s if baton else 0.0                # waiting for the GPU: no candidate code ran
+        # waiting for the GPU (no candidate code was meant to run) and stopped while another run trained
+        waited = (baton.waited_s + float(tr.get("frozen_s") or 0.0)) if baton else 0.0
         result["timings"]["train_s"] = round(tr["wall_s"] - waited, 3)   # until the last process of the run ended
         result["timings"]["train_wall_s"] = round(tr["wall_s"], 3)
         if baton:
             result["timings"]["gpu_wait_s"] = round(waited, 3)
-            result["timings"]["gpu_go_epoch"] = baton.go_epoch
+            result["timings"].update(baton.timings())
         if tr["cpu_s"] is not None:
             result["timings"]["train_cpu_s"] = tr["cpu_s"]        # every process of the run, children included
         if idle0 is not None and idle1 is not None:
@@ -740,6 +973,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         cpu_used = tr["cpu_s"] if tr["cpu_s"] is not None else 0.0
         if cpu_clock:
             _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
+        if baton is not None and baton.contended():
+            return done("failed", baton.contended())
         if tr["killed"] and baton is not None and baton.go_at is None and tr["kill_reason"] == "timeout":
             return done("failed", f"infrastructure: the run waited {waited:.0f} s for the GPU (gpu_wait_s = "
                                   f"{gpu_wait_s:g}) while other runs used it; not the candidate's fault: run it again")
@@ -778,6 +1013,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                   f"{settings.get('after_save_allowance_s', 10.0):g}s after H.finish saved the model "
                                   f"(after_save_allowance_s) and was killed; print the summary and exit right after "
                                   f"H.finish")
+        if tr["returncode"] != 0 and baton is not None and baton.shared_failure(tr["output"]):
+            return done("failed", baton.shared_failure(tr["output"]))
         if tr["returncode"] != 0:
             tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
             how = tr["kill_reason"] or f"exit code {tr['returncode']}"
