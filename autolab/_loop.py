@@ -540,6 +540,12 @@ class _Scheduler:
             out.append(c)
         return out
 
+    def _unscreened(self) -> list[Candidate]:
+        """READY candidates without a screening verdict (resume, reopened, hand-made, merges)."""
+        lab = self.lab
+        return [c for c in lab.log.candidates_list() if c.state is State.READY and c.parent_id
+                and c.id not in self.busy_candidates and latest_verdict(lab, c, "screen") is None]
+
     def _baseline_ready(self) -> bool:
         if self.baseline is None or self.baseline.done():
             if self.baseline is not None and self.baseline.error() is not None and self.error is None:
@@ -612,13 +618,10 @@ class _Scheduler:
         unit = self._next_orphan()
         if unit is not None or self.stopped:
             return unit
-        # unscreened candidates (resume, or hand-made)
-        for c in lab.log.candidates_list():
-            if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
-                    latest_verdict(lab, c, "screen") is None:
-                unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
-                if unit is not None:
-                    return unit
+        for c in self._unscreened():
+            unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
+            if unit is not None:
+                return unit
         n_ideas = len(goal_ideas(lab))
         if n_ideas + self.proposing < self.iterations and \
                 (self.exhausted_at is None or self.exhausted_at != self._promotions()):
@@ -671,12 +674,10 @@ class _Scheduler:
             unit = self._paired_step(c, Purpose.CONFIRM, self._confirm_want(c))
             if isinstance(unit, AuditUnit):
                 yield unit
-        for c in lab.log.candidates_list():
-            if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
-                    latest_verdict(lab, c, "screen") is None:
-                unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
-                if isinstance(unit, AuditUnit):
-                    yield unit
+        for c in self._unscreened():
+            unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
+            if isinstance(unit, AuditUnit):
+                yield unit
 
     # -- ablation (called with the lock held)
     def _research_idle(self) -> bool:
