@@ -255,7 +255,7 @@ def lane_wait_s(ahead: list[tuple[float, float]], ended: list[float], lanes: int
     each run that ended; all in seconds relative to now (negative: in the past). Runs in flight
     are served in the order they started; each holds a lane from the later of its start and that
     lane's last release (a run that started while the lane was held waited for it: on an H100 a
-    run 99 s into its life had waited all that time for the GPU, so 120 s of it were still ahead)
+    run 99 s into its life had waited all that time for the GPU, and held it 121 s more)
     until its expected end, and never less than until now, since it is still going. The lanes'
     last releases are the latest ``lanes`` ends (where a lane's release is not known, an earlier
     one counts: the wait is over- rather than underestimated)."""
