@@ -26,7 +26,7 @@ import os
 import statistics
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -182,44 +182,90 @@ def p90(xs: list[float]) -> float:
     return ys[max(0, math.ceil(0.9 * len(ys)) - 1)]
 
 
-def run_durations(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
-                  of_seed: bool | None = None) -> tuple[float, float, str]:
-    """How long one run of ``purpose`` on the lab's preset will likely take: (p90, median, how
-    that was found), from the busy wall time (``_busy_s``) of completed runs of the same preset
-    and purpose, else of the same preset and any purpose; before any run both are the preset's
-    ``expected_run_s`` if it declares one, else its ``timeout_s`` (a safety net, far longer than
-    a typical run). ``of_seed`` (True: a run of the lab's seed candidate, False: of any other)
-    narrows each pool to runs of the same kind first, where there are any: a candidate's runs can
-    differ from the seed's by far (a kernels candidate re-times only what it changed; a nanochat
-    candidate compiles without the seed's warm cache). The p90 is what one run is judged by; the
-    median what a run ahead in a queue will likely take (a queue of k runs is judged as k - 1
-    median runs and one at its p90, not k at their p90: a sum of runs spreads less than each)."""
+def _expected_run_s(lab: Lab) -> float | None:
+    """The preset's ``expected_run_s`` (a run's usual wall time, cold), if it declares one."""
+    v = lab.preset.settings.get("expected_run_s")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+
+
+def run_durations(lab: Lab, purpose: str, runs: list[Run] | None = None, *, of_seed: bool | None = None,
+                  candidate_id: str | None = None) -> tuple[float, float, str]:
+    """How long one run of ``purpose`` on the lab's preset will likely hold its slot (or its GPU,
+    where runs take turns): (p90, median, how that was found), from the busy wall time
+    (``_busy_s``) of completed runs of the same preset, from the best pool the log holds:
+
+    1. ``candidate_id``'s own runs, of any purpose (the same code: on an H100 a candidate that
+       changes the batch shape recompiles for 60 s, and its runs take 140 s where others take 99 s;
+       below ten runs the p90 is their longest);
+    2. else runs of the same purpose, else of any purpose, narrowed first by ``of_seed`` (True: a
+       run of the lab's seed, False: of any other) to runs of the same kind where there are any (a
+       kernels candidate re-times only what it changed; a nanochat candidate compiles without the
+       seed's warm cache); where there are none of that kind, nothing comparable exists and the
+       figures are at least the preset's ``expected_run_s`` (a cold run);
+    3. before any run, the preset's ``expected_run_s``, else its ``timeout_s`` (a safety net, far
+       longer than a typical run).
+
+    The p90 is what a new run is judged by; the median what a run ahead of it in a queue will
+    likely take (a sum of runs spreads less than each)."""
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
-    who = ""
+    own = [_busy_s(r) for r in done if candidate_id is not None and r.candidate_id == candidate_id]
+    if own:
+        return p90(own), float(statistics.median(own)), \
+            f"p90 of {len(own)} completed run(s) of {candidate_id} itself on {preset}"
+    expected = _expected_run_s(lab)
+    who, floor = "", None
     if of_seed is not None:
         seed_id = lab.seed_candidate().id
         kind = [r for r in done if (r.candidate_id == seed_id) == of_seed]
         if kind:
             done, who = kind, (" (the seed's)" if of_seed else " (candidates')")
+        else:
+            floor = expected
     same = [r for r in done if Purpose.canonical_of(r.purpose) == Purpose.canonical_of(purpose)]
     for pool, what in ((same, f"{Purpose.canonical_of(purpose)} runs"), (done, "runs of any purpose")):
         if pool:
             busy = [_busy_s(r) for r in pool]
-            return p90(busy), float(statistics.median(busy)), f"p90 of {len(pool)} completed {what}{who} on {preset}"
-    expected = lab.preset.settings.get("expected_run_s")
-    if isinstance(expected, (int, float)) and not isinstance(expected, bool) and expected > 0:
-        return float(expected), float(expected), f"no completed run yet: the preset {preset}'s expected_run_s"
+            est, typical = p90(busy), float(statistics.median(busy))
+            how = f"p90 of {len(pool)} completed {what}{who} on {preset}"
+            if floor is not None and floor > est:
+                kind_name = "the seed" if of_seed else "a candidate"
+                return floor, max(typical, floor), (f"the preset {preset}'s expected_run_s: no completed run of "
+                                                    f"{kind_name} yet, and the {how} is less")
+            return est, typical, how
+    if expected is not None:
+        return expected, expected, f"no completed run yet: the preset {preset}'s expected_run_s"
     timeout = float(lab.preset.timeout_s)
     return timeout, timeout, f"no completed run yet: the preset {preset}'s timeout_s"
 
 
 def run_duration_estimate(lab: Lab, purpose: str, runs: list[Run] | None = None, *,
-                          of_seed: bool | None = None) -> tuple[float, str]:
+                          of_seed: bool | None = None, candidate_id: str | None = None) -> tuple[float, str]:
     """(p90, how) of ``run_durations``: how long one run of ``purpose`` will likely take."""
-    est, _, how = run_durations(lab, purpose, runs, of_seed=of_seed)
+    est, _, how = run_durations(lab, purpose, runs, of_seed=of_seed, candidate_id=candidate_id)
     return est, how
+
+
+def lane_wait_s(ahead: list[tuple[float, float]], ended: list[float], lanes: int) -> float:
+    """Seconds from now until one of ``lanes`` is free for a new run's timed work (0: at once).
+
+    A lane is a slot, or a GPU whose runs take turns through the baton: it serves one run at a
+    time. ``ahead``: (start, expected busy seconds) of each run in flight; ``ended``: the end of
+    each run that ended; all in seconds relative to now (negative: in the past). Runs in flight
+    are served in the order they started; each holds a lane from the later of its start and that
+    lane's last release (a run that started while the lane was held waited for it: on an H100 a
+    run 99 s into its life had waited all that time for the GPU, and held it 121 s more)
+    until its expected end, and never less than until now, since it is still going. The lanes'
+    last releases are the latest ``lanes`` ends (where a lane's release is not known, an earlier
+    one counts: the wait is over- rather than underestimated)."""
+    lanes = max(1, lanes)
+    free = sorted(ended)[-lanes:]
+    free = [-math.inf] * (lanes - len(free)) + free
+    for start, busy in sorted(ahead):
+        i = min(range(lanes), key=free.__getitem__)
+        free[i] = max(0.0, max(start, free[i]) + busy)
+    return max(0.0, min(free))
 
 
 @dataclass(frozen=True)
@@ -389,13 +435,14 @@ class _Baseline:
         seeds = missing_seeds(lab, seed, "confirm", lab.task.seeds.confirmation)
         self.futs = []
         for s in seeds:
-            if fits is not None and not fits(Purpose.CONFIRM, of_seed=True):
+            if fits is not None and not fits(Purpose.CONFIRM, of_seed=True, candidate_id=seed.id):
                 break   # the time limit holds no more of them: the loop stops and says why
             run, fut = submit_run(lab, seed, s, purpose="confirm", executor=executor, on_event=on_event)
             if track is not None:
                 track(run, fut)
             self.futs.append(fut)
-        if not seeds and _needs_warm_start(lab, seed) and (fits is None or fits(Purpose.FINAL, of_seed=True)):
+        if not seeds and _needs_warm_start(lab, seed) and (fits is None or fits(Purpose.FINAL, of_seed=True,
+                                                                                candidate_id=seed.id)):
             # a machine without the seed's compile cache: one of the seed's final-comparison runs
             # (needed anyway, never used for selection) writes it before any candidate compiles
             for s in missing_seeds(lab, seed, Purpose.FINAL, lab.task.seeds.final)[:1]:
@@ -465,7 +512,7 @@ class _Scheduler:
         self.early = 0                         # proposals started while the baseline runs
         self.limit: TimeLimit | None = None    # no run starts that would likely end past it
         self.hard_killed = False               # a hard time limit killed the runs in flight: nothing more starts
-        self.deferred = ""                     # the last time-limit refusal judged again once runs in flight end
+        self.deferred: tuple = ()              # the last time-limit refusal judged again once runs in flight end
         self.inflight_runs: dict[str, tuple[Run, object]] = {}   # run id -> (RUNNING record, future of the final one)
         self.n_slots = 1                       # the executor's slots for this preset's runs (set by loop())
         self.n_lanes = 0                       # GPUs whose runs take turns (gpu_baton); 0: every slot runs at once
@@ -492,6 +539,12 @@ class _Scheduler:
                 continue
             out.append(c)
         return out
+
+    def _unscreened(self) -> list[Candidate]:
+        """READY candidates without a screening verdict (resume, reopened, hand-made, merges)."""
+        lab = self.lab
+        return [c for c in lab.log.candidates_list() if c.state is State.READY and c.parent_id
+                and c.id not in self.busy_candidates and latest_verdict(lab, c, "screen") is None]
 
     def _baseline_ready(self) -> bool:
         if self.baseline is None or self.baseline.done():
@@ -565,13 +618,10 @@ class _Scheduler:
         unit = self._next_orphan()
         if unit is not None or self.stopped:
             return unit
-        # unscreened candidates (resume, or hand-made)
-        for c in lab.log.candidates_list():
-            if c.state is State.READY and c.parent_id and c.id not in self.busy_candidates and \
-                    latest_verdict(lab, c, "screen") is None:
-                unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
-                if unit is not None:
-                    return unit
+        for c in self._unscreened():
+            unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
+            if unit is not None:
+                return unit
         n_ideas = len(goal_ideas(lab))
         if n_ideas + self.proposing < self.iterations and \
                 (self.exhausted_at is None or self.exhausted_at != self._promotions()):
@@ -583,6 +633,51 @@ class _Scheduler:
                 return None
             return ProposeUnit()   # (after "nothing left to try", only once a promotion gave a new parent)
         return None
+
+    def judge_ready(self) -> list[Candidate]:
+        """The loop's first judging pass, before any run is launched or awaited: every audit the
+        runs already in the log allow (a candidate reopened with its runs kept, an unscreened one
+        whose runs and its parent's are in, a confirmation whose next seed is in), made in the order
+        the loop would reach them, until none is left. Only once the seed's baseline is complete,
+        so the verdicts are those the loop would reach after it; nothing waits for a run. Returns
+        the candidates judged. (On an H100 three reopened candidates were judged only after the
+        warm-start run ended 144 s later, while the second run slot stood idle.)"""
+        lab = self.lab
+        seed = lab.seed_candidate()
+        if missing_seeds(lab, seed, Purpose.CONFIRM, lab.task.seeds.confirmation):
+            return []
+        judged, seen = [], set()
+        while True:
+            with self.cv:
+                unit = next((u for u in self._ready_audits() if (u.candidate.id, u.stage, self._looked(u)) not in seen),
+                            None)
+                if unit is None:
+                    return judged
+                seen.add((unit.candidate.id, unit.stage, self._looked(unit)))
+                self.busy_candidates.add(unit.candidate.id)
+            try:
+                self.run_unit(unit)
+            finally:
+                with self.cv:
+                    self.busy_candidates.discard(unit.candidate.id)
+            judged.append(unit.candidate)
+
+    def _looked(self, unit: AuditUnit) -> int:
+        """The confirmation seeds ``unit``'s candidate had at its last look (a new look is a new audit)."""
+        return self._confirm_want(unit.candidate) if unit.stage == "confirm" else 0
+
+    def _ready_audits(self):
+        """The audits ``_research_unit`` would reach with no run to make first: of candidates under
+        confirmation, then of unscreened ones (called with the lock held)."""
+        lab = self.lab
+        for c in self._confirm_targets():
+            unit = self._paired_step(c, Purpose.CONFIRM, self._confirm_want(c))
+            if isinstance(unit, AuditUnit):
+                yield unit
+        for c in self._unscreened():
+            unit = self._paired_step(c, Purpose.SCREEN, lab.task.seeds.screening)
+            if isinstance(unit, AuditUnit):
+                yield unit
 
     # -- ablation (called with the lock held)
     def _research_idle(self) -> bool:
@@ -744,29 +839,65 @@ class _Scheduler:
         return (f"runs of {len(self.held)} candidate(s) wait for the next loop: " + "; ".join(parts)
                 + "; run the loop again to re-run them")
 
-    def fits(self, purpose: str, of_seed: bool | None = None) -> bool:
-        """True when a run of ``purpose`` started now would likely end before the time limit;
-        else the loop stops for the time limit with a message that says why."""
+    def queue_ahead(self, runs: list[Run] | None = None) -> tuple[float, str]:
+        """(seconds, what): how long a run started now waits for a lane (a slot, or a GPU whose runs
+        take turns through the baton) before its own timed work can begin, from the runs in flight:
+        each at the median duration ``run_durations`` expects of it (its candidate's own runs where
+        there are some), counted from its start (``lane_wait_s``); (0, "") with none in flight."""
+        with self.cv:
+            going = sorted((run for run, _ in self.inflight_runs.values()), key=lambda r: r.started_at)
+        if not going:
+            return 0.0, ""
+        runs = self.lab.log.runs_list() if runs is None else runs
+        now = datetime.now(timezone.utc)
+
+        def ago(stamp: str | None) -> float | None:   # seconds relative to now (negative: past)
+            try:
+                return (datetime.fromisoformat(stamp) - now).total_seconds()
+            except (TypeError, ValueError):
+                return None
+
+        ids = {r.id for r in going}
+        ended = [t for t in (ago(r.ended_at) for r in runs if r.id not in ids and r.state is not State.RUNNING)
+                 if t is not None]
+        seed_id = self.lab.seed_candidate().id
+        ahead, parts = [], []
+        for r in going:
+            _, typical, how = run_durations(self.lab, r.purpose, runs, of_seed=r.candidate_id == seed_id,
+                                            candidate_id=r.candidate_id)
+            start = ago(r.started_at)
+            start = 0.0 if start is None else min(0.0, start)
+            ahead.append((start, typical))
+            parts.append(f"{r.id} of {r.candidate_id}, {-start:.0f} s since its start, about {typical:.0f} s "
+                         f"({how.replace('p90 of', 'median of', 1)})")
+        lanes = max(1, self.n_lanes or self.n_slots)
+        wait = lane_wait_s(ahead, ended, lanes)
+        return wait, (f"{len(going)} run(s) in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s) hold it "
+                      f"about {wait:.0f} s: " + "; ".join(parts))
+
+    def fits(self, purpose: str, of_seed: bool | None = None, candidate_id: str | None = None) -> bool:
+        """True when a run of ``purpose`` (of ``candidate_id`` where known) submitted now would
+        likely end before the time limit: the wait for a lane behind the runs in flight
+        (``queue_ahead``) plus its own duration (``run_durations``' p90); else False, with a note
+        that says what was estimated and from what. A refusal while runs are in flight waits for
+        them (it is judged again as they end); one with nothing in flight stops the loop."""
         if self.limit is None:
             return True
-        est, typical, how = run_durations(self.lab, purpose, of_seed=of_seed)
-        # runs in flight on every slot: this one waits for a slot first (a conservative wave count);
-        # runs that share a GPU through the baton do their timed work one at a time, so there the
-        # queue moves one GPU at a time, not one slot. The waves ahead count at their typical
-        # (median) duration, this run at its p90.
-        ahead = len(self.inflight_runs)
-        lanes = max(1, self.n_lanes or self.n_slots)
-        waves = 1 + ahead // lanes
+        runs = self.lab.log.runs_list()
+        est, _, how = run_durations(self.lab, purpose, runs, of_seed=of_seed, candidate_id=candidate_id)
+        wait, queue = self.queue_ahead(runs)
         left = self.limit.left()
-        if (waves - 1) * typical + est <= left:
+        if wait + est <= left:
             return True
-        queue = (f", after {ahead} runs in flight on {lanes} {'GPU' if self.n_lanes else 'slot'}(s) of about "
-                 f"{typical:.0f} s each") if waves > 1 else ""
-        refusal = f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run takes about {est:.0f} s ({how}{queue})"
+        of = f" of {candidate_id}" if candidate_id else ""
+        refusal = (f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run{of} takes about {est:.0f} s "
+                   f"({how})" + (f" after a wait for the GPU or slot ({queue})" if queue else ""))
         why = f"{refusal} and {max(0.0, left):.0f} s are left"
-        if ahead:   # judged again as the runs ahead end (the queue shortens, the estimate firms up)
-            if refusal != self.deferred:
-                self.deferred = refusal
+        if queue:   # judged again as the runs ahead end (the queue shortens, the estimate firms up)
+            # the same refusal (the wait shrinks as time passes) is noted once per set of runs in flight
+            key = (Purpose.canonical_of(purpose), candidate_id, est, how, tuple(sorted(self.inflight_runs)))
+            if key != self.deferred:
+                self.deferred = key
                 self._note(why + ", so it waits for the runs in flight before it is judged again")
             return False
         self._set_stop(why + ", so it was not started", "time_limit")
@@ -781,9 +912,10 @@ class _Scheduler:
         if self.limit is None:
             return True
         if isinstance(unit, RunUnit):
-            return self.reason != "time_limit" and self.fits(unit.purpose, of_seed=unit.candidate.id == self.lab.seed_candidate().id)
-        if isinstance(unit, (ProposeUnit, ImplementUnit)):
-            ok = self.reason != "time_limit" and self.fits(Purpose.SCREEN)
+            return self.reason != "time_limit" and self.fits(
+                unit.purpose, of_seed=unit.candidate.id == self.lab.seed_candidate().id, candidate_id=unit.candidate.id)
+        if isinstance(unit, (ProposeUnit, ImplementUnit)):   # the screening run of a candidate not made yet
+            ok = self.reason != "time_limit" and self.fits(Purpose.SCREEN, of_seed=False)
             if not ok and isinstance(unit, ImplementUnit) and unit.idea not in self.orphans:
                 self.orphans.insert(0, unit.idea)   # still PROPOSED: implemented once a screen fits, or by the next loop
             return ok
@@ -1112,6 +1244,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 with sched.cv:
                     sched.cv.notify_all()
 
+            sched.judge_ready()   # verdicts the log's runs allow now, before any run starts or is awaited
             sched.baseline = _Baseline(lab, ex, on_event, bar, wake, fits=sched.fits, track=sched.track)
             n_workers = n_slots + 1
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]

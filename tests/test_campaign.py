@@ -121,7 +121,7 @@ def test_limit_shorter_than_a_measured_run_starts_nothing(capsys, tmp_path):
     for limit in (["--max-time", "1"], ["--deadline", (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()]):
         code, obj = _json(capsys, ["loop", str(task), "--lab", lab, *limit, "--json"])
         assert code == 4 and obj["runs"] == 1, obj
-        assert "p90 of 1 completed runs of any purpose" in obj["stopped"], obj["stopped"]
+        assert "p90 of 1 completed run(s) of c-" in obj["stopped"], obj["stopped"]   # the seed's own run
     # the measured runs decide, not the timeout: with timeout_s far above the limit, runs still start
     toml = task / "task.toml"
     toml.write_text(toml.read_text().replace("timeout_s = 60", "timeout_s = 100000"))
@@ -334,11 +334,12 @@ def test_a_queue_counts_typical_runs_ahead_and_a_refusal_waits_while_runs_are_in
     sched.n_slots, sched.n_lanes = 2, 1
     sched.inflight_runs = {"r-a": (runs[0], None), "r-b": (runs[1], None)}
     sched.limit = TimeLimit(time.monotonic() + 345)
-    assert sched.fits("screen") and not sched.stopped                   # 2 x 97 + 139 = 333 s <= 345 s
+    assert sched.fits("screen") and not sched.stopped                   # 95 + 97 + 139 = 331 s <= 345 s
     sched.limit = TimeLimit(time.monotonic() + 300)
     assert not sched.fits("screen") and not sched.stopped and sched.reason == ""   # waits: judged again later
     notes = [e["message"] for e in lab.log.events("loop")]
-    assert any("waits for the runs in flight" in m and "of about 97 s each" in m for m in notes), notes
+    assert any("waits for the runs in flight" in m and "2 run(s) in flight on 1 GPU(s)" in m and "about 97 s" in m
+               for m in notes), notes
     assert not sched.fits("screen") and len(lab.log.events("loop")) == len(notes)  # the same refusal is noted once
     sched.inflight_runs = {}
     sched.limit = TimeLimit(time.monotonic() + 120)
