@@ -162,7 +162,7 @@ def _run(lab: Lab, rid: str, cid: str, purpose: str, metric: float | None, ended
     return lab.log.append(r.with_state(state, metrics={} if metric is None else {"loss": metric}, ended_at=ended))
 
 
-def test_models_needed_names_the_best_promoted_undecided_and_last_runs(toy_lab):
+def test_models_needed_names_the_best_promoted_and_last_runs(toy_lab):
     lab, seed = toy_lab, toy_lab.seed_candidate().id
     _cand(lab, "c-prom", State.PROMOTED, seed)        # promoted, but the better one is best
     _cand(lab, "c-best", State.PROMOTED, "c-prom")
@@ -183,12 +183,21 @@ def test_models_needed_names_the_best_promoted_undecided_and_last_runs(toy_lab):
     lab.log.append(Run(id="r-live", task=lab.task.name, candidate_id="c-rej", preset=lab.preset_name, seed=9))
 
     assert lab.ledger.best().id == "c-best"
+    assert lab.ledger.model_keepers() == {"c-best": "the best candidate", "c-prom": "a promoted candidate"}
     need = lab.ledger.models_needed(keep_last=2)
     assert need == {"r-best": "the best candidate", "r-prom-conf2": "a promoted candidate",
-                    "r-open": "an undecided candidate", "r-failed": "among the last 2 runs",
-                    "r-last": "among the last 2 runs"}
-    # the seed is decided (not best, not promoted): none of its runs is needed; nor a rejected one's
-    assert set(lab.ledger.models_needed(keep_last=0)) == {"r-best", "r-prom-conf2", "r-open"}
+                    "r-failed": "among the last 2 runs", "r-last": "among the last 2 runs"}
+    # the seed is decided (not best, not promoted): none of its runs is needed; nor a rejected one's; an
+    # undecided candidate's model counts within the last runs: with 0, the best and promoted ones only
+    assert set(lab.ledger.models_needed(keep_last=0)) == {"r-best", "r-prom-conf2"}
+    assert lab.ledger.models_needed(keep_last=4)["r-open"] == "among the last 4 runs"   # r-open, r-red, r-failed, r-last
+    assert "r-open" not in lab.ledger.models_needed(keep_last=3)
+    # a keeper's run is chosen among those that still have a model: c-prom's last confirmation lost its
+    # model, so an earlier one with a model stands for it; a candidate with no model left names no run
+    has = lambda r: r.id not in {"r-prom-conf2", "r-best"}   # noqa: E731
+    assert lab.ledger.models_needed(keep_last=0, has_model=has) == {"r-prom-conf": "a promoted candidate"}
+    only_screen = lambda r: r.id == "r-prom-screen"   # noqa: E731 - a screen run when no selection-free one has one
+    assert lab.ledger.models_needed(keep_last=0, has_model=only_screen) == {"r-prom-screen": "a promoted candidate"}
 
 
 # ---------------------------------------------------------------------------- what a run keeps
@@ -254,7 +263,8 @@ def test_the_loop_keeps_a_model_only_while_it_can_be_needed_and_gc_reclaims_the_
     hand = autolab.run(lab, odd, seeds=2)
     runs = [r for r in lab.log.runs_list()]
     with_model = {r.id for r in runs if lab.model_files(r)}
-    assert with_model == set(lab.ledger.models_needed(2)), (with_model, lab.ledger.models_needed(2))
+    has_model = lambda r: bool(lab.model_files(r))   # noqa: E731
+    assert with_model == set(lab.ledger.models_needed(2, has_model)), (with_model, lab.ledger.models_needed(2))
     assert {r.id for r in hand} <= with_model
     best_runs = {r.id for r in lab.ledger.runs_of(lab.ledger.best())}
     assert best_runs & with_model                      # the best candidate's model is kept
@@ -280,9 +290,9 @@ def test_the_loop_keeps_a_model_only_while_it_can_be_needed_and_gc_reclaims_the_
     assert main(["gc", "--lab", str(lab.path), "--keep-models", "0"]) == 0
     text = capsys.readouterr().out
     assert f"freed {dry['freed_bytes'] / 1e6:.1f} MB in {len(dry['freed'])} files" in text, text
-    assert f"run {next(iter(lab.ledger.models_needed(0)))}" in text
+    assert f"run {next(iter(lab.ledger.models_needed(0, has_model)))}" in text
     left = {r.id for r in runs if lab.model_files(r)}
-    assert left == set(lab.ledger.models_needed(0)) and left < with_model
+    assert left == set(lab.ledger.models_needed(0, has_model)) and left < with_model
     assert _du(lab.path / "runs") == size - dry["freed_bytes"]
     assert json.loads((lab.path / "lab.json").read_text())["keep_models"] == 0
 
