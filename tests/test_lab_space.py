@@ -350,3 +350,72 @@ def test_a_run_names_its_candidate_and_ancestors_for_the_compile_cache(tmp_path,
     lab.log.close()
     shutil.move(str(tmp_path / "lab"), str(tmp_path / "moved"))
     assert Lab(tmp_path / "moved").key == key
+
+
+def _run_with_model(lab: Lab, rid: str, c: Candidate, purpose: str, metric: float, ended: str,
+                    copy: bytes | None = None) -> Run:
+    """A run record and the files its harness would leave: a model, and the working copy of the
+    candidate's solution.py (its own content, or ``copy`` when the run changed it)."""
+    work = lab.path / "runs" / rid / "result.work"
+    work.mkdir(parents=True)
+    (work / "model.pt").write_bytes(b"w" * 1000)
+    (work / "solution.py").write_bytes(copy if copy is not None else lab.files(c)["solution.py"].encode())
+    (lab.path / "runs" / rid / "result.json").write_text("{}")
+    r = _run(lab, rid, c.id, purpose, metric, ended)
+    lab.after_run(r)
+    return r
+
+
+def test_a_candidate_promoted_after_its_model_was_reclaimed_says_how_to_get_it_back(toy_lab, capsys):
+    """keep_models 0: an undecided candidate's models go as its runs end (with the run's copy of
+    its files); once promoted, its record, `autolab gc` and the report's summary say that its
+    model was reclaimed and give the command that makes one; a re-run's model is then kept
+    (the note goes), and the seed, no longer the best, loses its model."""
+    from autolab import report
+
+    lab = toy_lab
+    lab.keep_models = 0
+    seed = lab.seed_candidate()
+    t = lambda k: f"2026-01-01T00:00:{k:02d}.000+00:00"   # noqa: E731
+    for k, v in enumerate((2.0, 2.1)):
+        _run_with_model(lab, f"r-seed{k}", seed, "confirm", v, t(k))
+    c = lab.add_candidate({"solution.py": "X = 3.0\n"}, seed)
+    _run_with_model(lab, "r-c-screen", c, "screen", 0.1, t(10), copy=b"X = 99  # the run rewrote its copy\n")
+    for k, v in enumerate((0.2, 0.1)):
+        _run_with_model(lab, f"r-c-conf{k}", c, "confirm", v, t(11 + k))
+    has = lambda rid: bool(lab.model_files(lab.log.get("run", rid)))   # noqa: E731
+    # the seed (the best while nothing is promoted) keeps its latest selection-free run's model and
+    # that run's copy of its files; the undecided candidate's runs keep neither (a changed copy stays)
+    assert [rid for rid in ("r-seed0", "r-seed1", "r-c-screen", "r-c-conf0", "r-c-conf1") if has(rid)] == ["r-seed1"]
+    runs = lab.path / "runs"
+    assert (runs / "r-seed1" / "result.work" / "solution.py").exists()
+    assert not (runs / "r-seed0" / "result.work" / "solution.py").exists()
+    assert not (runs / "r-c-conf1" / "result.work" / "solution.py").exists()
+    assert (runs / "r-c-screen" / "result.work" / "solution.py").read_bytes().startswith(b"X = 99")
+    assert (runs / "r-c-conf1" / "result.json").exists()
+    assert {rid for e in lab.log.events("reclaimed") for rid in e["model_runs"]} == {"r-seed0", "r-c-screen",
+                                                                                     "r-c-conf0", "r-c-conf1"}
+
+    promoted = lab.promote(c, "better")
+    assert lab.ledger.best().id == c.id and promoted.meta["reason"] == "better"
+    note = lab.candidate(c.id).meta["model_reclaimed"]
+    assert note["runs"] == ["r-c-screen", "r-c-conf0", "r-c-conf1"]
+    assert note["rerun"] == f"autolab run {lab.task.name} --lab . --candidate {c.id} --seeds 1"
+    cmd = f"autolab run {lab.task.name} --lab {lab.path} --candidate {c.id} --seeds 1"
+    assert lab.reclaim(dry_run=True).missing == ((c.id, "the best candidate", cmd),)
+    assert not has("r-seed1")              # the seed is no longer the best: its model went at the promotion
+    assert main(["gc", "--lab", str(lab.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"candidate {c.id} (the best candidate) has no model file left" in out and cmd in out, out
+    html = report.summary_html(lab.log)
+    assert "best model" in html and cmd in html and "r-c-conf1" in html
+
+    # the command's run (a manual run on a fresh seed) keeps its model; the note goes, the report says nothing
+    _run_with_model(lab, "r-c-again", c, "manual", 0.15, t(30))
+    assert has("r-c-again") and (runs / "r-c-again" / "result.work" / "solution.py").exists()
+    assert "model_reclaimed" not in lab.candidate(c.id).meta and lab.candidate(c.id).meta["reason"] == "better"
+    assert lab.candidate(c.id).state is State.PROMOTED
+    assert lab.reclaim(dry_run=True).missing == () and "best model" not in report.summary_html(lab.log)
+    # a later, better-looking confirmation run with a model now stands for it (the latest selection-free one)
+    _run_with_model(lab, "r-c-conf2", c, "confirm", 0.1, t(31))
+    assert has("r-c-conf2") and not has("r-c-again")
