@@ -1103,10 +1103,11 @@ def cmd_export_lab(args) -> int:
         from .lab import Lab
 
         caches, root = lab_compile_caches(Lab(args.lab).key), str(cache_root().resolve())
-    info = export_lab(args.lab, args.output, compile_caches=caches, cache_root=root)
+    info = export_lab(args.lab, args.output, compile_caches=caches, cache_root=root, models=args.models)
     left = info["left_out"]
     text = (f"wrote {info['archive']}: {info['files']} files ({info['bytes'] / 1e6:.1f} MB, "
             f"{info['archive_bytes'] / 1e6:.1f} MB compressed) of lab {info['lab']}"
+            + (f"; {info['model_files']} model files (those the lab keeps)" if args.models else "")
             + (f"; compile caches {', '.join(info['compile_caches']) or 'none on this machine'} "
                f"({info['compile_cache_bytes'] / 1e6:.1f} MB)" if args.compile_cache else "")
             + (f"; left out {len(left)}: " + ", ".join(left[:8]) + (" ..." if len(left) > 8 else "") if left else "")
@@ -1138,6 +1139,9 @@ def setup_export_lab(add) -> None:
     sp = add("export-lab", cmd_export_lab, "write a lab's resumable core (log, candidates, runs; no model files "
                                            "or caches) into one .tar.gz, to move it to another machine")
     sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", required=True, help="e.g. lab.tar.gz")
+    sp.add_argument("--models", action="store_true",
+                    help="also carry the model files the lab keeps (the best and promoted candidates' and the last "
+                         "runs', see `autolab gc`)")
     sp.add_argument("--compile-cache", action="store_true",
                     help="also carry the torch.compile caches the lab's seed runs wrote on this machine, so the next "
                          "machine of the same GPU and torch version starts warm (AUTOLAB_CACHE must be the same path there)")

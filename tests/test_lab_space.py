@@ -419,3 +419,34 @@ def test_a_candidate_promoted_after_its_model_was_reclaimed_says_how_to_get_it_b
     # a later, better-looking confirmation run with a model now stands for it (the latest selection-free one)
     _run_with_model(lab, "r-c-conf2", c, "confirm", 0.1, t(31))
     assert has("r-c-conf2") and not has("r-c-again")
+
+
+def test_export_lab_with_models_carries_the_models_the_lab_keeps(toy_lab, tmp_path, capsys):
+    """`autolab export-lab --models`: the archive holds the model files the space policy kept (the
+    best's and the last runs'), never a split evaluation's copy; without it, no model file. The
+    imported lab keeps the carried model where the original did."""
+    import tarfile
+
+    lab = toy_lab
+    lab.keep_models = 1
+    seed = lab.seed_candidate()
+    t = lambda k: f"2026-01-01T00:00:{k:02d}.000+00:00"   # noqa: E731
+    for k, v in enumerate((2.0, 2.1, 2.2)):
+        _run_with_model(lab, f"r-seed{k}", seed, "confirm", v, t(k))
+    assert [r.id for r in lab.log.runs_list() if lab.model_files(r)] == ["r-seed2"]   # the best's latest = the last
+    (lab.path / "runs" / "r-seed2" / "result.model").mkdir()
+    (lab.path / "runs" / "r-seed2" / "result.model" / "model.pt").write_bytes(b"copy")
+    archives = {}
+    for flag in ([], ["--models"]):
+        out = tmp_path / f"lab{len(flag)}.tar.gz"
+        assert main(["export-lab", "--lab", str(lab.path), "-o", str(out), "--json", *flag]) == 0
+        info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        with tarfile.open(out) as tar:
+            archives[bool(flag)] = {m for m in tar.getnames() if m.endswith(".pt")}
+        assert info["model_files"] == len(archives[bool(flag)])
+    assert archives == {False: set(), True: {"lab/runs/r-seed2/result.work/model.pt"}}
+    new = tmp_path / "moved"
+    assert main(["import-lab", str(tmp_path / "lab1.tar.gz"), "--lab", str(new)]) == 0
+    moved = Lab(new)
+    assert [r.id for r in moved.log.runs_list() if moved.model_files(r)] == ["r-seed2"]
+    assert [k[0] for k in moved.reclaim(dry_run=True).kept] == ["r-seed2"]
