@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
 import os
 import shutil
-import dataclasses
 import threading
 import warnings
 from dataclasses import dataclass
