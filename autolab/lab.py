@@ -617,8 +617,9 @@ class Lab:
                     meta["model_reclaimed"] = {
                         "runs": lost,
                         "rerun": rerun_command(self.task.name, c.id),
-                        "how": "its model files were reclaimed while it was undecided; run it again on a seed "
-                               "(the command, from the lab's folder) and that run keeps its model"}
+                        "how": "its runs' model files were reclaimed before it was promoted (lab.json's "
+                               "keep_models); run it again on a seed (the command, from the lab's folder): that "
+                               "run keeps its model"}
             new = cur.with_state(state, meta=meta)
             self.log.append(new)
             if state is not cur.state:   # promoted or rejected: which models are needed has changed
