@@ -7,7 +7,9 @@ SQLite's backup API, so a loop may be writing meanwhile and the WAL is folded in
 ``objects/``, ``candidates/`` and ``runs/``, without model files (``*.pt``, ``*.pth``,
 ``*.safetensors``, ``*.ckpt``, ``*.model/`` folders), ``__pycache__`` and cache folders. Nothing
 else of the lab folder travels (``loop.lock``, ``STOP``, exports); the summary names what was
-left out. Regular files only: a link is left out and named.
+left out. Regular files only: a link is left out and named. With ``models`` the model files the
+lab still holds travel too (the lab's space policy keeps those of the best and promoted
+candidates and of the last runs, so this is what a user needs; ``*.model/`` copies never travel).
 
 On request (``compile_caches``) the archive also carries the torch.compile caches the lab's seed
 runs wrote on this machine, under ``compile-cache/`` beside ``lab/``, so that the first run on
@@ -41,21 +43,22 @@ PREFIX = "lab"                                  # every lab member of the archiv
 CACHE_PREFIX = "compile-cache"                  # optional: the seed's compile caches (see above)
 
 
-def _skipped(rel: Path) -> str:
+def _skipped(rel: Path, models: bool = False) -> str:
     """Why a path under the lab is left out of the archive ('' when it goes in)."""
     for part in rel.parts[:-1]:
         if any(fnmatch.fnmatch(part, pat) for pat in SKIP_FOLDERS):
             return f"folder {part}"
-    if any(fnmatch.fnmatch(rel.name, pat) for pat in MODEL_FILES):
+    if not (models and rel.parts[0] == "runs") and any(fnmatch.fnmatch(rel.name, pat) for pat in MODEL_FILES):
         return "model file"
     if rel.suffix == ".pyc":
         return "bytecode"
     return ""
 
 
-def lab_files(lab_path: str | os.PathLike) -> tuple[list[Path], list[str]]:
+def lab_files(lab_path: str | os.PathLike, *, models: bool = False) -> tuple[list[Path], list[str]]:
     """(the lab's files that go into an archive, relative to the lab folder, log.db excepted;
-    what was left out, as 'path (why)'). Only this function decides what goes in."""
+    what was left out, as 'path (why)'). Only this function decides what goes in; ``models``:
+    the runs' model files go in too."""
     root = Path(lab_path)
     keep: list[Path] = []
     left: list[str] = []
@@ -81,7 +84,7 @@ def lab_files(lab_path: str | os.PathLike) -> tuple[list[Path], list[str]]:
             for fn in sorted(filenames):
                 p = d / fn
                 rel = p.relative_to(root)
-                why = "a link" if p.is_symlink() else ("not a regular file" if not p.is_file() else _skipped(rel))
+                why = "a link" if p.is_symlink() else ("not a regular file" if not p.is_file() else _skipped(rel, models))
                 if why:
                     left.append(f"{rel} ({why})")
                 else:
@@ -102,11 +105,12 @@ def _log_copy(src: Path, dest: Path) -> None:
 
 
 def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike, *,
-               compile_caches: dict[str, Path] | None = None, cache_root: str = "") -> dict:
+               compile_caches: dict[str, Path] | None = None, cache_root: str = "", models: bool = False) -> dict:
     """Write the lab at ``lab_path`` into the archive ``out`` (.tar.gz); returns a summary:
     ``archive``, ``files``, ``bytes`` (uncompressed), ``left_out`` ('path (why)' each), and
     ``compile_cache_bytes``. ``compile_caches``: folders to carry as ``compile-cache/<name>/``
-    (plain files only), with ``cache_root`` (where they were written) in its manifest."""
+    (plain files only), with ``cache_root`` (where they were written) in its manifest.
+    ``models``: the model files the lab's runs still hold go in too (``model_files``: how many)."""
     root = Path(lab_path).resolve()
     out = Path(out).resolve()
     if not (root / "lab.json").is_file() or not (root / LOG).is_file():
@@ -115,7 +119,7 @@ def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike, *,
         raise AutolabError(f"{out} is a folder; pass the archive's file name, e.g. -o lab.tar.gz")
     if out == root or root in out.parents:
         raise AutolabError(f"{out} lies inside the lab {root}; write the archive outside it")
-    files, left = lab_files(root)
+    files, left = lab_files(root, models=models)
     total = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -136,7 +140,8 @@ def export_lab(lab_path: str | os.PathLike, out: str | os.PathLike, *,
             tmp_out.unlink(missing_ok=True)
     return {"archive": str(out), "lab": str(root), "files": len(files) + 1, "bytes": total,
             "archive_bytes": out.stat().st_size, "left_out": left, "compile_cache_bytes": cache_bytes,
-            "compile_caches": sorted(compile_caches or {})}
+            "compile_caches": sorted(compile_caches or {}),
+            "model_files": sum(1 for p in files if any(fnmatch.fnmatch(p.name, pat) for pat in MODEL_FILES))}
 
 
 def _add_caches(tar: tarfile.TarFile, folders: dict[str, Path], cache_root: str, tmp: Path) -> int:

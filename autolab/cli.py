@@ -801,6 +801,9 @@ def cmd_gc(args) -> int:
     if rec.kept:
         lines.append(f"model files kept (keep_models = {rec.keep_models}):")
         lines += [f"  {_mb(b):>10}  run {r}: {why}" for r, why, b in rec.kept]
+    for cid, why, cmd in rec.missing:
+        lines.append(f"candidate {cid} ({why}) has no model file left: its runs' models were reclaimed before it was "
+                     f"kept; to get one, run it again on a seed: {cmd}")
     lines.append(f"the lab now holds {_mb(_folder_bytes(lab.path))}" if not rec.dry_run else
                  "nothing was removed (--dry-run); run again without it to free the space")
     _emit(args, {"lab": str(lab.path), **rec.to_dict(), "lab_bytes": _folder_bytes(lab.path)}, "\n".join(lines))
@@ -1062,8 +1065,9 @@ def setup_loop(add) -> None:
                          "changes can be removed alone (each removed alone, run beside it on final seeds; once per candidate, within "
                          "the time box; an unfinished one is finished on resume); off: never. See `autolab ablate`")
     sp.add_argument("--keep-models", type=_count0, default=None, metavar="N",
-                    help="model files kept: the best, promoted and undecided candidates' and the last N runs' "
-                         "(default: lab.json's keep_models, else 2); saved in lab.json. See `autolab gc`")
+                    help="model files kept: the best and promoted candidates' and the last N runs' (an undecided "
+                         "candidate's too while its run is among them; default: lab.json's keep_models, else 2); "
+                         "saved in lab.json. See `autolab gc`")
     sp.epilog, sp.formatter_class = LOOP_EPILOG, argparse.RawDescriptionHelpFormatter
     g = sp.add_argument_group("LLM (with --proposer llm:<litellm model>)")
     g.add_argument("--api-base", default=None, help="LLM server URL (else litellm's env vars, e.g. OPENAI_API_BASE)")
@@ -1099,10 +1103,11 @@ def cmd_export_lab(args) -> int:
         from .lab import Lab
 
         caches, root = lab_compile_caches(Lab(args.lab).key), str(cache_root().resolve())
-    info = export_lab(args.lab, args.output, compile_caches=caches, cache_root=root)
+    info = export_lab(args.lab, args.output, compile_caches=caches, cache_root=root, models=args.models)
     left = info["left_out"]
     text = (f"wrote {info['archive']}: {info['files']} files ({info['bytes'] / 1e6:.1f} MB, "
             f"{info['archive_bytes'] / 1e6:.1f} MB compressed) of lab {info['lab']}"
+            + (f"; {info['model_files']} model files (those the lab keeps)" if args.models else "")
             + (f"; compile caches {', '.join(info['compile_caches']) or 'none on this machine'} "
                f"({info['compile_cache_bytes'] / 1e6:.1f} MB)" if args.compile_cache else "")
             + (f"; left out {len(left)}: " + ", ".join(left[:8]) + (" ..." if len(left) > 8 else "") if left else "")
@@ -1134,6 +1139,9 @@ def setup_export_lab(add) -> None:
     sp = add("export-lab", cmd_export_lab, "write a lab's resumable core (log, candidates, runs; no model files "
                                            "or caches) into one .tar.gz, to move it to another machine")
     sp.add_argument("--lab", required=True); sp.add_argument("-o", "--output", required=True, help="e.g. lab.tar.gz")
+    sp.add_argument("--models", action="store_true",
+                    help="also carry the model files the lab keeps (the best and promoted candidates' and the last "
+                         "runs', see `autolab gc`)")
     sp.add_argument("--compile-cache", action="store_true",
                     help="also carry the torch.compile caches the lab's seed runs wrote on this machine, so the next "
                          "machine of the same GPU and torch version starts warm (AUTOLAB_CACHE must be the same path there)")
@@ -1162,8 +1170,8 @@ def setup_gc(add) -> None:
     sp.add_argument("--lab", required=True)
     sp.add_argument("--dry-run", action="store_true", help="say what would be freed, remove nothing")
     sp.add_argument("--keep-models", type=_count0, default=None, metavar="N",
-                    help="besides the best, promoted and undecided candidates' models, keep those of the last N runs "
-                         "(default: lab.json's keep_models, else 2); saved in lab.json")
+                    help="besides the best and promoted candidates' models, keep those of the last N runs "
+                         "(default: lab.json's keep_models, else 2; 0: the best and promoted ones only); saved in lab.json")
 
 
 def setup_stop(add) -> None:

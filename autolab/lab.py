@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -85,14 +86,22 @@ class Freed:
     run_id: str = ""
 
 
+def rerun_command(task: str, candidate_id: str, lab_dir: str | os.PathLike = ".") -> str:
+    """The command that gives a candidate a model again (one more run on a fresh seed), for the
+    lab at ``lab_dir`` (records store it with ``.``: the lab's own folder, wherever it moved)."""
+    return f"autolab run {task} --lab {lab_dir} --candidate {candidate_id} --seeds 1"
+
+
 @dataclass(frozen=True)
 class Reclaimed:
-    """What :meth:`Lab.reclaim` freed (or, with ``dry_run``, would free), and the model files it kept."""
+    """What :meth:`Lab.reclaim` freed (or, with ``dry_run``, would free), the model files it
+    kept, and the candidates that should have a model but whose model files were reclaimed."""
 
     freed: tuple[Freed, ...]
     kept: tuple[tuple[str, str, int], ...]   # (run id, why, bytes of its model files)
     keep_models: int
     dry_run: bool
+    missing: tuple[tuple[str, str, str], ...] = ()   # (candidate id, why it should have one, the command that remakes it)
 
     @property
     def bytes(self) -> int:
@@ -101,7 +110,8 @@ class Reclaimed:
     def to_dict(self) -> dict:
         return {"freed_bytes": self.bytes, "dry_run": self.dry_run, "keep_models": self.keep_models,
                 "freed": [vars(f) for f in self.freed],
-                "kept": [{"run_id": r, "why": w, "bytes": b} for r, w, b in self.kept]}
+                "kept": [{"run_id": r, "why": w, "bytes": b} for r, w, b in self.kept],
+                "models_reclaimed": [{"candidate_id": c, "why": w, "rerun": cmd} for c, w, cmd in self.missing]}
 
 
 def _size(p: Path) -> int:
@@ -225,7 +235,8 @@ class Lab:
         self.log.set_meta("direction", self.task.metric.direction)
         self.store = Store(self.path)
         self._meta_file = meta_file
-        self._space_lock = threading.Lock()   # one reclaim at a time (runs end in several threads)
+        # one reclaim at a time (runs end in several threads); a state change holds it too (set_state)
+        self._space_lock = threading.RLock()
         self._seed_id = self._pin_seed(meta)
         self.log.set_meta("preset", self.preset_name)
         self.log.set_meta("seed_candidate", self._seed_id)
@@ -339,35 +350,103 @@ class Lab:
     def reclaim(self, keep_models: int | None = None, *, dry_run: bool = False) -> Reclaimed:
         """Free the space the lab's ended runs no longer need: :meth:`slim_run` on each, and the
         model files of every run the ledger does not name in ``models_needed(keep_models)``
-        (default: lab.json's ``keep_models``). With ``dry_run`` nothing is removed. Removals
-        are recorded in the log (event ``reclaimed``)."""
+        (default: lab.json's ``keep_models``): the best and promoted candidates keep one model
+        each, the last ``keep_models`` runs keep theirs. With ``dry_run`` nothing is removed.
+        Removals are recorded in the log (event ``reclaimed``, with ``model_runs``: the runs whose
+        model files went). ``Reclaimed.missing`` names the best or promoted candidates whose
+        model files were reclaimed earlier (before they were promoted), with the command that
+        makes one again."""
         n = self.keep_models if keep_models is None else keep_models
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise AutolabError(f"keep_models must be a whole number >= 0, not {n!r}")
         with self._space_lock:
-            needed = self.ledger.models_needed(n)
+            runs = [r for r in self.log.runs_list() if r.state is not State.RUNNING]
+            models = {r.id: self.model_files(r) for r in runs}
+            needed = self.ledger.models_needed(n, has_model=lambda r: bool(models.get(r.id)))
             freed: list[Freed] = []
             kept: list[tuple[str, str, int]] = []
-            for run in self.log.runs_list():
-                if run.state is State.RUNNING:
-                    continue
+            model_runs: list[str] = []
+            for run in runs:
                 freed += self.slim_run(run, dry_run=dry_run)
-                models = self.model_files(run)
-                if not models:
+                if models[run.id] and run.id in needed:
+                    kept.append((run.id, needed[run.id], sum(_size(m) for m in models[run.id])))
                     continue
-                if run.id in needed:
-                    kept.append((run.id, needed[run.id], sum(_size(m) for m in models)))
-                    continue
-                for m in models:
-                    size = _size(m)
+                if models[run.id]:
+                    for m in models[run.id]:
+                        size = _size(m)
+                        if not dry_run:
+                            m.unlink(missing_ok=True)
+                        freed.append(Freed(self.relative(m), size, "a model file no longer needed", run.id))
+                    model_runs.append(run.id)
                     if not dry_run:
-                        m.unlink(missing_ok=True)
-                    freed.append(Freed(self.relative(m), size, "a model file no longer needed", run.id))
-            out = Reclaimed(tuple(freed), tuple(kept), n, dry_run)
+                        models[run.id] = []
+                freed += self._drop_candidate_copies(run, dry_run=dry_run)   # no model left to load them with
             if freed and not dry_run:
-                self.log.event("reclaimed", bytes=out.bytes, files=len(freed), keep_models=n,
-                               runs=sorted({f.run_id for f in freed}))
-            return out
+                self.log.event("reclaimed", bytes=sum(f.bytes for f in freed), files=len(freed), keep_models=n,
+                               runs=sorted({f.run_id for f in freed}), model_runs=model_runs)
+            missing = self._models_reclaimed(runs, models, set(model_runs))
+            if not dry_run:
+                self._note_models_restored(runs, models)
+            return Reclaimed(tuple(freed), tuple(kept), n, dry_run,
+                             tuple((cid, why, rerun_command(self.task.name, cid, self.path))
+                                   for cid, (why, _runs) in missing.items()))
+
+    def _reclaimed_model_runs(self) -> set[str]:
+        """The runs whose model files a reclaim removed (the log's ``reclaimed`` events)."""
+        return {rid for e in self.log.events("reclaimed") for rid in e.get("model_runs") or ()}
+
+    def _models_reclaimed(self, runs: list[Run], models: Mapping[str, list[Path]],
+                          also: set[str] = frozenset()) -> dict[str, tuple[str, list[str]]]:
+        """{candidate id: (why it should have a model, its runs whose model files were reclaimed)}
+        for the best and promoted candidates that have no model file left, where a reclaim
+        removed one (a task whose runs never save a model is never named)."""
+        gone = self._reclaimed_model_runs() | set(also)
+        out: dict[str, tuple[str, list[str]]] = {}
+        for cid, why in self.ledger.model_keepers().items():
+            mine = [r for r in runs if r.candidate_id == cid]
+            lost = [r.id for r in mine if r.id in gone]
+            if lost and not any(models.get(r.id) for r in mine):
+                out[cid] = (why, lost)
+        return out
+
+    def _note_models_restored(self, runs: list[Run], models: Mapping[str, list[Path]]) -> None:
+        """A promoted candidate recorded as having lost its model (``model_reclaimed`` in its
+        meta) that has one again (it was re-run): a new version of its record without the note."""
+        for c in self.log.candidates_list():
+            if c.meta.get("model_reclaimed") and any(models.get(r.id) for r in runs if r.candidate_id == c.id):
+                meta = {k: v for k, v in c.meta.items() if k != "model_reclaimed"}
+                self.log.append(dataclasses.replace(c, meta=meta))
+
+    def _drop_candidate_copies(self, run: Run, *, dry_run: bool = False) -> list[Freed]:
+        """A run without a model file keeps no copy of its candidate's own files (the harness's
+        working copy, e.g. ``result.work/train.py``, which only a model needs, to be loaded): a
+        file below the run folder whose name and content are those of one of the candidate's
+        files is removed (the candidate's files stay in ``candidates/`` and ``objects/``). A file
+        the run changed is no copy and stays; so do the run folder's own files."""
+        d = self._own_run_dir(run)
+        c = self.log.get("candidate", run.candidate_id)
+        if d is None or c is None or not getattr(c, "files", None):
+            return []
+        by_name: dict[str, set[str]] = {}
+        for rel, digest in c.files.items():
+            by_name.setdefault(Path(rel).name, set()).add(digest)
+        out = []
+        for root, _dirs, files in os.walk(d):
+            here = Path(root)
+            for name in files:
+                p = here / name
+                if here == d or name not in by_name or p.is_symlink():
+                    continue
+                try:
+                    data = p.read_bytes()
+                except OSError:
+                    continue
+                if sha256(data) in by_name[name]:
+                    if not dry_run:
+                        p.unlink(missing_ok=True)
+                    out.append(Freed(self.relative(p), len(data), "a copy of the candidate's file (kept in objects/)",
+                                     run.id))
+        return out
 
     def after_run(self, run: Run) -> Reclaimed | None:
         """What the lab does when a run ends: :meth:`reclaim` with lab.json's ``keep_models``.
@@ -523,11 +602,29 @@ class Lab:
         return dest
 
     def set_state(self, c: Candidate, state: State, **meta) -> Candidate:
-        new = c.with_state(state, meta={**c.meta, **meta})
-        self.log.append(new)
-        if state is not c.state:   # promoted or rejected: which models are needed has changed
-            self._reclaim_quietly(candidate_id=c.id)
-        return new
+        """Record a candidate's new state (its latest record's meta, updated with ``meta``). A
+        candidate promoted after its runs' model files were reclaimed (it was undecided and not
+        among the last ``keep_models`` runs) says so in its meta ``model_reclaimed``: the runs and
+        the command that makes a model again (``rerun_command``)."""
+        with self._space_lock:   # no reclaim between the look at its model files and the record
+            cur = self.log.get("candidate", c.id) or c
+            meta = {**cur.meta, **meta}
+            if state is State.PROMOTED:
+                runs = [r for r in self.log.runs_list() if r.candidate_id == c.id and r.state is not State.RUNNING]
+                gone = self._reclaimed_model_runs()
+                lost = [r.id for r in runs if r.id in gone]
+                if lost and not any(self.model_files(r) for r in runs):
+                    meta["model_reclaimed"] = {
+                        "runs": lost,
+                        "rerun": rerun_command(self.task.name, c.id),
+                        "how": "its runs' model files were reclaimed before it was promoted (lab.json's "
+                               "keep_models); run it again on a seed (the command, from the lab's folder): that "
+                               "run keeps its model"}
+            new = cur.with_state(state, meta=meta)
+            self.log.append(new)
+            if state is not cur.state:   # promoted or rejected: which models are needed has changed
+                self._reclaim_quietly(candidate_id=c.id)
+            return new
 
     # ------------------------------------------------------------------ researcher's decisions
     def promote(self, c: Candidate | str, reason: str = "promoted by hand") -> Candidate:

@@ -24,7 +24,7 @@ import os
 import socket
 import statistics
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .log import ResearchLog
 from .records import Candidate, Purpose, Run, State, Verdict, now
@@ -401,17 +401,11 @@ class Ledger:
         return out
 
     # ------------------------------------------------------------------ retention
-    def models_needed(self, keep_last: int = 2) -> dict[str, str]:
-        """{run id: why} of the ended runs whose model file can still be needed (``Lab.reclaim``
-        removes the other ended runs' model files). One run per candidate that is the best
-        (overall or of a research line), PROMOTED, or undecided (READY, not the seed nor an
-        ablation's variant, which is never decided: a pending audit may still promote it): its
-        latest COMPLETE selection-free run on the lab's preset, else its latest COMPLETE run
-        (red-team runs never stand for a candidate);
-        plus the ``keep_last`` runs that ended last, whatever their state. RUNNING runs are
-        never in the answer and never touched."""
-        runs = [r for r in self.log.runs_list() if r.state is not State.RUNNING]
-        seed = self.seed()
+    def model_keepers(self) -> dict[str, str]:
+        """{candidate id: why} of the candidates whose model a user may want whatever the
+        space: the best (overall and of each research line; the seed while nothing beats it)
+        and every PROMOTED candidate. An undecided (READY) candidate is not among them: its
+        model is kept only while its run is among the last ones (``models_needed``)."""
         why: dict[str, str] = {}
         best = self.best()
         if best is not None:
@@ -422,14 +416,27 @@ class Ledger:
         for c in self.log.candidates_list():
             if c.state is State.PROMOTED:
                 why.setdefault(c.id, "a promoted candidate")
-            elif c.state is State.READY and (seed is None or c.id != seed.id) and c.meta.get("origin") != "ablation":
-                why.setdefault(c.id, "an undecided candidate")
+        return why
+
+    def models_needed(self, keep_last: int = 2, has_model: Callable[[Run], bool] | None = None) -> dict[str, str]:
+        """{run id: why} of the ended runs whose model file can still be needed (``Lab.reclaim``
+        removes the other ended runs' model files): one run of each of ``model_keepers()`` (the
+        best candidates and the promoted ones): its latest COMPLETE selection-free run on the
+        lab's preset, else its latest COMPLETE run (red-team runs never stand for a candidate);
+        plus the ``keep_last`` runs that ended last, whatever their candidate or state (this is
+        where an undecided candidate's latest model stays, so ``keep_last=0`` keeps the best and
+        promoted candidates' models only). ``has_model`` (the lab's look at a run's folder): a
+        keeper's run is chosen among those that still have a model file, so a candidate whose
+        chosen run lost its model (reclaimed before it was promoted) keeps the one a later re-run
+        made. RUNNING runs are never in the answer and never touched."""
+        runs = [r for r in self.log.runs_list() if r.state is not State.RUNNING]
         by_candidate: dict[str, list[Run]] = {}
         for r in runs:
-            if r.state is State.COMPLETE and r.purpose != Purpose.REDTEAM.value and self._preset_ok(r, None):
+            if r.state is State.COMPLETE and r.purpose != Purpose.REDTEAM.value and self._preset_ok(r, None) \
+                    and (has_model is None or has_model(r)):
                 by_candidate.setdefault(r.candidate_id, []).append(r)
         keep: dict[str, str] = {}
-        for cid, reason in why.items():
+        for cid, reason in self.model_keepers().items():
             mine = by_candidate.get(cid, [])
             pool = [r for r in mine if r.purpose in SELECTION_FREE] or mine
             if pool:

@@ -207,6 +207,13 @@ def summary_html(log: ResearchLog) -> str:
             ("ideas", str(len(log.ideas_list()))), ("candidates", str(len(cands))),
             ("runs", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "0"),
             ("promoted", str(len(promoted))), ("best promoted", best_txt)]
+    lost = (best.meta or {}).get("model_reclaimed") if best is not None else None
+    if lost:   # promoted after its model files were reclaimed (Lab.set_state): say how to get one back
+        from .lab import rerun_command
+
+        cmd = rerun_command(log.get_meta("task", "TASK"), best.id, log.path.parent)
+        rows.append(("best model", f"reclaimed (runs {H.esc(', '.join(lost.get('runs') or []))}); to get it back, "
+                                   f"run the candidate again on a seed: {H.code(cmd)}"))
     llm = log.llm_totals()
     rows.append(("LLM calls", f"{llm['calls']} (${llm['cost']:.2f}, {llm['prompt_tokens'] + llm['completion_tokens']} tokens)"))
     return H.table(["", ""], [(f"<b>{k}</b>", v) for k, v in rows])

@@ -162,7 +162,7 @@ def _run(lab: Lab, rid: str, cid: str, purpose: str, metric: float | None, ended
     return lab.log.append(r.with_state(state, metrics={} if metric is None else {"loss": metric}, ended_at=ended))
 
 
-def test_models_needed_names_the_best_promoted_undecided_and_last_runs(toy_lab):
+def test_models_needed_names_the_best_promoted_and_last_runs(toy_lab):
     lab, seed = toy_lab, toy_lab.seed_candidate().id
     _cand(lab, "c-prom", State.PROMOTED, seed)        # promoted, but the better one is best
     _cand(lab, "c-best", State.PROMOTED, "c-prom")
@@ -183,12 +183,21 @@ def test_models_needed_names_the_best_promoted_undecided_and_last_runs(toy_lab):
     lab.log.append(Run(id="r-live", task=lab.task.name, candidate_id="c-rej", preset=lab.preset_name, seed=9))
 
     assert lab.ledger.best().id == "c-best"
+    assert lab.ledger.model_keepers() == {"c-best": "the best candidate", "c-prom": "a promoted candidate"}
     need = lab.ledger.models_needed(keep_last=2)
     assert need == {"r-best": "the best candidate", "r-prom-conf2": "a promoted candidate",
-                    "r-open": "an undecided candidate", "r-failed": "among the last 2 runs",
-                    "r-last": "among the last 2 runs"}
-    # the seed is decided (not best, not promoted): none of its runs is needed; nor a rejected one's
-    assert set(lab.ledger.models_needed(keep_last=0)) == {"r-best", "r-prom-conf2", "r-open"}
+                    "r-failed": "among the last 2 runs", "r-last": "among the last 2 runs"}
+    # the seed is decided (not best, not promoted): none of its runs is needed; nor a rejected one's; an
+    # undecided candidate's model counts within the last runs: with 0, the best and promoted ones only
+    assert set(lab.ledger.models_needed(keep_last=0)) == {"r-best", "r-prom-conf2"}
+    assert lab.ledger.models_needed(keep_last=4)["r-open"] == "among the last 4 runs"   # r-open, r-red, r-failed, r-last
+    assert "r-open" not in lab.ledger.models_needed(keep_last=3)
+    # a keeper's run is chosen among those that still have a model: c-prom's last confirmation lost its
+    # model, so an earlier one with a model stands for it; a candidate with no model left names no run
+    has = lambda r: r.id not in {"r-prom-conf2", "r-best"}   # noqa: E731
+    assert lab.ledger.models_needed(keep_last=0, has_model=has) == {"r-prom-conf": "a promoted candidate"}
+    only_screen = lambda r: r.id == "r-prom-screen"   # noqa: E731 - a screen run when no selection-free one has one
+    assert lab.ledger.models_needed(keep_last=0, has_model=only_screen) == {"r-prom-screen": "a promoted candidate"}
 
 
 # ---------------------------------------------------------------------------- what a run keeps
@@ -254,7 +263,8 @@ def test_the_loop_keeps_a_model_only_while_it_can_be_needed_and_gc_reclaims_the_
     hand = autolab.run(lab, odd, seeds=2)
     runs = [r for r in lab.log.runs_list()]
     with_model = {r.id for r in runs if lab.model_files(r)}
-    assert with_model == set(lab.ledger.models_needed(2)), (with_model, lab.ledger.models_needed(2))
+    has_model = lambda r: bool(lab.model_files(r))   # noqa: E731
+    assert with_model == set(lab.ledger.models_needed(2, has_model)), (with_model, lab.ledger.models_needed(2))
     assert {r.id for r in hand} <= with_model
     best_runs = {r.id for r in lab.ledger.runs_of(lab.ledger.best())}
     assert best_runs & with_model                      # the best candidate's model is kept
@@ -280,9 +290,9 @@ def test_the_loop_keeps_a_model_only_while_it_can_be_needed_and_gc_reclaims_the_
     assert main(["gc", "--lab", str(lab.path), "--keep-models", "0"]) == 0
     text = capsys.readouterr().out
     assert f"freed {dry['freed_bytes'] / 1e6:.1f} MB in {len(dry['freed'])} files" in text, text
-    assert f"run {next(iter(lab.ledger.models_needed(0)))}" in text
+    assert f"run {next(iter(lab.ledger.models_needed(0, has_model)))}" in text
     left = {r.id for r in runs if lab.model_files(r)}
-    assert left == set(lab.ledger.models_needed(0)) and left < with_model
+    assert left == set(lab.ledger.models_needed(0, has_model)) and left < with_model
     assert _du(lab.path / "runs") == size - dry["freed_bytes"]
     assert json.loads((lab.path / "lab.json").read_text())["keep_models"] == 0
 
@@ -340,3 +350,103 @@ def test_a_run_names_its_candidate_and_ancestors_for_the_compile_cache(tmp_path,
     lab.log.close()
     shutil.move(str(tmp_path / "lab"), str(tmp_path / "moved"))
     assert Lab(tmp_path / "moved").key == key
+
+
+def _run_with_model(lab: Lab, rid: str, c: Candidate, purpose: str, metric: float, ended: str,
+                    copy: bytes | None = None) -> Run:
+    """A run record and the files its harness would leave: a model, and the working copy of the
+    candidate's solution.py (its own content, or ``copy`` when the run changed it)."""
+    work = lab.path / "runs" / rid / "result.work"
+    work.mkdir(parents=True)
+    (work / "model.pt").write_bytes(b"w" * 1000)
+    (work / "solution.py").write_bytes(copy if copy is not None else lab.files(c)["solution.py"].encode())
+    (lab.path / "runs" / rid / "result.json").write_text("{}")
+    r = _run(lab, rid, c.id, purpose, metric, ended)
+    lab.after_run(r)
+    return r
+
+
+def test_a_candidate_promoted_after_its_model_was_reclaimed_says_how_to_get_it_back(toy_lab, capsys):
+    """keep_models 0: an undecided candidate's models go as its runs end (with the run's copy of
+    its files); once promoted, its record, `autolab gc` and the report's summary say that its
+    model was reclaimed and give the command that makes one; a re-run's model is then kept
+    (the note goes), and the seed, no longer the best, loses its model."""
+    from autolab import report
+
+    lab = toy_lab
+    lab.keep_models = 0
+    seed = lab.seed_candidate()
+    t = lambda k: f"2026-01-01T00:00:{k:02d}.000+00:00"   # noqa: E731
+    for k, v in enumerate((2.0, 2.1)):
+        _run_with_model(lab, f"r-seed{k}", seed, "confirm", v, t(k))
+    c = lab.add_candidate({"solution.py": "X = 3.0\n"}, seed)
+    _run_with_model(lab, "r-c-screen", c, "screen", 0.1, t(10), copy=b"X = 99  # the run rewrote its copy\n")
+    for k, v in enumerate((0.2, 0.1)):
+        _run_with_model(lab, f"r-c-conf{k}", c, "confirm", v, t(11 + k))
+    has = lambda rid: bool(lab.model_files(lab.log.get("run", rid)))   # noqa: E731
+    # the seed (the best while nothing is promoted) keeps its latest selection-free run's model and
+    # that run's copy of its files; the undecided candidate's runs keep neither (a changed copy stays)
+    assert [rid for rid in ("r-seed0", "r-seed1", "r-c-screen", "r-c-conf0", "r-c-conf1") if has(rid)] == ["r-seed1"]
+    runs = lab.path / "runs"
+    assert (runs / "r-seed1" / "result.work" / "solution.py").exists()
+    assert not (runs / "r-seed0" / "result.work" / "solution.py").exists()
+    assert not (runs / "r-c-conf1" / "result.work" / "solution.py").exists()
+    assert (runs / "r-c-screen" / "result.work" / "solution.py").read_bytes().startswith(b"X = 99")
+    assert (runs / "r-c-conf1" / "result.json").exists()
+    assert {rid for e in lab.log.events("reclaimed") for rid in e["model_runs"]} == {"r-seed0", "r-c-screen",
+                                                                                     "r-c-conf0", "r-c-conf1"}
+
+    promoted = lab.promote(c, "better")
+    assert lab.ledger.best().id == c.id and promoted.meta["reason"] == "better"
+    note = lab.candidate(c.id).meta["model_reclaimed"]
+    assert note["runs"] == ["r-c-screen", "r-c-conf0", "r-c-conf1"]
+    assert note["rerun"] == f"autolab run {lab.task.name} --lab . --candidate {c.id} --seeds 1"
+    cmd = f"autolab run {lab.task.name} --lab {lab.path} --candidate {c.id} --seeds 1"
+    assert lab.reclaim(dry_run=True).missing == ((c.id, "the best candidate", cmd),)
+    assert not has("r-seed1")              # the seed is no longer the best: its model went at the promotion
+    assert main(["gc", "--lab", str(lab.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"candidate {c.id} (the best candidate) has no model file left" in out and cmd in out, out
+    html = report.summary_html(lab.log)
+    assert "best model" in html and cmd in html and "r-c-conf1" in html
+
+    # the command's run (a manual run on a fresh seed) keeps its model; the note goes, the report says nothing
+    _run_with_model(lab, "r-c-again", c, "manual", 0.15, t(30))
+    assert has("r-c-again") and (runs / "r-c-again" / "result.work" / "solution.py").exists()
+    assert "model_reclaimed" not in lab.candidate(c.id).meta and lab.candidate(c.id).meta["reason"] == "better"
+    assert lab.candidate(c.id).state is State.PROMOTED
+    assert lab.reclaim(dry_run=True).missing == () and "best model" not in report.summary_html(lab.log)
+    # a later, better-looking confirmation run with a model now stands for it (the latest selection-free one)
+    _run_with_model(lab, "r-c-conf2", c, "confirm", 0.1, t(31))
+    assert has("r-c-conf2") and not has("r-c-again")
+
+
+def test_export_lab_with_models_carries_the_models_the_lab_keeps(toy_lab, tmp_path, capsys):
+    """`autolab export-lab --models`: the archive holds the model files the space policy kept (the
+    best's and the last runs'), never a split evaluation's copy; without it, no model file. The
+    imported lab keeps the carried model where the original did."""
+    import tarfile
+
+    lab = toy_lab
+    lab.keep_models = 1
+    seed = lab.seed_candidate()
+    t = lambda k: f"2026-01-01T00:00:{k:02d}.000+00:00"   # noqa: E731
+    for k, v in enumerate((2.0, 2.1, 2.2)):
+        _run_with_model(lab, f"r-seed{k}", seed, "confirm", v, t(k))
+    assert [r.id for r in lab.log.runs_list() if lab.model_files(r)] == ["r-seed2"]   # the best's latest = the last
+    (lab.path / "runs" / "r-seed2" / "result.model").mkdir()
+    (lab.path / "runs" / "r-seed2" / "result.model" / "model.pt").write_bytes(b"copy")
+    archives = {}
+    for flag in ([], ["--models"]):
+        out = tmp_path / f"lab{len(flag)}.tar.gz"
+        assert main(["export-lab", "--lab", str(lab.path), "-o", str(out), "--json", *flag]) == 0
+        info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        with tarfile.open(out) as tar:
+            archives[bool(flag)] = {m for m in tar.getnames() if m.endswith(".pt")}
+        assert info["model_files"] == len(archives[bool(flag)])
+    assert archives == {False: set(), True: {"lab/runs/r-seed2/result.work/model.pt"}}
+    new = tmp_path / "moved"
+    assert main(["import-lab", str(tmp_path / "lab1.tar.gz"), "--lab", str(new)]) == 0
+    moved = Lab(new)
+    assert [r.id for r in moved.log.runs_list() if moved.model_files(r)] == ["r-seed2"]
+    assert [k[0] for k in moved.reclaim(dry_run=True).kept] == ["r-seed2"]
