@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parent.parent / "autolab"
 # Lowest first. A module may import modules of its own layer or of lower layers only.
 LAYERS: list[tuple[str, ...]] = [
     # records and the plumbing every layer may use
-    ("autolab", "autolab.errors", "autolab.records", "autolab.registry", "autolab.harnesskit"),
+    ("autolab", "autolab.errors", "autolab.records", "autolab.registry", "autolab.harnesskit", "autolab.gpu_share"),
     # the log and what reads it; tasks, candidate storage, the sandbox, the LLM gateway, executors
     ("autolab.log", "autolab.ledger", "autolab.task", "autolab.store", "autolab.diffs", "autolab.sandbox",
      "autolab._sandbox_boot", "autolab.llm", "autolab._papermill_run", "autolab.executors", "autolab.executors.*"),
