@@ -75,6 +75,13 @@ class Nvml:
             return {}
         return {int(buf[i].pid): int(buf[i].usedGpuMemory) for i in range(n.value)}
 
+    def memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the GPU's memory."""
+        info = (ctypes.c_ulonglong * 3)()      # nvmlMemory_t: total, free, used
+        if self._lib.nvmlDeviceGetMemoryInfo(self._h, info) != _SUCCESS:
+            return None
+        return int(info[1]), int(info[0])
+
     def device_utilization(self) -> int | None:
         """The whole GPU's utilisation (% of the last sample period with a kernel running)."""
         rates = (ctypes.c_uint * 2)()
@@ -133,6 +140,9 @@ class CpuMeter:
 
     def processes(self) -> dict[int, int]:
         return {pid: 0 for pid in self._scan()}
+
+    def memory(self) -> tuple[int, int] | None:
+        return None                              # no device memory to share
 
     def utilization(self, since_us: int = 0) -> tuple[list[Sample], int]:
         now = time.monotonic()

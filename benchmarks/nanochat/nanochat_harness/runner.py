@@ -301,6 +301,7 @@ class GpuBaton:
         self.froze = 0                         # how many times it was stopped for using more
         self.contention_gpu_s = 0.0            # other processes' GPU-seconds inside this run's training window
         self.contention_by: dict[int, float] = {}
+        self.memory_waits = 0                  # polls spent waiting for memory before the go (overlap)
         self.shared = False                    # another run's processes were on the GPU while this one's candidate code ran
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -350,6 +351,10 @@ class GpuBaton:
         lock = self.prep_lock if self.overlap else self.lock
         if not lock.take(self._stop):
             return
+        if self.overlap:
+            self._wait_for_memory()
+            if self._stop.is_set():
+                return
         self.go_at, self.go_epoch = time.monotonic(), time.time()
         # the limit counts the time before the wait and after the go, not the wait
         live["deadline"] = self.go_at + self.limit_s - (self.ready_at - launched_at)
@@ -358,6 +363,22 @@ class GpuBaton:
             self._start(self._police, live)
         else:
             self._timed = True
+
+    def _wait_for_memory(self) -> None:
+        """A run may start its pre-clock work beside another's training only if the GPU has as
+        much memory free as the other run's processes hold (runs of one lab are alike: its
+        warm-up needs about as much), else it waits until that training is over: two copies of a
+        model that fills more than half the GPU would run out of memory."""
+        me = os.getpid()
+        while not self._stop.is_set() and self._other_training() is not None:
+            mem = self.nvml.memory()
+            if mem is None:
+                return
+            theirs = sum(b for p, b in self.nvml.processes().items() if not _descends(p, me))
+            if mem[0] >= theirs + 2 * 2**30:
+                return
+            self.memory_waits += 1
+            self._stop.wait(0.5)
 
     def at_gate(self, live: dict) -> None:
         """The harness's clock waits at its gate (called from the output reader: must not block)."""
@@ -460,7 +481,7 @@ class GpuBaton:
         out: dict[str, Any] = {"gpu_go_epoch": self.go_epoch}
         if self.overlap:
             out.update(gpu_overlap=True, gpu_clock_go_epoch=self.clock_go_epoch,
-                       overlap_prep_gpu_s=round(self.prep_gpu_s, 3), overlap_froze=self.froze,
+                       overlap_prep_gpu_s=round(self.prep_gpu_s, 3), overlap_froze=self.froze, overlap_memory_wait=self.memory_waits > 0,
                        overlap_frozen_s=round(float((self._live or {}).get("frozen_s", 0.0)), 3),
                        contention_gpu_s=round(self.contention_gpu_s, 3))
         return out
