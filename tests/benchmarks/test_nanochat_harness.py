@@ -805,6 +805,38 @@ def test_a_training_window_another_process_used_is_not_the_candidates_verdict(tm
     assert b.contended() is None
 
 
+def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_both(tmp_path):
+    """The go of overlap waits while the free memory is less than the training run holds, and
+    comes once that training is over (or at once when there is room)."""
+    import threading
+
+    class Device:
+        def __init__(self, free):
+            self.free = free
+
+        def processes(self):
+            return {1: 54 << 30}                 # the training run's process (not ours)
+
+        def memory(self):
+            return self.free, 80 << 30
+
+        def utilization(self, since):
+            return [], since
+
+    state = tmp_path / "gpu-k.timed.json"
+    for free, waits in ((24 << 30, True), (85 << 30, False)):
+        state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
+        b = R.GpuBaton(tmp_path, "k", tmp_path, 100.0, nvml=Device(free))
+        done = threading.Event()
+        th = threading.Thread(target=lambda: (b._wait_for_memory(), done.set()))
+        th.start()
+        assert done.wait(0.3) is not waits
+        state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": False}))
+        assert done.wait(5)
+        th.join()
+        assert (b.memory_waits > 0) is waits
+
+
 SHADOW = '''
     import os
     os.makedirs("nanochat_harness", exist_ok=True)
