@@ -412,13 +412,14 @@ class GpuBaton:
         atomic_write_json(self.state_path, {"runner_pid": os.getpid(), "run": str(self.go_file.parent),
                                             "training": training, "t": time.time()})
 
-    def _other_training(self) -> str | None:
-        """The run (its baton folder) of another runner now inside its training window, if any."""
+    def _other_training(self, or_evaluating: bool = False) -> str | None:
+        """The run (its baton folder) of another runner now inside its training window (or, with
+        ``or_evaluating``, anywhere in its timed turn: training or evaluation), if any."""
         try:
             st = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             return None
-        if not st.get("training") or st.get("run") == str(self.go_file.parent):
+        if not (st.get("training") or or_evaluating) or st.get("run") == str(self.go_file.parent):
             return None
         try:
             os.kill(int(st["runner_pid"]), 0)
@@ -427,12 +428,13 @@ class GpuBaton:
         return str(st.get("run"))
 
     def _police(self, live: dict) -> None:
-        """From the go to the timed go: this run's processes inside another run's training window
-        use at most ``overlap_gpu_s`` GPU-seconds; past that they are stopped until it ends."""
+        """From the go to the timed go: this run's processes inside another run's timed turn (its
+        training and its evaluation) use at most ``overlap_gpu_s`` GPU-seconds; past that they are
+        stopped until that turn ends."""
         meter = _GpuMeter(self.nvml)
         used: dict[str, float] = {}
         while not self._stop.is_set() and self.clock_go_at is None:
-            other = self._other_training()
+            other = self._other_training(or_evaluating=True)
             root = live.get("pid")
             mine = meter.read(lambda pid: root is not None and _descends(pid, int(root)))
             if other is not None:
@@ -468,11 +470,16 @@ class GpuBaton:
                     f"{who}), so its figures are not its own; not the candidate's fault: run it again")
         return None
 
-    def shared_failure(self, output: str) -> str | None:
+    def others_on_gpu(self) -> bool:
+        """Whether processes of another runner hold the GPU now."""
+        me = os.getpid()
+        return self.overlap and any(not _descends(p, me) for p in self.nvml.processes())
+
+    def shared_failure(self, output: str, what: str = "train process") -> str | None:
         """Why a run that ran out of GPU memory while it shared the GPU is not the candidate's
         failure (None: it is, or it did not share)."""
         if self.overlap and self.shared and "out of memory" in output.lower():
-            return ("infrastructure: the train process ran out of GPU memory while another run's processes were "
+            return (f"infrastructure: the {what} ran out of GPU memory while another run's processes were "
                     "on the same GPU (overlapped start-up); not necessarily the candidate's fault: run it again "
                     "(the retry limit ends a candidate that fails this way every time)")
         return None
@@ -1058,6 +1065,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                      "state": ev["state"], "reason": ev["kill_reason"]}
         if er.get("violation"):
             result["violations"].append({**er["violation"], "phase": "eval"})
+        if (ev["killed"] or not er.get("ok")) and baton is not None and baton.others_on_gpu():
+            baton.shared = True
+            why = baton.shared_failure(ev["output"] + "\n" + str(er.get("error", "")), "evaluation")
+            if why:
+                return done("failed", why)
         if ev["killed"]:
             if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
                     and (ev.get("cpu_s") or 0.0) + ev["wait_s"] >= 0.5 * ev["wall_s"]):
