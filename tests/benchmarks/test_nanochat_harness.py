@@ -1151,3 +1151,64 @@ def test_gpu_split_metric_through_the_sandboxed_model_process(tmp_path, gpt_cls,
         want = E.bits_per_byte(m, rows, torch.from_numpy(tb), dev, V, batch_rows=4)
         assert abs(got[name]["nats"] - want["nats"]) < 1e-3 * want["nats"], name
     assert got["probes"]["noise"] < 1e-2 and got["probes"]["causal_max_rel"] < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
+    """On a real GPU, through NVML: a process that keeps the GPU busy inside another run's turn
+    is stopped once it has used overlap_gpu_s GPU-seconds (its progress stops), and a training
+    run's watch counts another process's GPU-seconds in its window."""
+    import threading
+    import time
+
+    from autolab.gpu_share import Nvml
+    from autolab.sandbox import Limits, Policy, run_sandboxed
+
+    nv = Nvml.open()
+    assert nv is not None
+    busy = ("import time, torch\nx = torch.randn(8192, 8192, device='cuda')\nt = time.time()\n"
+            "while time.time() - t < 12:\n    y = x @ x; torch.cuda.synchronize(); print('step', flush=True)\n")
+    state = tmp_path / "gpu-k.timed.json"
+    state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
+    prep = R.GpuBaton(tmp_path, "k", tmp_path / "p", 100.0, nvml=nv, overlap_gpu_s=1.0)
+    (tmp_path / "p").mkdir()
+    live: dict = {}
+    lines: list[float] = []
+    th = threading.Thread(target=lambda: run_sandboxed([sys.executable, "-c", busy], cwd=tmp_path, policy=Policy(),
+                                                       limits=Limits(wall_s=60, memory_mb=32000), live=live,
+                                                       on_line=lambda s: lines.append(time.monotonic())))
+    th.start()
+    while "pid" not in live:
+        time.sleep(0.05)
+    police = threading.Thread(target=prep._police, args=(live,))
+    police.start()
+    t_end = time.monotonic() + 8
+    while time.monotonic() < t_end and not prep.froze:
+        time.sleep(0.1)
+    assert prep.froze == 1 and 1.0 < prep.prep_gpu_s < 3.0, (prep.froze, prep.prep_gpu_s)
+    time.sleep(1.0)
+    n = len(lines)
+    time.sleep(2.0)
+    assert len(lines) == n, "the stopped process went on"
+    # a training run's watch (its runner: another process) sees nothing of a stopped process, then
+    # the stopped process's GPU-seconds once it goes on
+    import subprocess
+
+    runner = subprocess.Popen(["sleep", "60"])        # the training run's runner: not an ancestor of the busy one
+    timed = R.GpuBaton(tmp_path, "k", tmp_path / "t", 100.0, nvml=nv)
+    timed.home_pid, timed._timed = runner.pid, True
+    watch = threading.Thread(target=timed._watch)
+    watch.start()
+    time.sleep(2.0)
+    quiet = timed.contention_gpu_s
+    state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": False}))
+    prep._stop.set()                              # the prep's turn: it goes on
+    police.join()
+    time.sleep(3.0)
+    timed.saved()
+    timed._stop.set()
+    watch.join()
+    th.join()
+    runner.kill()
+    assert quiet < 0.5 and timed.contention_gpu_s > 1.0, (quiet, timed.contention_gpu_s)

@@ -301,6 +301,7 @@ class GpuBaton:
         self.froze = 0                         # how many times it was stopped for using more
         self.contention_gpu_s = 0.0            # other processes' GPU-seconds inside this run's training window
         self.contention_by: dict[int, float] = {}
+        self.home_pid = os.getpid()            # this runner: its descendants are this run's processes
         self.memory_waits = 0                  # polls spent waiting for memory before the go (overlap)
         self.shared = False                    # another run's processes were on the GPU while this one's candidate code ran
         self._stop = threading.Event()
@@ -369,7 +370,7 @@ class GpuBaton:
         much memory free as the other run's processes hold (runs of one lab are alike: its
         warm-up needs about as much), else it waits until that training is over: two copies of a
         model that fills more than half the GPU would run out of memory."""
-        me = os.getpid()
+        me = self.home_pid
         while not self._stop.is_set() and self._other_training() is not None:
             mem = self.nvml.memory()
             if mem is None:
@@ -452,7 +453,7 @@ class GpuBaton:
     def _watch(self) -> None:
         """From the timed go to the save: every other process's GPU-seconds on this GPU."""
         meter = _GpuMeter(self.nvml)
-        me = os.getpid()
+        me = self.home_pid
         while not self._stop.is_set() and self.saved_at is None:
             for pid, g in meter.read_by_pid(lambda pid: not _descends(pid, me)).items():
                 self.contention_by[pid] = self.contention_by.get(pid, 0.0) + g
@@ -472,7 +473,7 @@ class GpuBaton:
 
     def others_on_gpu(self) -> bool:
         """Whether processes of another runner hold the GPU now."""
-        me = os.getpid()
+        me = self.home_pid
         return self.overlap and any(not _descends(p, me) for p in self.nvml.processes())
 
     def shared_failure(self, output: str, what: str = "train process") -> str | None:
