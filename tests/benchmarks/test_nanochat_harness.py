@@ -803,6 +803,10 @@ def test_a_training_window_another_process_used_is_not_the_candidates_verdict(tm
     assert why.startswith("infrastructure:") and "1.6 GPU-seconds" in why
     b.contention_limit_s = 2.0
     assert b.contended() is None
+    # a spoiled run turns overlap off on that GPU for a while: sharing can cost throughput, not verdicts
+    assert not R.GpuBaton.overlap_paused(tmp_path, "t")
+    b.pause_overlap()
+    assert R.GpuBaton.overlap_paused(tmp_path, "t") and not R.GpuBaton.overlap_paused(tmp_path, "other-gpu")
 
 
 def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_both(tmp_path):

@@ -317,9 +317,27 @@ class GpuBaton:
         locks.mkdir(parents=True, exist_ok=True)
         key = "".join(c if c.isalnum() or c in "-_" else "-" for c in gpu) or "0"
         nvml = None
-        if overlap:   # the device's per-process use: NVML on a GPU, the train processes' CPU use on a CPU
+        if overlap and not GpuBaton.overlap_paused(locks, key):
+            # the device's per-process use: NVML on a GPU, the train processes' CPU use on a CPU
             nvml = _NVML_OPEN() if not gpu.startswith("cpu") else _cpu_meter()
         return GpuBaton(locks, key, folder, limit_s, nvml=nvml, **kw)
+
+    PAUSE_S = 900.0   # after a run spoiled by sharing, runs on that GPU take turns without overlap this long
+
+    @staticmethod
+    def overlap_paused(lock_dir: Path, key: str) -> bool:
+        try:
+            return time.time() < float((lock_dir / f"gpu-{key}.no-overlap-until").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+
+    def pause_overlap(self) -> None:
+        """A run was spoiled by sharing (contention, out of memory): the next runs on this GPU
+        start without overlap for ``PAUSE_S``, so that whatever caused it (a candidate taking the
+        memory or the GPU on purpose) costs throughput for a while, never another run's verdict
+        again and again."""
+        atomic_write_json(self.state_path.with_name(self.state_path.name.replace(".timed.json", ".no-overlap-until")),
+                          time.time() + self.PAUSE_S)
 
     @property
     def overlap(self) -> bool:
@@ -546,9 +564,10 @@ def _descends(pid: int, root: int) -> bool:
 
 
 class _GpuMeter:
-    """GPU-seconds per process since the last read, from the driver's per-process SM samples:
-    each sample counts its SM share over the time since that process's previous sample (at most
-    1 s; a first sample counts a full second, so a burst is never under-counted)."""
+    """GPU-seconds per process since the last read, from the driver's per-process samples: each
+    sample counts the larger of its SM and memory-traffic shares over the time since that
+    process's previous sample (at most 1 s; a first sample counts a full second, so a burst is
+    never under-counted)."""
 
     def __init__(self, nvml: Any):
         self.nvml, self.since = nvml, 0
@@ -565,8 +584,9 @@ class _GpuMeter:
             else:
                 span = 1.0 if prev is None else min(1.0, max(0.0, (smp.t_us - prev) / 1e6))
             self.last[smp.pid] = smp.t_us
-            if smp.sm > 0 and keep(smp.pid):
-                out[smp.pid] = out.get(smp.pid, 0.0) + smp.sm / 100.0 * span
+            busy = max(smp.sm, smp.mem)            # kernels, or memory traffic (copies hog the bandwidth too)
+            if busy > 0 and keep(smp.pid):
+                out[smp.pid] = out.get(smp.pid, 0.0) + busy / 100.0 * span
         return out
 
     def read(self, keep: Callable[[int], bool]) -> float:
@@ -1003,6 +1023,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         if cpu_clock:
             _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
         if baton is not None and baton.contended():
+            baton.pause_overlap()
             return done("failed", baton.contended())
         if tr["killed"] and baton is not None and baton.go_at is None and tr["kill_reason"] == "timeout":
             return done("failed", f"infrastructure: the run waited {waited:.0f} s for the GPU (gpu_wait_s = "
@@ -1043,6 +1064,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                   f"(after_save_allowance_s) and was killed; print the summary and exit right after "
                                   f"H.finish")
         if tr["returncode"] != 0 and baton is not None and baton.shared_failure(tr["output"]):
+            baton.pause_overlap()
             return done("failed", baton.shared_failure(tr["output"]))
         if tr["returncode"] != 0:
             tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
@@ -1070,6 +1092,7 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             baton.shared = True
             why = baton.shared_failure(ev["output"] + "\n" + str(er.get("error", "")), "evaluation")
             if why:
+                baton.pause_overlap()
                 return done("failed", why)
         if ev["killed"]:
             if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
