@@ -5,9 +5,13 @@ How autolab executes a benchmark notebook: one papermill execution in its own pr
 time (each run pays them, so they are autolab's per-run overhead):
 
 - parameters travel as one JSON object, so their types arrive exactly (no YAML guessing);
-- jsonschema's optional IRI format checker is not loaded: importing ``rfc3987_syntax`` compiles a
-  grammar (about 1.4 s of the 2 s that importing papermill takes on a small VM), and notebook
-  validation never uses that format;
+- optional modules that a local execution never uses are not loaded (``_SKIPPED``): importing
+  ``rfc3987_syntax`` (jsonschema's IRI format checker) compiles a grammar (about 1.4 s of the 2 s
+  that importing papermill takes on a small VM); papermill's S3 and HDFS handlers import
+  ``boto3`` and ``pyarrow`` (about 0.3 CPU s each); jsonschema's other optional format checkers
+  (``isoduration`` with ``arrow``, colours, URI templates) add 0.1 s. Their users import each
+  under ``try/except ImportError``, notebook validation uses none of these formats, and the
+  kernel is a process of its own (its imports are untouched);
 - the kernel keeps no IPython history database, and is shut down at once when the last cell
   has run (the benchmark's own processes have ended by then);
 - on POSIX the kernel talks over ZeroMQ IPC sockets in a private temporary folder instead of
@@ -48,6 +52,9 @@ import tempfile
 import traceback as _traceback
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# optional imports of papermill and jsonschema that executing a local notebook never uses (see above)
+_SKIPPED = ("rfc3987_syntax", "boto3", "pyarrow", "isoduration", "rfc3986_validator", "rfc3339_validator", "webcolors",
+            "uri_template")
 TRACEBACK_CHARS = 8000
 
 
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(params, dict):
         ap.error("--params must be a JSON object such as '{\"seed\": 1}'")
 
-    sys.modules.setdefault("rfc3987_syntax", None)   # see the module docstring: an import that fails fast
+    for name in _SKIPPED:   # see the module docstring: imports that fail fast
+        sys.modules.setdefault(name, None)
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 

@@ -286,6 +286,18 @@ def test_memory_limit_kills(ws):
     assert r.peak_memory_mb > 150
 
 
+def test_peak_memory_is_measured_within_the_limit(ws):
+    """Under its limit the tree's PSS is read once a second (its RSS, never less, at each poll):
+    a process holding 120 MB for 2.5 s still reports its peak."""
+    r = run_py("""
+        import time
+        block = b"x" * (120 << 20)
+        time.sleep(2.5)
+    """, ws, limits=Limits(wall_s=20, memory_mb=2048))
+    assert r.state == "ok", r
+    assert 100 < r.peak_memory_mb < 2048, r.peak_memory_mb
+
+
 @pytest.mark.parametrize("harden", [True, False], ids=["pidns", "subreaper"])
 def test_setsid_background_process_is_cleaned_up(ws, harden):
     suffix = uuid.uuid4().int % 10**6

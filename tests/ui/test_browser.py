@@ -1,5 +1,6 @@
 """The notebooks driven in a real browser: JupyterLab on loopback (one server for the module),
-Debian's Chromium through Playwright (headless, a fresh profile, nothing downloaded at run time).
+Debian's Chromium through Playwright (one headless browser for the module, a fresh context per
+test, nothing downloaded at run time).
 
 The quickstart runs with its smoke parameters on the toy task (tests/toytask.py: two-second
 runs through the real papermill path); set AUTOLAB_BROWSER_TASK=nanochat to drive it on
@@ -24,7 +25,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -144,30 +144,41 @@ def _write_notebook(root: Path, name: str, params: dict, extra_cells: tuple[str,
     return name
 
 
-@contextlib.contextmanager
-def _browser_page(profile: Path, failure_shot: str):
-    """A Chromium page on a fresh persistent profile (1400 x 1000, 60 s default timeout); on a
-    failure a screenshot ``failure_shot`` is kept; the browser and its profile go afterwards."""
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module's tests (each test opens its own context: a fresh
+    profile, nothing shared but the browser process)."""
+    _requirements()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
-                                                   args=CHROME_ARGS, viewport={"width": 1400, "height": 1000})
-        page = None
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROME_ARGS)
         try:
-            page = ctx.new_page()
-            page.set_default_timeout(60_000)
-            yield page
-        except Exception:
-            if page is not None:
-                try:
-                    _shot(page, failure_shot)
-                except Exception:
-                    pass
-            raise
+            yield b
         finally:
-            ctx.close()
-    shutil.rmtree(profile, ignore_errors=True)
+            b.close()
+
+
+@contextlib.contextmanager
+def _browser_page(browser, failure_shot: str):
+    """A page in a fresh context of ``browser`` (its own storage: cookies, local storage, cache;
+    1400 x 1000, 60 s default timeout); on a failure a screenshot ``failure_shot`` is kept; the
+    context goes afterwards."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = None
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(60_000)
+        yield page
+    except Exception:
+        if page is not None:
+            try:
+                _shot(page, failure_shot)
+            except Exception:
+                pass
+        raise
+    finally:
+        ctx.close()
 
 
 def _shot(page, name: str) -> Path:
@@ -177,7 +188,7 @@ def _shot(page, name: str) -> Path:
     return path
 
 
-def test_quickstart_in_jupyterlab(jupyter, tmp_path):
+def test_quickstart_in_jupyterlab(jupyter, browser, tmp_path):
     from playwright.sync_api import expect
 
     from autolab.log import ResearchLog
@@ -186,8 +197,7 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
     base, token, root = jupyter
     lab_dir = tmp_path / "lab"
     name, _ = _prepare_notebook(root, lab_dir)
-    profile = tmp_path / "chromium-profile"
-    with _browser_page(profile, "quickstart-failure.png") as page:
+    with _browser_page(browser, "quickstart-failure.png") as page:
         page.goto(f"{base}/lab/tree/{name}?token={token}")
         page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
         _run_all_cells(page)
@@ -257,7 +267,7 @@ def test_quickstart_in_jupyterlab(jupyter, tmp_path):
                                                            "screenshot": str(shot)}))
 
 
-def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(jupyter, tmp_path):
+def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(jupyter, browser, tmp_path):
     from playwright.sync_api import expect
 
     from autolab.log import ResearchLog
@@ -270,8 +280,7 @@ def test_unattended_loop_runs_beside_the_notebook_and_stops_from_the_dashboard(j
               "iterations": 20, "threads": 1}
     name = _write_notebook(root, "02_unattended.ipynb", params,
                            extra_cells=('print("after the loop:", handle.describe())',))
-    profile = tmp_path / "chromium-profile-02"
-    with _browser_page(profile, "unattended-failure.png") as page:
+    with _browser_page(browser, "unattended-failure.png") as page:
         # a workspace of its own: the server's default one may still hold the quickstart's tab
         page.goto(f"{base}/lab/workspaces/unattended/tree/{name}?token={token}")
         page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=120_000)
@@ -348,7 +357,7 @@ _FINISHED = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mo
 
 
 @pytest.mark.slow
-def test_report_and_kernels_notebooks_in_smoke_mode(jupyter, tmp_path):
+def test_report_and_kernels_notebooks_in_smoke_mode(jupyter, browser, tmp_path):
     """03_report (no lab: its smoke mode draws the synthetic example lab, as the papermill test
     does) and 04_kernels (`smoke = True`: one run of the seed and one of a candidate, no loop),
     each run whole from the Run menu: no error, the figures and the kernels views render
@@ -366,8 +375,7 @@ def test_report_and_kernels_notebooks_in_smoke_mode(jupyter, tmp_path):
     preset = os.environ.get("AUTOLAB_BROWSER_KERNELS_PRESET", "cpu-redteam")
     kernels = _write_notebook(root, "04_kernels.ipynb", {"smoke": True, "lab_dir": str(kernels_lab), "preset": preset},
                               done)
-    profile = tmp_path / "chromium-profile-0304"
-    with _browser_page(profile, "report-kernels-failure.png") as page:
+    with _browser_page(browser, "report-kernels-failure.png") as page:
         _open_and_run(page, f"{base}/lab/workspaces/report/tree/{report}?token={token}", timeout_s=240)
         expect(page.locator(".jp-OutputArea-output", has_text="synthetic example lab").first).to_be_attached()
         assert page.locator(".jp-OutputArea-output img").count() >= 4, "the report's figures did not render"
