@@ -1216,3 +1216,54 @@ def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
     th.join()
     runner.kill()
     assert quiet < 0.5 and timed.contention_gpu_s > 1.0, (quiet, timed.contention_gpu_s)
+
+
+class _QuietDevice:
+    """The driver's view of an idle GPU (a stand-in for NVML in the baton's unit tests)."""
+
+    def processes(self):
+        return {}
+
+    def memory(self):
+        return None
+
+    def utilization(self, since):
+        return [], since
+
+
+def _until(cond, timeout=5.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_the_clock_gate_stops_the_tree_so_a_gate_line_buys_no_uncounted_time(tmp_path):
+    """The gate line comes from the candidate's process: one that prints it and goes on compiling
+    would have the wait left out of its limits. So at the gate the run's tree is stopped
+    (live["freeze"]) until the run holds the timed lock; the wait is the sandbox's frozen time
+    only (not also in waited_s or the deadline), and the gate file's deadline is written first."""
+    import threading
+    import time
+
+    (tmp_path / "b").mkdir()
+    b = R.GpuBaton(tmp_path, "g", tmp_path / "b", 100.0, nvml=_QuietDevice())
+    other = R._FileLock(tmp_path / "gpu-g.lock")     # another run's timed turn
+    assert other.take(threading.Event())
+    live: dict = {}
+    b.ready(live, time.monotonic())
+    assert _until(b.go_file.exists)
+    deadline = live["deadline"]
+    b.at_gate(live)
+    assert live.get("freeze") is True
+    time.sleep(0.5)                                  # the police keeps it stopped while the gate is shut
+    assert live.get("freeze") is True and not b.gate_file.exists()
+    live["frozen_s"] = 0.5                           # what the sandbox counted while it was stopped
+    other.release()
+    assert _until(b.gate_file.exists) and _until(lambda: live.get("freeze") is False)
+    assert live["deadline"] == deadline and b.waited_s < 0.5   # the gate's wait is counted once: as frozen time
+    assert float(b.gate_file.read_text()) == pytest.approx(time.time() + deadline + 0.5 - time.monotonic(), abs=1.0)
+    assert b.timings()["overlap_gate_s"] >= 0.5
+    b.release()

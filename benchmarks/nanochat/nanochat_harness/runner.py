@@ -345,14 +345,12 @@ class GpuBaton:
 
     @property
     def waited_s(self) -> float:
-        """Seconds between ready and go, and at the clock's gate (no candidate code was meant to run)."""
+        """Seconds between ready and go (no candidate code ran). The wait at the clock's gate is
+        not in it: the tree is stopped there (``live["freeze"]``), so that wait is in the
+        sandbox's ``frozen_s``, which the runner adds."""
         if self.ready_at is None:
             return 0.0
-        now = time.monotonic()
-        w = (self.go_at if self.go_at is not None else now) - self.ready_at
-        if self.gate_at is not None:
-            w += (self.clock_go_at if self.clock_go_at is not None else now) - self.gate_at
-        return w
+        return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
 
     def _start(self, target: Callable, *args: Any) -> None:
         th = threading.Thread(target=target, args=args, daemon=True, name="gpu-baton")
@@ -400,9 +398,14 @@ class GpuBaton:
             self._stop.wait(0.5)
 
     def at_gate(self, live: dict) -> None:
-        """The harness's clock waits at its gate (called from the output reader: must not block)."""
+        """The harness's clock waits at its gate (called from the output reader: must not block).
+        The whole tree is stopped until the gate opens: the line comes from the candidate's
+        process, which could print it and go on compiling, so the wait is not counted only
+        because nothing of the run can work in it (the stopped time is the sandbox's
+        ``frozen_s``, which neither the limits nor the deadline count)."""
         if self.overlap and self.gate_at is None and self.go_at is not None:
             self.gate_at = time.monotonic()
+            live["freeze"] = True
             self._start(self._clock_go, live)
 
     def _clock_go(self, live: dict) -> None:
@@ -410,14 +413,15 @@ class GpuBaton:
             return
         self.clock_go_at, self.clock_go_epoch = time.monotonic(), time.time()
         self._timed = True
-        live["deadline"] = live.get("deadline", float("inf")) + (self.clock_go_at - self.gate_at)
         self._write_state(training=True)
         self.prep_lock.release()                 # the next run may start its pre-clock work
-        # the process's own deadline, as a time stamp (it does not see the time it was stopped)
-        left = live["deadline"] + float(live.get("frozen_s", 0.0)) - time.monotonic()
+        # the process's own deadline, as a time stamp (it does not see the time it was stopped);
+        # written while it is still stopped, so its deadline is a little early, never late
+        left = live.get("deadline", float("inf")) + float(live.get("frozen_s", 0.0)) - time.monotonic()
         tmp = self.gate_file.with_suffix(".tmp")
-        tmp.write_text(f"{time.time() + left:.3f}\n")
+        tmp.write_text(f"{time.time() + min(left, 1e9):.3f}\n")
         os.replace(tmp, self.gate_file)
+        live["freeze"] = False
         self._start(self._watch)
 
     def saved(self) -> None:
@@ -456,17 +460,19 @@ class GpuBaton:
             other = self._other_training(or_evaluating=True)
             root = live.get("pid")
             mine = meter.read(lambda pid: root is not None and _descends(pid, int(root)))
+            over = False
             if other is not None:
                 self.shared = True
                 used[other] = used.get(other, 0.0) + mine
                 self.prep_gpu_s = sum(used.values())
-                if used[other] > self.overlap_gpu_s and not live.get("freeze"):
-                    live["freeze"] = True
-                    self.froze += 1
-            elif live.get("freeze"):
-                live["freeze"] = False
+                over = used[other] > self.overlap_gpu_s
+            gated = self.gate_at is not None and self.clock_go_at is None   # stopped at the gate (at_gate)
+            if over and not live.get("freeze"):
+                self.froze += 1
+            if (over or gated) != bool(live.get("freeze")) and self.clock_go_at is None:
+                live["freeze"] = over or gated
             self._stop.wait(0.2)
-        live["freeze"] = False
+        live["freeze"] = False                   # the gate is open (or the run is over): nothing holds it back
 
     def _watch(self) -> None:
         """From the timed go to the save: every other process's GPU-seconds on this GPU."""
@@ -509,6 +515,8 @@ class GpuBaton:
             out.update(gpu_overlap=True, gpu_clock_go_epoch=self.clock_go_epoch,
                        overlap_prep_gpu_s=round(self.prep_gpu_s, 3), overlap_froze=self.froze, overlap_memory_wait=self.memory_waits > 0,
                        overlap_frozen_s=round(float((self._live or {}).get("frozen_s", 0.0)), 3),
+                       overlap_gate_s=round((self.clock_go_at or time.monotonic()) - self.gate_at, 3)
+                       if self.gate_at is not None else 0.0,
                        contention_gpu_s=round(self.contention_gpu_s, 3))
         return out
 
