@@ -1267,3 +1267,27 @@ def test_the_clock_gate_stops_the_tree_so_a_gate_line_buys_no_uncounted_time(tmp
     assert float(b.gate_file.read_text()) == pytest.approx(time.time() + deadline + 0.5 - time.monotonic(), abs=1.0)
     assert b.timings()["overlap_gate_s"] >= 0.5
     b.release()
+
+
+def test_a_process_at_the_end_of_a_long_chain_is_still_the_runs(tmp_path):
+    """_descends attributes the driver's pids to a run: a candidate that nests its GPU work 100
+    processes deep must not have it counted as another's (its own policing skipped, the other
+    run's training marked contended)."""
+    import subprocess
+
+    code = ("import os, sys, time\n"
+            "for _ in range(100):\n"
+            "    if os.fork():\n"
+            "        os.wait(); os._exit(0)\n"
+            "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+            "time.sleep(30)\n")
+    out = tmp_path / "deep.pid"
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], start_new_session=True)   # its own group
+    try:
+        assert _until(lambda: out.exists() and out.read_text().strip() != "", timeout=30)
+        deep = int(out.read_text())
+        assert R._descends(deep, p.pid) and R._descends(deep, os.getpid())
+        assert not R._descends(deep, deep + 10**6) and not R._descends(os.getpid(), p.pid)
+    finally:
+        os.killpg(p.pid, 9)                      # the chain, every level of it
+        p.wait()

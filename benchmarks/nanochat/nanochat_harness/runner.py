@@ -557,12 +557,15 @@ _NVML_OPEN: Callable[[], Any] = _nvml_open     # how the baton reads the GPU's p
 
 
 def _descends(pid: int, root: int) -> bool:
-    """Whether process ``pid`` is ``root`` or one of its descendants (by /proc's parent links)."""
-    for _ in range(64):
+    """Whether process ``pid`` is ``root`` or one of its descendants (by /proc's parent links, to
+    any depth: a candidate's chain of nested processes must not hide its deepest one)."""
+    seen: set[int] = set()
+    while pid not in seen:
         if pid == root:
             return True
         if pid <= 1:
             return False
+        seen.add(pid)
         try:
             with open(f"/proc/{pid}/stat", "rb") as fh:
                 pid = int(fh.read().rsplit(b")", 1)[1].split()[1])
