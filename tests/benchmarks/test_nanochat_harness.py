@@ -828,6 +828,8 @@ def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_bot
             return [], since
 
     state = tmp_path / "gpu-k.timed.json"
+    timed = R._FileLock(tmp_path / "gpu-k.lock")    # the other run's timed turn
+    assert timed.take(threading.Event())
     for free, waits in ((24 << 30, True), (85 << 30, False)):
         state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
         b = R.GpuBaton(tmp_path, "k", tmp_path, 100.0, nvml=Device(free))
@@ -839,6 +841,7 @@ def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_bot
         assert done.wait(5)
         th.join()
         assert (b.memory_waits > 0) is waits
+    timed.release()
 
 
 SHADOW = '''
@@ -1175,6 +1178,8 @@ def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
             "while time.time() - t < 12:\n    y = x @ x; torch.cuda.synchronize(); print('step', flush=True)\n")
     state = tmp_path / "gpu-k.timed.json"
     state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
+    held = R._FileLock(tmp_path / "gpu-k.lock")     # the other run's timed turn
+    assert held.take(threading.Event())
     prep = R.GpuBaton(tmp_path, "k", tmp_path / "p", 100.0, nvml=nv, overlap_gpu_s=1.0)
     (tmp_path / "p").mkdir()
     live: dict = {}
@@ -1207,6 +1212,7 @@ def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
     time.sleep(2.0)
     quiet = timed.contention_gpu_s
     state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": False}))
+    held.release()
     prep._stop.set()                              # the prep's turn: it goes on
     police.join()
     time.sleep(3.0)
@@ -1291,3 +1297,38 @@ def test_a_process_at_the_end_of_a_long_chain_is_still_the_runs(tmp_path):
     finally:
         os.killpg(p.pid, 9)                      # the chain, every level of it
         p.wait()
+
+
+def test_the_timed_lock_decides_who_is_in_a_turn_not_a_state_file(tmp_path):
+    """A state file left by a runner that died (its pid since reused: here, a live pid) names
+    nobody, so an honest run is not stopped until a turn that never ends (it would never reach
+    its gate: frozen forever). A run that holds the timed lock without writing state (a run
+    without overlap, whose whole turn is timed) is in a turn: the waiting run is policed."""
+    import threading
+    import time
+
+    from autolab.gpu_share import Sample
+
+    class Busy(_QuietDevice):                  # the waiting run's first process keeps the device busy
+        def utilization(self, since):
+            return [Sample(4242, since + 200_000, 100, 0, 200_000)], since + 200_000
+
+    (tmp_path / "b").mkdir()
+    state = tmp_path / "gpu-s.timed.json"
+    state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "gone", "training": True}))
+    b = R.GpuBaton(tmp_path, "s", tmp_path / "b", 100.0, nvml=Busy(), overlap_gpu_s=0.3)
+    assert b._other_training(or_evaluating=True) is None and b._other_training() is None
+    live: dict = {"pid": 4242}
+    police = threading.Thread(target=b._police, args=(live,))
+    police.start()
+    time.sleep(0.8)
+    assert not b.froze and not live.get("freeze") and b.prep_gpu_s == 0.0
+    state.unlink()
+    other = R._FileLock(tmp_path / "gpu-s.lock")   # a run without overlap takes its turn
+    assert other.take(threading.Event())
+    assert b._other_training() == R.GpuBaton.HELD
+    assert _until(lambda: live.get("freeze") is True) and b.froze == 1 and b.prep_gpu_s > 0.3
+    other.release()
+    assert _until(lambda: live.get("freeze") is False)
+    b._stop.set()
+    police.join()

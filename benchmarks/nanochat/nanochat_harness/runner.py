@@ -435,19 +435,44 @@ class GpuBaton:
         atomic_write_json(self.state_path, {"runner_pid": os.getpid(), "run": str(self.go_file.parent),
                                             "training": training, "t": time.time()})
 
+    HELD = "(the timed lock's holder)"        # a run in its timed turn that wrote no state: a run without overlap
+
+    def _timed_lock_held(self) -> bool:
+        """Whether some run holds the timed lock now (asked without taking it for more than an instant)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)                           # (closing drops the shared lock, if taken)
+        return False
+
     def _other_training(self, or_evaluating: bool = False) -> str | None:
         """The run (its baton folder) of another runner now inside its training window (or, with
-        ``or_evaluating``, anywhere in its timed turn: training or evaluation), if any."""
+        ``or_evaluating``, anywhere in its timed turn: training or evaluation), if any. The timed
+        lock decides whether anyone is in a turn: a state file left behind by a runner that died
+        (its pid since reused) names nobody, and a run that holds the lock without writing state
+        (one without overlap: its whole turn, start-up included, is timed) is :data:`HELD`."""
         try:
             st = json.loads(self.state_path.read_text())
+            if not isinstance(st, dict):
+                st = {}
         except (OSError, ValueError):
-            return None
-        if not (st.get("training") or or_evaluating) or st.get("run") == str(self.go_file.parent):
+            st = {}
+        if st.get("run") == str(self.go_file.parent) or self.lock._fh is not None or not self._timed_lock_held():
             return None
         try:
             os.kill(int(st["runner_pid"]), 0)
         except (OSError, ValueError, KeyError, TypeError):
-            return None                            # its runner is gone (its lock went with it)
+            return self.HELD                       # the lock's holder wrote no state (or is not the state's runner)
+        if not (st.get("training") or or_evaluating):
+            return None
         return str(st.get("run"))
 
     def _police(self, live: dict) -> None:
@@ -550,7 +575,9 @@ def _nvml_open() -> Any:
 def _cpu_meter() -> Any:
     from autolab.gpu_share import CpuMeter
 
-    return CpuMeter(match=b"boot.py")
+    # this harness's train processes only: its boot.py as a whole argument (a bare "boot.py" also
+    # matched every sandbox's _sandbox_boot.py: another run's evaluation, another checkout's tests)
+    return CpuMeter(match=os.fsencode(str(HARNESS_DIR / "boot.py")) + b"\0")
 
 
 _NVML_OPEN: Callable[[], Any] = _nvml_open     # how the baton reads the GPU's per-process use
