@@ -751,8 +751,10 @@ def test_overlap_the_next_run_compiles_during_this_ones_training_and_is_stopped_
         task = task or _task_copy(tmp_path, cand)
         outs[name] = tmp_path / f"run-{name}" / "result.json"
         arg = json.dumps({"cand": str(cand), "out": str(outs[name]), "task": str(task), "ov": ov})
+        # a GPU key of this test's own (the locks live in the machine's cache: another test's runs, or a
+        # pause left by a spoiled run, must not meet these)
         procs[name] = subprocess.Popen([sys.executable, "-c", _RUN_ONE, str(TASK_DIR), arg],
-                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+                                       env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": tmp_path.name})
         if name == "a":   # B starts once A holds its go, so A's clock comes first
             go = outs["a"].parent / "result.baton" / "go"
             deadline = time.monotonic() + 300
