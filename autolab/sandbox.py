@@ -339,10 +339,23 @@ def _memory_kb(pid: int) -> int:
         return 0
 
 
+def _alive(pid: int, state: bytes) -> bool:
+    """Whether a scanned process still runs code: not a zombie, or a zombie leader whose other
+    threads go on (a main thread that called pthread_exit shows ``Z`` while its process runs)."""
+    if state != b"Z":
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
 def _signal_members(members: dict, first: int, sig: int) -> None:
-    """Send ``sig`` to every live process of a tree scan but ``first`` (the tree's supervisor)."""
-    for pid, v in members.items():
-        if pid != first and v[3] != b"Z":
+    """Send ``sig`` to every process of a tree scan but ``first`` (the tree's supervisor); a
+    zombie too (a signal to a real one is ignored; a leader that shows ``Z`` may have threads
+    that run: the signal stops or continues them all)."""
+    for pid in members:
+        if pid != first:
             try:
                 os.kill(pid, sig)
             except OSError:
@@ -384,7 +397,7 @@ class _Tree:
         """SIGKILL the whole tree, repeatedly, until nothing of it is left."""
         for _ in range(rounds):
             members = self.scan()
-            alive = {p for p, v in members.items() if v[3] != b"Z"}
+            alive = {p for p, v in members.items() if _alive(p, v[3])}
             if not alive:
                 return
             if not self.root_reaped:
@@ -511,12 +524,12 @@ class _Ender:
             self.at_end = dict(self.ticks)
         supervisors = {self.tramp} | ({p for p, v in members.items() if v[0] == self.tramp} if pidns else set())
         root = self._find_root(members, supervisors, pidns)
-        if root is None or members[root][3] == b"Z":
+        if root is None or not _alive(root, members[root][3]):
             return False  # the main process has exited: its supervisor ends and reports the rest
         hz = os.sysconf("SC_CLK_TCK") or 100
         busy = []
         for p, v in members.items():
-            if p in supervisors or p == root or v[3] == b"Z":
+            if p in supervisors or p == root or not _alive(p, v[3]):
                 continue
             used = (self.ticks.get((p, v[2]), 0) - self.at_end.get((p, v[2]), 0)) / hz
             if used > self.limits.end_cpu_s:
@@ -526,7 +539,7 @@ class _Ender:
                              f"saved): {used:.2f}s of CPU in the {since:.1f}s since")
         if since >= self.limits.after_end_s and not self.root_over:
             self.root_over = True
-            self.report([p for p, v in members.items() if p not in supervisors and p != root and v[3] != b"Z"],
+            self.report([p for p, v in members.items() if p not in supervisors and p != root and _alive(p, v[3])],
                         f"was still running {since:.1f}s after the end marker ({self.limits.end_marker!r})")
             info = _describe(root)
             self.violations.append({"kind": "process", "detail": (
@@ -891,7 +904,7 @@ def run_sandboxed(
                 if limits.nproc is not None and n > limits.nproc:
                     reason = "nproc"
                     break
-                live_pids = [p for p, v in members.items() if v[3] != b"Z"]
+                live_pids = [p for p, v in members.items() if _alive(p, v[3])]
                 # PSS <= RSS for every process: a tree within the limit by RSS is within it by PSS (statm's
                 # RSS counters may lag by a few pages per thread: PSS is read from 90% of the limit on)
                 if now >= next_peak or (limit_kb is not None and sum(map(_rss_kb, live_pids)) > 0.9 * limit_kb):
@@ -920,8 +933,8 @@ def run_sandboxed(
         proc.wait()
         tree.root_reaped = True
         leftovers = tree.scan()
-        if any(v[3] != b"Z" for v in leftovers.values()):  # should never be: the supervisor ended them
-            ender.report([p for p, v in leftovers.items() if v[3] != b"Z"], "outside the supervisor's reach")
+        if any(_alive(p, v[3]) for p, v in leftovers.items()):  # should never be: the supervisor ended them
+            ender.report([p for p, v in leftovers.items() if _alive(p, v[3])], "outside the supervisor's reach")
         tree.kill()  # anything the candidate left behind (setsid'd daemons included)
         wall = time.monotonic() - start
         out.close(grace_s=2.0)

@@ -404,6 +404,37 @@ def test_a_frozen_tree_makes_no_progress_and_its_frozen_time_is_not_counted(ws):
     assert r.wall_s >= 5 + 2.5                            # the 3 s frozen were not counted against wall_s = 5
 
 
+def test_a_frozen_process_whose_main_thread_exited_is_stopped_too(ws):
+    """A process whose main thread called pthread_exit shows as a zombie (``Z``) while its other
+    threads run: the freeze must stop it all the same (it was skipped as dead), and the kill at
+    the end must count it as alive."""
+    import threading
+
+    got: list[tuple[float, str]] = []
+    live: dict = {}
+    frozen: list[float] = []
+
+    def on_line(s: str) -> None:
+        got.append((time.monotonic(), s))
+        if s == "tick 3" and not frozen:
+            frozen.append(time.monotonic())
+            live["freeze"] = True
+            threading.Timer(1.5, lambda: (frozen.append(time.monotonic()), live.update(freeze=False))).start()
+
+    r = run_py("""
+        import ctypes, threading, time
+        def work():
+            for i in range(1000):
+                print("tick", i, flush=True); time.sleep(0.05)
+        threading.Thread(target=work).start()
+        ctypes.CDLL(None).pthread_exit(None)
+    """, ws, on_line=on_line, live=live, limits=Limits(wall_s=4))
+    assert len(frozen) == 2, r.stdout_tail
+    assert not [s for t, s in got if frozen[0] + 0.6 < t < frozen[1] - 0.1], "a thread of the stopped process went on"
+    assert [s for t, s in got if t > frozen[1]], "it did not go on after the freeze"
+    assert r.state == "killed" and r.reason == "timeout"
+
+
 # ----------------------------------------------------------------------------- python children and the hook
 
 

@@ -751,8 +751,10 @@ def test_overlap_the_next_run_compiles_during_this_ones_training_and_is_stopped_
         task = task or _task_copy(tmp_path, cand)
         outs[name] = tmp_path / f"run-{name}" / "result.json"
         arg = json.dumps({"cand": str(cand), "out": str(outs[name]), "task": str(task), "ov": ov})
+        # a GPU key of this test's own (the locks live in the machine's cache: another test's runs, or a
+        # pause left by a spoiled run, must not meet these)
         procs[name] = subprocess.Popen([sys.executable, "-c", _RUN_ONE, str(TASK_DIR), arg],
-                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+                                       env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": tmp_path.name})
         if name == "a":   # B starts once A holds its go, so A's clock comes first
             go = outs["a"].parent / "result.baton" / "go"
             deadline = time.monotonic() + 300
@@ -828,6 +830,8 @@ def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_bot
             return [], since
 
     state = tmp_path / "gpu-k.timed.json"
+    timed = R._FileLock(tmp_path / "gpu-k.lock")    # the other run's timed turn
+    assert timed.take(threading.Event())
     for free, waits in ((24 << 30, True), (85 << 30, False)):
         state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
         b = R.GpuBaton(tmp_path, "k", tmp_path, 100.0, nvml=Device(free))
@@ -839,6 +843,7 @@ def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_bot
         assert done.wait(5)
         th.join()
         assert (b.memory_waits > 0) is waits
+    timed.release()
 
 
 SHADOW = '''
@@ -1175,6 +1180,8 @@ def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
             "while time.time() - t < 12:\n    y = x @ x; torch.cuda.synchronize(); print('step', flush=True)\n")
     state = tmp_path / "gpu-k.timed.json"
     state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
+    held = R._FileLock(tmp_path / "gpu-k.lock")     # the other run's timed turn
+    assert held.take(threading.Event())
     prep = R.GpuBaton(tmp_path, "k", tmp_path / "p", 100.0, nvml=nv, overlap_gpu_s=1.0)
     (tmp_path / "p").mkdir()
     live: dict = {}
@@ -1207,6 +1214,7 @@ def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
     time.sleep(2.0)
     quiet = timed.contention_gpu_s
     state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": False}))
+    held.release()
     prep._stop.set()                              # the prep's turn: it goes on
     police.join()
     time.sleep(3.0)
@@ -1216,3 +1224,113 @@ def test_gpu_overlap_policing_with_the_drivers_samples(tmp_path):
     th.join()
     runner.kill()
     assert quiet < 0.5 and timed.contention_gpu_s > 1.0, (quiet, timed.contention_gpu_s)
+
+
+class _QuietDevice:
+    """The driver's view of an idle GPU (a stand-in for NVML in the baton's unit tests)."""
+
+    def processes(self):
+        return {}
+
+    def memory(self):
+        return None
+
+    def utilization(self, since):
+        return [], since
+
+
+def _until(cond, timeout=5.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_the_clock_gate_stops_the_tree_so_a_gate_line_buys_no_uncounted_time(tmp_path):
+    """The gate line comes from the candidate's process: one that prints it and goes on compiling
+    would have the wait left out of its limits. So at the gate the run's tree is stopped
+    (live["freeze"]) until the run holds the timed lock; the wait is the sandbox's frozen time
+    only (not also in waited_s or the deadline), and the gate file's deadline is written first."""
+    import threading
+    import time
+
+    (tmp_path / "b").mkdir()
+    b = R.GpuBaton(tmp_path, "g", tmp_path / "b", 100.0, nvml=_QuietDevice())
+    other = R._FileLock(tmp_path / "gpu-g.lock")     # another run's timed turn
+    assert other.take(threading.Event())
+    live: dict = {}
+    b.ready(live, time.monotonic())
+    assert _until(b.go_file.exists)
+    deadline = live["deadline"]
+    b.at_gate(live)
+    assert live.get("freeze") is True
+    time.sleep(0.5)                                  # the police keeps it stopped while the gate is shut
+    assert live.get("freeze") is True and not b.gate_file.exists()
+    live["frozen_s"] = 0.5                           # what the sandbox counted while it was stopped
+    other.release()
+    assert _until(b.gate_file.exists) and _until(lambda: live.get("freeze") is False)
+    assert live["deadline"] == deadline and b.waited_s < 0.5   # the gate's wait is counted once: as frozen time
+    assert float(b.gate_file.read_text()) == pytest.approx(time.time() + deadline + 0.5 - time.monotonic(), abs=1.0)
+    assert b.timings()["overlap_gate_s"] >= 0.5
+    b.release()
+
+
+def test_a_process_at_the_end_of_a_long_chain_is_still_the_runs(tmp_path):
+    """_descends attributes the driver's pids to a run: a candidate that nests its GPU work 100
+    processes deep must not have it counted as another's (its own policing skipped, the other
+    run's training marked contended)."""
+    import subprocess
+
+    code = ("import os, sys, time\n"
+            "for _ in range(100):\n"
+            "    if os.fork():\n"
+            "        os.wait(); os._exit(0)\n"
+            "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+            "time.sleep(30)\n")
+    out = tmp_path / "deep.pid"
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], start_new_session=True)   # its own group
+    try:
+        assert _until(lambda: out.exists() and out.read_text().strip() != "", timeout=30)
+        deep = int(out.read_text())
+        assert R._descends(deep, p.pid) and R._descends(deep, os.getpid())
+        assert not R._descends(deep, deep + 10**6) and not R._descends(os.getpid(), p.pid)
+    finally:
+        os.killpg(p.pid, 9)                      # the chain, every level of it
+        p.wait()
+
+
+def test_the_timed_lock_decides_who_is_in_a_turn_not_a_state_file(tmp_path):
+    """A state file left by a runner that died (its pid since reused: here, a live pid) names
+    nobody, so an honest run is not stopped until a turn that never ends (it would never reach
+    its gate: frozen forever). A run that holds the timed lock without writing state (a run
+    without overlap, whose whole turn is timed) is in a turn: the waiting run is policed."""
+    import threading
+    import time
+
+    from autolab.gpu_share import Sample
+
+    class Busy(_QuietDevice):                  # the waiting run's first process keeps the device busy
+        def utilization(self, since):
+            return [Sample(4242, since + 200_000, 100, 0, 200_000)], since + 200_000
+
+    (tmp_path / "b").mkdir()
+    state = tmp_path / "gpu-s.timed.json"
+    state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "gone", "training": True}))
+    b = R.GpuBaton(tmp_path, "s", tmp_path / "b", 100.0, nvml=Busy(), overlap_gpu_s=0.3)
+    assert b._other_training(or_evaluating=True) is None and b._other_training() is None
+    live: dict = {"pid": 4242}
+    police = threading.Thread(target=b._police, args=(live,))
+    police.start()
+    time.sleep(0.8)
+    assert not b.froze and not live.get("freeze") and b.prep_gpu_s == 0.0
+    state.unlink()
+    other = R._FileLock(tmp_path / "gpu-s.lock")   # a run without overlap takes its turn
+    assert other.take(threading.Event())
+    assert b._other_training() == R.GpuBaton.HELD
+    assert _until(lambda: live.get("freeze") is True) and b.froze == 1 and b.prep_gpu_s > 0.3
+    other.release()
+    assert _until(lambda: live.get("freeze") is False)
+    b._stop.set()
+    police.join()

@@ -345,14 +345,12 @@ class GpuBaton:
 
     @property
     def waited_s(self) -> float:
-        """Seconds between ready and go, and at the clock's gate (no candidate code was meant to run)."""
+        """Seconds between ready and go (no candidate code ran). The wait at the clock's gate is
+        not in it: the tree is stopped there (``live["freeze"]``), so that wait is in the
+        sandbox's ``frozen_s``, which the runner adds."""
         if self.ready_at is None:
             return 0.0
-        now = time.monotonic()
-        w = (self.go_at if self.go_at is not None else now) - self.ready_at
-        if self.gate_at is not None:
-            w += (self.clock_go_at if self.clock_go_at is not None else now) - self.gate_at
-        return w
+        return (self.go_at if self.go_at is not None else time.monotonic()) - self.ready_at
 
     def _start(self, target: Callable, *args: Any) -> None:
         th = threading.Thread(target=target, args=args, daemon=True, name="gpu-baton")
@@ -400,9 +398,14 @@ class GpuBaton:
             self._stop.wait(0.5)
 
     def at_gate(self, live: dict) -> None:
-        """The harness's clock waits at its gate (called from the output reader: must not block)."""
+        """The harness's clock waits at its gate (called from the output reader: must not block).
+        The whole tree is stopped until the gate opens: the line comes from the candidate's
+        process, which could print it and go on compiling, so the wait is not counted only
+        because nothing of the run can work in it (the stopped time is the sandbox's
+        ``frozen_s``, which neither the limits nor the deadline count)."""
         if self.overlap and self.gate_at is None and self.go_at is not None:
             self.gate_at = time.monotonic()
+            live["freeze"] = True
             self._start(self._clock_go, live)
 
     def _clock_go(self, live: dict) -> None:
@@ -410,14 +413,15 @@ class GpuBaton:
             return
         self.clock_go_at, self.clock_go_epoch = time.monotonic(), time.time()
         self._timed = True
-        live["deadline"] = live.get("deadline", float("inf")) + (self.clock_go_at - self.gate_at)
         self._write_state(training=True)
         self.prep_lock.release()                 # the next run may start its pre-clock work
-        # the process's own deadline, as a time stamp (it does not see the time it was stopped)
-        left = live["deadline"] + float(live.get("frozen_s", 0.0)) - time.monotonic()
+        # the process's own deadline, as a time stamp (it does not see the time it was stopped);
+        # written while it is still stopped, so its deadline is a little early, never late
+        left = live.get("deadline", float("inf")) + float(live.get("frozen_s", 0.0)) - time.monotonic()
         tmp = self.gate_file.with_suffix(".tmp")
-        tmp.write_text(f"{time.time() + left:.3f}\n")
+        tmp.write_text(f"{time.time() + min(left, 1e9):.3f}\n")
         os.replace(tmp, self.gate_file)
+        live["freeze"] = False
         self._start(self._watch)
 
     def saved(self) -> None:
@@ -431,19 +435,44 @@ class GpuBaton:
         atomic_write_json(self.state_path, {"runner_pid": os.getpid(), "run": str(self.go_file.parent),
                                             "training": training, "t": time.time()})
 
+    HELD = "(the timed lock's holder)"        # a run in its timed turn that wrote no state: a run without overlap
+
+    def _timed_lock_held(self) -> bool:
+        """Whether some run holds the timed lock now (asked without taking it for more than an instant)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)                           # (closing drops the shared lock, if taken)
+        return False
+
     def _other_training(self, or_evaluating: bool = False) -> str | None:
         """The run (its baton folder) of another runner now inside its training window (or, with
-        ``or_evaluating``, anywhere in its timed turn: training or evaluation), if any."""
+        ``or_evaluating``, anywhere in its timed turn: training or evaluation), if any. The timed
+        lock decides whether anyone is in a turn: a state file left behind by a runner that died
+        (its pid since reused) names nobody, and a run that holds the lock without writing state
+        (one without overlap: its whole turn, start-up included, is timed) is :data:`HELD`."""
         try:
             st = json.loads(self.state_path.read_text())
+            if not isinstance(st, dict):
+                st = {}
         except (OSError, ValueError):
-            return None
-        if not (st.get("training") or or_evaluating) or st.get("run") == str(self.go_file.parent):
+            st = {}
+        if st.get("run") == str(self.go_file.parent) or self.lock._fh is not None or not self._timed_lock_held():
             return None
         try:
             os.kill(int(st["runner_pid"]), 0)
         except (OSError, ValueError, KeyError, TypeError):
-            return None                            # its runner is gone (its lock went with it)
+            return self.HELD                       # the lock's holder wrote no state (or is not the state's runner)
+        if not (st.get("training") or or_evaluating):
+            return None
         return str(st.get("run"))
 
     def _police(self, live: dict) -> None:
@@ -456,17 +485,19 @@ class GpuBaton:
             other = self._other_training(or_evaluating=True)
             root = live.get("pid")
             mine = meter.read(lambda pid: root is not None and _descends(pid, int(root)))
+            over = False
             if other is not None:
                 self.shared = True
                 used[other] = used.get(other, 0.0) + mine
                 self.prep_gpu_s = sum(used.values())
-                if used[other] > self.overlap_gpu_s and not live.get("freeze"):
-                    live["freeze"] = True
-                    self.froze += 1
-            elif live.get("freeze"):
-                live["freeze"] = False
+                over = used[other] > self.overlap_gpu_s
+            gated = self.gate_at is not None and self.clock_go_at is None   # stopped at the gate (at_gate)
+            if over and not live.get("freeze"):
+                self.froze += 1
+            if (over or gated) != bool(live.get("freeze")) and self.clock_go_at is None:
+                live["freeze"] = over or gated
             self._stop.wait(0.2)
-        live["freeze"] = False
+        live["freeze"] = False                   # the gate is open (or the run is over): nothing holds it back
 
     def _watch(self) -> None:
         """From the timed go to the save: every other process's GPU-seconds on this GPU."""
@@ -509,6 +540,8 @@ class GpuBaton:
             out.update(gpu_overlap=True, gpu_clock_go_epoch=self.clock_go_epoch,
                        overlap_prep_gpu_s=round(self.prep_gpu_s, 3), overlap_froze=self.froze, overlap_memory_wait=self.memory_waits > 0,
                        overlap_frozen_s=round(float((self._live or {}).get("frozen_s", 0.0)), 3),
+                       overlap_gate_s=round((self.clock_go_at or time.monotonic()) - self.gate_at, 3)
+                       if self.gate_at is not None else 0.0,
                        contention_gpu_s=round(self.contention_gpu_s, 3))
         return out
 
@@ -542,19 +575,24 @@ def _nvml_open() -> Any:
 def _cpu_meter() -> Any:
     from autolab.gpu_share import CpuMeter
 
-    return CpuMeter(match=b"boot.py")
+    # this harness's train processes only: its boot.py as a whole argument (a bare "boot.py" also
+    # matched every sandbox's _sandbox_boot.py: another run's evaluation, another checkout's tests)
+    return CpuMeter(match=os.fsencode(str(HARNESS_DIR / "boot.py")) + b"\0")
 
 
 _NVML_OPEN: Callable[[], Any] = _nvml_open     # how the baton reads the GPU's per-process use
 
 
 def _descends(pid: int, root: int) -> bool:
-    """Whether process ``pid`` is ``root`` or one of its descendants (by /proc's parent links)."""
-    for _ in range(64):
+    """Whether process ``pid`` is ``root`` or one of its descendants (by /proc's parent links, to
+    any depth: a candidate's chain of nested processes must not hide its deepest one)."""
+    seen: set[int] = set()
+    while pid not in seen:
         if pid == root:
             return True
         if pid <= 1:
             return False
+        seen.add(pid)
         try:
             with open(f"/proc/{pid}/stat", "rb") as fh:
                 pid = int(fh.read().rsplit(b")", 1)[1].split()[1])
