@@ -1334,3 +1334,39 @@ def test_the_timed_lock_decides_who_is_in_a_turn_not_a_state_file(tmp_path):
     assert _until(lambda: live.get("freeze") is False)
     b._stop.set()
     police.join()
+
+
+def test_a_run_whose_gpu_work_goes_on_while_stopped_is_ended_and_an_oom_is_shared_only_beside_real_memory(tmp_path):
+    """SIGSTOP does not stop kernels already queued (nor a process the stop missed): a run still
+    using the GPU 1.5 s into its stop, past 2 x overlap_gpu_s, is ended with a gpu_contention
+    violation. And an out-of-memory counts as the sharing's doing only if other runners held
+    SHARED_MEMORY or more (the next run's boot and evaluation contexts alone are not a reason)."""
+    import threading
+
+    from autolab.gpu_share import Sample
+
+    class Busy(_QuietDevice):
+        def utilization(self, since):
+            return [Sample(4242, since + 200_000, 100, 0, 200_000)], since + 200_000
+
+    (tmp_path / "b").mkdir()
+    other = R._FileLock(tmp_path / "gpu-e.lock")   # another run in its turn (without overlap: no state)
+    assert other.take(threading.Event())
+    b = R.GpuBaton(tmp_path, "e", tmp_path / "b", 100.0, nvml=Busy(), overlap_gpu_s=0.3)
+    live: dict = {"pid": 4242, "deadline": 1e18}
+    police = threading.Thread(target=b._police, args=(live,))
+    police.start()
+    assert _until(lambda: b.escaped, timeout=10)
+    assert live["freeze"] is True and live["deadline"] == float("-inf") and b.busy_while_stopped > 0.6
+    v = b.escaped_stop()
+    assert v["kind"] == "gpu_contention" and "while they were stopped" in v["detail"]
+    b._stop.set()
+    police.join()
+    other.release()
+    # out of memory: shared only beside a real share of the memory
+    b2 = R.GpuBaton(tmp_path, "f", tmp_path / "b", 100.0, nvml=_QuietDevice())
+    b2.shared = True
+    b2.others_memory_peak = 1 << 30
+    assert b2.shared_failure("torch.OutOfMemoryError: CUDA out of memory") is None
+    b2.others_memory_peak = 20 << 30
+    assert b2.shared_failure("torch.OutOfMemoryError: CUDA out of memory").startswith("infrastructure:")

@@ -302,6 +302,9 @@ class GpuBaton:
         self.contention_gpu_s = 0.0            # other processes' GPU-seconds inside this run's training window
         self.contention_by: dict[int, float] = {}
         self.home_pid = os.getpid()            # this runner: its descendants are this run's processes
+        self.others_memory_peak = 0            # other runners' GPU memory seen at once, at most
+        self.busy_while_stopped = 0.0          # this run's GPU-seconds while it was stopped
+        self.escaped = False                   # ended for going on using the GPU while stopped
         self.memory_waits = 0                  # polls spent waiting for memory before the go (overlap)
         self.shared = False                    # another run's processes were on the GPU while this one's candidate code ran
         self._stop = threading.Event()
@@ -481,6 +484,7 @@ class GpuBaton:
         stopped until that turn ends."""
         meter = _GpuMeter(self.nvml)
         used: dict[str, float] = {}
+        frozen_since: float | None = None
         while not self._stop.is_set() and self.clock_go_at is None:
             other = self._other_training(or_evaluating=True)
             root = live.get("pid")
@@ -488,9 +492,21 @@ class GpuBaton:
             over = False
             if other is not None:
                 self.shared = True
+                self._note_others_memory()
                 used[other] = used.get(other, 0.0) + mine
                 self.prep_gpu_s = sum(used.values())
                 over = used[other] > self.overlap_gpu_s
+            # stopped, yet its GPU work goes on (kernels queued before the stop, or a process the stop
+            # missed): only ending it stops a GPU context
+            if live.get("freeze"):
+                frozen_since = frozen_since or time.monotonic()
+                if time.monotonic() - frozen_since > 1.5:
+                    self.busy_while_stopped += mine
+                if self.busy_while_stopped > 2 * self.overlap_gpu_s and not self.escaped:
+                    self.escaped = True
+                    live["deadline"] = float("-inf")     # the sandbox ends the tree at its next look
+            else:
+                frozen_since = None
             gated = self.gate_at is not None and self.clock_go_at is None   # stopped at the gate (at_gate)
             if over and not live.get("freeze"):
                 self.froze += 1
@@ -508,6 +524,7 @@ class GpuBaton:
                 self.contention_by[pid] = self.contention_by.get(pid, 0.0) + g
             if not self.shared and any(not _descends(p, me) for p in self.nvml.processes()):
                 self.shared = True
+            self._note_others_memory()
             self.contention_gpu_s = sum(self.contention_by.values())
             self._stop.wait(0.2)
 
@@ -520,15 +537,34 @@ class GpuBaton:
                     f"{who}), so its figures are not its own; not the candidate's fault: run it again")
         return None
 
-    def others_on_gpu(self) -> bool:
-        """Whether processes of another runner hold the GPU now."""
+    SHARED_MEMORY = 4 * 2**30   # other runners' GPU memory past which an out-of-memory is not the run's own doing
+
+    def _note_others_memory(self) -> int:
+        """Other runners' GPU memory now (bytes); the peak is kept."""
         me = self.home_pid
-        return self.overlap and any(not _descends(p, me) for p in self.nvml.processes())
+        theirs = sum(b for p, b in self.nvml.processes().items() if not _descends(p, me))
+        self.others_memory_peak = max(self.others_memory_peak, theirs)
+        return theirs
+
+    def others_on_gpu(self) -> bool:
+        """Whether processes of another runner hold a share of the GPU's memory now."""
+        return self.overlap and self._note_others_memory() >= self.SHARED_MEMORY
+
+    def escaped_stop(self) -> dict[str, str] | None:
+        """The violation of a run whose GPU work went on while it was stopped (it was ended)."""
+        if not self.escaped:
+            return None
+        return {"kind": "gpu_contention", "phase": "train", "detail": (
+            f"the run's processes used the GPU for {self.busy_while_stopped:.1f} GPU-seconds while they were "
+            f"stopped inside another run's timed turn (work queued before the stop, or a process the stop did "
+            f"not reach), more than 2 x overlap_gpu_s = {2 * self.overlap_gpu_s:g}; the run was ended")}
 
     def shared_failure(self, output: str, what: str = "train process") -> str | None:
-        """Why a run that ran out of GPU memory while it shared the GPU is not the candidate's
-        failure (None: it is, or it did not share)."""
-        if self.overlap and self.shared and "out of memory" in output.lower():
+        """Why a run that ran out of GPU memory while another runner held a share of the GPU's
+        memory (``SHARED_MEMORY``) is not the candidate's failure (None: it is, or it did not
+        share: the next run's boot and evaluation contexts alone are not a reason)."""
+        if (self.overlap and self.shared and self.others_memory_peak >= self.SHARED_MEMORY
+                and "out of memory" in output.lower()):
             return (f"infrastructure: the {what} ran out of GPU memory while another run's processes were "
                     "on the same GPU (overlapped start-up); not necessarily the candidate's fault: run it again "
                     "(the retry limit ends a candidate that fails this way every time)")
@@ -1060,6 +1096,9 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         cpu_used = tr["cpu_s"] if tr["cpu_s"] is not None else 0.0
         if cpu_clock:
             _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
+        if baton is not None and baton.escaped_stop():
+            result["violations"].append(baton.escaped_stop())
+            return done("killed", "gpu_contention: " + baton.escaped_stop()["detail"])
         if baton is not None and baton.contended():
             baton.pause_overlap()
             return done("failed", baton.contended())
