@@ -374,22 +374,29 @@ def test_streaming_and_large_output(ws, tmp_path):
     assert r.stdout_tail.endswith("END") and len(r.stdout_tail) <= 20_000
 
 
-def test_a_frozen_tree_makes_no_progress_and_its_frozen_time_is_not_counted(ws):
-    """live["freeze"]: the tree is stopped (a child it starts too) and continued; the time it was
-    stopped counts neither against wall_s nor against live["deadline"]."""
+def _freezer(at_line: str, hold_s: float):
+    """An on_line that sets live["freeze"] when ``at_line`` comes and clears it ``hold_s`` later;
+    returns (lines with their arrival times, live, [freeze time, continue time], on_line)."""
     import threading
 
     got: list[tuple[float, str]] = []
     live: dict = {}
-    frozen_at: list[float] = []
+    marks: list[float] = []
 
     def on_line(s: str) -> None:
         got.append((time.monotonic(), s))
-        if s == "tick 5" and not frozen_at:
-            frozen_at.append(time.monotonic())
+        if s == at_line and not marks:
+            marks.append(time.monotonic())
             live["freeze"] = True
-            threading.Timer(3.0, lambda: (frozen_at.append(time.monotonic()), live.update(freeze=False))).start()
+            threading.Timer(hold_s, lambda: (marks.append(time.monotonic()), live.update(freeze=False))).start()
 
+    return got, live, marks, on_line
+
+
+def test_a_frozen_tree_makes_no_progress_and_its_frozen_time_is_not_counted(ws):
+    """live["freeze"]: the tree is stopped (a child it starts too) and continued; the time it was
+    stopped counts neither against wall_s nor against live["deadline"]."""
+    got, live, frozen_at, on_line = _freezer("tick 5", 3.0)
     r = run_py("""
         import subprocess, sys, time
         subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: print('child', flush=True); time.sleep(0.1)"])
@@ -408,19 +415,7 @@ def test_a_frozen_process_whose_main_thread_exited_is_stopped_too(ws):
     """A process whose main thread called pthread_exit shows as a zombie (``Z``) while its other
     threads run: the freeze must stop it all the same (it was skipped as dead), and the kill at
     the end must count it as alive."""
-    import threading
-
-    got: list[tuple[float, str]] = []
-    live: dict = {}
-    frozen: list[float] = []
-
-    def on_line(s: str) -> None:
-        got.append((time.monotonic(), s))
-        if s == "tick 3" and not frozen:
-            frozen.append(time.monotonic())
-            live["freeze"] = True
-            threading.Timer(1.5, lambda: (frozen.append(time.monotonic()), live.update(freeze=False))).start()
-
+    got, live, frozen, on_line = _freezer("tick 3", 1.5)
     r = run_py("""
         import ctypes, threading, time
         def work():
