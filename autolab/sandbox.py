@@ -73,6 +73,7 @@ ENV_CONFIG = _boot.ENV_CONFIG
 _BOOT_FILE = Path(_boot.__file__).resolve()
 _TAIL_CHARS = 20_000
 _POLL_S = 0.25
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 _PEAK_S = 1.0   # how often the tree's PSS is read for peak_memory_mb while its RSS is within the limit
 _MAX_VIOLATIONS = 1000
 
@@ -317,7 +318,7 @@ def _rss_kb(pid: int) -> int:
     """Resident set size, never less than the proportional set size and cheap to read."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+            return int(f.read().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
         return 0
 
@@ -334,7 +335,7 @@ def _memory_kb(pid: int) -> int:
         pass
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+            return int(f.read().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
         return 0
 
@@ -933,8 +934,9 @@ def run_sandboxed(
         proc.wait()
         tree.root_reaped = True
         leftovers = tree.scan()
-        if any(_alive(p, v[3]) for p, v in leftovers.items()):  # should never be: the supervisor ended them
-            ender.report([p for p, v in leftovers.items() if _alive(p, v[3])], "outside the supervisor's reach")
+        stray = [p for p, v in leftovers.items() if _alive(p, v[3])]
+        if stray:  # should never be: the supervisor ended them
+            ender.report(stray, "outside the supervisor's reach")
         tree.kill()  # anything the candidate left behind (setsid'd daemons included)
         wall = time.monotonic() - start
         out.close(grace_s=2.0)

@@ -284,6 +284,7 @@ class GpuBaton:
     def __init__(self, lock_dir: Path, key: str, folder: Path, limit_s: float, nvml: Any = None,
                  overlap_gpu_s: float = 1.0, contention_limit_s: float = 3.0):
         self.lock = _FileLock(lock_dir / f"gpu-{key}.lock")
+        self.pause_path = GpuBaton._pause_path(lock_dir, key)
         self.go_file, self.limit_s = folder / "go", float(limit_s)
         self.nvml = nvml                       # None: no overlap
         self.prep_lock = _FileLock(lock_dir / f"gpu-{key}.prep.lock") if nvml is not None else None
@@ -328,9 +329,13 @@ class GpuBaton:
     PAUSE_S = 900.0   # after a run spoiled by sharing, runs on that GPU take turns without overlap this long
 
     @staticmethod
+    def _pause_path(lock_dir: Path, key: str) -> Path:
+        return lock_dir / f"gpu-{key}.no-overlap-until"
+
+    @staticmethod
     def overlap_paused(lock_dir: Path, key: str) -> bool:
         try:
-            return time.time() < float((lock_dir / f"gpu-{key}.no-overlap-until").read_text().split()[0])
+            return time.time() < float(GpuBaton._pause_path(lock_dir, key).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return False
 
@@ -339,8 +344,12 @@ class GpuBaton:
         start without overlap for ``PAUSE_S``, so that whatever caused it (a candidate taking the
         memory or the GPU on purpose) costs throughput for a while, never another run's verdict
         again and again."""
-        atomic_write_json(self.state_path.with_name(self.state_path.name.replace(".timed.json", ".no-overlap-until")),
-                          time.time() + self.PAUSE_S)
+        atomic_write_json(self.pause_path, time.time() + self.PAUSE_S)
+
+    def spoiled(self, why: str) -> str:
+        """``why`` (a reason this run was spoiled by sharing), after pausing the overlap."""
+        self.pause_overlap()
+        return why
 
     @property
     def overlap(self) -> bool:
@@ -389,13 +398,11 @@ class GpuBaton:
         much memory free as the other run's processes hold (runs of one lab are alike: its
         warm-up needs about as much), else it waits until that training is over: two copies of a
         model that fills more than half the GPU would run out of memory."""
-        me = self.home_pid
         while not self._stop.is_set() and self._other_training() is not None:
             mem = self.nvml.memory()
             if mem is None:
                 return
-            theirs = sum(b for p, b in self.nvml.processes().items() if not _descends(p, me))
-            if mem[0] >= theirs + 2 * 2**30:
+            if mem[0] >= sum(self._note_others_memory().values()) + 2 * 2**30:
                 return
             self.memory_waits += 1
             self._stop.wait(0.5)
@@ -522,9 +529,8 @@ class GpuBaton:
         while not self._stop.is_set() and self.saved_at is None:
             for pid, g in meter.read_by_pid(lambda pid: not _descends(pid, me)).items():
                 self.contention_by[pid] = self.contention_by.get(pid, 0.0) + g
-            if not self.shared and any(not _descends(p, me) for p in self.nvml.processes()):
+            if self._note_others_memory():
                 self.shared = True
-            self._note_others_memory()
             self.contention_gpu_s = sum(self.contention_by.values())
             self._stop.wait(0.2)
 
@@ -539,16 +545,17 @@ class GpuBaton:
 
     SHARED_MEMORY = 4 * 2**30   # other runners' GPU memory past which an out-of-memory is not the run's own doing
 
-    def _note_others_memory(self) -> int:
-        """Other runners' GPU memory now (bytes); the peak is kept."""
+    def _note_others_memory(self) -> dict[int, int]:
+        """Other runners' processes on the GPU now, pid -> bytes of its memory; the peak of their
+        sum is kept (``others_memory_peak``)."""
         me = self.home_pid
-        theirs = sum(b for p, b in self.nvml.processes().items() if not _descends(p, me))
-        self.others_memory_peak = max(self.others_memory_peak, theirs)
+        theirs = {p: b for p, b in self.nvml.processes().items() if not _descends(p, me)}
+        self.others_memory_peak = max(self.others_memory_peak, sum(theirs.values()))
         return theirs
 
     def others_on_gpu(self) -> bool:
         """Whether processes of another runner hold a share of the GPU's memory now."""
-        return self.overlap and self._note_others_memory() >= self.SHARED_MEMORY
+        return self.overlap and sum(self._note_others_memory().values()) >= self.SHARED_MEMORY
 
     def escaped_stop(self) -> dict[str, str] | None:
         """The violation of a run whose GPU work went on while it was stopped (it was ended)."""
@@ -644,8 +651,7 @@ class _GpuMeter:
     never under-counted)."""
 
     def __init__(self, nvml: Any):
-        self.nvml, self.since = nvml, 0
-        self.last: dict[int, int] = {}
+        self.nvml, self.last = nvml, {}
         _, self.since = nvml.utilization(0)       # from now on
 
     def read_by_pid(self, keep: Callable[[int], bool]) -> dict[int, float]:
@@ -1096,12 +1102,11 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
         cpu_used = tr["cpu_s"] if tr["cpu_s"] is not None else 0.0
         if cpu_clock:
             _cpu_clock_timings(result, cpu_used, allowance_s, budget_s)
-        if baton is not None and baton.escaped_stop():
-            result["violations"].append(baton.escaped_stop())
-            return done("killed", "gpu_contention: " + baton.escaped_stop()["detail"])
-        if baton is not None and baton.contended():
-            baton.pause_overlap()
-            return done("failed", baton.contended())
+        if baton is not None and (escaped := baton.escaped_stop()):
+            result["violations"].append(escaped)
+            return done("killed", "gpu_contention: " + escaped["detail"])
+        if baton is not None and (why := baton.contended()):
+            return done("failed", baton.spoiled(why))
         if tr["killed"] and baton is not None and baton.go_at is None and tr["kill_reason"] == "timeout":
             return done("failed", f"infrastructure: the run waited {waited:.0f} s for the GPU (gpu_wait_s = "
                                   f"{gpu_wait_s:g}) while other runs used it; not the candidate's fault: run it again")
@@ -1140,9 +1145,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
                                   f"{settings.get('after_save_allowance_s', 10.0):g}s after H.finish saved the model "
                                   f"(after_save_allowance_s) and was killed; print the summary and exit right after "
                                   f"H.finish")
-        if tr["returncode"] != 0 and baton is not None and baton.shared_failure(tr["output"]):
-            baton.pause_overlap()
-            return done("failed", baton.shared_failure(tr["output"]))
+        if tr["returncode"] != 0 and baton is not None and (why := baton.shared_failure(tr["output"])):
+            return done("failed", baton.spoiled(why))
         if tr["returncode"] != 0:
             tail_txt = "\n".join(tr["output"].strip().splitlines()[-15:])
             how = tr["kill_reason"] or f"exit code {tr['returncode']}"
@@ -1167,10 +1171,8 @@ def run_benchmark(candidate_dir: str | os.PathLike | None, seed: int, preset: st
             result["violations"].append({**er["violation"], "phase": "eval"})
         if (ev["killed"] or not er.get("ok")) and baton is not None and baton.others_on_gpu():
             baton.shared = True
-            why = baton.shared_failure(ev["output"] + "\n" + str(er.get("error", "")), "evaluation")
-            if why:
-                baton.pause_overlap()
-                return done("failed", why)
+            if why := baton.shared_failure(ev["output"] + "\n" + str(er.get("error", "")), "evaluation"):
+                return done("failed", baton.spoiled(why))
         if ev["killed"]:
             if (ev["kill_reason"] == "timeout" and ev.get("wait_s") is not None
                     and (ev.get("cpu_s") or 0.0) + ev["wait_s"] >= 0.5 * ev["wall_s"]):
