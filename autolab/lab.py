@@ -12,7 +12,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .diffs import unified_diff
 from .errors import AutolabError, CandidateError, TaskError
@@ -84,6 +84,13 @@ class Freed:
     bytes: int       # what it gave back
     why: str
     run_id: str = ""
+
+
+def _lost_models(runs: list[Run], has_model: Callable[[Run], bool], gone: set[str]) -> list[str]:
+    """The ids of a candidate's ``runs`` whose model files a reclaim removed (``gone``), when none
+    of its runs has a model file left (else [])."""
+    lost = [r.id for r in runs if r.id in gone]
+    return lost if lost and not any(has_model(r) for r in runs) else []
 
 
 def rerun_command(task: str, candidate_id: str, lab_dir: str | os.PathLike = ".") -> str:
@@ -403,9 +410,8 @@ class Lab:
         gone = self._reclaimed_model_runs() | set(also)
         out: dict[str, tuple[str, list[str]]] = {}
         for cid, why in self.ledger.model_keepers().items():
-            mine = [r for r in runs if r.candidate_id == cid]
-            lost = [r.id for r in mine if r.id in gone]
-            if lost and not any(models.get(r.id) for r in mine):
+            lost = _lost_models([r for r in runs if r.candidate_id == cid], lambda r: bool(models.get(r.id)), gone)
+            if lost:
                 out[cid] = (why, lost)
         return out
 
@@ -611,9 +617,8 @@ class Lab:
             meta = {**cur.meta, **meta}
             if state is State.PROMOTED:
                 runs = [r for r in self.log.runs_list() if r.candidate_id == c.id and r.state is not State.RUNNING]
-                gone = self._reclaimed_model_runs()
-                lost = [r.id for r in runs if r.id in gone]
-                if lost and not any(self.model_files(r) for r in runs):
+                lost = _lost_models(runs, lambda r: bool(self.model_files(r)), self._reclaimed_model_runs())
+                if lost:
                     meta["model_reclaimed"] = {
                         "runs": lost,
                         "rerun": rerun_command(self.task.name, c.id),
