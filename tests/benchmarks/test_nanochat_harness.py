@@ -812,16 +812,17 @@ def test_a_training_window_another_process_used_is_not_the_candidates_verdict(tm
 
 
 def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_both(tmp_path):
-    """The go of overlap waits while the free memory is less than the training run holds, and
-    comes once that training is over (or at once when there is room)."""
+    """The go of overlap waits while the free memory is less than the other runners' processes
+    hold, and comes once they hold less (the other's train process has ended, its evaluation goes
+    on) or that run's timed turn is over (or at once when there is room)."""
     import threading
 
     class Device:
         def __init__(self, free):
-            self.free = free
+            self.free, self.theirs = free, {1: 54 << 30}   # the training run's process (not ours)
 
         def processes(self):
-            return {1: 54 << 30}                 # the training run's process (not ours)
+            return dict(self.theirs)
 
         def memory(self):
             return self.free, 80 << 30
@@ -840,10 +841,22 @@ def test_a_run_starts_beside_another_training_only_if_the_gpu_has_memory_for_bot
         th.start()
         assert done.wait(0.3) is not waits
         state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": False}))
+        # saved, but its train process still holds its memory: the go waits on
+        assert done.wait(0.6) is not waits
+        b.nvml.theirs, b.nvml.free = {2: 3 << 30}, 76 << 30    # the train process ended; its evaluation's
         assert done.wait(5)
         th.join()
         assert (b.memory_waits > 0) is waits
+    # and the end of the other's turn ends any wait (whatever the memory: not this run's to judge)
+    state.write_text(json.dumps({"runner_pid": os.getpid(), "run": "other", "training": True}))
+    b = R.GpuBaton(tmp_path, "k", tmp_path, 100.0, nvml=Device(24 << 30))
+    done = threading.Event()
+    th = threading.Thread(target=lambda: (b._wait_for_memory(), done.set()))
+    th.start()
+    assert not done.wait(0.3)
     timed.release()
+    assert done.wait(5)
+    th.join()
 
 
 SHADOW = '''

@@ -394,11 +394,13 @@ class GpuBaton:
             self._timed = True
 
     def _wait_for_memory(self) -> None:
-        """A run may start its pre-clock work beside another's training only if the GPU has as
-        much memory free as the other run's processes hold (runs of one lab are alike: its
-        warm-up needs about as much), else it waits until that training is over: two copies of a
-        model that fills more than half the GPU would run out of memory."""
-        while not self._stop.is_set() and self._other_training() is not None:
+        """A run may start its pre-clock work inside another's timed turn only if the GPU has as
+        much memory free as the other runners' processes hold (runs of one lab are alike: its
+        warm-up needs about as much), else it waits until they hold less or that turn is over:
+        two copies of a model that fills more than half the GPU would run out of memory. So on a
+        GPU too small for two, the go comes once the other's train process has ended (its
+        memory is free), not merely saved, and the other's evaluation goes on beside it."""
+        while not self._stop.is_set() and self._other_training(or_evaluating=True) is not None:
             mem = self.nvml.memory()
             if mem is None:
                 return
