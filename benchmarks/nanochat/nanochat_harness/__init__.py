@@ -295,6 +295,10 @@ def finish(model, init_kwargs: dict[str, Any] | None = None, factory: str | None
         raise ValueError(f"nanochat_harness.finish: init_kwargs take {len(spec)} bytes as JSON (at most "
                          f"{MAX_SPEC_BYTES}); put tensors in the model's state dict instead")
     state = {k: v.detach().to("cpu").contiguous() for k, v in m.state_dict().items()}
+    if torch.cuda.is_initialized():
+        # the training's cached activations back to the GPU before the (seconds of) saving: on a GPU
+        # too small for two runs, the next run's start-up waits for this memory (runner.GpuBaton)
+        torch.cuda.empty_cache()
     tmp = f".{path}.tmp-{os.getpid()}"
     try:
         torch.save(state, tmp)
