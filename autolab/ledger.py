@@ -267,13 +267,14 @@ class Ledger:
 
     def noise_sd(self) -> float | None:
         """Pooled within-candidate standard deviation of the metric over selection-free (and
-        final) runs: the noise of this task on this hardware, measured in this lab."""
-        groups: dict[str, list[float]] = {}
+        final) runs: the noise of this task on this hardware, measured in this lab (each
+        candidate's runs grouped by hardware too, so another machine's offset is no noise)."""
+        groups: dict[tuple, list[float]] = {}
         counted = SELECTION_FREE + FINAL_RANGE
         for r in self.log.runs_list():
             if r.state is State.COMPLETE and r.purpose in counted and self._comparable(r, None) \
                     and isinstance(r.metrics.get(self.metric), (int, float)):
-                groups.setdefault(r.candidate_id, []).append(float(r.metrics[self.metric]))
+                groups.setdefault((r.candidate_id, self.hardware_of(r)), []).append(float(r.metrics[self.metric]))
         num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
         dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
         return math.sqrt(num / dof) if dof > 0 else None
@@ -291,11 +292,22 @@ class Ledger:
     def pairs(self, candidate: Candidate | str, parent: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
               runs: Sequence[Run] | None = None) -> list[tuple[int, float, float]]:
         """(seed, candidate value, parent value) for every random seed both have a COMPLETE run
-        on (these purposes), by seed; repeats of a seed count by their mean."""
+        on (these purposes) of the same hardware, by seed; repeats of a seed count by their mean.
+        (With a comparison hardware that is its runs only; without one, a seed both ran on two
+        hardware gives a pair on each, and never a pair across hardware.)"""
         purposes = tuple(purposes)
         runs = self.log.runs_list() if runs is None else runs
-        a, b = self.by_seed(candidate, purposes, runs=runs), self.by_seed(parent, purposes, runs=runs)
-        return [(s, sum(a[s]) / len(a[s]), sum(b[s]) / len(b[s])) for s in sorted(set(a) & set(b))]
+
+        def by_key(c: Candidate | str) -> dict[tuple[int, str], list[float]]:
+            out: dict[tuple[int, str], list[float]] = {}
+            for r in self.runs_of(c, purposes=purposes, runs=runs):
+                v = r.metrics.get(self.metric)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    out.setdefault((int(r.seed), self.hardware_of(r)), []).append(float(v))
+            return out
+
+        a, b = by_key(candidate), by_key(parent)
+        return [(k[0], sum(a[k]) / len(a[k]), sum(b[k]) / len(b[k])) for k in sorted(set(a) & set(b))]
 
     def paired_sd(self) -> float | None:
         """The paired noise: pooled standard deviation, within each candidate, of its per-seed
@@ -324,7 +336,7 @@ class Ledger:
             v = r.metrics.get(self.metric)
             if r.state is State.COMPLETE and self._comparable(r, None) and isinstance(v, (int, float)) \
                     and not isinstance(v, bool) and math.isfinite(v):
-                groups.setdefault((r.candidate_id, r.seed), []).append(float(v))
+                groups.setdefault((r.candidate_id, r.seed, self.hardware_of(r)), []).append(float(v))
         num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
         dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
         return math.sqrt(num / dof) if dof > 0 else None

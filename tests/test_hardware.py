@@ -97,6 +97,7 @@ def test_a_lab_moved_to_other_hardware_reruns_the_parent_there_and_pairs_only_ru
     v = latest_verdict(lab, c, "screen")
     assert v.meta["design"] == "paired" and v.parent_mean == 3.5 and v.candidate_mean == 3.0   # B with B
     assert Ledger(lab).pairs(c, seed, SELECTION_BY_RUN) == [(1, 3.0, 3.5)]
+    assert Ledger(lab.log).pairs(c, seed, SELECTION_BY_RUN) == [(1, 3.0, 3.5)]   # a view pairs within hardware too
     step(RunUnit(c, Purpose.CONFIRM, 101))
     step(RunUnit(seed, Purpose.CONFIRM, 101))                      # the parent's baseline on A does not pair either
 
