@@ -197,6 +197,9 @@ def run_durations(lab: Lab, purpose: str, runs: list[Run] | None = None, *, of_s
     1. ``candidate_id``'s own runs, of any purpose (the same code: on an H100 a candidate that
        changes the batch shape recompiles for 60 s, and its runs take 140 s where others take 99 s;
        below ten runs the p90 is their longest);
+    (Every pool is taken from the runs on the lab's comparison hardware, ``Lab.hardware``, where
+    it has any.)
+
     2. else runs of the same purpose, else of any purpose, narrowed first by ``of_seed`` (True: a
        run of the lab's seed, False: of any other) to runs of the same kind where there are any (a
        kernels candidate re-times only what it changed; a nanochat candidate compiles without the
@@ -210,6 +213,9 @@ def run_durations(lab: Lab, purpose: str, runs: list[Run] | None = None, *, of_s
     preset = lab.preset_name
     done = [r for r in (lab.log.runs_list() if runs is None else runs)
             if r.state is State.COMPLETE and r.preset == preset and run_wall_s(r) is not None]
+    here = Ledger(lab)   # the comparison hardware's runs where there are any (an H200 run is shorter than an H100's)
+    if here.hardware is not None:
+        done = [r for r in done if here.hardware_of(r) == here.hardware] or done
     own = [_busy_s(r) for r in done if candidate_id is not None and r.candidate_id == candidate_id]
     if own:
         return p90(own), float(statistics.median(own)), \
@@ -1199,13 +1205,15 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     with _LabLock(lab):
         (lab.path / "STOP").unlink(missing_ok=True)   # a stale request from before this loop
         reaped = reap_interrupted(lab)
+        lab.compare_here()   # the ledger compares runs within this machine's hardware from now on
+        hardware_note = Ledger(lab).hardware_note()
         llm_reaped = lab.log.reap_llm_calls()
         n_start = len(goal_ideas(lab))
         if more is not None:
             iterations = n_start + more
         runs_start, verdicts_start = len(lab.log.runs_list()), len(lab.log.verdicts_list())
         lab.log.event("loop_start", iterations=iterations, threads=threads, proposer=getattr(prop, "name", str(proposer)),
-                      ablate=ablate,
+                      ablate=ablate, hardware=lab.hardware,
                       time_limit=None if limit is None else {"label": limit.label, "left_s": round(limit.left(), 1)},
                       resumed_runs=[r.id for r in reaped], interrupted_llm_calls=llm_reaped,
                       unimplemented_ideas=[i.id for i in unimplemented_ideas(lab)])
@@ -1229,6 +1237,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
             sched.ablate = ablate
             if control is not None:
                 control._attach(sched)
+            if hardware_note:
+                sched._note(hardware_note)
             # one worker more than slots: it prepares the next proposal (slow with an LLM) while
             # every slot runs; its run then waits in the executor for a free slot
             preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
@@ -1333,13 +1343,14 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason:
 def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, executor: Executor | str | None = None,
                      on_event=None, progress: bool = True) -> dict:
     """Measure ``candidate`` against the seed on fresh seeds never used for selection or
-    confirmation (the ``final`` range, the same seeds on both sides), and test the gain
+    confirmation (the ``final`` range, the same seeds on both sides, on this machine's hardware), and test the gain
     one-sided by a paired t-test on the per-seed differences (``welch_p_value``: the unpaired
     test of the same runs, for comparison)."""
     from ._audit.stats import compare, paired
 
     n = n or lab.task.seeds.final
     seed = lab.seed_candidate()
+    lab.compare_here()   # both sides on this machine's hardware (runs of another are not reused)
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     bar = None
     if progress:

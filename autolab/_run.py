@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 from .executors import Executor, Job, JobLimits, JobResult, get_executor
 from .executors.notebook import executed_path, outcome_path
+from .gpu_share import hardware as probe_hardware
 from .harnesskit import COMPILE_CACHE_ENV, COMPILE_CACHE_FROM_ENV
 from .lab import MODEL_SUFFIXES, Lab
 from .records import Candidate, Purpose, Run, State, new_id, now
@@ -103,9 +104,22 @@ def carry_plan(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, prese
     return None
 
 
+def run_hardware(device: str, gpus: int, slot: str | None = None) -> str | None:
+    """The hardware a run on ``device`` with ``gpus`` GPUs gets on this machine
+    (``gpu_share.hardware``): the model of its GPUs (the local executor's ``slot`` "gpu:0,1" names
+    them; before a slot is known, this process's visible GPUs) or of the CPU; ``$AUTOLAB_HARDWARE``
+    when set. Taken by the runner, never by candidate code. (The Ray executor's runs are recorded
+    with the driver's probe: a cluster of mixed nodes should name its node class in
+    ``$AUTOLAB_HARDWARE``.)"""
+    ids = slot[len("gpu:"):] if slot and slot.startswith("gpu:") else None
+    return probe_hardware(device, gpus, ids)
+
+
 def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: Preset, limits: JobLimits,
             executor_name: str, carry: dict | None = None) -> Run:
-    """The RUNNING record of one run (not yet logged), with its run folder created."""
+    """The RUNNING record of one run (not yet logged), with its run folder created and the
+    hardware it will run on (``run_hardware``: the ledger compares runs within one hardware, and
+    counts a RUNNING run's seed as taken there)."""
     prior = [r for r in lab.log.runs_list() if r.candidate_id == candidate.id and r.seed == seed
              and r.purpose == purpose and r.preset == preset.name]
     run_id = new_id("r")
@@ -121,7 +135,7 @@ def new_run(lab: Lab, candidate: Candidate, seed: int, *, purpose: str, preset: 
         meta_carry = {"carried": {k: v for k, v in carry.items() if k != "problems"} | {"problems": sorted(carry["problems"])}}
     return Run(id=run_id, task=lab.task.name, candidate_id=candidate.id, preset=preset.name, seed=seed,
                purpose=purpose, notebook=lab.relative(executed_path(run_dir)), result_path=lab.relative(result_path),
-               attempt=len(prior) + 1, executor=executor_name,
+               attempt=len(prior) + 1, executor=executor_name, hardware=run_hardware(preset.device, preset.gpus),
                meta={"owner": _owner(), "params": params, "preset": preset_record(preset), "limits": limits.to_dict(),
                      **meta_carry})
 
@@ -280,8 +294,12 @@ def finish_run(lab: Lab, run: Run, res: JobResult, *, protected_before: dict[str
     state, error = _judge(res, result, outcome, metrics, lab.task.metric.name, run.meta.get("limits"))
     if changed and state is State.COMPLETE:
         meta["protected_violation"] = True
+    hw = run.hardware
+    if res.slot and res.slot.startswith("gpu:") and isinstance(run.meta.get("preset"), dict):   # the GPUs it was given
+        p = run.meta["preset"]
+        hw = run_hardware(str(p.get("device") or "cuda"), int(p.get("gpus") or 1), res.slot) or hw
     final = run.with_state(state, metrics=metrics, timings=timings, error=error, ended_at=now(), slot=res.slot,
-                           meta=meta)
+                           meta=meta, hardware=hw)
     lab.log.append(final)
     lab.after_run(final)   # the lab's space policy: scratch removed, model files kept only while needed
     return final

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -679,7 +680,8 @@ def log_summary(lab) -> dict:
     for r in runs:
         states[r.state.value] = states.get(r.state.value, 0) + 1
     lines = {th: c.id for th, c in ledger.best_by_thread().items() if c is not None}
-    return {"best": best.id, "best_title": _title(lab, best), "best_mean": ledger.mean(best),
+    hardware = {"compared_on": ledger.hardware, "runs": ledger.hardware_counts(runs), "assumptions": ledger.assumptions()}
+    return {"hardware": hardware, "best": best.id, "best_title": _title(lab, best), "best_mean": ledger.mean(best),
             "best_n": len(ledger.values(best)), "seed": seed.id, "seed_mean": ledger.mean(seed),
             "seed_n": len(ledger.values(seed)), "best_by_line": lines, "noise": ledger.noise(),
             "decisions": s.decisions, "promoted": s.promoted, "runs_per_decision": s.runs_per_decision,
@@ -700,6 +702,11 @@ def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, las
         out.append(f"best: {summary['best']} {summary['best_title']} ({state}), {name} {_num(bm)} over "
                    f"{summary['best_n']} selection-free seeds; the seed {_num(sm)} (n={summary['seed_n']}); "
                    f"gain {_num(gain, '+.4f')}")
+    hw = summary["hardware"]
+    if len(hw["runs"]) > 1 or hw["assumptions"]:
+        on = f"; figures compare runs on {hw['compared_on']} only (the latest runs')" if hw["compared_on"] else ""
+        out.append(f"hardware: runs on {', '.join(f'{h} ({n})' for h, n in hw['runs'].items())}{on}; "
+                   f"{len(hw['assumptions'])} assumption(s) recorded (autolab hardware --lab {shlex.quote(str(lab.path))})")
     if len(summary["best_by_line"]) > 1:
         out.append("best per research line: " + ", ".join(f"{th} {cid}" for th, cid in sorted(summary["best_by_line"].items())))
     nz = summary["noise"]
@@ -727,14 +734,16 @@ def _log_text(lab, summary: dict, board, runs, usage: list[dict], ablations, las
                 "then the rest; sel.-free: confirmation seeds only):",
             format_table(rows, "llllrrll") if len(rows) > 1 else "  (none yet)"]
     shown = runs[-last:] if last else runs
-    rows = [["run", "candidate", "purpose", "seed", "state", name, "wall s", "error"]]
+    rows = [["run", "candidate", "purpose", "seed", "state", name, "wall s", "hardware", "error"]]
+    ledger = lab.ledger
     for r in shown:
         err = r.error or {}
         rows.append([r.id, r.candidate_id, r.purpose, str(r.seed), r.state.value,
                      _num(r.metrics.get(name)) if r.ok else "-", _num(r.timings.get("papermill_s"), ".0f"),
+                     _clip(ledger.hardware_of(r), 28),
                      _clip(f"{err.get('ename', '')}: {err.get('evalue', err.get('reason', ''))}" if err else "", 60)])
     out += ["", f"runs ({'the last ' + str(len(shown)) + ' of ' if len(shown) < len(runs) else ''}{len(runs)}; "
-                "--last N shows more, --json all):", format_table(rows, "llllllrl") if len(rows) > 1 else "  (none yet)"]
+                "--last N shows more, --json all):", format_table(rows, "llllllrll") if len(rows) > 1 else "  (none yet)"]
     if ablations is not None and not ablations.empty:
         rows = [["candidate", "#", "change", "status", "n", "contribution", "95% interval", "p", "verdict"]]
         for _, a in ablations.iterrows():
@@ -754,6 +763,8 @@ def cmd_log(args) -> int:
     from .lab import Lab
 
     lab = Lab(args.lab)
+    if len(lab.ledger.hardware_counts()) > 1:   # runs of several hardware: the figures compare the latest one's
+        lab.hardware = lab.ledger.latest_hardware()
     ledger = lab.ledger
     board, lineage = ledger.leaderboard(preset=lab.preset_name), lab.log.lineage()
     if args.export:
@@ -1127,12 +1138,53 @@ def cmd_import_lab(args) -> int:
         return {"installed": done, "why": why}
 
     info = import_lab(args.archive, args.lab, install_caches=install)
+    assumed = ""
+    if args.hardware:
+        from .lab import Lab
+
+        runs = Lab(info["lab"]).assume_hardware(args.hardware, reason=f"stated at import-lab of {Path(args.archive).name}")
+        info["hardware_assumed"] = {"hardware": args.hardware, "runs": len(runs)}
+        assumed = f"; {len(runs)} runs without a hardware record counted as {args.hardware!r}"
     cc = info.get("compile_cache")
     _emit(args, info, f"unpacked {info['files']} files into lab {info['lab']}"
                       + (f"; compile caches installed: {', '.join(cc['installed']) or 'none'}"
-                         + (f" ({cc['why']})" if cc.get("why") else "") if cc else "")
+                         + (f" ({cc['why']})" if cc.get("why") else "") if cc else "") + assumed
                       + f"; resume it with: autolab loop {info['task'] or 'TASK'} --lab {info['lab']}")
     return 0
+
+
+def cmd_hardware(args) -> int:
+    from .lab import Lab
+
+    lab = Lab(args.lab)
+    covered = lab.assume_hardware(args.assume, reason=args.reason or "") if args.assume else None
+    ledger = lab.ledger
+    info = {"lab": str(lab.path), "preset": lab.preset_name, "this_machine": lab.machine_hardware(),
+            "runs": ledger.hardware_counts(), "assumptions": ledger.assumptions()}
+    if covered is not None:
+        info["assumed"] = {"hardware": args.assume, "runs": covered}
+    lines = [f"lab {lab.path} ({lab.preset_name}); a run here records {info['this_machine'] or 'nothing (no GPU seen)'}"]
+    if covered is not None:
+        lines.append(f"recorded: {len(covered)} runs without a hardware record count as {args.assume!r}" if covered else
+                     "nothing recorded: every run of this lab has its hardware recorded")
+    lines.append("runs per hardware: " + (", ".join(f"{h} ({n})" for h, n in info["runs"].items()) or "none yet"))
+    for a in info["assumptions"]:
+        lines.append(f"assumption {a['ts']}: {len(a.get('runs') or [])} runs ran on {a['hardware']!r} ({a.get('reason', '')})")
+    if "unrecorded" in info["runs"]:
+        lines.append(f"the loop compares runs within one hardware and counts unrecorded runs as another; if they ran "
+                     f"on X: autolab hardware --lab {shlex.quote(str(lab.path))} --assume X")
+    _emit(args, info, "\n".join(lines))
+    return 0
+
+
+def setup_hardware(add) -> None:
+    sp = add("hardware", cmd_hardware, "the hardware a lab's runs ran on (runs are compared within one), and the "
+                                      "assumption that runs recorded before autolab recorded it ran on a given one")
+    sp.add_argument("--lab", required=True)
+    sp.add_argument("--assume", default=None, metavar="NAME",
+                    help="record (append-only) that the lab's runs without a hardware record ran on NAME, as a run "
+                         "records it, e.g. 'NVIDIA H100 80GB HBM3'")
+    sp.add_argument("--reason", default=None, help="why you know (kept with the assumption)")
 
 
 def setup_export_lab(add) -> None:
@@ -1150,6 +1202,10 @@ def setup_export_lab(add) -> None:
 def setup_import_lab(add) -> None:
     sp = add("import-lab", cmd_import_lab, "unpack an archive from `autolab export-lab` into a new lab folder")
     sp.add_argument("archive"); sp.add_argument("--lab", required=True, help="the new lab folder (must not exist)")
+    sp.add_argument("--hardware", default=None, metavar="NAME",
+                    help="the hardware the lab's runs without a hardware record ran on (runs logged before autolab "
+                         "recorded it), e.g. 'NVIDIA H100 80GB HBM3': recorded in the log as an assumption; without it "
+                         "they count as another hardware than any recorded one (see `autolab hardware`)")
 
 
 def setup_log(add) -> None:

@@ -6,12 +6,18 @@ training). Read-only: nothing here changes a setting of the device. Needs only t
 ``libnvidia-ml.so.1`` (no Python package); :meth:`Nvml.open` returns None where there is none
 (a CPU machine), and callers then fall back to what they can see without it. On a CPU device
 :class:`CpuMeter` answers the same questions about the CPU (tests, wall-clock CPU presets).
+
+Also the one probe of "what hardware does a run get" (:func:`hardware`): the GPU model names
+(NVML's device names, else ``nvidia-smi``), or for a CPU run the CPU model from /proc/cpuinfo;
+``$AUTOLAB_HARDWARE`` overrides it (a cluster's node class, or a test's stand-in machine).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import platform
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -64,6 +70,13 @@ class Nvml:
             if lib.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(h)) != _SUCCESS:
                 return None
         return Nvml(lib, h)
+
+    def name(self) -> str | None:
+        """The device's model name as the driver gives it (e.g. "NVIDIA H100 80GB HBM3")."""
+        buf = ctypes.create_string_buffer(96)     # NVML_DEVICE_NAME_V2_BUFFER_SIZE
+        if self._lib.nvmlDeviceGetName(self._h, buf, ctypes.c_uint(len(buf))) != _SUCCESS:
+            return None
+        return buf.value.decode(errors="replace").strip() or None
 
     def processes(self) -> dict[int, int]:
         """pid -> GPU memory in bytes of every process with a compute context on this GPU."""
@@ -158,3 +171,102 @@ class CpuMeter:
             self._prev[pid] = (start, cpu, now)
         self._prev = {p: v for p, v in self._prev.items() if p in seen}
         return out, now_us
+
+
+# ---------------------------------------------------------------------------- the hardware of a run
+
+HARDWARE_ENV = "AUTOLAB_HARDWARE"   # overrides the probe: a cluster's node class, a test's stand-in machine
+_names_cache: dict[str, list[str]] = {}
+
+
+def _nvml_names() -> list[str] | None:
+    """The model name of every GPU NVML sees, in NVML's order; None without NVML."""
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    with Nvml._lock:
+        if lib.nvmlInit_v2() != _SUCCESS:
+            return None
+        n = ctypes.c_uint(0)
+        if lib.nvmlDeviceGetCount_v2(ctypes.byref(n)) != _SUCCESS:
+            return None
+    out = []
+    for i in range(n.value):
+        dev = Nvml.open(i)
+        out.append((dev.name() if dev is not None else None) or "unknown GPU")
+    return out
+
+
+def _smi_names() -> list[str] | None:
+    """The same from ``nvidia-smi`` (a machine whose NVML library ctypes cannot load)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return names if out.returncode == 0 and names else None
+
+
+def gpu_names() -> list[str]:
+    """The model names of this machine's GPUs (NVML, else nvidia-smi; [] when neither answers),
+    asked once per process."""
+    if "all" not in _names_cache:
+        _names_cache["all"] = _nvml_names() or _smi_names() or []
+    return list(_names_cache["all"])
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's "model name", else the platform's answer)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _visible(ids: str | None, n_all: int) -> list[int] | None:
+    """NVML indices of the GPUs a CUDA_VISIBLE_DEVICES-style list names (None: cannot tell,
+    e.g. UUIDs; the caller then takes the machine's first GPUs)."""
+    if ids is None:
+        return None
+    out = []
+    for part in (p.strip() for p in ids.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            return None
+        if int(part) < n_all:
+            out.append(int(part))
+    return out
+
+
+def describe_gpus(names: list[str]) -> str:
+    """One string for a run's GPUs: "NAME", "2 x NAME", or the names joined with " + "."""
+    if len(set(names)) == 1:
+        return names[0] if len(names) == 1 else f"{len(names)} x {names[0]}"
+    return " + ".join(names)
+
+
+def hardware(device: str, gpus: int = 1, ids: str | None = None) -> str | None:
+    """The hardware a run of a preset on ``device`` ("cuda" or "cpu") with ``gpus`` GPUs gets on
+    this machine: ``$AUTOLAB_HARDWARE`` when set; for a GPU run the model name(s) of its GPUs
+    (``ids``: the CUDA_VISIBLE_DEVICES entries it was given, default this process's visible
+    ones; CUDA's order is taken to be NVML's, which only matters on a machine of mixed GPUs);
+    for a CPU run the CPU model. None for a GPU run on a machine where no GPU is seen."""
+    forced = os.environ.get(HARDWARE_ENV, "").strip()
+    if forced:
+        return forced
+    if not str(device).startswith("cuda"):
+        return cpu_model()
+    names = gpu_names()
+    if not names:
+        return None
+    picked = _visible(ids if ids is not None else os.environ.get("CUDA_VISIBLE_DEVICES"), len(names))
+    chosen = [names[i] for i in picked] if picked else names
+    return describe_gpus(chosen[:max(1, int(gpus or 1))])

@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 
 from .diffs import unified_diff
 from .errors import AutolabError, CandidateError, TaskError
-from .ledger import REOPENED, Ledger, first_seed_in_log, not_a_verdict
+from .gpu_share import hardware as probe_hardware
+from .ledger import HARDWARE_ASSUMED, REOPENED, UNRECORDED, Ledger, first_seed_in_log, not_a_verdict
 from .log import ResearchLog
 from .records import Candidate, Run, State, now
 from .store import Store, candidate_id, sha256
@@ -248,10 +249,43 @@ class Lab:
         self.log.set_meta("preset", self.preset_name)
         self.log.set_meta("seed_candidate", self._seed_id)
         self._warn_if_seed_moved()
+        # the hardware this process compares the lab's runs on (the ledger keeps to it); None: every
+        # run counts (views). The loop and final_comparison set it to this machine's (compare_here).
+        self.hardware: str | None = None
 
     @property
     def preset(self):
         return self.task.preset(self.preset_name)
+
+    # ------------------------------------------------------------------ hardware
+    def machine_hardware(self) -> str | None:
+        """The hardware a run of the lab's preset gets on this machine (what the runner records:
+        ``$AUTOLAB_HARDWARE``, else the GPU model(s), else the CPU model for a CPU preset); None
+        for a GPU preset on a machine where no GPU is seen."""
+        p = self.preset
+        return probe_hardware(p.device, p.gpus)
+
+    def compare_here(self) -> str | None:
+        """Compare this lab's runs within this machine's hardware from now on (``self.hardware``;
+        the ledger's questions then read that hardware's runs only); returns it."""
+        self.hardware = self.machine_hardware() or self.hardware
+        return self.hardware
+
+    def assume_hardware(self, hardware: str, *, reason: str = "") -> list[str]:
+        """Record that the lab's runs logged without a hardware record ran on ``hardware``: an
+        event of kind ``hardware_assumed`` (the hardware, the runs it covers, the reason) appended
+        to the log; no run record is rewritten. The ledger then counts those runs as ``hardware``
+        (``Ledger.hardware_of``; a later assumption naming a run replaces an earlier one). Returns
+        the ids of the runs it covers (none: nothing is recorded)."""
+        hardware = (hardware or "").strip()
+        if not hardware or hardware == UNRECORDED:
+            raise AutolabError("name the hardware the unrecorded runs ran on, as a run records it, e.g. "
+                               "--assume 'NVIDIA H100 80GB HBM3' (`autolab hardware --lab LAB` shows this machine's)")
+        runs = [r.id for r in self.log.runs_list() if not r.hardware]
+        if runs:
+            self.log.event(HARDWARE_ASSUMED, hardware=hardware, runs=runs,
+                           reason=reason or "stated by the user: these runs ran on this hardware")
+        return runs
 
     # ------------------------------------------------------------------ paths
     def file(self, stored: str | os.PathLike | None) -> Path | None:

@@ -14,13 +14,24 @@ The rule for "best": among PROMOTED candidates (of the research line, when one i
 merges count for every line), the one with the best mean over its selection-free runs
 (purpose confirm/baseline, seeds never used to select it) on the lab's preset, if that
 beats the seed's own selection-free mean; otherwise the seed. A REJECTED candidate is
-never best, whatever its numbers.
+never best, whatever its numbers. Two candidates' means are compared on one hardware (see
+below): the comparison hardware when both ran there, else the hardware they share most runs on.
+
+Hardware: every run records the hardware it was given (``Run.hardware``, the GPU or CPU model;
+``hardware_of`` adds the assumptions a user recorded for runs logged before that, and calls the
+rest "unrecorded", a hardware of its own). A ledger with a comparison hardware (``hardware=``,
+or the lab's ``Lab.hardware``, which the loop sets to this machine's) answers every question
+about runs and numbers (``runs_of`` and all built on it: means, pairs, noise, the seeds a
+candidate still needs) from that hardware's runs alone, so a candidate on an H200 is never paired
+with its parent's H100 runs: the parent is re-run here on the seeds it needs. Decisions already
+made (PROMOTED, REJECTED) stay. Without one (a view of a bare log) every run counts.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
 import socket
 import statistics
 from pathlib import Path
@@ -66,6 +77,10 @@ def not_a_verdict(run: Run) -> bool:
         return False
     reason = str((run.error or {}).get("reason") or "")
     return (run.state is State.KILLED and reason in RETRYABLE) or reason.startswith(INFRASTRUCTURE)
+
+
+UNRECORDED = "unrecorded"                 # the hardware of a run logged before runs recorded theirs
+HARDWARE_ASSUMED = "hardware_assumed"    # the event kind of a user's assumption about unrecorded runs
 
 
 def seed_range(purpose: str) -> int:
@@ -119,8 +134,9 @@ def first_seed_in_log(log: ResearchLog) -> Candidate | None:
 class Ledger:
     """Read-only answers about one lab's research log (see the module docstring for the rule of "best")."""
 
-    def __init__(self, source: Any, *, preset: str | None = None):
+    def __init__(self, source: Any, *, preset: str | None = None, hardware: str | None = None):
         if isinstance(source, Ledger):
+            hardware = hardware or source.hardware
             source = source._lab if source._lab is not None else source.log
         if isinstance(source, ResearchLog):
             self._lab = None
@@ -136,9 +152,62 @@ class Ledger:
             self.preset = preset or source.preset_name
         else:
             raise TypeError(f"Ledger reads a Lab or a ResearchLog, not {type(source).__name__}")
+        # the comparison hardware: runs of other hardware are not this ledger's to compare (None: every run counts)
+        self.hardware: str | None = hardware or getattr(self._lab, "hardware", None)
+        self._assumed: dict[str, str] | None = None
 
     def __repr__(self) -> str:
-        return f"Ledger({str(self.log.path)!r}, metric={self.metric!r}, preset={self.preset!r})"
+        return (f"Ledger({str(self.log.path)!r}, metric={self.metric!r}, preset={self.preset!r}"
+                + (f", hardware={self.hardware!r})" if self.hardware else ")"))
+
+    # ------------------------------------------------------------------ hardware
+    def assumptions(self) -> list[dict]:
+        """The recorded assumptions about the hardware of unrecorded runs (events of kind
+        ``hardware_assumed``: ``hardware``, ``runs``, ``reason``, ``ts``), oldest first."""
+        return self.log.events(HARDWARE_ASSUMED)
+
+    def hardware_of(self, run: Run) -> str:
+        """The hardware a run counts as: the one it recorded; for a run logged before runs
+        recorded it, the latest assumption naming it (``Lab.assume_hardware``); else UNRECORDED,
+        which no recorded hardware equals."""
+        if run.hardware:
+            return run.hardware
+        if self._assumed is None:   # read once per ledger
+            self._assumed = {rid: str(a["hardware"]) for a in self.assumptions() for rid in a.get("runs") or ()}
+        return self._assumed.get(run.id, UNRECORDED)
+
+    def hardware_counts(self, runs: Sequence[Run] | None = None) -> dict[str, int]:
+        """{hardware: number of ended runs} on the lab's preset, most runs first."""
+        out: dict[str, int] = {}
+        for r in (self.log.runs_list() if runs is None else runs):
+            if r.state is not State.RUNNING and self._preset_ok(r, None):
+                out[self.hardware_of(r)] = out.get(self.hardware_of(r), 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def latest_hardware(self) -> str | None:
+        """The hardware of the lab's latest ended run on its preset (what its last loop ran on), or None."""
+        ended = [r for r in self.log.runs_list() if r.state is not State.RUNNING and self._preset_ok(r, None)]
+        return self.hardware_of(max(ended, key=lambda r: r.ended_at or r.started_at)) if ended else None
+
+    def hardware_note(self) -> str | None:
+        """What a loop on ``self.hardware`` does with the lab's runs of other hardware, and how to
+        change it (None when every ended run is of this hardware, or no comparison hardware is set)."""
+        if self.hardware is None:
+            return None
+        counts = self.hardware_counts()
+        other = {h: n for h, n in counts.items() if h != self.hardware}
+        if not other:
+            return None
+        parts = [f"{n} on {h}" if h != UNRECORDED else f"{n} with no hardware recorded (logged before autolab "
+                                                           "recorded it)" for h, n in other.items()]
+        msg = (f"this machine is {self.hardware!r}; of this lab's runs, {'; '.join(parts)}: comparisons stay within "
+               f"{self.hardware!r}, so the seed's baseline and the parents are re-run here on the seeds a comparison "
+               "needs, and noise is measured from this hardware's runs (decisions already made stay)")
+        if UNRECORDED in other:
+            msg += (". If the unrecorded runs ran on this hardware, say so once: autolab hardware --lab "
+                    f"{shlex.quote(str(self.log.path.parent))} --assume {shlex.quote(self.hardware)} "
+                    "(recorded in the log as an assumption; the loop then pairs with them)")
+        return msg
 
     # ------------------------------------------------------------------ basics
     def better(self, a: float, b: float) -> bool:
@@ -163,16 +232,21 @@ class Ledger:
         want = preset or self.preset
         return want is None or r.preset == want
 
+    def _comparable(self, r: Run, preset: str | None) -> bool:
+        """The one filter of "which runs may be compared": the preset, and the comparison hardware."""
+        return self._preset_ok(r, preset) and (self.hardware is None or self.hardware_of(r) == self.hardware)
+
     # ------------------------------------------------------------------ runs and means
     def runs_of(self, candidate: Candidate | str, *, purposes: Iterable[str] | None = None, preset: str | None = None,
                 states: Iterable[State] | None = (State.COMPLETE,), runs: Sequence[Run] | None = None) -> list[Run]:
-        """The runs of a candidate on the lab's preset (or ``preset``), of the given purposes
-        (default: all) and states (default: COMPLETE; None: every state)."""
+        """The runs of a candidate on the lab's preset (or ``preset``) and the comparison hardware
+        (when set), of the given purposes (default: all) and states (default: COMPLETE; None: every
+        state)."""
         cid = self._cid(candidate)
         ps = {str(Purpose.parse(p).value) for p in purposes} if purposes is not None else None
         ss = set(states) if states is not None else None
         return [r for r in (self.log.runs_list() if runs is None else runs)
-                if r.candidate_id == cid and self._preset_ok(r, preset) and (ss is None or r.state in ss)
+                if r.candidate_id == cid and self._comparable(r, preset) and (ss is None or r.state in ss)
                 and (ps is None or r.purpose in ps)]
 
     def values(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
@@ -193,13 +267,14 @@ class Ledger:
 
     def noise_sd(self) -> float | None:
         """Pooled within-candidate standard deviation of the metric over selection-free (and
-        final) runs: the noise of this task on this hardware, measured in this lab."""
-        groups: dict[str, list[float]] = {}
+        final) runs: the noise of this task on this hardware, measured in this lab (each
+        candidate's runs grouped by hardware too, so another machine's offset is no noise)."""
+        groups: dict[tuple, list[float]] = {}
         counted = SELECTION_FREE + FINAL_RANGE
         for r in self.log.runs_list():
-            if r.state is State.COMPLETE and r.purpose in counted and self._preset_ok(r, None) \
+            if r.state is State.COMPLETE and r.purpose in counted and self._comparable(r, None) \
                     and isinstance(r.metrics.get(self.metric), (int, float)):
-                groups.setdefault(r.candidate_id, []).append(float(r.metrics[self.metric]))
+                groups.setdefault((r.candidate_id, self.hardware_of(r)), []).append(float(r.metrics[self.metric]))
         num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
         dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
         return math.sqrt(num / dof) if dof > 0 else None
@@ -217,11 +292,22 @@ class Ledger:
     def pairs(self, candidate: Candidate | str, parent: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
               runs: Sequence[Run] | None = None) -> list[tuple[int, float, float]]:
         """(seed, candidate value, parent value) for every random seed both have a COMPLETE run
-        on (these purposes), by seed; repeats of a seed count by their mean."""
+        on (these purposes) of the same hardware, by seed; repeats of a seed count by their mean.
+        (With a comparison hardware that is its runs only; without one, a seed both ran on two
+        hardware gives a pair on each, and never a pair across hardware.)"""
         purposes = tuple(purposes)
         runs = self.log.runs_list() if runs is None else runs
-        a, b = self.by_seed(candidate, purposes, runs=runs), self.by_seed(parent, purposes, runs=runs)
-        return [(s, sum(a[s]) / len(a[s]), sum(b[s]) / len(b[s])) for s in sorted(set(a) & set(b))]
+
+        def by_key(c: Candidate | str) -> dict[tuple[int, str], list[float]]:
+            out: dict[tuple[int, str], list[float]] = {}
+            for r in self.runs_of(c, purposes=purposes, runs=runs):
+                v = r.metrics.get(self.metric)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    out.setdefault((int(r.seed), self.hardware_of(r)), []).append(float(v))
+            return out
+
+        a, b = by_key(candidate), by_key(parent)
+        return [(k[0], sum(a[k]) / len(a[k]), sum(b[k]) / len(b[k])) for k in sorted(set(a) & set(b))]
 
     def paired_sd(self) -> float | None:
         """The paired noise: pooled standard deviation, within each candidate, of its per-seed
@@ -248,9 +334,9 @@ class Ledger:
         groups: dict[tuple, list[float]] = {}
         for r in self.log.runs_list():
             v = r.metrics.get(self.metric)
-            if r.state is State.COMPLETE and self._preset_ok(r, None) and isinstance(v, (int, float)) \
+            if r.state is State.COMPLETE and self._comparable(r, None) and isinstance(v, (int, float)) \
                     and not isinstance(v, bool) and math.isfinite(v):
-                groups.setdefault((r.candidate_id, r.seed), []).append(float(v))
+                groups.setdefault((r.candidate_id, r.seed, self.hardware_of(r)), []).append(float(v))
         num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
         dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
         return math.sqrt(num / dof) if dof > 0 else None
@@ -289,16 +375,45 @@ class Ledger:
         """The best candidate (of a research line, if given): see the module docstring."""
         runs = self.log.runs_list()
         seed = self.seed()
-        best, best_m = seed, (self.mean(seed, runs=runs) if seed is not None else None)
+        best = seed
         for c in self.log.candidates_list():
             if c.state is not State.PROMOTED:
                 continue
             if thread is not None and c.thread != thread and not c.meta.get("merge_of"):
                 continue
-            m = self.mean(c, runs=runs)
-            if m is not None and (best_m is None or self.better(m, best_m)):
-                best, best_m = c, m
+            if self._beats(c, best, runs):
+                best = c
         return best
+
+    def _sf_by_hardware(self, c: Candidate | str, runs: Sequence[Run]) -> dict[str, list[float]]:
+        """{hardware: the metric of each COMPLETE selection-free run of ``c``} on the lab's preset,
+        every hardware (the comparison hardware only picks which one two candidates meet on)."""
+        cid, out = self._cid(c), {}
+        for r in runs:
+            v = r.metrics.get(self.metric)
+            if r.candidate_id == cid and r.state is State.COMPLETE and r.purpose in SELECTION_FREE \
+                    and self._preset_ok(r, None) and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                    and math.isfinite(v):
+                out.setdefault(self.hardware_of(r), []).append(float(v))
+        return out
+
+    def _beats(self, c: Candidate, incumbent: Candidate | None, runs: Sequence[Run]) -> bool:
+        """Does ``c``'s selection-free mean beat the incumbent's? Compared on one hardware: the
+        comparison hardware when both ran there, else the one they share most runs on; with no
+        hardware in common, over all their runs. A mean beats no mean."""
+        mine = self._sf_by_hardware(c, runs)
+        if not mine:
+            return False
+        theirs = self._sf_by_hardware(incumbent, runs) if incumbent is not None else {}
+        if not theirs:
+            return True
+        shared = set(mine) & set(theirs)
+        if shared:
+            hw = self.hardware if self.hardware in shared else max(sorted(shared), key=lambda h: len(mine[h]) + len(theirs[h]))
+            a, b = mine[hw], theirs[hw]
+        else:
+            a, b = [v for vs in mine.values() for v in vs], [v for vs in theirs.values() for v in vs]
+        return self.better(sum(a) / len(a), sum(b) / len(b))
 
     def best_mean(self, thread: str | None = None) -> float | None:
         """The selection-free mean of :meth:`best`."""
@@ -360,7 +475,7 @@ class Ledger:
         done: set[int] = set()
         tries: dict[int, int] = {}
         for r in self.log.runs_list():
-            if r.candidate_id != cid or not self._preset_ok(r, preset) or Purpose.canonical_of(r.purpose) != base:
+            if r.candidate_id != cid or not self._comparable(r, preset) or Purpose.canonical_of(r.purpose) != base:
                 continue
             if not_a_verdict(r):
                 tries[r.seed] = tries.get(r.seed, 0) + 1
@@ -386,7 +501,7 @@ class Ledger:
         are re-queued, and runs in flight do not count)."""
         cid, base = self._cid(candidate), Purpose.canonical_of(purpose)
         return len({r.seed for r in self.log.runs_list()
-                    if r.candidate_id == cid and self._preset_ok(r, preset) and Purpose.canonical_of(r.purpose) == base
+                    if r.candidate_id == cid and self._comparable(r, preset) and Purpose.canonical_of(r.purpose) == base
                     and r.state in (State.COMPLETE, State.FAILED, State.KILLED)
                     and not not_a_verdict(r)})
 

@@ -358,6 +358,7 @@ class ResearchLog:
                 "params.attempt": r.attempt, "tags.thread": c.thread if c else None,
                 "tags.parent_id": c.parent_id if c else None, "tags.idea_id": c.idea_id if c else None,
                 "tags.executor": r.executor, "tags.slot": r.slot,
+                "tags.hardware": r.hardware,   # as the run recorded it (None: unrecorded; Ledger.hardware_of adds assumptions)
                 "tags.error": (f"{r.error.get('ename')}: {r.error.get('evalue', '')}" if r.error else None),
             }
             row.update({f"metrics.{k}": v for k, v in r.metrics.items() if isinstance(v, (int, float))})

@@ -188,6 +188,10 @@ class Run(_Record):
     started_at: str = field(default_factory=now)
     ended_at: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # the hardware the run was given, as the runner saw it (``autolab.gpu_share.hardware``): the GPU
+    # model(s), e.g. "NVIDIA H100 80GB HBM3" or "2 x NVIDIA H100 80GB HBM3", or the CPU model;
+    # None: "unrecorded" (a run logged before autolab recorded it; see ``Ledger.hardware_of``)
+    hardware: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -286,7 +290,8 @@ def _render_text(r: _Record) -> str:
             lines.append("  diff: " + r.diff.count("\n+") * "+" + r.diff.count("\n-") * "-")
     elif isinstance(r, Run):
         m = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in sorted(r.metrics.items()))
-        lines.append(f"  candidate: {r.candidate_id}  preset: {r.preset}  seed: {r.seed}  purpose: {r.purpose}")
+        lines.append(f"  candidate: {r.candidate_id}  preset: {r.preset}  seed: {r.seed}  purpose: {r.purpose}"
+                     f"  hardware: {r.hardware or 'unrecorded'}")
         if m:
             lines.append(f"  metrics: {m}")
         if r.error:

@@ -49,7 +49,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
                 "loop": "autolab.cli:setup_loop", "log": "autolab.cli:setup_log", "report": "autolab.cli:setup_report",
                 "stop": "autolab.cli:setup_stop", "gc": "autolab.cli:setup_gc", "demo": "autolab.cli:setup_demo",
                 "export-lab": "autolab.cli:setup_export_lab", "import-lab": "autolab.cli:setup_import_lab",
-                "redteam": "autolab._audit.redteam:add_command"},
+                "hardware": "autolab.cli:setup_hardware", "redteam": "autolab._audit.redteam:add_command"},
 }
 # modules whose definitions register themselves (``@register_check``): imported on the kind's first lookup
 _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {

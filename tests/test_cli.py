@@ -41,7 +41,7 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
     head = next(i for i, l in enumerate(lines) if l.startswith("run ") and "purpose" in l)
     rule, rows = lines[head + 1], lines[head + 2:head + 5]
     starts = [i for i, ch in enumerate(rule) if ch == "-" and (i == 0 or rule[i - 1] == " ")]
-    assert len(starts) == 8 and all(r[starts[1]:starts[1] + 2] == "c-" for r in rows), text
+    assert len(starts) == 9 and all(r[starts[1]:starts[1] + 2] == "c-" for r in rows), text   # 9: the hardware column
 
     # `autolab audit` re-checks a promoted candidate: the loop's verdict again, its state (and insights) unchanged
     import autolab

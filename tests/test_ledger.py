@@ -21,9 +21,12 @@ from autolab.records import Idea, Purpose, Run, State, Verdict, new_id, now
 # ---------------------------------------------------------------------------- helpers
 
 def add_run(lab, cand, value, *, purpose="confirm", seed=101, state=State.COMPLETE, metrics=None, reason=None,
-            owner=None):
+            owner=None, hardware="here"):
+    """A run appended by hand, as if made on this machine (``hardware="here"``: what the runner
+    records here; None: unrecorded, a run logged before runs recorded their hardware)."""
     r = Run(id=new_id("r"), task=lab.task.name, candidate_id=cand.id, preset=lab.preset_name, seed=seed,
-            purpose=purpose, meta={"owner": owner or current_owner()})
+            purpose=purpose, meta={"owner": owner or current_owner()},
+            hardware=lab.machine_hardware() if hardware == "here" else hardware)
     lab.log.append(r)
     if state is State.RUNNING:
         return r
