@@ -125,6 +125,7 @@ def run_rows(lab_path: Path, since: float) -> list[dict]:
         t = data.get("timings", {})
         ended = data.get("ended_epoch") or (res.stat().st_mtime if res and res.exists() else None)
         rows.append({"run": r.id, "candidate": r.candidate_id, "seed": r.seed, "purpose": str(r.purpose),
+                     "hardware": lab.ledger.hardware_of(r),
                      "state": str(r.state.value if hasattr(r.state, "value") else r.state),
                      "this_part": bool(ended and ended >= since),
                      "val_bpb": (data.get("metrics") or {}).get("val_bpb"),
@@ -144,6 +145,9 @@ def main() -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--lab", required=True, type=Path)
     ap.add_argument("--import", dest="archive", type=Path, default=None, help="a lab archive from the previous part")
+    ap.add_argument("--hardware", default=None,
+                    help="with --import: the hardware the archive's runs ran on, for runs logged before runs recorded "
+                         "it (`autolab import-lab --hardware`; the committed campaign labs: \"NVIDIA H100 80GB HBM3\")")
     ap.add_argument("--task", default="nanochat")
     ap.add_argument("--preset", default="h100-90s")
     ap.add_argument("--iterations", type=int, default=12)
@@ -161,7 +165,8 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "loop.log"
     if a.archive:
-        rc, out = _autolab("import-lab", str(a.archive), "--lab", str(a.lab), log=log)
+        rc, out = _autolab("import-lab", str(a.archive), "--lab", str(a.lab),
+                           *(["--hardware", a.hardware] if a.hardware else []), log=log)
         if rc != 0:
             print(out[-3000:])
             return rc
