@@ -300,6 +300,10 @@ class TimeLimit:
     def left(self) -> float:
         return self.deadline - time.monotonic() - (self.reserve() if self.reserve is not None else 0.0)
 
+    def describe(self) -> str:
+        """``label``, and what the reserve keeps now, for messages."""
+        return self.label if self.reserve is None else f"{self.label}: {self.reserve():.0f} s now"
+
 
 def unimplemented_ideas(lab: Lab) -> list[Idea]:
     """PROPOSED ideas that never got a candidate (a kill or a cap stopped their implementation)."""
@@ -597,7 +601,7 @@ class _Scheduler:
         if self.control is not None and self.control.stop_requested:
             self._user_stop()
         if self.limit is not None and self.limit.left() <= 0 and not self.stopped:
-            self._set_stop(f"time limit reached ({self.limit.label})", "time_limit")
+            self._set_stop(f"time limit reached ({self.limit.describe()})", "time_limit")
         if self.control is not None and self.control.paused:
             return None   # nothing new starts while paused; the workers wait (see worker())
         if not self._baseline_ready():
@@ -894,7 +898,7 @@ class _Scheduler:
         if wait + est <= left:
             return True
         of = f" of {candidate_id}" if candidate_id else ""
-        refusal = (f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run{of} takes about {est:.0f} s "
+        refusal = (f"time limit ({self.limit.describe()}): a {Purpose.canonical_of(purpose)} run{of} takes about {est:.0f} s "
                    f"({how})" + (f" after a wait for the GPU or slot ({queue})" if queue else ""))
         why = f"{refusal} and {max(0.0, left):.0f} s are left"
         if queue:   # judged again as the runs ahead end (the queue shortens, the estimate firms up)
@@ -1351,20 +1355,21 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason:
     )
 
 
-def final_comparison_s(lab: Lab, lanes: int = 1, n: int | None = None) -> tuple[float, str]:
+def final_comparison_s(lab: Lab, lanes: int = 1, n: int | None = None, *, candidate: bool = True) -> tuple[float, str]:
     """(seconds, how): how long ``final_comparison`` of a candidate not chosen yet against the seed
     will likely take if it starts now: the seed's final runs still missing and ``n`` (the task's
     ``final`` seeds) of the candidate's, each judged as the loop judges a run (``run_durations``,
     from the lab's measured runs of the seed, and of candidates), over ``lanes`` runs at once: the
     runs queue at their median durations, and the slowest kind's p90 stands for the last one.
-    (0, why) while the lab holds no completed run of its preset: nothing to judge from yet."""
+    (0, why) while the lab holds no completed run of its preset: nothing to judge from yet.
+    ``candidate=False``: the seed's runs only (the best is the seed: nothing was promoted)."""
     n = n or lab.task.seeds.final
     runs = lab.log.runs_list()
     if not any(r.state is State.COMPLETE and r.preset == lab.preset_name for r in runs):
         return 0.0, f"no completed run on {lab.preset_name} yet to judge the final comparison from"
     seed = lab.seed_candidate()
     queue, extra, parts = [], 0.0, []
-    for of_seed, k in ((True, len(missing_seeds(lab, seed, Purpose.FINAL, n))), (False, n)):
+    for of_seed, k in ((True, len(missing_seeds(lab, seed, Purpose.FINAL, n))), (False, n if candidate else 0)):
         if k:
             est, typical, how = run_durations(lab, Purpose.FINAL, runs, of_seed=of_seed)
             queue += [typical] * k

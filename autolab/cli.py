@@ -845,7 +845,7 @@ def demo_search_s(max_time_s: float | None, elapsed_s: float) -> float | None:
     what is left, never below 0 (the loop then starts nothing and says so); the final
     comparison's expected time is kept free inside the loop (``loop(reserve=...)``), judged again
     at each look as runs are measured. None: no time box."""
-    return None if max_time_s is None else max(0.0, max_time_s - elapsed_s)
+    return None if max_time_s is None else float(max(0, round(max_time_s - elapsed_s)))
 
 
 def cmd_demo(args) -> int:
@@ -878,6 +878,15 @@ def cmd_demo(args) -> int:
     def reserve() -> float:
         return final_comparison_s(lab, lanes or slots)[0]
 
+    # Insights (what was promoted before) come from, and go to, a store of the demo's own, dropped
+    # at its end, not the user's ($AUTOLAB_HOME, ~/.autolab): the same --proposer-seed then proposes
+    # the same ideas on any machine. (A store holding an earlier demo's win weighted "scale the batch
+    # size" up, and its first idea became BATCH_SIZE x2, a loss, instead of x0.5.)
+    import tempfile
+
+    home_dir = tempfile.TemporaryDirectory(prefix="autolab-demo-home-")
+    home = os.environ.get("AUTOLAB_HOME")
+    os.environ["AUTOLAB_HOME"] = home_dir.name
     try:
         # the seed's baseline first, outside the box's judgement: the search needs it whatever the
         # box, and its runs are the first measure of how long a run (and the final comparison) takes here
@@ -889,13 +898,18 @@ def cmd_demo(args) -> int:
                  on_event=progress, ablate=args.ablate, executor=ex, max_time_s=search_s,
                  reserve=reserve if box is not None else None, spare_worker=False)
         t_search = time.monotonic()
-        kept_s, kept_how = final_comparison_s(lab, lanes or slots)
         best = lab.ledger.best()
+        kept_s, kept_how = final_comparison_s(lab, lanes or slots, candidate=best.id != lab.seed_candidate().id)
         fc = final_comparison(lab, best, progress=False, on_event=progress, executor=ex)
     finally:
         ex.shutdown()
         if progress is not None:
             progress.close()
+        if home is None:
+            os.environ.pop("AUTOLAB_HOME", None)
+        else:
+            os.environ["AUTOLAB_HOME"] = home
+        home_dir.cleanup()
     name = lab.task.metric.name
     wall = time.monotonic() - t0
     if s.reason == "time_limit":
