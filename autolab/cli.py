@@ -940,7 +940,7 @@ def cmd_demo(args) -> int:
         f"best {name} (fresh seeds):           {fc['candidate_mean']:.4f}  {fc['candidate_final']}" if fc["candidate_mean"] else "",
         f"one-sided {'paired t' if fc['test'] == 'paired_t' else 'Welch'} p-value (same seeds): {p:.4g}" if p is not None and not math.isnan(p) else "p-value: n/a (no promoted candidate)",
         "no candidate was confirmed before the time box; on a busy machine give the search more time, e.g. "
-        f"autolab demo --lab {lab.path} --max-time {2 * box / 60:g}m (the lab resumes)"
+        f"autolab demo --lab {lab.path} --max-time {math.ceil(2 * box / 60)}m (the lab resumes)"
         if nothing and s.reason == "time_limit" and box is not None else "",
         f"lab: {lab.path}   (autolab log --lab {lab.path}; autolab report --lab {lab.path} -o report.html)",
         f"what each change of the best carries: autolab ablate {lab.path} {best.id}"
