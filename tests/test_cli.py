@@ -62,15 +62,8 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
     # against the seed on fresh seeds
     before = {r.id for r in autolab.Lab(lab).log.runs_list()}
     n_runs = len(before)
-    import os
-
-    from autolab.knowledge import KnowledgeStore
-
-    home, n_known = os.environ.get("AUTOLAB_HOME"), len(KnowledgeStore().log.insights_list())
     code, obj = _json(capsys, ["demo", "--task", str(toy_task), "--preset", "quick", "--lab", lab,
                                "--iterations", "3", "--json"])
-    # the demo reads and writes insights in a store of its own: the user's is as it was
-    assert os.environ.get("AUTOLAB_HOME") == home and len(KnowledgeStore().log.insights_list()) == n_known
     assert code == 0
     for key in ("baseline_loss", "best_loss", "p_value", "experiments", "failed", "promoted", "lab"):
         assert key in obj
