@@ -27,7 +27,7 @@ import statistics
 import threading
 import time
 from datetime import datetime, timezone
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from . import ablation as _ablation
@@ -278,14 +278,17 @@ def lane_wait_s(ahead: list[tuple[float, float]], ended: list[float], lanes: int
 class TimeLimit:
     """When a loop must be done: ``deadline`` in ``time.monotonic()`` seconds; ``hard``: runs still
     going at the deadline are killed and recorded KILLED "time limit" (re-run on resume); else they
-    finish. ``label`` says where the limit came from, for messages."""
+    finish. ``label`` says where the limit came from, for messages. ``reserve``: seconds to keep
+    free before the deadline for work after the loop, asked again at each look (e.g. the demo's
+    final comparison, ``final_comparison_s``, which firms up as runs are measured)."""
     deadline: float
     hard: bool = False
     label: str = ""
+    reserve: Callable[[], float] | None = field(default=None, compare=False)
 
     @classmethod
     def make(cls, max_time_s: float | None = None, deadline: datetime | None = None, hard: bool = False,
-             start: float | None = None) -> "TimeLimit | None":
+             start: float | None = None, reserve: Callable[[], float] | None = None) -> "TimeLimit | None":
         """The earlier of ``max_time_s`` after ``start`` (default now) and the wall-clock ``deadline``."""
         t0 = time.monotonic() if start is None else start
         options = []
@@ -297,10 +300,15 @@ class TimeLimit:
         if not options:
             return None
         when, label = min(options)
-        return cls(when, hard, label + (" (hard)" if hard else ""))
+        return cls(when, hard, label + (" (hard)" if hard else "") + (", less the time kept for what follows the loop"
+                                                                     if reserve is not None else ""), reserve)
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - time.monotonic() - (self.reserve() if self.reserve is not None else 0.0)
+
+    def describe(self) -> str:
+        """``label``, and what the reserve keeps now, for messages."""
+        return self.label if self.reserve is None else f"{self.label}: {self.reserve():.0f} s now"
 
 
 def unimplemented_ideas(lab: Lab) -> list[Idea]:
@@ -599,7 +607,7 @@ class _Scheduler:
         if self.control is not None and self.control.stop_requested:
             self._user_stop()
         if self.limit is not None and self.limit.left() <= 0 and not self.stopped:
-            self._set_stop(f"time limit reached ({self.limit.label})", "time_limit")
+            self._set_stop(f"time limit reached ({self.limit.describe()})", "time_limit")
         if self.control is not None and self.control.paused:
             return None   # nothing new starts while paused; the workers wait (see worker())
         if not self._baseline_ready():
@@ -896,7 +904,7 @@ class _Scheduler:
         if wait + est <= left:
             return True
         of = f" of {candidate_id}" if candidate_id else ""
-        refusal = (f"time limit ({self.limit.label}): a {Purpose.canonical_of(purpose)} run{of} takes about {est:.0f} s "
+        refusal = (f"time limit ({self.limit.describe()}): a {Purpose.canonical_of(purpose)} run{of} takes about {est:.0f} s "
                    f"({how})" + (f" after a wait for the GPU or slot ({queue})" if queue else ""))
         why = f"{refusal} and {max(0.0, left):.0f} s are left"
         if queue:   # judged again as the runs ahead end (the queue shortens, the estimate firms up)
@@ -1135,6 +1143,18 @@ class _Scheduler:
                     self.cv.notify_all()
 
 
+def run_lanes(lab: Lab, executor: Executor) -> tuple[int, int]:
+    """(slots, lanes): how many runs of the lab's preset ``executor`` holds at once (GPU or CPU
+    threads), and how many GPUs serve them one at a time (runs_per_gpu with gpu_baton; 0: every
+    slot runs at once)."""
+    preset = lab.preset
+    share = int(preset.settings.get("runs_per_gpu", 1)) if preset.gpus else 1
+    cpu_threads = int(preset.settings.get("threads", 1))
+    n_slots = max(1, executor.slots_for(preset.gpus, cpu_threads, share) if share > 1
+                  else executor.slots_for(preset.gpus, cpu_threads))
+    return n_slots, (max(1, n_slots // share) if share > 1 and preset.settings.get("gpu_baton") else 0)
+
+
 def ensure_baseline(lab: Lab, executor: Executor, on_event=None, bar=None) -> list[Run]:
     """The seed's selection-free runs (the parent every first idea is measured against)."""
     seed = lab.seed_candidate()
@@ -1154,7 +1174,8 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
          max_confirming: int = 2, proposer_seed: int | None = None, merge_llm=None,
          time_limit_s: float | None = None, more: int | None = None, max_time_s: float | None = None,
          deadline: datetime | None = None, hard_limit: bool = False, infra_retries: int = INFRA_RETRIES,
-         control: LoopControl | None = None, ablate: str = "auto") -> LoopSummary:
+         control: LoopControl | None = None, ablate: str = "auto",
+         reserve: Callable[[], float] | None = None, spare_worker: bool = True) -> LoopSummary:
     """Run the research loop on ``lab`` until it holds ``iterations`` experiments (ideas),
     every promising one is confirmed and audited, or a stop is requested. Resumable.
 
@@ -1174,6 +1195,16 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     the limit: no run starts that would likely end past it, judged from the lab's measured run
     durations (``run_duration_estimate``). Runs under way finish; with ``hard_limit`` they are
     killed at the limit and recorded KILLED "time limit", re-run when the loop resumes.
+    ``reserve`` (with a limit): a function giving the seconds to keep free before it for work
+    after the loop, asked again at each look (``TimeLimit.reserve``; the demo keeps the final
+    comparison's ``final_comparison_s``).
+
+    ``spare_worker`` (default): one worker more than run slots prepares the next proposal while
+    every slot runs (an LLM's takes minutes); its run then waits in the executor for the next free
+    slot, ahead of what the other workers choose once their runs end, so each step of a
+    confirmation waits about a run's length for a slot (measured: 70 s of each 145 s step on
+    cpu-tiny). False (the demo, whose playbook proposals take no time): as many workers as slots,
+    and each run is chosen when a slot is free.
 
     A run the machine ended (``ledger.not_a_verdict``: a signal, a lost worker, the executor's
     timeout, a starved CPU-clock run) is no verdict on its candidate: it is re-run, at most
@@ -1193,7 +1224,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
     t0 = time.monotonic()
     if max_time_s is None:
         max_time_s = time_limit_s
-    limit = TimeLimit.make(max_time_s, deadline, hard_limit, start=t0)
+    limit = TimeLimit.make(max_time_s, deadline, hard_limit, start=t0, reserve=reserve)
     ex = executor if isinstance(executor, Executor) else get_executor(executor or "local")
     prop = get_proposer(proposer, seed=proposer_seed, log=lab.log) if isinstance(proposer, str) or proposer is None else proposer
     bar = None
@@ -1239,16 +1270,10 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
                 control._attach(sched)
             if hardware_note:
                 sched._note(hardware_note)
-            # one worker more than slots: it prepares the next proposal (slow with an LLM) while
-            # every slot runs; its run then waits in the executor for a free slot
-            preset = lab.preset   # slots for this preset's kind of run (GPU or CPU threads)
-            share = int(preset.settings.get("runs_per_gpu", 1)) if preset.gpus else 1
-            cpu_threads = int(preset.settings.get("threads", 1))
-            n_slots = max(1, ex.slots_for(preset.gpus, cpu_threads, share) if share > 1
-                          else ex.slots_for(preset.gpus, cpu_threads))
+            # with spare_worker, one worker more than slots: it prepares the next proposal (slow with
+            # an LLM) while every slot runs; its run then waits in the executor for a free slot
+            n_slots, sched.n_lanes = run_lanes(lab, ex)
             sched.n_slots = n_slots
-            if share > 1 and preset.settings.get("gpu_baton"):
-                sched.n_lanes = max(1, n_slots // share)
 
             def wake() -> None:
                 with sched.cv:
@@ -1256,7 +1281,7 @@ def loop(lab: Lab, iterations: int = 8, *, threads: int = 1, proposer: str | Pro
 
             sched.judge_ready()   # verdicts the log's runs allow now, before any run starts or is awaited
             sched.baseline = _Baseline(lab, ex, on_event, bar, wake, fits=sched.fits, track=sched.track)
-            n_workers = n_slots + 1
+            n_workers = n_slots + (1 if spare_worker else 0)
             workers = [threading.Thread(target=sched.worker, name=f"autolab-worker-{i}", daemon=True) for i in range(n_workers)]
             busy0 = ex.busy_s
             w0 = time.monotonic()
@@ -1338,6 +1363,34 @@ def summarize(lab: Lab, wall_s: float, idle: float | None, stopped: str, reason:
         ablations=len({r.candidate_id for r in _ablation.ablation_rows(lab, latest=False)}),
         ablation_runs=sum(r.purpose == Purpose.ABLATION.value for r in runs),
     )
+
+
+def final_comparison_s(lab: Lab, lanes: int = 1, n: int | None = None, *, candidate: bool = True) -> tuple[float, str]:
+    """(seconds, how): how long ``final_comparison`` of a candidate not chosen yet against the seed
+    will likely take if it starts now: the seed's final runs still missing and ``n`` (the task's
+    ``final`` seeds) of the candidate's, each judged as the loop judges a run (``run_durations``,
+    from the lab's measured runs of the seed, and of candidates), over ``lanes`` runs at once: the
+    runs queue at their median durations, and the slowest kind's p90 stands for the last one.
+    (0, why) while the lab holds no completed run of its preset: nothing to judge from yet.
+    ``candidate=False``: the seed's runs only (the best is the seed: nothing was promoted)."""
+    n = n or lab.task.seeds.final
+    runs = lab.log.runs_list()
+    if not any(r.state is State.COMPLETE and r.preset == lab.preset_name for r in runs):
+        return 0.0, f"no completed run on {lab.preset_name} yet to judge the final comparison from"
+    seed = lab.seed_candidate()
+    queue, extra, parts = [], 0.0, []
+    for of_seed, k in ((True, len(missing_seeds(lab, seed, Purpose.FINAL, n))), (False, n if candidate else 0)):
+        if k:
+            est, typical, how = run_durations(lab, Purpose.FINAL, runs, of_seed=of_seed)
+            queue += [typical] * k
+            extra = max(extra, est - typical)
+            parts.append(f"{k} of {'the seed' if of_seed else 'a candidate'} at about {typical:.0f} s ({how})")
+    free = [0.0] * max(1, lanes)
+    for d in queue:
+        i = min(range(len(free)), key=free.__getitem__)
+        free[i] += d
+    total = max(free) + extra if queue else 0.0
+    return total, f"{len(queue)} final run(s) on {len(free)} slot(s): " + "; ".join(parts)
 
 
 def final_comparison(lab: Lab, candidate: Candidate, n: int | None = None, *, executor: Executor | str | None = None,

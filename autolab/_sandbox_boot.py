@@ -54,6 +54,7 @@ _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 
 _PR_SET_PDEATHSIG = 1
+_PR_GET_PDEATHSIG = 2
 _PR_CAPBSET_DROP = 24
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
@@ -459,11 +460,15 @@ def _write_status(cfg, iso):
     os.replace(tmp, cfg["status"])
 
 
-def _exec_candidate(libc, cfg, ruleset_fd):
-    """In the forked child: last restrictions, then exec the candidate."""
+def _exec_candidate(libc, cfg, ruleset_fd, parent):
+    """In the forked child: last restrictions, then exec the candidate. It dies with its
+    supervisor ``parent`` (its pid as the child sees it), and leaves at once if that one died
+    between the fork and the tie."""
     argv = cfg["argv"]
     try:
         libc.prctl(_PR_SET_PDEATHSIG, 9)
+        if os.getppid() != parent:
+            os._exit(113)
         if cfg["harden"]:
             if "caps" not in cfg.get("relax", ()):
                 _drop_caps(libc)
@@ -590,6 +595,62 @@ def _end_leftovers(cfg, status, pidns, grace_s=1.0):
         pass
 
 
+def _parent_gone(fd):
+    """True once the other end of the pipe ``fd`` reads from is closed everywhere (the process
+    that held it died). Nothing is ever written to it: readable means closed."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1) == b""
+    except BlockingIOError:
+        return False
+
+
+def _end_tree_on(signum):
+    """Subreaper mode: the trampoline is the run's supervisor and every orphan of the run comes to
+    it, but a process it leaves behind when it dies goes to the host's init (or a subreaper above)
+    and lives on, stopped forever if the run was frozen. So the death of the process that started
+    the run reaches the trampoline as ``signum`` (PR_SET_PDEATHSIG), and it kills its whole tree
+    (SIGKILL ends a stopped process too) and reaps it before it leaves. (In a PID namespace this is
+    the kernel's work: the namespace's init dies with the trampoline, and the namespace with it.)"""
+    import signal
+    import time
+
+    def handler(sig, frame):
+        me = os.getpid()
+        for _ in range(500):
+            table = _proc_table()
+            kids = {}
+            for p, (ppid, _) in table.items():
+                kids.setdefault(ppid, []).append(p)
+            todo, tree = list(kids.get(me, ())), []
+            while todo:
+                p = todo.pop()
+                if p != me and p not in tree:
+                    tree.append(p)
+                    todo.extend(kids.get(p, ()))
+            for p in tree:   # zombies too: a zombie leader whose other threads run is not dead
+                try:
+                    os.kill(p, 9)
+                except OSError:
+                    pass
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+            if not tree:
+                break
+            time.sleep(0.005)
+        try:   # leave as the signal would have ended us
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        except (OSError, ValueError):
+            pass
+        os._exit(128 + sig)
+
+    signal.signal(signum, handler)
+
+
 def _reap_until(pid):
     """Reap children (we are init or a subreaper) until ``pid`` exits; its wait status."""
     while True:
@@ -624,6 +685,9 @@ def _trampoline(cfg_path):
     with open(cfg_path) as f:
         cfg = json.load(f)["trampoline"]
     libc = _Libc()
+    # Nothing of the run may outlive the process that started it (a runner killed, even while it
+    # held the run frozen): we die with it (SIGKILL reaches a stopped process too), and each level
+    # below dies with its parent the same way (the PID namespace's init, the candidate).
     libc.prctl(_PR_SET_PDEATHSIG, 9)
     if os.getppid() != cfg["parent_pid"]:
         os._exit(113)  # the parent died before we could tie our life to it
@@ -636,6 +700,10 @@ def _trampoline(cfg_path):
     userns = False
     if (harden or not network) and not root:
         userns = _enter_userns(libc)
+        # a change of credentials clears the parent-death signal; tie again (and check again)
+        libc.prctl(_PR_SET_PDEATHSIG, 9)
+        if os.getppid() != cfg["parent_pid"]:
+            os._exit(113)
     iso["privilege"] = "root" if root else ("userns" if userns else "user")
     if network:
         iso["net"] = "host"
@@ -678,9 +746,20 @@ def _trampoline(cfg_path):
 
     if pid_ok:
         rfd, wfd = os.pipe()
+        alive_r, alive_w = os.pipe()  # we hold alive_w until we die: then alive_r reads end-of-file
         init = os.fork()
         if init == 0:  # pid 1 of the new PID namespace
             os.close(rfd)
+            os.close(alive_w)
+            # Die with the trampoline: the kernel then kills every process of the namespace,
+            # stopped ones too. Without this, a runner killed while it held the run frozen left
+            # the init and the candidate stopped forever under the host's init. (getppid() is 0
+            # here, the parent being outside the namespace: the pipe tells whether it died
+            # before the tie was made.)
+            libc.prctl(_PR_SET_PDEATHSIG, 9)
+            if _parent_gone(alive_r):
+                os._exit(113)
+            os.close(alive_r)
             if mount_ok and "proc" not in relax:
                 err = libc.mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
                 iso["proc"] = "private" if not err else "host"
@@ -689,7 +768,7 @@ def _trampoline(cfg_path):
             child = os.fork()
             if child == 0:
                 os.close(wfd)
-                _exec_candidate(libc, cfg, ruleset_fd)
+                _exec_candidate(libc, cfg, ruleset_fd, parent=1)
             if ruleset_fd >= 0:
                 os.close(ruleset_fd)
             status = _reap_until(child)
@@ -697,6 +776,7 @@ def _trampoline(cfg_path):
             os.write(wfd, b"%d\n" % status)
             os._exit(0)  # the kernel now kills anything still left in the namespace
         os.close(wfd)
+        os.close(alive_r)
         _, init_status = os.waitpid(init, 0)
         data = b""
         while True:
@@ -707,12 +787,20 @@ def _trampoline(cfg_path):
         _mirror(int(data) if data.strip() else init_status)
 
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    # we are the supervisor: the runner's death ends the whole tree through us (_end_tree_on)
+    import signal
+
+    _end_tree_on(signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != cfg["parent_pid"]:
+        os._exit(113)
     if harden:
         ruleset_fd = _lock_files(libc, cfg, iso, mount_ok)
     _write_status(cfg, iso)
+    me = os.getpid()
     child = os.fork()
     if child == 0:
-        _exec_candidate(libc, cfg, ruleset_fd)
+        _exec_candidate(libc, cfg, ruleset_fd, parent=me)
     if ruleset_fd >= 0:
         os.close(ruleset_fd)
     try:

@@ -69,6 +69,9 @@ def test_run_loop_log_and_demo_on_toy(capsys, tmp_path, toy_task):
         assert key in obj
     assert obj["best_loss"] < obj["baseline_loss"] and obj["p_value"] < 0.05
     assert obj["experiments"] == 3 and obj["runs"] > n_runs and obj["best_candidate"] in {c.id for c in promoted}
+    # why the search ended: here --iterations (the lab held them), within the default time box
+    assert obj["search_stopped"] == "goal" and obj["search_stop"].startswith("--iterations"), obj["search_stop"]
+    assert obj["max_time_s"] == 14 * 60 and obj["final_expected_s"] > 0 and "final run(s)" in obj["final_expected"]
     added = [r for r in autolab.Lab(lab).log.runs_list() if r.id not in before]
     assert added and {getattr(r.purpose, "value", r.purpose) for r in added} == {"final"}   # the demo does not ablate unless asked
 

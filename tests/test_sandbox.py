@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dis
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -756,3 +757,122 @@ def test_cuda_and_torch_compile_under_the_read_allow_list(ws, compile_threads):
     if compile_threads:
         assert r.violations == (), r.violations
         assert r.isolation.get("fs_read") == "landlock-allow-list", r.isolation
+
+
+# ----------------------------------------------------------------------------- nothing outlives the runner
+
+_RUNNER = r"""
+import sys
+from autolab.sandbox import Limits, Policy, run_sandboxed
+code, cwd, harden, freeze = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
+live = {}
+
+def on_line(s):
+    if s == "READY":
+        live["freeze"] = freeze
+        print("ROOT", live["pid"], flush=True)
+
+run_sandboxed([sys.executable, "-c", code], cwd=cwd, policy=Policy(harden=harden), limits=Limits(wall_s=300),
+              live=live, on_line=on_line)
+print("the run ended before the runner was killed", flush=True)
+"""
+
+
+def _tree_of(root: int) -> dict[int, bytes]:
+    """pid -> start time of ``root`` and every process below it, or in its session."""
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    rest = f.read().rsplit(b")", 1)[1].split()
+                procs[int(name)] = (int(rest[1]), int(rest[3]), rest[19])   # ppid, session, start time
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, todo = {}, [p for p, (_, sid, _) in procs.items() if p == root or sid == root]
+    while todo:
+        p = todo.pop()
+        if p in procs and p not in tree:
+            tree[p] = procs[p][2]
+            todo.extend(q for q, (ppid, _, _) in procs.items() if ppid == p)
+    return tree
+
+
+def _still_there(tree: dict[int, bytes]) -> list[int]:
+    """The processes of ``tree`` that still exist and are not zombies (same pid and start time)."""
+    out = []
+    for pid, start in tree.items():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                rest = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if rest[19] == start and rest[0] != b"Z":
+            out.append(pid)
+    return out
+
+
+def _poll(cond, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("harden", [True, False], ids=["pidns", "subreaper"])
+@pytest.mark.parametrize("how", ["running", "frozen", "all-stopped"])
+def test_nothing_of_a_run_outlives_its_runner_killed(ws, harden, how):
+    """The process that called run_sandboxed is SIGKILLed (no cleanup of its own runs) while the
+    tree works, or while the runner holds it frozen (SIGSTOP: it was left stopped forever under
+    the host's init), or with the boot process stopped too: the whole tree, a setsid'd grandchild
+    included, goes within a bounded time."""
+    if how == "all-stopped" and not harden:
+        pytest.skip("known gap: without a PID namespace the boot process ends the tree itself, which a stopped "
+                    "one cannot do")
+    freeze = how != "running"
+    code = textwrap.dedent("""
+        import os, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(0.05)"], start_new_session=True)
+        subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(0.05)"])
+        time.sleep(0.3)
+        print("READY", flush=True)
+        while True:
+            time.sleep(0.05)
+    """)
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    tree: dict[int, bytes] = {}
+    root = 0
+    runner = subprocess.Popen([PY, "-c", _RUNNER, code, str(ws), str(int(harden)), str(int(freeze))],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = runner.stdout.readline()   # the runner's own limit (wall_s) bounds this wait
+        assert line.startswith("ROOT "), line + runner.stdout.read()
+        root = int(line.split()[1])
+        def whole() -> dict[int, bytes]:   # trampoline, (init,) candidate and its two children
+            t = _tree_of(root)
+            return t if len(t) >= (5 if harden else 4) else {}
+
+        tree = _poll(whole, 30.0)
+        assert tree, f"the run's processes were not all seen: {_tree_of(root)}"
+        below = [p for p in tree if p != root]
+        if freeze:
+            assert _poll(lambda: all(_state(p) == b"T" for p in below), 30.0), [_state(p) for p in below]
+        if how == "all-stopped":
+            os.kill(root, signal.SIGSTOP)
+            assert _poll(lambda: _state(root) == b"T", 30.0)
+        os.kill(runner.pid, 9)
+        runner.wait(timeout=30)
+        gone = _poll(lambda: not _still_there(tree), 30.0)
+        assert gone, f"still there 30 s after the runner was killed: {_still_there(tree)} of {tree}"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        for pid in _still_there({**(_tree_of(root) if root else {}), **tree}):   # leave nothing behind
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass

@@ -135,3 +135,44 @@ def test_a_resumed_loop_judges_a_reopened_candidate_before_it_starts_any_run(tmp
     assert v is not None and v.state is State.PENDING, v         # judged from the run it had (3.0 beats 4.0)
     notes = [e["message"] for e in lab.log.events("loop")]
     assert any(m.startswith(f"{c.id}: PENDING (screening") for m in notes), notes
+
+
+def test_the_demo_keeps_the_final_comparisons_expected_time_free(toy_lab):
+    """`autolab demo --max-time`: the search's time limit keeps the final comparison's expected
+    time free (``TimeLimit.reserve``), judged from the lab's measured runs as they come."""
+    from autolab._loop import final_comparison_s
+    from autolab.cli import _demo_box, demo_search_s
+    from autolab.ledger import seed_range
+
+    lab = toy_lab
+    seed = lab.seed_candidate()
+    assert final_comparison_s(lab, 2) == (0.0, "no completed run on quick yet to judge the final comparison from")
+    for s, wall in ((101, 100.0), (102, 110.0), (103, 120.0)):
+        _timed_run(lab, seed.id, "confirm", wall, seed=s)
+    # 3 final runs of the seed and 3 of a candidate, all judged from the seed's runs (median 110 s,
+    # p90 120 s), 2 at a time: 3 waves of 110 s, and the last run's p90
+    total, how = final_comparison_s(lab, 2)
+    assert total == 3 * 110 + 10 and "3 of the seed" in how and "3 of a candidate" in how, how
+    assert final_comparison_s(lab, 1)[0] == 6 * 110 + 10
+    # one of the seed's final runs made early (the demo's baseline fills its idle slot with it):
+    # final runs (the same purpose) now judge both sides' (130 s), and 5 runs are left: 3 waves
+    _timed_run(lab, seed.id, "final", 130.0, seed=seed_range("final"))
+    total, how = final_comparison_s(lab, 2)
+    assert total == 3 * 130 and "2 of the seed" in how and "3 of a candidate" in how, how
+
+    # the scheduler's one gate: a candidate's screening run (p90 130 s of the lab's runs) with 450 s
+    # to the limit fits; less the 390 s kept for the final comparison it does not, and the loop
+    # stops, saying why
+    sched = _scheduler(lab, 450.0)
+    assert sched.fits("screen", of_seed=False)
+    sched.limit = TimeLimit(time.monotonic() + 450.0, label="max time 450 s, less the time kept for what follows "
+                            "the loop", reserve=lambda: final_comparison_s(lab, 2)[0])
+    assert 0 < sched.limit.left() <= 60
+    assert not sched.fits("screen", of_seed=False)
+    assert sched.reason == "time_limit" and "max time 450 s, less the time kept" in sched.stopped, sched.stopped
+    assert TimeLimit.make(600.0, reserve=lambda: 0.0).label.endswith("less the time kept for what follows the loop")
+
+    # the search gets what the baseline left of the box; `--max-time off`: no box
+    assert demo_search_s(720.0, 150.0) == 570.0 and demo_search_s(720.0, 800.0) == 0.0
+    assert demo_search_s(None, 150.0) is None
+    assert _demo_box("12m") == 720.0 and _demo_box("off") is None
