@@ -154,10 +154,25 @@ def _format_value(op: str, v: Any) -> str:
     return repr(v)
 
 
+def _side(edit: dict) -> tuple:
+    """Which way an edit goes, for insights: a win of "BATCH_SIZE ×0.5" speaks for the smaller
+    batch sizes of that edit, not for ×2. A scale goes down or up; a set or toggle is its value
+    (a toggle has one); a patch is the patch. An insight of an older log without its edit counts
+    for no side."""
+    op, v = edit.get("op"), edit.get("value")
+    if op == "scale" and isinstance(v, (int, float)):
+        return ("scale", (v > 1) - (v < 1))
+    if op in ("set", "toggle"):
+        return (op, repr(v))
+    if op == "patch":
+        return ("patch",)
+    return ("unknown",)
+
+
 class PlaybookProposer:
     """Samples untried playbook edits for the parent, weighted by prior, the thread's
     direction (×3 when it matches) and insight priors (×(1 + successes) for an edit that
-    was promoted before, on any task)."""
+    was promoted before, on any task, going the same way: ``_side``)."""
 
     name = "playbook"
 
@@ -172,11 +187,12 @@ class PlaybookProposer:
         edits = load_playbook(lab.task.playbook)
         tried = tried_keys(lab, parent)
         code = lab.files(parent)
-        wins: dict[str, int] = {}
+        wins: dict[tuple, int] = {}
         for ins in insights:
             k = ins.meta.get("edit_name")
             if k and ins.state is State.COMPLETE and (ins.effect or 0) > 0:
-                wins[k] = wins.get(k, 0) + 1
+                key = (k, _side(ins.meta.get("edit") or {}))
+                wins[key] = wins.get(key, 0) + 1
         options, weights = [], []
         device = lab.preset.device
         measured = measured_files(lab, code)
@@ -201,7 +217,7 @@ class PlaybookProposer:
                     edit["patch"] = e.patch
                 if _edit_key(edit) in tried:
                     continue
-                w = e.prior * (3.0 if direction and e.direction == direction else 1.0) * (1 + wins.get(e.name, 0))
+                w = e.prior * (3.0 if direction and e.direction == direction else 1.0) * (1 + wins.get((e.name, _side(edit)), 0))
                 options.append((e, edit))
                 weights.append(w / len(e.values))
         if not options:

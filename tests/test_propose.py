@@ -184,3 +184,32 @@ X = 3.0          # the parameter being tuned
                                             'patch = "<<<<<<< SEARCH\\nX\\n=======\\nY\\n>>>>>>> REPLACE\\n"\n')
     with pytest.raises(TaskError, match="source"):
         load_playbook(toy_task / "playbook.toml")
+
+
+def test_an_insight_speaks_for_the_way_its_edit_went_not_for_the_whole_edit(tmp_path, toy_task):
+    """A win of X ×0.5 makes the proposer favour scaling X down, never up: before, any win of an
+    edit boosted all its values alike (a demo whose store held "BATCH_SIZE ×0.5" won tried ×2 first)."""
+    import collections
+
+    from autolab.records import Insight
+
+    (toy_task / "playbook.toml").write_text('[[edit]]\nname = "x_scale"\nsetting = "X"\nop = "scale"\n'
+                                            'values = [0.25, 0.5, 2.0, 4.0]\n')
+    lab = autolab.Lab(tmp_path / "lab", task=str(toy_task), preset="quick")
+    seed = lab.seed_candidate()
+    win = Insight(id="n-1", task="other", preset="p", technique="X down", effect=0.1,
+                  meta={"edit_name": "x_scale", "edit": {"name": "x_scale", "op": "scale", "value": 0.5}})
+
+    def first_values(insights, n):
+        got = collections.Counter()
+        for i in range(n):
+            sub = autolab.Lab(tmp_path / f"l{len(insights)}-{i}", task=str(toy_task), preset="quick")
+            idea = PlaybookProposer(seed=i).propose(sub, sub.seed_candidate(), insights=insights)
+            got[idea.edit["value"]] += 1
+        return got
+
+    assert seed is not None
+    plain, boosted = first_values([], 120), first_values([win], 120)
+    down = lambda c: c[0.25] + c[0.5]                                 # noqa: E731
+    assert down(boosted) > down(plain) and boosted[2.0] + boosted[4.0] < plain[2.0] + plain[4.0]
+    assert down(boosted) > 1.5 * (boosted[2.0] + boosted[4.0])       # weights 2:2:1:1: 2/3 down (seeded: no chance)
