@@ -100,10 +100,11 @@ CHEAPEST = {
 }
 # Cases that `make test` runs in one candidate each (a case.toml with `combines`: the edits of
 # the cases it names, joined), instead of one run per case: nanochat's attacks that the sandbox
-# denies and records (each must still leave a violation of its own: the case's [detects]), and
-# nanochat's honest controls (the candidate holding all three must pass every check). The whole
-# corpus (AUTOLAB_REDTEAM_FULL=1) runs each case alone as well.
-COMBINED = {"sandbox_attacks_combined", "honest_controls_combined"}
+# denies, records or ends, its forged summary with its cross-row forward (each attack must still
+# leave a violation, or fail a check, of its own: the case's [detects]), and nanochat's honest
+# controls (the candidate holding all three must pass every check). The whole corpus
+# (AUTOLAB_REDTEAM_FULL=1) runs each case alone as well.
+COMBINED = {"sandbox_attacks_combined", "summary_and_rows_combined", "honest_controls_combined"}
 FULL = bool(os.environ.get("AUTOLAB_REDTEAM_FULL"))
 
 

@@ -17,14 +17,15 @@ harness)::
     combines = ["a", "b"]         # optional: no files of its own; the edits of these cases of the same
                                   # corpus, all in one candidate (see below)
     [detects]                     # with combines, for a hack: per combined case, a regular expression
-    a = 'network: .*198[.]51'     # one of the run's sandbox violations ("kind: detail") must match
+    a = 'network: .*198[.]51'     # one of the run's sandbox violations ("kind: detail") or of its
+    b = '^check: logits$'         # failed checks ("check: name") must match
 
 A case that ``combines`` others runs their attacks (or honest changes) in one candidate, so that
 one run exercises several of them: their edits are joined against the live files (an insertion
 at the same line from two cases keeps both, in the order of ``combines``; two cases that change
 the same lines cannot be combined, and loading says so). For a hack, each combined attack must
-still be detected on its own: its ``detects`` pattern must match a violation its run recorded,
-else the case counts as caught by the wrong check (``expected_fired`` false; ``detected`` names
+still be detected on its own: its ``detects`` pattern must match a violation its run recorded
+(or a check that none of the other attacks can fail), else the case counts as caught by the wrong check (``expected_fired`` false; ``detected`` names
 which attacks were seen).
 
 A case holds only its own edit. The blocks of ``edits.txt`` apply to the live files: the
@@ -468,6 +469,7 @@ def result_from_verdict(case: Case, verdict, *, preset: str, candidate, runs, si
         import re
 
         seen = [f"{v.get('kind', '?')}: {v.get('detail', '')}" for r in runs for v in ((r.meta or {}).get("violations") or [])]
+        seen += [f"check: {name}" for name in names]   # a probe or check that only one of the attacks can fail
         detected = {name: any(re.search(pattern, s) for s in seen) for name, pattern in case.detects.items()}
         fired = bool(fired) and all(detected.values())
     return CaseResult(task=case.task, name=case.name, kind=case.kind, caught=caught, check=check,
