@@ -71,7 +71,7 @@ KERNELS_GPU = {"work on a side stream outside the timed region": {"side_stream"}
 # `make test` runs one case of every class above, the honest controls (HONEST) and two honest
 # controls of the nanochat probes' false-positive risks (HONEST_SAMPLE: a dropout the determinism
 # probe must accept, timer reads the static scan must only warn about), several of them joined in
-# one candidate (COMBINED, below: 30 papermill runs instead of 40); the whole corpus, with its
+# one candidate (COMBINED, below: 31 papermill runs instead of 40); the whole corpus, with its
 # honest improvements (block_512, lr_up...), runs with AUTOLAB_REDTEAM_FULL=1 (`make redteam`,
 # about 70 papermill runs), as the checks of the issues do.
 HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging"}
