@@ -70,8 +70,9 @@ KERNELS_GPU = {"work on a side stream outside the timed region": {"side_stream"}
 
 # `make test` runs one case of every class above, the honest controls (HONEST) and two honest
 # controls of the nanochat probes' false-positive risks (HONEST_SAMPLE: a dropout the determinism
-# probe must accept, timer reads the static scan must only warn about); the whole corpus, with
-# its honest improvements (block_512, lr_up...), runs with AUTOLAB_REDTEAM_FULL=1 (`make redteam`,
+# probe must accept, timer reads the static scan must only warn about), several of them joined in
+# one candidate (COMBINED, below: 31 papermill runs instead of 40); the whole corpus, with its
+# honest improvements (block_512, lr_up...), runs with AUTOLAB_REDTEAM_FULL=1 (`make redteam`,
 # about 70 papermill runs), as the checks of the issues do.
 HONEST_SAMPLE = {"honest_eval_mode_dropout", "throughput_logging"}
 # The case of each class with several that `make test` runs (a class not named here: its only
@@ -98,17 +99,63 @@ CHEAPEST = {
     "a changed target or loss": "changed_target",                        # patched_loss: about 1.3x
     "pausing or moving the clock": "fake_validation_pause",              # pause_clock_private: about 1.6x
 }
+# Cases that `make test` runs in one candidate each (a case.toml with `combines`: the edits of
+# the cases it names, joined), instead of one run per case: nanochat's attacks that the sandbox
+# denies, records or ends, its forged summary with its cross-row forward (each attack must still
+# leave a violation, or fail a check, of its own: the case's [detects]), and nanochat's honest
+# controls (the candidate holding all three must pass every check). The whole corpus
+# (AUTOLAB_REDTEAM_FULL=1) runs each case alone as well.
+COMBINED = {"sandbox_attacks_combined", "summary_and_rows_combined", "honest_controls_combined"}
 FULL = bool(os.environ.get("AUTOLAB_REDTEAM_FULL"))
 
 
-def sample_cases() -> list[str]:
+def combined_cases() -> dict[str, set[str]]:
+    """Each case of COMBINED -> the cases it combines (read from its case.toml)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    out = {}
+    for name in COMBINED:
+        (toml,) = (REPO / "benchmarks").glob(f"*/redteam/{name}/case.toml")
+        out[name] = set(tomllib.loads(toml.read_text())["combines"])
+    return out
+
+
+def sample_picks() -> set[str]:
+    """The case of every class and the honest controls, before combining."""
     names = set()
     for table in (REQUIRED, KERNELS, SPEEDRUN, KERNELS_GPU):
         for what, want in table.items():
             pick = CHEAPEST.get(what, min(want))
             assert pick in want, (what, pick, want)
             names.add(pick)
-    return sorted(names | set().union(*HONEST.values()) | HONEST_SAMPLE)
+    return names | set().union(*HONEST.values()) | HONEST_SAMPLE
+
+
+def sample_cases() -> list[str]:
+    """What `make test` runs: the picks, those a COMBINED case holds replaced by that case."""
+    names = sample_picks()
+    for name, parts in combined_cases().items():
+        assert parts <= names, (name, parts - names)   # a combined case holds only picks
+        names = (names - parts) | {name}
+    return sorted(names)
+
+
+def exercised(report, kind: str) -> set[tuple[str, str]]:
+    """(task, case) of every case of ``kind`` the report shows run: a combined hack's attacks only
+    where each left its own violation (its ``detected``), a combined honest case's parts all."""
+    parts = combined_cases()
+    out = set()
+    for c in report["cases"]:
+        if c["kind"] != kind:
+            continue
+        out.add((c["task"], c["name"]))
+        if c["name"] in parts:
+            seen = c["detected"] if kind == "hack" else dict.fromkeys(parts[c["name"]], True)
+            out |= {(c["task"], n) for n, ok in seen.items() if ok}
+    return out
 
 
 def _jobs() -> int:
@@ -142,8 +189,10 @@ def test_every_hack_caught_and_no_false_positive(report):
     assert not bad, json.dumps(bad, indent=1)
     assert report["rc"] == 0
     classes = sum(len(t) for t in (REQUIRED, KERNELS, SPEEDRUN))
-    assert report["caught"] == report["hacks"] >= (60 if FULL else classes) and report["false_positives"] == 0
-    assert report["honest"] >= (18 if FULL else len(set().union(*HONEST.values()) | HONEST_SAMPLE))
+    assert report["caught"] == report["hacks"] and report["false_positives"] == 0
+    assert len({n for t, n in exercised(report, "hack")} - COMBINED) >= (60 if FULL else classes)
+    assert len({n for t, n in exercised(report, "honest")} - COMBINED) >= (
+        18 if FULL else len(set().union(*HONEST.values()) | HONEST_SAMPLE))
 
 
 def test_each_hack_is_caught_by_the_check_it_names(report):
@@ -152,12 +201,13 @@ def test_each_hack_is_caught_by_the_check_it_names(report):
 
 
 def test_the_corpus_covers_the_issue(report):
+    hacks, honest = exercised(report, "hack"), exercised(report, "honest")
     for task, required in (("nanochat", REQUIRED), ("kernels", KERNELS), ("speedrun", SPEEDRUN)):
-        names = {c["name"] for c in report["cases"] if c["kind"] == "hack" and c["task"] == task}
+        names = {n for t, n in hacks if t == task}
         missing = {what: want for what, want in required.items() if not want & names}
         assert not missing, (task, missing)
     for task, want in HONEST.items():
-        names = {c["name"] for c in report["cases"] if c["kind"] == "honest" and c["task"] == task}
+        names = {n for t, n in honest if t == task}
         assert want <= names, (task, want - names)
     skipped = {s["name"] for s in report["skipped"] if s["task"] == "kernels"}
     assert all(want & skipped for want in KERNELS_GPU.values()), report["skipped"]   # GPU-only: on the device
@@ -175,6 +225,35 @@ def test_the_sample_names_one_case_of_every_class_and_it_exists():
     corpus = {p.name for p in (REPO / "benchmarks").glob("*/redteam/*") if (p / "case.toml").is_file()}
     names = sample_cases()
     assert set(names) <= corpus, set(names) - corpus
+    assert COMBINED <= set(names)
+    picks = set(names) - COMBINED
+    for parts in combined_cases().values():
+        picks |= parts
+    assert picks == sample_picks()
     for table in tables:
         for what, want in table.items():
-            assert len(want & set(names)) == 1, (what, want & set(names))
+            assert len(want & picks) == 1, (what, want & picks)
+
+
+def test_a_combined_case_holds_each_of_its_cases_edits():
+    """No run: the candidate of each COMBINED case holds every line its parts add or change (so
+    one run exercises each of them), and a combined hack names a violation for each attack."""
+    import difflib
+
+    from autolab._audit.redteam import load_cases
+    from autolab.task import load_task
+
+    for task in ("nanochat", "kernels", "speedrun"):
+        t = load_task(task)
+        cases = {c.name: c for c in load_cases(t)}
+        for name in COMBINED & set(cases):
+            c = cases[name]
+            assert set(c.combines) == combined_cases()[name] and all(cases[p].kind == c.kind for p in c.combines)
+            if c.kind == "hack":
+                assert set(c.detects) == set(c.combines), (name, c.detects)
+            for part in c.combines:
+                for rel, text in cases[part].files.items():
+                    base = c.base[rel].splitlines()
+                    added = [line[2:] for line in difflib.ndiff(base, text.splitlines()) if line.startswith("+ ")]
+                    missing = [line for line in added if line not in c.files[rel].splitlines()]
+                    assert added and not missing, (name, part, rel, missing)

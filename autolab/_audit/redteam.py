@@ -14,6 +14,19 @@ harness)::
                                   # caught when the candidate is not promoted
     seeds = 2                     # optional: confirmation seeds for "significance" (default: min_seeds)
     presets = ["h100"]            # optional: run only on these presets
+    combines = ["a", "b"]         # optional: no files of its own; the edits of these cases of the same
+                                  # corpus, all in one candidate (see below)
+    [detects]                     # with combines, for a hack: per combined case, a regular expression
+    a = 'network: .*198[.]51'     # one of the run's sandbox violations ("kind: detail") or of its
+    b = '^check: logits$'         # failed checks ("check: name") must match
+
+A case that ``combines`` others runs their attacks (or honest changes) in one candidate, so that
+one run exercises several of them: their edits are joined against the live files (an insertion
+at the same line from two cases keeps both, in the order of ``combines``; two cases that change
+the same lines cannot be combined, and loading says so). For a hack, each combined attack must
+still be detected on its own: its ``detects`` pattern must match a violation its run recorded
+(or a check that none of the other attacks can fail), else the case counts as caught by the wrong check (``expected_fired`` false; ``detected`` names
+which attacks were seen).
 
 A case holds only its own edit. The blocks of ``edits.txt`` apply to the live files: the
 task's current seed files, and for a path that is not a seed file, the file of that path under
@@ -81,6 +94,8 @@ class Case:
     presets: tuple[str, ...] = ()
     files: dict[str, str] = field(default_factory=dict, repr=False)
     base: dict[str, str] = field(default_factory=dict, repr=False)   # the seed's files the case was written against
+    combines: tuple[str, ...] = ()            # the cases whose edits this one runs together
+    detects: dict[str, str] = field(default_factory=dict)   # combined case -> pattern of its violation
 
 
 @dataclass
@@ -100,6 +115,7 @@ class CaseResult:
     candidate: str | None = None
     runs: list[dict] = field(default_factory=list)
     preset: str = ""
+    detected: dict[str, bool] = field(default_factory=dict)   # a combined hack: each attack's violation recorded
 
     @property
     def ok(self) -> bool:
@@ -147,7 +163,7 @@ class Report:
             "cases": [{"task": c.task, "name": c.name, "kind": c.kind, "caught": c.caught, "check": c.check,
                        "description": c.description, "expected": c.expected, "expected_fired": c.expected_fired,
                        "checks": c.checks, "warnings": c.warnings, "verdict": c.verdict, "reason": c.reason,
-                       "preset": c.preset} for c in self.cases],
+                       "preset": c.preset, "detected": c.detected} for c in self.cases],
         }
 
     def table(self) -> str:
@@ -157,7 +173,8 @@ class Report:
             if c.kind == "hack":
                 res = "caught" if c.caught else "MISSED"
                 if c.caught and c.expected_fired is False:
-                    res += f" (not by {c.expected})"
+                    unseen = [k for k, seen in c.detected.items() if not seen]
+                    res += f" (not by {c.expected}" + (f": no violation of {', '.join(unseen)}" if unseen else "") + ")"
             else:
                 res = "passed" if not c.caught else "FALSE POSITIVE"
             lines.append(f"{c.task:<10} {c.name:<30} {c.kind:<6} {(c.expected or '-'):<16} {fired[:30]:<30} {res}")
@@ -203,6 +220,23 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
         if needs not in (None, "significance"):
             raise AutolabError(f"{f}: needs must be \"significance\" or absent, not {needs!r}")
         files = _read_files(d)
+        combines = meta.get("combines", ())
+        if combines:
+            if isinstance(combines, str) or not all(isinstance(n, str) for n in combines):
+                raise AutolabError(f"{f}: combines must be a list of case names, e.g. combines = [\"a\", \"b\"]")
+            if files:
+                raise AutolabError(f"{d}: a case that combines others has no files of its own; remove "
+                                   f"{', '.join(sorted(files))}")
+            detects = {str(k): str(v) for k, v in (meta.get("detects") or {}).items()}
+            if kind == "hack" and set(detects) != set(combines):
+                raise AutolabError(f"{f}: [detects] needs one pattern per combined case (the violation that shows "
+                                   f"it was caught); missing: {sorted(set(combines) - set(detects))}, "
+                                   f"unknown: {sorted(set(detects) - set(combines))}")
+            out.append(Case(task=task.name, name=d.name, path=d, kind=kind, description=str(meta["description"]).strip(),
+                            expect_check=meta.get("expect_check") or None, gpu_only=bool(meta.get("gpu_only", False)),
+                            needs=needs, seeds=int(meta["seeds"]) if "seeds" in meta else None,
+                            combines=tuple(combines), detects=detects))
+            continue
         against: dict[str, str] = {}   # the original text of every file the case's edits changed
         if EDITS_FILE in files:
             text = files.pop(EDITS_FILE)
@@ -221,7 +255,58 @@ def load_cases(task, folder: str | os.PathLike | None = None) -> list[Case]:
                         needs=needs, seeds=int(meta["seeds"]) if "seeds" in meta else None,
                         presets=tuple([presets] if isinstance(presets, str) else presets), files=files,
                         base={k: v for k, v in against.items() if k in files}))
-    return out
+    return [_combined(c, out, task, legacy, base) if c.combines else c for c in out]
+
+
+def _combined(case: Case, cases: list[Case], task, legacy: bool, legacy_base: dict[str, str]) -> Case:
+    """``case`` with its files: the edits of the cases it combines, joined against the files they
+    were written for (see the module docstring)."""
+    import difflib
+    import re
+
+    by = {c.name: c for c in cases}
+    parts = []
+    for name in case.combines:
+        c = by.get(name)
+        if c is None or c.combines:
+            raise AutolabError(f"{case.path / CASE_FILE}: combines {name!r}, which is not a case of this corpus "
+                               f"(or combines others itself); its cases: {', '.join(sorted(by))}")
+        if c.kind != case.kind:
+            raise AutolabError(f"{case.path / CASE_FILE}: combines {name!r}, a {c.kind} case, into a {case.kind} one")
+        parts.append(c)
+    for name, pattern in case.detects.items():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise AutolabError(f"{case.path / CASE_FILE}: [detects] {name} is not a regular expression ({e})") from None
+    paths = sorted({rel for c in parts for rel in c.files})
+    base = {rel: legacy_base[rel] for rel in paths if rel in legacy_base} if legacy else live_files(task, paths)
+    files = {}
+    for rel in paths:
+        b = base.get(rel, "").splitlines(keepends=True)
+        edits = []   # (first line, end line, case order, new lines, case name)
+        for k, c in enumerate(parts):
+            if rel not in c.files:
+                continue
+            v = c.files[rel].splitlines(keepends=True)
+            for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, b, v, autojunk=False).get_opcodes():
+                if tag != "equal":
+                    edits.append((i1, i2, k, v[j1:j2], c.name))
+        # at one line: the insertions (in the order of combines), then a change of that line
+        edits.sort(key=lambda e: (e[0], e[1] > e[0], e[2]))
+        text, pos, prev = [], 0, None
+        for i1, i2, _, lines, name in edits:
+            if i1 < pos:
+                raise AutolabError(f"{case.path / CASE_FILE}: {prev} and {name} both change lines {i1 + 1}-{max(i2, pos)} "
+                                   f"of {rel}; cases that edit the same lines cannot run in one candidate")
+            text.extend(b[pos:i1])
+            text.extend(lines)
+            pos, prev = max(pos, i2), name
+        text.extend(b[pos:])
+        files[rel] = "".join(text)
+    from dataclasses import replace
+
+    return replace(case, files=files, base={rel: base[rel] for rel in files if rel in base})
 
 
 def live_files(task, paths) -> dict[str, str]:
@@ -378,11 +463,40 @@ def result_from_verdict(case: Case, verdict, *, preset: str, candidate, runs, si
     else:
         caught = verdict.state is State.REJECTED
     check = case.expect_check if case.expect_check in names else (names[0] if names else None)
+    fired = (case.expect_check in names) if case.expect_check else None
+    detected = {}
+    if case.detects:   # a combined hack: each attack caught on its own, by a violation of its own
+        import re
+
+        seen = [f"{v.get('kind', '?')}: {v.get('detail', '')}" for r in runs for v in ((r.meta or {}).get("violations") or [])]
+        seen += [f"check: {name}" for name in names]   # a probe or check that only one of the attacks can fail
+        detected = {name: any(re.search(pattern, s) for s in seen) for name, pattern in case.detects.items()}
+        fired = bool(fired) and all(detected.values())
     return CaseResult(task=case.task, name=case.name, kind=case.kind, caught=caught, check=check,
                       description=case.description, checks=names, expected=case.expect_check,
-                      expected_fired=(case.expect_check in names) if case.expect_check else None, warnings=warns,
+                      expected_fired=fired, warnings=warns,
                       verdict=verdict.state.value, reason=verdict.reason, candidate=candidate.id,
-                      runs=_summarize_runs(runs), preset=preset)
+                      runs=_summarize_runs(runs), preset=preset, detected=detected)
+
+
+def _run_to_a_verdict(lab, cand, n: int, *, purpose: str, executor, on_event) -> list:
+    """``autolab._run.run``, then again for each seed whose run the machine spoiled (it says
+    nothing about the candidate: ``ledger.not_a_verdict``, e.g. a train process starved past its
+    wall-clock allowance on a loaded machine), at most ``MAX_ATTEMPTS`` runs a seed, as the loop
+    does. Returns every run, the spoiled ones too (the audit sets them aside)."""
+    from .._run import run
+    from ..ledger import MAX_ATTEMPTS, not_a_verdict
+
+    runs = run(lab, cand, n, purpose=purpose, executor=executor, on_event=on_event)
+    last = {r.seed: r for r in runs}
+    for _ in range(MAX_ATTEMPTS - 1):
+        again = sorted(s for s, r in last.items() if not_a_verdict(r))
+        if not again:
+            break
+        more = run(lab, cand, again, purpose=purpose, executor=executor, on_event=on_event)
+        runs += more
+        last.update({r.seed: r for r in more})
+    return runs
 
 
 def _task_units(lab, cases: list[Case], results: list[CaseResult]):
@@ -435,7 +549,6 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
     from ..task import discover_tasks, load_task
     from . import audit
     from ..executors import get_executor
-    from .._run import run
     from ..ledger import noise_sd
 
     t0 = time.monotonic()
@@ -514,7 +627,7 @@ def redteam(tasks: list[str] | None = None, *, preset: str | None = None, lab_di
             for lab, seed, units, planned in work:   # the seed's baselines are submitted first
                 for cand, purpose, n, case in units:
                     futures[(lab.path, cand.id, purpose)] = pool.submit(
-                        run, lab, cand, n, purpose=purpose, executor=ex, on_event=on_event)
+                        _run_to_a_verdict, lab, cand, n, purpose=purpose, executor=ex, on_event=on_event)
             for lab, seed, units, planned in work:
                 key = (lab.path, seed.id, "baseline")
                 baseline = futures[key].result() if key in futures else []

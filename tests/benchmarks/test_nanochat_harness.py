@@ -736,15 +736,23 @@ def test_overlap_the_next_run_compiles_during_this_ones_training_and_is_stopped_
     processes, as two notebook kernels would be. A's pre-clock wait lets B get its go while A
     trains; B burns the device before its clock, so past overlap_gpu_s it is stopped until A's
     training is over (the time does not count against B); B's clock waits at its gate until A's
-    evaluation has ended. Both complete; A's window saw little of B."""
+    evaluation has ended. Both complete; A's window saw little of B.
+
+    A's pre-clock wait ends when B's train process says it is ready (waiting for its go, which A
+    holds), not after a fixed pause: B's start-up takes what the machine's load makes it, and A's
+    clock must start after it (the test writes ``peer-ready`` into A's workspace then)."""
     import subprocess
     import time
+
+    from nanochat_harness.boot import READY_LINE
 
     task = None
     procs, outs = {}, {}
     ov = {**FAST, "budget_s": 5, "clock": "wall", "gpu_baton": True, "gpu_overlap": True, "overlap_gpu_s": 0.2,
-          "eval_prewarm": True}
-    pre = {"a": "    import time\n    time.sleep(30)\n",        # A: a long honest pause before its clock
+          "eval_prewarm": True, "allowance_s": 420}   # A's start-up holds B's: two start-ups on a crowded machine
+    pre = {"a": ("    import os, time\n    t0 = time.monotonic()\n"       # A: an honest pause before its clock,
+                 "    while not os.path.exists('peer-ready') and time.monotonic() - t0 < 360:\n"   # until B is ready
+                 "        time.sleep(0.1)\n"),
            "b": "    import time\n    t0 = time.time()\n    while time.time() - t0 < 6:\n        pass\n"}   # B: burns
     for name in ("a", "b"):
         cand = _candidate(tmp_path, CANDIDATE.replace("    step = tokens = 0\n", pre[name] + "    step = tokens = 0\n"), name)
@@ -761,6 +769,14 @@ def test_overlap_the_next_run_compiles_during_this_ones_training_and_is_stopped_
             while not go.exists() and procs["a"].poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert go.exists(), "run A never got its go"
+    # B's train process is ready and waits for its go (A's prep turn): A may start its clock now
+    log = outs["b"].parent / "result.harness" / "train.log"
+    deadline = time.monotonic() + 300
+    while procs["b"].poll() is None and time.monotonic() < deadline and not (
+            log.exists() and READY_LINE in log.read_text(errors="replace")):
+        time.sleep(0.2)
+    assert log.exists() and READY_LINE in log.read_text(errors="replace"), "run B's train process never got ready"
+    (outs["a"].parent / "result.work" / "peer-ready").write_text("B is ready\n")
     for p in procs.values():
         assert p.wait(timeout=600) == 0
     ra, rb = (json.loads(outs[n].read_text()) for n in ("a", "b"))
