@@ -121,17 +121,31 @@ def test_causality_on_real_text_inside_the_metric():
 
 
 def test_read_monitor_records_reads_outside_and_guards_its_log(tmp_path):
-    inside, outside = tmp_path / "work", tmp_path / "elsewhere"
+    inside, outside, on_path = tmp_path / "work", tmp_path / "elsewhere", tmp_path / "repo"
     inside.mkdir()
     outside.mkdir()
+    (on_path / "sub").mkdir(parents=True)
     (outside / "weights.pt").write_bytes(b"x")
     (inside / "mine.txt").write_text("y")
     log = inside / guard.READS_LOG
+    # a folder on the import path (as the repository root is on a run's PYTHONPATH): the import
+    # system lists it again after a file appears in it; that is no read of the candidate's, but a
+    # listing of a folder under it, or a read of a file in it, still is
     code = f"""
 import os, sys
 sys.path.insert(0, {str(TASK_DIR)!r})
+sys.path.append({str(on_path)!r})
 from nanochat_harness import guard
 guard.watch_reads([{str(inside)!r}], {str(log)!r})
+import importlib
+open({str(on_path / 'artifacts.txt')!r}, 'w').close()
+os.utime({str(on_path)!r}, (1, 1))
+importlib.invalidate_caches()
+try:
+    import no_such_module_anywhere
+except ImportError:
+    pass
+os.listdir({str(on_path / 'sub')!r})
 open({str(inside / 'mine.txt')!r}).read()
 open({str(outside / 'weights.pt')!r}, 'rb').read()
 os.listdir({str(outside)!r})
@@ -146,7 +160,8 @@ for attempt in (lambda: os.remove({str(log)!r}), lambda: open({str(log)!r}, 'w')
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["refused", "refused"]
     entries = guard.read_log(log)
-    assert {(e["kind"], Path(e["path"]).name) for e in entries} == {("read", "weights.pt"), ("list", "elsewhere")}
+    assert {(e["kind"], Path(e["path"]).name) for e in entries} == {("read", "weights.pt"), ("list", "elsewhere"),
+                                                                     ("list", "sub")}
 
 
 def test_canary_is_planted_from_the_runner_variable(monkeypatch):

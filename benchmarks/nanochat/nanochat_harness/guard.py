@@ -80,6 +80,10 @@ def watch_reads(allowed_dirs: list[str], log_path: str) -> None:
         return
     roots = _roots(list(allowed_dirs))
     log_real = _real(log_path)
+    # the import path's own folders, as they are now, may be listed (not read below): the import
+    # system lists each again whenever its modification time changes (a file made in the
+    # repository root while the run trains), which is no read of the candidate's
+    on_path = frozenset(_real(p).rstrip("/") for p in sys.path if p)
     fd = os.open(log_real, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     seen: set[str] = set()
     _write, _dumps, _realpath, _fsdecode = os.write, json.dumps, os.path.realpath, os.fsdecode
@@ -126,7 +130,7 @@ def watch_reads(allowed_dirs: list[str], log_path: str) -> None:
                     note("read", p)
         elif event in ("os.listdir", "os.scandir"):
             p = outside(args[0] if args else None)
-            if p is not None:
+            if p is not None and p.rstrip("/") not in on_path:
                 note("list", p)
         elif event in ("os.remove", "os.rename", "os.replace", "os.truncate", "os.unlink", "os.chmod", "os.utime"):
             for a in args[:2]:
