@@ -58,14 +58,21 @@ class Nvml:
         self._lib, self._h = lib, handle
 
     @staticmethod
-    def open(index: int = 0) -> "Nvml | None":
+    def library() -> "ctypes.CDLL | None":
+        """The driver's NVML library, initialized (None: no driver, or it would not start)."""
         try:
             lib = ctypes.CDLL("libnvidia-ml.so.1")
         except OSError:
             return None
         with Nvml._lock:
-            if lib.nvmlInit_v2() != _SUCCESS:
-                return None
+            return lib if lib.nvmlInit_v2() == _SUCCESS else None
+
+    @staticmethod
+    def open(index: int = 0) -> "Nvml | None":
+        lib = Nvml.library()
+        if lib is None:
+            return None
+        with Nvml._lock:
             h = ctypes.c_void_p()
             if lib.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(h)) != _SUCCESS:
                 return None
@@ -181,13 +188,10 @@ _names_cache: dict[str, list[str]] = {}
 
 def _nvml_names() -> list[str] | None:
     """The model name of every GPU NVML sees, in NVML's order; None without NVML."""
-    try:
-        lib = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
+    lib = Nvml.library()
+    if lib is None:
         return None
     with Nvml._lock:
-        if lib.nvmlInit_v2() != _SUCCESS:
-            return None
         n = ctypes.c_uint(0)
         if lib.nvmlDeviceGetCount_v2(ctypes.byref(n)) != _SUCCESS:
             return None

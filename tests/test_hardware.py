@@ -17,6 +17,7 @@ from autolab.ledger import SELECTION_BY_RUN, UNRECORDED, Ledger
 from autolab.records import State
 
 from test_ledger import add_cand, add_run
+from test_search import scheduler_stepper
 
 A, B = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
 
@@ -60,7 +61,7 @@ def test_a_run_records_the_hardware_it_ran_on_and_the_views_show_it(toy_lab, mon
 
 
 def test_a_lab_moved_to_other_hardware_reruns_the_parent_there_and_pairs_only_runs_of_it(toy_lab, monkeypatch):
-    from autolab._loop import AuditUnit, RunUnit, _Scheduler
+    from autolab._loop import AuditUnit, RunUnit
     from autolab.ledger import latest_verdict
     from autolab.records import Purpose
 
@@ -76,14 +77,7 @@ def test_a_lab_moved_to_other_hardware_reruns_the_parent_there_and_pairs_only_ru
     assert Ledger(lab, hardware=A).missing_seeds(seed, "screen", 1) == []
     note = ledger.hardware_note()
     assert f"4 on {A}" in note and "re-run here" in note and "--assume" not in note   # every run recorded: no fix to offer
-    sched = _Scheduler(lab, 0, [("main", "")], None, None, None, None, 1.0, 2, None, [])
-
-    def step(expect):
-        unit = sched.next_unit()
-        assert unit == expect, unit
-        if isinstance(unit, RunUnit):
-            sched.claimed.add(unit.claim)
-        return unit
+    sched, step = scheduler_stepper(lab)
 
     def finish(cand, purpose, s, loss):
         add_run(lab, cand, loss, purpose=purpose, seed=s)          # made here: recorded as B

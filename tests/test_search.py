@@ -1,5 +1,4 @@
 import collections
-import json
 import os
 import signal
 import subprocess
@@ -8,6 +7,7 @@ import time
 from pathlib import Path
 
 import autolab
+from autolab._loop import RunUnit, _Scheduler
 from autolab.records import State
 from autolab.ledger import best_candidate, latest_verdict, noise_sd
 
@@ -106,6 +106,21 @@ def test_a_paired_design_detects_a_gain_the_unpaired_one_cannot(tmp_path):
             assert compare(cand, parent, direction="minimize", test="welch").p_value > 0.05
 
 
+def scheduler_stepper(lab):
+    """The loop's scheduler driven by hand: ``step(expect)`` asserts the next unit it hands out
+    (and claims it, if a run) and returns it."""
+    sched = _Scheduler(lab, 0, [("main", "")], None, None, None, None, 1.0, 2, None, [])
+
+    def step(expect):
+        unit = sched.next_unit()
+        assert unit == expect, unit
+        if isinstance(unit, RunUnit):
+            sched.claimed.add(unit.claim)
+        return unit
+
+    return sched, step
+
+
 def _done(lab, cand, purpose, seed, loss):
     from autolab.records import Run, new_id
 
@@ -116,7 +131,7 @@ def _done(lab, cand, purpose, seed, loss):
 
 
 def test_the_scheduler_runs_the_parents_missing_paired_seeds_and_looks_after_each_seed(toy_lab):
-    from autolab._loop import AuditUnit, RunUnit, _Scheduler
+    from autolab._loop import AuditUnit
     from autolab.records import Purpose
 
     lab = toy_lab
@@ -124,14 +139,7 @@ def test_the_scheduler_runs_the_parents_missing_paired_seeds_and_looks_after_eac
     for k, v in enumerate([4.0, 4.2]):                  # the baseline has 2 of the 3 confirmation seeds
         _done(lab, seed, "baseline", 101 + k, v)
     c = lab.add_candidate({"solution.py": "X = 2.0\nSTEP = 2\nUSE_TRICK = False\n"}, seed)
-    sched = _Scheduler(lab, 0, [("main", "")], None, None, None, None, 1.0, 2, None, [])
-
-    def step(expect):
-        unit = sched.next_unit()
-        assert unit == expect, unit
-        if isinstance(unit, RunUnit):
-            sched.claimed.add(unit.claim)
-        return unit
+    sched, step = scheduler_stepper(lab)
 
     def finish(*runs):
         for cand, purpose, s, loss in runs:
