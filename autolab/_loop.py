@@ -770,9 +770,16 @@ class _Scheduler:
         v = latest_verdict(self.lab, c, "confirm")
         looked = int(v.meta.get("seeds_run") or 0) if v is not None and v.state is State.PENDING else 0
         cap = self._cap()
-        if self.limit is not None and looked + 1 < cap and self._looks_left(c) < cap - looked:
-            return cap   # the time box has no room for one look per seed: the seeds still needed, at once
-        return min(cap, looked + 1)
+        want = min(cap, looked + 1)
+        if self.limit is not None and want < cap:
+            # the time box has no room for one look per seed still needed: spread them over the looks
+            # that fit, as many at once as run side by side (never more: a seed that cannot start
+            # before the limit would leave the look, and so the decision, undone)
+            rounds, need = self._looks_left(c), cap - looked
+            if 0 < rounds < need:
+                at_once = max(1, self.n_lanes or self.n_slots)
+                want = min(cap, looked + min(at_once, -(-need // rounds)))
+        return want
 
     def _looks_left(self, c: Candidate) -> int:
         """How many one-seed confirmation looks at ``c``, one after another, fit in the time left

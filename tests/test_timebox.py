@@ -194,10 +194,12 @@ def test_under_a_time_box_a_confirmation_takes_its_seeds_at_once_and_the_most_pr
         lab.log.append(Verdict(id=new_id("v"), task=lab.task.name, candidate_id=c.id, parent_id=seed.id,
                                state=State.PENDING, effect=gain, preset=lab.preset_name, meta={"stage": "screen"},
                                reason="screening: beats the parent; confirm on more seeds"))
-    sched = _scheduler(lab, 10_000)
+    sched = _scheduler(lab, 10_000, slots=2, lanes=0)    # two CPU slots: two runs side by side
     cap = sched._cap()
     assert cap >= 2
     assert [c.id for c in sched._confirm_targets()] == [big.id, small.id]
     assert sched._confirm_want(big) == 1                 # time for a look per seed: the sequential rule as ever
-    sched.limit = TimeLimit(time.monotonic() + 68.0 * (cap - 1) + 10)
-    assert sched._confirm_want(big) == cap               # a look fewer than seeds needed: all of them now
+    sched.limit = TimeLimit(time.monotonic() + 68.0 + 30)
+    assert sched._confirm_want(big) == 2                 # one look left: the two seeds that run side by side
+    sched.n_lanes = 1                                    # runs that take turns on one GPU: at once gains nothing
+    assert sched._confirm_want(big) == 1
