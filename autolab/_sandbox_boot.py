@@ -507,8 +507,8 @@ def _children_of(pid):
     return [p for p, (ppid, _) in _proc_table().items() if ppid == pid]
 
 
-def _descendants(me):
-    """Live (not zombie) descendants of ``me`` (a pid as this /proc numbers it)."""
+def _descendants(me, zombies=False):
+    """Live (not zombie, unless ``zombies``) descendants of ``me`` (a pid as this /proc numbers it)."""
     table = _proc_table()
     kids = {}
     for p, (ppid, _) in table.items():
@@ -520,7 +520,36 @@ def _descendants(me):
             continue
         out.append(p)
         todo.extend(kids.get(p, ()))
-    return [p for p in out if table.get(p, (0, b"Z"))[1] != b"Z"]
+    return out if zombies else [p for p in out if table.get(p, (0, b"Z"))[1] != b"Z"]
+
+
+def _kill_tree(me, pidns=False):
+    """SIGKILL every descendant of ``me`` and reap them until none is left (at most about 2.5 s).
+    Zombies are signalled too (a zombie leader whose other threads run is not dead); SIGKILL ends
+    a stopped process as well. As pid 1 of a PID namespace (``pidns``), kill(-1) first reaches
+    every other process in it."""
+    import time
+
+    for _ in range(500):
+        if pidns and os.getpid() == 1:
+            try:
+                os.kill(-1, 9)
+            except OSError:
+                pass
+        tree = _descendants(me, zombies=True)
+        for p in tree:
+            try:
+                os.kill(p, 9)
+            except OSError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not tree:
+            break
+        time.sleep(0.005)
 
 
 def _describe(pid):
@@ -561,27 +590,7 @@ def _end_leftovers(cfg, status, pidns, grace_s=1.0):
         time.sleep(0.02)
         left = _descendants(me)
     survivors = [_describe(p) for p in left[:50]]
-    for _ in range(500):
-        if pidns and os.getpid() == 1:
-            try:
-                os.kill(-1, 9)  # pid 1 of the namespace: every other process in it
-            except OSError:
-                pass
-        kids = _descendants(me)
-        for k in kids:
-            try:
-                os.kill(k, 9)
-            except OSError:
-                pass
-        reaped_all = False
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            reaped_all = True
-        if reaped_all and not kids:
-            break
-        time.sleep(0.005)
+    _kill_tree(me, pidns)
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         import json
@@ -613,34 +622,9 @@ def _end_tree_on(signum):
     (SIGKILL ends a stopped process too) and reaps it before it leaves. (In a PID namespace this is
     the kernel's work: the namespace's init dies with the trampoline, and the namespace with it.)"""
     import signal
-    import time
 
     def handler(sig, frame):
-        me = os.getpid()
-        for _ in range(500):
-            table = _proc_table()
-            kids = {}
-            for p, (ppid, _) in table.items():
-                kids.setdefault(ppid, []).append(p)
-            todo, tree = list(kids.get(me, ())), []
-            while todo:
-                p = todo.pop()
-                if p != me and p not in tree:
-                    tree.append(p)
-                    todo.extend(kids.get(p, ()))
-            for p in tree:   # zombies too: a zombie leader whose other threads run is not dead
-                try:
-                    os.kill(p, 9)
-                except OSError:
-                    pass
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            except ChildProcessError:
-                pass
-            if not tree:
-                break
-            time.sleep(0.005)
+        _kill_tree(os.getpid())
         try:   # leave as the signal would have ended us
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
