@@ -15,6 +15,7 @@ Also the one probe of "what hardware does a run get" (:func:`hardware`): the GPU
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import subprocess
@@ -68,8 +69,9 @@ class Nvml:
             return lib if lib.nvmlInit_v2() == _SUCCESS else None
 
     @staticmethod
-    def open(index: int = 0) -> "Nvml | None":
-        lib = Nvml.library()
+    def open(index: int = 0, lib: "ctypes.CDLL | None" = None) -> "Nvml | None":
+        """Device ``index`` (through ``lib``, an initialized :meth:`library`, when the caller has one)."""
+        lib = lib or Nvml.library()
         if lib is None:
             return None
         with Nvml._lock:
@@ -183,7 +185,6 @@ class CpuMeter:
 # ---------------------------------------------------------------------------- the hardware of a run
 
 HARDWARE_ENV = "AUTOLAB_HARDWARE"   # overrides the probe: a cluster's node class, a test's stand-in machine
-_names_cache: dict[str, list[str]] = {}
 
 
 def _nvml_names() -> list[str] | None:
@@ -195,11 +196,7 @@ def _nvml_names() -> list[str] | None:
         n = ctypes.c_uint(0)
         if lib.nvmlDeviceGetCount_v2(ctypes.byref(n)) != _SUCCESS:
             return None
-    out = []
-    for i in range(n.value):
-        dev = Nvml.open(i)
-        out.append((dev.name() if dev is not None else None) or "unknown GPU")
-    return out
+    return [((dev := Nvml.open(i, lib)) and dev.name()) or "unknown GPU" for i in range(n.value)]
 
 
 def _smi_names() -> list[str] | None:
@@ -213,16 +210,17 @@ def _smi_names() -> list[str] | None:
     return names if out.returncode == 0 and names else None
 
 
-def gpu_names() -> list[str]:
-    """The model names of this machine's GPUs (NVML, else nvidia-smi; [] when neither answers),
+@functools.cache
+def gpu_names() -> tuple[str, ...]:
+    """The model names of this machine's GPUs (NVML, else nvidia-smi; () when neither answers),
     asked once per process."""
-    if "all" not in _names_cache:
-        _names_cache["all"] = _nvml_names() or _smi_names() or []
-    return list(_names_cache["all"])
+    return tuple(_nvml_names() or _smi_names() or ())
 
 
+@functools.cache
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo's "model name", else the platform's answer)."""
+    """The CPU's model name (/proc/cpuinfo's "model name", else the platform's answer), read once
+    per process."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
