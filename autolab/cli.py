@@ -1217,6 +1217,7 @@ def cmd_import_lab(args) -> int:
 
 def cmd_hardware(args) -> int:
     from .lab import Lab
+    from .ledger import UNRECORDED, assume_command
 
     lab = Lab(args.lab)
     covered = lab.assume_hardware(args.assume, reason=args.reason or "") if args.assume else None
@@ -1232,9 +1233,9 @@ def cmd_hardware(args) -> int:
     lines.append("runs per hardware: " + (", ".join(f"{h} ({n})" for h, n in info["runs"].items()) or "none yet"))
     for a in info["assumptions"]:
         lines.append(f"assumption {a['ts']}: {len(a.get('runs') or [])} runs ran on {a['hardware']!r} ({a.get('reason', '')})")
-    if "unrecorded" in info["runs"]:
+    if UNRECORDED in info["runs"]:
         lines.append(f"the loop compares runs within one hardware and counts unrecorded runs as another; if they ran "
-                     f"on X: autolab hardware --lab {shlex.quote(str(lab.path))} --assume X")
+                     f"on X: {assume_command(lab.path)}")
     _emit(args, info, "\n".join(lines))
     return 0
 

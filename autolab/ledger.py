@@ -83,6 +83,12 @@ UNRECORDED = "unrecorded"                 # the hardware of a run logged before 
 HARDWARE_ASSUMED = "hardware_assumed"    # the event kind of a user's assumption about unrecorded runs
 
 
+def assume_command(lab_dir: str | os.PathLike, hardware: str | None = None) -> str:
+    """The command that records that a lab's unrecorded runs ran on ``hardware`` (without one:
+    the command with its placeholder, ``X``)."""
+    return f"autolab hardware --lab {shlex.quote(str(lab_dir))} --assume {shlex.quote(hardware) if hardware else 'X'}"
+
+
 def seed_range(purpose: str) -> int:
     """The first seed of a purpose's range."""
     return SEED_BASE.get(Purpose.canonical_of(purpose), 1)
@@ -204,8 +210,8 @@ class Ledger:
                f"{self.hardware!r}, so the seed's baseline and the parents are re-run here on the seeds a comparison "
                "needs, and noise is measured from this hardware's runs (decisions already made stay)")
         if UNRECORDED in other:
-            msg += (". If the unrecorded runs ran on this hardware, say so once: autolab hardware --lab "
-                    f"{shlex.quote(str(self.log.path.parent))} --assume {shlex.quote(self.hardware)} "
+            msg += (f". If the unrecorded runs ran on this hardware, say so once: "
+                    f"{assume_command(self.log.path.parent, self.hardware)} "
                     "(recorded in the log as an assumption; the loop then pairs with them)")
         return msg
 
@@ -249,15 +255,24 @@ class Ledger:
                 if r.candidate_id == cid and self._comparable(r, preset) and (ss is None or r.state in ss)
                 and (ps is None or r.purpose in ps)]
 
+    def _value(self, r: Run) -> float | None:
+        """The run's metric when it is a finite number (None: missing, a bool, inf or nan)."""
+        v = r.metrics.get(self.metric)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    def _grouped(self, runs: Iterable[Run], key: Callable[[Run], Any]) -> dict[Any, list[float]]:
+        """{key(run): the finite metric of each of ``runs`` with one}."""
+        out: dict[Any, list[float]] = {}
+        for r in runs:
+            v = self._value(r)
+            if v is not None:
+                out.setdefault(key(r), []).append(v)
+        return out
+
     def values(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
                runs: Sequence[Run] | None = None) -> list[float]:
         """The metric of the candidate's COMPLETE runs of these purposes (default: selection-free)."""
-        out = []
-        for r in self.runs_of(candidate, purposes=purposes, runs=runs):
-            v = r.metrics.get(self.metric)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out.append(float(v))
-        return out
+        return [v for r in self.runs_of(candidate, purposes=purposes, runs=runs) if (v := self._value(r)) is not None]
 
     def mean(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
              runs: Sequence[Run] | None = None) -> float | None:
@@ -282,12 +297,7 @@ class Ledger:
     def by_seed(self, candidate: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
                 runs: Sequence[Run] | None = None) -> dict[int, list[float]]:
         """{random seed: the metric of each COMPLETE run of the candidate on it} (these purposes)."""
-        out: dict[int, list[float]] = {}
-        for r in self.runs_of(candidate, purposes=purposes, runs=runs):
-            v = r.metrics.get(self.metric)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out.setdefault(int(r.seed), []).append(float(v))
-        return out
+        return self._grouped(self.runs_of(candidate, purposes=purposes, runs=runs), lambda r: int(r.seed))
 
     def pairs(self, candidate: Candidate | str, parent: Candidate | str, purposes: Iterable[str] = SELECTION_FREE, *,
               runs: Sequence[Run] | None = None) -> list[tuple[int, float, float]]:
@@ -299,12 +309,7 @@ class Ledger:
         runs = self.log.runs_list() if runs is None else runs
 
         def by_key(c: Candidate | str) -> dict[tuple[int, str], list[float]]:
-            out: dict[tuple[int, str], list[float]] = {}
-            for r in self.runs_of(c, purposes=purposes, runs=runs):
-                v = r.metrics.get(self.metric)
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    out.setdefault((int(r.seed), self.hardware_of(r)), []).append(float(v))
-            return out
+            return self._grouped(self.runs_of(c, purposes=purposes, runs=runs), lambda r: (int(r.seed), self.hardware_of(r)))
 
         a, b = by_key(candidate), by_key(parent)
         return [(k[0], sum(a[k]) / len(a[k]), sum(b[k]) / len(b[k])) for k in sorted(set(a) & set(b))]
@@ -331,12 +336,8 @@ class Ledger:
     def repeat_sd(self) -> float | None:
         """The same-seed repeat spread: pooled standard deviation of repeated COMPLETE runs of one
         candidate on one random seed (machine noise alone); None without repeats."""
-        groups: dict[tuple, list[float]] = {}
-        for r in self.log.runs_list():
-            v = r.metrics.get(self.metric)
-            if r.state is State.COMPLETE and self._comparable(r, None) and isinstance(v, (int, float)) \
-                    and not isinstance(v, bool) and math.isfinite(v):
-                groups.setdefault((r.candidate_id, r.seed, self.hardware_of(r)), []).append(float(v))
+        groups = self._grouped((r for r in self.log.runs_list() if r.state is State.COMPLETE and self._comparable(r, None)),
+                               lambda r: (r.candidate_id, r.seed, self.hardware_of(r)))
         num = sum((len(v) - 1) * statistics.variance(v) for v in groups.values() if len(v) > 1)
         dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
         return math.sqrt(num / dof) if dof > 0 else None
@@ -388,14 +389,9 @@ class Ledger:
     def _sf_by_hardware(self, c: Candidate | str, runs: Sequence[Run]) -> dict[str, list[float]]:
         """{hardware: the metric of each COMPLETE selection-free run of ``c``} on the lab's preset,
         every hardware (the comparison hardware only picks which one two candidates meet on)."""
-        cid, out = self._cid(c), {}
-        for r in runs:
-            v = r.metrics.get(self.metric)
-            if r.candidate_id == cid and r.state is State.COMPLETE and r.purpose in SELECTION_FREE \
-                    and self._preset_ok(r, None) and isinstance(v, (int, float)) and not isinstance(v, bool) \
-                    and math.isfinite(v):
-                out.setdefault(self.hardware_of(r), []).append(float(v))
-        return out
+        cid = self._cid(c)
+        return self._grouped((r for r in runs if r.candidate_id == cid and r.state is State.COMPLETE
+                              and r.purpose in SELECTION_FREE and self._preset_ok(r, None)), self.hardware_of)
 
     def _beats(self, c: Candidate, incumbent: Candidate | None, runs: Sequence[Run]) -> bool:
         """Does ``c``'s selection-free mean beat the incumbent's? Compared on one hardware: the
