@@ -115,6 +115,7 @@ def run_rows(lab_path: Path, since: float) -> list[dict]:
     from autolab.lab import Lab
 
     lab = Lab(lab_path)
+    ledger = lab.ledger   # one ledger: it reads the hardware assumptions once
     rows = []
     for r in lab.log.runs_list():
         res = lab.file(r.result_path)
@@ -125,7 +126,7 @@ def run_rows(lab_path: Path, since: float) -> list[dict]:
         t = data.get("timings", {})
         ended = data.get("ended_epoch") or (res.stat().st_mtime if res and res.exists() else None)
         rows.append({"run": r.id, "candidate": r.candidate_id, "seed": r.seed, "purpose": str(r.purpose),
-                     "hardware": lab.ledger.hardware_of(r),
+                     "hardware": ledger.hardware_of(r),
                      "state": str(r.state.value if hasattr(r.state, "value") else r.state),
                      "this_part": bool(ended and ended >= since),
                      "val_bpb": (data.get("metrics") or {}).get("val_bpb"),
