@@ -668,8 +668,9 @@ def test_end_to_end_cpu_tiny(honest_run):
     assert all(res["probes"][k]["passed"] for k in ("causality", "logits", "harness_intact")), res["probes"]
     assert res["curve"] and {"step", "t", "loss"} <= set(res["curve"][0])
     assert any(e.get("type") == "curve" for e in events) and any(e.get("phase") == "eval" for e in events)
-    corpus = Path(os.environ.get("AUTOLAB_DATA") or REPO.parent / "shared" / "data" / "techtext")
-    manifest = json.loads((corpus / "manifest.json").read_text())
+    from nanochat_harness.data import locate_corpus
+
+    manifest = json.loads((locate_corpus() / "manifest.json").read_text())
     if not os.environ.get("AUTOLAB_DATA"):
         assert res["corpus"] == {"name": "techtext", "train_sha256": manifest["splits"]["train"]["sha256"]}
     work = res_path.parent / "result.work"
